@@ -1,0 +1,37 @@
+/*-------------------------------------------------------------------------
+ *
+ * llm_canary.h
+ *	  Declarations shared by every part of llm_canary.
+ *
+ * The extension is layered so that data flows one way:
+ *
+ *	 config.c   (rollouts and models, cached per backend)
+ *	   -> routing.c   (which model serves a user)
+ *	   -> call.c      (canary_call: provider HTTP, fallback, metrics enqueue)
+ *	   -> metrics queue in shared memory -> worker.c (batched writes, shadow calls)
+ *	   -> monitor.c   (window summaries, kill switch, CSAT) reads the tables.
+ *
+ * llm_canary.c holds _PG_init and the settings; util.c small helpers.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LLM_CANARY_H
+#define LLM_CANARY_H
+
+#include "postgres.h"
+
+#define LLM_CANARY_EXTNAME	"llm_canary"
+
+/* settings (llm_canary.c) */
+extern char *canary_database_name;
+
+/* util.c */
+#define CANARY_SHA256_LEN 32
+extern void CanarySha256(const void *data, size_t len, uint8 *digest);
+extern void CanaryHex(const uint8 *bytes, int nbytes, char *out);
+extern void CanaryPromptHash(const char *prompt, size_t len, char *out17);
+extern bool CanaryLibraryPreloaded(void);
+extern void CanaryRequirePreload(const char *what);
+extern Oid	CanaryExtensionNamespace(Oid extoid);
+
+#endif							/* LLM_CANARY_H */

@@ -1,0 +1,142 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *	  Small helpers shared by the routing, call and worker code: SHA-256
+ *	  through PostgreSQL's cryptohash, hex formatting, the prompt hash, and
+ *	  the check that the library was preloaded.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "catalog/pg_extension.h"
+#include "common/cryptohash.h"
+#include "miscadmin.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
+#include "utils/resowner.h"
+
+#include "llm_canary.h"
+
+/*
+ * One SHA-256 context for the life of the backend.  pg_cryptohash contexts
+ * are tracked by a resource owner; a private, never-released owner keeps it
+ * from being reported as leaked at the end of the transaction that made it.
+ */
+static pg_cryptohash_ctx *sha256_ctx = NULL;
+static ResourceOwner sha256_owner = NULL;
+
+/*
+ * CanarySha256
+ *		Hash len bytes of data into digest (CANARY_SHA256_LEN bytes).
+ *
+ * Allocates nothing per call; raises ERROR only if the crypto library fails.
+ */
+void
+CanarySha256(const void *data, size_t len, uint8 *digest)
+{
+	if (sha256_ctx == NULL)
+	{
+		ResourceOwner save = CurrentResourceOwner;
+
+		if (sha256_owner == NULL)
+			sha256_owner = ResourceOwnerCreate(NULL, "llm_canary sha256");
+		CurrentResourceOwner = sha256_owner;
+		sha256_ctx = pg_cryptohash_create(PG_SHA256);
+		CurrentResourceOwner = save;
+		if (sha256_ctx == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("out of memory")));
+	}
+
+	if (pg_cryptohash_init(sha256_ctx) < 0 ||
+		pg_cryptohash_update(sha256_ctx, (const uint8 *) data, len) < 0 ||
+		pg_cryptohash_final(sha256_ctx, digest, CANARY_SHA256_LEN) < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not compute SHA-256 hash: %s",
+						pg_cryptohash_error(sha256_ctx))));
+}
+
+/* Write nbytes as lowercase hex plus a terminating NUL into out. */
+void
+CanaryHex(const uint8 *bytes, int nbytes, char *out)
+{
+	static const char digits[] = "0123456789abcdef";
+
+	for (int i = 0; i < nbytes; i++)
+	{
+		out[2 * i] = digits[bytes[i] >> 4];
+		out[2 * i + 1] = digits[bytes[i] & 0xf];
+	}
+	out[2 * nbytes] = '\0';
+}
+
+/*
+ * CanaryPromptHash
+ *		The article's prompt_hash: first 16 hex digits of SHA-256 of the
+ *		prompt.  out17 must have room for 17 bytes.
+ */
+void
+CanaryPromptHash(const char *prompt, size_t len, char *out17)
+{
+	uint8		digest[CANARY_SHA256_LEN];
+
+	CanarySha256(prompt, len, digest);
+	CanaryHex(digest, 8, out17);
+}
+
+/* True when the library was loaded through shared_preload_libraries. */
+bool
+CanaryLibraryPreloaded(void)
+{
+	extern bool canary_preloaded;
+
+	return canary_preloaded;
+}
+
+/*
+ * CanaryRequirePreload
+ *		Raise a clear error when a feature that needs shared memory or the
+ *		background worker is used without shared_preload_libraries.
+ */
+void
+CanaryRequirePreload(const char *what)
+{
+	if (!CanaryLibraryPreloaded())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s requires llm_canary to be loaded via shared_preload_libraries", what),
+				 errhint("Add llm_canary to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * CanaryExtensionNamespace
+ *		The schema an installed extension lives in (InvalidOid if none).
+ *		Caller must be in a transaction.
+ */
+Oid
+CanaryExtensionNamespace(Oid extoid)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			nspoid = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		nspoid = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return nspoid;
+}
