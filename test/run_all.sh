@@ -6,9 +6,14 @@ set -euo pipefail
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
 
+# The extension installs into the one system-wide PostgreSQL: runs from
+# several checkouts on one machine take turns.
+exec 9>/tmp/llm_canary_install.lock
+flock 9
+
 bash test/setup.sh
 
-work=/tmp/llm_canary_test
+work="/tmp/llm_canary_test.$(basename "$top")"
 rm -rf "$work"
 mkdir -p "$work"
 rsync -a --exclude .git --exclude tmp_check --exclude results --exclude log "$top"/ "$work"/
