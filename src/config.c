@@ -56,6 +56,9 @@ static HTAB *ModelCache = NULL;
 static char *CachedSchemaName = NULL;
 static Oid	CachedConfigRelid = InvalidOid;
 static Oid	CachedModelsRelid = InvalidOid;
+static Oid	CachedPatternsRelid = InvalidOid;
+static char **RefusalPatterns = NULL;	/* lowercased; NULL until loaded */
+static int	NumRefusalPatterns = 0;
 static bool ConfigCacheValid = false;
 static TimestampTz LastStatementSeen = 0;
 
@@ -74,7 +77,8 @@ static void
 ConfigRelcacheCallback(Datum arg, Oid relid)
 {
 	if (relid == InvalidOid || relid == CachedConfigRelid ||
-		relid == CachedModelsRelid || CachedConfigRelid == InvalidOid)
+		relid == CachedModelsRelid || relid == CachedPatternsRelid ||
+		CachedConfigRelid == InvalidOid)
 		ConfigCacheValid = false;
 }
 
@@ -127,6 +131,9 @@ ConfigCacheEnsure(void)
 	CachedSchemaName = NULL;
 	CachedConfigRelid = InvalidOid;
 	CachedModelsRelid = InvalidOid;
+	CachedPatternsRelid = InvalidOid;
+	RefusalPatterns = NULL;
+	NumRefusalPatterns = 0;
 
 	/* set before loading, so an invalidation arriving meanwhile is kept */
 	ConfigCacheValid = true;
@@ -148,6 +155,7 @@ ConfigCacheEnsure(void)
 											   quote_identifier(get_namespace_name(nspoid)));
 		CachedConfigRelid = get_relname_relid("canary_config", nspoid);
 		CachedModelsRelid = get_relname_relid("canary_models", nspoid);
+		CachedPatternsRelid = get_relname_relid("canary_refusal_patterns", nspoid);
 
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = NAMEDATALEN;
@@ -377,6 +385,73 @@ ConfigGetModel(const char *name)
 		SPI_finish();
 	}
 	return &entry->model;
+}
+
+/*
+ * ConfigGetRefusalPatterns
+ *		The enabled rows of canary_refusal_patterns, lowercased, for a
+ *		case-insensitive substring match.  Same lifetime rules as
+ *		ConfigGetRollout.
+ */
+char	  **
+ConfigGetRefusalPatterns(int *npatterns)
+{
+	ConfigCacheEnsure();
+	if (RefusalPatterns == NULL)
+	{
+		StringInfoData sql;
+		int			ret;
+		char	  **patterns;
+
+		SPI_connect();
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT lower(pattern) FROM %s.canary_refusal_patterns"
+						 " WHERE enabled AND pattern <> '' ORDER BY pattern",
+						 CachedSchemaName);
+		ret = SPI_execute(sql.data, true, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not read canary_refusal_patterns: SPI error %d", ret);
+		patterns = MemoryContextAllocZero(ConfigCacheContext,
+										  sizeof(char *) * (SPI_processed + 1));
+		for (uint64 i = 0; i < SPI_processed; i++)
+			patterns[i] = MemoryContextStrdup(ConfigCacheContext,
+											  SPI_getvalue(SPI_tuptable->vals[i],
+														   SPI_tuptable->tupdesc, 1));
+		NumRefusalPatterns = (int) SPI_processed;
+		RefusalPatterns = patterns;
+		SPI_finish();
+	}
+	*npatterns = NumRefusalPatterns;
+	return RefusalPatterns;
+}
+
+/*
+ * CanaryTextIsRefusal
+ *		True when text contains one of the operator's refusal patterns
+ *		(case-insensitive substring, ASCII case folding).  Only the first
+ *		2000 bytes are examined: refusals open with the refusal.
+ */
+bool
+CanaryTextIsRefusal(const char *text)
+{
+	int			n;
+	char	  **patterns = ConfigGetRefusalPatterns(&n);
+	size_t		len;
+	char	   *lower;
+	bool		found = false;
+
+	if (text == NULL || n == 0)
+		return false;
+	len = strnlen(text, 2000);
+	lower = palloc(len + 1);
+	for (size_t i = 0; i < len; i++)
+		lower[i] = pg_ascii_tolower((unsigned char) text[i]);
+	lower[len] = '\0';
+	for (int i = 0; i < n && !found; i++)
+		found = strstr(lower, patterns[i]) != NULL;
+	pfree(lower);
+	return found;
 }
 
 /*
