@@ -41,6 +41,8 @@ _PG_init(void)
 							   0,
 							   NULL, NULL, NULL);
 
+	MonitorDefineSettings();
+
 	MarkGUCPrefixReserved("llm_canary");
 
 	ConfigCacheInit();

@@ -25,6 +25,11 @@
 /* settings (llm_canary.c) */
 extern char *canary_database_name;
 
+/* monitor.c */
+extern int	canary_check_interval;
+extern char *canary_webhook_url;
+extern void MonitorDefineSettings(void);
+
 /* util.c */
 #define CANARY_SHA256_LEN 32
 extern void CanarySha256(const void *data, size_t len, uint8 *digest);

@@ -1,0 +1,522 @@
+/*-------------------------------------------------------------------------
+ *
+ * monitor.c
+ *	  canary_check: the kill switch.  Summarises the last window of
+ *	  canary_requests per cohort, stores the summaries, applies the
+ *	  article's four rules with a noise guard, and trips the switch.
+ *
+ * Rules (thresholds from canary_config, baselines from the control cohort
+ * of the same window):
+ *	  error rate > error_rate_threshold (0.02)
+ *	  p95 latency > p95_ratio_threshold (1.5) x control p95
+ *	  refusal rate > control refusal rate + refusal_delta_threshold (0.05)
+ *	  thumbs-down rate > thumbs_down_ratio_threshold (2.0) x control rate
+ *
+ * Noise guard: no rule trips with fewer than min_samples canary requests in
+ * the window, and unless raw_rules is set, a breach must also be
+ * statistically credible at the rollout's significance level:
+ *	  error rate: exact one-sided binomial test of H0 p <= threshold;
+ *	  p95: the share of canary requests slower than ratio x control p95,
+ *		binomial test against the 5 percent expected when nothing changed;
+ *	  refusal and thumbs-down: one-sided two-sample z tests of
+ *		H0 p_canary <= p_control + delta, resp. <= ratio x p_control, with
+ *		the Agresti-Caffo adjustment (one success and one failure added to
+ *		each group) so that zero counts do not give zero variance.
+ * Missing data never trips.  At stage full the control cohort is empty: the
+ * baselines come from the last stored control summary of the rollout.
+ *
+ * Canary requests are the non-fallback attempts of the canary cohort (the
+ * new model's own answers); control requests those of the control cohort.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+
+#include "config.h"
+#include "llm_canary.h"
+
+/* settings */
+int			canary_check_interval = 30;
+char	   *canary_webhook_url = NULL;
+
+/* Define the monitor's settings; called from _PG_init. */
+void
+MonitorDefineSettings(void)
+{
+	DefineCustomIntVariable("llm_canary.check_interval",
+							"Sets how often the background worker runs canary_check, in seconds.",
+							"0 disables the worker's check; pg_cron's minute job still runs.",
+							&canary_check_interval,
+							30, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("llm_canary.webhook_url",
+							   "Sets the URL that receives kill-switch alert payloads as a POST.",
+							   "Empty disables the webhook; alerts are still recorded and sent with NOTIFY llm_canary_alerts.",
+							   &canary_webhook_url,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+}
+
+/* One cohort's window. */
+typedef struct CohortWindow
+{
+	int64		samples;
+	int64		errors;
+	int64		refusals;
+	int64		thumbs_down;
+	int64		slow;			/* canary: slower than ratio x baseline p95 */
+	double		p95;			/* NaN when no samples */
+	bool		has_p95;
+} CohortWindow;
+
+typedef struct RolloutRules
+{
+	char		name[NAMEDATALEN];
+	char		stage[16];
+	int			window_seconds;
+	double		error_rate;
+	double		p95_ratio;
+	double		refusal_delta;
+	double		thumbs_ratio;
+	int64		min_samples;
+	double		significance;
+	bool		raw;
+} RolloutRules;
+
+static double
+Rate(int64 k, int64 n)
+{
+	return n > 0 ? (double) k / (double) n : 0.0;
+}
+
+/*
+ * Upper tail of the binomial distribution: P(X >= k) for X ~ Bin(n, p),
+ * summed in log space (n is at most a few hundred thousand per window).
+ */
+static double
+BinomialUpperTail(int64 k, int64 n, double p)
+{
+	double		sum = 0.0;
+	double		lp = log(p);
+	double		lq = log1p(-p);
+	double		lnf = lgamma((double) n + 1);
+
+	if (k <= 0)
+		return 1.0;
+	if (k > n)
+		return 0.0;
+	if (p <= 0.0)
+		return 0.0;
+	if (p >= 1.0)
+		return 1.0;
+	for (int64 i = k; i <= n; i++)
+	{
+		double		term = lnf - lgamma((double) i + 1) - lgamma((double) (n - i) + 1) +
+			i * lp + (n - i) * lq;
+
+		sum += exp(term);
+		if (i > k + 50 && exp(term) < sum * 1e-15)
+			break;
+	}
+	return sum > 1.0 ? 1.0 : sum;
+}
+
+/* P(Z >= z) for a standard normal Z. */
+static double
+NormalUpperTail(double z)
+{
+	return 0.5 * erfc(z / M_SQRT2);
+}
+
+/*
+ * One-sided test of H0: p_c <= a * p_k + b, with the Agresti-Caffo adjusted
+ * proportions.  Returns the p-value.
+ */
+static double
+TwoSampleUpperPValue(int64 kc, int64 nc, int64 kk, int64 nk, double a, double b)
+{
+	double		pc = (kc + 1.0) / (nc + 2.0);
+	double		pk = (kk + 1.0) / (nk + 2.0);
+	double		var = pc * (1 - pc) / (nc + 2.0) + a * a * pk * (1 - pk) / (nk + 2.0);
+	double		z;
+
+	if (var <= 0)
+		return 1.0;
+	z = (pc - a * pk - b) / sqrt(var);
+	return NormalUpperTail(z);
+}
+
+static int64
+GetInt8(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? 0 : DatumGetInt64(d);
+}
+
+static double
+GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
+{
+	Datum		d = SPI_getbinval(tup, desc, col, isnull);
+
+	return *isnull ? 0.0 : DatumGetFloat8(d);
+}
+
+/*
+ * Summarise one cohort over (at - window, at].  When slow_over > 0, also
+ * count requests slower than that many milliseconds.
+ */
+static void
+SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
+				const char *cohort, double slow_over, CohortWindow *w)
+{
+	StringInfoData sql;
+	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, FLOAT8OID};
+	Datum		args[5];
+	int			ret;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT count(*)::int8,"
+					 " count(*) FILTER (WHERE r.outcome IN ('error', 'timeout'))::int8,"
+					 " count(*) FILTER (WHERE r.refusal)::int8,"
+					 " count(*) FILTER (WHERE EXISTS (SELECT 1 FROM %s.canary_feedback f"
+					 "   WHERE f.request_id = r.request_id AND f.thumbs_down AND f.ts <= $2))::int8,"
+					 " count(*) FILTER (WHERE $5 > 0 AND r.latency_ms > $5)::int8,"
+					 " percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)::float8"
+					 " FROM %s.canary_requests r"
+					 " WHERE r.canary = $1 AND r.ts > $2 - make_interval(secs => $3) AND r.ts <= $2"
+					 " AND r.cohort = $4 AND NOT r.fallback",
+					 schema, schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	args[2] = Int32GetDatum(rr->window_seconds);
+	args[3] = CStringGetTextDatum(cohort);
+	args[4] = Float8GetDatum(slow_over);
+	ret = SPI_execute_with_args(sql.data, 5, types, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not summarise canary_requests: SPI error %d", ret);
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	w->samples = GetInt8(tup, desc, 1);
+	w->errors = GetInt8(tup, desc, 2);
+	w->refusals = GetInt8(tup, desc, 3);
+	w->thumbs_down = GetInt8(tup, desc, 4);
+	w->slow = GetInt8(tup, desc, 5);
+	w->p95 = GetFloat8(tup, desc, 6, &isnull);
+	w->has_p95 = !isnull;
+}
+
+/* The last stored control summary with traffic, for stage full. */
+static bool
+LastControlBaseline(const char *schema, const RolloutRules *rr, TimestampTz at,
+					CohortWindow *w, TimestampTz *from)
+{
+	StringInfoData sql;
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		args[2];
+	int			ret;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT samples, errors, refusals, thumbs_down, p95_latency_ms, at"
+					 " FROM %s.canary_window_summaries"
+					 " WHERE canary = $1 AND cohort = 'control' AND samples > 0 AND at <= $2"
+					 " ORDER BY at DESC LIMIT 1", schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	ret = SPI_execute_with_args(sql.data, 2, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read canary_window_summaries: SPI error %d", ret);
+	if (SPI_processed == 0)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	w->samples = GetInt8(tup, desc, 1);
+	w->errors = GetInt8(tup, desc, 2);
+	w->refusals = GetInt8(tup, desc, 3);
+	w->thumbs_down = GetInt8(tup, desc, 4);
+	w->p95 = GetFloat8(tup, desc, 5, &isnull);
+	w->has_p95 = !isnull;
+	*from = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
+	return true;
+}
+
+static void
+StoreSummary(const char *schema, const RolloutRules *rr, TimestampTz at,
+			 const char *cohort, const CohortWindow *w, bool is_canary,
+			 bool has_baseline_from, TimestampTz baseline_from)
+{
+	StringInfoData sql;
+	Oid			types[13] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID,
+		INT8OID, INT8OID, FLOAT8OID, INT8OID, INT8OID, FLOAT8OID, TIMESTAMPTZOID, INT8OID};
+	Datum		args[13];
+	char		nulls[13];
+	int			ret;
+
+	memset(nulls, ' ', sizeof(nulls));
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "INSERT INTO %s.canary_window_summaries"
+					 " (canary, at, window_seconds, stage, cohort, samples, errors, error_rate,"
+					 "  p95_latency_ms, refusals, refusal_rate, thumbs_down, thumbs_down_rate,"
+					 "  slow_share, baseline_from)"
+					 " VALUES ($1, $2, $3, $4, $5, $6, $7,"
+					 "  CASE WHEN $6 > 0 THEN $7::float8 / $6 END, $8, $9,"
+					 "  CASE WHEN $6 > 0 THEN $9::float8 / $6 END, $10,"
+					 "  CASE WHEN $6 > 0 THEN $10::float8 / $6 END,"
+					 "  CASE WHEN $6 > 0 AND $11 IS NOT NULL THEN $13::float8 / $6 END, $12)",
+					 schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	args[2] = Int32GetDatum(rr->window_seconds);
+	args[3] = CStringGetTextDatum(rr->stage);
+	args[4] = CStringGetTextDatum(cohort);
+	args[5] = Int64GetDatum(w->samples);
+	args[6] = Int64GetDatum(w->errors);
+	args[7] = Float8GetDatum(w->p95);
+	if (!w->has_p95)
+		nulls[7] = 'n';
+	args[8] = Int64GetDatum(w->refusals);
+	args[9] = Int64GetDatum(w->thumbs_down);
+	args[10] = Float8GetDatum(0);
+	if (!is_canary)
+		nulls[10] = 'n';
+	args[11] = TimestampTzGetDatum(baseline_from);
+	if (!has_baseline_from)
+		nulls[11] = 'n';
+	args[12] = Int64GetDatum(w->slow);
+	ret = SPI_execute_with_args(sql.data, 13, types, args, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "could not write canary_window_summaries: SPI error %d", ret);
+}
+
+/*
+ * Apply the four rules.  Returns a palloc'd reason in the article's words,
+ * or NULL when nothing trips.
+ */
+static char *
+ApplyRules(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *base,
+		   bool has_base)
+{
+	double		alpha = rr->significance;
+	double		err = Rate(cw->errors, cw->samples);
+
+	if (cw->samples == 0 || cw->samples < rr->min_samples)
+		return NULL;
+
+	/* 1. error rate, needs no baseline */
+	if (err > rr->error_rate &&
+		(rr->raw || BinomialUpperTail(cw->errors, cw->samples, rr->error_rate) < alpha))
+		return psprintf("new-model error_rate=%.3f > %g", err, rr->error_rate);
+
+	if (!has_base || base->samples == 0)
+		return NULL;
+
+	/* 2. p95 latency */
+	if (cw->has_p95 && base->has_p95 && base->p95 > 0 &&
+		cw->p95 > base->p95 * rr->p95_ratio)
+	{
+		bool		credible = rr->raw ||
+			(Rate(cw->slow, cw->samples) > 0.05 &&
+			 BinomialUpperTail(cw->slow, cw->samples, 0.05) < alpha);
+
+		if (credible)
+			return psprintf("new-model p95=%.0f > %gx baseline (%.0f)",
+							cw->p95, rr->p95_ratio, base->p95);
+	}
+
+	/* 3. refusal rate */
+	{
+		double		rc = Rate(cw->refusals, cw->samples);
+		double		rk = Rate(base->refusals, base->samples);
+
+		if (rc > rk + rr->refusal_delta &&
+			(rr->raw || TwoSampleUpperPValue(cw->refusals, cw->samples,
+											 base->refusals, base->samples,
+											 1.0, rr->refusal_delta) < alpha))
+			return psprintf("refusal_rate=%.3f vs baseline %.3f", rc, rk);
+	}
+
+	/* 4. thumbs-down rate */
+	{
+		double		tc = Rate(cw->thumbs_down, cw->samples);
+		double		tk = Rate(base->thumbs_down, base->samples);
+
+		if (tc > tk * rr->thumbs_ratio && cw->thumbs_down > 0 &&
+			(rr->raw || TwoSampleUpperPValue(cw->thumbs_down, cw->samples,
+											 base->thumbs_down, base->samples,
+											 rr->thumbs_ratio, 0.0) < alpha))
+			return psprintf("thumbs_down_rate=%.3f > %gx baseline %.3f",
+							tc, rr->thumbs_ratio, tk);
+	}
+	return NULL;
+}
+
+/* Check one rollout; returns the trip reason or NULL.  Inside SPI. */
+static char *
+CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
+{
+	CohortWindow control;
+	CohortWindow canary;
+	CohortWindow baseline;
+	bool		has_base;
+	bool		from_history = false;
+	TimestampTz baseline_from = 0;
+	char	   *reason;
+
+	memset(&control, 0, sizeof(control));
+	memset(&canary, 0, sizeof(canary));
+	memset(&baseline, 0, sizeof(baseline));
+
+	SummariseCohort(schema, rr, at, "control", 0, &control);
+	if (control.samples > 0)
+	{
+		baseline = control;
+		has_base = true;
+	}
+	else
+	{
+		has_base = LastControlBaseline(schema, rr, at, &baseline, &baseline_from);
+		from_history = has_base;
+	}
+
+	SummariseCohort(schema, rr, at, "canary",
+					has_base && baseline.has_p95 ? baseline.p95 * rr->p95_ratio : 0,
+					&canary);
+
+	StoreSummary(schema, rr, at, "control", &control, false, false, 0);
+	StoreSummary(schema, rr, at, "canary", &canary, true, from_history, baseline_from);
+
+	reason = ApplyRules(rr, &canary, &baseline, has_base);
+	if (reason != NULL)
+	{
+		StringInfoData sql;
+		Oid			types[4] = {TEXTOID, TEXTOID, INT8OID, INT8OID};
+		Datum		args[4];
+		int			ret;
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT %s.canary_trip_internal($1, $2, 'kill_switch', $3, $4)",
+						 schema);
+		args[0] = CStringGetTextDatum(rr->name);
+		args[1] = CStringGetTextDatum(reason);
+		args[2] = Int64GetDatum(canary.samples);
+		args[3] = Int64GetDatum(control.samples);
+		ret = SPI_execute_with_args(sql.data, 4, types, args, NULL, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not trip the kill switch: SPI error %d", ret);
+	}
+	return reason;
+}
+
+/*
+ * canary_check(canary text default null, at timestamptz default now())
+ *
+ * Checks every armed rollout in a ramp stage or full (or just the named
+ * one), in the caller's transaction.  Returns the reason of a trip (several
+ * rollouts: "name: reason; ..."), or NULL.
+ */
+PG_FUNCTION_INFO_V1(canary_check);
+Datum
+canary_check(PG_FUNCTION_ARGS)
+{
+	const char *schema;
+	StringInfoData sql;
+	StringInfoData result;
+	TimestampTz at;
+	int			ret;
+	int			nrollouts;
+	RolloutRules *rules;
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1];
+	char		nulls[1] = {' '};
+	bool		named = !PG_ARGISNULL(0);
+
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("at must not be NULL"),
+				 errhint("Omit the argument to check the window ending now.")));
+	at = PG_GETARG_TIMESTAMPTZ(1);
+	if (named)
+		(void) ConfigGetRollout(text_to_cstring(PG_GETARG_TEXT_PP(0)));	/* 42704 if unknown */
+	schema = ConfigSchemaName();
+
+	initStringInfo(&result);	/* in the caller's context: survives SPI_finish */
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT name, stage, window_seconds, error_rate_threshold::float8,"
+					 " p95_ratio_threshold::float8, refusal_delta_threshold::float8,"
+					 " thumbs_down_ratio_threshold::float8, min_samples::int8,"
+					 " significance::float8, raw_rules"
+					 " FROM %s.canary_config"
+					 " WHERE kill_switch_armed AND stage <> 'shadow'"
+					 " AND ($1::text IS NULL OR name = $1) ORDER BY name",
+					 schema);
+	args[0] = named ? PG_GETARG_DATUM(0) : (Datum) 0;
+	if (!named)
+		nulls[0] = 'n';
+	ret = SPI_execute_with_args(sql.data, 1, types, args, nulls, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read canary_config: SPI error %d", ret);
+	nrollouts = (int) SPI_processed;
+	rules = palloc0(sizeof(RolloutRules) * (nrollouts + 1));
+	for (int i = 0; i < nrollouts; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		RolloutRules *rr = &rules[i];
+
+		strlcpy(rr->name, SPI_getvalue(tup, desc, 1), NAMEDATALEN);
+		strlcpy(rr->stage, SPI_getvalue(tup, desc, 2), sizeof(rr->stage));
+		rr->window_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		rr->error_rate = GetFloat8(tup, desc, 4, &isnull);
+		rr->p95_ratio = GetFloat8(tup, desc, 5, &isnull);
+		rr->refusal_delta = GetFloat8(tup, desc, 6, &isnull);
+		rr->thumbs_ratio = GetFloat8(tup, desc, 7, &isnull);
+		rr->min_samples = GetInt8(tup, desc, 8);
+		rr->significance = GetFloat8(tup, desc, 9, &isnull);
+		rr->raw = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
+	}
+
+	for (int i = 0; i < nrollouts; i++)
+	{
+		char	   *reason = CheckRollout(schema, &rules[i], at);
+
+		if (reason == NULL)
+			continue;
+		if (named)
+			appendStringInfoString(&result, reason);
+		else
+			appendStringInfo(&result, "%s%s: %s", result.len > 0 ? "; " : "",
+							 rules[i].name, reason);
+	}
+	SPI_finish();
+
+	if (result.len == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text_with_len(result.data, result.len));
+}
