@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run the benchmarks on a throwaway cluster (as root: sets up, then runs as
+# postgres).  Usage: bash test/bench/run.sh [routing]
+set -euo pipefail
+top="$(cd "$(dirname "$0")/../.." && pwd)"
+which="${1:-routing}"
+if [ "$(id -u)" -eq 0 ]; then
+    exec 9>/tmp/llm_canary_install.lock; flock 9
+    bash "$top/test/setup.sh" >/dev/null
+    chmod -R a+rX "$top/test"
+    exec runuser -u postgres -- bash "$top/test/bench/run.sh" "$which"
+fi
+dir=/tmp/llm_canary_bench; port=55499
+trap 'bash "$top/test/cluster.sh" stop "$dir"' EXIT
+rm -rf "$dir"
+bash "$top/test/cluster.sh" start "$dir" "$port" bench
+/usr/lib/postgresql/15/bin/psql -h /tmp -p "$port" -d bench -X -f "$top/test/bench/$which.sql"
