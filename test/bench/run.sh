@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the benchmarks on a throwaway cluster (as root: sets up, then runs as
-# postgres).  Usage: bash test/bench/run.sh [routing]
+# postgres).  Usage: bash test/bench/run.sh [routing|call|shadow|simulate]
 set -euo pipefail
 top="$(cd "$(dirname "$0")/../.." && pwd)"
 which="${1:-routing}"
@@ -9,6 +9,10 @@ if [ "$(id -u)" -eq 0 ]; then
     bash "$top/test/setup.sh" >/dev/null
     chmod -R a+rX "$top/test"
     exec runuser -u postgres -- bash "$top/test/bench/run.sh" "$which"
+fi
+if [ -x "$top/test/bench/$which.sh" ]; then
+    export LLM_CANARY_TEST_KEY=sk-bench-not-a-real-key
+    exec bash "$top/test/bench/$which.sh"
 fi
 dir=/tmp/llm_canary_bench; port=55499
 trap 'bash "$top/test/cluster.sh" stop "$dir"' EXIT
