@@ -427,30 +427,27 @@ NestedTooDeep(const char *s, size_t len)
 
 /*
  * Parse body (already known to be valid in the database encoding) into ps.
- * Returns false when it is not a JSON object.  Never raises an error for
- * what body contains: the lexer converts \u escapes to the database
- * encoding, which can fail only in a database that is not UTF8, and that
- * failure is caught here.
+ * Returns NULL, or why body is not a JSON object we can read.  Never raises
+ * an error for what body contains: the lexer converts \u escapes to the
+ * database encoding, which can fail only in a database that is not UTF8,
+ * and that failure is caught here.
  */
-static bool
+static const char *
 ParseJsonBody(char *body, size_t len, ParseState *ps)
 {
 	JsonSemAction sem;
 	JsonLexContext *lex;
 	volatile JsonParseErrorType rc;
+	size_t		i = 0;
 
 	/* cheap checks first: the top level must be an object */
-	{
-		size_t		i = 0;
-
-		while (i < len && (body[i] == ' ' || body[i] == '\t' ||
-						   body[i] == '\n' || body[i] == '\r'))
-			i++;
-		if (i == len || body[i] != '{')
-			return false;
-	}
+	while (i < len && (body[i] == ' ' || body[i] == '\t' ||
+					   body[i] == '\n' || body[i] == '\r'))
+		i++;
+	if (i == len || body[i] != '{')
+		return "The response body is not a JSON object.";
 	if (NestedTooDeep(body, len))
-		return false;
+		return "The response body is nested too deeply.";
 
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = ps;
@@ -500,7 +497,9 @@ ParseJsonBody(char *body, size_t len, ParseState *ps)
 		}
 		PG_END_TRY();
 	}
-	return rc == JSON_SUCCESS;
+	if (rc != JSON_SUCCESS)
+		return "The response body is not valid JSON.";
+	return NULL;
 }
 
 /*
@@ -565,15 +564,16 @@ ParseOpenAI(const ParseState *ps, CanaryAttempt *attempt)
 	const Field *refusal = &ps->fields[F_CHOICE0_REFUSAL];
 	const Field *finish = &ps->fields[F_CHOICE0_FINISH];
 
+	/* usage is reported even for an unusable answer: it was billed */
+	attempt->prompt_tokens = FieldTokens(&ps->fields[F_USAGE_PROMPT]);
+	attempt->completion_tokens = FieldTokens(&ps->fields[F_USAGE_COMPLETION]);
+
 	if (ps->fields[F_CHOICES].kind != FIELD_CONTAINER ||
 		ps->fields[F_CHOICE0_MESSAGE].kind != FIELD_CONTAINER)
 	{
 		SetMalformed(attempt, "The response has no choices[0].message.");
 		return;
 	}
-
-	attempt->prompt_tokens = FieldTokens(&ps->fields[F_USAGE_PROMPT]);
-	attempt->completion_tokens = FieldTokens(&ps->fields[F_USAGE_COMPLETION]);
 
 	if (refusal->kind == FIELD_STRING)
 	{
@@ -596,6 +596,8 @@ ParseOpenAI(const ParseState *ps, CanaryAttempt *attempt)
 	else
 		SetMalformed(attempt, content->kind == FIELD_MISSING ?
 					 "The response has no choices[0].message.content." :
+					 content->kind == FIELD_NULL ?
+					 "choices[0].message.content is null and there is no refusal." :
 					 "choices[0].message.content is not a string.");
 }
 
@@ -604,16 +606,19 @@ ParseAnthropic(const ParseState *ps, CanaryAttempt *attempt)
 {
 	const Field *stop = &ps->fields[F_STOP_REASON];
 
+	/* usage is reported even for an unusable answer: it was billed */
+	attempt->prompt_tokens = FieldTokens(&ps->fields[F_USAGE_INPUT]);
+	attempt->completion_tokens = FieldTokens(&ps->fields[F_USAGE_OUTPUT]);
+
 	if (ps->fields[F_CONTENT].kind != FIELD_CONTAINER)
 	{
 		SetMalformed(attempt, ps->fields[F_CONTENT].kind == FIELD_MISSING ?
 					 "The response has no content." :
+					 ps->fields[F_CONTENT].kind == FIELD_NULL ?
+					 "The response's content is null." :
 					 "The response's content is not a list.");
 		return;
 	}
-
-	attempt->prompt_tokens = FieldTokens(&ps->fields[F_USAGE_INPUT]);
-	attempt->completion_tokens = FieldTokens(&ps->fields[F_USAGE_OUTPUT]);
 
 	if (stop->kind == FIELD_STRING && strcmp(stop->str, "refusal") == 0)
 	{
@@ -648,7 +653,7 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
 {
 	ParseState	ps;
 	bool		valid_text;
-	bool		is_json = false;
+	const char *json_problem = "The response body is empty.";
 	char	   *copy = NULL;
 
 	attempt->outcome = CANARY_OUTCOME_ERROR;
@@ -683,14 +688,14 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
 	if (valid_text)
 	{
 		copy = pnstrdup(body, len);
-		is_json = ParseJsonBody(copy, len, &ps);
+		json_problem = ParseJsonBody(copy, len, &ps);
 	}
 
 	if (http_status < 200 || http_status > 299)
 	{
 		attempt->outcome = CANARY_OUTCOME_ERROR;
 		attempt->error = psprintf("http_%d", http_status);
-		attempt->error_detail = is_json ? ErrorMessage(&ps) : NULL;
+		attempt->error_detail = json_problem == NULL ? ErrorMessage(&ps) : NULL;
 		return;
 	}
 
@@ -704,9 +709,9 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
 		SetMalformed(attempt, "The response body is not valid UTF-8.");
 		return;
 	}
-	if (!is_json)
+	if (json_problem != NULL)
 	{
-		SetMalformed(attempt, "The response body is not a JSON object.");
+		SetMalformed(attempt, json_problem);
 		return;
 	}
 
