@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "llm_canary.h"
+#include "provider.h"
 
 PG_MODULE_MAGIC;
 
@@ -40,6 +41,8 @@ _PG_init(void)
 							   PGC_POSTMASTER,
 							   0,
 							   NULL, NULL, NULL);
+
+	HttpDefineSettings();
 
 	MarkGUCPrefixReserved("llm_canary");
 
