@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "llm_canary.h"
+#include "provider.h"
 
 PG_MODULE_MAGIC;
 
@@ -41,6 +42,7 @@ _PG_init(void)
 							   0,
 							   NULL, NULL, NULL);
 
+	HttpDefineSettings();
 	MonitorDefineSettings();
 
 	MarkGUCPrefixReserved("llm_canary");

@@ -1,0 +1,568 @@
+/*-------------------------------------------------------------------------
+ *
+ * http.c
+ *	  The blocking HTTP transport of a backend: one call of one model, with
+ *	  retries, through libcurl.
+ *
+ * Each backend keeps one libcurl easy handle for its whole life, so that
+ * keep-alive connections, the DNS cache and TLS sessions are reused from
+ * one call to the next.  libcurl allocates with malloc, never palloc.
+ *
+ * libcurl's callbacks run inside curl_easy_perform and must not ereport,
+ * palloc or CHECK_FOR_INTERRUPTS: the body is collected in a malloc'd
+ * buffer, and a cancel (statement_timeout, pg_cancel_backend,
+ * pg_terminate_backend) only makes the progress callback abort the
+ * transfer.  Once curl_easy_perform has returned and everything is freed,
+ * CHECK_FOR_INTERRUPTS raises the usual error (57014, 57P01).
+ *
+ * provider.c builds the request and reads the answer.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+#include <curl/curl.h>
+
+#include "common/pg_prng.h"
+#include "miscadmin.h"
+#include "portability/instr_time.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/wait_event.h"
+
+#include "provider.h"
+
+/* settings */
+static int	canary_max_response_bytes = 8 * 1024 * 1024;
+
+/* first backoff wait; doubled for every further retry */
+#define HTTP_BACKOFF_BASE_MS	100
+/* Retry-After values above this are not waited for (the budget decides) */
+#define HTTP_RETRY_AFTER_MAX_MS (600 * 1000)
+
+/* The response of one request, collected by the callbacks (malloc'd). */
+typedef struct HttpResponse
+{
+	char	   *data;			/* malloc'd, NUL-terminated, or NULL */
+	size_t		len;
+	size_t		cap;
+	size_t		limit;			/* llm_canary.max_response_bytes */
+	bool		too_large;		/* the write callback stopped the transfer */
+	bool		no_memory;
+	double		retry_after_ms; /* Retry-After of this response, -1 if none */
+} HttpResponse;
+
+/*
+ * Per-backend state.  Static, so that PG_FINALLY can free whatever a call
+ * left behind without volatile locals.
+ */
+static CURL *HttpHandle = NULL;
+static struct curl_slist *HttpHeaders = NULL;
+static HttpResponse HttpResp;
+static char HttpErrorBuffer[CURL_ERROR_SIZE];
+
+/*
+ * HttpDefineSettings
+ *		Define llm_canary.max_response_bytes.  Called from _PG_init, before
+ *		the prefix is reserved.
+ */
+void
+HttpDefineSettings(void)
+{
+	DefineCustomIntVariable("llm_canary.max_response_bytes",
+							"Sets the largest response body accepted from a model.",
+							"A longer answer is cut off and the call fails with the error response_too_large.",
+							&canary_max_response_bytes,
+							8 * 1024 * 1024,
+							1024,
+							(int) MaxAllocSize,
+							PGC_SUSET,
+							GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+}
+
+/* ----------------------------------------------------------------------
+ * libcurl callbacks: no ereport, palloc or CHECK_FOR_INTERRUPTS in here
+ * ----------------------------------------------------------------------
+ */
+
+static size_t
+HttpWriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	HttpResponse *resp = (HttpResponse *) userdata;
+	size_t		n = size * nmemb;
+
+	if (n > resp->limit || resp->len > resp->limit - n)
+	{
+		resp->too_large = true;
+		return 0;				/* CURLE_WRITE_ERROR */
+	}
+	if (resp->len + n + 1 > resp->cap)
+	{
+		size_t		newcap = Max(resp->cap * 2, 16384);
+		char	   *p;
+
+		while (newcap < resp->len + n + 1)
+			newcap *= 2;
+		if (newcap > resp->limit + 1)
+			newcap = resp->limit + 1;
+		p = realloc(resp->data, newcap);
+		if (p == NULL)
+		{
+			resp->no_memory = true;
+			return 0;
+		}
+		resp->data = p;
+		resp->cap = newcap;
+	}
+	memcpy(resp->data + resp->len, ptr, n);
+	resp->len += n;
+	resp->data[resp->len] = '\0';
+	return n;
+}
+
+/* Pick up Retry-After (seconds, possibly fractional; an HTTP-date is ignored). */
+static size_t
+HttpHeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata)
+{
+	HttpResponse *resp = (HttpResponse *) userdata;
+	size_t		n = size * nitems;
+	static const char name[] = "retry-after:";
+	size_t		namelen = sizeof(name) - 1;
+
+	/* a new response (after a 100 Continue, say) starts with its status line */
+	if (n >= 5 && strncmp(buffer, "HTTP/", 5) == 0)
+		resp->retry_after_ms = -1;
+
+	if (n > namelen && n < 128 && pg_strncasecmp(buffer, name, namelen) == 0)
+	{
+		char		value[128];
+		char	   *end;
+		double		secs;
+
+		memcpy(value, buffer + namelen, n - namelen);
+		value[n - namelen] = '\0';
+		errno = 0;
+		secs = strtod(value, &end);
+		while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+			end++;
+		if (errno == 0 && end != value && *end == '\0' &&
+			isfinite(secs) && secs >= 0)
+			resp->retry_after_ms = Min(secs * 1000.0, HTTP_RETRY_AFTER_MAX_MS);
+	}
+	return n;
+}
+
+/* Abort the transfer when the backend was asked to cancel or to exit. */
+static int
+HttpProgressCallback(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
+					 curl_off_t ultotal, curl_off_t ulnow)
+{
+	if (InterruptPending && (QueryCancelPending || ProcDiePending))
+		return 1;				/* CURLE_ABORTED_BY_CALLBACK */
+	return 0;
+}
+
+/* ----------------------------------------------------------------------
+ * The handle
+ * ----------------------------------------------------------------------
+ */
+
+static void
+HttpAtExit(int code, Datum arg)
+{
+	if (HttpHandle != NULL)
+		curl_easy_cleanup(HttpHandle);
+	HttpHandle = NULL;
+}
+
+static void
+HttpResponseFree(void)
+{
+	free(HttpResp.data);
+	memset(&HttpResp, 0, sizeof(HttpResp));
+	HttpResp.retry_after_ms = -1;
+}
+
+/*
+ * The backend's easy handle, created on first use with the options that
+ * never change.  Raises ERROR (XX000 class 58000) if libcurl cannot start.
+ */
+static CURL *
+HttpGetHandle(void)
+{
+	static bool global_done = false;
+	CURL	   *h;
+
+	if (HttpHandle != NULL)
+		return HttpHandle;
+
+	if (!global_done)
+	{
+		if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+			ereport(ERROR,
+					(errcode(ERRCODE_SYSTEM_ERROR),
+					 errmsg("could not initialize libcurl")));
+		global_done = true;
+		on_proc_exit(HttpAtExit, (Datum) 0);
+	}
+
+	h = curl_easy_init();
+	if (h == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create a libcurl handle")));
+
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+#if LIBCURL_VERSION_NUM >= 0x075500		/* 7.85.0 */
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+#else
+	curl_easy_setopt(h, CURLOPT_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+	curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS, (long) (CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+	curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 1L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 2L);
+	curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(h, CURLOPT_USERAGENT, "llm_canary/1.0");
+	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
+	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, HttpProgressCallback);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, HttpWriteCallback);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &HttpResp);
+	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, HttpHeaderCallback);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, &HttpResp);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, HttpErrorBuffer);
+
+	HttpHandle = h;
+	return h;
+}
+
+/*
+ * The request headers of model, in HttpHeaders.  Returns NULL, or the
+ * error code (with *detail) when the API key cannot be used.  The key
+ * itself never goes anywhere but into the header list.
+ */
+static const char *
+HttpBuildHeaders(const CanaryModel *model, char **detail)
+{
+	const char *key = NULL;
+	char	   *line;
+	struct curl_slist *l;
+
+	if (model->api_key_env != NULL)
+	{
+		key = getenv(model->api_key_env);
+		if (key == NULL || key[0] == '\0')
+		{
+			*detail = psprintf("The environment variable \"%s\" of the server is not set.",
+							   model->api_key_env);
+			return "api_key_missing";
+		}
+		if (strpbrk(key, "\r\n") != NULL)
+		{
+			*detail = psprintf("The environment variable \"%s\" holds a line break.",
+							   model->api_key_env);
+			return "api_key_invalid";
+		}
+	}
+
+	HttpHeaders = curl_slist_append(NULL, "Content-Type: application/json");
+	if (HttpHeaders == NULL ||
+		(l = curl_slist_append(HttpHeaders, "Expect:")) == NULL)
+		goto oom;
+	if (model->provider == CANARY_PROVIDER_ANTHROPIC)
+	{
+		if (curl_slist_append(HttpHeaders, "anthropic-version: 2023-06-01") == NULL)
+			goto oom;
+		if (key != NULL)
+		{
+			line = psprintf("x-api-key: %s", key);
+			l = curl_slist_append(HttpHeaders, line);
+			explicit_bzero(line, strlen(line));
+			pfree(line);
+			if (l == NULL)
+				goto oom;
+		}
+	}
+	else if (key != NULL)
+	{
+		line = psprintf("Authorization: Bearer %s", key);
+		l = curl_slist_append(HttpHeaders, line);
+		explicit_bzero(line, strlen(line));
+		pfree(line);
+		if (l == NULL)
+			goto oom;
+	}
+	return NULL;
+
+oom:
+	ereport(ERROR,
+			(errcode(ERRCODE_OUT_OF_MEMORY),
+			 errmsg("out of memory")));
+	return NULL;				/* keep compiler quiet */
+}
+
+/* Milliseconds since start. */
+static double
+ElapsedMs(instr_time start)
+{
+	instr_time	now;
+
+	INSTR_TIME_SET_CURRENT(now);
+	INSTR_TIME_SUBTRACT(now, start);
+	return INSTR_TIME_GET_MILLISEC(now);
+}
+
+/*
+ * Sleep ms milliseconds on the latch; a cancel or a termination raises its
+ * error at once, postmaster death exits.
+ */
+static void
+HttpSleep(double ms)
+{
+	instr_time	start;
+	double		left = ms;
+
+	INSTR_TIME_SET_CURRENT(start);
+	while (left > 0)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 (long) ceil(left), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		left = ms - ElapsedMs(start);
+	}
+}
+
+/* curl results worth another try: the connection failed or broke */
+static bool
+HttpConnectionFailure(CURLcode rc)
+{
+	switch (rc)
+	{
+		case CURLE_COULDNT_RESOLVE_HOST:
+		case CURLE_COULDNT_CONNECT:
+		case CURLE_SEND_ERROR:
+		case CURLE_RECV_ERROR:
+		case CURLE_GOT_NOTHING:
+		case CURLE_PARTIAL_FILE:
+		case CURLE_SSL_CONNECT_ERROR:
+			return true;
+		default:
+			return false;
+	}
+}
+
+static char *
+CurlErrorText(CURLcode rc)
+{
+	return pstrdup(HttpErrorBuffer[0] ? HttpErrorBuffer : curl_easy_strerror(rc));
+}
+
+/*
+ * One HTTP request.  On return the response (if any) is in HttpResp and
+ * *status holds its HTTP status (0 if none).
+ */
+static CURLcode
+HttpPerform(CURL *h, const char *url, const char *body, size_t body_len,
+			const CanaryModel *model, long budget_left_ms, long *status)
+{
+	CURLcode	rc;
+
+	HttpResponseFree();
+	HttpResp.limit = (size_t) canary_max_response_bytes;
+	HttpErrorBuffer[0] = '\0';
+
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	curl_easy_setopt(h, CURLOPT_POST, 1L);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+	curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) body_len);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, HttpHeaders);
+	curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, (long) model->connect_timeout_ms);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, budget_left_ms);
+
+	rc = curl_easy_perform(h);
+
+	/* the handle must not keep pointers into memory freed after the call */
+	curl_easy_setopt(h, CURLOPT_POSTFIELDS, NULL);
+	curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
+
+	*status = 0;
+	curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+	return rc;
+}
+
+/*
+ * HttpCallModel
+ *		Send prompt to model and wait for the answer, retrying 429, 5xx and
+ *		broken connections up to model->max_retries times with exponential
+ *		backoff (or the server's Retry-After), all within model->timeout_ms.
+ *
+ * Fills every field of attempt; strings are palloc'd in the current memory
+ * context.  Never raises an error for what the upstream does; raises the
+ * usual errors when the statement is canceled (57014) or the backend is
+ * terminated (57P01), and for out of memory.
+ */
+void
+HttpCallModel(const CanaryModel *model, const char *prompt,
+			  CanaryAttempt *attempt)
+{
+	instr_time	start;
+	char	   *url;
+	char	   *body;
+	size_t		body_len;
+	const char *keyerr;
+	char	   *keydetail = NULL;
+
+	INSTR_TIME_SET_CURRENT(start);
+	memset(attempt, 0, sizeof(*attempt));
+	attempt->outcome = CANARY_OUTCOME_ERROR;
+	attempt->prompt_tokens = -1;
+	attempt->completion_tokens = -1;
+
+	(void) HttpGetHandle();
+	url = ProviderRequestUrl(model);
+	body = ProviderRequestBody(model, prompt);
+	body_len = strlen(body);
+
+	/* whatever an earlier call that raised an error left behind */
+	HttpResponseFree();
+	if (HttpHeaders != NULL)
+	{
+		curl_slist_free_all(HttpHeaders);
+		HttpHeaders = NULL;
+	}
+
+	PG_TRY();
+	{
+		keyerr = HttpBuildHeaders(model, &keydetail);
+		if (keyerr != NULL)
+		{
+			attempt->error = pstrdup(keyerr);
+			attempt->error_detail = keydetail;
+		}
+
+		for (int n = 0; keyerr == NULL; n++)
+		{
+			double		left = model->timeout_ms - ElapsedMs(start);
+			long		status;
+			CURLcode	rc;
+			bool		retryable;
+			double		wait_ms;
+
+			if (left < 1)
+			{
+				attempt->outcome = CANARY_OUTCOME_TIMEOUT;
+				attempt->error = pstrdup("timeout");
+				attempt->error_detail = psprintf("The model did not answer within %d ms.",
+												 model->timeout_ms);
+				break;
+			}
+
+			rc = HttpPerform(HttpHandle, url, body, body_len, model, (long) left, &status);
+			attempt->tries++;
+			attempt->http_status = (int) status;
+
+			if (rc == CURLE_ABORTED_BY_CALLBACK)
+			{
+				/* free before raising the cancel, then the caller's error */
+				HttpResponseFree();
+				CHECK_FOR_INTERRUPTS();
+				attempt->error = pstrdup("canceled");
+				attempt->error_detail = pstrdup("The request was interrupted.");
+				break;
+			}
+
+			/* a complete answer: the provider's verdict, or a retryable status */
+			if (rc == CURLE_OK)
+			{
+				retryable = status == 429 || (status >= 500 && status <= 599);
+				if (!retryable || n >= model->max_retries)
+				{
+					ProviderParseResponse(model, (int) status, HttpResp.data,
+										  HttpResp.len, attempt);
+					break;
+				}
+			}
+			else if (HttpResp.too_large)
+			{
+				attempt->error = pstrdup("response_too_large");
+				attempt->error_detail =
+					psprintf("The response is longer than llm_canary.max_response_bytes (%d bytes).",
+							 canary_max_response_bytes);
+				break;
+			}
+			else if (HttpResp.no_memory)
+				ereport(ERROR,
+						(errcode(ERRCODE_OUT_OF_MEMORY),
+						 errmsg("out of memory"),
+						 errdetail("Failed to store the response of model \"%s\".",
+								   model->name)));
+			else if (rc == CURLE_OPERATION_TIMEDOUT)
+			{
+				attempt->outcome = CANARY_OUTCOME_TIMEOUT;
+				attempt->error = pstrdup("timeout");
+				attempt->error_detail = CurlErrorText(rc);
+				/* a connect timeout may leave budget for another try */
+				if (n >= model->max_retries)
+					break;
+			}
+			else if (HttpConnectionFailure(rc))
+			{
+				attempt->outcome = CANARY_OUTCOME_ERROR;
+				attempt->error = pstrdup("connect");
+				attempt->error_detail = CurlErrorText(rc);
+				if (n >= model->max_retries)
+					break;
+			}
+			else
+			{
+				attempt->error = pstrdup(rc == CURLE_PEER_FAILED_VERIFICATION ||
+										 rc == CURLE_SSL_CACERT_BADFILE ||
+										 rc == CURLE_SSL_CERTPROBLEM ?
+										 "tls" : "transport");
+				attempt->error_detail = CurlErrorText(rc);
+				break;
+			}
+
+			/* retry, if the wait fits into what is left of the budget */
+			if (HttpResp.retry_after_ms >= 0)
+				wait_ms = HttpResp.retry_after_ms;
+			else
+				wait_ms = HTTP_BACKOFF_BASE_MS * (double) (1 << Min(n, 16)) *
+					(1.0 + 0.2 * pg_prng_double(&pg_global_prng_state));
+			if (ElapsedMs(start) + wait_ms >= model->timeout_ms)
+			{
+				if (rc == CURLE_OK)
+					ProviderParseResponse(model, (int) status, HttpResp.data,
+										  HttpResp.len, attempt);
+				break;
+			}
+			HttpResponseFree();
+			attempt->outcome = CANARY_OUTCOME_ERROR;
+			attempt->error = NULL;
+			attempt->error_detail = NULL;
+			HttpSleep(wait_ms);
+		}
+	}
+	PG_FINALLY();
+	{
+		HttpResponseFree();
+		if (HttpHeaders != NULL)
+		{
+			curl_easy_setopt(HttpHandle, CURLOPT_HTTPHEADER, NULL);
+			curl_slist_free_all(HttpHeaders);
+			HttpHeaders = NULL;
+		}
+	}
+	PG_END_TRY();
+
+	attempt->latency_ms = (int) ElapsedMs(start);
+	pfree(url);
+	pfree(body);
+}

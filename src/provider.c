@@ -1,0 +1,733 @@
+/*-------------------------------------------------------------------------
+ *
+ * provider.c
+ *	  The two provider dialects: the request URL and JSON body of an OpenAI
+ *	  chat completion or an Anthropic message, and the reading of the
+ *	  answer into a CanaryAttempt.
+ *
+ * Pure functions: no network, no catalog access.  http.c sends what these
+ * build and hands the response back here.  An upstream can send anything
+ * (HTML from a proxy, half a body, invalid UTF-8, JSON nested a million
+ * levels deep), so ProviderParseResponse never raises an error for what it
+ * is given: it reports "malformed_response" instead.  It parses with the
+ * non-throwing JSON parser of PostgreSQL (pg_parse_json) and semantic
+ * actions that pick out the few fields it needs, after checking the
+ * encoding and the nesting depth (the parser would ERROR past the stack
+ * depth limit).
+ *
+ * Refusal detection from the answer's text is not done here: the call path
+ * does it.  Here only the provider's own signals count (OpenAI
+ * message.refusal and finish_reason "content_filter", Anthropic stop_reason
+ * "refusal").
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "common/jsonapi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/float.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+
+#include "provider.h"
+
+/* Anthropic requires max_tokens; used when the model does not set it. */
+#define ANTHROPIC_DEFAULT_MAX_TOKENS 1024
+
+/* Deeper JSON is not an LLM answer; refusing it keeps the parser's stack small. */
+#define PARSE_MAX_NESTING	64
+
+/* Path components remembered while parsing (deeper ones are never wanted). */
+#define PARSE_TRACK_DEPTH	6
+
+/* Provider messages longer than this are cut in error_detail. */
+#define DETAIL_MAX_BYTES	500
+
+/*
+ * ProviderRequestUrl
+ *		{base_url}/chat/completions (openai) or {base_url}/messages
+ *		(anthropic), without doubling a trailing slash of base_url.
+ *		palloc'd in the current memory context.
+ */
+char *
+ProviderRequestUrl(const CanaryModel *model)
+{
+	int			len = strlen(model->base_url);
+
+	while (len > 0 && model->base_url[len - 1] == '/')
+		len--;
+
+	return psprintf("%.*s/%s", len, model->base_url,
+					model->provider == CANARY_PROVIDER_ANTHROPIC ?
+					"messages" : "chat/completions");
+}
+
+/* Append ,"key":<value as a JSON number> */
+static void
+AppendJsonDouble(StringInfo buf, const char *key, double value)
+{
+	char	   *num = float8out_internal(value);
+
+	appendStringInfo(buf, ",\"%s\":%s", key, num);
+	pfree(num);
+}
+
+/*
+ * ProviderRequestBody
+ *		The JSON request body for one prompt, palloc'd in the current memory
+ *		context.  Every string (model id, system prompt, prompt) is escaped
+ *		with escape_json.  prompt must be a valid string of the database
+ *		encoding (it comes from a text value).
+ *
+ * OpenAI:    {"model", "messages": [system?, user], "max_tokens" or
+ *			  "max_completion_tokens" (only when configured), "temperature"?}
+ * Anthropic: {"model", "max_tokens" (1024 when not configured), "system"?,
+ *			  "messages": [user], "temperature"?}
+ */
+char *
+ProviderRequestBody(const CanaryModel *model, const char *prompt)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"model\":");
+	escape_json(&buf, model->model);
+
+	if (model->provider == CANARY_PROVIDER_ANTHROPIC)
+	{
+		appendStringInfo(&buf, ",\"max_tokens\":%d",
+						 model->max_tokens > 0 ? model->max_tokens :
+						 ANTHROPIC_DEFAULT_MAX_TOKENS);
+		if (model->system_prompt != NULL)
+		{
+			appendStringInfoString(&buf, ",\"system\":");
+			escape_json(&buf, model->system_prompt);
+		}
+		appendStringInfoString(&buf, ",\"messages\":[{\"role\":\"user\",\"content\":");
+		escape_json(&buf, prompt);
+		appendStringInfoString(&buf, "}]");
+	}
+	else
+	{
+		appendStringInfoString(&buf, ",\"messages\":[");
+		if (model->system_prompt != NULL)
+		{
+			appendStringInfoString(&buf, "{\"role\":\"system\",\"content\":");
+			escape_json(&buf, model->system_prompt);
+			appendStringInfoString(&buf, "},");
+		}
+		appendStringInfoString(&buf, "{\"role\":\"user\",\"content\":");
+		escape_json(&buf, prompt);
+		appendStringInfoString(&buf, "}]");
+		if (model->max_tokens > 0)
+			appendStringInfo(&buf, ",\"%s\":%d",
+							 model->use_max_completion_tokens ?
+							 "max_completion_tokens" : "max_tokens",
+							 model->max_tokens);
+	}
+
+	if (model->has_temperature)
+		AppendJsonDouble(&buf, "temperature", model->temperature);
+	appendStringInfoChar(&buf, '}');
+
+	return buf.data;
+}
+
+/* ----------------------------------------------------------------------
+ * Reading a response
+ * ----------------------------------------------------------------------
+ */
+
+/* What a wanted field turned out to be in the response. */
+typedef enum FieldKind
+{
+	FIELD_MISSING = 0,
+	FIELD_NULL,
+	FIELD_STRING,
+	FIELD_NUMBER,
+	FIELD_BOOL,
+	FIELD_CONTAINER				/* object or array */
+} FieldKind;
+
+typedef struct Field
+{
+	FieldKind	kind;
+	char	   *str;			/* de-escaped string or number token */
+} Field;
+
+/*
+ * The fields both dialects may need.  "0" matches array element 0, "*" any
+ * array element; other components are object keys.
+ */
+typedef enum WantedField
+{
+	F_TYPE,						/* anthropic: "message" or "error" */
+	F_ERROR,
+	F_ERROR_MESSAGE,
+	F_ERROR_TYPE,
+	F_CHOICES,					/* openai */
+	F_CHOICE0_MESSAGE,
+	F_CHOICE0_CONTENT,
+	F_CHOICE0_REFUSAL,
+	F_CHOICE0_FINISH,
+	F_USAGE_PROMPT,
+	F_USAGE_COMPLETION,
+	F_CONTENT,					/* anthropic */
+	F_BLOCK,
+	F_BLOCK_TYPE,
+	F_BLOCK_TEXT,
+	F_STOP_REASON,
+	F_USAGE_INPUT,
+	F_USAGE_OUTPUT,
+	F_COUNT
+} WantedField;
+
+static const char *const FieldPaths[F_COUNT][PARSE_TRACK_DEPTH + 1] = {
+	[F_TYPE] = {"type"},
+	[F_ERROR] = {"error"},
+	[F_ERROR_MESSAGE] = {"error", "message"},
+	[F_ERROR_TYPE] = {"error", "type"},
+	[F_CHOICES] = {"choices"},
+	[F_CHOICE0_MESSAGE] = {"choices", "0", "message"},
+	[F_CHOICE0_CONTENT] = {"choices", "0", "message", "content"},
+	[F_CHOICE0_REFUSAL] = {"choices", "0", "message", "refusal"},
+	[F_CHOICE0_FINISH] = {"choices", "0", "finish_reason"},
+	[F_USAGE_PROMPT] = {"usage", "prompt_tokens"},
+	[F_USAGE_COMPLETION] = {"usage", "completion_tokens"},
+	[F_CONTENT] = {"content"},
+	[F_BLOCK] = {"content", "*"},
+	[F_BLOCK_TYPE] = {"content", "*", "type"},
+	[F_BLOCK_TEXT] = {"content", "*", "text"},
+	[F_STOP_REASON] = {"stop_reason"},
+	[F_USAGE_INPUT] = {"usage", "input_tokens"},
+	[F_USAGE_OUTPUT] = {"usage", "output_tokens"},
+};
+
+typedef struct PathElem
+{
+	const char *key;			/* NULL: an array element */
+	int			index;
+} PathElem;
+
+typedef struct ParseState
+{
+	int			depth;			/* current path length (may exceed tracked) */
+	PathElem	path[PARSE_TRACK_DEPTH];
+	int			next_index[PARSE_TRACK_DEPTH + 1];	/* per open array */
+	Field		fields[F_COUNT];
+
+	/* Anthropic content blocks: the current one, and the first text one */
+	Field		block_type;
+	Field		block_text;
+	bool		have_text_block;
+	char	   *first_text;
+} ParseState;
+
+/* Does the current path match the wanted field's path exactly? */
+static bool
+PathMatches(const ParseState *ps, WantedField f)
+{
+	const char *const *pat = FieldPaths[f];
+	int			n = 0;
+
+	while (n < PARSE_TRACK_DEPTH && pat[n] != NULL)
+		n++;
+	if (ps->depth != n)
+		return false;
+	for (int i = 0; i < n; i++)
+	{
+		const PathElem *e = &ps->path[i];
+
+		if (strcmp(pat[i], "*") == 0)
+		{
+			if (e->key != NULL)
+				return false;
+		}
+		else if (pat[i][0] >= '0' && pat[i][0] <= '9')
+		{
+			if (e->key != NULL || e->index != atoi(pat[i]))
+				return false;
+		}
+		else if (e->key == NULL || strcmp(e->key, pat[i]) != 0)
+			return false;
+	}
+	return true;
+}
+
+/* Record a value found at the current path, if it is one we want. */
+static void
+NoteValue(ParseState *ps, FieldKind kind, char *str)
+{
+	if (ps->depth > PARSE_TRACK_DEPTH)
+		return;
+	for (int f = 0; f < F_COUNT; f++)
+	{
+		Field	   *dst;
+
+		if (!PathMatches(ps, (WantedField) f))
+			continue;
+		if (f == F_BLOCK_TYPE)
+			dst = &ps->block_type;
+		else if (f == F_BLOCK_TEXT)
+			dst = &ps->block_text;
+		else
+			dst = &ps->fields[f];
+		/* a repeated key: the last one wins, as in jsonb */
+		dst->kind = kind;
+		dst->str = str;
+		return;
+	}
+}
+
+static void
+SemObjectStart(void *state)
+{
+	ParseState *ps = (ParseState *) state;
+
+	NoteValue(ps, FIELD_CONTAINER, NULL);
+	if (ps->depth <= PARSE_TRACK_DEPTH && PathMatches(ps, F_BLOCK))
+	{
+		ps->block_type.kind = FIELD_MISSING;
+		ps->block_text.kind = FIELD_MISSING;
+	}
+}
+
+static void
+SemObjectEnd(void *state)
+{
+	ParseState *ps = (ParseState *) state;
+
+	/* the end of an Anthropic content block: keep the first text block */
+	if (ps->depth <= PARSE_TRACK_DEPTH && PathMatches(ps, F_BLOCK) &&
+		!ps->have_text_block &&
+		ps->block_type.kind == FIELD_STRING &&
+		strcmp(ps->block_type.str, "text") == 0 &&
+		ps->block_text.kind == FIELD_STRING)
+	{
+		ps->have_text_block = true;
+		ps->first_text = ps->block_text.str;
+	}
+}
+
+static void
+SemArrayStart(void *state)
+{
+	ParseState *ps = (ParseState *) state;
+
+	NoteValue(ps, FIELD_CONTAINER, NULL);
+	if (ps->depth <= PARSE_TRACK_DEPTH)
+		ps->next_index[ps->depth] = 0;
+}
+
+static void
+SemFieldStart(void *state, char *fname, bool isnull)
+{
+	ParseState *ps = (ParseState *) state;
+
+	if (ps->depth < PARSE_TRACK_DEPTH)
+	{
+		ps->path[ps->depth].key = fname ? fname : "";
+		ps->path[ps->depth].index = -1;
+	}
+	ps->depth++;
+}
+
+static void
+SemFieldEnd(void *state, char *fname, bool isnull)
+{
+	ParseState *ps = (ParseState *) state;
+
+	ps->depth--;
+}
+
+static void
+SemElementStart(void *state, bool isnull)
+{
+	ParseState *ps = (ParseState *) state;
+
+	if (ps->depth < PARSE_TRACK_DEPTH)
+	{
+		ps->path[ps->depth].key = NULL;
+		ps->path[ps->depth].index = ps->next_index[ps->depth]++;
+	}
+	ps->depth++;
+}
+
+static void
+SemElementEnd(void *state, bool isnull)
+{
+	ParseState *ps = (ParseState *) state;
+
+	ps->depth--;
+}
+
+static void
+SemScalar(void *state, char *token, JsonTokenType tokentype)
+{
+	ParseState *ps = (ParseState *) state;
+	FieldKind	kind;
+
+	switch (tokentype)
+	{
+		case JSON_TOKEN_STRING:
+			kind = FIELD_STRING;
+			break;
+		case JSON_TOKEN_NUMBER:
+			kind = FIELD_NUMBER;
+			break;
+		case JSON_TOKEN_TRUE:
+		case JSON_TOKEN_FALSE:
+			kind = FIELD_BOOL;
+			break;
+		default:
+			kind = FIELD_NULL;
+			break;
+	}
+	NoteValue(ps, kind, token);
+}
+
+/*
+ * JSON nested deeper than PARSE_MAX_NESTING?  A byte scan that skips
+ * strings; pg_parse_json would raise "stack depth limit exceeded" on input
+ * nested deeply enough, so such input must never reach it.
+ */
+static bool
+NestedTooDeep(const char *s, size_t len)
+{
+	int			depth = 0;
+	bool		in_string = false;
+
+	for (size_t i = 0; i < len; i++)
+	{
+		char		c = s[i];
+
+		if (in_string)
+		{
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_string = false;
+		}
+		else if (c == '"')
+			in_string = true;
+		else if (c == '[' || c == '{')
+		{
+			if (++depth > PARSE_MAX_NESTING)
+				return true;
+		}
+		else if (c == ']' || c == '}')
+			depth--;
+	}
+	return false;
+}
+
+/*
+ * Parse body (already known to be valid in the database encoding) into ps.
+ * Returns NULL, or why body is not a JSON object we can read.  Never raises
+ * an error for what body contains: the lexer converts \u escapes to the
+ * database encoding, which can fail only in a database that is not UTF8,
+ * and that failure is caught here.
+ */
+static const char *
+ParseJsonBody(char *body, size_t len, ParseState *ps)
+{
+	JsonSemAction sem;
+	JsonLexContext *lex;
+	volatile JsonParseErrorType rc;
+	size_t		i = 0;
+
+	/* cheap checks first: the top level must be an object */
+	while (i < len && (body[i] == ' ' || body[i] == '\t' ||
+					   body[i] == '\n' || body[i] == '\r'))
+		i++;
+	if (i == len || body[i] != '{')
+		return "The response body is not a JSON object.";
+	if (NestedTooDeep(body, len))
+		return "The response body is nested too deeply.";
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = ps;
+	sem.object_start = SemObjectStart;
+	sem.object_end = SemObjectEnd;
+	sem.array_start = SemArrayStart;
+	sem.object_field_start = SemFieldStart;
+	sem.object_field_end = SemFieldEnd;
+	sem.array_element_start = SemElementStart;
+	sem.array_element_end = SemElementEnd;
+	sem.scalar = SemScalar;
+
+	if (GetDatabaseEncoding() == PG_UTF8)
+	{
+		lex = makeJsonLexContextCstringLen(body, (int) len, PG_UTF8, true);
+		rc = pg_parse_json(lex, &sem);
+	}
+	else
+	{
+		MemoryContext oldcxt = CurrentMemoryContext;
+
+		/*
+		 * pg_unicode_to_server raises an error for an escape that has no
+		 * equivalent in the database encoding; nothing else in here
+		 * acquires resources, so catching that error without a
+		 * subtransaction is safe.
+		 */
+		PG_TRY();
+		{
+			lex = makeJsonLexContextCstringLen(body, (int) len,
+											   GetDatabaseEncoding(), true);
+			rc = pg_parse_json(lex, &sem);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(oldcxt);
+			edata = CopyErrorData();
+			if (edata->sqlerrcode != ERRCODE_UNTRANSLATABLE_CHARACTER &&
+				edata->sqlerrcode != ERRCODE_CHARACTER_NOT_IN_REPERTOIRE &&
+				edata->sqlerrcode != ERRCODE_FEATURE_NOT_SUPPORTED)
+				PG_RE_THROW();
+			FlushErrorState();
+			FreeErrorData(edata);
+			rc = JSON_UNICODE_HIGH_ESCAPE;
+		}
+		PG_END_TRY();
+	}
+	if (rc != JSON_SUCCESS)
+		return "The response body is not valid JSON.";
+	return NULL;
+}
+
+/*
+ * A JSON integer token as a non-negative int, or -1 when it is not one
+ * (missing, a fraction, negative, too large).
+ */
+static int
+FieldTokens(const Field *f)
+{
+	long		v;
+	char	   *end;
+
+	if (f->kind != FIELD_NUMBER || f->str == NULL)
+		return -1;
+	errno = 0;
+	v = strtol(f->str, &end, 10);
+	if (errno != 0 || *end != '\0' || v < 0 || v > INT_MAX)
+		return -1;
+	return (int) v;
+}
+
+/* A copy of s cut to at most DETAIL_MAX_BYTES bytes, on a character boundary. */
+static char *
+ClipDetail(const char *s)
+{
+	int			len = strlen(s);
+
+	if (len > DETAIL_MAX_BYTES)
+		len = pg_mbcliplen(s, len, DETAIL_MAX_BYTES);
+	return pnstrdup(s, len);
+}
+
+static void
+SetMalformed(CanaryAttempt *attempt, const char *detail)
+{
+	attempt->outcome = CANARY_OUTCOME_ERROR;
+	attempt->text = NULL;
+	attempt->provider_refusal = false;
+	attempt->error = pstrdup("malformed_response");
+	attempt->error_detail = pstrdup(detail);
+}
+
+/* The provider's error message ({"error":{"message"}} in both dialects). */
+static char *
+ErrorMessage(const ParseState *ps)
+{
+	const Field *msg = &ps->fields[F_ERROR_MESSAGE];
+	const Field *err = &ps->fields[F_ERROR];
+
+	if (msg->kind == FIELD_STRING)
+		return ClipDetail(msg->str);
+	/* some OpenAI-compatible servers send {"error": "text"} */
+	if (err->kind == FIELD_STRING)
+		return ClipDetail(err->str);
+	return NULL;
+}
+
+static void
+ParseOpenAI(const ParseState *ps, CanaryAttempt *attempt)
+{
+	const Field *content = &ps->fields[F_CHOICE0_CONTENT];
+	const Field *refusal = &ps->fields[F_CHOICE0_REFUSAL];
+	const Field *finish = &ps->fields[F_CHOICE0_FINISH];
+
+	/* usage is reported even for an unusable answer: it was billed */
+	attempt->prompt_tokens = FieldTokens(&ps->fields[F_USAGE_PROMPT]);
+	attempt->completion_tokens = FieldTokens(&ps->fields[F_USAGE_COMPLETION]);
+
+	if (ps->fields[F_CHOICES].kind != FIELD_CONTAINER ||
+		ps->fields[F_CHOICE0_MESSAGE].kind != FIELD_CONTAINER)
+	{
+		SetMalformed(attempt, "The response has no choices[0].message.");
+		return;
+	}
+
+	if (refusal->kind == FIELD_STRING)
+	{
+		attempt->outcome = CANARY_OUTCOME_REFUSAL;
+		attempt->provider_refusal = true;
+		attempt->text = pstrdup(refusal->str);
+	}
+	else if (finish->kind == FIELD_STRING &&
+			 strcmp(finish->str, "content_filter") == 0)
+	{
+		attempt->outcome = CANARY_OUTCOME_REFUSAL;
+		attempt->provider_refusal = true;
+		attempt->text = content->kind == FIELD_STRING ? pstrdup(content->str) : NULL;
+	}
+	else if (content->kind == FIELD_STRING)
+	{
+		attempt->outcome = CANARY_OUTCOME_OK;
+		attempt->text = pstrdup(content->str);
+	}
+	else
+		SetMalformed(attempt, content->kind == FIELD_MISSING ?
+					 "The response has no choices[0].message.content." :
+					 content->kind == FIELD_NULL ?
+					 "choices[0].message.content is null and there is no refusal." :
+					 "choices[0].message.content is not a string.");
+}
+
+static void
+ParseAnthropic(const ParseState *ps, CanaryAttempt *attempt)
+{
+	const Field *stop = &ps->fields[F_STOP_REASON];
+
+	/* usage is reported even for an unusable answer: it was billed */
+	attempt->prompt_tokens = FieldTokens(&ps->fields[F_USAGE_INPUT]);
+	attempt->completion_tokens = FieldTokens(&ps->fields[F_USAGE_OUTPUT]);
+
+	if (ps->fields[F_CONTENT].kind != FIELD_CONTAINER)
+	{
+		SetMalformed(attempt, ps->fields[F_CONTENT].kind == FIELD_MISSING ?
+					 "The response has no content." :
+					 ps->fields[F_CONTENT].kind == FIELD_NULL ?
+					 "The response's content is null." :
+					 "The response's content is not a list.");
+		return;
+	}
+
+	if (stop->kind == FIELD_STRING && strcmp(stop->str, "refusal") == 0)
+	{
+		attempt->outcome = CANARY_OUTCOME_REFUSAL;
+		attempt->provider_refusal = true;
+		attempt->text = ps->have_text_block ? pstrdup(ps->first_text) : NULL;
+	}
+	else if (ps->have_text_block)
+	{
+		attempt->outcome = CANARY_OUTCOME_OK;
+		attempt->text = pstrdup(ps->first_text);
+	}
+	else
+		SetMalformed(attempt, "The response has no text content block.");
+}
+
+/*
+ * ProviderParseResponse
+ *		Read one HTTP response of model into attempt: outcome, text, token
+ *		counts, provider_refusal, error and error_detail.  http_status,
+ *		tries and latency_ms are left to the caller.
+ *
+ * body need not be NUL-terminated and may be anything at all: this never
+ * raises an error for its contents (only for running out of memory).
+ * Results are palloc'd in the current memory context; scratch memory of the
+ * parse goes there too and lives as long as it.
+ */
+void
+ProviderParseResponse(const CanaryModel *model, int http_status,
+					  const char *body, size_t len,
+					  CanaryAttempt *attempt)
+{
+	ParseState	ps;
+	bool		valid_text;
+	const char *json_problem = "The response body is empty.";
+	char	   *copy = NULL;
+
+	attempt->outcome = CANARY_OUTCOME_ERROR;
+	attempt->text = NULL;
+	attempt->provider_refusal = false;
+	attempt->prompt_tokens = -1;
+	attempt->completion_tokens = -1;
+	attempt->error = NULL;
+	attempt->error_detail = NULL;
+	memset(&ps, 0, sizeof(ps));
+
+	if (body == NULL)
+		len = 0;
+
+	/* the provider sends UTF-8; text values must be valid and have no NUL */
+	valid_text = len > 0 && len < MaxAllocSize &&
+		pg_verify_mbstr(PG_UTF8, body, (int) len, true);
+	if (valid_text && GetDatabaseEncoding() != PG_UTF8 &&
+		GetDatabaseEncoding() != PG_SQL_ASCII)
+	{
+		/*
+		 * Not UTF8: the strings must still be valid in the database
+		 * encoding.  Converting would raise an error for characters it
+		 * cannot represent, so accept only ASCII bodies there (\u escapes
+		 * are converted by the parser, which is guarded).
+		 */
+		valid_text = pg_verify_mbstr(PG_SQL_ASCII, body, (int) len, true);
+		for (size_t i = 0; valid_text && i < len; i++)
+			if (IS_HIGHBIT_SET(body[i]))
+				valid_text = false;
+	}
+	if (valid_text)
+	{
+		copy = pnstrdup(body, len);
+		json_problem = ParseJsonBody(copy, len, &ps);
+	}
+
+	if (http_status < 200 || http_status > 299)
+	{
+		attempt->outcome = CANARY_OUTCOME_ERROR;
+		attempt->error = psprintf("http_%d", http_status);
+		attempt->error_detail = json_problem == NULL ? ErrorMessage(&ps) : NULL;
+		return;
+	}
+
+	if (len == 0)
+	{
+		SetMalformed(attempt, "The response body is empty.");
+		return;
+	}
+	if (!valid_text)
+	{
+		SetMalformed(attempt, "The response body is not valid UTF-8.");
+		return;
+	}
+	if (json_problem != NULL)
+	{
+		SetMalformed(attempt, json_problem);
+		return;
+	}
+
+	/* a 2xx that carries an error object (some compatible servers do this) */
+	if (ps.fields[F_ERROR].kind == FIELD_CONTAINER ||
+		(ps.fields[F_TYPE].kind == FIELD_STRING &&
+		 strcmp(ps.fields[F_TYPE].str, "error") == 0))
+	{
+		attempt->outcome = CANARY_OUTCOME_ERROR;
+		attempt->error = pstrdup("provider_error");
+		attempt->error_detail = ErrorMessage(&ps);
+		return;
+	}
+
+	if (model->provider == CANARY_PROVIDER_ANTHROPIC)
+		ParseAnthropic(&ps, attempt);
+	else
+		ParseOpenAI(&ps, attempt);
+}
