@@ -225,7 +225,8 @@ IntervalMs(Interval *iv)
  * canary_flush(timeout interval) RETURNS bigint
  *
  * Wait until every record enqueued before the call was written by the
- * worker; return the records written since startup.  55000 when the worker
+ * worker and the worker is running; return the records written since
+ * startup.  55000 when the worker
  * does not serve this database or did not run during the wait, 57014 on
  * cancel or when the timeout passed first.
  */

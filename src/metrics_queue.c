@@ -387,8 +387,9 @@ MetricsRequestFlush(void)
 
 /*
  * MetricsWaitWritten
- *		Wait until at least target records were written, at most timeout_ms.
- *		Returns true when they were.  Interruptible: a cancel raises 57014
+ *		Wait until at least target records were written and the worker is
+ *		running (so that an empty queue also proves a worker serves it), at
+ *		most timeout_ms.  Returns true when both hold.  Interruptible: a cancel raises 57014
  *		from inside the wait.  The worker is re-asked to flush every second,
  *		so a worker that (re)started during the wait is asked too.
  */
@@ -408,7 +409,8 @@ MetricsWaitWritten(uint64 target, long timeout_ms)
 		long		remaining;
 
 		LWLockAcquire(Shared->lock, LW_SHARED);
-		done = Shared->tail >= target;
+		done = Shared->tail >= target &&
+			Shared->worker_state == CANARY_WORKER_RUNNING;
 		LWLockRelease(Shared->lock);
 		if (done)
 			break;
@@ -468,6 +470,7 @@ MetricsWorkerSetState(CanaryWorkerState state)
 	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
 	Shared->worker_state = state;
 	LWLockRelease(Shared->lock);
+	ConditionVariableBroadcast(&Shared->written_cv);
 }
 
 /*
