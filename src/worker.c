@@ -495,6 +495,11 @@ CanaryWorkerMain(Datum main_arg)
 									 WORKER_BACKOFF_MAX_MS);
 					next_retry = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 															 backoff_ms);
+					ereport(LOG,
+							(errmsg("llm_canary worker could not write metrics, retrying in %d ms",
+									backoff_ms),
+							 errdetail("%llu records stay queued until a write succeeds.",
+									   (unsigned long long) MetricsQueueDepth())));
 					break;
 			}
 		}
