@@ -288,6 +288,7 @@ canary_call(PG_FUNCTION_ARGS)
 				 errhint("Omit the argument to use the rollout named \"default\".")));
 
 	MetricsRequireWorkerDatabase();
+	MetricsCountCall();
 
 	memset(&cx, 0, sizeof(cx));
 	prompt = text_to_cstring(prompt_arg);

@@ -13,11 +13,14 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "utils/guc.h"
 
 #include "config.h"
 #include "llm_canary.h"
+#include "metrics.h"
 #include "provider.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -27,6 +30,31 @@ bool		canary_preloaded = false;
 
 /* settings */
 char	   *canary_database_name = NULL;
+int			canary_queue_size = 16384;
+int			canary_queue_full_wait_ms = 10;
+int			canary_flush_interval_ms = 100;
+int			canary_retention_days = 30;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/* shmem_request_hook: reserve the metrics queue. */
+static void
+CanaryShmemRequest(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	MetricsRequestShmem();
+}
+
+/* shmem_startup_hook: create or attach to the metrics queue. */
+static void
+CanaryShmemStartup(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	MetricsInitShmem();
+}
 
 void
 _PG_init(void)
@@ -41,6 +69,51 @@ _PG_init(void)
 							   PGC_POSTMASTER,
 							   0,
 							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm_canary.queue_size",
+							"Sets the capacity, in records, of the shared memory queue of metrics waiting to be written.",
+							"Each record takes about 800 bytes of shared memory; when the queue is full, new records are dropped and counted.",
+							&canary_queue_size,
+							16384, 16, 1048576,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm_canary.queue_full_wait_ms",
+							"Sets how long a call waits for room in a full metrics queue before dropping its record.",
+							NULL,
+							&canary_queue_full_wait_ms,
+							10, 0, 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm_canary.flush_interval_ms",
+							"Sets how often the background worker writes queued metrics.",
+							"The worker also writes as soon as the queue is a quarter full or canary_flush() is called.",
+							&canary_flush_interval_ms,
+							100, 10, 60000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm_canary.retention_days",
+							"Sets how many days of daily partitions of canary_requests and canary_feedback canary_maintenance() keeps.",
+							"Older partitions are dropped; 0 keeps every partition.",
+							&canary_retention_days,
+							30, 0, 36500,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = CanaryShmemRequest;
+		prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = CanaryShmemStartup;
+		WorkerRegister();
+	}
 
 	HttpDefineSettings();
 	MonitorDefineSettings();

@@ -24,6 +24,10 @@
 
 /* settings (llm_canary.c) */
 extern char *canary_database_name;
+extern int	canary_queue_size;
+extern int	canary_queue_full_wait_ms;
+extern int	canary_flush_interval_ms;
+extern int	canary_retention_days;
 
 /* monitor.c */
 extern int	canary_check_interval;

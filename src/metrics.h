@@ -51,7 +51,7 @@ typedef struct CanaryMetricRecord
 	int32		latency_ms;
 	int32		prompt_tokens;	/* -1 = NULL */
 	int32		completion_tokens;	/* -1 = NULL */
-	int32		response_chars;
+	int32		response_chars; /* -1 = NULL */
 	double		cost;			/* from the model's prices; 0 if unknown */
 } CanaryMetricRecord;
 
@@ -70,5 +70,62 @@ extern bool MetricsEnqueue(const CanaryMetricRecord *rec);
 
 /* Raise 55000 unless the worker serves this database. */
 extern void MetricsRequireWorkerDatabase(void);
+
+/*
+ * Count one call of canary_call (or canary_record) for this backend, shown by
+ * canary_backend_stats().  Never raises; a no-op without shared memory.
+ */
+extern void MetricsCountCall(void);
+
+/* The background worker's life cycle, as shown by canary_stats(). */
+typedef enum CanaryWorkerState
+{
+	CANARY_WORKER_STOPPED,		/* no worker process attached */
+	CANARY_WORKER_STARTING,
+	CANARY_WORKER_WAITING_FOR_EXTENSION,	/* llm_canary not installed in
+											 * its database (yet) */
+	CANARY_WORKER_RUNNING,
+	CANARY_WORKER_STOPPING		/* SIGTERM: draining the queue */
+} CanaryWorkerState;
+
+extern const char *CanaryWorkerStateName(CanaryWorkerState state);
+
+/* A consistent copy of the queue's counters (canary_stats). */
+typedef struct MetricsQueueStats
+{
+	int			capacity;
+	uint64		depth;			/* records queued, not yet written */
+	uint64		enqueued;		/* records accepted since startup */
+	uint64		dropped;		/* records refused because the queue was full */
+	uint64		written;		/* records committed by the worker */
+	uint64		write_errors;	/* failed batch writes (retried) */
+	uint64		batches;		/* committed batches */
+	TimestampTz last_write_at;	/* 0 = never */
+	int			worker_pid;		/* 0 = not running */
+	CanaryWorkerState worker_state;
+	Oid			worker_dboid;
+} MetricsQueueStats;
+
+extern bool MetricsQueueGetStats(MetricsQueueStats *stats);
+extern int	MetricsBackendCalls(int *pids, uint64 *calls, int max);
+extern int	MetricsBackendSlots(void);
+
+/*
+ * Waiting for the worker (canary_flush): the number of records enqueued so
+ * far, a request that the worker write now, and a wait until at least
+ * target records were written or timeout_ms passed.
+ */
+extern uint64 MetricsEnqueuedSoFar(void);
+extern void MetricsRequestFlush(void);
+extern bool MetricsWaitWritten(uint64 target, long timeout_ms);
+
+/* The worker's side of the queue (worker.c).  Only the worker consumes. */
+extern void MetricsWorkerAttach(Oid dboid);
+extern void MetricsWorkerSetState(CanaryWorkerState state);
+extern int	MetricsQueueFetch(CanaryMetricRecord *buf, int max);
+extern void MetricsQueueConsume(int n);
+extern void MetricsQueueWriteFailed(void);
+extern uint64 MetricsQueueDepth(void);
+extern bool MetricsTakeFlushRequest(void);
 
 #endif							/* LLM_CANARY_METRICS_H */

@@ -1,0 +1,283 @@
+/*
+ * Metrics: one row per model attempt in canary_requests, one row per user
+ * verdict in canary_feedback.
+ *
+ * The call path does not write canary_requests itself: it copies each
+ * record into a queue in shared memory and the llm_canary background worker
+ * writes the queue in batches, in transactions of its own, so an attempt is
+ * recorded even when the caller's transaction rolls back.  canary_flush()
+ * waits for the worker; canary_stats() shows the queue.
+ *
+ * Both tables are partitioned by day (UTC days, partitions named
+ * <table>_YYYYMMDD) with a DEFAULT partition, so a write never fails for a
+ * missing partition; canary_maintenance() creates partitions ahead and drops
+ * those older than llm_canary.retention_days.
+ */
+
+CREATE TABLE canary_requests (
+    request_id          uuid NOT NULL,
+    ts                  timestamptz NOT NULL,
+    canary              text NOT NULL,
+    stage               text,
+    user_id             text,
+    cohort              text,
+    model               text,
+    outcome             text,
+    http_status         integer,
+    latency_ms          integer,
+    prompt_tokens       integer,
+    completion_tokens   integer,
+    response_chars      integer,
+    refusal             boolean,
+    prompt_class        text,
+    prompt_hash         text,
+    fallback            boolean,
+    error               text,
+    cost                numeric
+) PARTITION BY RANGE (ts);
+CREATE TABLE canary_requests_default PARTITION OF canary_requests DEFAULT;
+CREATE INDEX canary_requests_canary_ts_idx ON canary_requests (canary, ts);
+CREATE INDEX canary_requests_request_id_idx ON canary_requests (request_id);
+COMMENT ON TABLE canary_requests IS
+    'One row per model attempt, written by the llm_canary worker; partitioned by UTC day';
+COMMENT ON COLUMN canary_requests.outcome IS 'ok, refusal, error or timeout';
+COMMENT ON COLUMN canary_requests.cohort IS 'canary (new model) or control (old model)';
+COMMENT ON COLUMN canary_requests.fallback IS
+    'This attempt served a canary user with the old model after the new model failed';
+
+CREATE TABLE canary_feedback (
+    request_id          uuid NOT NULL,
+    ts                  timestamptz NOT NULL DEFAULT now(),
+    thumbs_down         boolean NOT NULL,
+    user_id             text,
+    canary              text,
+    cohort              text,
+    model               text
+) PARTITION BY RANGE (ts);
+CREATE TABLE canary_feedback_default PARTITION OF canary_feedback DEFAULT;
+CREATE INDEX canary_feedback_canary_ts_idx ON canary_feedback (canary, ts);
+CREATE INDEX canary_feedback_request_id_idx ON canary_feedback (request_id);
+COMMENT ON TABLE canary_feedback IS
+    'User verdicts on answers (canary_feedback()), with the rollout, cohort and model copied from the request';
+
+/*
+ * Partitions.  A day is a UTC day whatever the session's TimeZone, so that
+ * partitions made by sessions in different time zones never overlap.
+ */
+CREATE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT current_date)
+RETURNS TABLE (action text, partition text, moved_rows bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    retention integer := coalesce(nullif(current_setting('llm_canary.retention_days', true), '')::integer, 30);
+    nsp name;
+    parent text;
+    columns text;
+    locked boolean;
+    day date;
+    part text;
+    lo timestamptz;
+    hi timestamptz;
+    has_rows boolean;
+    n bigint;
+    old record;
+BEGIN
+    IF days_ahead IS NULL OR today IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN today IS NULL THEN 'today' ELSE 'days_ahead' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF days_ahead NOT BETWEEN 0 AND 366 THEN
+        RAISE EXCEPTION 'days_ahead % is out of range', days_ahead
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Create between 0 and 366 days of partitions ahead; the default is 7.';
+    END IF;
+    SELECT c.relnamespace::regnamespace::name INTO nsp
+      FROM pg_class c WHERE c.oid = '@extschema@.canary_requests'::regclass;
+
+    FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback'] LOOP
+        locked := false;
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO columns
+          FROM pg_attribute a
+         WHERE a.attrelid = format('%I.%I', nsp, parent)::regclass
+           AND a.attnum > 0 AND NOT a.attisdropped;
+
+        -- today .. today + days_ahead
+        FOR i IN 0 .. days_ahead LOOP
+            day := today + i;
+            part := parent || '_' || to_char(day, 'YYYYMMDD');
+            CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
+            IF NOT locked THEN
+                -- writes go through the parent: block them (not reads) while
+                -- rows move, taking the parent's lock before any partition's
+                EXECUTE format('LOCK TABLE ONLY %I.%I IN SHARE ROW EXCLUSIVE MODE', nsp, parent);
+                locked := true;
+            END IF;
+            lo := day::timestamp AT TIME ZONE 'UTC';
+            hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE ts >= $1 AND ts < $2)',
+                           nsp, parent || '_default')
+               INTO has_rows USING lo, hi;
+            IF NOT has_rows THEN
+                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               nsp, part, nsp, parent, lo, hi);
+                action := 'create'; partition := part; moved_rows := 0;
+            ELSE
+                -- the DEFAULT partition holds rows of this day: move them
+                -- into a new table, then attach it
+                EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                               nsp, part, nsp, parent);
+                EXECUTE format('WITH moved AS (DELETE FROM %I.%I WHERE ts >= $1 AND ts < $2 RETURNING %s)'
+                               ' INSERT INTO %I.%I (%s) SELECT %s FROM moved',
+                               nsp, parent || '_default', columns, nsp, part, columns, columns)
+                   USING lo, hi;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                EXECUTE format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               nsp, parent, nsp, part, lo, hi);
+                action := 'create'; partition := part; moved_rows := n;
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+
+        -- retention: drop daily partitions of days before today - retention
+        IF retention > 0 THEN
+            FOR old IN
+                SELECT c.relname::text AS relname
+                  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = format('%I.%I', nsp, parent)::regclass
+                   AND c.relname ~ ('^' || parent || '_[0-9]{8}$')
+                   AND to_date(right(c.relname, 8), 'YYYYMMDD') < today - retention
+                 ORDER BY c.relname
+            LOOP
+                IF NOT locked THEN
+                    EXECUTE format('LOCK TABLE ONLY %I.%I IN SHARE ROW EXCLUSIVE MODE', nsp, parent);
+                    locked := true;
+                END IF;
+                EXECUTE format('DROP TABLE %I.%I', nsp, old.relname);
+                action := 'drop'; partition := old.relname; moved_rows := NULL;
+                RETURN NEXT;
+            END LOOP;
+        END IF;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION canary_maintenance(integer, date) IS
+    'Creates daily partitions of canary_requests and canary_feedback from today through today + days_ahead (moving rows out of the DEFAULT partition) and drops those older than llm_canary.retention_days';
+REVOKE ALL ON FUNCTION canary_maintenance(integer, date) FROM PUBLIC;
+
+/* The queue and the worker (src/metrics_queue.c, src/metrics_funcs.c). */
+CREATE FUNCTION canary_flush(timeout interval DEFAULT '10 seconds')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'canary_flush'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION canary_flush(interval) IS
+    'Waits until the worker wrote every metric record queued before the call; returns the records written since server start';
+
+CREATE FUNCTION canary_record(canary text, user_id text, model text, cohort text, outcome text,
+                              latency_ms integer, ts timestamptz DEFAULT now(),
+                              refusal boolean DEFAULT false, http_status integer DEFAULT 200,
+                              prompt_tokens integer DEFAULT NULL, completion_tokens integer DEFAULT NULL,
+                              prompt_class text DEFAULT NULL, error text DEFAULT NULL,
+                              stage text DEFAULT NULL)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'canary_record'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION canary_record(text, text, text, text, text, integer, timestamptz, boolean,
+                                  integer, integer, integer, text, text, text) IS
+    'Queues one synthetic model attempt through the metrics queue, as canary_call would; returns its request_id (NULL if the queue was full)';
+REVOKE ALL ON FUNCTION canary_record(text, text, text, text, text, integer, timestamptz, boolean,
+                                     integer, integer, integer, text, text, text) FROM PUBLIC;
+
+CREATE FUNCTION canary_stats()
+RETURNS TABLE (queue_capacity integer, queue_depth bigint, enqueued bigint, dropped bigint,
+               written bigint, write_errors bigint, batches bigint, last_write_at timestamptz,
+               worker_pid integer, worker_state text, database text)
+AS 'MODULE_PATHNAME', 'canary_stats'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION canary_stats() IS
+    'Counters of the metrics queue and the state of the llm_canary worker since server start';
+
+CREATE FUNCTION canary_backend_stats()
+RETURNS TABLE (pid integer, calls bigint)
+AS 'MODULE_PATHNAME', 'canary_backend_stats'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION canary_backend_stats() IS
+    'Calls recorded by each connected backend';
+
+/*
+ * Feedback.  SECURITY DEFINER so that an application role needs only
+ * EXECUTE on this function, not privileges on the tables.
+ */
+CREATE FUNCTION canary_feedback(request_id uuid, thumbs_down boolean)
+RETURNS void
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    req record;
+BEGIN
+    IF canary_feedback.request_id IS NULL OR canary_feedback.thumbs_down IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL',
+                        CASE WHEN canary_feedback.request_id IS NULL THEN 'request_id' ELSE 'thumbs_down' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    -- the last attempt of a call answered it (a fallback follows the failure)
+    SELECT r.user_id, r.canary, r.cohort, r.model INTO req
+      FROM @extschema@.canary_requests r
+     WHERE r.request_id = canary_feedback.request_id
+     ORDER BY r.ts DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        -- a request just made may still be queued: let the worker write it
+        BEGIN
+            PERFORM @extschema@.canary_flush();
+        EXCEPTION WHEN object_not_in_prerequisite_state THEN
+            NULL;               -- no worker for this database: nothing queued here
+        END;
+        SELECT r.user_id, r.canary, r.cohort, r.model INTO req
+          FROM @extschema@.canary_requests r
+         WHERE r.request_id = canary_feedback.request_id
+         ORDER BY r.ts DESC
+         LIMIT 1;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'request "%" does not exist', canary_feedback.request_id
+            USING ERRCODE = 'no_data_found',
+                  HINT = 'Pass a request_id returned by canary_call(); requests are kept for llm_canary.retention_days days.';
+    END IF;
+
+    INSERT INTO @extschema@.canary_feedback (request_id, thumbs_down, user_id, canary, cohort, model)
+    VALUES (canary_feedback.request_id, canary_feedback.thumbs_down, req.user_id, req.canary, req.cohort, req.model);
+END;
+$$;
+COMMENT ON FUNCTION canary_feedback(uuid, boolean) IS
+    'Records a user''s verdict (thumbs down or not) on the answer to a request';
+REVOKE ALL ON FUNCTION canary_feedback(uuid, boolean) FROM PUBLIC;
+
+/*
+ * Today's partitions exist from the start.  They are data, not part of the
+ * extension: like the partitions the worker creates later, they are dumped
+ * by pg_dump and dropped with their table.
+ */
+SELECT count(*) FROM canary_maintenance();
+DO $$
+DECLARE
+    part regclass;
+BEGIN
+    FOR part IN
+        SELECT d.objid::regclass
+          FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+         WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'
+           AND d.refclassid = 'pg_extension'::regclass
+           AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'llm_canary')
+           AND c.relname ~ '^canary_(requests|feedback)_[0-9]{8}$'
+    LOOP
+        EXECUTE format('ALTER EXTENSION llm_canary DROP TABLE %s', part);
+    END LOOP;
+END;
+$$;
+
+SELECT pg_catalog.pg_extension_config_dump('canary_requests_default', '');
+SELECT pg_catalog.pg_extension_config_dump('canary_feedback_default', '');

@@ -1,0 +1,336 @@
+/*-------------------------------------------------------------------------
+ *
+ * metrics_funcs.c
+ *	  SQL functions of the metrics queue: canary_record (enqueue a synthetic
+ *	  attempt through the real queue), canary_flush (wait for the worker),
+ *	  canary_stats and canary_backend_stats (counters).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+#include "utils/uuid.h"
+
+#include "llm_canary.h"
+#include "metrics.h"
+
+/* Copy a text argument into a fixed buffer, clipped at a character boundary. */
+static void
+CopyClipped(char *dst, int dstsize, text *src)
+{
+	int			len = VARSIZE_ANY_EXHDR(src);
+
+	if (len >= dstsize)
+		len = pg_mbcliplen(VARDATA_ANY(src), len, dstsize - 1);
+	memcpy(dst, VARDATA_ANY(src), len);
+	dst[len] = '\0';
+}
+
+/* Raise 22004 when argument argno (1-based, named name) is NULL. */
+static void
+RequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno - 1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", name)));
+}
+
+/* A version 4 (random) UUID. */
+static void
+RandomUuid(pg_uuid_t *uuid)
+{
+	if (!pg_strong_random(uuid->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
+	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
+}
+
+/*
+ * ModelCost
+ *		Cost of an attempt from the prices in canary_models; 0 when the model
+ *		is not configured there or no tokens are known.
+ */
+static double
+ModelCost(const char *model, int32 prompt_tokens, int32 completion_tokens)
+{
+	Oid			extoid = get_extension_oid(LLM_CANARY_EXTNAME, true);
+	Oid			nspoid;
+	char	   *sql;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	double		cost = 0;
+
+	if (prompt_tokens < 0 && completion_tokens < 0)
+		return 0;
+	nspoid = OidIsValid(extoid) ? CanaryExtensionNamespace(extoid) : InvalidOid;
+	if (!OidIsValid(nspoid))
+		return 0;
+
+	sql = psprintf("SELECT price_input_per_1k::float8, price_output_per_1k::float8"
+				   " FROM %s.canary_models WHERE name = $1",
+				   quote_identifier(get_namespace_name(nspoid)));
+	args[0] = CStringGetTextDatum(model);
+	SPI_connect();
+	if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+		double		in = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
+													  SPI_tuptable->tupdesc, 1, &isnull));
+		double		out = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 2, &isnull));
+
+		cost = Max(prompt_tokens, 0) / 1000.0 * in +
+			Max(completion_tokens, 0) / 1000.0 * out;
+	}
+	SPI_finish();
+	return cost;
+}
+
+/*
+ * canary_record(canary, user_id, model, cohort, outcome, latency_ms, ts,
+ *				 refusal, http_status, prompt_tokens, completion_tokens,
+ *				 prompt_class, error, stage) RETURNS uuid
+ *
+ * Enqueue one synthetic model attempt through the real metrics queue, as
+ * canary_call would after calling a model, and return its request_id; NULL
+ * when the queue stayed full and the record was dropped.  outcome 'refusal'
+ * implies refusal = true.
+ */
+PG_FUNCTION_INFO_V1(canary_record);
+Datum
+canary_record(PG_FUNCTION_ARGS)
+{
+	CanaryMetricRecord rec;
+	char		buf[NAMEDATALEN];
+	int			i;
+	pg_uuid_t  *result;
+
+	MetricsRequireWorkerDatabase();
+
+	RequireArg(fcinfo, 1, "canary");
+	RequireArg(fcinfo, 2, "user_id");
+	RequireArg(fcinfo, 3, "model");
+	RequireArg(fcinfo, 4, "cohort");
+	RequireArg(fcinfo, 5, "outcome");
+	RequireArg(fcinfo, 6, "latency_ms");
+	RequireArg(fcinfo, 7, "ts");
+	RequireArg(fcinfo, 8, "refusal");
+
+	memset(&rec, 0, sizeof(rec));
+	RandomUuid(&rec.request_id);
+	rec.dboid = MyDatabaseId;
+	CopyClipped(rec.canary, sizeof(rec.canary), PG_GETARG_TEXT_PP(0));
+	CopyClipped(rec.user_id, sizeof(rec.user_id), PG_GETARG_TEXT_PP(1));
+	CopyClipped(rec.model, sizeof(rec.model), PG_GETARG_TEXT_PP(2));
+
+	CopyClipped(buf, sizeof(buf), PG_GETARG_TEXT_PP(3));
+	if (strcmp(buf, "canary") != 0 && strcmp(buf, "control") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid cohort \"%s\"", buf),
+				 errhint("Valid cohorts are: canary (served by the new model), control (served by the old model).")));
+	strlcpy(rec.cohort, buf, sizeof(rec.cohort));
+
+	CopyClipped(buf, sizeof(buf), PG_GETARG_TEXT_PP(4));
+	for (i = CANARY_OUTCOME_OK; i <= CANARY_OUTCOME_TIMEOUT; i++)
+		if (strcmp(buf, CanaryOutcomeName((CanaryOutcome) i)) == 0)
+			break;
+	if (i > CANARY_OUTCOME_TIMEOUT)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid outcome \"%s\"", buf),
+				 errhint("Valid outcomes are: ok, refusal, error, timeout.")));
+	rec.outcome = (uint8) i;
+
+	rec.latency_ms = PG_GETARG_INT32(5);
+	if (rec.latency_ms < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("latency_ms must not be negative")));
+	rec.ts = PG_GETARG_TIMESTAMPTZ(6);
+	if (TIMESTAMP_NOT_FINITE(rec.ts))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("ts must be a finite timestamp")));
+	rec.refusal = PG_GETARG_BOOL(7) || rec.outcome == CANARY_OUTCOME_REFUSAL;
+
+	if (!PG_ARGISNULL(8))
+	{
+		int32		status = PG_GETARG_INT32(8);
+
+		if (status < 100 || status > 599)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("http_status %d is out of range", status),
+					 errhint("Use an HTTP status between 100 and 599, or NULL when no response arrived.")));
+		rec.http_status = (int16) status;
+	}
+	rec.prompt_tokens = PG_ARGISNULL(9) ? -1 : PG_GETARG_INT32(9);
+	rec.completion_tokens = PG_ARGISNULL(10) ? -1 : PG_GETARG_INT32(10);
+	if ((!PG_ARGISNULL(9) && rec.prompt_tokens < 0) ||
+		(!PG_ARGISNULL(10) && rec.completion_tokens < 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("token counts must not be negative")));
+	if (!PG_ARGISNULL(11))
+		CopyClipped(rec.prompt_class, sizeof(rec.prompt_class), PG_GETARG_TEXT_PP(11));
+	if (!PG_ARGISNULL(12))
+		CopyClipped(rec.error, sizeof(rec.error), PG_GETARG_TEXT_PP(12));
+	if (!PG_ARGISNULL(13))
+		CopyClipped(rec.stage, sizeof(rec.stage), PG_GETARG_TEXT_PP(13));
+	rec.response_chars = -1;
+	rec.cost = ModelCost(rec.model, rec.prompt_tokens, rec.completion_tokens);
+
+	MetricsCountCall();
+	if (!MetricsEnqueue(&rec))
+		PG_RETURN_NULL();
+
+	result = palloc(sizeof(pg_uuid_t));
+	memcpy(result, &rec.request_id, sizeof(pg_uuid_t));
+	PG_RETURN_UUID_P(result);
+}
+
+/* Milliseconds of a non-negative interval (a month counts 30 days). */
+static long
+IntervalMs(Interval *iv)
+{
+	int64		ms;
+
+	ms = iv->time / 1000 +
+		((int64) iv->day + (int64) iv->month * DAYS_PER_MONTH) * (USECS_PER_DAY / 1000);
+	if (ms < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must not be negative")));
+	return (long) Min(ms, (int64) INT_MAX);
+}
+
+/*
+ * canary_flush(timeout interval) RETURNS bigint
+ *
+ * Wait until every record enqueued before the call was written by the
+ * worker and the worker is running; return the records written since
+ * startup.  55000 when the worker
+ * does not serve this database or did not run during the wait, 57014 on
+ * cancel or when the timeout passed first.
+ */
+PG_FUNCTION_INFO_V1(canary_flush);
+Datum
+canary_flush(PG_FUNCTION_ARGS)
+{
+	long		timeout_ms;
+	uint64		target;
+	MetricsQueueStats stats;
+
+	RequireArg(fcinfo, 1, "timeout");
+	timeout_ms = IntervalMs(PG_GETARG_INTERVAL_P(0));
+	MetricsRequireWorkerDatabase();
+
+	target = MetricsEnqueuedSoFar();
+	MetricsRequestFlush();
+	if (!MetricsWaitWritten(target, timeout_ms))
+	{
+		(void) MetricsQueueGetStats(&stats);
+		if (stats.worker_pid == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("the llm_canary background worker is not running"),
+					 errdetail("%llu metric records are queued.",
+							   (unsigned long long) stats.depth),
+					 errhint("Check the server log: the worker is restarted 5 seconds after it exits.")));
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("timed out waiting for the llm_canary worker to write queued metrics"),
+				 errdetail("%llu records are still queued; the worker is %s and has failed %llu writes.",
+						   (unsigned long long) stats.depth,
+						   CanaryWorkerStateName(stats.worker_state),
+						   (unsigned long long) stats.write_errors),
+				 errhint("Check the server log for errors of the llm_canary worker, or pass a longer timeout.")));
+	}
+	(void) MetricsQueueGetStats(&stats);
+	PG_RETURN_INT64((int64) stats.written);
+}
+
+/*
+ * canary_stats() RETURNS TABLE (queue_capacity, queue_depth, enqueued,
+ *		dropped, written, write_errors, batches, last_write_at, worker_pid,
+ *		worker_state, database)
+ */
+PG_FUNCTION_INFO_V1(canary_stats);
+Datum
+canary_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	MetricsQueueStats s;
+	Datum		values[11];
+	bool		nulls[11];
+
+	CanaryRequirePreload("canary_stats()");
+	InitMaterializedSRF(fcinfo, 0);
+	(void) MetricsQueueGetStats(&s);
+
+	memset(nulls, 0, sizeof(nulls));
+	values[0] = Int32GetDatum(s.capacity);
+	values[1] = Int64GetDatum((int64) s.depth);
+	values[2] = Int64GetDatum((int64) s.enqueued);
+	values[3] = Int64GetDatum((int64) s.dropped);
+	values[4] = Int64GetDatum((int64) s.written);
+	values[5] = Int64GetDatum((int64) s.write_errors);
+	values[6] = Int64GetDatum((int64) s.batches);
+	values[7] = TimestampTzGetDatum(s.last_write_at);
+	nulls[7] = (s.last_write_at == 0);
+	values[8] = Int32GetDatum(s.worker_pid);
+	nulls[8] = (s.worker_pid == 0);
+	values[9] = CStringGetTextDatum(CanaryWorkerStateName(s.worker_state));
+	values[10] = CStringGetTextDatum(canary_database_name ? canary_database_name : "");
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	return (Datum) 0;
+}
+
+/*
+ * canary_backend_stats() RETURNS TABLE (pid, calls)
+ *		Calls counted per live backend since it started.
+ */
+PG_FUNCTION_INFO_V1(canary_backend_stats);
+Datum
+canary_backend_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			max;
+	int		   *pids;
+	uint64	   *calls;
+	int			n;
+
+	CanaryRequirePreload("canary_backend_stats()");
+	InitMaterializedSRF(fcinfo, 0);
+	max = MetricsBackendSlots();
+	pids = palloc(sizeof(int) * Max(max, 1));
+	calls = palloc(sizeof(uint64) * Max(max, 1));
+	n = MetricsBackendCalls(pids, calls, max);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = Int32GetDatum(pids[i]);
+		values[1] = Int64GetDatum((int64) calls[i]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
