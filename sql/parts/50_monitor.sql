@@ -205,7 +205,7 @@ BEGIN
     WITH scores AS (
         SELECT s.user_id, s.score, (s.recorded_at AT TIME ZONE 'UTC')::date AS d, s.request_id
           FROM @extschema@.canary_csat s
-         WHERE s.recorded_at >= (now() AT TIME ZONE 'UTC')::date - (days - 1) AT TIME ZONE 'UTC'
+         WHERE s.recorded_at >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
     ),
     by_request AS (
         SELECT DISTINCT ON (r.request_id) r.request_id, r.cohort
@@ -219,7 +219,7 @@ BEGIN
                CASE WHEN count(DISTINCT r.cohort) > 1 THEN 'mixed' ELSE min(r.cohort) END AS cohort
           FROM @extschema@.canary_requests r
          WHERE r.canary = canary_csat_report.canary
-           AND r.ts >= (now() AT TIME ZONE 'UTC')::date - (days - 1) AT TIME ZONE 'UTC'
+           AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
            AND NOT r.fallback
          GROUP BY 1, 2
     ),

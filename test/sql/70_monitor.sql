@@ -10,7 +10,8 @@ $$;
 -- n requests of a cohort, spread over the 300 s before T0; every k-th one
 -- (k > 0) has the given flag; latency base + (i % spread)
 CREATE FUNCTION traffic(rollout text, cohort text, n int, bad_every int, what text,
-                        base int DEFAULT 100, spread int DEFAULT 100) RETURNS void LANGUAGE sql AS $$
+                        base int DEFAULT 100, spread int DEFAULT 100,
+                        t0 timestamptz DEFAULT '2030-01-01 12:00:00+00') RETURNS void LANGUAGE sql AS $$
     SELECT count(canary_record(
                canary => rollout, user_id => cohort || '_' || i,
                model => CASE cohort WHEN 'canary' THEN 'model-new' ELSE 'model-old' END,
@@ -19,7 +20,7 @@ CREATE FUNCTION traffic(rollout text, cohort text, n int, bad_every int, what te
                                WHEN what = 'refusal' AND bad_every > 0 AND i % bad_every = 0 THEN 'refusal'
                                ELSE 'ok' END,
                latency_ms => base + (i % spread),
-               ts => timestamptz '2030-01-01 12:00:00+00' - make_interval(secs => (i % 290) + 1),
+               ts => t0 - make_interval(secs => (i % 290) + 1),
                refusal => what = 'refusal' AND bad_every > 0 AND i % bad_every = 0))
       FROM generate_series(1, n) i
 $$;
@@ -57,9 +58,10 @@ SELECT traffic('ks_p95_ok', 'control', 1000, 0, 'ok'), traffic('ks_p95_ok', 'can
 SELECT canary_flush() > 0 AS flushed;
 SELECT canary_check('ks_p95_ok', :T0) IS NULL AS not_tripped;
 
--- 4. refusals: the article's trip, canary 1 in 11 (0.091) vs control 1 in 91 (0.011)
+-- 4. refusals: the article's trip, canary 45 of 500 (0.090) vs control 10 of 1000
+--    (0.010); z = 2.30 with the Agresti-Caffo adjustment, p = 0.011
 SELECT mk('ks_ref');
-SELECT traffic('ks_ref', 'control', 1000, 91, 'refusal'), traffic('ks_ref', 'canary', 200, 11, 'refusal');
+SELECT traffic('ks_ref', 'control', 1000, 91, 'refusal'), traffic('ks_ref', 'canary', 500, 11, 'refusal');
 SELECT canary_flush() > 0 AS flushed;
 SELECT canary_check('ks_ref', :T0);
 -- control 0.011 vs canary 0.040: within the 0.05 delta
@@ -96,12 +98,14 @@ SELECT count(*) FILTER (WHERE canary_cohort('u_' || g, 'ks_ref') = 'canary') AS 
 -- a tripped rollout is not checked again
 SELECT canary_check('ks_ref', :T0) IS NULL AS skipped;
 
--- 6. full: no control traffic, baselines from the last control summary
+-- 6. full, ten minutes later: no control traffic in the window, so the
+--    baselines come from the last control summary (T0: 10 refusals in 1000);
+--    the canary refuses 60 of 300 (0.200)
 UPDATE canary_config SET stage = 'full' WHERE name = 'ks_ref_ok';
-SELECT traffic('ks_ref_ok', 'canary', 300, 5, 'refusal');
+SELECT traffic('ks_ref_ok', 'canary', 300, 5, 'refusal', t0 => timestamptz '2030-01-01 12:10:00+00');
 SELECT canary_flush() > 0 AS flushed;
-SELECT canary_check('ks_ref_ok', timestamptz '2030-01-01 12:00:00+00' + interval '1 second');
-SELECT cohort, samples, baseline_from FROM canary_window_summaries
+SELECT canary_check('ks_ref_ok', timestamptz '2030-01-01 12:10:00+00');
+SELECT cohort, samples, refusals, baseline_from FROM canary_window_summaries
  WHERE canary = 'ks_ref_ok' ORDER BY id DESC LIMIT 2;
 -- missing data never trips: a new rollout at full without any history
 SELECT mk('ks_nobase');
@@ -129,7 +133,7 @@ SELECT canary_trip('ks_err', '');
 SELECT canary_rearm('nope');
 \echo :LAST_ERROR_SQLSTATE
 
--- 8. CSAT: canary users 3.0 vs control 4.5 on the last two days -> pinned at 0
+-- 8. CSAT: canary users 1.5 vs control 4.5 on each of the last two days -> pinned at 0
 SELECT mk('ks_csat');
 UPDATE canary_config SET stage = 'ramp_25' WHERE name = 'ks_csat';
 SELECT count(canary_record(canary => 'ks_csat', user_id => c || '_' || i, model => 'm', cohort => c,

@@ -113,8 +113,8 @@ $listener->query_safe('LISTEN llm_canary_alerts');
 $node->safe_psql('postgres', q{SELECT canary_trip('default', 'tap test trip')});
 is($app->query_safe(q{SELECT canary_route('u1')}), 'old', 'after the trip: the next call in another backend routes old');
 is($app->query_safe(q{SELECT canary_call('x', 'u1') ->> 'model'}), 'old', 'and canary_call is served by the old model');
-$listener->query_safe('SELECT 1');
-like($listener->{stdout}, qr/Asynchronous notification "llm_canary_alerts" with payload ".*tap test trip.*all traffic routed to old/s,
+my $heard = $listener->query_safe('SELECT 1');
+like($heard, qr/Asynchronous notification "llm_canary_alerts" with payload ".*tap test trip.*all traffic routed to old/s,
 	'LISTEN llm_canary_alerts receives the alert payload');
 $app->quit;
 $listener->quit;
