@@ -13,10 +13,12 @@
 
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/ipc.h"
 #include "utils/guc.h"
 
 #include "config.h"
 #include "llm_canary.h"
+#include "shadow.h"
 
 PG_MODULE_MAGIC;
 
@@ -26,6 +28,29 @@ bool		canary_preloaded = false;
 
 /* settings */
 char	   *canary_database_name = NULL;
+
+/*
+ * Shadow mode's shared memory (shadow.c).  Its own links in the hook chains,
+ * so it stays independent of the other users of these hooks.
+ */
+static shmem_request_hook_type shadow_prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type shadow_prev_shmem_startup_hook = NULL;
+
+static void
+shadow_shmem_request(void)
+{
+	if (shadow_prev_shmem_request_hook)
+		shadow_prev_shmem_request_hook();
+	ShadowRequestShmem();
+}
+
+static void
+shadow_shmem_startup(void)
+{
+	if (shadow_prev_shmem_startup_hook)
+		shadow_prev_shmem_startup_hook();
+	ShadowInitShmem();
+}
 
 void
 _PG_init(void)
@@ -41,7 +66,17 @@ _PG_init(void)
 							   0,
 							   NULL, NULL, NULL);
 
+	ShadowDefineSettings();
+
 	MarkGUCPrefixReserved("llm_canary");
+
+	if (process_shared_preload_libraries_in_progress)
+	{
+		shadow_prev_shmem_request_hook = shmem_request_hook;
+		shmem_request_hook = shadow_shmem_request;
+		shadow_prev_shmem_startup_hook = shmem_startup_hook;
+		shmem_startup_hook = shadow_shmem_startup;
+	}
 
 	ConfigCacheInit();
 }
