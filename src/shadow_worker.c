@@ -345,12 +345,13 @@ ShadowJobStart(ShadowJob *job)
 		key = getenv(job->model.api_key_env);
 		if (key == NULL || key[0] == '\0')
 		{
-			ShadowJobFinish(job, "missing_api_key", GetCurrentTimestamp());
+			ShadowJobFinish(job, "api_key_missing", GetCurrentTimestamp());
 			return;
 		}
-		if (strlen(key) > 900)
+		/* a line break would inject headers; the line buffer bounds the rest */
+		if (strpbrk(key, "\r\n") != NULL || strlen(key) > 900)
 		{
-			ShadowJobFinish(job, "missing_api_key", GetCurrentTimestamp());
+			ShadowJobFinish(job, "api_key_invalid", GetCurrentTimestamp());
 			return;
 		}
 	}
@@ -426,34 +427,32 @@ ShadowJobStart(ShadowJob *job)
 	}
 }
 
-/* Short error code for a failed transfer, in the provider's vocabulary. */
+/* Short error code for a failed transfer, in http.c's vocabulary. */
 static const char *
 ShadowCurlErrorCode(ShadowJob *job, CURLcode rc)
 {
+	if (job->resp_too_large)
+		return "response_too_large";
+	if (job->resp_oom)
+		return "out_of_memory";
 	switch (rc)
 	{
 		case CURLE_OPERATION_TIMEDOUT:
 			return "timeout";
-		case CURLE_COULDNT_CONNECT:
 		case CURLE_COULDNT_RESOLVE_HOST:
-		case CURLE_COULDNT_RESOLVE_PROXY:
-			return "connect";
-		case CURLE_WRITE_ERROR:
-			if (job->resp_too_large)
-				return "response_too_large";
-			if (job->resp_oom)
-				return "out_of_memory";
-			return "network";
-		case CURLE_UNSUPPORTED_PROTOCOL:
-		case CURLE_URL_MALFORMAT:
-			return "bad_url";
+		case CURLE_COULDNT_CONNECT:
+		case CURLE_SEND_ERROR:
+		case CURLE_RECV_ERROR:
+		case CURLE_GOT_NOTHING:
+		case CURLE_PARTIAL_FILE:
 		case CURLE_SSL_CONNECT_ERROR:
+			return "connect";
 		case CURLE_PEER_FAILED_VERIFICATION:
-		case CURLE_SSL_CERTPROBLEM:
 		case CURLE_SSL_CACERT_BADFILE:
+		case CURLE_SSL_CERTPROBLEM:
 			return "tls";
 		default:
-			return "network";
+			return "transport";
 	}
 }
 
