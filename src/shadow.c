@@ -35,6 +35,7 @@
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "llm_canary.h"
@@ -182,10 +183,13 @@ dsa_area *
 ShadowArea(bool create)
 {
 	dsa_handle	handle;
+	MemoryContext oldcxt;
 
 	if (shadow_area != NULL)
 		return shadow_area;
 
+	/* the dsa_area struct is palloc'd: it must live as long as the process */
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
 	LWLockRegisterTranche(ShadowState->dsa_tranche, SHADOW_DSA_TRANCHE);
 	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
 	handle = ShadowState->dsa;
@@ -204,6 +208,7 @@ ShadowArea(bool create)
 		shadow_area = dsa_attach(handle);
 		dsa_pin_mapping(shadow_area);
 	}
+	MemoryContextSwitchTo(oldcxt);
 	return shadow_area;
 }
 

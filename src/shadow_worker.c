@@ -24,7 +24,7 @@
  * job's context is therefore the one way a job ends, on every path.
  *
  * Writes.  Finished jobs are written in one transaction per step, with one
- * parameterised INSERT ... SELECT FROM unnest($1 .. $19).  A failed INSERT
+ * parameterised INSERT ... SELECT FROM ROWS FROM (unnest($1), .. unnest($19)).  A failed INSERT
  * is logged and its rows are counted as lost rather than retried forever.
  *
  *-------------------------------------------------------------------------
@@ -773,9 +773,12 @@ ShadowInsertRows(List *jobs)
 						 " prompt, prompt_class, old_model, new_model, old_text, old_tokens,"
 						 " old_latency_ms, old_refusal, old_error, new_text, new_tokens,"
 						 " new_latency_ms, new_refusal, new_error)"
-						 " SELECT * FROM pg_catalog.unnest($1, $2, $3, $4, $5, $6, $7, $8, $9,"
-						 " $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)",
+						 " SELECT * FROM ROWS FROM (",
 						 ConfigSchemaName());
+		/* the multi-argument unnest() shorthand cannot be schema-qualified */
+		for (int c = 1; c <= SHADOW_INSERT_COLUMNS; c++)
+			appendStringInfo(&sql, "%spg_catalog.unnest($%d)", c > 1 ? ", " : "", c);
+		appendStringInfoChar(&sql, ')');
 		ret = SPI_execute_with_args(sql.data, SHADOW_INSERT_COLUMNS, argtypes, values,
 									NULL, false, 0);
 		if (ret != SPI_OK_INSERT)

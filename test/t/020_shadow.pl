@@ -71,7 +71,7 @@ INSERT INTO canary_models (name, provider, base_url, model, timeout_ms, max_retr
 VALUES ('m-old', 'openai', '$mock/v1', 'shadow-old', 5000, 0, 'LLM_CANARY_TEST_KEY'),
        ('m-new', 'anthropic', '$mock/v1', 'shadow-new', 5000, 0, 'LLM_CANARY_TEST_KEY');
 INSERT INTO canary_config (name, stage, old_model, new_model, shadow_sample_rate)
-VALUES ('default', 'shadow', 'm-old', 'm-new', 1);
+VALUES ('shadowtest', 'shadow', 'm-old', 'm-new', 1);
 });
 mock_profile('shadow-old', {});
 mock_profile('shadow-new', {});
@@ -84,7 +84,7 @@ sub call
 	my $t0 = time;
 	my $out = $node->safe_psql('postgres',
 		"$pre SELECT r->>'request_id', r->>'latency_ms', r->>'response'"
-		  . " FROM canary_call(\$p\$$prompt\$p\$, '$user') r");
+		  . " FROM canary_call(\$p\$$prompt\$p\$, '$user', 'shadowtest') r");
 	my $wall = int((time - $t0) * 1000);
 	my ($id, $lat, $resp) = split /\|/, $out, 3;
 	return ($id, $resp, $lat, $wall);
@@ -131,7 +131,7 @@ for my $id (@ids)
 	$ok++ if row($id, q{old_text = new_text AND old_error IS NULL AND new_error IS NULL
 		AND old_tokens = new_tokens AND old_tokens > 0 AND new_latency_ms >= 0
 		AND old_latency_ms >= 0 AND NOT old_refusal AND NOT new_refusal
-		AND old_model = 'm-old' AND new_model = 'm-new' AND canary = 'default'
+		AND old_model = 'm-old' AND new_model = 'm-new' AND canary = 'shadowtest'
 		AND prompt LIKE 'How do I reset my password? (_)'
 		AND prompt_hash = left(encode(sha256(convert_to(prompt, 'UTF8')), 'hex'), 16)
 		AND user_id LIKE 'user_' AND prompt_class IS NULL})
@@ -141,9 +141,9 @@ is($ok, 5, 'rate 1: rows hold both answers and the request');
 is(row($ids[0], 'old_text'), $resp{ $ids[0] }, 'old_text is what the user got');
 
 # --- sample rate 0: none ---------------------------------------------------
-$node->safe_psql('postgres', "UPDATE canary_config SET shadow_sample_rate = 0");
+$node->safe_psql('postgres', "UPDATE canary_config SET shadow_sample_rate = 0 WHERE name = 'shadowtest'");
 my @none = map { (call("Where is my order? ($_)", "user$_"))[0] } 1 .. 5;
-$node->safe_psql('postgres', "UPDATE canary_config SET shadow_sample_rate = 1");
+$node->safe_psql('postgres', "UPDATE canary_config SET shadow_sample_rate = 1 WHERE name = 'shadowtest'");
 my ($barrier) = call('barrier after rate 0', 'user9');
 is(wait_rows(1, $barrier), 1, 'rate 0: the barrier request is shadowed');
 is($node->safe_psql('postgres',
@@ -151,12 +151,12 @@ is($node->safe_psql('postgres',
 	'0', 'rate 0: no request is shadowed');
 
 # --- sample rate 0.5: some ------------------------------------------------
-$node->safe_psql('postgres', "UPDATE canary_config SET shadow_sample_rate = 0.5");
+$node->safe_psql('postgres', "UPDATE canary_config SET shadow_sample_rate = 0.5 WHERE name = 'shadowtest'");
 $node->safe_psql('postgres', q{
 CREATE TABLE half AS
-SELECT (canary_call('Half ' || i, 'user' || i))->>'request_id' AS id
+SELECT (canary_call('Half ' || i, 'user' || i, 'shadowtest'))->>'request_id' AS id
 FROM generate_series(1, 100) i});
-$node->safe_psql('postgres', "UPDATE canary_config SET shadow_sample_rate = 1");
+$node->safe_psql('postgres', "UPDATE canary_config SET shadow_sample_rate = 1 WHERE name = 'shadowtest'");
 ($barrier) = call('barrier after rate 0.5', 'user9');
 wait_rows(1, $barrier);
 sleep 1;
@@ -195,7 +195,7 @@ $node->safe_psql('postgres', "UPDATE canary_models SET timeout_ms = 5000 WHERE n
 # --- the old answer never comes: the caller was canceled ------------------
 mock_profile('shadow-old', { hang => JSON::PP::true });
 my ($rc, $stdout, $stderr) = $node->psql('postgres',
-	"SET statement_timeout = '500ms'; SELECT canary_call('Canceled call', 'user4')");
+	"SET statement_timeout = '500ms'; SELECT canary_call('Canceled call', 'user4', 'shadowtest')");
 like($stderr, qr/statement timeout/, 'canceled call: the caller got the cancel');
 mock_profile('shadow-old', {});
 my $deadline = time + 30;
@@ -213,7 +213,7 @@ is($missing, 'missing true true', 'canceled call: old_error missing, the new ans
 mock_profile('shadow-old', { echo => JSON::PP::true });
 mock_profile('shadow-new', { echo => JSON::PP::true });
 my $big = $node->safe_psql('postgres', q{
-SELECT (canary_call(repeat('é', 300000), 'user5'))->>'request_id'});
+SELECT (canary_call(repeat('é', 300000), 'user5', 'shadowtest'))->>'request_id'});
 is(wait_rows(1, $big), 1, 'big prompt: row written');
 is(row($big, q{char_length(prompt) || ' ' || char_length(old_text) || ' ' || char_length(new_text)
 	|| ' ' || (new_text = old_text)}),
