@@ -20,6 +20,7 @@
 #include "llm_canary.h"
 #include "metrics.h"
 #include "provider.h"
+#include "shadow.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -38,23 +39,26 @@ int			canary_retention_days = 30;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
-/* shmem_request_hook: reserve the metrics queue. */
+/* shmem_request_hook: reserve the metrics queue and the shadow job slots. */
 static void
 CanaryShmemRequest(void)
 {
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	MetricsRequestShmem();
+	ShadowRequestShmem();
 }
 
-/* shmem_startup_hook: create or attach to the metrics queue. */
+/* shmem_startup_hook: create or attach to the metrics queue and shadow slots. */
 static void
 CanaryShmemStartup(void)
 {
 	if (prev_shmem_startup_hook)
 		prev_shmem_startup_hook();
 	MetricsInitShmem();
+	ShadowInitShmem();
 }
+
 
 void
 _PG_init(void)
@@ -116,6 +120,7 @@ _PG_init(void)
 	}
 
 	HttpDefineSettings();
+	ShadowDefineSettings();
 	MonitorDefineSettings();
 
 	MarkGUCPrefixReserved("llm_canary");

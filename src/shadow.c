@@ -1,25 +1,545 @@
 /*-------------------------------------------------------------------------
  *
  * shadow.c
- *	  Shadow mode (see shadow.h).  Placeholder until the shadow worker
- *	  lands: dispatch does nothing, so the shadow stage serves the old model
- *	  and records it like any other call.
+ *	  Shadow mode, the backend side: the shared-memory job queue, its
+ *	  settings, and the two calls canary_call makes (see shadow.h).  The
+ *	  worker side, which calls the new model, is shadow_worker.c.
+ *
+ * Design.  A fixed array of llm_canary.shadow_queue_size job slots lives in
+ * the main shared memory, protected by one LWLock.  Slots hold the
+ * fixed-size facts of a request; the variable-length parts (the whole
+ * prompt, up to megabytes, and later the old model's answer) live in a DSA
+ * area, so the fixed memory stays small and a big prompt costs only what
+ * it needs.  The worker creates the area (a backend finding none knows no
+ * worker ever ran and drops the job); backends attach lazily and pin the
+ * mapping for their lifetime.  Payload bytes in the area are counted under
+ * the lock and capped by llm_canary.shadow_max_bytes, allocations use
+ * DSA_ALLOC_NO_OOM: shadow traffic gives way, the user's call never fails
+ * because of it.  Every drop is counted in shared memory.
+ *
+ * A job has two halves.  ShadowMaybeDispatch publishes it before the old
+ * model is called and sets the worker's latch; ShadowCompleteOld adds the
+ * old model's answer.  If the call is canceled or fails between the two,
+ * a transaction-abort callback closes the old half as "missing", so the
+ * worker never waits for an answer that cannot come; the worker also gives
+ * up after llm_canary.shadow_grace_ms, or when the backend is gone.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
-#include "shadow.h"
+#include "access/xact.h"
+#include "common/pg_prng.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/shmem.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
 
+#include "llm_canary.h"
+#include "shadow.h"
+#include "shadow_internal.h"
+
+ShadowShared *ShadowState = NULL;
+
+/* settings */
+int			shadow_queue_size = 1024;
+int			shadow_max_bytes_mb = 64;
+bool		shadow_store_prompt = true;
+int			shadow_concurrency = 16;
+int			shadow_grace_ms = 300000;
+
+#define SHADOW_LWLOCK_TRANCHE	"llm_canary_shadow"
+#define SHADOW_DSA_TRANCHE		"llm_canary_shadow_area"
+
+/* this process's attachment to the DSA area */
+static dsa_area *shadow_area = NULL;
+
+/*
+ * Jobs this backend dispatched whose old half is still open.  canary_call
+ * completes one before it dispatches the next, so a handful is plenty; a
+ * job that does not fit is still closed by the worker's grace period.
+ */
+#define MAX_OPEN_JOBS 8
+typedef struct OpenJob
+{
+	pg_uuid_t	request_id;
+	int			slot;
+	uint64		seq;
+} OpenJob;
+static OpenJob open_jobs[MAX_OPEN_JOBS];
+static int	n_open_jobs = 0;
+static bool callbacks_registered = false;
+
+/*
+ * ShadowDefineSettings
+ *		Define the shadow settings; called from _PG_init.
+ */
+void
+ShadowDefineSettings(void)
+{
+	DefineCustomIntVariable("llm_canary.shadow_queue_size",
+							"Sets the number of shadow jobs that can wait for or run in the background worker.",
+							"A sampled request finding the queue full is not shadowed (counted as a drop).",
+							&shadow_queue_size,
+							1024, 16, 1000000,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("llm_canary.shadow_max_bytes",
+							"Sets the memory that prompts and old answers of queued shadow jobs may use.",
+							"A job that does not fit is not shadowed; an old answer that does not fit is recorded as old_error \"not_stored\".",
+							&shadow_max_bytes_mb,
+							64, 1, INT_MAX / 2,
+							PGC_SIGHUP,
+							GUC_UNIT_MB,
+							NULL, NULL, NULL);
+	DefineCustomBoolVariable("llm_canary.shadow_store_prompt",
+							 "Sets whether canary_shadow keeps the first 512 characters of the prompt.",
+							 "When off, only the prompt hash is stored.",
+							 &shadow_store_prompt,
+							 true,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
+	DefineCustomIntVariable("llm_canary.shadow_concurrency",
+							"Sets the number of shadow calls the background worker runs at once.",
+							NULL,
+							&shadow_concurrency,
+							16, 1, 256,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("llm_canary.shadow_grace_ms",
+							"Sets how long the worker waits for the old model's answer after the new model answered.",
+							"After that the row is written with old_error \"missing\".",
+							&shadow_grace_ms,
+							300000, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+}
+
+static Size
+ShadowShmemSize(void)
+{
+	return add_size(offsetof(ShadowShared, slots),
+					mul_size(shadow_queue_size, sizeof(ShadowSlot)));
+}
+
+/*
+ * ShadowRequestShmem
+ *		Reserve the slot array and the lock; from the shmem_request_hook.
+ */
+void
+ShadowRequestShmem(void)
+{
+	RequestAddinShmemSpace(ShadowShmemSize());
+	RequestNamedLWLockTranche(SHADOW_LWLOCK_TRANCHE, 1);
+}
+
+/*
+ * ShadowInitShmem
+ *		Create or find the slot array; from the shmem_startup_hook.  Takes
+ *		AddinShmemInitLock unless the caller already holds it.
+ */
+void
+ShadowInitShmem(void)
+{
+	bool		found;
+	bool		take_lock = !LWLockHeldByMe(AddinShmemInitLock);
+
+	if (take_lock)
+		LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	ShadowState = ShmemInitStruct("llm_canary shadow queue", ShadowShmemSize(), &found);
+	if (!found)
+	{
+		memset(ShadowState, 0, ShadowShmemSize());
+		ShadowState->lock = &(GetNamedLWLockTranche(SHADOW_LWLOCK_TRANCHE))->lock;
+		ShadowState->dsa_tranche = LWLockNewTrancheId();
+		ShadowState->dsa = DSM_HANDLE_INVALID;
+		ShadowState->nslots = shadow_queue_size;
+		ShadowState->next_seq = 1;
+		for (int i = 0; i < shadow_queue_size; i++)
+		{
+			ShadowState->slots[i].prompt = InvalidDsaPointer;
+			ShadowState->slots[i].old_text = InvalidDsaPointer;
+		}
+	}
+	if (take_lock)
+		LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * ShadowArea
+ *		This process's attachment to the shadow DSA area, or NULL when none
+ *		exists yet and create is false.  Only the worker creates it (create
+ *		= true).  The mapping is pinned: it lives as long as the process.
+ *		May raise ERROR if the DSM segments cannot be mapped.
+ */
+dsa_area *
+ShadowArea(bool create)
+{
+	dsa_handle	handle;
+	MemoryContext oldcxt;
+
+	if (shadow_area != NULL)
+		return shadow_area;
+
+	/* the dsa_area struct is palloc'd: it must live as long as the process */
+	oldcxt = MemoryContextSwitchTo(TopMemoryContext);
+	LWLockRegisterTranche(ShadowState->dsa_tranche, SHADOW_DSA_TRANCHE);
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	handle = ShadowState->dsa;
+	if (handle == DSM_HANDLE_INVALID && create)
+	{
+		/* the area outlives the worker: a restarted worker attaches again */
+		shadow_area = dsa_create(ShadowState->dsa_tranche);
+		dsa_pin(shadow_area);
+		dsa_pin_mapping(shadow_area);
+		ShadowState->dsa = dsa_get_handle(shadow_area);
+	}
+	LWLockRelease(ShadowState->lock);
+
+	if (shadow_area == NULL && handle != DSM_HANDLE_INVALID)
+	{
+		shadow_area = dsa_attach(handle);
+		dsa_pin_mapping(shadow_area);
+	}
+	MemoryContextSwitchTo(oldcxt);
+	return shadow_area;
+}
+
+/*
+ * ShadowFreeSlot
+ *		Give back a slot and its DSA chunks.  Caller must hold the lock
+ *		exclusively and be attached to the area.
+ */
+void
+ShadowFreeSlot(ShadowSlot *slot)
+{
+	Assert(shadow_area != NULL);
+	if (DsaPointerIsValid(slot->prompt))
+	{
+		dsa_free(shadow_area, slot->prompt);
+		ShadowState->bytes_in_use -= slot->prompt_len + 1;
+	}
+	if (DsaPointerIsValid(slot->old_text))
+	{
+		dsa_free(shadow_area, slot->old_text);
+		ShadowState->bytes_in_use -= slot->old_text_len + 1;
+	}
+	if (slot->state == SHADOW_SLOT_PENDING)
+		ShadowState->npending--;
+	slot->prompt = InvalidDsaPointer;
+	slot->old_text = InvalidDsaPointer;
+	slot->prompt_len = slot->old_text_len = 0;
+	slot->state = SHADOW_SLOT_FREE;
+	slot->seq = 0;
+}
+
+/* Copy a possibly long string into dst of size dstsize, clipped at a character boundary. */
+static void
+ClipCopy(char *dst, int dstsize, const char *src, int len)
+{
+	if (len >= dstsize)
+		len = pg_mbcliplen(src, len, dstsize - 1);
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
+/*
+ * Close the old half of this backend's open jobs as "missing": the call
+ * that dispatched them ended without an answer from the old model.
+ */
+static void
+CloseOpenJobs(void)
+{
+	Latch	   *latch = NULL;
+
+	if (n_open_jobs == 0 || ShadowState == NULL)
+		return;
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < n_open_jobs; i++)
+	{
+		ShadowSlot *slot = &ShadowState->slots[open_jobs[i].slot];
+
+		if (slot->seq != open_jobs[i].seq || slot->old_done ||
+			(slot->state != SHADOW_SLOT_PENDING && slot->state != SHADOW_SLOT_RUNNING))
+			continue;
+		slot->old_done = true;
+		slot->old_tokens = -1;
+		slot->old_latency_ms = -1;
+		strlcpy(slot->old_error, SHADOW_OLD_MISSING, sizeof(slot->old_error));
+		if (slot->new_done)
+			latch = ShadowState->worker_latch;
+	}
+	LWLockRelease(ShadowState->lock);
+	n_open_jobs = 0;
+	if (latch)
+		SetLatch(latch);
+}
+
+/*
+ * Any end of a (sub)transaction with open jobs means the call that opened
+ * them was interrupted: canary_call completes its job before it returns.
+ * Runs in abort processing, after LWLockReleaseAll; takes the queue lock
+ * briefly and allocates nothing.
+ */
+static void
+ShadowXactCallback(XactEvent event, void *arg)
+{
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
+		CloseOpenJobs();
+}
+
+static void
+ShadowSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+					  SubTransactionId parentSubid, void *arg)
+{
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		CloseOpenJobs();
+}
+
+/* Counted drop; never raises. */
+static void
+CountDrop(uint64 *counter)
+{
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	(*counter)++;
+	LWLockRelease(ShadowState->lock);
+}
+
+/*
+ * ShadowMaybeDispatch
+ *		Sample the request (rollout->shadow_sample_rate) and, if chosen,
+ *		queue it for the worker, which sends the prompt to the new model.
+ *
+ * Called by canary_call before it calls the old model.  Never raises
+ * because the queue is full, the memory budget is spent or no worker runs:
+ * those drops are counted.  Allocates nothing in the caller's context.
+ */
 void
 ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 					const char *user_id, int user_len, const char *prompt,
 					const char *prompt_class, const char *prompt_hash)
 {
+	ShadowSlot *slot = NULL;
+	int			slotno = -1;
+	uint64		seq = 0;
+	Size		prompt_len = strlen(prompt);
+	Size		budget = (Size) shadow_max_bytes_mb * 1024 * 1024;
+	dsa_area   *area;
+	dsa_pointer dp;
+	Latch	   *latch;
+
+	if (ShadowState == NULL || rollout->new_model == NULL)
+		return;
+	if (!(rollout->shadow_sample_rate >= 1.0 ||
+		  (rollout->shadow_sample_rate > 0.0 &&
+		   pg_prng_double(&pg_global_prng_state) < rollout->shadow_sample_rate)))
+		return;
+
+	/* no worker ever created the area, or none runs now */
+	area = ShadowArea(false);
+	if (area == NULL || ShadowState->worker_latch == NULL)
+	{
+		CountDrop(&ShadowState->dropped_no_worker);
+		return;
+	}
+
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(ShadowXactCallback, NULL);
+		RegisterSubXactCallback(ShadowSubXactCallback, NULL);
+		callbacks_registered = true;
+	}
+
+	/* reserve a slot and the bytes of the prompt */
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	if (ShadowState->bytes_in_use + prompt_len + 1 > budget)
+	{
+		ShadowState->dropped_memory++;
+		LWLockRelease(ShadowState->lock);
+		return;
+	}
+	for (int n = 0; n < ShadowState->nslots; n++)
+	{
+		int			i = (ShadowState->next_free + n) % ShadowState->nslots;
+
+		if (ShadowState->slots[i].state == SHADOW_SLOT_FREE)
+		{
+			slotno = i;
+			break;
+		}
+	}
+	if (slotno < 0)
+	{
+		ShadowState->dropped_queue_full++;
+		LWLockRelease(ShadowState->lock);
+		return;
+	}
+	slot = &ShadowState->slots[slotno];
+	ShadowState->next_free = (slotno + 1) % ShadowState->nslots;
+	seq = ShadowState->next_seq++;
+	slot->state = SHADOW_SLOT_FILLING;
+	slot->seq = seq;
+	ShadowState->bytes_in_use += prompt_len + 1;
+	LWLockRelease(ShadowState->lock);
+
+	/*
+	 * Fill the slot without the lock: nobody else touches a FILLING slot.
+	 * Nothing below can raise (NO_OOM, HUGE: no size error), so the slot is
+	 * never left FILLING.
+	 */
+	dp = dsa_allocate_extended(area, prompt_len + 1, DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
+	if (DsaPointerIsValid(dp))
+		memcpy(dsa_get_address(area, dp), prompt, prompt_len + 1);
+
+	slot->backend_pid = MyProcPid;
+	slot->request_id = *request_id;
+	slot->ts = GetCurrentTimestamp();
+	strlcpy(slot->canary, rollout->name, sizeof(slot->canary));
+	strlcpy(slot->old_model, rollout->old_model ? rollout->old_model : "", sizeof(slot->old_model));
+	strlcpy(slot->new_model, rollout->new_model, sizeof(slot->new_model));
+	ClipCopy(slot->user_id, sizeof(slot->user_id), user_id, user_len);
+	slot->has_prompt_class = prompt_class != NULL;
+	if (prompt_class)
+		ClipCopy(slot->prompt_class, sizeof(slot->prompt_class), prompt_class, strlen(prompt_class));
+	strlcpy(slot->prompt_hash, prompt_hash, sizeof(slot->prompt_hash));
+	slot->store_prompt = shadow_store_prompt;
+	slot->prompt = dp;
+	slot->prompt_len = prompt_len;
+	slot->old_done = false;
+	slot->new_done = false;
+	slot->old_text = InvalidDsaPointer;
+	slot->old_text_len = 0;
+	slot->old_tokens = -1;
+	slot->old_latency_ms = -1;
+	slot->old_refusal = false;
+	slot->old_error[0] = '\0';
+
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	if (!DsaPointerIsValid(dp))
+	{
+		ShadowState->bytes_in_use -= prompt_len + 1;
+		ShadowState->dropped_memory++;
+		slot->state = SHADOW_SLOT_FREE;
+		slot->seq = 0;
+		LWLockRelease(ShadowState->lock);
+		return;
+	}
+	slot->state = SHADOW_SLOT_PENDING;
+	ShadowState->npending++;
+	ShadowState->dispatched++;
+	latch = ShadowState->worker_latch;
+	LWLockRelease(ShadowState->lock);
+
+	if (n_open_jobs < MAX_OPEN_JOBS)
+	{
+		open_jobs[n_open_jobs].request_id = *request_id;
+		open_jobs[n_open_jobs].slot = slotno;
+		open_jobs[n_open_jobs].seq = seq;
+		n_open_jobs++;
+	}
+	if (latch)
+		SetLatch(latch);
 }
 
+/*
+ * ShadowCompleteOld
+ *		Add the old model's answer to the job dispatched for request_id, if
+ *		any.  Called by canary_call after the old model answered or failed.
+ *		Never raises; an answer that does not fit the memory budget is
+ *		recorded as old_error "not_stored".
+ */
 void
 ShadowCompleteOld(const pg_uuid_t *request_id, const CanaryModel *old_model,
 				  const CanaryAttempt *old_attempt)
 {
+	int			slotno = -1;
+	uint64		seq = 0;
+	Size		text_len = 0;
+	dsa_pointer dp = InvalidDsaPointer;
+	bool		not_stored = false;
+	ShadowSlot *slot;
+	Latch	   *latch = NULL;
+
+	for (int i = 0; i < n_open_jobs; i++)
+	{
+		if (memcmp(open_jobs[i].request_id.data, request_id->data, UUID_LEN) == 0)
+		{
+			slotno = open_jobs[i].slot;
+			seq = open_jobs[i].seq;
+			open_jobs[i] = open_jobs[--n_open_jobs];
+			break;
+		}
+	}
+	if (slotno < 0 || ShadowState == NULL || shadow_area == NULL)
+		return;
+
+	/* copy the answer into the area first, within the budget */
+	if (old_attempt->text != NULL)
+	{
+		Size		budget = (Size) shadow_max_bytes_mb * 1024 * 1024;
+		bool		reserved = false;
+
+		text_len = strlen(old_attempt->text);
+		LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+		if (ShadowState->bytes_in_use + text_len + 1 <= budget)
+		{
+			ShadowState->bytes_in_use += text_len + 1;
+			reserved = true;
+		}
+		LWLockRelease(ShadowState->lock);
+		if (reserved)
+		{
+			dp = dsa_allocate_extended(shadow_area, text_len + 1,
+									   DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
+			if (DsaPointerIsValid(dp))
+				memcpy(dsa_get_address(shadow_area, dp), old_attempt->text, text_len + 1);
+		}
+		not_stored = !DsaPointerIsValid(dp);
+		if (reserved && not_stored)
+		{
+			LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+			ShadowState->bytes_in_use -= text_len + 1;
+			LWLockRelease(ShadowState->lock);
+		}
+	}
+
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	slot = &ShadowState->slots[slotno];
+	if (slot->seq != seq || slot->old_done ||
+		(slot->state != SHADOW_SLOT_PENDING && slot->state != SHADOW_SLOT_RUNNING))
+	{
+		/* the worker gave up waiting: drop the copy */
+		if (DsaPointerIsValid(dp))
+		{
+			dsa_free(shadow_area, dp);
+			ShadowState->bytes_in_use -= text_len + 1;
+		}
+		LWLockRelease(ShadowState->lock);
+		return;
+	}
+	slot->old_text = dp;
+	slot->old_text_len = DsaPointerIsValid(dp) ? text_len : 0;
+	slot->old_tokens = old_attempt->completion_tokens;
+	slot->old_latency_ms = old_attempt->latency_ms;
+	slot->old_refusal = old_attempt->outcome == CANARY_OUTCOME_REFUSAL;
+	if (old_attempt->error)
+		strlcpy(slot->old_error, old_attempt->error, sizeof(slot->old_error));
+	else if (not_stored)
+		strlcpy(slot->old_error, "not_stored", sizeof(slot->old_error));
+	else
+		slot->old_error[0] = '\0';
+	slot->old_done = true;
+	if (slot->new_done)
+		latch = ShadowState->worker_latch;
+	LWLockRelease(ShadowState->lock);
+	if (latch)
+		SetLatch(latch);
 }

@@ -51,6 +51,7 @@
 
 #include "llm_canary.h"
 #include "metrics.h"
+#include "shadow.h"
 #include "worker.h"
 
 #define WORKER_BATCH_MAX			2000	/* records per transaction */
@@ -376,27 +377,25 @@ WorkerWriteQueued(void)
 }
 
 /*
- * Shadow calls: the hook point.
- *
- * A later module (shadow calls) drives libcurl multi transfers from this
- * same loop, so that shadow requests never block the metrics writes:
+ * Shadow calls (shadow_worker.c) run from this same loop, so that shadow
+ * requests never block the metrics writes:
  *	 - WorkerShadowAddWaitEvents() is called before each sleep; it adds the
- *	   sockets libcurl wants watched (AddWaitEventToSet with WL_SOCKET_*,
- *	   at most WORKER_MAX_EVENTS - 2) and may shorten *timeout_ms to
- *	   libcurl's timer;
- *	 - WorkerShadowCalls() is called once per iteration with the events that
- *	   woke the last sleep; it calls curl_multi_socket_action for them,
- *	   starts newly queued shadow requests and records finished ones.
- * Both are no-ops until then.
+ *	   sockets libcurl wants watched and shortens *timeout_ms to libcurl's
+ *	   timer;
+ *	 - WorkerShadowCalls() is called once per iteration: it starts newly
+ *	   queued shadow requests, drives the transfers and writes finished rows.
  */
 static void
 WorkerShadowAddWaitEvents(WaitEventSet *set, long *timeout_ms)
 {
+	ShadowWorkerAddWaitEvents(set);
+	*timeout_ms = ShadowWorkerTimeoutMs(*timeout_ms);
 }
 
 static void
 WorkerShadowCalls(const WaitEvent *ready, int nready)
 {
+	ShadowWorkerStep();
 }
 
 /*
@@ -408,13 +407,15 @@ WorkerShadowCalls(const WaitEvent *ready, int nready)
 static void
 WorkerWait(long timeout_ms)
 {
-	WaitEventSet *set = CreateWaitEventSet(LoopContext, WORKER_MAX_EVENTS);
+	WaitEventSet *set = CreateWaitEventSet(LoopContext,
+										   2 + ShadowWorkerWaitEventCount());
 
 	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
 	AddWaitEventToSet(set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
 	WorkerShadowAddWaitEvents(set, &timeout_ms);
 	NumReadyEvents = WaitEventSetWait(set, timeout_ms, ReadyEvents,
-									  WORKER_MAX_EVENTS, PG_WAIT_EXTENSION);
+									  Min(WORKER_MAX_EVENTS, 2 + ShadowWorkerWaitEventCount()),
+									  PG_WAIT_EXTENSION);
 	FreeWaitEventSet(set);
 	ResetLatch(MyLatch);
 }
@@ -467,6 +468,7 @@ CanaryWorkerMain(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(canary_database_name, NULL, 0);
 	MetricsWorkerAttach(MyDatabaseId);
+	ShadowWorkerInit();
 	pgstat_report_appname("llm_canary worker");
 
 	LoopContext = AllocSetContextCreate(TopMemoryContext,
@@ -565,6 +567,7 @@ CanaryWorkerMain(Datum main_arg)
 			WorkerWait(canary_flush_interval_ms);
 	}
 
+	ShadowWorkerShutdown();
 	WorkerDrain(extension_known);
 	ereport(LOG,
 			(errmsg("llm_canary worker stopped")));

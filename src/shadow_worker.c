@@ -1,0 +1,1120 @@
+/*-------------------------------------------------------------------------
+ *
+ * shadow_worker.c
+ *	  Shadow mode, the worker side: the background worker takes the queued
+ *	  shadow jobs (shadow.c), sends each prompt to the new model with libcurl
+ *	  multi, and writes a row to canary_shadow once both the old and the new
+ *	  answer are in.
+ *
+ * Integration with the worker loop (worker.c).  One curl multi handle
+ * drives up to llm_canary.shadow_concurrency transfers.  Its socket
+ * callback keeps a table of the sockets libcurl wants watched and its timer
+ * callback the next deadline; no other work is done in either (no palloc,
+ * no ereport).  The worker loop builds a WaitEventSet each iteration with
+ * room for ShadowWorkerWaitEventCount() sockets, lets
+ * ShadowWorkerAddWaitEvents() add them, waits at most
+ * ShadowWorkerTimeoutMs(), then calls ShadowWorkerStep(), which calls
+ * curl_multi_perform: with a few dozen transfers at most, letting libcurl
+ * look at all of them is as cheap as dispatching per socket and leaves no
+ * socket bookkeeping to get wrong.
+ *
+ * Ownership.  Every job has its own memory context; a reset callback on it
+ * releases the job's easy handle, header list and response buffer (which
+ * libcurl's write callback grows with malloc, never palloc).  Deleting the
+ * job's context is therefore the one way a job ends, on every path.
+ *
+ * Writes.  Finished jobs are written in one transaction per step, with one
+ * parameterised INSERT ... SELECT FROM ROWS FROM (unnest($1), .. unnest($19)).  A failed INSERT
+ * is logged and its rows are counted as lost rather than retried forever.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <curl/curl.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/ilist.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "config.h"
+#include "llm_canary.h"
+#include "provider.h"
+#include "shadow.h"
+#include "shadow_internal.h"
+
+#define SHADOW_DEFAULT_MAX_RESPONSE (8 * 1024 * 1024)
+#define SHADOW_MAX_SOCKETS	1024
+#define SHADOW_INSERT_COLUMNS 19
+#define SHADOW_LIVENESS_POLL_MS 1000
+
+typedef struct ShadowJob
+{
+	dlist_node	node;
+	MemoryContext cxt;			/* the job and all it owns */
+	int			slotno;
+	uint64		seq;
+
+	/* copied from the slot */
+	char		new_model[NAMEDATALEN];
+	char	   *prompt;
+	Size		prompt_len;
+
+	/* the transfer */
+	CanaryModel model;			/* strings in cxt */
+	CURL	   *easy;
+	struct curl_slist *headers;
+	char	   *url;
+	char	   *body;
+	char	   *resp;			/* malloc'd by the write callback */
+	size_t		resp_len;
+	size_t		resp_cap;
+	size_t		resp_max;
+	bool		resp_too_large;
+	bool		resp_oom;
+	char		errbuf[CURL_ERROR_SIZE];
+	TimestampTz started;
+
+	/* the new half */
+	bool		done;
+	TimestampTz done_at;
+	char	   *new_text;
+	int			new_tokens;		/* -1: NULL */
+	int			new_latency_ms; /* -1: NULL */
+	bool		new_provider_refusal;
+	char		new_error[CANARY_ERROR_MAX];	/* "": NULL */
+} ShadowJob;
+
+typedef struct ShadowSocket
+{
+	curl_socket_t fd;
+	int			events;			/* WL_SOCKET_* */
+} ShadowSocket;
+
+static CURLM *shadow_multi = NULL;
+static MemoryContext ShadowWorkerContext = NULL;
+static dlist_head shadow_jobs = DLIST_STATIC_INIT(shadow_jobs);
+static int	shadow_running = 0;	/* jobs with an easy handle in the multi */
+static int	shadow_scan_from = 0;
+
+/* written by the libcurl callbacks */
+static ShadowSocket shadow_sockets[SHADOW_MAX_SOCKETS];
+static int	shadow_nsockets = 0;
+static bool shadow_sockets_overflow = false;
+static TimestampTz shadow_curl_deadline = 0;	/* 0: no timer */
+
+/* ---------------------------------------------------------------------
+ * libcurl callbacks: no palloc, no ereport, no CHECK_FOR_INTERRUPTS
+ * ---------------------------------------------------------------------
+ */
+
+static int
+ShadowSocketCallback(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+	int			i;
+
+	for (i = 0; i < shadow_nsockets; i++)
+		if (shadow_sockets[i].fd == fd)
+			break;
+	if (what == CURL_POLL_REMOVE)
+	{
+		if (i < shadow_nsockets)
+			shadow_sockets[i] = shadow_sockets[--shadow_nsockets];
+		return 0;
+	}
+	if (i == shadow_nsockets)
+	{
+		if (shadow_nsockets == SHADOW_MAX_SOCKETS)
+		{
+			shadow_sockets_overflow = true; /* polled on a short timeout */
+			return 0;
+		}
+		shadow_nsockets++;
+	}
+	shadow_sockets[i].fd = fd;
+	shadow_sockets[i].events = 0;
+	if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
+		shadow_sockets[i].events |= WL_SOCKET_READABLE;
+	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
+		shadow_sockets[i].events |= WL_SOCKET_WRITEABLE;
+	return 0;
+}
+
+static int
+ShadowTimerCallback(CURLM *multi, long timeout_ms, void *userp)
+{
+	if (timeout_ms < 0)
+		shadow_curl_deadline = 0;
+	else
+		shadow_curl_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+														   timeout_ms);
+	return 0;
+}
+
+static size_t
+ShadowWriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+	ShadowJob  *job = (ShadowJob *) userdata;
+	size_t		n = size * nmemb;
+
+	if (job->resp_len + n > job->resp_max)
+	{
+		job->resp_too_large = true;
+		return 0;				/* aborts the transfer: CURLE_WRITE_ERROR */
+	}
+	if (job->resp_len + n + 1 > job->resp_cap)
+	{
+		size_t		cap = Max(job->resp_cap * 2, job->resp_len + n + 1);
+		char	   *p;
+
+		cap = Max(Min(cap, job->resp_max + 1), job->resp_len + n + 1);
+		p = realloc(job->resp, cap);
+		if (p == NULL)
+		{
+			job->resp_oom = true;
+			return 0;
+		}
+		job->resp = p;
+		job->resp_cap = cap;
+	}
+	memcpy(job->resp + job->resp_len, ptr, n);
+	job->resp_len += n;
+	job->resp[job->resp_len] = '\0';
+	return n;
+}
+
+/* ---------------------------------------------------------------------
+ * jobs
+ * ---------------------------------------------------------------------
+ */
+
+/* Release what libcurl owns for this job; idempotent. */
+static void
+ShadowJobReleaseCurl(ShadowJob *job)
+{
+	if (job->easy != NULL)
+	{
+		if (shadow_multi != NULL)
+			curl_multi_remove_handle(shadow_multi, job->easy);
+		curl_easy_cleanup(job->easy);
+		job->easy = NULL;
+		shadow_running--;
+	}
+	if (job->headers != NULL)
+	{
+		curl_slist_free_all(job->headers);
+		job->headers = NULL;
+	}
+	if (job->resp != NULL)
+	{
+		free(job->resp);
+		job->resp = NULL;
+	}
+}
+
+/* Memory context callback: the job's context goes, so do its curl objects. */
+static void
+ShadowJobContextCallback(void *arg)
+{
+	ShadowJobReleaseCurl((ShadowJob *) arg);
+}
+
+/* A new job for a slot the worker just took; in its own context. */
+static ShadowJob *
+ShadowJobCreate(int slotno, uint64 seq)
+{
+	MemoryContext cxt = AllocSetContextCreate(ShadowWorkerContext,
+											  "llm_canary shadow job",
+											  ALLOCSET_SMALL_SIZES);
+	ShadowJob  *job = MemoryContextAllocZero(cxt, sizeof(ShadowJob));
+	MemoryContextCallback *cb = MemoryContextAlloc(cxt, sizeof(MemoryContextCallback));
+
+	job->cxt = cxt;
+	job->slotno = slotno;
+	job->seq = seq;
+	job->new_tokens = -1;
+	job->new_latency_ms = -1;
+	cb->func = ShadowJobContextCallback;
+	cb->arg = job;
+	MemoryContextRegisterResetCallback(cxt, cb);
+	dlist_push_tail(&shadow_jobs, &job->node);
+	return job;
+}
+
+static void
+ShadowJobDestroy(ShadowJob *job)
+{
+	dlist_delete(&job->node);
+	MemoryContextDelete(job->cxt);	/* runs ShadowJobContextCallback */
+}
+
+/* The new half is over: record it, without an answer unless text is set. */
+static void
+ShadowJobFinish(ShadowJob *job, const char *error, TimestampTz now)
+{
+	job->done = true;
+	job->done_at = now;
+	if (error)
+		strlcpy(job->new_error, error, sizeof(job->new_error));
+	if (job->started != 0 && job->new_latency_ms < 0)
+	{
+		long		secs;
+		int			usecs;
+
+		TimestampDifference(job->started, now, &secs, &usecs);
+		job->new_latency_ms = (int) (secs * 1000 + usecs / 1000);
+	}
+}
+
+static char *
+JobStrdup(ShadowJob *job, const char *s)
+{
+	return s ? MemoryContextStrdup(job->cxt, s) : NULL;
+}
+
+/* Copy the cached model into the job: the cache may be rebuilt any time. */
+static void
+ShadowJobCopyModel(ShadowJob *job, const CanaryModel *m)
+{
+	job->model = *m;
+	job->model.base_url = JobStrdup(job, m->base_url);
+	job->model.model = JobStrdup(job, m->model);
+	job->model.system_prompt = JobStrdup(job, m->system_prompt);
+	job->model.api_key_env = JobStrdup(job, m->api_key_env);
+}
+
+/* The response size cap: the provider's setting when it defines one. */
+static size_t
+ShadowMaxResponseBytes(void)
+{
+	const char *v = GetConfigOption("llm_canary.max_response_bytes", true, false);
+	long		n;
+
+	if (v == NULL)
+		return SHADOW_DEFAULT_MAX_RESPONSE;
+	n = strtol(v, NULL, 10);
+	return n > 0 ? (size_t) n : SHADOW_DEFAULT_MAX_RESPONSE;
+}
+
+/*
+ * Append a header line; false on out of memory.  The line may hold a
+ * secret, so it is wiped once libcurl has its own copy.
+ */
+static bool
+AppendHeader(ShadowJob *job, char *line)
+{
+	struct curl_slist *l = curl_slist_append(job->headers, line);
+
+	explicit_bzero(line, strlen(line));
+	if (l == NULL)
+		return false;
+	job->headers = l;
+	return true;
+}
+
+/*
+ * ShadowJobStart
+ *		Start the transfer of a job whose model, URL and body are set.  On
+ *		failure the job is finished with an error.  Allocates in the job's
+ *		context; raises nothing.
+ */
+static void
+ShadowJobStart(ShadowJob *job)
+{
+	CURL	   *easy;
+	char		line[1024];
+	const char *key = NULL;
+	bool		ok = true;
+
+	if (job->model.api_key_env != NULL)
+	{
+		key = getenv(job->model.api_key_env);
+		if (key == NULL || key[0] == '\0')
+		{
+			ShadowJobFinish(job, "api_key_missing", GetCurrentTimestamp());
+			return;
+		}
+		/* a line break would inject headers; the line buffer bounds the rest */
+		if (strpbrk(key, "\r\n") != NULL || strlen(key) > 900)
+		{
+			ShadowJobFinish(job, "api_key_invalid", GetCurrentTimestamp());
+			return;
+		}
+	}
+
+	easy = curl_easy_init();
+	if (easy == NULL)
+	{
+		ShadowJobFinish(job, "out_of_memory", GetCurrentTimestamp());
+		return;
+	}
+	job->easy = easy;
+	shadow_running++;			/* balanced in ShadowJobReleaseCurl */
+	job->resp_max = ShadowMaxResponseBytes();
+
+	snprintf(line, sizeof(line), "Content-Type: application/json");
+	ok = ok && AppendHeader(job, line);
+	snprintf(line, sizeof(line), "Expect:");	/* no 100-continue round trip */
+	ok = ok && AppendHeader(job, line);
+	if (job->model.provider == CANARY_PROVIDER_ANTHROPIC)
+	{
+		snprintf(line, sizeof(line), "anthropic-version: 2023-06-01");
+		ok = ok && AppendHeader(job, line);
+		if (key)
+		{
+			snprintf(line, sizeof(line), "x-api-key: %s", key);
+			ok = ok && AppendHeader(job, line);
+		}
+	}
+	else if (key)
+	{
+		snprintf(line, sizeof(line), "Authorization: Bearer %s", key);
+		ok = ok && AppendHeader(job, line);
+	}
+
+	/* the same safety rules as the backend transport (http.c) */
+	ok = ok &&
+		curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_VERBOSE, 0L) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+						 (long) Max(job->model.connect_timeout_ms, 1)) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
+						 (long) Max(job->model.timeout_ms, 1)) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_URL, job->url) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_POST, 1L) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen(job->body)) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->body) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, job->headers) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, ShadowWriteCallback) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_WRITEDATA, job) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, job->errbuf) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_PRIVATE, job) == CURLE_OK;
+	explicit_bzero(line, sizeof(line));
+
+	job->started = GetCurrentTimestamp();
+	if (!ok)
+	{
+		ShadowJobReleaseCurl(job);
+		ShadowJobFinish(job, "out_of_memory", job->started);
+		return;
+	}
+	if (curl_multi_add_handle(shadow_multi, easy) != CURLM_OK)
+	{
+		/* not in the multi: release it as a plain easy handle */
+		curl_easy_cleanup(easy);
+		job->easy = NULL;
+		shadow_running--;
+		ShadowJobReleaseCurl(job);
+		ShadowJobFinish(job, "out_of_memory", job->started);
+	}
+}
+
+/* Short error code for a failed transfer, in http.c's vocabulary. */
+static const char *
+ShadowCurlErrorCode(ShadowJob *job, CURLcode rc)
+{
+	if (job->resp_too_large)
+		return "response_too_large";
+	if (job->resp_oom)
+		return "out_of_memory";
+	switch (rc)
+	{
+		case CURLE_OPERATION_TIMEDOUT:
+			return "timeout";
+		case CURLE_COULDNT_RESOLVE_HOST:
+		case CURLE_COULDNT_CONNECT:
+		case CURLE_SEND_ERROR:
+		case CURLE_RECV_ERROR:
+		case CURLE_GOT_NOTHING:
+		case CURLE_PARTIAL_FILE:
+		case CURLE_SSL_CONNECT_ERROR:
+			return "connect";
+		case CURLE_PEER_FAILED_VERIFICATION:
+		case CURLE_SSL_CACERT_BADFILE:
+		case CURLE_SSL_CERTPROBLEM:
+			return "tls";
+		default:
+			return "transport";
+	}
+}
+
+/*
+ * A transfer completed (or failed): parse the answer, release the transfer.
+ * Outside any transaction; a parse error is caught and recorded as
+ * "malformed_response".
+ */
+static void
+ShadowJobCompleted(ShadowJob *job, CURLcode rc)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	long		status = 0;
+
+	if (rc != CURLE_OK)
+	{
+		const char *code = ShadowCurlErrorCode(job, rc);
+
+		ShadowJobReleaseCurl(job);
+		ShadowJobFinish(job, code, now);
+		return;
+	}
+
+	curl_easy_getinfo(job->easy, CURLINFO_RESPONSE_CODE, &status);
+	{
+		MemoryContext old = MemoryContextSwitchTo(job->cxt);
+		CanaryAttempt a;
+
+		memset(&a, 0, sizeof(a));
+		a.prompt_tokens = -1;
+		a.completion_tokens = -1;
+		PG_TRY();
+		{
+			ProviderParseResponse(&job->model, (int) status,
+								  job->resp ? job->resp : "", job->resp_len, &a);
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(job->cxt);
+			FlushErrorState();
+			memset(&a, 0, sizeof(a));
+			a.completion_tokens = -1;
+			a.error = "malformed_response";
+		}
+		PG_END_TRY();
+		MemoryContextSwitchTo(old);
+
+		ShadowJobReleaseCurl(job);
+		job->new_text = a.text;
+		job->new_tokens = a.completion_tokens;
+		job->new_provider_refusal = a.provider_refusal;
+		ShadowJobFinish(job, a.error, now);
+	}
+}
+
+/* ---------------------------------------------------------------------
+ * the step
+ * ---------------------------------------------------------------------
+ */
+
+/*
+ * Take PENDING slots, up to the free concurrency, and start their calls.
+ * Looks the new models up in one transaction.
+ */
+static void
+ShadowTakeJobs(void)
+{
+	int			want = shadow_concurrency - shadow_running;
+	int		   *taken;
+	uint64	   *seqs;
+	int			ntaken = 0;
+	dsa_area   *area = ShadowArea(true);
+	List	   *started = NIL;
+	ListCell   *lc;
+	MemoryContext oldcxt;
+
+	if (want <= 0)
+		return;
+	taken = palloc(sizeof(int) * want);
+	seqs = palloc(sizeof(uint64) * want);
+
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	for (int n = 0; n < ShadowState->nslots && ntaken < want && ShadowState->npending > 0; n++)
+	{
+		int			i = (shadow_scan_from + n) % ShadowState->nslots;
+		ShadowSlot *slot = &ShadowState->slots[i];
+
+		if (slot->state != SHADOW_SLOT_PENDING)
+			continue;
+		slot->state = SHADOW_SLOT_RUNNING;
+		ShadowState->npending--;
+		taken[ntaken] = i;
+		seqs[ntaken] = slot->seq;
+		ntaken++;
+		shadow_scan_from = (i + 1) % ShadowState->nslots;
+	}
+	LWLockRelease(ShadowState->lock);
+
+	if (ntaken == 0)
+	{
+		pfree(taken);
+		pfree(seqs);
+		return;
+	}
+
+	/* a RUNNING slot's request fields are ours to read without the lock */
+	for (int k = 0; k < ntaken; k++)
+	{
+		ShadowSlot *slot = &ShadowState->slots[taken[k]];
+		ShadowJob  *job = ShadowJobCreate(taken[k], seqs[k]);
+
+		strlcpy(job->new_model, slot->new_model, sizeof(job->new_model));
+		job->prompt_len = slot->prompt_len;
+		job->prompt = MemoryContextAlloc(job->cxt, slot->prompt_len + 1);
+		memcpy(job->prompt, dsa_get_address(area, slot->prompt), slot->prompt_len + 1);
+		started = lappend(started, job);
+	}
+	pfree(taken);
+	pfree(seqs);
+
+	oldcxt = CurrentMemoryContext;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	foreach(lc, started)
+	{
+		ShadowJob  *job = (ShadowJob *) lfirst(lc);
+
+		PG_TRY();
+		{
+			const CanaryModel *m = ConfigGetModel(job->new_model);
+			MemoryContext txcxt = MemoryContextSwitchTo(job->cxt);
+
+			ShadowJobCopyModel(job, m);
+			job->url = ProviderRequestUrl(&job->model);
+			job->body = ProviderRequestBody(&job->model, job->prompt);
+			MemoryContextSwitchTo(txcxt);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(job->cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			ereport(LOG,
+					(errmsg("llm_canary shadow call to model \"%s\" not started", job->new_model),
+					 errdetail_internal("%s", edata->message)));
+			ShadowJobFinish(job, edata->sqlerrcode == ERRCODE_UNDEFINED_OBJECT ?
+							"unknown_model" : "request_build", GetCurrentTimestamp());
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+		}
+		PG_END_TRY();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(oldcxt);
+
+	foreach(lc, started)
+	{
+		ShadowJob  *job = (ShadowJob *) lfirst(lc);
+
+		if (!job->done)
+			ShadowJobStart(job);
+	}
+	list_free(started);
+}
+
+/* Let libcurl move, then collect the transfers that finished. */
+static void
+ShadowDriveTransfers(void)
+{
+	int			running;
+	int			left;
+	CURLMsg    *msg;
+	bool		any = false;
+	dlist_iter	it;
+
+	if (shadow_running == 0)
+		return;
+	curl_multi_perform(shadow_multi, &running);
+	while ((msg = curl_multi_info_read(shadow_multi, &left)) != NULL)
+	{
+		ShadowJob  *job = NULL;
+
+		if (msg->msg != CURLMSG_DONE)
+			continue;
+		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &job);
+		if (job == NULL)
+			continue;
+		ShadowJobCompleted(job, msg->data.result);
+		any = true;
+	}
+	if (!any)
+		return;
+
+	/* tell backends completing the old half that we are waiting for it */
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	dlist_foreach(it, &shadow_jobs)
+	{
+		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
+
+		if (job->done)
+			ShadowState->slots[job->slotno].new_done = true;
+	}
+	LWLockRelease(ShadowState->lock);
+}
+
+/* Add a text (or NULL) to an array being built. */
+static ArrayBuildState *
+AccumText(ArrayBuildState *st, const char *s, int len)
+{
+	if (s == NULL)
+		return accumArrayResult(st, (Datum) 0, true, TEXTOID, CurrentMemoryContext);
+	if (len < 0)
+		len = strlen(s);
+	return accumArrayResult(st, PointerGetDatum(cstring_to_text_with_len(s, len)),
+							false, TEXTOID, CurrentMemoryContext);
+}
+
+static ArrayBuildState *
+AccumInt(ArrayBuildState *st, int v, bool isnull)
+{
+	return accumArrayResult(st, Int32GetDatum(v), isnull, INT4OID, CurrentMemoryContext);
+}
+
+/*
+ * Write the rows of jobs (a List of ShadowJob, their slots WRITING) in one
+ * transaction with one INSERT.  Returns the number of rows written; a
+ * failure is logged, never raised.
+ */
+static int
+ShadowInsertRows(List *jobs)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	volatile int written = 0;
+	dsa_area   *area = ShadowArea(true);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PG_TRY();
+	{
+		static const Oid elemtypes[SHADOW_INSERT_COLUMNS] = {
+			UUIDOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+			TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, BOOLOID, TEXTOID,
+			TEXTOID, INT4OID, INT4OID, BOOLOID, TEXTOID
+		};
+		ArrayBuildState *st[SHADOW_INSERT_COLUMNS];
+		Oid			argtypes[SHADOW_INSERT_COLUMNS];
+		Datum		values[SHADOW_INSERT_COLUMNS];
+		StringInfoData sql;
+		ListCell   *lc;
+		int			ret;
+
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_connect();
+		for (int c = 0; c < SHADOW_INSERT_COLUMNS; c++)
+		{
+			st[c] = initArrayResult(elemtypes[c], CurrentMemoryContext, false);
+			argtypes[c] = get_array_type(elemtypes[c]);
+		}
+
+		foreach(lc, jobs)
+		{
+			ShadowJob  *job = (ShadowJob *) lfirst(lc);
+			ShadowSlot *slot = &ShadowState->slots[job->slotno];
+			const char *new_text = job->new_text;
+			const char *new_error = job->new_error[0] ? job->new_error : NULL;
+			bool		new_refusal;
+
+			/* the text type takes only valid strings of the database encoding */
+			if (new_text && !pg_verifymbstr(new_text, strlen(new_text), true))
+			{
+				new_text = NULL;
+				new_error = "malformed_response";
+			}
+			new_refusal = new_error == NULL && new_text != NULL &&
+				(job->new_provider_refusal || CanaryTextIsRefusal(new_text));
+
+			st[0] = accumArrayResult(st[0], UUIDPGetDatum(&slot->request_id), false, UUIDOID, CurrentMemoryContext);
+			st[1] = accumArrayResult(st[1], TimestampTzGetDatum(slot->ts), false, TIMESTAMPTZOID, CurrentMemoryContext);
+			st[2] = AccumText(st[2], slot->canary, -1);
+			st[3] = AccumText(st[3], slot->user_id, -1);
+			st[4] = AccumText(st[4], slot->prompt_hash, -1);
+			st[5] = AccumText(st[5], slot->store_prompt ? job->prompt : NULL,
+							  slot->store_prompt ?
+							  pg_mbcharcliplen(job->prompt, job->prompt_len, SHADOW_PROMPT_STORED_CHARS) : 0);
+			st[6] = AccumText(st[6], slot->has_prompt_class ? slot->prompt_class : NULL, -1);
+			st[7] = AccumText(st[7], slot->old_model[0] ? slot->old_model : NULL, -1);
+			st[8] = AccumText(st[8], slot->new_model, -1);
+			st[9] = AccumText(st[9], DsaPointerIsValid(slot->old_text) ?
+							  (char *) dsa_get_address(area, slot->old_text) : NULL,
+							  (int) slot->old_text_len);
+			st[10] = AccumInt(st[10], slot->old_tokens, slot->old_tokens < 0);
+			st[11] = AccumInt(st[11], slot->old_latency_ms, slot->old_latency_ms < 0);
+			/* refusal is NULL when there was no answer to judge */
+			st[12] = accumArrayResult(st[12], BoolGetDatum(slot->old_refusal),
+									  slot->old_error[0] != '\0' &&
+									  strcmp(slot->old_error, "not_stored") != 0,
+									  BOOLOID, CurrentMemoryContext);
+			st[13] = AccumText(st[13], slot->old_error[0] ? slot->old_error : NULL, -1);
+			st[14] = AccumText(st[14], new_text, -1);
+			st[15] = AccumInt(st[15], job->new_tokens, job->new_tokens < 0);
+			st[16] = AccumInt(st[16], job->new_latency_ms, job->new_latency_ms < 0);
+			st[17] = accumArrayResult(st[17], BoolGetDatum(new_refusal),
+									  new_error != NULL, BOOLOID, CurrentMemoryContext);
+			st[18] = AccumText(st[18], new_error, -1);
+		}
+		for (int c = 0; c < SHADOW_INSERT_COLUMNS; c++)
+			values[c] = makeArrayResult(st[c], CurrentMemoryContext);
+
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "INSERT INTO %s.canary_shadow (request_id, ts, canary, user_id, prompt_hash,"
+						 " prompt, prompt_class, old_model, new_model, old_text, old_tokens,"
+						 " old_latency_ms, old_refusal, old_error, new_text, new_tokens,"
+						 " new_latency_ms, new_refusal, new_error)"
+						 " SELECT * FROM ROWS FROM (",
+						 ConfigSchemaName());
+		/* the multi-argument unnest() shorthand cannot be schema-qualified */
+		for (int c = 1; c <= SHADOW_INSERT_COLUMNS; c++)
+			appendStringInfo(&sql, "%spg_catalog.unnest($%d)", c > 1 ? ", " : "", c);
+		appendStringInfoChar(&sql, ')');
+		ret = SPI_execute_with_args(sql.data, SHADOW_INSERT_COLUMNS, argtypes, values,
+									NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into canary_shadow: SPI error %d", ret);
+		written = (int) SPI_processed;
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("could not write %d rows to canary_shadow", list_length(jobs)),
+				 errdetail_internal("%s", edata->message)));
+		FreeErrorData(edata);
+		written = 0;
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(oldcxt);
+	return written;
+}
+
+/*
+ * Write the rows of finished jobs whose old half is in, or will not come:
+ * the grace period is over, the dispatching backend is gone, or final
+ * (shutdown).
+ */
+static void
+ShadowWriteFinished(bool final)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	List	   *ready = NIL;
+	List	   *gone = NIL;
+	dlist_mutable_iter it;
+	ListCell   *lc;
+	int			written;
+
+	/* backends that went away without closing their old half */
+	dlist_foreach_modify(it, &shadow_jobs)
+	{
+		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
+		ShadowSlot *slot = &ShadowState->slots[job->slotno];
+
+		if (job->done && !final && !slot->old_done &&
+			BackendPidGetProc(slot->backend_pid) == NULL)
+			gone = lappend(gone, job);
+	}
+
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	dlist_foreach_modify(it, &shadow_jobs)
+	{
+		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
+		ShadowSlot *slot = &ShadowState->slots[job->slotno];
+
+		if (!job->done)
+			continue;
+		if (!slot->old_done &&
+			(final || list_member_ptr(gone, job) ||
+			 TimestampDifferenceExceeds(job->done_at, now, shadow_grace_ms)))
+		{
+			slot->old_done = true;
+			slot->old_tokens = -1;
+			slot->old_latency_ms = -1;
+			strlcpy(slot->old_error, SHADOW_OLD_MISSING, sizeof(slot->old_error));
+		}
+		if (slot->old_done)
+		{
+			slot->state = SHADOW_SLOT_WRITING;
+			ready = lappend(ready, job);
+		}
+	}
+	LWLockRelease(ShadowState->lock);
+	list_free(gone);
+
+	if (ready == NIL)
+		return;
+
+	written = ShadowInsertRows(ready);
+
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	foreach(lc, ready)
+		ShadowFreeSlot(&ShadowState->slots[((ShadowJob *) lfirst(lc))->slotno]);
+	ShadowState->rows_written += written;
+	ShadowState->rows_lost += list_length(ready) - written;
+	LWLockRelease(ShadowState->lock);
+
+	foreach(lc, ready)
+		ShadowJobDestroy((ShadowJob *) lfirst(lc));
+	list_free(ready);
+}
+
+/* ---------------------------------------------------------------------
+ * the worker interface (shadow.h)
+ * ---------------------------------------------------------------------
+ */
+
+/* Process exit: nobody serves the queue any more. */
+static void
+ShadowWorkerExit(int code, Datum arg)
+{
+	if (ShadowState == NULL)
+		return;
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	if (ShadowState->worker_pid == MyProcPid)
+	{
+		ShadowState->worker_latch = NULL;
+		ShadowState->worker_pid = 0;
+	}
+	LWLockRelease(ShadowState->lock);
+}
+
+/*
+ * ShadowWorkerInit
+ *		Set up the shadow side of the background worker: the curl multi
+ *		handle, the DSA area, and our latch in shared memory.  Jobs a
+ *		previous worker left RUNNING (it died without recording them) are
+ *		queued again; jobs it left WRITING may have been written and are
+ *		counted as lost rather than risk a duplicate row.  Call once, after
+ *		the worker connected to its database, outside a transaction.
+ */
+void
+ShadowWorkerInit(void)
+{
+	if (ShadowState == NULL)
+		return;
+
+	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not initialize libcurl")));
+	ShadowWorkerContext = AllocSetContextCreate(TopMemoryContext,
+												"llm_canary shadow worker",
+												ALLOCSET_DEFAULT_SIZES);
+	shadow_multi = curl_multi_init();
+	if (shadow_multi == NULL ||
+		curl_multi_setopt(shadow_multi, CURLMOPT_SOCKETFUNCTION, ShadowSocketCallback) != CURLM_OK ||
+		curl_multi_setopt(shadow_multi, CURLMOPT_TIMERFUNCTION, ShadowTimerCallback) != CURLM_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create the libcurl multi handle for shadow calls")));
+
+	(void) ShadowArea(true);
+
+	before_shmem_exit(ShadowWorkerExit, (Datum) 0);
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < ShadowState->nslots; i++)
+	{
+		ShadowSlot *slot = &ShadowState->slots[i];
+
+		if (slot->state == SHADOW_SLOT_RUNNING)
+		{
+			slot->state = SHADOW_SLOT_PENDING;
+			slot->new_done = false;
+			ShadowState->npending++;
+		}
+		else if (slot->state == SHADOW_SLOT_WRITING)
+		{
+			ShadowFreeSlot(slot);
+			ShadowState->rows_lost++;
+		}
+	}
+	ShadowState->worker_latch = MyLatch;
+	ShadowState->worker_pid = MyProcPid;
+	LWLockRelease(ShadowState->lock);
+}
+
+/*
+ * ShadowWorkerStep
+ *		Do what can be done without waiting: take queued jobs up to
+ *		llm_canary.shadow_concurrency, move the transfers, and write the
+ *		rows of finished jobs.  Caller must not be in a transaction.
+ */
+void
+ShadowWorkerStep(void)
+{
+	if (shadow_multi == NULL)
+		return;
+	Assert(!IsTransactionState());
+	ShadowTakeJobs();
+	ShadowDriveTransfers();
+	ShadowWriteFinished(false);
+}
+
+/*
+ * ShadowWorkerTimeoutMs
+ *		How long the worker may sleep: default_ms, or less when libcurl has
+ *		a timer due or a finished job waits for its old half.
+ */
+long
+ShadowWorkerTimeoutMs(long default_ms)
+{
+	long		t = default_ms;
+	TimestampTz now;
+	dlist_iter	it;
+
+	if (shadow_multi == NULL)
+		return t;
+	now = GetCurrentTimestamp();
+	if (shadow_curl_deadline != 0)
+	{
+		long		secs;
+		int			usecs;
+
+		TimestampDifference(now, shadow_curl_deadline, &secs, &usecs);
+		t = Min(t, secs * 1000 + (usecs + 999) / 1000);
+	}
+	if (shadow_sockets_overflow)
+		t = Min(t, 10);
+	dlist_foreach(it, &shadow_jobs)
+	{
+		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
+
+		if (job->done)
+		{
+			/* poll for a vanished backend; the grace period bounds it */
+			t = Min(t, SHADOW_LIVENESS_POLL_MS);
+			break;
+		}
+	}
+	return Max(t, 0);
+}
+
+/* Number of sockets ShadowWorkerAddWaitEvents adds. */
+int
+ShadowWorkerWaitEventCount(void)
+{
+	return shadow_multi ? shadow_nsockets : 0;
+}
+
+/*
+ * ShadowWorkerAddWaitEvents
+ *		Add the sockets libcurl waits on to set, which must have room for
+ *		ShadowWorkerWaitEventCount() more events.
+ */
+void
+ShadowWorkerAddWaitEvents(WaitEventSet *set)
+{
+	if (shadow_multi == NULL)
+		return;
+	for (int i = 0; i < shadow_nsockets; i++)
+		AddWaitEventToSet(set, shadow_sockets[i].events, shadow_sockets[i].fd,
+						  NULL, NULL);
+}
+
+/*
+ * ShadowWorkerShutdown
+ *		Record every job the worker holds: transfers still running as
+ *		new_error "shutdown", queued jobs too (nobody would run them), old
+ *		halves not in as "missing"; then release libcurl.  Call from the
+ *		worker loop on a shutdown request, outside a transaction.
+ */
+void
+ShadowWorkerShutdown(void)
+{
+	TimestampTz now;
+	dlist_iter	it;
+	int			ntaken = 0;
+	int		   *pending;
+	uint64	   *seqs;
+	dsa_area   *area;
+
+	if (shadow_multi == NULL)
+		return;
+	now = GetCurrentTimestamp();
+
+	/* collect what finished meanwhile, then stop the rest */
+	ShadowDriveTransfers();
+	dlist_foreach(it, &shadow_jobs)
+	{
+		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
+
+		if (!job->done)
+		{
+			ShadowJobReleaseCurl(job);
+			ShadowJobFinish(job, "shutdown", now);
+		}
+	}
+
+	/* queued jobs: record them, no one else would (nothing allocated under the lock) */
+	area = ShadowArea(true);
+	pending = palloc(sizeof(int) * ShadowState->nslots);
+	seqs = palloc(sizeof(uint64) * ShadowState->nslots);
+	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+	ShadowState->worker_latch = NULL;	/* dispatch drops from now on */
+	ShadowState->worker_pid = 0;
+	for (int i = 0; i < ShadowState->nslots; i++)
+	{
+		ShadowSlot *slot = &ShadowState->slots[i];
+
+		if (slot->state != SHADOW_SLOT_PENDING)
+			continue;
+		slot->state = SHADOW_SLOT_RUNNING;
+		slot->new_done = true;
+		ShadowState->npending--;
+		pending[ntaken] = i;
+		seqs[ntaken] = slot->seq;
+		ntaken++;
+	}
+	dlist_foreach(it, &shadow_jobs)
+	{
+		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
+
+		ShadowState->slots[job->slotno].new_done = true;
+	}
+	LWLockRelease(ShadowState->lock);
+
+	for (int k = 0; k < ntaken; k++)
+	{
+		ShadowSlot *slot = &ShadowState->slots[pending[k]];
+		ShadowJob  *job = ShadowJobCreate(pending[k], seqs[k]);
+
+		strlcpy(job->new_model, slot->new_model, sizeof(job->new_model));
+		job->prompt_len = slot->prompt_len;
+		job->prompt = MemoryContextAlloc(job->cxt, slot->prompt_len + 1);
+		memcpy(job->prompt, dsa_get_address(area, slot->prompt), slot->prompt_len + 1);
+		ShadowJobFinish(job, "shutdown", now);
+	}
+
+	ShadowWriteFinished(true);
+
+	/* every job was written (or lost) and destroyed; release libcurl */
+	Assert(dlist_is_empty(&shadow_jobs));
+	curl_multi_cleanup(shadow_multi);
+	shadow_multi = NULL;
+	shadow_nsockets = 0;
+	shadow_curl_deadline = 0;
+	MemoryContextDelete(ShadowWorkerContext);
+	ShadowWorkerContext = NULL;
+	curl_global_cleanup();
+	if (ntaken > 0)
+		elog(LOG, "llm_canary recorded %d queued shadow jobs as \"shutdown\"", ntaken);
+}
