@@ -315,7 +315,7 @@ BEGIN
                   HINT = 'Pass how far back to look, for example interval ''7 days''.';
     END IF;
     IF since < interval '0' THEN
-        RAISE EXCEPTION 'since % must not be negative', since
+        RAISE EXCEPTION 'since must not be negative'
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass how far back to look, for example interval ''7 days''.';
     END IF;
