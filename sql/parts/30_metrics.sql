@@ -95,7 +95,7 @@ BEGIN
     SELECT c.relnamespace::regnamespace::name INTO nsp
       FROM pg_class c WHERE c.oid = '@extschema@.canary_requests'::regclass;
 
-    FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback'] LOOP
+    FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         locked := false;
         SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO columns
           FROM pg_attribute a
@@ -162,7 +162,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION canary_maintenance(integer, date) IS
-    'Creates daily partitions of canary_requests and canary_feedback from today through today + days_ahead (moving rows out of the DEFAULT partition) and drops those older than llm_canary.retention_days';
+    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition) and drops those older than llm_canary.retention_days';
 REVOKE ALL ON FUNCTION canary_maintenance(integer, date) FROM PUBLIC;
 
 /* The queue and the worker (src/metrics_queue.c, src/metrics_funcs.c). */
