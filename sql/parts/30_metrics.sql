@@ -96,6 +96,8 @@ BEGIN
       FROM pg_class c WHERE c.oid = '@extschema@.canary_requests'::regclass;
 
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
+        -- canary_shadow is created after this function's first run at install
+        CONTINUE WHEN to_regclass(format('%I.%I', nsp, parent)) IS NULL;
         locked := false;
         SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO columns
           FROM pg_attribute a
