@@ -25,6 +25,7 @@
 
 #include "llm_canary.h"
 #include "metrics.h"
+#include "shadow.h"
 
 /* Copy a text argument into a fixed buffer, clipped at a character boundary. */
 static void
@@ -263,6 +264,12 @@ canary_flush(PG_FUNCTION_ARGS)
 						   (unsigned long long) stats.write_errors),
 				 errhint("Check the server log for errors of the llm_canary worker, or pass a longer timeout.")));
 	}
+	/* and the shadow rows of the calls made before this one */
+	if (!ShadowWaitIdle(timeout_ms))
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("timed out waiting for the llm_canary worker to finish shadow calls"),
+				 errhint("canary_shadow_stats() shows the jobs in flight; shadow calls wait up to the new model's timeout_ms.")));
 	(void) MetricsQueueGetStats(&stats);
 	PG_RETURN_INT64((int64) stats.written);
 }

@@ -28,10 +28,13 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "common/pg_prng.h"
 #include "mb/pg_wchar.h"
+#include "funcapi.h"
 #include "miscadmin.h"
+#include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
 #include "utils/guc.h"
@@ -542,4 +545,80 @@ ShadowCompleteOld(const pg_uuid_t *request_id, const CanaryModel *old_model,
 	LWLockRelease(ShadowState->lock);
 	if (latch)
 		SetLatch(latch);
+}
+
+/*
+ * ShadowWaitIdle
+ *		Wait until every shadow job dispatched before the call has been
+ *		written (or recorded as failed) by the worker, or timeout_ms passed.
+ *		Returns false on timeout.  Used by canary_flush(), so that tests and
+ *		reports see the shadow rows of the calls they just made.
+ */
+bool
+ShadowWaitIdle(long timeout_ms)
+{
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	uint64		target;
+
+	if (ShadowState == NULL)
+		return true;
+	LWLockAcquire(ShadowState->lock, LW_SHARED);
+	target = ShadowState->next_seq;
+	LWLockRelease(ShadowState->lock);
+
+	for (;;)
+	{
+		bool		busy = false;
+
+		LWLockAcquire(ShadowState->lock, LW_SHARED);
+		for (int i = 0; i < ShadowState->nslots && !busy; i++)
+		{
+			ShadowSlot *slot = &ShadowState->slots[i];
+
+			busy = slot->state != SHADOW_SLOT_FREE && slot->seq != 0 && slot->seq < target;
+		}
+		LWLockRelease(ShadowState->lock);
+		if (!busy)
+			return true;
+		if (GetCurrentTimestamp() >= deadline)
+			return false;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * canary_shadow_stats(): the shadow queue's counters since server start.
+ */
+PG_FUNCTION_INFO_V1(canary_shadow_stats);
+Datum
+canary_shadow_stats(PG_FUNCTION_ARGS)
+{
+	TupleDesc	tupdesc;
+	Datum		values[9];
+	bool		nulls[9] = {0};
+	int			in_flight = 0;
+
+	CanaryRequirePreload("canary_shadow_stats()");
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+
+	LWLockAcquire(ShadowState->lock, LW_SHARED);
+	for (int i = 0; i < ShadowState->nslots; i++)
+		if (ShadowState->slots[i].state != SHADOW_SLOT_FREE)
+			in_flight++;
+	values[0] = Int32GetDatum(ShadowState->nslots);
+	values[1] = Int32GetDatum(in_flight);
+	values[2] = Int64GetDatum((int64) ShadowState->dispatched);
+	values[3] = Int64GetDatum((int64) ShadowState->dropped_queue_full);
+	values[4] = Int64GetDatum((int64) ShadowState->dropped_no_worker);
+	values[5] = Int64GetDatum((int64) ShadowState->dropped_memory);
+	values[6] = Int64GetDatum((int64) ShadowState->rows_written);
+	values[7] = Int64GetDatum((int64) ShadowState->rows_lost);
+	values[8] = Int64GetDatum((int64) ShadowState->bytes_in_use);
+	LWLockRelease(ShadowState->lock);
+
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(tupdesc, values, nulls)));
 }

@@ -39,6 +39,8 @@ extern void ShadowCompleteOld(const pg_uuid_t *request_id,
 							  const CanaryModel *old_model,
 							  const CanaryAttempt *old_attempt);
 
+extern bool ShadowWaitIdle(long timeout_ms);
+
 /* worker side */
 extern void ShadowWorkerInit(void);
 extern void ShadowWorkerStep(void);

@@ -28,7 +28,8 @@ CONF
         "$BIN/createdb" -h /tmp -p "$port" -U postgres "$db"
     "$BIN/psql" -h /tmp -p "$port" -U postgres -d "$db" -q \
         -c "CREATE EXTENSION IF NOT EXISTS llm_canary" \
-        -c "CREATE EXTENSION IF NOT EXISTS pgcrypto"
+        -c "CREATE EXTENSION IF NOT EXISTS pgcrypto" \
+        -c "SELECT canary_flush('60 seconds')" >/dev/null   # waits for the worker to serve the new database
     ;;
 stop)
     "$BIN/pg_ctl" -D "$dir" -m fast -w stop >/dev/null || true

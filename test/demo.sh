@@ -13,8 +13,15 @@ if [ "$(id -u)" -eq 0 ]; then
     flock 9
     echo "== [1/7] installing packages, building and installing llm_canary"
     bash "$top/test/setup.sh"
+    # a demo left running from an earlier run
+    if [ -f "$DIR/data/postmaster.pid" ]; then
+        runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D "$DIR/data" -m fast stop >/dev/null 2>&1 || true
+    fi
+    [ -f "$DIR/mock.pid" ] && kill "$(cat "$DIR/mock.pid")" 2>/dev/null || true
     rm -rf "$DIR" && mkdir -p "$DIR" && chown postgres:postgres "$DIR"
     chmod -R a+rX "$top"
+    # the lock guards the install only: the cluster and the mock outlive us
+    exec 9>&-
     exec runuser -u postgres -- env PATH="/usr/lib/postgresql/15/bin:/usr/bin:/bin" \
         bash "$top/test/demo.sh"
 fi
@@ -78,12 +85,14 @@ traffic 500 1000
 psql_demo -c "UPDATE canary_config SET stage = 'ramp_5'" -c "SELECT name, stage, percent_new FROM canary_config"
 for round in 1 2 3 4 5 6 7 8 9 10; do
     traffic 600 $((10000 + round * 1000))
-    reason=$(psql_demo -At -c "SELECT canary_flush()" -c "SELECT coalesce(canary_check(), '')" | tail -1)
+    # canary_check() runs in the worker every 30 s too; whoever comes first trips
+    reason=$(psql_demo -At -c "SELECT canary_flush()" -c "SELECT canary_check()" \
+                 -c "SELECT coalesce(trip_reason, '') FROM canary_config WHERE name = 'default' AND NOT kill_switch_armed" | tail -1)
     if [ -n "$reason" ]; then
         echo "   kill switch tripped after round $round: $reason"
         break
     fi
-    echo "   round $round: canary_check() found no credible breach yet"
+    echo "   round $round: no credible breach yet"
 done
 
 echo "== [6/7] the alert, and calls going back to the old model"

@@ -643,3 +643,12 @@ END;
 $$;
 COMMENT ON FUNCTION canary_shadow_by_class(text, interval) IS
     'Shadow mode per prompt class: agreement, refusal delta and length ratio, flagging classes clearly worse than the rollout overall';
+
+CREATE FUNCTION canary_shadow_stats()
+RETURNS TABLE (queue_capacity integer, in_flight integer, dispatched bigint,
+               dropped_queue_full bigint, dropped_no_worker bigint, dropped_memory bigint,
+               rows_written bigint, rows_lost bigint, bytes_in_use bigint)
+AS 'MODULE_PATHNAME', 'canary_shadow_stats'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION canary_shadow_stats() IS
+    'Counters of shadow mode since server start: jobs dispatched, dropped (queue full, no worker, memory), rows written and lost';
