@@ -288,7 +288,8 @@ typedef enum WorkerJob
 {
 	WORKER_JOB_WRITE,			/* write a batch of metrics */
 	WORKER_JOB_MAINTAIN,		/* canary_maintenance() */
-	WORKER_JOB_CHECK			/* canary_check() */
+	WORKER_JOB_CHECK,			/* canary_check() */
+	WORKER_JOB_WEBHOOK			/* deliver pending alerts */
 } WorkerJob;
 
 static WriteResult
@@ -309,6 +310,7 @@ WorkerTransaction(const CanaryMetricRecord *recs, int n, WorkerJob job,
 		pgstat_report_activity(STATE_RUNNING,
 							   job == WORKER_JOB_MAINTAIN ? "llm_canary: partition maintenance" :
 							   job == WORKER_JOB_CHECK ? "llm_canary: kill-switch check" :
+							   job == WORKER_JOB_WEBHOOK ? "llm_canary: alert webhook" :
 							   "llm_canary: writing metrics");
 
 		extoid = get_extension_oid(LLM_CANARY_EXTNAME, true);
@@ -324,6 +326,8 @@ WorkerTransaction(const CanaryMetricRecord *recs, int n, WorkerJob job,
 				*next_maintenance = WorkerMaintain(schema);
 			else if (job == WORKER_JOB_CHECK)
 				WorkerCheck(schema);
+			else if (job == WORKER_JOB_WEBHOOK)
+				WebhookDeliverPending(schema);
 			else if (n > 0)
 				WorkerInsertBatch(schema, recs, n);
 		}
@@ -460,6 +464,7 @@ CanaryWorkerMain(Datum main_arg)
 	TimestampTz next_retry = 0;
 	TimestampTz next_maintenance = 0;
 	TimestampTz next_check = 0;
+	TimestampTz next_webhook = 0;
 	int			backoff_ms = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -559,6 +564,13 @@ CanaryWorkerMain(Datum main_arg)
 			(void) WorkerTransaction(NULL, 0, WORKER_JOB_CHECK, NULL);
 			next_check = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 canary_check_interval * 1000L);
+		}
+
+		/* alert webhooks, about once a second, after the trips committed */
+		if (extension_known && GetCurrentTimestamp() >= next_webhook)
+		{
+			(void) WorkerTransaction(NULL, 0, WORKER_JOB_WEBHOOK, NULL);
+			next_webhook = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 1000);
 		}
 
 		WorkerShadowCalls(ReadyEvents, NumReadyEvents);

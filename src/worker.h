@@ -14,6 +14,9 @@
 /* Register the worker; call from _PG_init while preloading. */
 extern void WorkerRegister(void);
 
+/* webhook.c: deliver pending alerts (worker transaction, SPI connected) */
+extern void WebhookDeliverPending(const char *schema);
+
 /* Entry point, named in the BackgroundWorker registration. */
 extern PGDLLEXPORT void CanaryWorkerMain(Datum main_arg);
 

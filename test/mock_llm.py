@@ -153,6 +153,8 @@ Control API (JSON)
   GET    /_mock/stats                  -> {"models": {model: {"requests": n,
               "by_status": {"200": n, ...}, "in_flight": n}}, "total": {...}}
               (requests without a model string are counted under "(none)")
+  GET    /_mock/webhooks               alert payloads POSTed to any path ending in
+                                       /webhook (?status=N makes it answer N)
   POST   /_mock/reset                  profiles back to --config, log and
                                        counters cleared
 """
@@ -374,6 +376,7 @@ class State:
         self.log = deque(maxlen=log_size)
         self.log_seq = 0
         self.stats = {}           # model -> {"requests", "by_status", "in_flight"}
+        self.webhooks = []        # alert payloads POSTed to .../webhook
         self._load_base()
 
     def _load_base(self):
@@ -1024,6 +1027,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._provider("anthropic")
             elif p.endswith("/embeddings"):
                 self._provider("embeddings")
+            elif p.endswith("/webhook") and self.command == "POST":
+                self._webhook(raw_path)
             else:
                 self._read_body_quiet()
                 self._send(404, openai_error(
@@ -1047,6 +1052,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
         except ValueError:
             self.close_connection = True
             return b""
+
+    # ---- alert webhook --------------------------------------------------
+    def _webhook(self, raw_path):
+        """Record an alert payload; ?status=N answers N instead of 200."""
+        raw = self._read_body_quiet()
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(raw_path).query)
+        status = int(query.get("status", ["200"])[0])
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        with STATE.lock:
+            STATE.webhooks.append({"status": status, "body": body,
+                                   "content_type": self.headers.get("Content-Type")})
+        self._json(status, {"ok": status < 300})
 
     # ---- control API ----------------------------------------------------
     def _control(self, path, raw_path):
@@ -1089,6 +1109,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self._json(200, st.get_requests(model, limit))
             if method == "DELETE":
                 return self._json(200, {"ok": True, "cleared": st.clear_requests()})
+        if path == "/_mock/webhooks" and method == "GET":
+            with st.lock:
+                return self._json(200, list(st.webhooks))
         if path == "/_mock/stats" and method == "GET":
             return self._json(200, st.get_stats())
         if path == "/_mock/reset" and method == "POST":

@@ -35,10 +35,11 @@ CREATE TABLE canary_alerts (
     ts                  timestamptz NOT NULL DEFAULT now(),
     kind                text NOT NULL CHECK (kind IN ('kill_switch', 'manual_trip', 'csat_pin')),
     payload             jsonb NOT NULL,
-    webhook_status      text NOT NULL DEFAULT 'none'
+    webhook_status      text NOT NULL DEFAULT 'pending'
                         CHECK (webhook_status IN ('none', 'pending', 'delivered', 'failed')),
     webhook_attempts    integer NOT NULL DEFAULT 0,
     webhook_last_error  text,
+    webhook_next_at     timestamptz,
     delivered_at        timestamptz
 );
 CREATE INDEX canary_alerts_canary_idx ON canary_alerts (canary, ts);
@@ -59,10 +60,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     alert_id bigint;
-    hook text := nullif(current_setting('llm_canary.webhook_url', true), '');
 BEGIN
-    INSERT INTO @extschema@.canary_alerts (canary, kind, payload, webhook_status)
-    VALUES (p_canary, p_kind, p_payload, CASE WHEN hook IS NULL THEN 'none' ELSE 'pending' END)
+    -- webhook_status starts 'pending': the worker delivers it after commit
+    -- (or marks it 'none' when llm_canary.webhook_url is not set)
+    INSERT INTO @extschema@.canary_alerts (canary, kind, payload)
+    VALUES (p_canary, p_kind, p_payload)
     RETURNING id INTO alert_id;
     PERFORM pg_notify('llm_canary_alerts', p_payload::text);
     RETURN alert_id;

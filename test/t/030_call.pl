@@ -28,6 +28,7 @@ $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'llm_canary'
 llm_canary.database_name = 'postgres'
 llm_canary.check_interval = 1
+llm_canary.webhook_url = '$mock/hooks/webhook'
 });
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
@@ -118,7 +119,32 @@ like($heard, qr/Asynchronous notification "llm_canary_alerts" with payload ".*ta
 	'LISTEN llm_canary_alerts receives the alert payload');
 $app->quit;
 $listener->quit;
+
+# --- the worker POSTs the alert to the webhook after the trip committed
+ok($node->poll_query_until('postgres',
+	q{SELECT webhook_status = 'delivered' FROM canary_alerts WHERE payload->>'reason' = 'tap test trip'}),
+	'the alert is delivered to llm_canary.webhook_url');
+my $hooks = $http->get("$mock/_mock/webhooks");
+like($hooks->{content}, qr/"reason": ?"tap test trip".*"auto_action": ?"all traffic routed to old"/s,
+	'the webhook received the alert payload');
+is($node->safe_psql('postgres',
+	q{SELECT webhook_attempts || ' ' || (delivered_at IS NOT NULL) FROM canary_alerts WHERE payload->>'reason' = 'tap test trip'}),
+	'1 true', 'delivered at the first attempt');
 $node->safe_psql('postgres', q{SELECT canary_rearm('default')});
+
+# a failing webhook is retried with backoff and its error recorded
+$node->safe_psql('postgres', qq{ALTER SYSTEM SET llm_canary.webhook_url = '$mock/hooks/webhook?status=503'; SELECT pg_reload_conf();});
+sleep 1;
+$node->safe_psql('postgres', q{SELECT canary_trip('default', 'webhook down')});
+ok($node->poll_query_until('postgres',
+	q{SELECT webhook_attempts >= 1 FROM canary_alerts WHERE payload->>'reason' = 'webhook down'}),
+	'a failing webhook is attempted');
+is($node->safe_psql('postgres',
+	q{SELECT webhook_status || ' ' || webhook_last_error || ' ' || (webhook_next_at > now()) FROM canary_alerts WHERE payload->>'reason' = 'webhook down'}),
+	'pending HTTP status 503 true', 'its error is recorded and a retry is scheduled');
+is($node->safe_psql('postgres', q{SELECT kill_switch_armed FROM canary_config WHERE name = 'default'}),
+	'f', 'a failing webhook does not undo the trip');
+$node->safe_psql('postgres', q{ALTER SYSTEM RESET llm_canary.webhook_url; SELECT pg_reload_conf(); SELECT canary_rearm('default');});
 
 # --- the worker checks by itself every llm_canary.check_interval
 $node->safe_psql('postgres', q{
