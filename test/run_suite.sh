@@ -63,5 +63,15 @@ if ls test/t/*.pl >/dev/null 2>&1; then
     count "$ok" "$bad" "TAP"
 fi
 
+# 4. every SQL block of RUNBOOK.md, on its own throwaway cluster
+bash test/runbook_check.sh > test/out/runbook.log 2>&1
+line=$(grep -E '^[0-9]+ passed, [0-9]+ failed' test/out/runbook.log | tail -1)
+if [ -n "$line" ]; then
+    count "$(echo "$line" | cut -d' ' -f1)" "$(echo "$line" | cut -d' ' -f3)" "RUNBOOK.md blocks"
+    grep -q ' 0 failed' <<<"$line" || tail -40 test/out/runbook.log
+else
+    count 0 1 "RUNBOOK.md blocks (no result line)"; tail -20 test/out/runbook.log
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
