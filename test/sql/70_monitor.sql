@@ -119,7 +119,7 @@ SELECT canary_trip('ks_p95_ok', 'rehearsal in a quiet hour') - 'ts' AS payload;
 SELECT canary_trip('ks_p95_ok', 'again');
 SELECT canary_rearm('ks_p95_ok');
 SELECT action, reason FROM canary_stage_history WHERE canary = 'ks_p95_ok' ORDER BY id DESC LIMIT 2;
-SELECT kind, count(*) FROM canary_alerts GROUP BY kind ORDER BY kind;
+SELECT kind, count(*) FROM canary_alerts WHERE canary LIKE 'ks\_%' GROUP BY kind ORDER BY kind;
 
 -- bad input
 SELECT canary_check('nope');
