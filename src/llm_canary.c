@@ -65,23 +65,31 @@ _PG_init(void)
 {
 	canary_preloaded = process_shared_preload_libraries_in_progress;
 
-	DefineCustomStringVariable("llm_canary.database_name",
-							   "Sets the database the llm_canary background worker writes metrics to.",
-							   "canary_call works only in this database, since the worker records its metrics there.",
-							   &canary_database_name,
-							   "postgres",
-							   PGC_POSTMASTER,
-							   0,
-							   NULL, NULL, NULL);
+	/*
+	 * Settings that size shared memory or pick the worker's database can
+	 * only be defined while preloading; loaded later (routing only), the
+	 * library leaves them undefined, as pg_stat_statements does.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+	{
+		DefineCustomStringVariable("llm_canary.database_name",
+								   "Sets the database the llm_canary background worker writes metrics to.",
+								   "canary_call works only in this database, since the worker records its metrics there.",
+								   &canary_database_name,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   0,
+								   NULL, NULL, NULL);
 
-	DefineCustomIntVariable("llm_canary.queue_size",
-							"Sets the capacity, in records, of the shared memory queue of metrics waiting to be written.",
-							"Each record takes about 800 bytes of shared memory; when the queue is full, new records are dropped and counted.",
-							&canary_queue_size,
-							16384, 16, 1048576,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
+		DefineCustomIntVariable("llm_canary.queue_size",
+								"Sets the capacity, in records, of the shared memory queue of metrics waiting to be written.",
+								"Each record takes about 800 bytes of shared memory; when the queue is full, new records are dropped and counted.",
+								&canary_queue_size,
+								16384, 16, 1048576,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+	}
 
 	DefineCustomIntVariable("llm_canary.queue_full_wait_ms",
 							"Sets how long a call waits for room in a full metrics queue before dropping its record.",

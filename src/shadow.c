@@ -83,14 +83,15 @@ static bool callbacks_registered = false;
 void
 ShadowDefineSettings(void)
 {
-	DefineCustomIntVariable("llm_canary.shadow_queue_size",
-							"Sets the number of shadow jobs that can wait for or run in the background worker.",
-							"A sampled request finding the queue full is not shadowed (counted as a drop).",
-							&shadow_queue_size,
-							1024, 16, 1000000,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
+	if (process_shared_preload_libraries_in_progress)	/* PGC_POSTMASTER */
+		DefineCustomIntVariable("llm_canary.shadow_queue_size",
+								"Sets the number of shadow jobs that can wait for or run in the background worker.",
+								"A sampled request finding the queue full is not shadowed (counted as a drop).",
+								&shadow_queue_size,
+								1024, 16, 1000000,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
 	DefineCustomIntVariable("llm_canary.shadow_max_bytes",
 							"Sets the memory that prompts and old answers of queued shadow jobs may use.",
 							"A job that does not fit is not shadowed; an old answer that does not fit is recorded as old_error \"not_stored\".",
