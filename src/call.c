@@ -154,11 +154,27 @@ AttemptFailed(const CanaryAttempt *a)
 	return a->outcome == CANARY_OUTCOME_ERROR || a->outcome == CANARY_OUTCOME_TIMEOUT;
 }
 
+/*
+ * Did the attempt fail in the transport (no HTTP response, or a connection
+ * that broke or was cut in the middle of the body)?  Such a failure is
+ * 08006 even when the status line had already arrived.
+ */
+static bool
+AttemptTransportFailure(const CanaryAttempt *a)
+{
+	if (a->http_status == 0)
+		return true;
+	return a->error != NULL &&
+		(strcmp(a->error, "connect") == 0 ||
+		 strcmp(a->error, "transport") == 0 ||
+		 strcmp(a->error, "tls") == 0);
+}
+
 /* Raise the error for an attempt no model could answer. */
 static void
 ReportFailedAttempt(const CanaryModel *model, const CanaryAttempt *a)
 {
-	bool		transport = a->http_status == 0;
+	bool		transport = AttemptTransportFailure(a);
 	int			code = transport ? ERRCODE_CONNECTION_FAILURE : ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
 
 	if (a->outcome == CANARY_OUTCOME_TIMEOUT)
@@ -168,6 +184,15 @@ ReportFailedAttempt(const CanaryModel *model, const CanaryAttempt *a)
 						model->name, model->timeout_ms),
 				 errdetail("The request timed out after %d tries.", a->tries),
 				 errhint("Raise timeout_ms in canary_models if the model is slow, or check that it is reachable.")));
+	if (a->http_status != 0 && transport)
+		ereport(ERROR,
+				(errcode(code),
+				 errmsg("could not get an answer from model \"%s\"", model->name),
+				 errdetail("The connection failed after HTTP status %d (%s)%s%s", a->http_status,
+						   a->error ? a->error : "error",
+						   a->error_detail ? ": " : ".",
+						   a->error_detail ? a->error_detail : ""),
+				 errhint("The attempt is recorded in canary_requests.")));
 	if (a->http_status != 0)
 		ereport(ERROR,
 				(errcode(code),

@@ -31,6 +31,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 
 #include "config.h"
 #include "llm_canary.h"
@@ -169,6 +170,34 @@ ConfigCacheEnsure(void)
 	}
 }
 
+/*
+ * ConfigQuery
+ *		Run a read-only query of the cached tables under a snapshot taken
+ *		now, not the statement's.  The cache is only ever marked stale by an
+ *		invalidation, and an invalidation can be accepted after the
+ *		statement's snapshot was taken (at the start of the statement, or
+ *		while the query below locks its table).  Reading under the older
+ *		snapshot would then cache the row as it was before the change and
+ *		mark it valid, with the invalidation already consumed: the backend
+ *		would keep routing by a tripped kill switch's old state until the
+ *		next change.  A snapshot taken after the invalidations accepted so
+ *		far sees every change they announce (a commit is visible before its
+ *		invalidations are sent).  Caller must be connected to SPI.
+ */
+static int
+ConfigQuery(const char *sql, int nargs, Oid *argtypes, Datum *args, long count)
+{
+	int			ret;
+
+	PushActiveSnapshot(GetLatestSnapshot());
+	if (nargs > 0)
+		ret = SPI_execute_with_args(sql, nargs, argtypes, args, NULL, true, count);
+	else
+		ret = SPI_execute(sql, true, count);
+	PopActiveSnapshot();
+	return ret;
+}
+
 /* Quoted name of the schema the extension lives in. */
 const char *
 ConfigSchemaName(void)
@@ -241,7 +270,7 @@ ConfigGetRollout(const char *name)
 						 " salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text"
 						 " FROM %s.canary_config WHERE name = $1", CachedSchemaName);
 		args[0] = CStringGetTextDatum(name);
-		ret = SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, true, 1);
+		ret = ConfigQuery(sql.data, 1, argtypes, args, 1);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not read canary_config: SPI error %d", ret);
 		if (SPI_processed == 0)
@@ -332,7 +361,7 @@ ConfigGetModel(const char *name)
 						 " price_input_per_1k::float8, price_output_per_1k::float8, api_key_env"
 						 " FROM %s.canary_models WHERE name = $1", CachedSchemaName);
 		args[0] = CStringGetTextDatum(name);
-		ret = SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, true, 1);
+		ret = ConfigQuery(sql.data, 1, argtypes, args, 1);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not read canary_models: SPI error %d", ret);
 		if (SPI_processed == 0)
@@ -409,7 +438,7 @@ ConfigGetRefusalPatterns(int *npatterns)
 						 "SELECT lower(pattern) FROM %s.canary_refusal_patterns"
 						 " WHERE enabled AND pattern <> '' ORDER BY pattern",
 						 CachedSchemaName);
-		ret = SPI_execute(sql.data, true, 0);
+		ret = ConfigQuery(sql.data, 0, NULL, NULL, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not read canary_refusal_patterns: SPI error %d", ret);
 		patterns = MemoryContextAllocZero(ConfigCacheContext,

@@ -120,10 +120,20 @@ Profiles (per model id = the request's "model"; unknown models use "*")
   oversize_bytes     int     answer text is exactly N ASCII bytes
   status, body       raw response: this status and body (str, or any JSON
                      value which is serialised) for every request
+  fuzz_seed          int     every answer is a pseudo-random mutation of a
+                     valid body of the request's dialect: byte flips,
+                     truncation, deep nesting, huge or odd numbers, wrong
+                     types, duplicate keys, unicode escapes (lone
+                     surrogates, NUL), raw NUL and invalid UTF-8 bytes, other top-level
+                     values, and a random status (200 most often; never 1xx,
+                     204 or 304, which carry no body).  Deterministic from
+                     (fuzz_seed, prompt text): the same prompt gets the same
+                     bytes.  The mutations applied are named in the response
+                     header X-Mock-Fuzz.
   Keys starting with "_" are ignored (comments); other unknown keys -> 400.
 
   Order of evaluation: auth + validation (4xx) -> hang -> latency ->
-  status/body -> fail_first_n -> rate_limit_rate -> error_rate -> build the
+  status/body -> fuzz_seed -> fail_first_n -> rate_limit_rate -> error_rate -> build the
   answer (echo | fixed_text | oversize | refusal | generated) -> malformed ->
   delivery fault (reset | truncate | slow_drip_ms) -> normal send.
 
@@ -336,6 +346,7 @@ PROFILE_FIELDS = {
     "oversize_bytes": (_check_nonneg_int, "an integer >= 0"),
     "status": (_check_status, "an HTTP status"),
     "body": (lambda v: True, "anything"),
+    "fuzz_seed": (_check_nonneg_int, "an integer >= 0"),
 }
 
 
@@ -933,6 +944,130 @@ def anthropic_body(model, ans, prompt_tokens, profile, malformed=None):
 
 
 # --------------------------------------------------------------------------
+# Fuzzing: deterministic mutations of valid bodies (profile "fuzz_seed")
+# --------------------------------------------------------------------------
+
+FUZZ_STATUSES = (200,) * 12 + (201, 203, 400, 401, 404, 409, 413, 429, 500,
+                               502, 503, 529, 599)
+FUZZ_ODD_STRINGS = ("\\ud800", "\\udc00", "\\udbff\\udfff", "\\u0000", "\\uffff",
+                    "\\ud83d\\ude00", "\\u00e9", "\\\\", "\\\"", "\\/", "\\x", "\\u12")
+FUZZ_ODD_VALUES = ("null", "true", "false", "0", "-1", "1.5", "1e400", "-1e400",
+                   "99999999999999999999999999999999", "2147483648", "-0", "[]", "{}",
+                   '""', '"text"', "[null]", '{"text": null}', "NaN", "Infinity")
+
+
+def _fuzz_valid(rng, model, anthropic, ptoks):
+    """A valid body of the dialect, as a Python object."""
+    text = " ".join(rng.choice(VOCAB) for _ in range(rng.randrange(0, 12)))
+    ans = {"text": text, "refusal": None,
+           "finish": rng.choice(("stop", "stop", "length", "content_filter"))}
+    if anthropic:
+        obj = anthropic_body(model, ans, ptoks, {"thinking_block": rng.random() < 0.2})
+    else:
+        obj = openai_chat_body(model, ans, ptoks)
+        obj["created"] = 1700000000
+    obj["id"] = "fuzz-%016x" % rng.getrandbits(64)      # deterministic
+    return obj
+
+
+def _fuzz_paths(obj, path=()):
+    """Every (path, value) of a JSON object."""
+    yield path, obj
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _fuzz_paths(v, path + (k,))
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from _fuzz_paths(v, path + (i,))
+
+
+def _fuzz_set(obj, path, value):
+    for k in path[:-1]:
+        obj = obj[k]
+    obj[path[-1]] = value
+
+
+def fuzz_response(fuzz_seed, prompt_text, model, anthropic, ptoks):
+    """Return (status, body bytes, names of the mutations applied)."""
+    import random
+    digest = hashlib.sha256(b"%d\x00%s" % (fuzz_seed, prompt_text.encode(
+        "utf-8", "surrogatepass"))).digest()
+    rng = random.Random(digest)
+    obj = _fuzz_valid(rng, model, anthropic, ptoks)
+    names = []
+    # structural mutations, on the object
+    for _ in range(rng.randrange(0, 3)):
+        paths = [p for p, _ in _fuzz_paths(obj) if p]
+        if not paths:
+            break
+        path = rng.choice(paths)
+        m = rng.randrange(4)
+        if m == 0:          # wrong type / odd value (stands for raw JSON text)
+            _fuzz_set(obj, path, {"__raw__": rng.choice(FUZZ_ODD_VALUES)})
+            names.append("type")
+        elif m == 1:        # deep nesting
+            depth = rng.choice((2, 10, 63, 64, 65, 100, 1000, 5000))
+            _fuzz_set(obj, path, {"__raw__": "[" * depth + "1" + "]" * depth})
+            names.append("nest%d" % depth)
+        elif m == 2:        # odd string
+            _fuzz_set(obj, path, {"__raw__": '"a%sb"' % rng.choice(FUZZ_ODD_STRINGS)})
+            names.append("string")
+        else:               # delete
+            parent = obj
+            for k in path[:-1]:
+                parent = parent[k]
+            del parent[path[-1]]
+            names.append("delete")
+    out = _dumps(obj)
+    # stand-ins for raw JSON text
+    out = re.sub(rb'\{"__raw__":"((?:[^"\\]|\\.)*)"\}',
+                 lambda mo: json.loads(b'"' + mo.group(1) + b'"').encode(
+                     "utf-8", "surrogatepass"), out)
+    # byte-level mutations, on the serialised body
+    for _ in range(rng.randrange(0, 3)):
+        m = rng.randrange(7)
+        b = bytearray(out)
+        if m == 0 and b:      # byte flips
+            for _ in range(rng.randrange(1, 4)):
+                i = rng.randrange(len(b))
+                b[i] ^= 1 << rng.randrange(8)
+            names.append("flip")
+        elif m == 1:          # truncation
+            b = b[:rng.randrange(len(b) + 1)]
+            names.append("truncate")
+        elif m == 2:          # duplicate key
+            key = rng.choice((b'"choices"', b'"content"', b'"usage"', b'"error"',
+                              b'"type"', b'"stop_reason"'))
+            val = rng.choice((b'null', b'[]', b'{}', b'"dup"', b'[{"message":{"content":"dup"}}]',
+                              b'[{"type":"text","text":"dup"}]', b'{"message":"dup"}'))
+            if b.startswith(b"{"):
+                b = b[:1] + key + b":" + val + b"," + b[1:]
+            names.append("dupkey")
+        elif m == 3:          # raw NUL or invalid UTF-8
+            i = rng.randrange(len(b) + 1)
+            b[i:i] = rng.choice((b"\x00", b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xf4\x90\x80\x80"))
+            names.append("bytes")
+        elif m == 4:          # another top-level value
+            b = bytearray(rng.choice((b"", b" ", b"null", b"[]", b'"x"', b"1",
+                                      b"{}", b"{", b"}", b"[" * 100000)))
+            names.append("toplevel")
+        elif m == 5:          # huge number in place of a token count
+            b = re.sub(rb'("(?:prompt|completion|input|output)_tokens":)\d+',
+                       lambda mo: mo.group(1) + rng.choice(
+                           (b"1" * 400, b"-5", b"1e309", b"3.7", b"2147483648")), bytes(b))
+            b = bytearray(b)
+            names.append("number")
+        else:                 # garbage appended
+            b += rng.choice((b"}", b"]", b",", b" trailing", b"\x00", b"{}"))
+            names.append("append")
+        out = bytes(b)
+    status = rng.choice(FUZZ_STATUSES)
+    if status != 200:
+        names.append("status%d" % status)
+    return status, bytes(out), names or ["none"]
+
+
+# --------------------------------------------------------------------------
 # HTTP handler
 # --------------------------------------------------------------------------
 
@@ -1226,6 +1361,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 b = json.dumps(b)
             ctype = JSON_CT if b[:1] in ("{", "[") else "text/plain; charset=utf-8"
             return self._send_status(profile["status"], b.encode(), ctype, extra)
+        if "fuzz_seed" in profile and kind != "embeddings":
+            st, out, names = fuzz_response(profile["fuzz_seed"], prompt_text,
+                                           model, anthropic, prompt_tokens)
+            return self._send_status(st, out, JSON_CT,
+                                     extra + [("X-Mock-Fuzz", ",".join(names))])
         ra = profile.get("retry_after")
         ra_hdr = [("Retry-After", _fmt_num(ra))] if ra is not None else []
         ffn = profile.get("fail_first_n", 0)

@@ -507,6 +507,34 @@ def test_faults(c, port):
         check("malformed %s" % kind, st == 200 and pred(data), data[:80])
 
 
+def test_fuzz(c):
+    """fuzz_seed: deterministic per prompt, varied across prompts."""
+    put_profile(c, "fz", {"fuzz_seed": 7})
+    seen = {}
+    statuses = set()
+    kinds = set()
+    same = True
+    for i in range(60):
+        req = {"model": "fz", "messages": [{"role": "user", "content": "fuzz %d" % i}]}
+        st, hdr, data = c.request("POST", "/v1/chat/completions", req, OA)
+        st2, _, data2 = c.request("POST", "/v1/chat/completions", req, OA)
+        same = same and st == st2 and data == data2
+        statuses.add(st)
+        seen[data] = True
+        kinds.update(k.rstrip("0123456789") for k in
+                     (hdr.getheader("X-Mock-Fuzz") or "").split(","))
+    check("fuzz_seed: same prompt, same status and bytes", same)
+    check("fuzz_seed: 60 prompts give %d distinct bodies, %d statuses" % (len(seen), len(statuses)),
+          len(seen) >= 40 and 200 in statuses and len(statuses) >= 4, sorted(statuses))
+    check("fuzz_seed: many kinds of mutation (%s)" % ",".join(sorted(kinds)), len(kinds) >= 8)
+    st, _, data = c.request("POST", "/v1/messages", {
+        "model": "fz", "max_tokens": 10,
+        "messages": [{"role": "user", "content": "fuzz 1"}]}, AN)
+    check("fuzz_seed: Anthropic dialect too", st >= 200)
+    bad = c.json("PUT", "/_mock/models/fz", {"fuzz_seed": -1})[0]
+    check("fuzz_seed: a negative seed is rejected", bad == 400, bad)
+
+
 def _parses(d):
     try:
         json.loads(d)
@@ -635,6 +663,7 @@ def main():
             n1 = refusal_count(c)
             test_openings(c)
             test_faults(c, srv.port)
+            test_fuzz(c)
             test_embeddings(c)
             test_log_and_control(c)
             test_concurrency(srv.port)
