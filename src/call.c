@@ -44,18 +44,6 @@ typedef struct CallContext
 	bool		canary_cohort;
 } CallContext;
 
-/* A new random (version 4) UUID. */
-static void
-NewRequestId(pg_uuid_t *id)
-{
-	if (!pg_strong_random(id->data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate random values")));
-	id->data[6] = (id->data[6] & 0x0f) | 0x40;
-	id->data[8] = (id->data[8] & 0x3f) | 0x80;
-}
-
 /*
  * RecordAttempt
  *		Put one attempt into the metrics queue.  Never raises: it may be
@@ -321,7 +309,7 @@ canary_call(PG_FUNCTION_ARGS)
 	cx.user_len = VARSIZE_ANY_EXHDR(user_arg);
 	cx.prompt_class = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
 	CanaryPromptHash(prompt, strlen(prompt), cx.prompt_hash);
-	NewRequestId(&cx.request_id);
+	CanaryNewRequestId(&cx.request_id);
 
 	r = ConfigGetRollout(text_to_cstring(PG_GETARG_TEXT_PP(2)));
 	strlcpy(cx.canary, r->name, sizeof(cx.canary));

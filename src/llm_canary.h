@@ -43,4 +43,7 @@ extern bool CanaryLibraryPreloaded(void);
 extern void CanaryRequirePreload(const char *what);
 extern Oid	CanaryExtensionNamespace(Oid extoid);
 
+struct pg_uuid_t;
+extern void CanaryNewRequestId(struct pg_uuid_t *id);
+
 #endif							/* LLM_CANARY_H */

@@ -49,18 +49,6 @@ RequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
 				 errmsg("%s must not be NULL", name)));
 }
 
-/* A version 4 (random) UUID. */
-static void
-RandomUuid(pg_uuid_t *uuid)
-{
-	if (!pg_strong_random(uuid->data, UUID_LEN))
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not generate random values")));
-	uuid->data[6] = (uuid->data[6] & 0x0f) | 0x40;
-	uuid->data[8] = (uuid->data[8] & 0x3f) | 0x80;
-}
-
 /*
  * ModelCost
  *		Cost of an attempt from the prices in canary_models; 0 when the model
@@ -134,7 +122,7 @@ canary_record(PG_FUNCTION_ARGS)
 	RequireArg(fcinfo, 8, "refusal");
 
 	memset(&rec, 0, sizeof(rec));
-	RandomUuid(&rec.request_id);
+	CanaryNewRequestId(&rec.request_id);
 	rec.dboid = MyDatabaseId;
 	CopyClipped(rec.canary, sizeof(rec.canary), PG_GETARG_TEXT_PP(0));
 	CopyClipped(rec.user_id, sizeof(rec.user_id), PG_GETARG_TEXT_PP(1));

@@ -19,6 +19,7 @@
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "utils/resowner.h"
+#include "utils/uuid.h"
 
 #include "llm_canary.h"
 
@@ -89,6 +90,21 @@ CanaryPromptHash(const char *prompt, size_t len, char *out17)
 
 	CanarySha256(prompt, len, digest);
 	CanaryHex(digest, 8, out17);
+}
+
+/*
+ * CanaryNewRequestId
+ *		A new random (version 4) UUID: the request_id of a call.
+ */
+void
+CanaryNewRequestId(pg_uuid_t *id)
+{
+	if (!pg_strong_random(id->data, UUID_LEN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not generate random values")));
+	id->data[6] = (id->data[6] & 0x0f) | 0x40;	/* version 4 */
+	id->data[8] = (id->data[8] & 0x3f) | 0x80;	/* variant 10 */
 }
 
 /* True when the library was loaded through shared_preload_libraries. */
