@@ -562,6 +562,10 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 	}
 	PG_END_TRY();
 
+	/* what the upstream sent back must not carry the key any further */
+	ProviderRedactKey(model, attempt->text);
+	ProviderRedactKey(model, attempt->error_detail);
+
 	attempt->latency_ms = (int) ElapsedMs(start);
 	pfree(url);
 	pfree(body);

@@ -42,6 +42,7 @@ extern void CanaryPromptHash(const char *prompt, size_t len, char *out17);
 extern bool CanaryLibraryPreloaded(void);
 extern void CanaryRequirePreload(const char *what);
 extern Oid	CanaryExtensionNamespace(Oid extoid);
+extern Oid	CanaryExtensionOwner(Oid extoid);
 
 struct pg_uuid_t;
 extern void CanaryNewRequestId(struct pg_uuid_t *id);

@@ -731,3 +731,30 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
 	else
 		ParseOpenAI(&ps, attempt);
 }
+
+/*
+ * ProviderRedactKey
+ *		Overwrite, in place, every occurrence of model's API key in s with
+ *		'*'.  An upstream (or a proxy in front of it) may echo the request's
+ *		headers in an error message or even in an answer; what it sends back
+ *		goes to the client, into errors that the server logs, and into
+ *		canary_shadow, none of which may hold the key.  Keys shorter than 8
+ *		bytes are left alone: they are not secrets worth mangling text for.
+ *		Only the exact key is found, not a provider's shortened rendering of
+ *		it.  Allocates nothing; s may be NULL.
+ */
+void
+ProviderRedactKey(const CanaryModel *model, char *s)
+{
+	const char *key;
+	size_t		keylen;
+	char	   *hit;
+
+	if (s == NULL || model->api_key_env == NULL)
+		return;
+	key = getenv(model->api_key_env);
+	if (key == NULL || (keylen = strlen(key)) < 8)
+		return;
+	while ((hit = strstr(s, key)) != NULL)
+		memset(hit, '*', keylen);
+}

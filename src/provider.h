@@ -37,6 +37,7 @@ extern char *ProviderRequestBody(const CanaryModel *model, const char *prompt);
 extern void ProviderParseResponse(const CanaryModel *model, int http_status,
 								  const char *body, size_t len,
 								  CanaryAttempt *attempt);
+extern void ProviderRedactKey(const CanaryModel *model, char *s);
 
 /* http.c */
 extern void HttpDefineSettings(void);

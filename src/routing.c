@@ -12,17 +12,23 @@
  * Without a session id routing only reads (the cached configuration), so it
  * works in read-only transactions and on a hot standby.  With a session id
  * the first decision is pinned in canary_sessions for the rollout's
- * session_ttl; a tripped kill switch always wins over a pin.
+ * session_ttl; a tripped kill switch always wins over a pin.  Pins are read
+ * and written as the extension's owner, so that the application role needs
+ * no privileges on canary_sessions: a role that could write pins could put
+ * a session on the new model in any stage.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/numeric.h"
 
 #include "llm_canary.h"
@@ -107,8 +113,8 @@ RouteByHash(const CanaryRollout *r, const char *user_id, int user_len,
  * read-write.
  */
 static void
-RouteBySession(const CanaryRollout *r, const char *user_id, int user_len,
-			   const char *session_id, RouteDecision *d)
+RouteBySessionPinned(const CanaryRollout *r, const char *user_id, int user_len,
+					 const char *session_id, RouteDecision *d)
 {
 	StringInfoData sql;
 	Oid			types[6] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID};
@@ -168,6 +174,40 @@ RouteBySession(const CanaryRollout *r, const char *user_id, int user_len,
 			elog(ERROR, "could not write canary_sessions: SPI error %d", ret);
 	}
 	SPI_finish();
+}
+
+/*
+ * RouteBySession
+ *		RouteBySessionPinned under the identity of the extension's owner,
+ *		like a SECURITY DEFINER function with SET search_path = pg_catalog,
+ *		pg_temp: the queries are schema-qualified, and the caller's
+ *		search_path cannot put its own operators or functions in front of
+ *		pg_catalog's while we run as the owner.  On error, the abort of the
+ *		(sub)transaction restores the user and the setting.
+ */
+static void
+RouteBySession(const CanaryRollout *r, const char *user_id, int user_len,
+			   const char *session_id, RouteDecision *d)
+{
+	Oid			owner = CanaryExtensionOwner(get_extension_oid(LLM_CANARY_EXTNAME, false));
+	Oid			save_userid;
+	int			save_sec_context;
+	int			save_nestlevel;
+
+	if (!OidIsValid(owner))
+		elog(ERROR, "could not find the owner of extension \"%s\"", LLM_CANARY_EXTNAME);
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	save_nestlevel = NewGUCNestLevel();
+	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+
+	RouteBySessionPinned(r, user_id, user_len, session_id, d);
+
+	AtEOXact_GUC(true, save_nestlevel);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
 
 	/* the kill switch always wins over a pin */
 	if (!r->armed)

@@ -501,6 +501,8 @@ ShadowJobCompleted(ShadowJob *job, CURLcode rc)
 		MemoryContextSwitchTo(old);
 
 		ShadowJobReleaseCurl(job);
+		/* canary_shadow must never hold the key, even if the upstream echoes it */
+		ProviderRedactKey(&job->model, a.text);
 		job->new_text = a.text;
 		job->new_tokens = a.completion_tokens;
 		job->new_provider_refusal = a.provider_refusal;

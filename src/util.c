@@ -156,3 +156,30 @@ CanaryExtensionNamespace(Oid extoid)
 	table_close(rel, AccessShareLock);
 	return nspoid;
 }
+
+/*
+ * CanaryExtensionOwner
+ *		The role that owns an installed extension (InvalidOid if none): the
+ *		owner of its tables, whose identity internal writes run under.
+ *		Caller must be in a transaction.
+ */
+Oid
+CanaryExtensionOwner(Oid extoid)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	Oid			owner = InvalidOid;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return owner;
+}

@@ -40,6 +40,7 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/procsignal.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -422,6 +423,14 @@ WorkerWait(long timeout_ms)
 									  PG_WAIT_EXTENSION);
 	FreeWaitEventSet(set);
 	ResetLatch(MyLatch);
+
+	/*
+	 * The loop has no CHECK_FOR_INTERRUPTS (SIGTERM has a handler of its
+	 * own), so absorb barriers here: DROP DATABASE and DROP TABLESPACE wait
+	 * for every backend to absorb theirs, forever while this one sleeps.
+	 */
+	if (ProcSignalBarrierPending)
+		ProcessProcSignalBarrier();
 }
 
 /* Write what is left at SIGTERM; give up after a few failed writes. */

@@ -140,7 +140,8 @@ SELECT count(*) AS today_partitions FROM pg_class
  WHERE relname IN ('canary_requests_' || to_char(current_date, 'YYYYMMDD'),
                    'canary_feedback_' || to_char(current_date, 'YYYYMMDD'));
 
--- who may do what: reading the counters is public, the rest is not
+-- who may do what: nothing is executable by PUBLIC (the roles of
+-- sql/parts/90_roles.sql get what they need; see 80_roles)
 SELECT p.oid::regprocedure AS function, has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute
   FROM pg_proc p
  WHERE p.proname IN ('canary_record', 'canary_flush', 'canary_stats', 'canary_backend_stats',
