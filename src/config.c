@@ -54,6 +54,7 @@ static MemoryContext RetiredContext = NULL;	/* stale copies, freed at the next s
 static HTAB *RolloutCache = NULL;
 static HTAB *ModelCache = NULL;
 static char *CachedSchemaName = NULL;
+static Oid	CachedExtensionOwner = InvalidOid;
 static Oid	CachedConfigRelid = InvalidOid;
 static Oid	CachedModelsRelid = InvalidOid;
 static Oid	CachedPatternsRelid = InvalidOid;
@@ -129,6 +130,7 @@ ConfigCacheEnsure(void)
 	RolloutCache = NULL;
 	ModelCache = NULL;
 	CachedSchemaName = NULL;
+	CachedExtensionOwner = InvalidOid;
 	CachedConfigRelid = InvalidOid;
 	CachedModelsRelid = InvalidOid;
 	CachedPatternsRelid = InvalidOid;
@@ -153,6 +155,7 @@ ConfigCacheEnsure(void)
 		nspoid = CanaryExtensionNamespace(extoid);
 		CachedSchemaName = MemoryContextStrdup(ConfigCacheContext,
 											   quote_identifier(get_namespace_name(nspoid)));
+		CachedExtensionOwner = CanaryExtensionOwner(extoid);
 		CachedConfigRelid = get_relname_relid("canary_config", nspoid);
 		CachedModelsRelid = get_relname_relid("canary_models", nspoid);
 		CachedPatternsRelid = get_relname_relid("canary_refusal_patterns", nspoid);
@@ -175,6 +178,14 @@ ConfigSchemaName(void)
 {
 	ConfigCacheEnsure();
 	return CachedSchemaName;
+}
+
+/* The role that owns the extension (and its tables). */
+Oid
+ConfigExtensionOwner(void)
+{
+	ConfigCacheEnsure();
+	return CachedExtensionOwner;
 }
 
 static char *

@@ -67,6 +67,7 @@ extern void ConfigCacheInit(void);
 extern const CanaryRollout *ConfigGetRollout(const char *name);
 extern const CanaryModel *ConfigGetModel(const char *name);
 extern const char *ConfigSchemaName(void);
+extern Oid	ConfigExtensionOwner(void);
 extern char **ConfigGetRefusalPatterns(int *npatterns);
 extern bool CanaryTextIsRefusal(const char *text);
 extern const char *CanaryStageName(CanaryStage stage);

@@ -42,5 +42,6 @@ extern void CanaryPromptHash(const char *prompt, size_t len, char *out17);
 extern bool CanaryLibraryPreloaded(void);
 extern void CanaryRequirePreload(const char *what);
 extern Oid	CanaryExtensionNamespace(Oid extoid);
+extern Oid	CanaryExtensionOwner(Oid extoid);
 
 #endif							/* LLM_CANARY_H */

@@ -29,6 +29,7 @@ typedef struct CanaryAttempt
 								 * "response_too_large", ... */
 	char	   *error_detail;	/* provider message or curl error text */
 	int			tries;			/* HTTP requests made (1 + retries) */
+	bool		cached;			/* answered from the response cache (no HTTP) */
 } CanaryAttempt;
 
 /* provider.c */
