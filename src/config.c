@@ -249,7 +249,8 @@ ConfigGetRollout(const char *name)
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
 						 "SELECT stage, (percent_new * 100)::int4, kill_switch_armed, old_model, new_model,"
-						 " salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text"
+						 " salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text,"
+						 " shadow_embedding_model"
 						 " FROM %s.canary_config WHERE name = $1", CachedSchemaName);
 		args[0] = CStringGetTextDatum(name);
 		ret = SPI_execute_with_args(sql.data, 1, argtypes, args, NULL, true, 1);
@@ -303,6 +304,7 @@ ConfigGetRollout(const char *name)
 			r->shadow_sample_rate = DatumGetFloat8(SPI_getbinval(tup, desc, 7, &isnull));
 			r->fallback_to_old = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 			r->session_ttl = CacheStrdupOrNull(tup, desc, 9);
+			r->shadow_embedding_model = CacheStrdupOrNull(tup, desc, 10);
 		}
 		SPI_finish();
 	}

@@ -41,6 +41,7 @@ typedef struct CanaryRollout
 	double		shadow_sample_rate;
 	bool		fallback_to_old;
 	char	   *session_ttl;	/* interval, as text, for SQL */
+	char	   *shadow_embedding_model;	/* NULL: lexical shadow similarity */
 } CanaryRollout;
 
 /* One row of canary_models. */

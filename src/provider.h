@@ -38,6 +38,12 @@ extern char *ProviderRequestBody(const CanaryModel *model, const char *prompt);
 extern void ProviderParseResponse(const CanaryModel *model, int http_status,
 								  const char *body, size_t len,
 								  CanaryAttempt *attempt);
+extern char *ProviderEmbeddingsUrl(const CanaryModel *model);
+extern char *ProviderEmbeddingsBody(const CanaryModel *model,
+									const char *a, const char *b);
+extern const char *ProviderParseEmbeddings(int http_status, const char *body,
+										   size_t len, double *cosine,
+										   const char **detail);
 
 /* http.c */
 extern void HttpDefineSettings(void);
