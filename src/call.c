@@ -24,6 +24,7 @@
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
+#include "cache.h"
 #include "config.h"
 #include "llm_canary.h"
 #include "metrics.h"
@@ -81,13 +82,16 @@ RecordAttempt(const CallContext *cx, const CanaryModel *model,
 	rec.outcome = (uint8) a->outcome;
 	rec.refusal = a->outcome == CANARY_OUTCOME_REFUSAL;
 	rec.fallback = fallback;
+	rec.cached = a->cached;
 	rec.http_status = (int16) a->http_status;
 	rec.latency_ms = a->latency_ms;
 	rec.prompt_tokens = a->prompt_tokens;
 	rec.completion_tokens = a->completion_tokens;
 	rec.response_chars = a->text ? (int32) pg_mbstrlen(a->text) : 0;
-	rec.cost = (a->prompt_tokens > 0 ? a->prompt_tokens * model->price_input_per_1k / 1000.0 : 0) +
-		(a->completion_tokens > 0 ? a->completion_tokens * model->price_output_per_1k / 1000.0 : 0);
+	/* a cached answer was paid for when the model gave it */
+	if (!a->cached)
+		rec.cost = (a->prompt_tokens > 0 ? a->prompt_tokens * model->price_input_per_1k / 1000.0 : 0) +
+			(a->completion_tokens > 0 ? a->completion_tokens * model->price_output_per_1k / 1000.0 : 0);
 	(void) MetricsEnqueue(&rec);
 }
 
@@ -95,17 +99,38 @@ RecordAttempt(const CallContext *cx, const CanaryModel *model,
  * CallAndRecord
  *		Call one model and record the attempt, also when the call is
  *		interrupted by a cancel or a termination (recorded as an error
- *		"canceled", then the interrupt is rethrown).
+ *		"canceled", then the interrupt is rethrown).  With the response
+ *		cache on, a fresh cached answer is used instead of the call (and
+ *		recorded as cached), and a new answer is stored.
  */
 static void
 CallAndRecord(const CallContext *cx, const CanaryModel *model,
 			  const char *prompt, bool fallback, CanaryAttempt *a)
 {
 	TimestampTz start = GetCurrentTimestamp();
+	CacheKey	key;
+	bool		use_cache = CacheEnabled();
 
 	memset(a, 0, sizeof(*a));
 	a->prompt_tokens = -1;
 	a->completion_tokens = -1;
+
+	if (use_cache)
+	{
+		CacheComputeKey(model, prompt, &key);
+		if (CacheLookup(model, &key, a))
+		{
+			long		secs;
+			int			usecs;
+
+			TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
+			a->latency_ms = (int) (secs * 1000 + usecs / 1000);
+			if (a->outcome == CANARY_OUTCOME_OK && CanaryTextIsRefusal(a->text))
+				a->outcome = CANARY_OUTCOME_REFUSAL;
+			RecordAttempt(cx, model, a, fallback);
+			return;
+		}
+	}
 
 	PG_TRY();
 	{
@@ -134,6 +159,8 @@ CallAndRecord(const CallContext *cx, const CanaryModel *model,
 	if (a->provider_refusal)
 		a->outcome = CANARY_OUTCOME_REFUSAL;
 	RecordAttempt(cx, model, a, fallback);
+	if (use_cache)
+		CacheStore(model, &key, a);
 }
 
 static bool
@@ -365,6 +392,7 @@ canary_call(PG_FUNCTION_ARGS)
 	PushString(&st, "outcome", CanaryOutcomeName(a.outcome));
 	PushBool(&st, "refusal", a.outcome == CANARY_OUTCOME_REFUSAL);
 	PushBool(&st, "fallback", fallback_used);
+	PushBool(&st, "cached", a.cached);
 	PushInt(&st, "prompt_tokens", a.prompt_tokens, a.prompt_tokens < 0);
 	PushInt(&st, "completion_tokens", a.completion_tokens, a.completion_tokens < 0);
 	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);

@@ -55,6 +55,7 @@ static MemoryContext RetiredContext = NULL;	/* stale copies, freed at the next s
 static HTAB *RolloutCache = NULL;
 static HTAB *ModelCache = NULL;
 static char *CachedSchemaName = NULL;
+static Oid	CachedExtensionOwner = InvalidOid;
 static Oid	CachedConfigRelid = InvalidOid;
 static Oid	CachedModelsRelid = InvalidOid;
 static Oid	CachedPatternsRelid = InvalidOid;
@@ -130,6 +131,7 @@ ConfigCacheEnsure(void)
 	RolloutCache = NULL;
 	ModelCache = NULL;
 	CachedSchemaName = NULL;
+	CachedExtensionOwner = InvalidOid;
 	CachedConfigRelid = InvalidOid;
 	CachedModelsRelid = InvalidOid;
 	CachedPatternsRelid = InvalidOid;
@@ -154,6 +156,7 @@ ConfigCacheEnsure(void)
 		nspoid = CanaryExtensionNamespace(extoid);
 		CachedSchemaName = MemoryContextStrdup(ConfigCacheContext,
 											   quote_identifier(get_namespace_name(nspoid)));
+		CachedExtensionOwner = CanaryExtensionOwner(extoid);
 		CachedConfigRelid = get_relname_relid("canary_config", nspoid);
 		CachedModelsRelid = get_relname_relid("canary_models", nspoid);
 		CachedPatternsRelid = get_relname_relid("canary_refusal_patterns", nspoid);
@@ -204,6 +207,14 @@ ConfigSchemaName(void)
 {
 	ConfigCacheEnsure();
 	return CachedSchemaName;
+}
+
+/* The role that owns the extension (and its tables). */
+Oid
+ConfigExtensionOwner(void)
+{
+	ConfigCacheEnsure();
+	return CachedExtensionOwner;
 }
 
 static char *
@@ -267,7 +278,8 @@ ConfigGetRollout(const char *name)
 		initStringInfo(&sql);
 		appendStringInfo(&sql,
 						 "SELECT stage, (percent_new * 100)::int4, kill_switch_armed, old_model, new_model,"
-						 " salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text"
+						 " salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text,"
+						 " shadow_embedding_model"
 						 " FROM %s.canary_config WHERE name = $1", CachedSchemaName);
 		args[0] = CStringGetTextDatum(name);
 		ret = ConfigQuery(sql.data, 1, argtypes, args, 1);
@@ -321,6 +333,7 @@ ConfigGetRollout(const char *name)
 			r->shadow_sample_rate = DatumGetFloat8(SPI_getbinval(tup, desc, 7, &isnull));
 			r->fallback_to_old = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 			r->session_ttl = CacheStrdupOrNull(tup, desc, 9);
+			r->shadow_embedding_model = CacheStrdupOrNull(tup, desc, 10);
 		}
 		SPI_finish();
 	}

@@ -41,6 +41,7 @@ typedef struct CanaryRollout
 	double		shadow_sample_rate;
 	bool		fallback_to_old;
 	char	   *session_ttl;	/* interval, as text, for SQL */
+	char	   *shadow_embedding_model;	/* NULL: lexical shadow similarity */
 } CanaryRollout;
 
 /* One row of canary_models. */
@@ -67,6 +68,7 @@ extern void ConfigCacheInit(void);
 extern const CanaryRollout *ConfigGetRollout(const char *name);
 extern const CanaryModel *ConfigGetModel(const char *name);
 extern const char *ConfigSchemaName(void);
+extern Oid	ConfigExtensionOwner(void);
 extern char **ConfigGetRefusalPatterns(int *npatterns);
 extern bool CanaryTextIsRefusal(const char *text);
 extern const char *CanaryStageName(CanaryStage stage);

@@ -16,6 +16,7 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 
+#include "cache.h"
 #include "config.h"
 #include "llm_canary.h"
 #include "metrics.h"
@@ -128,6 +129,7 @@ _PG_init(void)
 	}
 
 	HttpDefineSettings();
+	CacheDefineSettings();
 	ShadowDefineSettings();
 	MonitorDefineSettings();
 

@@ -47,6 +47,7 @@ typedef struct CanaryMetricRecord
 	bool		refusal;
 	bool		fallback;		/* this attempt served a canary user after
 								 * the new model failed */
+	bool		cached;			/* answered from canary_response_cache */
 	int16		http_status;	/* 0 = NULL (no HTTP response) */
 	int32		latency_ms;
 	int32		prompt_tokens;	/* -1 = NULL */

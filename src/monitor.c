@@ -27,6 +27,11 @@
  *
  * Canary requests are the non-fallback attempts of the canary cohort (the
  * new model's own answers); control requests those of the control cohort.
+ * Attempts answered from the response cache (canary_requests.cached) count
+ * in neither: the kill switch judges what the models do now, and a cached
+ * answer was counted once already, when the model gave it.  Its latency is
+ * a table lookup and it cannot fail, so it would only dilute the error rate
+ * and pull the p95 towards zero.
  *
  *-------------------------------------------------------------------------
  */
@@ -202,7 +207,7 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 					 " percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)::float8"
 					 " FROM %s.canary_requests r"
 					 " WHERE r.canary = $1 AND r.ts > $2 - make_interval(secs => $3) AND r.ts <= $2"
-					 " AND r.cohort = $4 AND NOT r.fallback",
+					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached",
 					 schema, schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);

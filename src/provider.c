@@ -25,6 +25,7 @@
 #include "postgres.h"
 
 #include <limits.h>
+#include <math.h>
 
 #include "common/jsonapi.h"
 #include "lib/stringinfo.h"
@@ -426,16 +427,15 @@ NestedTooDeep(const char *s, size_t len)
 }
 
 /*
- * Parse body (already known to be valid in the database encoding) into ps.
- * Returns NULL, or why body is not a JSON object we can read.  Never raises
- * an error for what body contains: the lexer converts \u escapes to the
- * database encoding, which can fail only in a database that is not UTF8,
- * and that failure is caught here.
+ * Parse body (already known to be valid in the database encoding) with the
+ * semantic actions of sem.  Returns NULL, or why body is not a JSON object
+ * we can read.  Never raises an error for what body contains: the lexer
+ * converts \u escapes to the database encoding, which can fail only in a
+ * database that is not UTF8, and that failure is caught here.
  */
 static const char *
-ParseJsonBody(char *body, size_t len, ParseState *ps)
+ParseJsonWith(char *body, size_t len, JsonSemAction *sem)
 {
-	JsonSemAction sem;
 	JsonLexContext *lex;
 	volatile JsonParseErrorType rc;
 	size_t		i = 0;
@@ -449,21 +449,10 @@ ParseJsonBody(char *body, size_t len, ParseState *ps)
 	if (NestedTooDeep(body, len))
 		return "The response body is nested too deeply.";
 
-	memset(&sem, 0, sizeof(sem));
-	sem.semstate = ps;
-	sem.object_start = SemObjectStart;
-	sem.object_end = SemObjectEnd;
-	sem.array_start = SemArrayStart;
-	sem.object_field_start = SemFieldStart;
-	sem.object_field_end = SemFieldEnd;
-	sem.array_element_start = SemElementStart;
-	sem.array_element_end = SemElementEnd;
-	sem.scalar = SemScalar;
-
 	if (GetDatabaseEncoding() == PG_UTF8)
 	{
 		lex = makeJsonLexContextCstringLen(body, (int) len, PG_UTF8, true);
-		rc = pg_parse_json(lex, &sem);
+		rc = pg_parse_json(lex, sem);
 	}
 	else
 	{
@@ -479,7 +468,7 @@ ParseJsonBody(char *body, size_t len, ParseState *ps)
 		{
 			lex = makeJsonLexContextCstringLen(body, (int) len,
 											   GetDatabaseEncoding(), true);
-			rc = pg_parse_json(lex, &sem);
+			rc = pg_parse_json(lex, sem);
 		}
 		PG_CATCH();
 		{
@@ -500,6 +489,25 @@ ParseJsonBody(char *body, size_t len, ParseState *ps)
 	if (rc != JSON_SUCCESS)
 		return "The response body is not valid JSON.";
 	return NULL;
+}
+
+/* Parse body into ps: the fields of a chat answer. */
+static const char *
+ParseJsonBody(char *body, size_t len, ParseState *ps)
+{
+	JsonSemAction sem;
+
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = ps;
+	sem.object_start = SemObjectStart;
+	sem.object_end = SemObjectEnd;
+	sem.array_start = SemArrayStart;
+	sem.object_field_start = SemFieldStart;
+	sem.object_field_end = SemFieldEnd;
+	sem.array_element_start = SemElementStart;
+	sem.array_element_end = SemElementEnd;
+	sem.scalar = SemScalar;
+	return ParseJsonWith(body, len, &sem);
 }
 
 /*
@@ -636,6 +644,30 @@ ParseAnthropic(const ParseState *ps, CanaryAttempt *attempt)
 }
 
 /*
+ * The provider sends UTF-8; text values must be valid and have no NUL.  In
+ * a database that is not UTF8 the strings must still be valid in the
+ * database encoding; converting would raise an error for characters it
+ * cannot represent, so only ASCII bodies are accepted there (\u escapes are
+ * converted by the parser, which is guarded).
+ */
+static bool
+BodyIsValidText(const char *body, size_t len)
+{
+	bool		valid = body != NULL && len > 0 && len < MaxAllocSize &&
+		pg_verify_mbstr(PG_UTF8, body, (int) len, true);
+
+	if (valid && GetDatabaseEncoding() != PG_UTF8 &&
+		GetDatabaseEncoding() != PG_SQL_ASCII)
+	{
+		valid = pg_verify_mbstr(PG_SQL_ASCII, body, (int) len, true);
+		for (size_t i = 0; valid && i < len; i++)
+			if (IS_HIGHBIT_SET(body[i]))
+				valid = false;
+	}
+	return valid;
+}
+
+/*
  * ProviderParseResponse
  *		Read one HTTP response of model into attempt: outcome, text, token
  *		counts, provider_refusal, error and error_detail.  http_status,
@@ -668,23 +700,7 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
 	if (body == NULL)
 		len = 0;
 
-	/* the provider sends UTF-8; text values must be valid and have no NUL */
-	valid_text = len > 0 && len < MaxAllocSize &&
-		pg_verify_mbstr(PG_UTF8, body, (int) len, true);
-	if (valid_text && GetDatabaseEncoding() != PG_UTF8 &&
-		GetDatabaseEncoding() != PG_SQL_ASCII)
-	{
-		/*
-		 * Not UTF8: the strings must still be valid in the database
-		 * encoding.  Converting would raise an error for characters it
-		 * cannot represent, so accept only ASCII bodies there (\u escapes
-		 * are converted by the parser, which is guarded).
-		 */
-		valid_text = pg_verify_mbstr(PG_SQL_ASCII, body, (int) len, true);
-		for (size_t i = 0; valid_text && i < len; i++)
-			if (IS_HIGHBIT_SET(body[i]))
-				valid_text = false;
-	}
+	valid_text = BodyIsValidText(body, len);
 	if (valid_text)
 	{
 		copy = pnstrdup(body, len);
@@ -757,4 +773,258 @@ ProviderRedactKey(const CanaryModel *model, char *s)
 		return;
 	while ((hit = strstr(s, key)) != NULL)
 		memset(hit, '*', keylen);
+}
+
+/* ----------------------------------------------------------------------
+ * Embeddings (OpenAI-compatible POST {base_url}/embeddings), for the
+ * semantic similarity of shadow answers
+ * ----------------------------------------------------------------------
+ */
+
+/* Larger vectors are not an embedding we know; refusing them bounds memory. */
+#define EMBEDDING_MAX_DIM	65536
+
+/*
+ * ProviderEmbeddingsUrl
+ *		{base_url}/embeddings, without doubling a trailing slash of
+ *		base_url.  palloc'd in the current memory context.
+ */
+char *
+ProviderEmbeddingsUrl(const CanaryModel *model)
+{
+	int			len = strlen(model->base_url);
+
+	while (len > 0 && model->base_url[len - 1] == '/')
+		len--;
+	return psprintf("%.*s/embeddings", len, model->base_url);
+}
+
+/*
+ * ProviderEmbeddingsBody
+ *		{"model": <model id>, "input": [a, b]}, palloc'd in the current
+ *		memory context.  a and b must be valid strings of the database
+ *		encoding.
+ */
+char *
+ProviderEmbeddingsBody(const CanaryModel *model, const char *a, const char *b)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"model\":");
+	escape_json(&buf, model->model);
+	appendStringInfoString(&buf, ",\"input\":[");
+	escape_json(&buf, a);
+	appendStringInfoChar(&buf, ',');
+	escape_json(&buf, b);
+	appendStringInfoString(&buf, "]}");
+	return buf.data;
+}
+
+/*
+ * What the embeddings parser collects: data[i].embedding (numbers) and
+ * data[i].index for the first two elements of data.
+ */
+typedef struct EmbedParse
+{
+	int			depth;
+	const char *key[4];			/* object keys along the path (NULL: element) */
+	int			elem[4];		/* array element numbers along the path */
+	int			next_elem[5];
+	int			ndata;			/* elements of data seen */
+	double	   *vec[2];
+	int			len[2];
+	int			cap[2];
+	int			index[2];		/* data[i].index, -1 if absent */
+	bool		bad;			/* a non-number in an embedding, or too long */
+} EmbedParse;
+
+static void
+EmbedFieldStart(void *state, char *fname, bool isnull)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+
+	if (ep->depth < 4)
+		ep->key[ep->depth] = fname ? fname : "";
+	ep->depth++;
+}
+
+static void
+EmbedFieldEnd(void *state, char *fname, bool isnull)
+{
+	((EmbedParse *) state)->depth--;
+}
+
+static void
+EmbedArrayStart(void *state)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+
+	if (ep->depth <= 4)
+		ep->next_elem[ep->depth] = 0;
+}
+
+static void
+EmbedElementStart(void *state, bool isnull)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+
+	if (ep->depth < 4)
+	{
+		ep->key[ep->depth] = NULL;
+		ep->elem[ep->depth] = ep->next_elem[ep->depth]++;
+		/* a new element of the top-level "data" array */
+		if (ep->depth == 1 && ep->key[0] && strcmp(ep->key[0], "data") == 0)
+			ep->ndata++;
+	}
+	ep->depth++;
+}
+
+static void
+EmbedElementEnd(void *state, bool isnull)
+{
+	((EmbedParse *) state)->depth--;
+}
+
+/* Is the path data[i].<field> so far, with i < 2? */
+static bool
+EmbedInData(const EmbedParse *ep, const char *field)
+{
+	return ep->key[0] && strcmp(ep->key[0], "data") == 0 &&
+		ep->key[1] == NULL && ep->elem[1] < 2 &&
+		ep->key[2] && strcmp(ep->key[2], field) == 0;
+}
+
+static void
+EmbedScalar(void *state, char *token, JsonTokenType tokentype)
+{
+	EmbedParse *ep = (EmbedParse *) state;
+
+	/* data[i].index */
+	if (ep->depth == 3 && EmbedInData(ep, "index"))
+	{
+		long		v;
+		char	   *end;
+
+		errno = 0;
+		v = tokentype == JSON_TOKEN_NUMBER ? strtol(token, &end, 10) : -1;
+		if (tokentype == JSON_TOKEN_NUMBER && errno == 0 && *end == '\0' &&
+			v >= 0 && v < 2)
+			ep->index[ep->elem[1]] = (int) v;
+		else
+			ep->bad = true;
+		return;
+	}
+	/* data[i].embedding[j] */
+	if (ep->depth == 4 && EmbedInData(ep, "embedding") && ep->key[3] == NULL)
+	{
+		int			i = ep->elem[1];
+		double		v;
+		char	   *end;
+
+		if (tokentype != JSON_TOKEN_NUMBER || ep->len[i] >= EMBEDDING_MAX_DIM)
+		{
+			ep->bad = true;
+			return;
+		}
+		errno = 0;
+		v = strtod(token, &end);
+		if (*end != '\0' || !isfinite(v))
+		{
+			ep->bad = true;
+			return;
+		}
+		if (ep->len[i] == ep->cap[i])
+		{
+			ep->cap[i] = ep->cap[i] ? ep->cap[i] * 2 : 256;
+			ep->vec[i] = ep->vec[i] ?
+				repalloc(ep->vec[i], sizeof(double) * ep->cap[i]) :
+				palloc(sizeof(double) * ep->cap[i]);
+		}
+		ep->vec[i][ep->len[i]++] = v;
+	}
+}
+
+/*
+ * ProviderParseEmbeddings
+ *		Read an embeddings response for two inputs and compute the cosine
+ *		similarity of the two vectors into *cosine.  Returns NULL on
+ *		success, or a short error code ("http_503", "malformed_response",
+ *		"zero_vector"); with detail, why.  The vectors are matched to the
+ *		inputs by their "index" when present, else by position.
+ *
+ * body may be anything at all: this never raises an error for its
+ * contents (only for running out of memory).  Scratch memory is palloc'd
+ * in the current memory context.
+ */
+const char *
+ProviderParseEmbeddings(int http_status, const char *body, size_t len,
+						double *cosine, const char **detail)
+{
+	EmbedParse	ep;
+	JsonSemAction sem;
+	const char *problem;
+	const double *a;
+	const double *b;
+	double		dot = 0,
+				na = 0,
+				nb = 0;
+	char	   *copy;
+
+	*cosine = 0;
+	*detail = NULL;
+	if (http_status < 200 || http_status > 299)
+		return psprintf("http_%d", http_status);
+	if (!BodyIsValidText(body, len))
+	{
+		*detail = "The response body is empty or not valid UTF-8.";
+		return "malformed_response";
+	}
+
+	memset(&ep, 0, sizeof(ep));
+	ep.index[0] = ep.index[1] = -1;
+	memset(&sem, 0, sizeof(sem));
+	sem.semstate = &ep;
+	sem.object_field_start = EmbedFieldStart;
+	sem.object_field_end = EmbedFieldEnd;
+	sem.array_start = EmbedArrayStart;
+	sem.array_element_start = EmbedElementStart;
+	sem.array_element_end = EmbedElementEnd;
+	sem.scalar = EmbedScalar;
+	copy = pnstrdup(body, len);
+	problem = ParseJsonWith(copy, len, &sem);
+	if (problem != NULL)
+	{
+		*detail = problem;
+		return "malformed_response";
+	}
+	if (ep.bad || ep.ndata != 2 || ep.len[0] == 0 || ep.len[0] != ep.len[1] ||
+		(ep.index[0] >= 0) != (ep.index[1] >= 0) ||
+		(ep.index[0] >= 0 && ep.index[0] == ep.index[1]))
+	{
+		*detail = "The response does not hold two embeddings of the same dimension in data[].embedding.";
+		return "malformed_response";
+	}
+
+	/* the order of the inputs: by index when given */
+	a = ep.index[0] == 1 ? ep.vec[1] : ep.vec[0];
+	b = ep.index[0] == 1 ? ep.vec[0] : ep.vec[1];
+	for (int i = 0; i < ep.len[0]; i++)
+	{
+		dot += a[i] * b[i];
+		na += a[i] * a[i];
+		nb += b[i] * b[i];
+	}
+	if (na <= 0 || nb <= 0)
+	{
+		*detail = "An embedding is the zero vector.";
+		return "zero_vector";
+	}
+	*cosine = dot / (sqrt(na) * sqrt(nb));
+	/* rounding can step just outside [-1, 1] */
+	if (*cosine > 1)
+		*cosine = 1;
+	if (*cosine < -1)
+		*cosine = -1;
+	return NULL;
 }

@@ -29,6 +29,7 @@ typedef struct CanaryAttempt
 								 * "response_too_large", ... */
 	char	   *error_detail;	/* provider message or curl error text */
 	int			tries;			/* HTTP requests made (1 + retries) */
+	bool		cached;			/* answered from the response cache (no HTTP) */
 } CanaryAttempt;
 
 /* provider.c */
@@ -38,6 +39,12 @@ extern void ProviderParseResponse(const CanaryModel *model, int http_status,
 								  const char *body, size_t len,
 								  CanaryAttempt *attempt);
 extern void ProviderRedactKey(const CanaryModel *model, char *s);
+extern char *ProviderEmbeddingsUrl(const CanaryModel *model);
+extern char *ProviderEmbeddingsBody(const CanaryModel *model,
+									const char *a, const char *b);
+extern const char *ProviderParseEmbeddings(int http_status, const char *body,
+										   size_t len, double *cosine,
+										   const char **detail);
 
 /* http.c */
 extern void HttpDefineSettings(void);

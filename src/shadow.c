@@ -409,6 +409,9 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	strlcpy(slot->canary, rollout->name, sizeof(slot->canary));
 	strlcpy(slot->old_model, rollout->old_model ? rollout->old_model : "", sizeof(slot->old_model));
 	strlcpy(slot->new_model, rollout->new_model, sizeof(slot->new_model));
+	strlcpy(slot->embedding_model,
+			rollout->shadow_embedding_model ? rollout->shadow_embedding_model : "",
+			sizeof(slot->embedding_model));
 	ClipCopy(slot->user_id, sizeof(slot->user_id), user_id, user_len);
 	slot->has_prompt_class = prompt_class != NULL;
 	if (prompt_class)

@@ -49,6 +49,7 @@ typedef struct ShadowSlot
 	char		canary[NAMEDATALEN];
 	char		old_model[NAMEDATALEN];
 	char		new_model[NAMEDATALEN];
+	char		embedding_model[NAMEDATALEN];	/* "": lexical similarity */
 	char		user_id[CANARY_USER_ID_MAX];
 	char		prompt_class[NAMEDATALEN];
 	bool		has_prompt_class;

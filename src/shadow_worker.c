@@ -23,8 +23,22 @@
  * libcurl's write callback grows with malloc, never palloc).  Deleting the
  * job's context is therefore the one way a job ends, on every path.
  *
+ * Response cache.  With llm_canary.response_cache_ttl > 0 (the server's
+ * value), a fresh answer of the new model in canary_response_cache (cache.c)
+ * finishes the job without a transfer (new_cached), and the answers the new
+ * model gives are stored there when their row is written.
+ *
+ * Semantic similarity.  When the rollout names a shadow_embedding_model and
+ * both answers are in, the job makes a second transfer on the same multi
+ * handle, POST {base_url}/embeddings with both texts, and its row carries
+ * the cosine of the two vectors (similarity_method 'embedding').  A
+ * synchronous call would stall the loop (metrics writes, every other shadow
+ * transfer) for up to the embeddings model's timeout_ms; on the multi handle
+ * it costs the loop nothing.  If the embeddings call fails, the row gets the
+ * lexical similarity of canary_shadow_fill (similarity_method 'lexical').
+ *
  * Writes.  Finished jobs are written in one transaction per step, with one
- * parameterised INSERT ... SELECT FROM ROWS FROM (unnest($1), .. unnest($19)).  A failed INSERT
+ * parameterised INSERT ... SELECT FROM ROWS FROM (unnest($1), .. unnest($22)).  A failed INSERT
  * is logged and its rows are counted as lost rather than retried forever.
  *
  *-------------------------------------------------------------------------
@@ -51,6 +65,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "cache.h"
 #include "config.h"
 #include "llm_canary.h"
 #include "provider.h"
@@ -59,8 +74,17 @@
 
 #define SHADOW_DEFAULT_MAX_RESPONSE (8 * 1024 * 1024)
 #define SHADOW_MAX_SOCKETS	1024
-#define SHADOW_INSERT_COLUMNS 19
+#define SHADOW_INSERT_COLUMNS 22
 #define SHADOW_LIVENESS_POLL_MS 1000
+
+/* The semantic-similarity step of a job. */
+typedef enum ShadowEmbedState
+{
+	SHADOW_EMBED_NONE,			/* no embeddings model, or not started yet */
+	SHADOW_EMBED_RUNNING,		/* the embeddings transfer is in the multi */
+	SHADOW_EMBED_DONE,			/* similarity is set */
+	SHADOW_EMBED_FAILED			/* lexical similarity instead */
+} ShadowEmbedState;
 
 typedef struct ShadowJob
 {
@@ -97,6 +121,15 @@ typedef struct ShadowJob
 	int			new_latency_ms; /* -1: NULL */
 	bool		new_provider_refusal;
 	char		new_error[CANARY_ERROR_MAX];	/* "": NULL */
+	bool		new_cached;		/* the answer came from the response cache */
+	bool		use_cache;		/* cache_key is set: store the answer */
+	CacheKey	cache_key;
+
+	/* semantic similarity (embedding_model set at take time) */
+	bool		has_embed_model;
+	CanaryModel embed_model;	/* strings in cxt */
+	ShadowEmbedState embed_state;
+	double		similarity;
 } ShadowJob;
 
 typedef struct ShadowSocket
@@ -224,6 +257,8 @@ ShadowJobReleaseCurl(ShadowJob *job)
 		free(job->resp);
 		job->resp = NULL;
 	}
+	job->resp_len = 0;
+	job->resp_cap = 0;
 }
 
 /* Memory context callback: the job's context goes, so do its curl objects. */
@@ -286,15 +321,15 @@ JobStrdup(ShadowJob *job, const char *s)
 	return s ? MemoryContextStrdup(job->cxt, s) : NULL;
 }
 
-/* Copy the cached model into the job: the cache may be rebuilt any time. */
+/* Copy a cached model into the job: the cache may be rebuilt any time. */
 static void
-ShadowJobCopyModel(ShadowJob *job, const CanaryModel *m)
+ShadowJobCopyModel(ShadowJob *job, CanaryModel *dst, const CanaryModel *m)
 {
-	job->model = *m;
-	job->model.base_url = JobStrdup(job, m->base_url);
-	job->model.model = JobStrdup(job, m->model);
-	job->model.system_prompt = JobStrdup(job, m->system_prompt);
-	job->model.api_key_env = JobStrdup(job, m->api_key_env);
+	*dst = *m;
+	dst->base_url = JobStrdup(job, m->base_url);
+	dst->model = JobStrdup(job, m->model);
+	dst->system_prompt = JobStrdup(job, m->system_prompt);
+	dst->api_key_env = JobStrdup(job, m->api_key_env);
 }
 
 /* The response size cap: the provider's setting when it defines one. */
@@ -328,49 +363,45 @@ AppendHeader(ShadowJob *job, char *line)
 
 /*
  * ShadowJobStart
- *		Start the transfer of a job whose model, URL and body are set.  On
- *		failure the job is finished with an error.  Allocates in the job's
- *		context; raises nothing.
+ *		Start the transfer of a job to model m, whose URL and body are set
+ *		(the new model's answer, or the embeddings of both answers).
+ *		Returns NULL, or the error code when it could not start.  Allocates
+ *		in the job's context; raises nothing.
  */
-static void
-ShadowJobStart(ShadowJob *job)
+static const char *
+ShadowJobStart(ShadowJob *job, const CanaryModel *m)
 {
 	CURL	   *easy;
 	char		line[1024];
 	const char *key = NULL;
 	bool		ok = true;
 
-	if (job->model.api_key_env != NULL)
+	if (m->api_key_env != NULL)
 	{
-		key = getenv(job->model.api_key_env);
+		key = getenv(m->api_key_env);
 		if (key == NULL || key[0] == '\0')
-		{
-			ShadowJobFinish(job, "api_key_missing", GetCurrentTimestamp());
-			return;
-		}
+			return "api_key_missing";
 		/* a line break would inject headers; the line buffer bounds the rest */
 		if (strpbrk(key, "\r\n") != NULL || strlen(key) > 900)
-		{
-			ShadowJobFinish(job, "api_key_invalid", GetCurrentTimestamp());
-			return;
-		}
+			return "api_key_invalid";
 	}
 
 	easy = curl_easy_init();
 	if (easy == NULL)
-	{
-		ShadowJobFinish(job, "out_of_memory", GetCurrentTimestamp());
-		return;
-	}
+		return "out_of_memory";
 	job->easy = easy;
 	shadow_running++;			/* balanced in ShadowJobReleaseCurl */
 	job->resp_max = ShadowMaxResponseBytes();
+	job->resp_len = 0;
+	job->resp_too_large = false;
+	job->resp_oom = false;
+	job->errbuf[0] = '\0';
 
 	snprintf(line, sizeof(line), "Content-Type: application/json");
 	ok = ok && AppendHeader(job, line);
 	snprintf(line, sizeof(line), "Expect:");	/* no 100-continue round trip */
 	ok = ok && AppendHeader(job, line);
-	if (job->model.provider == CANARY_PROVIDER_ANTHROPIC)
+	if (m->provider == CANARY_PROVIDER_ANTHROPIC)
 	{
 		snprintf(line, sizeof(line), "anthropic-version: 2023-06-01");
 		ok = ok && AppendHeader(job, line);
@@ -395,9 +426,9 @@ ShadowJobStart(ShadowJob *job)
 		curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_VERBOSE, 0L) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
-						 (long) Max(job->model.connect_timeout_ms, 1)) == CURLE_OK &&
+						 (long) Max(m->connect_timeout_ms, 1)) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
-						 (long) Max(job->model.timeout_ms, 1)) == CURLE_OK &&
+						 (long) Max(m->timeout_ms, 1)) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_URL, job->url) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_POST, 1L) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen(job->body)) == CURLE_OK &&
@@ -409,12 +440,12 @@ ShadowJobStart(ShadowJob *job)
 		curl_easy_setopt(easy, CURLOPT_PRIVATE, job) == CURLE_OK;
 	explicit_bzero(line, sizeof(line));
 
-	job->started = GetCurrentTimestamp();
+	if (job->started == 0)
+		job->started = GetCurrentTimestamp();
 	if (!ok)
 	{
 		ShadowJobReleaseCurl(job);
-		ShadowJobFinish(job, "out_of_memory", job->started);
-		return;
+		return "out_of_memory";
 	}
 	if (curl_multi_add_handle(shadow_multi, easy) != CURLM_OK)
 	{
@@ -423,8 +454,9 @@ ShadowJobStart(ShadowJob *job)
 		job->easy = NULL;
 		shadow_running--;
 		ShadowJobReleaseCurl(job);
-		ShadowJobFinish(job, "out_of_memory", job->started);
+		return "out_of_memory";
 	}
+	return NULL;
 }
 
 /* Short error code for a failed transfer, in http.c's vocabulary. */
@@ -457,6 +489,67 @@ ShadowCurlErrorCode(ShadowJob *job, CURLcode rc)
 }
 
 /*
+ * The embeddings transfer of a job completed (or failed): compute the
+ * cosine, or fall back to the lexical similarity.  Raises nothing (but out
+ * of memory); allocates in the job's context.
+ */
+static void
+ShadowEmbedCompleted(ShadowJob *job, CURLcode rc)
+{
+	long		status = 0;
+	const char *err;
+	const char *detail = NULL;
+	MemoryContext old;
+
+	if (rc != CURLE_OK)
+	{
+		err = ShadowCurlErrorCode(job, rc);
+		detail = job->errbuf[0] ? job->errbuf : NULL;
+	}
+	else
+	{
+		curl_easy_getinfo(job->easy, CURLINFO_RESPONSE_CODE, &status);
+		old = MemoryContextSwitchTo(job->cxt);
+		err = ProviderParseEmbeddings((int) status, job->resp ? job->resp : "",
+									  job->resp_len, &job->similarity, &detail);
+		MemoryContextSwitchTo(old);
+	}
+	ShadowJobReleaseCurl(job);
+	job->embed_state = err ? SHADOW_EMBED_FAILED : SHADOW_EMBED_DONE;
+	if (err)
+		ereport(LOG,
+				(errmsg("llm_canary shadow similarity of request with model \"%s\" is lexical: the embeddings call failed (%s)",
+						job->embed_model.name, err),
+				 detail ? errdetail_internal("%s", detail) : 0));
+}
+
+/*
+ * Start the embeddings transfer of a job whose two answers are in: old
+ * is the old model's answer.  On failure the job falls back to the lexical
+ * similarity.  Allocates in the job's context; raises nothing (but out of
+ * memory).
+ */
+static void
+ShadowEmbedStart(ShadowJob *job, const char *old)
+{
+	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
+	const char *err;
+
+	job->url = ProviderEmbeddingsUrl(&job->embed_model);
+	job->body = ProviderEmbeddingsBody(&job->embed_model, old, job->new_text);
+	MemoryContextSwitchTo(oldcxt);
+	job->embed_state = SHADOW_EMBED_RUNNING;
+	err = ShadowJobStart(job, &job->embed_model);
+	if (err)
+	{
+		job->embed_state = SHADOW_EMBED_FAILED;
+		ereport(LOG,
+				(errmsg("llm_canary shadow similarity with model \"%s\" is lexical: the embeddings call could not start (%s)",
+						job->embed_model.name, err)));
+	}
+}
+
+/*
  * A transfer completed (or failed): parse the answer, release the transfer.
  * Outside any transaction; a parse error is caught and recorded as
  * "malformed_response".
@@ -466,6 +559,12 @@ ShadowJobCompleted(ShadowJob *job, CURLcode rc)
 {
 	TimestampTz now = GetCurrentTimestamp();
 	long		status = 0;
+
+	if (job->embed_state == SHADOW_EMBED_RUNNING)
+	{
+		ShadowEmbedCompleted(job, rc);
+		return;
+	}
 
 	if (rc != CURLE_OK)
 	{
@@ -570,6 +669,7 @@ ShadowTakeJobs(void)
 		job->prompt_len = slot->prompt_len;
 		job->prompt = MemoryContextAlloc(job->cxt, slot->prompt_len + 1);
 		memcpy(job->prompt, dsa_get_address(area, slot->prompt), slot->prompt_len + 1);
+		strlcpy(job->embed_model.name, slot->embedding_model, sizeof(job->embed_model.name));
 		started = lappend(started, job);
 	}
 	pfree(taken);
@@ -588,9 +688,27 @@ ShadowTakeJobs(void)
 			const CanaryModel *m = ConfigGetModel(job->new_model);
 			MemoryContext txcxt = MemoryContextSwitchTo(job->cxt);
 
-			ShadowJobCopyModel(job, m);
+			ShadowJobCopyModel(job, &job->model, m);
 			job->url = ProviderRequestUrl(&job->model);
 			job->body = ProviderRequestBody(&job->model, job->prompt);
+
+			/* a fresh answer in the response cache: no transfer */
+			if (CacheEnabled())
+			{
+				CanaryAttempt hit;
+
+				CacheComputeKey(&job->model, job->prompt, &job->cache_key);
+				job->use_cache = true;
+				job->started = GetCurrentTimestamp();
+				if (CacheLookup(&job->model, &job->cache_key, &hit))
+				{
+					job->new_text = hit.text;
+					job->new_tokens = hit.completion_tokens;
+					job->new_provider_refusal = hit.provider_refusal;
+					job->new_cached = true;
+					ShadowJobFinish(job, NULL, GetCurrentTimestamp());
+				}
+			}
 			MemoryContextSwitchTo(txcxt);
 		}
 		PG_CATCH();
@@ -611,6 +729,38 @@ ShadowTakeJobs(void)
 			PushActiveSnapshot(GetTransactionSnapshot());
 		}
 		PG_END_TRY();
+
+		/* the embeddings model: when it is gone, the similarity is lexical */
+		if (job->embed_model.name[0] != '\0' && !job->new_error[0])
+		{
+			PG_TRY();
+			{
+				const CanaryModel *m = ConfigGetModel(job->embed_model.name);
+				MemoryContext txcxt = MemoryContextSwitchTo(job->cxt);
+
+				ShadowJobCopyModel(job, &job->embed_model, m);
+				job->has_embed_model = m->provider == CANARY_PROVIDER_OPENAI;
+				MemoryContextSwitchTo(txcxt);
+			}
+			PG_CATCH();
+			{
+				ErrorData  *edata;
+
+				MemoryContextSwitchTo(job->cxt);
+				edata = CopyErrorData();
+				FlushErrorState();
+				AbortCurrentTransaction();
+				ereport(LOG,
+						(errmsg("llm_canary shadow similarity with model \"%s\" is lexical",
+								job->embed_model.name),
+						 errdetail_internal("%s", edata->message)));
+				job->has_embed_model = false;
+				SetCurrentStatementStartTimestamp();
+				StartTransactionCommand();
+				PushActiveSnapshot(GetTransactionSnapshot());
+			}
+			PG_END_TRY();
+		}
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -619,9 +769,10 @@ ShadowTakeJobs(void)
 	foreach(lc, started)
 	{
 		ShadowJob  *job = (ShadowJob *) lfirst(lc);
+		const char *err;
 
-		if (!job->done)
-			ShadowJobStart(job);
+		if (!job->done && (err = ShadowJobStart(job, &job->model)) != NULL)
+			ShadowJobFinish(job, err, GetCurrentTimestamp());
 	}
 	list_free(started);
 }
@@ -703,7 +854,8 @@ ShadowInsertRows(List *jobs)
 		static const Oid elemtypes[SHADOW_INSERT_COLUMNS] = {
 			UUIDOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 			TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID, BOOLOID, TEXTOID,
-			TEXTOID, INT4OID, INT4OID, BOOLOID, TEXTOID
+			TEXTOID, INT4OID, INT4OID, BOOLOID, TEXTOID, BOOLOID, FLOAT8OID,
+			TEXTOID
 		};
 		ArrayBuildState *st[SHADOW_INSERT_COLUMNS];
 		Oid			argtypes[SHADOW_INSERT_COLUMNS];
@@ -765,6 +917,14 @@ ShadowInsertRows(List *jobs)
 			st[17] = accumArrayResult(st[17], BoolGetDatum(new_refusal),
 									  new_error != NULL, BOOLOID, CurrentMemoryContext);
 			st[18] = AccumText(st[18], new_error, -1);
+			st[19] = accumArrayResult(st[19], BoolGetDatum(job->new_cached),
+									  new_error != NULL, BOOLOID, CurrentMemoryContext);
+			/* an embedding similarity, or NULL: the trigger computes the lexical one */
+			st[20] = accumArrayResult(st[20], Float8GetDatum(job->similarity),
+									  job->embed_state != SHADOW_EMBED_DONE,
+									  FLOAT8OID, CurrentMemoryContext);
+			st[21] = AccumText(st[21], job->embed_state == SHADOW_EMBED_DONE ?
+							   "embedding" : NULL, -1);
 		}
 		for (int c = 0; c < SHADOW_INSERT_COLUMNS; c++)
 			values[c] = makeArrayResult(st[c], CurrentMemoryContext);
@@ -774,7 +934,8 @@ ShadowInsertRows(List *jobs)
 						 "INSERT INTO %s.canary_shadow (request_id, ts, canary, user_id, prompt_hash,"
 						 " prompt, prompt_class, old_model, new_model, old_text, old_tokens,"
 						 " old_latency_ms, old_refusal, old_error, new_text, new_tokens,"
-						 " new_latency_ms, new_refusal, new_error)"
+						 " new_latency_ms, new_refusal, new_error, new_cached, similarity,"
+						 " similarity_method)"
 						 " SELECT * FROM ROWS FROM (",
 						 ConfigSchemaName());
 		/* the multi-argument unnest() shorthand cannot be schema-qualified */
@@ -787,6 +948,25 @@ ShadowInsertRows(List *jobs)
 			elog(ERROR, "could not insert into canary_shadow: SPI error %d", ret);
 		written = (int) SPI_processed;
 		SPI_finish();
+
+		/* the new model's fresh answers, for the response cache */
+		foreach(lc, jobs)
+		{
+			ShadowJob  *job = (ShadowJob *) lfirst(lc);
+			CanaryAttempt a;
+
+			if (!job->use_cache || job->new_cached || job->new_error[0] ||
+				job->new_text == NULL ||
+				!pg_verifymbstr(job->new_text, strlen(job->new_text), true))
+				continue;
+			memset(&a, 0, sizeof(a));
+			a.outcome = job->new_provider_refusal ? CANARY_OUTCOME_REFUSAL : CANARY_OUTCOME_OK;
+			a.text = job->new_text;
+			a.prompt_tokens = -1;
+			a.completion_tokens = job->new_tokens;
+			a.provider_refusal = job->new_provider_refusal;
+			CacheStore(&job->model, &job->cache_key, &a);
+		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
@@ -821,6 +1001,7 @@ ShadowWriteFinished(bool final)
 	TimestampTz now = GetCurrentTimestamp();
 	List	   *ready = NIL;
 	List	   *gone = NIL;
+	List	   *embed = NIL;
 	dlist_mutable_iter it;
 	ListCell   *lc;
 	int			written;
@@ -842,7 +1023,7 @@ ShadowWriteFinished(bool final)
 		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
 		ShadowSlot *slot = &ShadowState->slots[job->slotno];
 
-		if (!job->done)
+		if (!job->done || job->embed_state == SHADOW_EMBED_RUNNING)
 			continue;
 		if (!slot->old_done &&
 			(final || list_member_ptr(gone, job) ||
@@ -853,14 +1034,36 @@ ShadowWriteFinished(bool final)
 			slot->old_latency_ms = -1;
 			strlcpy(slot->old_error, SHADOW_OLD_MISSING, sizeof(slot->old_error));
 		}
-		if (slot->old_done)
+		if (!slot->old_done)
+			continue;
+		/* both answers in: first their embeddings, when the rollout wants them */
+		if (!final && job->has_embed_model && job->embed_state == SHADOW_EMBED_NONE &&
+			job->new_text != NULL && !job->new_error[0] &&
+			DsaPointerIsValid(slot->old_text) && !slot->old_error[0])
 		{
-			slot->state = SHADOW_SLOT_WRITING;
-			ready = lappend(ready, job);
+			embed = lappend(embed, job);
+			continue;
 		}
+		slot->state = SHADOW_SLOT_WRITING;
+		ready = lappend(ready, job);
 	}
 	LWLockRelease(ShadowState->lock);
 	list_free(gone);
+
+	/* the slots stay RUNNING: their old answers are ours to read */
+	foreach(lc, embed)
+	{
+		ShadowJob  *job = (ShadowJob *) lfirst(lc);
+		ShadowSlot *slot = &ShadowState->slots[job->slotno];
+		const char *old = dsa_get_address(ShadowArea(true), slot->old_text);
+
+		if (pg_verifymbstr(old, slot->old_text_len, true) &&
+			pg_verifymbstr(job->new_text, strlen(job->new_text), true))
+			ShadowEmbedStart(job, old);
+		else
+			job->embed_state = SHADOW_EMBED_FAILED;
+	}
+	list_free(embed);
 
 	if (ready == NIL)
 		return;
@@ -1063,6 +1266,11 @@ ShadowWorkerShutdown(void)
 		{
 			ShadowJobReleaseCurl(job);
 			ShadowJobFinish(job, "shutdown", now);
+		}
+		else if (job->embed_state == SHADOW_EMBED_RUNNING)
+		{
+			ShadowJobReleaseCurl(job);
+			job->embed_state = SHADOW_EMBED_FAILED;
 		}
 	}
 

@@ -131,6 +131,31 @@ CanaryRequirePreload(const char *what)
 				 errhint("Add llm_canary to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
+/* The pg_extension row of extoid: its schema and owner (InvalidOid if none). */
+static void
+ExtensionSchemaAndOwner(Oid extoid, Oid *nspoid, Oid *owner)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+
+	*nspoid = InvalidOid;
+	*owner = InvalidOid;
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
+				F_OIDEQ, ObjectIdGetDatum(extoid));
+	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		*nspoid = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
+		*owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+}
+
 /*
  * CanaryExtensionNamespace
  *		The schema an installed extension lives in (InvalidOid if none).
@@ -139,21 +164,10 @@ CanaryRequirePreload(const char *what)
 Oid
 CanaryExtensionNamespace(Oid extoid)
 {
-	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	Oid			nspoid = InvalidOid;
+	Oid			nspoid;
+	Oid			owner;
 
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(extoid));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		nspoid = ((Form_pg_extension) GETSTRUCT(tup))->extnamespace;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
+	ExtensionSchemaAndOwner(extoid, &nspoid, &owner);
 	return nspoid;
 }
 
@@ -166,20 +180,9 @@ CanaryExtensionNamespace(Oid extoid)
 Oid
 CanaryExtensionOwner(Oid extoid)
 {
-	Relation	rel;
-	ScanKeyData key;
-	SysScanDesc scan;
-	HeapTuple	tup;
-	Oid			owner = InvalidOid;
+	Oid			nspoid;
+	Oid			owner;
 
-	rel = table_open(ExtensionRelationId, AccessShareLock);
-	ScanKeyInit(&key, Anum_pg_extension_oid, BTEqualStrategyNumber,
-				F_OIDEQ, ObjectIdGetDatum(extoid));
-	scan = systable_beginscan(rel, ExtensionOidIndexId, true, NULL, 1, &key);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
-		owner = ((Form_pg_extension) GETSTRUCT(tup))->extowner;
-	systable_endscan(scan);
-	table_close(rel, AccessShareLock);
+	ExtensionSchemaAndOwner(extoid, &nspoid, &owner);
 	return owner;
 }

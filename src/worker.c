@@ -9,7 +9,7 @@
  *
  *	 - write the metrics queue to canary_requests, up to WORKER_BATCH_MAX
  *	   records per transaction, with ONE parameterised INSERT ... SELECT FROM
- *	   unnest($1, ..., $19) per batch.  Records leave the queue only after
+ *	   unnest($1, ..., $20) per batch.  Records leave the queue only after
  *	   their transaction committed: a failed write (counted in write_errors)
  *	   keeps them queued and is retried with backoff, so records are neither
  *	   lost nor written twice;
@@ -74,8 +74,9 @@ typedef enum WriteResult
 #define CANARY_REQUESTS_COLUMNS \
 	"request_id, ts, canary, stage, user_id, cohort, model, outcome, " \
 	"http_status, latency_ms, prompt_tokens, completion_tokens, " \
-	"response_chars, refusal, prompt_class, prompt_hash, fallback, error, cost"
-#define CANARY_REQUESTS_NCOLUMNS 19
+	"response_chars, refusal, prompt_class, prompt_hash, fallback, error, cost, " \
+	"cached"
+#define CANARY_REQUESTS_NCOLUMNS 20
 
 static volatile sig_atomic_t got_sigterm = false;
 
@@ -160,13 +161,14 @@ WorkerInsertBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 	static const Oid elemtypes[CANARY_REQUESTS_NCOLUMNS] = {
 		UUIDOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		TEXTOID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID, BOOLOID,
-		TEXTOID, TEXTOID, BOOLOID, TEXTOID, FLOAT8OID
+		TEXTOID, TEXTOID, BOOLOID, TEXTOID, FLOAT8OID, BOOLOID
 	};
 	static const Oid argtypes[CANARY_REQUESTS_NCOLUMNS] = {
 		UUIDARRAYOID, TIMESTAMPTZARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
 		INT4ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, INT4ARRAYOID, BOOLARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID
+		TEXTARRAYOID, TEXTARRAYOID, BOOLARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID,
+		BOOLARRAYOID
 	};
 	Datum	   *values[CANARY_REQUESTS_NCOLUMNS];
 	bool	   *nulls[CANARY_REQUESTS_NCOLUMNS];
@@ -204,6 +206,7 @@ WorkerInsertBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 		values[16][i] = BoolGetDatum(r->fallback);
 		SetText(&values[17][i], &nulls[17][i], r->error, true);
 		values[18][i] = Float8GetDatum(r->cost);
+		values[19][i] = BoolGetDatum(r->cached);
 	}
 	for (int c = 0; c < CANARY_REQUESTS_NCOLUMNS; c++)
 		args[c] = MakeArray(elemtypes[c], values[c], nulls[c], n);
@@ -213,7 +216,7 @@ WorkerInsertBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 				   " $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],"
 				   " $9::int4[], $10::int4[], $11::int4[], $12::int4[], $13::int4[],"
 				   " $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],"
-				   " $19::float8[])",
+				   " $19::float8[], $20::bool[])",
 				   schema);
 	ret = SPI_execute_with_args(sql, CANARY_REQUESTS_NCOLUMNS, (Oid *) argtypes,
 								args, NULL, false, 0);

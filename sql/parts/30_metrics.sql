@@ -33,7 +33,8 @@ CREATE TABLE canary_requests (
     prompt_hash         text,
     fallback            boolean,
     error               text,
-    cost                numeric
+    cost                numeric,
+    cached              boolean NOT NULL DEFAULT false
 ) PARTITION BY RANGE (ts);
 CREATE TABLE canary_requests_default PARTITION OF canary_requests DEFAULT;
 CREATE INDEX canary_requests_canary_ts_idx ON canary_requests (canary, ts);
@@ -44,6 +45,8 @@ COMMENT ON COLUMN canary_requests.outcome IS 'ok, refusal, error or timeout';
 COMMENT ON COLUMN canary_requests.cohort IS 'canary (new model) or control (old model)';
 COMMENT ON COLUMN canary_requests.fallback IS
     'This attempt served a canary user with the old model after the new model failed';
+COMMENT ON COLUMN canary_requests.cached IS
+    'Answered from canary_response_cache without calling the model (latency: the lookup; cost 0); the kill switch does not count it';
 
 CREATE TABLE canary_feedback (
     request_id          uuid NOT NULL,
@@ -94,6 +97,19 @@ BEGIN
     END IF;
     SELECT c.relnamespace::regnamespace::name INTO nsp
       FROM pg_class c WHERE c.oid = '@extschema@.canary_requests'::regclass;
+
+    -- expired answers of the response cache (created by a later part)
+    IF to_regclass(format('%I.canary_response_cache', nsp)) IS NOT NULL THEN
+        -- the setting reads like '1h' (its unit is seconds): a valid interval;
+        -- off (0) or not loaded, every row is stale
+        EXECUTE format('DELETE FROM %I.canary_response_cache WHERE created_at <= now() - $1', nsp)
+           USING coalesce(nullif(current_setting('llm_canary.response_cache_ttl', true), ''), '0')::interval;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_response_cache'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
 
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         -- canary_shadow is created after this function's first run at install
@@ -164,7 +180,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION canary_maintenance(integer, date) IS
-    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition) and drops those older than llm_canary.retention_days';
+    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those older than llm_canary.retention_days, and deletes answers of canary_response_cache older than llm_canary.response_cache_ttl';
 REVOKE ALL ON FUNCTION canary_maintenance(integer, date) FROM PUBLIC;
 
 /* The queue and the worker (src/metrics_queue.c, src/metrics_funcs.c). */

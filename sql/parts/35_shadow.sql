@@ -22,8 +22,12 @@ ALTER TABLE canary_config
                AND shadow_min_agreement BETWEEN 0 AND 1
                AND shadow_max_refusal_delta BETWEEN 0 AND 1
                AND shadow_max_length_ratio >= 1);
+ALTER TABLE canary_config
+    ADD COLUMN shadow_embedding_model text REFERENCES canary_models (name) ON UPDATE CASCADE;
 COMMENT ON COLUMN canary_config.shadow_equivalence_threshold IS
-    'Shadow rows whose lexical similarity is at or above this (0 to 1) are "equivalent"';
+    'Shadow rows whose similarity is at or above this (0 to 1) are "equivalent"';
+COMMENT ON COLUMN canary_config.shadow_embedding_model IS
+    'An OpenAI-compatible embeddings model (canary_models.name): shadow similarity is the cosine of the embeddings of both answers; NULL: lexical similarity';
 COMMENT ON COLUMN canary_config.shadow_min_agreement IS
     'Gate: smallest share of identical or equivalent answers (0 to 1; NULL: not checked)';
 COMMENT ON COLUMN canary_config.shadow_max_refusal_delta IS
@@ -40,6 +44,9 @@ RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    provider     text;
+    known_models text;
 BEGIN
     IF NEW.shadow_equivalence_threshold IS NULL THEN
         RAISE EXCEPTION 'shadow_equivalence_threshold of rollout "%" must not be NULL', NEW.name
@@ -63,6 +70,23 @@ BEGIN
                         NEW.shadow_max_refusal_delta, NEW.name
             USING ERRCODE = 'numeric_value_out_of_range',
                   HINT = 'Use a difference of refusal rates between 0 and 1 (default 0.05), or NULL not to check it.';
+    END IF;
+    IF NEW.shadow_embedding_model IS NOT NULL THEN
+        SELECT m.provider INTO provider FROM @extschema@.canary_models m WHERE m.name = NEW.shadow_embedding_model;
+        IF NOT FOUND THEN
+            SELECT coalesce(string_agg(m.name, ', ' ORDER BY m.name), 'none yet') INTO known_models
+              FROM @extschema@.canary_models m;
+            RAISE EXCEPTION 'model "%" does not exist', NEW.shadow_embedding_model
+                USING ERRCODE = 'foreign_key_violation',
+                      HINT = format('Known models: %s. Add the embeddings model with INSERT INTO canary_models (name, provider, base_url, model).', known_models);
+        END IF;
+        IF provider <> 'openai' THEN
+            RAISE EXCEPTION 'model "%" cannot be the shadow_embedding_model of rollout "%"',
+                            NEW.shadow_embedding_model, NEW.name
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('Its provider is %s; embeddings are requested from an OpenAI-compatible POST {base_url}/embeddings.', provider),
+                      HINT = 'Use a model with provider ''openai'' (OpenAI, vLLM, Ollama, llama.cpp serve /embeddings).';
+        END IF;
     END IF;
     IF NEW.shadow_max_length_ratio < 1 THEN
         RAISE EXCEPTION 'shadow_max_length_ratio % of rollout "%" is out of range',
@@ -191,9 +215,13 @@ CREATE TABLE canary_shadow (
     new_latency_ms  integer,
     new_refusal     boolean,
     new_error       text,
-    -- filled from canary_shadow_compare() by the trigger below
+    new_cached      boolean,
+    -- filled from canary_shadow_compare() by the trigger below; the worker
+    -- supplies similarity with similarity_method 'embedding' when the
+    -- rollout has a shadow_embedding_model and the embeddings call worked
     verdict         text,
     similarity      float8,
+    similarity_method text,
     old_opening     text,
     new_opening     text,
     length_ratio    float8
@@ -207,6 +235,10 @@ COMMENT ON COLUMN canary_shadow.verdict IS
     'identical, equivalent or different (see canary_shadow_compare); NULL when either answer is missing';
 COMMENT ON COLUMN canary_shadow.new_error IS
     'Why the new model gave no answer; ''timeout'' when it did not answer in time';
+COMMENT ON COLUMN canary_shadow.new_cached IS
+    'The new model''s answer came from canary_response_cache (llm_canary.response_cache_ttl)';
+COMMENT ON COLUMN canary_shadow.similarity_method IS
+    'lexical (multiset Jaccard of the words) or embedding (cosine of the answers'' embeddings); NULL when there is no similarity';
 
 /*
  * Create the daily partitions canary_shadow_YYYYMMDD for days UTC days from
@@ -271,12 +303,28 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     threshold float8;
+    supplied  float8;
 BEGIN
     SELECT shadow_equivalence_threshold INTO threshold
       FROM @extschema@.canary_config WHERE name = NEW.canary;
+    threshold := coalesce(threshold, 0.8);
+    -- an embedding similarity written with the row (never a stale one on UPDATE)
+    IF TG_OP = 'INSERT' AND NEW.similarity_method = 'embedding' AND NEW.similarity IS NOT NULL
+       AND NEW.old_text IS NOT NULL AND NEW.new_text IS NOT NULL THEN
+        supplied := NEW.similarity;
+    END IF;
     SELECT c.verdict, c.similarity, c.old_opening, c.new_opening, c.length_ratio
       INTO NEW.verdict, NEW.similarity, NEW.old_opening, NEW.new_opening, NEW.length_ratio
-      FROM @extschema@.canary_shadow_compare(NEW.old_text, NEW.new_text, coalesce(threshold, 0.8)) c;
+      FROM @extschema@.canary_shadow_compare(NEW.old_text, NEW.new_text, threshold) c;
+    IF supplied IS NOT NULL THEN
+        NEW.similarity := supplied;
+        NEW.similarity_method := 'embedding';
+        IF NEW.verdict <> 'identical' THEN
+            NEW.verdict := CASE WHEN supplied >= threshold THEN 'equivalent' ELSE 'different' END;
+        END IF;
+    ELSE
+        NEW.similarity_method := CASE WHEN NEW.similarity IS NOT NULL THEN 'lexical' END;
+    END IF;
     RETURN NEW;
 END;
 $$;

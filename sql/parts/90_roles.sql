@@ -188,7 +188,8 @@ BEGIN
             CONTINUE;
         END IF;
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE %s TO llm_canary_admin', rel);
-        CONTINUE WHEN rel IN ('@extschema@.canary_sessions'::regclass, '@extschema@.canary_shadow'::regclass);
+        CONTINUE WHEN rel IN ('@extschema@.canary_sessions'::regclass, '@extschema@.canary_shadow'::regclass,
+                              '@extschema@.canary_response_cache'::regclass);
         -- default partitions are members of the extension (for pg_dump): reads go through the parent
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = rel);
         EXECUTE format('GRANT SELECT ON TABLE %s TO llm_canary_app', rel);
