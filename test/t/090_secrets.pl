@@ -234,7 +234,7 @@ unlike($dump, qr/^COPY public\.canary_shadow/m, 'but nothing of canary_shadow');
 # PostgreSQL itself logs the postmaster's whole environment at startup when
 # log_min_messages is debug3 or lower ("initial environment dump", before
 # any library is loaded): a key kept in the environment is in that dump, and
-# no extension can prevent it (docs/roles.md says so).  Apart from those
+# no extension can prevent it (README, "Roles and API keys", says so).  Apart from those
 # lines the key must be nowhere in the log.
 $node->stop;
 my $log = slurp_file($node->logfile);
