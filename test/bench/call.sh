@@ -106,10 +106,15 @@ seq 1 "$memcalls" | awk '{ printf "SELECT canary_call(%c%s%c, %cu_%d%c) \\g /dev
     echo "\\set QUIET on"
     head -1000 "$dir/mem_calls.sql"                 # warm-up: caches, connections
     echo "CREATE TEMP TABLE mem AS SELECT 'before'::text AS at, pg_read_file('/proc/' || pg_backend_pid() || '/status') AS status;"
-    cat "$dir/mem_calls.sql"
+    head -$(( memcalls / 2 )) "$dir/mem_calls.sql"
+    echo "INSERT INTO mem SELECT 'half way', pg_read_file('/proc/' || pg_backend_pid() || '/status');"
+    tail -n +$(( memcalls / 2 + 1 )) "$dir/mem_calls.sql"
     echo "INSERT INTO mem SELECT 'after', pg_read_file('/proc/' || pg_backend_pid() || '/status');"
     echo "SELECT at, (regexp_match(status, 'VmRSS:\\s+(\\d+)'))[1]::int AS vmrss_kb,"
-    echo "       (regexp_match(status, 'RssAnon:\\s+(\\d+)'))[1]::int AS rssanon_kb FROM mem;"
+    echo "       (regexp_match(status, 'RssAnon:\\s+(\\d+)'))[1]::int AS rssanon_kb,"
+    echo "       (regexp_match(status, 'RssShmem:\\s+(\\d+)'))[1]::int AS rssshmem_kb,"
+    echo "       (regexp_match(status, 'RssFile:\\s+(\\d+)'))[1]::int AS rssfile_kb FROM mem;"
+
 } > "$dir/mem.sql"
 echo "one backend, $memcalls canary_call statements after 1000 warm-up calls:"
 start=$(date +%s.%N)

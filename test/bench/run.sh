@@ -24,4 +24,5 @@ dir=/tmp/llm_canary_bench; port=55499
 trap 'bash "$top/test/cluster.sh" stop "$dir"' EXIT
 rm -rf "$dir"
 bash "$top/test/cluster.sh" start "$dir" "$port" bench
-/usr/lib/postgresql/15/bin/psql -h /tmp -p "$port" -d bench -X -f "$top/test/bench/$which.sql"
+flock -u 9 2>/dev/null || true     # the install lock guards the install only
+psql -h /tmp -p "$port" -d bench -X -v ON_ERROR_STOP=1 -f "$top/test/bench/$which.sql"
