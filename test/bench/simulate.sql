@@ -21,13 +21,20 @@
 -- Driven by test/bench/run.sh simulate (the full scenarios) and by
 -- test/t/080_simulator.pl (scaled down); psql variables scale it:
 --   aa_seconds (86400), trip_seconds (7200), slight_seconds (86400), rps (100)
+-- define=false skips the definitions (for sessions running side by side).
 -- Results: table sim_results, one row per scenario.
+-- Run it with llm_canary.check_interval = 0: the worker's own periodic check
+-- would also check these rollouts (harmlessly: at the real now(), where they
+-- have no traffic, but it writes window summaries).
 \set QUIET on
 \if :{?aa_seconds} \else \set aa_seconds 86400 \endif
 \if :{?trip_seconds} \else \set trip_seconds 7200 \endif
 \if :{?slight_seconds} \else \set slight_seconds 86400 \endif
 \if :{?rps} \else \set rps 100 \endif
 \if :{?scenarios} \else \set scenarios 'aa,article,errors,p95,thumbs,slight' \endif
+\if :{?define} \else \set define true \endif
+
+\if :define
 
 INSERT INTO canary_models (name, provider, base_url, model) VALUES
     ('sim-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
@@ -89,7 +96,7 @@ BEGIN
     DELETE FROM canary_window_summaries w WHERE w.canary = scenario;
     INSERT INTO canary_config (name, stage, old_model, new_model)
     VALUES (scenario, stage, 'sim-old', 'sim-new')
-    ON CONFLICT (name) DO UPDATE SET stage = excluded.stage, percent_new = NULL,
+    ON CONFLICT (name) DO UPDATE SET stage = excluded.stage, percent_new = canary_stage_percent(excluded.stage),
         kill_switch_armed = true;
     SELECT window_seconds INTO win FROM canary_config WHERE name = scenario;
     COMMIT;
@@ -166,11 +173,7 @@ BEGIN
 END;
 $$;
 
--- the worker's own periodic canary_check would also check these rollouts
--- (at the real now(), before any simulated traffic): off for the run
-ALTER SYSTEM SET llm_canary.check_interval = 0;
-SELECT pg_reload_conf() \g /dev/null
-
+\endif
 SELECT position('aa' IN :'scenarios') > 0 AS run_aa,
        position('article' IN :'scenarios') > 0 AS run_article,
        position('errors' IN :'scenarios') > 0 AS run_errors,
@@ -202,10 +205,8 @@ CALL sim_run('sim_thumbs', 'ramp_5', :trip_seconds, :rps, 0.01, 0.01,  0.011, 0.
 CALL sim_run('sim_slight', 'ramp_1', :slight_seconds, :rps, 0.015, 0.01,  0.011, 0.011,  1, 1,  0.02, 0.02, false);
 \endif
 
-ALTER SYSTEM RESET llm_canary.check_interval;
-SELECT pg_reload_conf() \g /dev/null
 \set QUIET off
 \pset footer off
-SELECT scenario, stage, sim_seconds / 3600.0 AS sim_hours, requests, canary_share, dropped, thumbs_down,
+SELECT scenario, stage, round(sim_seconds / 3600.0, 2) AS sim_hours, requests, canary_share, dropped, thumbs_down,
        checks, trips, first_trip_s, round(first_trip_s / 60.0, 1) AS first_trip_min, first_reason, run_seconds
   FROM sim_results ORDER BY scenario;
