@@ -9,7 +9,8 @@
 #     lost (canary_shadow_stats(): nothing dropped, rows = dispatched).
 # Run as postgres with the extension installed (test/bench/run.sh shadow).
 # BENCH_SECONDS (default 15) per latency run; BENCH_RATE (default 40) calls/s;
-# BENCH_SHADOW_CALLS (default 30000) for the throughput run.
+# BENCH_SHADOW_CALLS (default 30000) for the throughput run;
+# BENCH_SYNCHRONOUS_COMMIT (default on) to see what the WAL flush costs.
 set -euo pipefail
 top="$(cd "$(dirname "$0")/../.." && pwd)"
 dir=/tmp/llm_canary_bench_shadow; port=55496; nport=55495
@@ -57,6 +58,7 @@ cat >> "$dir/data/postgresql.conf" <<CONF
 llm_canary.shadow_queue_size = 4096
 llm_canary.shadow_concurrency = $conc
 llm_canary.check_interval = 0
+synchronous_commit = ${BENCH_SYNCHRONOUS_COMMIT:-on}
 CONF
 pg_ctl -D "$dir/data" -l "$dir/data/server.log" -w restart >/dev/null
 flock -u 9 2>/dev/null || true     # the install lock guards the install only
