@@ -6,11 +6,14 @@
 #     model alone (stage ramp_1 at percent_new 0), interleaved in one run;
 #  2. the worker's shadow throughput: shadow calls per second completed
 #     against a fast upstream (nginx for both models), and that no job is
-#     lost (canary_shadow_stats(): nothing dropped, rows = dispatched).
+#     lost (canary_shadow_stats(): nothing dropped, rows = dispatched):
+#     2. as fast as 4 clients go (the capacity; a full queue drops), then
+#     3. paced below it (the steady state: nothing may be dropped).
 # Run as postgres with the extension installed (test/bench/run.sh shadow).
 # BENCH_SECONDS (default 15) per latency run; BENCH_RATE (default 40) calls/s;
 # BENCH_SHADOW_CALLS (default 30000) for the throughput run;
-# BENCH_SYNCHRONOUS_COMMIT (default on) to see what the WAL flush costs.
+# BENCH_SYNCHRONOUS_COMMIT (default on) to see what the WAL flush costs;
+# BENCH_SHADOW_RATE (default 2000) calls/s for the sustained run (3.).
 set -euo pipefail
 top="$(cd "$(dirname "$0")/../.." && pwd)"
 dir=/tmp/llm_canary_bench_shadow; port=55496; nport=55495
@@ -124,3 +127,15 @@ echo "$before $after $start $mid $end $rows0 $rows1" | awk '{
         d / ($6 - $5), w, d, $7 - $5, w / ($7 - $5), $9 - $8 }'
 $PSQL -c "SELECT dispatched, in_flight, dropped_queue_full, dropped_no_worker, dropped_memory, rows_written, rows_lost FROM canary_shadow_stats()"
 $PSQL -c "SELECT count(*) FILTER (WHERE new_error IS NOT NULL) AS new_errors, count(*) FILTER (WHERE old_error IS NOT NULL) AS old_errors FROM canary_shadow"
+
+prate=${BENCH_SHADOW_RATE:-2000}
+echo "3. sustained: 4 clients paced at $prate calls/s for ${secs}s in stage shadow, both models on nginx:"
+before=$($PSQL -At -F' ' -c "SELECT dispatched, rows_written, dropped_queue_full + dropped_no_worker + dropped_memory, rows_lost FROM canary_shadow_stats()")
+start=$(date +%s.%N)
+pgbench -h /tmp -p "$port" -n -c 4 -j 2 -R "$prate" -T "$secs" -f "$dir/call.pgbench" bench > "$dir/pgbench_paced.out" 2>&1
+$PSQL -c "SELECT canary_flush('120 seconds')" >/dev/null
+end=$(date +%s.%N)
+after=$($PSQL -At -F' ' -c "SELECT dispatched, rows_written, dropped_queue_full + dropped_no_worker + dropped_memory, rows_lost FROM canary_shadow_stats()")
+echo "$before $after $start $end" | awk '{
+    printf "   dispatched %d, rows written %d (%.0f shadow calls/s over %.1f s incl. the drain), dropped %d, rows lost %d\n",
+        $5 - $1, $6 - $2, ($6 - $2) / ($10 - $9), $10 - $9, $7 - $3, $8 - $4 }'
