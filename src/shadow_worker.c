@@ -1199,6 +1199,16 @@ ShadowWorkerTimeoutMs(long default_ms)
 	}
 	if (shadow_sockets_overflow)
 		t = Min(t, 10);
+
+	/*
+	 * Queued jobs and room to start them: do not sleep.  Backends set our
+	 * latch when they queue a job, but once a burst is queued nobody does,
+	 * and sleeping the default interval between takes capped the drain at
+	 * shadow_concurrency jobs per interval.  An unlocked read of an int is
+	 * enough for a hint; ShadowTakeJobs takes the lock.
+	 */
+	if (shadow_running < shadow_concurrency && ShadowState->npending > 0)
+		t = 0;
 	dlist_foreach(it, &shadow_jobs)
 	{
 		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);

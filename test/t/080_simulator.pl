@@ -1,0 +1,81 @@
+# The decision-quality simulator (test/bench/simulate.sql), scaled down:
+# synthetic traffic with known properties through the real metrics path and
+# the real canary_check at simulated times.  Every draw is a function of a
+# fixed seed and the request number, so the outcomes below are exact:
+#   A/A (identical cohorts, ramp_1, 100 requests/s, 1 simulated hour,
+#     checked every 30 s): no trip;
+#   the article's trip (ramp_5, refusals 8.7 % vs 1.1 %): trips 120
+#     simulated seconds after the ramp started;
+#   errors 5 % vs 1 %, p95 2x, thumbs-down 3x (ramp_5): each trips at the
+#     first check, 30 s in;
+#   slightly worse (errors 1.5 % vs 1 %, ramp_1, 1 simulated hour): no trip;
+#   no metric record dropped anywhere.
+# test/bench/run.sh simulate runs the full-size version (24 hours).
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('simulator');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'llm_canary'
+llm_canary.database_name = 'postgres'
+llm_canary.check_interval = 0
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
+$node->poll_query_until('postgres',
+	"SELECT worker_state = 'running' FROM canary_stats()")
+  or die 'the worker did not start';
+
+my $script = ($ENV{TESTDIR} // '.') . '/test/bench/simulate.sql';
+my ($ret, $out, $err) = $node->psql(
+	'postgres', undef,
+	extra_params => [
+		'-f', $script,
+		'-v', 'aa_seconds=3600', '-v', 'slight_seconds=3600',
+		'-v', 'trip_seconds=1800', '-v', 'rps=100'
+	],
+	on_error_stop => 1);
+is($ret, 0, 'the simulator ran') or diag($err);
+
+sub result
+{
+	my ($scenario) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT concat_ws('|', requests, dropped, checks, trips, first_trip_s, first_reason)"
+		  . " FROM sim_results WHERE scenario = '$scenario'");
+}
+
+is(result('sim_aa'), '360000|0|120|0',
+	'A/A: 120 checks over one simulated hour, no trip');
+is(result('sim_article'),
+	'12000|0|4|1|120|refusal_rate=0.078 vs baseline 0.010',
+	"the article's refusal regression trips 120 s into the ramp");
+is(result('sim_errors'),
+	'3000|0|1|1|30|new-model error_rate=0.052 > 0.02',
+	'errors 5 % vs 1 % trip at the first check');
+is(result('sim_p95'),
+	'3000|0|1|1|30|new-model p95=4215 > 1.5x baseline (2228)',
+	'a p95 twice the control trips at the first check');
+is(result('sim_thumbs'),
+	'3000|0|1|1|30|thumbs_down_rate=0.071 > 2x baseline 0.019',
+	'thumbs-down three times the control trips at the first check');
+is(result('sim_slight'), '360000|0|120|0',
+	'errors 1.5 % vs 1 % at ramp_1 do not trip in one simulated hour');
+
+# the canary cohort is the routed share: about 1 % at ramp_1, 5 % at ramp_5
+is($node->safe_psql('postgres',
+		"SELECT string_agg(scenario || '=' || canary_share, ',' ORDER BY scenario)"
+		  . " FROM sim_results WHERE scenario IN ('sim_aa', 'sim_article')"),
+	'sim_aa=0.0098,sim_article=0.0523',
+	'the cohorts come from canary_route');
+
+is($node->safe_psql('postgres', 'SELECT dropped FROM canary_stats()'),
+	'0', 'no metric record dropped');
+
+$node->stop;
+done_testing();
