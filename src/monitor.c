@@ -22,7 +22,11 @@
  *		H0 p_canary <= p_control + delta, resp. <= ratio x p_control, with
  *		the Agresti-Caffo adjustment (one success and one failure added to
  *		each group) so that zero counts do not give zero variance.
- * Missing data never trips.  At stage full the control cohort is empty: the
+ * A breach must also hold, for the same rule, in the confirm_windows - 1
+ * non-overlapping windows before the current one (default 2 windows in all),
+ * because the check looks every 30 s and a single window at 5 percent would
+ * trip on noise within hours.  Missing data never trips.  At stage full the
+ * control cohort is empty: the
  * baselines come from the last stored control summary of the rollout.
  *
  * Canary requests are the non-fallback attempts of the canary cohort (the
@@ -98,7 +102,18 @@ typedef struct RolloutRules
 	int64		min_samples;
 	double		significance;
 	bool		raw;
+	int			confirm_windows;	/* consecutive windows that must breach */
 } RolloutRules;
+
+/* The rules, for matching a breach across windows. */
+typedef enum CanaryRule
+{
+	RULE_NONE,
+	RULE_ERROR_RATE,
+	RULE_P95,
+	RULE_REFUSAL,
+	RULE_THUMBS_DOWN
+} CanaryRule;
 
 static double
 Rate(int64 k, int64 n)
@@ -321,7 +336,7 @@ StoreSummary(const char *schema, const RolloutRules *rr, TimestampTz at,
  */
 static char *
 ApplyRules(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *base,
-		   bool has_base)
+		   bool has_base, CanaryRule *rule)
 {
 	double		alpha = rr->significance;
 	double		err = Rate(cw->errors, cw->samples);
@@ -330,9 +345,13 @@ ApplyRules(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *b
 		return NULL;
 
 	/* 1. error rate, needs no baseline */
+	*rule = RULE_NONE;
 	if (err > rr->error_rate &&
 		(rr->raw || BinomialUpperTail(cw->errors, cw->samples, rr->error_rate) < alpha))
+	{
+		*rule = RULE_ERROR_RATE;
 		return psprintf("new-model error_rate=%.3f > %g", err, rr->error_rate);
+	}
 
 	if (!has_base || base->samples == 0)
 		return NULL;
@@ -346,8 +365,11 @@ ApplyRules(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *b
 			 BinomialUpperTail(cw->slow, cw->samples, 0.05) < alpha);
 
 		if (credible)
+		{
+			*rule = RULE_P95;
 			return psprintf("new-model p95=%.0f > %gx baseline (%.0f)",
 							cw->p95, rr->p95_ratio, base->p95);
+		}
 	}
 
 	/* 3. refusal rate */
@@ -359,7 +381,10 @@ ApplyRules(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *b
 			(rr->raw || TwoSampleUpperPValue(cw->refusals, cw->samples,
 											 base->refusals, base->samples,
 											 1.0, rr->refusal_delta) < alpha))
+		{
+			*rule = RULE_REFUSAL;
 			return psprintf("refusal_rate=%.3f vs baseline %.3f", rc, rk);
+		}
 	}
 
 	/* 4. thumbs-down rate */
@@ -371,10 +396,47 @@ ApplyRules(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *b
 			(rr->raw || TwoSampleUpperPValue(cw->thumbs_down, cw->samples,
 											 base->thumbs_down, base->samples,
 											 rr->thumbs_ratio, 0.0) < alpha))
+		{
+			*rule = RULE_THUMBS_DOWN;
 			return psprintf("thumbs_down_rate=%.3f > %gx baseline %.3f",
 							tc, rr->thumbs_ratio, tk);
+		}
 	}
 	return NULL;
+}
+
+/*
+ * WindowBreaches
+ *		Does the window ending at 'at' breach rule (without storing a
+ *		summary)?  Used to confirm a breach in the windows before it.
+ */
+static bool
+WindowBreaches(const char *schema, const RolloutRules *rr, TimestampTz at,
+			   CanaryRule rule)
+{
+	CohortWindow control;
+	CohortWindow canary;
+	CohortWindow baseline;
+	bool		has_base;
+	TimestampTz from;
+	CanaryRule	found;
+
+	memset(&control, 0, sizeof(control));
+	memset(&canary, 0, sizeof(canary));
+	memset(&baseline, 0, sizeof(baseline));
+	SummariseCohort(schema, rr, at, "control", 0, &control);
+	if (control.samples > 0)
+	{
+		baseline = control;
+		has_base = true;
+	}
+	else
+		has_base = LastControlBaseline(schema, rr, at, &baseline, &from);
+	SummariseCohort(schema, rr, at, "canary",
+					has_base && baseline.has_p95 ? baseline.p95 * rr->p95_ratio : 0,
+					&canary);
+	return ApplyRules(rr, &canary, &baseline, has_base, &found) != NULL &&
+		found == rule;
 }
 
 /* Check one rollout; returns the trip reason or NULL.  Inside SPI. */
@@ -388,6 +450,7 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	bool		from_history = false;
 	TimestampTz baseline_from = 0;
 	char	   *reason;
+	CanaryRule	rule;
 
 	memset(&control, 0, sizeof(control));
 	memset(&canary, 0, sizeof(canary));
@@ -412,7 +475,24 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	StoreSummary(schema, rr, at, "control", &control, false, false, 0);
 	StoreSummary(schema, rr, at, "canary", &canary, true, from_history, baseline_from);
 
-	reason = ApplyRules(rr, &canary, &baseline, has_base);
+	reason = ApplyRules(rr, &canary, &baseline, has_base, &rule);
+
+	/*
+	 * Confirmation: the same rule must also breach in the confirm_windows - 1
+	 * non-overlapping windows before this one.  The switch looks every 30 s,
+	 * hundreds of times a day; one window at the significance level alone
+	 * would trip on noise now and then (a canary only slightly worse than
+	 * the threshold trips within hours).  Independent windows multiply the
+	 * false-alarm probability, at the cost of one more window of delay.
+	 */
+	for (int k = 1; reason != NULL && k < rr->confirm_windows; k++)
+	{
+		TimestampTz prev = at - (TimestampTz) k * rr->window_seconds * USECS_PER_SEC;
+
+		if (!WindowBreaches(schema, rr, prev, rule))
+			reason = NULL;
+	}
+
 	if (reason != NULL)
 	{
 		StringInfoData sql;
@@ -475,7 +555,7 @@ canary_check(PG_FUNCTION_ARGS)
 					 "SELECT name, stage, window_seconds, error_rate_threshold::float8,"
 					 " p95_ratio_threshold::float8, refusal_delta_threshold::float8,"
 					 " thumbs_down_ratio_threshold::float8, min_samples::int8,"
-					 " significance::float8, raw_rules"
+					 " significance::float8, raw_rules, confirm_windows"
 					 " FROM %s.canary_config"
 					 " WHERE kill_switch_armed AND stage <> 'shadow'"
 					 " AND ($1::text IS NULL OR name = $1) ORDER BY name",
@@ -505,6 +585,7 @@ canary_check(PG_FUNCTION_ARGS)
 		rr->min_samples = GetInt8(tup, desc, 8);
 		rr->significance = GetFloat8(tup, desc, 9, &isnull);
 		rr->raw = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
+		rr->confirm_windows = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
 	}
 
 	for (int i = 0; i < nrollouts; i++)

@@ -31,9 +31,9 @@ psql_demo() { psql -h /tmp -p "$PORT" -d canary -X -q -v ON_ERROR_STOP=1 "$@"; }
 echo "== [2/7] starting the mock LLM server (old model, and a new model with a regression)"
 cat > "$DIR/profiles.json" <<'JSON'
 {
-  "support-old": {"latency_ms": 15, "latency_jitter_ms": 10, "refusal_rate": 0.01,
+  "support-old": {"latency_ms": 4, "latency_jitter_ms": 4, "refusal_rate": 0.01,
                   "opening": "Thanks for reaching out.", "length_words": 40},
-  "support-new": {"latency_ms": 12, "latency_jitter_ms": 10, "refusal_rate": 0.09,
+  "support-new": {"latency_ms": 3, "latency_jitter_ms": 4, "refusal_rate": 0.09,
                   "openings": [["Thank you for contacting support.", 84], ["Thanks for reaching out.", 16]],
                   "length_words": 60}
 }
@@ -53,7 +53,10 @@ psql_demo -v mock="$MOCK" <<'SQL'
 INSERT INTO canary_models (name, provider, base_url, model, api_key_env, timeout_ms) VALUES
   ('model-old', 'openai',    :'mock' || '/v1', 'support-old', 'DEMO_LLM_KEY', 5000),
   ('model-new', 'anthropic', :'mock' || '/v1', 'support-new', 'DEMO_LLM_KEY', 5000);
-UPDATE canary_config SET old_model = 'model-old', new_model = 'model-new', salt = 'demo';
+-- the demo compresses time: 20-second kill-switch windows instead of 300,
+-- so that two consecutive windows (confirm_windows) fit in a minute
+UPDATE canary_config SET old_model = 'model-old', new_model = 'model-new', salt = 'demo',
+                         window_seconds = 20, min_samples = 50;
 SQL
 
 traffic() {	# traffic <n> <user offset>: n calls from distinct users
@@ -83,7 +86,7 @@ echo "== [5/7] stage ramp_1, then ramp_5 under generated traffic"
 psql_demo -c "UPDATE canary_config SET stage = 'ramp_1'" -c "SELECT name, stage, percent_new FROM canary_config"
 traffic 500 1000
 psql_demo -c "UPDATE canary_config SET stage = 'ramp_5'" -c "SELECT name, stage, percent_new FROM canary_config"
-for round in 1 2 3 4 5 6 7 8 9 10; do
+for round in $(seq 1 20); do
     traffic 600 $((10000 + round * 1000))
     # canary_check() runs in the worker every 30 s too; whoever comes first trips
     reason=$(psql_demo -At -c "SELECT canary_flush()" -c "SELECT canary_check()" \

@@ -70,6 +70,7 @@ CREATE TABLE canary_config (
     min_samples          integer NOT NULL DEFAULT 100,
     significance         numeric NOT NULL DEFAULT 0.05,
     raw_rules            boolean NOT NULL DEFAULT false,
+    confirm_windows      integer NOT NULL DEFAULT 2,
     -- slow signal
     csat_drop            numeric NOT NULL DEFAULT 3,
     csat_sustain         interval NOT NULL DEFAULT '48 hours',
@@ -86,6 +87,7 @@ CREATE TABLE canary_config (
         CHECK (window_seconds > 0 AND error_rate_threshold >= 0 AND p95_ratio_threshold >= 0
                AND refusal_delta_threshold >= 0 AND thumbs_down_ratio_threshold >= 0
                AND min_samples >= 0 AND significance > 0 AND significance < 1
+               AND confirm_windows BETWEEN 1 AND 12
                AND csat_drop >= 0 AND csat_sustain >= '0'::interval
                AND session_ttl >= '0'::interval)
 );
@@ -253,6 +255,11 @@ BEGIN
         RAISE EXCEPTION 'kill-switch thresholds of rollout "%" must not be negative', NEW.name
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Defaults: error_rate_threshold 0.02, p95_ratio_threshold 1.5, refusal_delta_threshold 0.05, thumbs_down_ratio_threshold 2.0, min_samples 100, csat_drop 3.';
+    END IF;
+    IF NEW.confirm_windows IS NULL OR NEW.confirm_windows NOT BETWEEN 1 AND 12 THEN
+        RAISE EXCEPTION 'confirm_windows % of rollout "%" is out of range', coalesce(NEW.confirm_windows::text, 'NULL'), NEW.name
+            USING ERRCODE = 'numeric_value_out_of_range',
+                  HINT = 'confirm_windows is how many consecutive windows must breach a rule, 1 to 12; the default 2 keeps noise from tripping the switch.';
     END IF;
     IF NEW.significance IS NULL OR NEW.significance <= 0 OR NEW.significance >= 1 THEN
         RAISE EXCEPTION 'significance % of rollout "%" is out of range', coalesce(NEW.significance::text, 'NULL'), NEW.name

@@ -4,8 +4,11 @@
 -- fixed times around T0 = 2030-01-01 12:00 UTC; canary_check runs 'at' T0.
 \set SHOW_CONTEXT never
 SET TIME ZONE 'UTC';
+-- sections 1-8 test each rule on a single window (confirm_windows = 1);
+-- section 9 tests the default confirmation over two windows
 CREATE FUNCTION mk(n text) RETURNS void LANGUAGE sql AS $$
-    INSERT INTO canary_config (name, stage, old_model, new_model) VALUES (n, 'ramp_5', 'model-old', 'model-new')
+    INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows)
+    VALUES (n, 'ramp_5', 'model-old', 'model-new', 1)
 $$;
 -- n requests of a cohort, spread over the 300 s before T0; every k-th one
 -- (k > 0) has the given flag; latency base + (i % spread)
@@ -165,7 +168,31 @@ SELECT 'ok' || c || '_' || i, CASE c WHEN 'canary' THEN 3.5 ELSE 4.5 END,
 SELECT canary_csat_check('ks_csat_ok') IS NULL AS not_pinned;
 SELECT percent_new FROM canary_config WHERE name = 'ks_csat_ok';
 
--- 9. pg_cron in the same database: scheduling is idempotent
+-- 9. confirmation (the default, confirm_windows = 2): a breach must also
+--    hold in the window before, so a single noisy window does not trip
+INSERT INTO canary_config (name, stage, old_model, new_model)
+VALUES ('ks_confirm', 'ramp_5', 'model-old', 'model-new');
+SELECT confirm_windows FROM canary_config WHERE name = 'ks_confirm';
+SELECT traffic('ks_confirm', 'control', 1000, 0, 'ok'), traffic('ks_confirm', 'canary', 200, 20, 'error');
+SELECT canary_flush() > 0 AS flushed;
+SELECT canary_check('ks_confirm', :T0) IS NULL AS one_window_is_not_enough;
+-- the same breach in the window before (T0 - 300 s): now it trips
+SELECT traffic('ks_confirm', 'control', 1000, 0, 'ok', t0 => timestamptz '2030-01-01 11:55:00+00'),
+       traffic('ks_confirm', 'canary', 200, 20, 'error', t0 => timestamptz '2030-01-01 11:55:00+00');
+SELECT canary_flush() > 0 AS flushed;
+SELECT canary_check('ks_confirm', :T0);
+-- a breach of another rule in the window before does not confirm
+INSERT INTO canary_config (name, stage, old_model, new_model)
+VALUES ('ks_confirm2', 'ramp_5', 'model-old', 'model-new');
+SELECT traffic('ks_confirm2', 'control', 1000, 0, 'ok'), traffic('ks_confirm2', 'canary', 200, 20, 'error');
+SELECT traffic('ks_confirm2', 'control', 1000, 91, 'refusal', t0 => timestamptz '2030-01-01 11:55:00+00'),
+       traffic('ks_confirm2', 'canary', 500, 11, 'refusal', t0 => timestamptz '2030-01-01 11:55:00+00');
+SELECT canary_flush() > 0 AS flushed;
+SELECT canary_check('ks_confirm2', :T0) IS NULL AS different_rules_do_not_confirm;
+UPDATE canary_config SET confirm_windows = 0 WHERE name = 'ks_confirm2';
+\echo :LAST_ERROR_SQLSTATE
+
+-- 10. pg_cron in the same database: scheduling is idempotent
 CREATE EXTENSION pg_cron;
 SELECT * FROM canary_schedule();
 SELECT count(*) FROM canary_schedule();

@@ -148,7 +148,8 @@ $node->safe_psql('postgres', q{ALTER SYSTEM RESET llm_canary.webhook_url; SELECT
 
 # --- the worker checks by itself every llm_canary.check_interval
 $node->safe_psql('postgres', q{
-INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('auto', 'ramp_5', 'old', 'new');
+-- one window is enough here (confirm_windows = 1): the records are 10 s old
+INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows) VALUES ('auto', 'ramp_5', 'old', 'new', 1);
 SELECT count(canary_record(canary => 'auto', user_id => 'c' || i, model => 'old', cohort => 'control',
                            outcome => 'ok', latency_ms => 50, ts => now() - interval '10 seconds'))
   FROM generate_series(1, 500) i;

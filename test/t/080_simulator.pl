@@ -52,18 +52,20 @@ sub result
 
 is(result('sim_aa'), '360000|0|120|0',
 	'A/A: 120 checks over one simulated hour, no trip');
+# a trip needs the breach in two consecutive windows (confirm_windows = 2):
+# the first check whose previous 300 s window is also in the ramp
 is(result('sim_article'),
-	'12000|0|4|1|120|refusal_rate=0.078 vs baseline 0.010',
-	"the article's refusal regression trips 120 s into the ramp");
+	'42000|0|14|1|420|refusal_rate=0.081 vs baseline 0.012',
+	"the article's refusal regression trips 7 minutes into the ramp");
 is(result('sim_errors'),
-	'3000|0|1|1|30|new-model error_rate=0.052 > 0.02',
-	'errors 5 % vs 1 % trip at the first check');
+	'33000|0|11|1|330|new-model error_rate=0.048 > 0.02',
+	'errors 5 % vs 1 % trip at the first check that can confirm (330 s)');
 is(result('sim_p95'),
-	'3000|0|1|1|30|new-model p95=4215 > 1.5x baseline (2228)',
-	'a p95 twice the control trips at the first check');
+	'33000|0|11|1|330|new-model p95=4301 > 1.5x baseline (2188)',
+	'a p95 twice the control trips at the first check that can confirm (330 s)');
 is(result('sim_thumbs'),
-	'3000|0|1|1|30|thumbs_down_rate=0.071 > 2x baseline 0.019',
-	'thumbs-down three times the control trips at the first check');
+	'33000|0|11|1|330|thumbs_down_rate=0.068 > 2x baseline 0.021',
+	'thumbs-down three times the control trips at the first check that can confirm (330 s)');
 is(result('sim_slight'), '360000|0|120|0',
 	'errors 1.5 % vs 1 % at ramp_1 do not trip in one simulated hour');
 

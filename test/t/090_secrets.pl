@@ -151,7 +151,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM canary_shadow
 # --- trips and alerts: by hand and by the kill switch
 run_sql(q{SELECT canary_trip('r-s-oa-ok', 'drill')});
 $node->safe_psql('postgres', q{
-INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('r-trip', 'ramp_5', 's-oa-ok', 's-an-echo401');
+INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows) VALUES ('r-trip', 'ramp_5', 's-oa-ok', 's-an-echo401', 1);
 SELECT count(canary_record(canary => 'r-trip', user_id => 'c' || i, model => 's-oa-ok', cohort => 'control',
                            outcome => 'ok', latency_ms => 50, ts => now() - interval '10 seconds'))
   FROM generate_series(1, 300) i;
