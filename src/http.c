@@ -46,12 +46,7 @@ static int	canary_max_response_bytes = 8 * 1024 * 1024;
 /* The response of one request, collected by the callbacks (malloc'd). */
 typedef struct HttpResponse
 {
-	char	   *data;			/* malloc'd, NUL-terminated, or NULL */
-	size_t		len;
-	size_t		cap;
-	size_t		limit;			/* llm_canary.max_response_bytes */
-	bool		too_large;		/* the write callback stopped the transfer */
-	bool		no_memory;
+	CanaryBody	body;
 	double		retry_after_ms; /* Retry-After of this response, -1 if none */
 } HttpResponse;
 
@@ -89,39 +84,54 @@ HttpDefineSettings(void)
  * ----------------------------------------------------------------------
  */
 
-static size_t
-HttpWriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata)
+/*
+ * CanaryBodyWrite
+ *		libcurl write callback appending to the CanaryBody in userdata, up to
+ *		its limit (past it the transfer stops with CURLE_WRITE_ERROR and
+ *		too_large is set).  Never raises; grows with realloc.
+ */
+size_t
+CanaryBodyWrite(char *ptr, size_t size, size_t nmemb, void *userdata)
 {
-	HttpResponse *resp = (HttpResponse *) userdata;
+	CanaryBody *body = (CanaryBody *) userdata;
 	size_t		n = size * nmemb;
 
-	if (n > resp->limit || resp->len > resp->limit - n)
+	if (n > body->limit || body->len > body->limit - n)
 	{
-		resp->too_large = true;
+		body->too_large = true;
 		return 0;				/* CURLE_WRITE_ERROR */
 	}
-	if (resp->len + n + 1 > resp->cap)
+	if (body->len + n + 1 > body->cap)
 	{
-		size_t		newcap = Max(resp->cap * 2, 16384);
+		size_t		newcap = Max(body->cap * 2, 16384);
 		char	   *p;
 
-		while (newcap < resp->len + n + 1)
+		while (newcap < body->len + n + 1)
 			newcap *= 2;
-		if (newcap > resp->limit + 1)
-			newcap = resp->limit + 1;
-		p = realloc(resp->data, newcap);
+		if (newcap > body->limit + 1)
+			newcap = body->limit + 1;
+		p = realloc(body->data, newcap);
 		if (p == NULL)
 		{
-			resp->no_memory = true;
+			body->no_memory = true;
 			return 0;
 		}
-		resp->data = p;
-		resp->cap = newcap;
+		body->data = p;
+		body->cap = newcap;
 	}
-	memcpy(resp->data + resp->len, ptr, n);
-	resp->len += n;
-	resp->data[resp->len] = '\0';
+	memcpy(body->data + body->len, ptr, n);
+	body->len += n;
+	body->data[body->len] = '\0';
 	return n;
+}
+
+/* Free what body holds and make it empty, accepting up to limit bytes. */
+void
+CanaryBodyReset(CanaryBody *body, size_t limit)
+{
+	free(body->data);
+	memset(body, 0, sizeof(*body));
+	body->limit = limit;
 }
 
 /* Pick up Retry-After (seconds, possibly fractional; an HTTP-date is ignored). */
@@ -182,8 +192,7 @@ HttpAtExit(int code, Datum arg)
 static void
 HttpResponseFree(void)
 {
-	free(HttpResp.data);
-	memset(&HttpResp, 0, sizeof(HttpResp));
+	CanaryBodyReset(&HttpResp.body, 0);
 	HttpResp.retry_after_ms = -1;
 }
 
@@ -232,8 +241,8 @@ HttpGetHandle(void)
 	curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "");
 	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, HttpProgressCallback);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, HttpWriteCallback);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &HttpResp);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, CanaryBodyWrite);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &HttpResp.body);
 	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, HttpHeaderCallback);
 	curl_easy_setopt(h, CURLOPT_HEADERDATA, &HttpResp);
 	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, HttpErrorBuffer);
@@ -375,7 +384,7 @@ HttpPerform(CURL *h, const char *url, const char *body, size_t body_len,
 	CURLcode	rc;
 
 	HttpResponseFree();
-	HttpResp.limit = (size_t) canary_max_response_bytes;
+	HttpResp.body.limit = (size_t) canary_max_response_bytes;
 	HttpErrorBuffer[0] = '\0';
 
 	curl_easy_setopt(h, CURLOPT_URL, url);
@@ -484,12 +493,12 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 				retryable = status == 429 || (status >= 500 && status <= 599);
 				if (!retryable || n >= model->max_retries)
 				{
-					ProviderParseResponse(model, (int) status, HttpResp.data,
-										  HttpResp.len, attempt);
+					ProviderParseResponse(model, (int) status, HttpResp.body.data,
+										  HttpResp.body.len, attempt);
 					break;
 				}
 			}
-			else if (HttpResp.too_large)
+			else if (HttpResp.body.too_large)
 			{
 				attempt->error = pstrdup("response_too_large");
 				attempt->error_detail =
@@ -497,7 +506,7 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 							 canary_max_response_bytes);
 				break;
 			}
-			else if (HttpResp.no_memory)
+			else if (HttpResp.body.no_memory)
 				ereport(ERROR,
 						(errcode(ERRCODE_OUT_OF_MEMORY),
 						 errmsg("out of memory"),
@@ -539,8 +548,8 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 			if (ElapsedMs(start) + wait_ms >= model->timeout_ms)
 			{
 				if (rc == CURLE_OK)
-					ProviderParseResponse(model, (int) status, HttpResp.data,
-										  HttpResp.len, attempt);
+					ProviderParseResponse(model, (int) status, HttpResp.body.data,
+										  HttpResp.body.len, attempt);
 				break;
 			}
 			HttpResponseFree();

@@ -46,7 +46,24 @@ extern const char *ProviderParseEmbeddings(int http_status, const char *body,
 										   size_t len, double *cosine,
 										   const char **detail);
 
+/*
+ * A response body collected by a libcurl write callback.  malloc'd, never
+ * palloc'd: libcurl callbacks must not raise errors.  Used by the backend
+ * transport (http.c) and the shadow worker (shadow_worker.c).
+ */
+typedef struct CanaryBody
+{
+	char	   *data;			/* NUL-terminated, or NULL */
+	size_t		len;
+	size_t		cap;
+	size_t		limit;			/* llm_canary.max_response_bytes */
+	bool		too_large;		/* the write callback stopped the transfer */
+	bool		no_memory;
+} CanaryBody;
+
 /* http.c */
+extern size_t CanaryBodyWrite(char *ptr, size_t size, size_t nmemb, void *userdata);
+extern void CanaryBodyReset(CanaryBody *body, size_t limit);
 extern void HttpDefineSettings(void);
 extern void HttpCallModel(const CanaryModel *model, const char *prompt,
 						  CanaryAttempt *attempt);

@@ -104,12 +104,7 @@ typedef struct ShadowJob
 	struct curl_slist *headers;
 	char	   *url;
 	char	   *body;
-	char	   *resp;			/* malloc'd by the write callback */
-	size_t		resp_len;
-	size_t		resp_cap;
-	size_t		resp_max;
-	bool		resp_too_large;
-	bool		resp_oom;
+	CanaryBody	response;		/* malloc'd by the write callback */
 	char		errbuf[CURL_ERROR_SIZE];
 	TimestampTz started;
 
@@ -198,37 +193,6 @@ ShadowTimerCallback(CURLM *multi, long timeout_ms, void *userp)
 	return 0;
 }
 
-static size_t
-ShadowWriteCallback(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-	ShadowJob  *job = (ShadowJob *) userdata;
-	size_t		n = size * nmemb;
-
-	if (job->resp_len + n > job->resp_max)
-	{
-		job->resp_too_large = true;
-		return 0;				/* aborts the transfer: CURLE_WRITE_ERROR */
-	}
-	if (job->resp_len + n + 1 > job->resp_cap)
-	{
-		size_t		cap = Max(job->resp_cap * 2, job->resp_len + n + 1);
-		char	   *p;
-
-		cap = Max(Min(cap, job->resp_max + 1), job->resp_len + n + 1);
-		p = realloc(job->resp, cap);
-		if (p == NULL)
-		{
-			job->resp_oom = true;
-			return 0;
-		}
-		job->resp = p;
-		job->resp_cap = cap;
-	}
-	memcpy(job->resp + job->resp_len, ptr, n);
-	job->resp_len += n;
-	job->resp[job->resp_len] = '\0';
-	return n;
-}
 
 /* ---------------------------------------------------------------------
  * jobs
@@ -252,13 +216,7 @@ ShadowJobReleaseCurl(ShadowJob *job)
 		curl_slist_free_all(job->headers);
 		job->headers = NULL;
 	}
-	if (job->resp != NULL)
-	{
-		free(job->resp);
-		job->resp = NULL;
-	}
-	job->resp_len = 0;
-	job->resp_cap = 0;
+	CanaryBodyReset(&job->response, 0);
 }
 
 /* Memory context callback: the job's context goes, so do its curl objects. */
@@ -391,10 +349,7 @@ ShadowJobStart(ShadowJob *job, const CanaryModel *m)
 		return "out_of_memory";
 	job->easy = easy;
 	shadow_running++;			/* balanced in ShadowJobReleaseCurl */
-	job->resp_max = ShadowMaxResponseBytes();
-	job->resp_len = 0;
-	job->resp_too_large = false;
-	job->resp_oom = false;
+	CanaryBodyReset(&job->response, ShadowMaxResponseBytes());
 	job->errbuf[0] = '\0';
 
 	snprintf(line, sizeof(line), "Content-Type: application/json");
@@ -434,8 +389,8 @@ ShadowJobStart(ShadowJob *job, const CanaryModel *m)
 		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen(job->body)) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->body) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, job->headers) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, ShadowWriteCallback) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_WRITEDATA, job) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, CanaryBodyWrite) == CURLE_OK &&
+		curl_easy_setopt(easy, CURLOPT_WRITEDATA, &job->response) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, job->errbuf) == CURLE_OK &&
 		curl_easy_setopt(easy, CURLOPT_PRIVATE, job) == CURLE_OK;
 	explicit_bzero(line, sizeof(line));
@@ -463,9 +418,9 @@ ShadowJobStart(ShadowJob *job, const CanaryModel *m)
 static const char *
 ShadowCurlErrorCode(ShadowJob *job, CURLcode rc)
 {
-	if (job->resp_too_large)
+	if (job->response.too_large)
 		return "response_too_large";
-	if (job->resp_oom)
+	if (job->response.no_memory)
 		return "out_of_memory";
 	switch (rc)
 	{
@@ -510,8 +465,8 @@ ShadowEmbedCompleted(ShadowJob *job, CURLcode rc)
 	{
 		curl_easy_getinfo(job->easy, CURLINFO_RESPONSE_CODE, &status);
 		old = MemoryContextSwitchTo(job->cxt);
-		err = ProviderParseEmbeddings((int) status, job->resp ? job->resp : "",
-									  job->resp_len, &job->similarity, &detail);
+		err = ProviderParseEmbeddings((int) status, job->response.data ? job->response.data : "",
+									  job->response.len, &job->similarity, &detail);
 		MemoryContextSwitchTo(old);
 	}
 	ShadowJobReleaseCurl(job);
@@ -586,7 +541,7 @@ ShadowJobCompleted(ShadowJob *job, CURLcode rc)
 		PG_TRY();
 		{
 			ProviderParseResponse(&job->model, (int) status,
-								  job->resp ? job->resp : "", job->resp_len, &a);
+								  job->response.data ? job->response.data : "", job->response.len, &a);
 		}
 		PG_CATCH();
 		{
