@@ -405,6 +405,44 @@ ApplyRules(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *b
 	return NULL;
 }
 
+/* Both cohorts of one window and the baseline the rules compare against. */
+typedef struct WindowSummary
+{
+	CohortWindow control;
+	CohortWindow canary;
+	CohortWindow baseline;
+	bool		has_base;
+	bool		from_history;	/* baseline from a stored control summary */
+	TimestampTz baseline_from;
+} WindowSummary;
+
+/*
+ * SummariseWindow
+ *		Summarise the window ending at 'at': the control cohort, the baseline
+ *		(the control cohort, or at stage full the last stored control
+ *		summary), then the canary cohort with its slow share.
+ */
+static void
+SummariseWindow(const char *schema, const RolloutRules *rr, TimestampTz at,
+				WindowSummary *w)
+{
+	memset(w, 0, sizeof(*w));
+	SummariseCohort(schema, rr, at, "control", 0, &w->control);
+	if (w->control.samples > 0)
+	{
+		w->baseline = w->control;
+		w->has_base = true;
+	}
+	else
+	{
+		w->has_base = LastControlBaseline(schema, rr, at, &w->baseline, &w->baseline_from);
+		w->from_history = w->has_base;
+	}
+	SummariseCohort(schema, rr, at, "canary",
+					w->has_base && w->baseline.has_p95 ? w->baseline.p95 * rr->p95_ratio : 0,
+					&w->canary);
+}
+
 /*
  * WindowBreaches
  *		Does the window ending at 'at' breach rule (without storing a
@@ -414,28 +452,11 @@ static bool
 WindowBreaches(const char *schema, const RolloutRules *rr, TimestampTz at,
 			   CanaryRule rule)
 {
-	CohortWindow control;
-	CohortWindow canary;
-	CohortWindow baseline;
-	bool		has_base;
-	TimestampTz from;
+	WindowSummary w;
 	CanaryRule	found;
 
-	memset(&control, 0, sizeof(control));
-	memset(&canary, 0, sizeof(canary));
-	memset(&baseline, 0, sizeof(baseline));
-	SummariseCohort(schema, rr, at, "control", 0, &control);
-	if (control.samples > 0)
-	{
-		baseline = control;
-		has_base = true;
-	}
-	else
-		has_base = LastControlBaseline(schema, rr, at, &baseline, &from);
-	SummariseCohort(schema, rr, at, "canary",
-					has_base && baseline.has_p95 ? baseline.p95 * rr->p95_ratio : 0,
-					&canary);
-	return ApplyRules(rr, &canary, &baseline, has_base, &found) != NULL &&
+	SummariseWindow(schema, rr, at, &w);
+	return ApplyRules(rr, &w.canary, &w.baseline, w.has_base, &found) != NULL &&
 		found == rule;
 }
 
@@ -443,39 +464,15 @@ WindowBreaches(const char *schema, const RolloutRules *rr, TimestampTz at,
 static char *
 CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 {
-	CohortWindow control;
-	CohortWindow canary;
-	CohortWindow baseline;
-	bool		has_base;
-	bool		from_history = false;
-	TimestampTz baseline_from = 0;
+	WindowSummary w;
 	char	   *reason;
 	CanaryRule	rule;
 
-	memset(&control, 0, sizeof(control));
-	memset(&canary, 0, sizeof(canary));
-	memset(&baseline, 0, sizeof(baseline));
+	SummariseWindow(schema, rr, at, &w);
+	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0);
+	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from);
 
-	SummariseCohort(schema, rr, at, "control", 0, &control);
-	if (control.samples > 0)
-	{
-		baseline = control;
-		has_base = true;
-	}
-	else
-	{
-		has_base = LastControlBaseline(schema, rr, at, &baseline, &baseline_from);
-		from_history = has_base;
-	}
-
-	SummariseCohort(schema, rr, at, "canary",
-					has_base && baseline.has_p95 ? baseline.p95 * rr->p95_ratio : 0,
-					&canary);
-
-	StoreSummary(schema, rr, at, "control", &control, false, false, 0);
-	StoreSummary(schema, rr, at, "canary", &canary, true, from_history, baseline_from);
-
-	reason = ApplyRules(rr, &canary, &baseline, has_base, &rule);
+	reason = ApplyRules(rr, &w.canary, &w.baseline, w.has_base, &rule);
 
 	/*
 	 * Confirmation: the same rule must also breach in the confirm_windows - 1
@@ -506,8 +503,8 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 						 schema);
 		args[0] = CStringGetTextDatum(rr->name);
 		args[1] = CStringGetTextDatum(reason);
-		args[2] = Int64GetDatum(canary.samples);
-		args[3] = Int64GetDatum(control.samples);
+		args[2] = Int64GetDatum(w.canary.samples);
+		args[3] = Int64GetDatum(w.control.samples);
 		ret = SPI_execute_with_args(sql.data, 4, types, args, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "could not trip the kill switch: SPI error %d", ret);
