@@ -15,19 +15,14 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use HTTP::Tiny;
+use FindBin;
+use lib $FindBin::Bin;
+use MockLLM;
 use Time::HiRes qw(time);
 
 my $mock = $ENV{LLM_CANARY_MOCK_URL}
   or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
 my $http = HTTP::Tiny->new(timeout => 5);
-
-sub mock_profile
-{
-	my ($model, $json) = @_;
-	my $r = $http->request('PUT', "$mock/_mock/models/$model",
-		{ content => $json, headers => { 'content-type' => 'application/json' } });
-	die "mock PUT $model failed: $r->{status} $r->{content}" unless $r->{success};
-}
 
 # Would resolving "llm-canary-test.invalid" leave the machine?  RFC 6761
 # reserves .invalid, but glibc does not special-case it: with "dns" in the

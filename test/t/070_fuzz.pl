@@ -15,6 +15,9 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use HTTP::Tiny;
+use FindBin;
+use lib $FindBin::Bin;
+use MockLLM;
 use Time::HiRes qw(time);
 
 my $mock = $ENV{LLM_CANARY_MOCK_URL}
@@ -22,14 +25,6 @@ my $mock = $ENV{LLM_CANARY_MOCK_URL}
 my $n = $ENV{LLM_CANARY_FUZZ_N} || 3000;
 my $seed = $ENV{LLM_CANARY_FUZZ_SEED} // 1;
 my $http = HTTP::Tiny->new(timeout => 5);
-
-sub mock_profile
-{
-	my ($model, $json) = @_;
-	my $r = $http->request('PUT', "$mock/_mock/models/$model",
-		{ content => $json, headers => { 'content-type' => 'application/json' } });
-	die "mock PUT $model failed: $r->{status} $r->{content}" unless $r->{success};
-}
 
 my $node = PostgreSQL::Test::Cluster->new('fuzz');
 $node->init;
