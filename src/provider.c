@@ -49,21 +49,29 @@
 #define DETAIL_MAX_BYTES	500
 
 /*
- * ProviderRequestUrl
- *		{base_url}/chat/completions (openai) or {base_url}/messages
- *		(anthropic), without doubling a trailing slash of base_url.
+ * ModelUrl
+ *		{base_url}/{endpoint}, without doubling a trailing slash of base_url.
  *		palloc'd in the current memory context.
  */
-char *
-ProviderRequestUrl(const CanaryModel *model)
+static char *
+ModelUrl(const CanaryModel *model, const char *endpoint)
 {
 	int			len = strlen(model->base_url);
 
 	while (len > 0 && model->base_url[len - 1] == '/')
 		len--;
+	return psprintf("%.*s/%s", len, model->base_url, endpoint);
+}
 
-	return psprintf("%.*s/%s", len, model->base_url,
-					model->provider == CANARY_PROVIDER_ANTHROPIC ?
+/*
+ * ProviderRequestUrl
+ *		{base_url}/chat/completions (openai) or {base_url}/messages
+ *		(anthropic).  palloc'd in the current memory context.
+ */
+char *
+ProviderRequestUrl(const CanaryModel *model)
+{
+	return ModelUrl(model, model->provider == CANARY_PROVIDER_ANTHROPIC ?
 					"messages" : "chat/completions");
 }
 
@@ -786,17 +794,12 @@ ProviderRedactKey(const CanaryModel *model, char *s)
 
 /*
  * ProviderEmbeddingsUrl
- *		{base_url}/embeddings, without doubling a trailing slash of
- *		base_url.  palloc'd in the current memory context.
+ *		{base_url}/embeddings.  palloc'd in the current memory context.
  */
 char *
 ProviderEmbeddingsUrl(const CanaryModel *model)
 {
-	int			len = strlen(model->base_url);
-
-	while (len > 0 && model->base_url[len - 1] == '/')
-		len--;
-	return psprintf("%.*s/embeddings", len, model->base_url);
+	return ModelUrl(model, "embeddings");
 }
 
 /*

@@ -570,6 +570,28 @@ ShadowJobCompleted(ShadowJob *job, CURLcode rc)
  */
 
 /*
+ * ShadowRecoverError
+ *		In the PG_CATCH of a per-job lookup inside ShadowTakeJobs' transaction:
+ *		copy the error into cxt, abort the transaction and start a new one
+ *		(with a snapshot) so that the other jobs' lookups go on.  Returns
+ *		the error for the caller to log.
+ */
+static ErrorData *
+ShadowRecoverError(MemoryContext cxt)
+{
+	ErrorData  *edata;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	FlushErrorState();
+	AbortCurrentTransaction();
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	return edata;
+}
+
+/*
  * Take PENDING slots, up to the free concurrency, and start their calls.
  * Looks the new models up in one transaction.
  */
@@ -668,20 +690,13 @@ ShadowTakeJobs(void)
 		}
 		PG_CATCH();
 		{
-			ErrorData  *edata;
+			ErrorData  *edata = ShadowRecoverError(job->cxt);
 
-			MemoryContextSwitchTo(job->cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			AbortCurrentTransaction();
 			ereport(LOG,
 					(errmsg("llm_canary shadow call to model \"%s\" not started", job->new_model),
 					 errdetail_internal("%s", edata->message)));
 			ShadowJobFinish(job, edata->sqlerrcode == ERRCODE_UNDEFINED_OBJECT ?
 							"unknown_model" : "request_build", GetCurrentTimestamp());
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
 		}
 		PG_END_TRY();
 
@@ -699,20 +714,13 @@ ShadowTakeJobs(void)
 			}
 			PG_CATCH();
 			{
-				ErrorData  *edata;
+				ErrorData  *edata = ShadowRecoverError(job->cxt);
 
-				MemoryContextSwitchTo(job->cxt);
-				edata = CopyErrorData();
-				FlushErrorState();
-				AbortCurrentTransaction();
 				ereport(LOG,
 						(errmsg("llm_canary shadow similarity with model \"%s\" is lexical",
 								job->embed_model.name),
 						 errdetail_internal("%s", edata->message)));
 				job->has_embed_model = false;
-				SetCurrentStatementStartTimestamp();
-				StartTransactionCommand();
-				PushActiveSnapshot(GetTransactionSnapshot());
 			}
 			PG_END_TRY();
 		}
