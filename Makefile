@@ -1,15 +1,20 @@
 # llm_canary: PGXS build.
 #
-# The C sources are every file in src/ (one concern per file); the install
-# script is generated from the ordered parts in sql/parts/; the regression
-# tests are every file in test/sql/ (expected output in expected/).
+# The C sources are every file in src/ (one concern per file).  The install
+# script of the current version is generated from the ordered parts in
+# sql/parts/; released install scripts (sql/llm_canary--1.0.sql) are frozen
+# as shipped and never edited.  Each upgrade script is generated from the
+# ordered fragments in sql/updates/FROM--TO/.  The regression tests are
+# every file in test/sql/ (expected output in expected/).
 
 EXTENSION   = llm_canary
-EXTVERSION  = 1.0
+EXTVERSION  = 1.1
 MODULE_big  = llm_canary
 OBJS        = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
-DATA_built  = sql/$(EXTENSION)--$(EXTVERSION).sql
+DATA        = sql/$(EXTENSION)--1.0.sql
+DATA_built  = sql/$(EXTENSION)--$(EXTVERSION).sql sql/$(EXTENSION)--1.0--1.1.sql
 SQL_PARTS   = $(sort $(wildcard sql/parts/*.sql))
+UPDATE_1_1  = $(sort $(wildcard sql/updates/1.0--1.1/*.sql))
 
 PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
@@ -28,6 +33,9 @@ include $(PGXS)
 $(OBJS): $(wildcard src/*.h)
 
 sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
+	cat $^ > $@
+
+sql/$(EXTENSION)--1.0--1.1.sql: $(UPDATE_1_1)
 	cat $^ > $@
 
 # Integration tests (TAP, PostgreSQL::Test::Cluster) live in test/t/.
