@@ -9,7 +9,7 @@
  *	   -> routing.c   (which model serves a user)
  *	   -> call.c      (canary_call: provider HTTP, fallback, metrics enqueue)
  *	   -> metrics queue in shared memory -> worker.c (batched writes, shadow calls)
- *	   -> monitor.c   (window summaries, kill switch, CSAT) reads the tables.
+ *	   -> killswitch.c (window summaries, kill switch, CSAT) reads the tables.
  *
  * llm_canary.c holds _PG_init and the settings; util.c small helpers.
  *
@@ -29,7 +29,7 @@ extern int	canary_queue_full_wait_ms;
 extern int	canary_flush_interval_ms;
 extern int	canary_retention_days;
 
-/* monitor.c */
+/* killswitch.c */
 extern int	canary_check_interval;
 extern char *canary_webhook_url;
 extern void MonitorDefineSettings(void);

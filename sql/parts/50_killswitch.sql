@@ -1,6 +1,6 @@
 /*
  * The monitor: window summaries, the kill switch, alerts, the slow CSAT
- * signal and scheduling.  canary_check is in src/monitor.c; the rest is SQL.
+ * signal and scheduling.  canary_check is in src/killswitch.c; the rest is SQL.
  */
 
 CREATE TABLE canary_window_summaries (

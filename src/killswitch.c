@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * monitor.c
+ * killswitch.c
  *	  canary_check: the kill switch.  Summarises the last window of
  *	  canary_requests per cohort, stores the summaries, applies the
  *	  article's four rules with a noise guard, and trips the switch.
