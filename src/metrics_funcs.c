@@ -263,6 +263,33 @@ canary_flush(PG_FUNCTION_ARGS)
 }
 
 /*
+ * canary_wait_metrics(timeout interval) RETURNS boolean
+ *
+ * Wait at most timeout until every metric record enqueued before the call
+ * was written; unlike canary_flush, never for shadow jobs, and never an
+ * error (but 57014 on cancel): false when the worker did not write them in
+ * time or does not serve this database.  canary_feedback waits with it.
+ */
+PG_FUNCTION_INFO_V1(canary_wait_metrics);
+Datum
+canary_wait_metrics(PG_FUNCTION_ARGS)
+{
+	long		timeout_ms = IntervalMs(PG_GETARG_INTERVAL_P(0));
+	char	   *dbname;
+	uint64		target;
+
+	if (!CanaryLibraryPreloaded())
+		PG_RETURN_BOOL(false);
+	dbname = get_database_name(MyDatabaseId);
+	if (dbname == NULL || canary_database_name == NULL ||
+		strcmp(dbname, canary_database_name) != 0)
+		PG_RETURN_BOOL(false);
+	target = MetricsEnqueuedSoFar();
+	MetricsRequestFlush();
+	PG_RETURN_BOOL(MetricsWaitWritten(target, timeout_ms));
+}
+
+/*
  * canary_stats() RETURNS TABLE (queue_capacity, queue_depth, enqueued,
  *		dropped, written, write_errors, batches, last_write_at, worker_pid,
  *		worker_state, database)

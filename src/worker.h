@@ -1,8 +1,16 @@
 /*-------------------------------------------------------------------------
  *
  * worker.h
- *	  The llm_canary background worker: writes the metrics queue to
- *	  canary_requests in batches and runs the daily partition maintenance.
+ *	  The llm_canary background processes (all connect to
+ *	  llm_canary.database_name but the launcher):
+ *
+ *	  - launcher.c: "llm_canary launcher", registered at preload, connected
+ *		to no database; waits (quietly) until the database exists, then
+ *		starts the two workers below and starts them again when they exit;
+ *	  - worker.c: "llm_canary worker", the metrics queue to canary_requests
+ *		and every outbound transfer on one libcurl multi loop (shadow calls);
+ *	  - monitor_worker.c: "llm_canary monitor", the slow periodic jobs: the
+ *		kill-switch check, alert webhooks, partition maintenance.
  *
  *-------------------------------------------------------------------------
  */
@@ -11,13 +19,36 @@
 
 #include "postgres.h"
 
-/* Register the worker; call from _PG_init while preloading. */
+#include <signal.h>
+
+#define WORKER_EXTENSION_RECHECK_MS 1000	/* while llm_canary is not installed */
+#define WORKER_RESTART_MS			5000	/* a worker that exited starts again */
+
+/* launcher.c: register the launcher; call from _PG_init while preloading. */
 extern void WorkerRegister(void);
 
-/* webhook.c: deliver pending alerts (worker transaction, SPI connected) */
-extern void WebhookDeliverPending(const char *schema);
+/* worker.c: what every worker shares */
+typedef enum WorkerStepResult
+{
+	WORKER_STEP_OK,
+	WORKER_STEP_NO_EXTENSION,	/* llm_canary is not installed here */
+	WORKER_STEP_FAILED			/* the transaction raised an error (logged) */
+} WorkerStepResult;
 
-/* Entry point, named in the BackgroundWorker registration. */
+typedef void (*WorkerStepFn) (const char *schema, void *arg);
+
+extern volatile sig_atomic_t worker_got_sigterm;
+extern void WorkerSigterm(SIGNAL_ARGS);
+extern void WorkerConnect(const char *appname);
+extern WorkerStepResult WorkerRunStep(const char *activity, WorkerStepFn fn, void *arg);
+extern bool WorkerLauncherGone(Datum main_arg);
+
+/* webhook.c: alert delivery, one alert per call (monitor worker) */
+extern bool WebhookDeliverNext(void);
+
+/* Entry points, named in the BackgroundWorker registrations. */
+extern PGDLLEXPORT void CanaryLauncherMain(Datum main_arg);
 extern PGDLLEXPORT void CanaryWorkerMain(Datum main_arg);
+extern PGDLLEXPORT void CanaryMonitorMain(Datum main_arg);
 
 #endif							/* LLM_CANARY_WORKER_H */
