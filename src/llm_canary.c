@@ -17,6 +17,7 @@
 #include "utils/guc.h"
 
 #include "cache.h"
+#include "chat.h"
 #include "config.h"
 #include "llm_canary.h"
 #include "metrics.h"
@@ -129,6 +130,7 @@ _PG_init(void)
 	}
 
 	HttpDefineSettings();
+	ChatDefineSettings();
 	CacheDefineSettings();
 	ShadowDefineSettings();
 	MonitorDefineSettings();
