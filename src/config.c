@@ -34,7 +34,7 @@
 #include "utils/snapmgr.h"
 
 #include "config.h"
-#include "llm_canary.h"
+#include "extension.h"
 
 typedef struct RolloutEntry
 {
