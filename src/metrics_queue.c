@@ -315,12 +315,16 @@ MetricsCountCall(void)
 	slot = &CallSlots[MyProc->pgprocno];
 	if (!CallSlotClaimed)
 	{
-		/* the slot is ours alone while we live: reset, then publish */
+		/*
+		 * The slot is ours alone while we live.  Register its release first
+		 * (that can raise), then reset and publish, so a published slot
+		 * always has a release.
+		 */
+		before_shmem_exit(CallSlotRelease, Int32GetDatum(MyProc->pgprocno));
+		CallSlotClaimed = true;
 		pg_atomic_write_u64(&slot->calls, 0);
 		pg_write_barrier();
 		pg_atomic_write_u32(&slot->pid, (uint32) MyProcPid);
-		before_shmem_exit(CallSlotRelease, Int32GetDatum(MyProc->pgprocno));
-		CallSlotClaimed = true;
 	}
 	pg_atomic_fetch_add_u64(&slot->calls, 1);
 }
@@ -479,17 +483,21 @@ WorkerDetach(int code, Datum arg)
 	ConditionVariableBroadcast(&Shared->written_cv);
 }
 
-/* Publish this process as the worker serving database dboid. */
+/*
+ * Publish this process as the worker serving database dboid.  The detach
+ * callback is registered first (that can raise), so a published worker is
+ * always unpublished when it exits.
+ */
 void
 MetricsWorkerAttach(Oid dboid)
 {
+	before_shmem_exit(WorkerDetach, (Datum) 0);
 	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
 	Shared->worker_pid = MyProcPid;
 	Shared->worker_latch = MyLatch;
 	Shared->worker_state = CANARY_WORKER_STARTING;
 	Shared->worker_dboid = dboid;
 	LWLockRelease(Shared->lock);
-	before_shmem_exit(WorkerDetach, (Datum) 0);
 }
 
 void
