@@ -48,7 +48,7 @@
 #include "utils/timestamp.h"
 
 #include "cache.h"
-#include "llm_canary.h"
+#include "util.h"
 
 /* settings */
 int			canary_response_cache_ttl = 0;

@@ -26,11 +26,11 @@
 
 #include "cache.h"
 #include "config.h"
-#include "llm_canary.h"
 #include "metrics.h"
 #include "provider.h"
 #include "routing.h"
 #include "shadow.h"
+#include "util.h"
 
 /* What one canary_call needs to know about itself, for the records. */
 typedef struct CallContext
