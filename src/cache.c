@@ -49,7 +49,7 @@
 
 #include "cache.h"
 #include "chat.h"
-#include "llm_canary.h"
+#include "util.h"
 
 /* settings */
 int			canary_response_cache_ttl = 0;

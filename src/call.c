@@ -29,11 +29,11 @@
 #include "call.h"
 #include "chat.h"
 #include "config.h"
-#include "llm_canary.h"
 #include "metrics.h"
 #include "provider.h"
 #include "routing.h"
 #include "shadow.h"
+#include "util.h"
 
 /*
  * RecordAttempt
