@@ -36,6 +36,7 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 
+#include "batch.h"
 #include "cache.h"
 #include "chat.h"
 #include "config.h"
@@ -61,6 +62,7 @@ CanaryShmemRequest(void)
 		prev_shmem_request_hook();
 	MetricsRequestShmem();
 	ShadowRequestShmem();
+	BatchRequestShmem();
 }
 
 /* shmem_startup_hook: create or attach to the metrics queue and shadow slots. */
@@ -71,6 +73,7 @@ CanaryShmemStartup(void)
 		prev_shmem_startup_hook();
 	MetricsInitShmem();
 	ShadowInitShmem();
+	BatchInitShmem();
 }
 
 /* Chain the shared memory hooks; only while preloading. */
@@ -94,6 +97,7 @@ _PG_init(void)
 	WebhookInit();
 	HttpDefineSettings();
 	ChatDefineSettings();
+	BatchDefineSettings();
 	CacheDefineSettings();
 	ShadowDefineSettings();
 	ShmemInit();
