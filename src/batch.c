@@ -586,16 +586,23 @@ AbortForInterrupt(BatchEngine *e)
 	{
 		BatchItem  *item = (BatchItem *) lfirst(lc);
 
-		if (item->state == BATCH_ITEM_RUNNING || item->state == BATCH_ITEM_QUEUED)
+		if (!item->began || item->state == BATCH_ITEM_DONE)
+			continue;
+		if (item->state == BATCH_ITEM_SETTLE &&
+			!(item->attempt.error && strcmp(item->attempt.error, "canceled") == 0))
+		{
+			/* an attempt that ended before the cancel: record it as it is */
+			CallAttemptRecord(&item->call, &item->attempt);
+		}
+		else
 		{
 			TimestampTz start = GetCurrentTimestamp() -
 				(int64) ((EngineNow(e) - item->attempt_start_ms) * 1000.0);
 
 			ReleaseTransfer(e, item);
-			if (item->began)
-				CallAttemptCanceled(&item->call, start);
-			item->state = BATCH_ITEM_DONE;
+			CallAttemptCanceled(&item->call, start);
 		}
+		item->state = BATCH_ITEM_DONE;
 	}
 	CHECK_FOR_INTERRUPTS();
 }

@@ -375,6 +375,18 @@ CallAttemptCanceled(CanaryCall *call, TimestampTz attempt_start)
 	RecordAttempt(call, call->model, &failed, call->fallback);
 }
 
+/*
+ * CallAttemptRecord
+ *		Record attempt a as it is, nothing else (no refusal patterns, cache
+ *		or shadow: for an attempt that ended just before a cancel).  Never
+ *		raises.
+ */
+void
+CallAttemptRecord(CanaryCall *call, const CanaryAttempt *a)
+{
+	RecordAttempt(call, call->model, a, call->fallback);
+}
+
 bool
 CallFailed(const CanaryCall *call)
 {

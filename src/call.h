@@ -60,6 +60,7 @@ extern void CallBegin(CanaryCall *call, const CanaryRequest *req,
 extern bool CallCacheLookup(CanaryCall *call, CanaryAttempt *a);
 extern void CallAttemptDone(CanaryCall *call, CanaryAttempt *a);
 extern void CallAttemptCanceled(CanaryCall *call, TimestampTz attempt_start);
+extern void CallAttemptRecord(CanaryCall *call, const CanaryAttempt *a);
 extern bool CallNextModel(CanaryCall *call);
 extern bool CallFailed(const CanaryCall *call);
 extern void CallRaiseFailure(const CanaryCall *call);
