@@ -40,7 +40,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "llm_canary.h"
+#include "extension.h"
 #include "worker.h"
 
 #define LAUNCHER_TICK_MS	1000	/* the database is looked for this often */
@@ -60,12 +60,12 @@ static LauncherChild children[] = {
 };
 
 /*
- * WorkerRegister
- *		Register the launcher with the postmaster.  Caller: _PG_init, while
- *		shared_preload_libraries is being processed.
+ * LauncherRegister
+ *		Register the launcher with the postmaster.  Caller: WorkerInit,
+ *		while shared_preload_libraries is being processed.
  */
 void
-WorkerRegister(void)
+LauncherRegister(void)
 {
 	BackgroundWorker worker;
 
@@ -104,7 +104,7 @@ LauncherDatabaseExists(void)
 	{
 		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
 
-		exists = strcmp(NameStr(db->datname), canary_database_name) == 0;
+		exists = strcmp(NameStr(db->datname), WorkerDatabaseName()) == 0;
 	}
 	table_endscan(scan);
 	table_close(rel, AccessShareLock);
@@ -234,7 +234,7 @@ CanaryLauncherMain(Datum main_arg)
 			if (!waiting_logged)
 				ereport(LOG,
 						(errmsg("llm_canary is waiting for database \"%s\" to be created",
-								canary_database_name),
+								WorkerDatabaseName()),
 						 errhint("Create the database, or set llm_canary.database_name to an existing database and restart the server.")));
 			waiting_logged = true;
 		}
@@ -243,7 +243,7 @@ CanaryLauncherMain(Datum main_arg)
 			if (waiting_logged)
 				ereport(LOG,
 						(errmsg("llm_canary found database \"%s\", starting its workers",
-								canary_database_name)));
+								WorkerDatabaseName())));
 			waiting_logged = false;
 			LauncherStartChildren(&slots_logged);
 		}

@@ -37,13 +37,17 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
-#include "llm_canary.h"
+#include "webhook.h"
 #include "worker.h"
 
 #define MONITOR_TICK_MS				1000	/* webhooks are looked at this often */
 #define MONITOR_CHECK_TIMEOUT_MAX_MS 60000
 #define MONITOR_MAINTENANCE_RETRY_MS (10 * 60 * 1000)
 #define MONITOR_ALERTS_PER_STEP		10
+
+/* settings */
+static int	canary_check_interval = 30;
+static int	canary_retention_days = 30;
 
 static MemoryContext LoopContext = NULL;
 
@@ -52,6 +56,32 @@ static TimestampTz next_extension_check = 0;
 static TimestampTz next_maintenance = 0;
 static TimestampTz next_check = 0;
 static TimestampTz next_webhook = 0;
+
+/*
+ * MonitorDefineSettings
+ *		Define the monitor's settings; called by WorkerInit.
+ */
+void
+MonitorDefineSettings(void)
+{
+	DefineCustomIntVariable("llm_canary.check_interval",
+							"Sets how often the background worker runs canary_check, in seconds.",
+							"0 disables the worker's check; pg_cron's minute job still runs. It is also the check's statement timeout (at most 60 s).",
+							&canary_check_interval,
+							30, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	/* read by canary_maintenance(), which the monitor runs daily */
+	DefineCustomIntVariable("llm_canary.retention_days",
+							"Sets how many days of daily partitions of canary_requests and canary_feedback canary_maintenance() keeps.",
+							"Older partitions are dropped; 0 keeps every partition.",
+							&canary_retention_days,
+							30, 0, 36500,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+}
 
 /*
  * The statement timeout of a step: SPI does not arm statement_timeout (only

@@ -43,7 +43,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
-#include "llm_canary.h"
+#include "extension.h"
 #include "shadow.h"
 #include "shadow_internal.h"
 

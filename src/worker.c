@@ -54,7 +54,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "llm_canary.h"
+#include "extension.h"
 #include "metrics.h"
 #include "shadow.h"
 #include "transfers.h"
@@ -68,6 +68,10 @@
 
 volatile sig_atomic_t worker_got_sigterm = false;
 
+/* settings */
+static char *canary_database_name = NULL;
+static int	canary_flush_interval_ms = 100;
+
 static MemoryContext LoopContext = NULL;
 static CanaryMetricRecord *Batch = NULL;	/* WORKER_BATCH_MAX records */
 static WaitEvent ReadyEvents[WORKER_MAX_EVENTS];
@@ -79,6 +83,48 @@ static TimestampTz next_extension_check = 0;
 static TimestampTz next_write_retry = 0;
 static int	write_backoff_ms = 0;
 static bool flush_requested = false;
+
+/*
+ * WorkerInit
+ *		Define the workers' settings and, while shared_preload_libraries is
+ *		being processed, register the launcher (which starts the workers).
+ *		Caller: _PG_init.  The database can only be chosen while preloading;
+ *		loaded later, the library leaves that setting undefined.
+ */
+void
+WorkerInit(void)
+{
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("llm_canary.database_name",
+								   "Sets the database the llm_canary background worker writes metrics to.",
+								   "canary_call works only in this database, since the worker records its metrics there.",
+								   &canary_database_name,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   0,
+								   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm_canary.flush_interval_ms",
+							"Sets how often the background worker writes queued metrics.",
+							"The worker also writes as soon as the queue is a quarter full or canary_flush() is called.",
+							&canary_flush_interval_ms,
+							100, 10, 60000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	MonitorDefineSettings();
+
+	if (process_shared_preload_libraries_in_progress)
+		LauncherRegister();
+}
+
+/* llm_canary.database_name; NULL unless the library was preloaded. */
+const char *
+WorkerDatabaseName(void)
+{
+	return canary_database_name;
+}
 
 /* SIGTERM: ask the loop to drain and exit. */
 void

@@ -24,8 +24,18 @@
 #define WORKER_EXTENSION_RECHECK_MS 1000	/* while llm_canary is not installed */
 #define WORKER_RESTART_MS			5000	/* a worker that exited starts again */
 
-/* launcher.c: register the launcher; call from _PG_init while preloading. */
-extern void WorkerRegister(void);
+/*
+ * worker.c: define the workers' settings and, while preloading, register
+ * the launcher; called from _PG_init.
+ */
+extern void WorkerInit(void);
+
+/* llm_canary.database_name; NULL unless the library was preloaded. */
+extern const char *WorkerDatabaseName(void);
+
+/* launcher.c, monitor_worker.c: called by WorkerInit */
+extern void LauncherRegister(void);
+extern void MonitorDefineSettings(void);
 
 /* worker.c: what every worker shares */
 typedef enum WorkerStepResult
@@ -42,9 +52,6 @@ extern void WorkerSigterm(SIGNAL_ARGS);
 extern void WorkerConnect(const char *appname);
 extern WorkerStepResult WorkerRunStep(const char *activity, WorkerStepFn fn, void *arg);
 extern bool WorkerLauncherGone(Datum main_arg);
-
-/* webhook.c: alert delivery, one alert per call (monitor worker) */
-extern bool WebhookDeliverNext(void);
 
 /* Entry points, named in the BackgroundWorker registrations. */
 extern PGDLLEXPORT void CanaryLauncherMain(Datum main_arg);

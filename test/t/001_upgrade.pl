@@ -17,6 +17,10 @@ $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'llm_canary'
 llm_canary.database_name = 'upgraded'
+# the workers start as soon as the database exists, and their first
+# canary_maintenance() deletes cached answers older than this TTL (all of
+# them when it is off): keep the row this test puts there
+llm_canary.response_cache_ttl = '1h'
 });
 $node->start;
 $node->safe_psql('postgres', 'CREATE DATABASE upgraded');
