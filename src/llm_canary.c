@@ -20,11 +20,15 @@
  *	 cache.c		 the optional response cache
  *	 probe.c		 canary_probe: one call of a model, nothing recorded
  *	 metrics_queue.c the shared-memory queue of metric records
- *	 metrics_funcs.c canary_record, canary_flush, canary_stats
+ *	 metrics_funcs.c canary_record, canary_flush, canary_wait_metrics, canary_stats
+ *	 metrics_write.c a batch of metric records as rows of canary_requests
  *	 shadow.c		 shadow mode, backend side (dispatch to the worker)
- *	 shadow_worker.c shadow mode, worker side (curl multi, rows)
- *	 worker.c		 the background worker's loop
- *	 webhook.c		 alert webhook delivery by the worker
+ *	 shadow_worker.c shadow mode, worker side (jobs, rows)
+ *	 launcher.c		 the launcher: waits for the database, starts the workers
+ *	 worker.c		 the metrics worker's loop (metrics, transfers, shadow jobs)
+ *	 transfers.c	 the metrics worker's libcurl multi loop (socket_action)
+ *	 monitor_worker.c the monitor: kill-switch check, webhooks, maintenance
+ *	 webhook.c		 alert webhook delivery by the monitor
  *	 killswitch.c	 canary_check: window summaries and the kill switch
  *
  *-------------------------------------------------------------------------

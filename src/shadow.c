@@ -360,8 +360,8 @@ ShadowTryCopy(const char *data, Size len, ShadowAllocFault what)
 	ResourceOwner oldowner = CurrentResourceOwner;
 	volatile dsa_pointer dp = InvalidDsaPointer;
 
-	in_alloc_subxact = true;
 	BeginInternalSubTransaction(NULL);
+	in_alloc_subxact = true;	/* its abort is not the call's */
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
@@ -509,10 +509,25 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 
 	/*
 	 * Fill the slot without the lock: nobody else touches a FILLING slot.
-	 * Nothing below raises (ShadowTryCopy catches what the DSA raises), so
-	 * the slot is never left FILLING.
+	 * Nothing below raises (ShadowTryCopy catches what the DSA raises, and
+	 * if it cannot even start its subtransaction the slot is given back
+	 * before the error goes on), so the slot is never left FILLING.
 	 */
-	dp = ShadowTryCopy(prompt, prompt_len, SHADOW_FAULT_PROMPT);
+	PG_TRY();
+	{
+		dp = ShadowTryCopy(prompt, prompt_len, SHADOW_FAULT_PROMPT);
+	}
+	PG_CATCH();
+	{
+		/* not even a subtransaction could start: give the slot back */
+		LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+		ShadowState->bytes_in_use -= prompt_len + 1;
+		slot->state = SHADOW_SLOT_FREE;
+		slot->seq = 0;
+		LWLockRelease(ShadowState->lock);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 
 	slot->backend_pid = MyProcPid;
 	slot->request_id = *request_id;
@@ -568,6 +583,40 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 }
 
 /*
+ * ShadowCopyOldAnswer
+ *		ShadowTryCopy of the old answer of the job (slotno, seq), whose
+ *		text_len + 1 bytes the caller reserved and whose entry it took out
+ *		of open_jobs.  If not even a subtransaction could start, give the
+ *		bytes back and reopen the job before the error goes on, so that the
+ *		abort closes its old half as "missing".
+ */
+static dsa_pointer
+ShadowCopyOldAnswer(const char *text, Size text_len, const pg_uuid_t *request_id,
+					int slotno, uint64 seq)
+{
+	dsa_pointer dp = InvalidDsaPointer;
+
+	PG_TRY();
+	{
+		dp = ShadowTryCopy(text, text_len, SHADOW_FAULT_OLD_ANSWER);
+	}
+	PG_CATCH();
+	{
+		LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+		ShadowState->bytes_in_use -= text_len + 1;
+		LWLockRelease(ShadowState->lock);
+		Assert(n_open_jobs < MAX_OPEN_JOBS);
+		open_jobs[n_open_jobs].request_id = *request_id;
+		open_jobs[n_open_jobs].slot = slotno;
+		open_jobs[n_open_jobs].seq = seq;
+		n_open_jobs++;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return dp;
+}
+
+/*
  * ShadowCompleteOld
  *		Add the old model's answer to the job dispatched for request_id, if
  *		any.  Called by canary_call after the old model answered or failed.
@@ -614,7 +663,7 @@ ShadowCompleteOld(const pg_uuid_t *request_id, const CanaryModel *old_model,
 		}
 		LWLockRelease(ShadowState->lock);
 		if (reserved)
-			dp = ShadowTryCopy(old_attempt->text, text_len, SHADOW_FAULT_OLD_ANSWER);
+			dp = ShadowCopyOldAnswer(old_attempt->text, text_len, request_id, slotno, seq);
 		not_stored = !DsaPointerIsValid(dp);
 		if (reserved && not_stored)
 		{
