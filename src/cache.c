@@ -86,24 +86,21 @@ CacheEnabled(void)
 
 /*
  * CacheComputeKey
- *		The cache key of prompt sent to model.  Allocates (and frees) the
- *		request in the current memory context.
+ *		The cache key of prompt, sent as request (ProviderBuildRequest: the
+ *		same request the transfer sends).  Allocates (and frees) scratch
+ *		memory in the current memory context.
  */
 void
-CacheComputeKey(const CanaryModel *model, const char *prompt, CacheKey *key)
+CacheComputeKey(const char *prompt, const HttpRequest *req, CacheKey *key)
 {
 	uint8		digest[CANARY_SHA256_LEN];
-	char	   *url = ProviderRequestUrl(model);
-	char	   *body = ProviderRequestBody(model, prompt);
-	char	   *request = psprintf("%s\n%s", url, body);
+	char	   *request = psprintf("%s\n%s", req->url, req->body);
 
 	CanarySha256(prompt, strlen(prompt), digest);
 	CanaryHex(digest, CANARY_SHA256_LEN, key->prompt_sha256);
 	CanarySha256(request, strlen(request), digest);
 	CanaryHex(digest, CANARY_SHA256_LEN, key->request_sha256);
 	pfree(request);
-	pfree(body);
-	pfree(url);
 }
 
 /*

@@ -110,14 +110,17 @@ CallAndRecord(const CallContext *cx, const CanaryModel *model,
 	TimestampTz start = GetCurrentTimestamp();
 	CacheKey	key;
 	bool		use_cache = CacheEnabled();
+	HttpRequest req;
 
 	memset(a, 0, sizeof(*a));
 	a->prompt_tokens = -1;
 	a->completion_tokens = -1;
 
+	/* built once: the cache key and the transfer use the same request */
+	ProviderBuildRequest(model, prompt, &req);
 	if (use_cache)
 	{
-		CacheComputeKey(model, prompt, &key);
+		CacheComputeKey(prompt, &req, &key);
 		if (CacheLookup(model, &key, a))
 		{
 			long		secs;
@@ -134,7 +137,7 @@ CallAndRecord(const CallContext *cx, const CanaryModel *model,
 
 	PG_TRY();
 	{
-		HttpCallModel(model, prompt, a);
+		HttpCallModel(model, &req, a);
 	}
 	PG_CATCH();
 	{
@@ -167,63 +170,6 @@ static bool
 AttemptFailed(const CanaryAttempt *a)
 {
 	return a->outcome == CANARY_OUTCOME_ERROR || a->outcome == CANARY_OUTCOME_TIMEOUT;
-}
-
-/*
- * Did the attempt fail in the transport (no HTTP response, or a connection
- * that broke or was cut in the middle of the body)?  Such a failure is
- * 08006 even when the status line had already arrived.
- */
-static bool
-AttemptTransportFailure(const CanaryAttempt *a)
-{
-	if (a->http_status == 0)
-		return true;
-	return a->error != NULL &&
-		(strcmp(a->error, "connect") == 0 ||
-		 strcmp(a->error, "transport") == 0 ||
-		 strcmp(a->error, "tls") == 0);
-}
-
-/* Raise the error for an attempt no model could answer. */
-static void
-ReportFailedAttempt(const CanaryModel *model, const CanaryAttempt *a)
-{
-	bool		transport = AttemptTransportFailure(a);
-	int			code = transport ? ERRCODE_CONNECTION_FAILURE : ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
-
-	if (a->outcome == CANARY_OUTCOME_TIMEOUT)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not get an answer from model \"%s\" within %d ms",
-						model->name, model->timeout_ms),
-				 errdetail("The request timed out after %d tries.", a->tries),
-				 errhint("Raise timeout_ms in canary_models if the model is slow, or check that it is reachable.")));
-	if (a->http_status != 0 && transport)
-		ereport(ERROR,
-				(errcode(code),
-				 errmsg("could not get an answer from model \"%s\"", model->name),
-				 errdetail("The connection failed after HTTP status %d (%s)%s%s", a->http_status,
-						   a->error ? a->error : "error",
-						   a->error_detail ? ": " : ".",
-						   a->error_detail ? a->error_detail : ""),
-				 errhint("The attempt is recorded in canary_requests.")));
-	if (a->http_status != 0)
-		ereport(ERROR,
-				(errcode(code),
-				 errmsg("could not get an answer from model \"%s\"", model->name),
-				 errdetail("HTTP status %d (%s)%s%s", a->http_status,
-						   a->error ? a->error : "error",
-						   a->error_detail ? ": " : ".",
-						   a->error_detail ? a->error_detail : ""),
-				 errhint("The attempt is recorded in canary_requests.")));
-	ereport(ERROR,
-			(errcode(code),
-			 errmsg("could not reach model \"%s\"", model->name),
-			 errdetail("%s%s%s", a->error ? a->error : "error",
-					   a->error_detail ? ": " : ".",
-					   a->error_detail ? a->error_detail : ""),
-			 errhint("Check base_url in canary_models and that the server is reachable from the database server.")));
 }
 
 /* Add key: string-or-null to an object being built. */
@@ -372,10 +318,10 @@ canary_call(PG_FUNCTION_ARGS)
 			a = fb;
 		}
 		else
-			ReportFailedAttempt(old_model, &fb);
+			HttpReportFailure(old_model, &fb);
 	}
 	if (AttemptFailed(&a))
-		ReportFailedAttempt(model, &a);
+		HttpReportFailure(model, &a);
 
 	TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
 	strlcpy(request_id_text,

@@ -18,9 +18,9 @@
 
 #include "cache.h"
 #include "config.h"
+#include "http.h"
 #include "llm_canary.h"
 #include "metrics.h"
-#include "provider.h"
 #include "shadow.h"
 #include "worker.h"
 
@@ -128,7 +128,7 @@ _PG_init(void)
 		WorkerRegister();
 	}
 
-	HttpDefineSettings();
+	HttpInit();
 	CacheDefineSettings();
 	ShadowDefineSettings();
 	MonitorDefineSettings();

@@ -81,6 +81,7 @@ canary_probe(PG_FUNCTION_ARGS)
 	char	   *prompt;
 	const CanaryModel *model;
 	CanaryAttempt attempt;
+	HttpRequest request;
 	StringInfoData buf;
 
 	if (PG_ARGISNULL(0))
@@ -99,7 +100,11 @@ canary_probe(PG_FUNCTION_ARGS)
 				 errmsg("prompt must not be empty")));
 
 	model = ConfigGetModel(name);
-	HttpCallModel(model, prompt, &attempt);
+	ProviderBuildRequest(model, prompt, &request);
+	HttpCallModel(model, &request, &attempt);
+	/* a refusal of the key policy is an error, not a probe result */
+	if (HttpPolicyError(attempt.error))
+		HttpReportPolicy(model->name, attempt.error, attempt.error_detail);
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"model\":");

@@ -64,12 +64,12 @@ ModelUrl(const CanaryModel *model, const char *endpoint)
 }
 
 /*
- * ProviderRequestUrl
+ * RequestUrl
  *		{base_url}/chat/completions (openai) or {base_url}/messages
  *		(anthropic).  palloc'd in the current memory context.
  */
-char *
-ProviderRequestUrl(const CanaryModel *model)
+static char *
+RequestUrl(const CanaryModel *model)
 {
 	return ModelUrl(model, model->provider == CANARY_PROVIDER_ANTHROPIC ?
 					"messages" : "chat/completions");
@@ -86,7 +86,7 @@ AppendJsonDouble(StringInfo buf, const char *key, double value)
 }
 
 /*
- * ProviderRequestBody
+ * RequestBody
  *		The JSON request body for one prompt, palloc'd in the current memory
  *		context.  Every string (model id, system prompt, prompt) is escaped
  *		with escape_json.  prompt must be a valid string of the database
@@ -97,8 +97,8 @@ AppendJsonDouble(StringInfo buf, const char *key, double value)
  * Anthropic: {"model", "max_tokens" (1024 when not configured), "system"?,
  *			  "messages": [user], "temperature"?}
  */
-char *
-ProviderRequestBody(const CanaryModel *model, const char *prompt)
+static char *
+RequestBody(const CanaryModel *model, const char *prompt)
 {
 	StringInfoData buf;
 
@@ -144,6 +144,21 @@ ProviderRequestBody(const CanaryModel *model, const char *prompt)
 	appendStringInfoChar(&buf, '}');
 
 	return buf.data;
+}
+
+/*
+ * ProviderBuildRequest
+ *		The request of one prompt to model: URL and JSON body, built once
+ *		per call and used for both the response-cache key and the transfer.
+ *		palloc'd in the current memory context.
+ */
+void
+ProviderBuildRequest(const CanaryModel *model, const char *prompt,
+					 HttpRequest *request)
+{
+	request->url = RequestUrl(model);
+	request->body = RequestBody(model, prompt);
+	request->body_len = strlen(request->body);
 }
 
 /* ----------------------------------------------------------------------
@@ -756,33 +771,6 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
 		ParseOpenAI(&ps, attempt);
 }
 
-/*
- * ProviderRedactKey
- *		Overwrite, in place, every occurrence of model's API key in s with
- *		'*'.  An upstream (or a proxy in front of it) may echo the request's
- *		headers in an error message or even in an answer; what it sends back
- *		goes to the client, into errors that the server logs, and into
- *		canary_shadow, none of which may hold the key.  Keys shorter than 8
- *		bytes are left alone: they are not secrets worth mangling text for.
- *		Only the exact key is found, not a provider's shortened rendering of
- *		it.  Allocates nothing; s may be NULL.
- */
-void
-ProviderRedactKey(const CanaryModel *model, char *s)
-{
-	const char *key;
-	size_t		keylen;
-	char	   *hit;
-
-	if (s == NULL || model->api_key_env == NULL)
-		return;
-	key = getenv(model->api_key_env);
-	if (key == NULL || (keylen = strlen(key)) < 8)
-		return;
-	while ((hit = strstr(s, key)) != NULL)
-		memset(hit, '*', keylen);
-}
-
 /* ----------------------------------------------------------------------
  * Embeddings (OpenAI-compatible POST {base_url}/embeddings), for the
  * semantic similarity of shadow answers
@@ -793,23 +781,15 @@ ProviderRedactKey(const CanaryModel *model, char *s)
 #define EMBEDDING_MAX_DIM	65536
 
 /*
- * ProviderEmbeddingsUrl
- *		{base_url}/embeddings.  palloc'd in the current memory context.
+ * ProviderBuildEmbeddingsRequest
+ *		POST {base_url}/embeddings with {"model": <model id>, "input": [a,
+ *		b]}, palloc'd in the current memory context.  a and b must be valid
+ *		strings of the database encoding.  Returns false when they cannot be
+ *		converted to UTF-8 here (see AppendJsonText).
  */
-char *
-ProviderEmbeddingsUrl(const CanaryModel *model)
-{
-	return ModelUrl(model, "embeddings");
-}
-
-/*
- * ProviderEmbeddingsBody
- *		{"model": <model id>, "input": [a, b]}, palloc'd in the current
- *		memory context.  a and b must be valid strings of the database
- *		encoding.
- */
-char *
-ProviderEmbeddingsBody(const CanaryModel *model, const char *a, const char *b)
+bool
+ProviderBuildEmbeddingsRequest(const CanaryModel *model, const char *a,
+							   const char *b, HttpRequest *request)
 {
 	StringInfoData buf;
 
@@ -821,7 +801,10 @@ ProviderEmbeddingsBody(const CanaryModel *model, const char *a, const char *b)
 	appendStringInfoChar(&buf, ',');
 	escape_json(&buf, b);
 	appendStringInfoString(&buf, "]}");
-	return buf.data;
+	request->url = ModelUrl(model, "embeddings");
+	request->body = buf.data;
+	request->body_len = buf.len;
+	return true;
 }
 
 /*

@@ -2,9 +2,8 @@
  *
  * provider.h
  *	  Talking to an upstream model: building a provider request (OpenAI chat
- *	  completions or Anthropic messages) and reading its answer (provider.c,
- *	  pure functions, no network), and the blocking HTTP transport used by
- *	  backends (http.c, libcurl).
+ *	  completions or Anthropic messages, embeddings) and reading its answer
+ *	  (provider.c, pure functions, no network).  The transport is http.h.
  *
  *-------------------------------------------------------------------------
  */
@@ -12,6 +11,7 @@
 #define LLM_CANARY_PROVIDER_H
 
 #include "config.h"
+#include "http.h"
 #include "metrics.h"
 
 /* The result of calling one model once (retries included). */
@@ -33,39 +33,16 @@ typedef struct CanaryAttempt
 } CanaryAttempt;
 
 /* provider.c */
-extern char *ProviderRequestUrl(const CanaryModel *model);
-extern char *ProviderRequestBody(const CanaryModel *model, const char *prompt);
+extern void ProviderBuildRequest(const CanaryModel *model, const char *prompt,
+								 HttpRequest *request);
 extern void ProviderParseResponse(const CanaryModel *model, int http_status,
 								  const char *body, size_t len,
 								  CanaryAttempt *attempt);
-extern void ProviderRedactKey(const CanaryModel *model, char *s);
-extern char *ProviderEmbeddingsUrl(const CanaryModel *model);
-extern char *ProviderEmbeddingsBody(const CanaryModel *model,
-									const char *a, const char *b);
+extern bool ProviderBuildEmbeddingsRequest(const CanaryModel *model,
+										   const char *a, const char *b,
+										   HttpRequest *request);
 extern const char *ProviderParseEmbeddings(int http_status, const char *body,
 										   size_t len, double *cosine,
 										   const char **detail);
-
-/*
- * A response body collected by a libcurl write callback.  malloc'd, never
- * palloc'd: libcurl callbacks must not raise errors.  Used by the backend
- * transport (http.c) and the shadow worker (shadow_worker.c).
- */
-typedef struct CanaryBody
-{
-	char	   *data;			/* NUL-terminated, or NULL */
-	size_t		len;
-	size_t		cap;
-	size_t		limit;			/* llm_canary.max_response_bytes */
-	bool		too_large;		/* the write callback stopped the transfer */
-	bool		no_memory;
-} CanaryBody;
-
-/* http.c */
-extern size_t CanaryBodyWrite(char *ptr, size_t size, size_t nmemb, void *userdata);
-extern void CanaryBodyReset(CanaryBody *body, size_t limit);
-extern void HttpDefineSettings(void);
-extern void HttpCallModel(const CanaryModel *model, const char *prompt,
-						  CanaryAttempt *attempt);
 
 #endif							/* LLM_CANARY_PROVIDER_H */

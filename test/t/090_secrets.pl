@@ -54,10 +54,10 @@ client_min_messages = notice
 });
 {
 	# only the server process gets the key
-	local $ENV{LLM_CANARY_SECRET_KEY} = $key;
+	local $ENV{LLM_CANARY_KEY_SECRET} = $key;
 	$node->start;
 }
-ok(!defined $ENV{LLM_CANARY_SECRET_KEY}, 'the clients of this test do not have the key');
+ok(!defined $ENV{LLM_CANARY_KEY_SECRET}, 'the clients of this test do not have the key');
 $node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 # --- models: both providers, answering, rejecting the key, echoing it, hanging, malformed
@@ -84,7 +84,7 @@ for my $m (sort keys %profiles)
 	my $timeout = $m =~ /hang/ ? 300 : 5000;
 	$node->safe_psql('postgres', qq{
 INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries, timeout_ms)
-VALUES ('$m', '$profiles{$m}[0]', '$mock/v1', '$m', 'LLM_CANARY_SECRET_KEY', 0, $timeout)});
+VALUES ('$m', '$profiles{$m}[0]', '$mock/v1', '$m', 'LLM_CANARY_KEY_SECRET', 0, $timeout)});
 }
 # one rollout per model, at full and without fallback: its failures reach the client
 $node->safe_psql('postgres', qq{INSERT INTO canary_config (name, stage, old_model, new_model, fallback_to_old)
@@ -191,7 +191,7 @@ like($seen{canary_alerts}, qr/error_rate=1\.000/, 'the kill switch raised an ale
 collect('canary_requests', $node->safe_psql('postgres', q{SELECT string_agg(t::text, E'\n') FROM canary_requests t}));
 collect('canary_shadow', $node->safe_psql('postgres', q{SELECT string_agg(t::text, E'\n') FROM canary_shadow t}));
 collect('canary_models', $node->safe_psql('postgres', q{SELECT string_agg(t::text, E'\n') FROM canary_models t}));
-like($seen{canary_models}, qr/LLM_CANARY_SECRET_KEY/, 'canary_models names the variable');
+like($seen{canary_models}, qr/LLM_CANARY_KEY_SECRET/, 'canary_models names the variable');
 
 # --- pg_dump as a login of the application role.  pg_dump locks and reads
 # every relation it dumps, so as the application it fails at the first one
@@ -226,7 +226,7 @@ is($node->safe_psql('postgres', qq{SELECT count(*) FROM unnest('{$list}'::text[]
 	WHERE has_table_privilege('llm_canary_app', 'public.' || r.name, 'SELECT')}),
 	'0', 'none of them is readable by the application');
 like($dump, qr/^COPY public\.canary_models .*api_key_env/m, 'the dump holds canary_models');
-like($dump, qr/LLM_CANARY_SECRET_KEY/, 'with the name of the variable');
+like($dump, qr/LLM_CANARY_KEY_SECRET/, 'with the name of the variable');
 like($dump, qr/^COPY public\.canary_alerts /m, 'and canary_alerts');
 unlike($dump, qr/^COPY public\.canary_shadow/m, 'but nothing of canary_shadow');
 
@@ -242,7 +242,7 @@ like($log, qr/DEBUG:  .*CommitTransaction/, 'the log has debug5 messages');
 like($log, qr/statement: SELECT canary_call\('hello', 'u1', 'r-s-oa-echo401'\)/, 'the log has every statement');
 like($log, qr/HTTP status 401 \(http_401\): Incorrect API key provided: \*{20,}/, 'the log has the redacted detail');
 my ($env_dump) = $log =~ /(^[^\n]*initial environment dump:\n(?:[^\n]*\n)*?[^\n]*-{20,}\n(?:[^\n]*\n)*?[^\n]*-{20,}\n)/m;
-ok(defined $env_dump && index($env_dump, "LLM_CANARY_SECRET_KEY=$key") >= 0,
+ok(defined $env_dump && index($env_dump, "LLM_CANARY_KEY_SECRET=$key") >= 0,
 	'PostgreSQL\'s own environment dump at startup holds the key');
 ok(index($log, 'initial environment dump') < index($log, 'loaded library "llm_canary"'),
 	'that dump is written before the extension is loaded');
