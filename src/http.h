@@ -1,9 +1,9 @@
 /*-------------------------------------------------------------------------
  *
  * http.h
- *	  The one outbound HTTP layer of llm_canary (http.c): the set-up of a
- *	  libcurl easy handle for one POST, written once and used by every
- *	  path that talks to the network (the backend's blocking model calls,
+ *	  The one outbound HTTP layer of llm_canary (http.c, http_policy.c):
+ *	  the set-up of a libcurl easy handle for one POST, written once and
+ *	  used by every path that talks to the network (the backend's blocking model calls,
  *	  the shadow worker's multi transfers, the webhook), the request
  *	  headers of a model with its API key, the key policy (which server
  *	  environment variables may hold keys, which hosts may be called, no
@@ -20,6 +20,9 @@
  * nothing here raises an error while libcurl holds a callback.
  *
  * provider.c builds what is sent (HttpRequest) and reads the answer.
+ * Every transfer of a model request must take its headers from
+ * HttpModelHeaders: it applies the key policy and is the only reader of
+ * keys for sending.
  *
  *-------------------------------------------------------------------------
  */

@@ -3,8 +3,9 @@
  * probe.c
  *	  canary_probe(model, prompt): an administrator's smoke test of one
  *	  model's configuration.  It calls the model directly through the HTTP
- *	  transport (http.c), without routing, fallback or metrics, and returns
- *	  everything the transport saw as jsonb.
+ *	  transport (http.h), without routing, fallback or metrics, and returns
+ *	  everything the transport saw as jsonb.  A refusal of the key policy
+ *	  is raised (42501) rather than returned.
  *
  *-------------------------------------------------------------------------
  */
@@ -18,6 +19,7 @@
 
 #include "config.h"
 #include "llm_canary.h"
+#include "http.h"
 #include "metrics.h"
 #include "provider.h"
 
