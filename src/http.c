@@ -6,6 +6,11 @@
  *	  policy, redaction, the classification of libcurl errors, and the
  *	  backend's blocking call of one model with retries.
  *
+ * Every POST is set up by HttpEasySetup (or, for a handle reused with
+ * changing options, HttpSetupHandle): both apply the same safety options.
+ * HttpAfterTry judges a try (retry or not) for the blocking transport here
+ * and the concurrent one of canary_batch (batch.c) alike.
+ *
  * Each backend keeps one easy handle and one multi handle for its whole
  * life, so that keep-alive connections, the DNS cache and TLS sessions are
  * reused from one call to the next.  libcurl allocates with malloc, never
@@ -73,13 +78,6 @@ static int	http_max_response_bytes = 8 * 1024 * 1024;
 #define ERRCODE_LLM_CANARY_MODEL_TIMEOUT	MAKE_SQLSTATE('3','8','L','0','1')
 #define ERRCODE_LLM_CANARY_MODEL_UNREACHABLE MAKE_SQLSTATE('3','8','L','0','2')
 
-/* The response of one request, collected by the callbacks (malloc'd). */
-typedef struct HttpResponse
-{
-	CanaryBody	body;
-	double		retry_after_ms; /* Retry-After of this response, -1 if none */
-} HttpResponse;
-
 /*
  * Per-backend state.  Static, so that PG_FINALLY can free whatever a call
  * left behind without volatile locals.
@@ -124,19 +122,26 @@ HttpMaxResponseBytes(void)
 	return (size_t) http_max_response_bytes;
 }
 
-/*
- * HttpGlobalInit
- *		curl_global_init, once per process.  Returns false if libcurl could
- *		not start.  Never raises.
- */
-bool
-HttpGlobalInit(void)
-{
-	static bool done = false;
+static void HttpAtExit(int code, Datum arg);
 
-	if (!done && curl_global_init(CURL_GLOBAL_ALL) == CURLE_OK)
-		done = true;
-	return done;
+/*
+ * HttpInitLibcurl
+ *		Initialise libcurl once per process.  Raises ERROR (58000) if it
+ *		cannot start.
+ */
+void
+HttpInitLibcurl(void)
+{
+	static bool global_done = false;
+
+	if (global_done)
+		return;
+	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not initialize libcurl")));
+	global_done = true;
+	on_proc_exit(HttpAtExit, (Datum) 0);
 }
 
 /* ----------------------------------------------------------------------
@@ -201,8 +206,12 @@ HttpDiscard(char *ptr, size_t size, size_t nmemb, void *userdata)
 	return size * nmemb;
 }
 
-/* Pick up Retry-After (seconds, possibly fractional; an HTTP-date is ignored). */
-static size_t
+/*
+ * HttpHeaderCallback
+ *		libcurl header callback into the HttpResponse in userdata: picks up
+ *		Retry-After (seconds, possibly fractional; an HTTP-date is ignored).
+ */
+size_t
 HttpHeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata)
 {
 	HttpResponse *resp = (HttpResponse *) userdata;
@@ -233,6 +242,20 @@ HttpHeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata)
 	return n;
 }
 
+/*
+ * HttpProgressCallback
+ *		Abort the transfer when the backend was asked to cancel or to exit
+ *		(for transports that stay inside libcurl for long, canary_batch's).
+ */
+int
+HttpProgressCallback(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
+					 curl_off_t ultotal, curl_off_t ulnow)
+{
+	if (InterruptPending && (QueryCancelPending || ProcDiePending))
+		return 1;				/* CURLE_ABORTED_BY_CALLBACK */
+	return 0;
+}
+
 /* ----------------------------------------------------------------------
  * One easy handle, one POST
  * ----------------------------------------------------------------------
@@ -246,12 +269,17 @@ HttpHeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata)
  *		raises.  The caller may set further options (CURLOPT_PRIVATE, a
  *		header callback) afterwards.
  */
-bool
-HttpEasySetup(CURL *easy, const HttpPost *post)
+#define SETOPT(opt, val) (ok = ok && curl_easy_setopt(easy, opt, val) == CURLE_OK)
+
+/*
+ * The options every outbound transfer has, whoever makes it.  Returns false
+ * if libcurl refused one.  Never raises.
+ */
+static bool
+HttpSafetyOptions(CURL *easy)
 {
 	bool		ok = true;
 
-#define SETOPT(opt, val) (ok = ok && curl_easy_setopt(easy, opt, val) == CURLE_OK)
 	SETOPT(CURLOPT_NOSIGNAL, 1L);
 #ifdef HTTP_PROTOCOLS_STR
 	SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
@@ -269,6 +297,14 @@ HttpEasySetup(CURL *easy, const HttpPost *post)
 	SETOPT(CURLOPT_USERAGENT, "llm_canary/1.1");
 	/* every encoding this libcurl can decode; the size cap counts decoded bytes */
 	SETOPT(CURLOPT_ACCEPT_ENCODING, "");
+	return ok;
+}
+
+bool
+HttpEasySetup(CURL *easy, const HttpPost *post)
+{
+	bool		ok = HttpSafetyOptions(easy);
+
 	SETOPT(CURLOPT_CONNECTTIMEOUT_MS, Max(post->connect_timeout_ms, 1L));
 	SETOPT(CURLOPT_TIMEOUT_MS, Max(post->timeout_ms, 1L));
 	SETOPT(CURLOPT_URL, post->url);
@@ -288,9 +324,34 @@ HttpEasySetup(CURL *easy, const HttpPost *post)
 		post->errbuf[0] = '\0';
 		SETOPT(CURLOPT_ERRORBUFFER, post->errbuf);
 	}
-#undef SETOPT
 	return ok;
 }
+
+/*
+ * HttpSetupHandle
+ *		For a handle that is set up once and then reused with per-request
+ *		options (URL, body, headers, timeouts) set by its caller
+ *		(canary_batch): the safety options of HttpEasySetup, the
+ *		cancel-aware progress callback, and the callbacks that collect the
+ *		response into resp and libcurl's error text into errbuf
+ *		(CURL_ERROR_SIZE bytes).  resp and errbuf must live as long as the
+ *		handle is used.  Never raises.
+ */
+void
+HttpSetupHandle(CURL *easy, HttpResponse *resp, char *errbuf)
+{
+	bool		ok = HttpSafetyOptions(easy);
+
+	SETOPT(CURLOPT_NOPROGRESS, 0L);
+	SETOPT(CURLOPT_XFERINFOFUNCTION, HttpProgressCallback);
+	SETOPT(CURLOPT_WRITEFUNCTION, CanaryBodyWrite);
+	SETOPT(CURLOPT_WRITEDATA, &resp->body);
+	SETOPT(CURLOPT_HEADERFUNCTION, HttpHeaderCallback);
+	SETOPT(CURLOPT_HEADERDATA, resp);
+	SETOPT(CURLOPT_ERRORBUFFER, errbuf);
+	(void) ok;					/* these options fail only for out of memory */
+}
+#undef SETOPT
 
 /*
  * HttpJsonHeaders
@@ -410,19 +471,9 @@ HttpCallCleanup(void)
 static void
 HttpGetHandles(void)
 {
-	static bool exit_registered = false;
-
 	if (HttpHandle != NULL && HttpMulti != NULL)
 		return;
-	if (!HttpGlobalInit())
-		ereport(ERROR,
-				(errcode(ERRCODE_SYSTEM_ERROR),
-				 errmsg("could not initialize libcurl")));
-	if (!exit_registered)
-	{
-		on_proc_exit(HttpAtExit, (Datum) 0);
-		exit_registered = true;
-	}
+	HttpInitLibcurl();
 	if (HttpHandle == NULL)
 		HttpHandle = curl_easy_init();
 	if (HttpMulti == NULL)
@@ -466,9 +517,100 @@ HttpSleep(double ms)
 }
 
 static char *
-CurlErrorText(CURLcode rc)
+CurlErrorText(CURLcode rc, const char *errbuf)
 {
-	return pstrdup(HttpErrorBuffer[0] ? HttpErrorBuffer : curl_easy_strerror(rc));
+	return pstrdup(errbuf[0] ? errbuf : curl_easy_strerror(rc));
+}
+
+/*
+ * HttpAfterTry
+ *		Judge try number n (0-based) of a request to model, which ended with
+ *		rc, HTTP status and the response in resp (errbuf: libcurl's error
+ *		text), elapsed_ms after the attempt started.  Fills attempt (the
+ *		provider's verdict through RequestParseResponse when the attempt is
+ *		over with a response) and returns the milliseconds to wait before the
+ *		next try, or -1 when the attempt is over.  429, 5xx, broken
+ *		connections and connect timeouts are retried up to
+ *		model->max_retries times with exponential backoff (or the server's
+ *		Retry-After), as long as the wait fits into model->timeout_ms.
+ *
+ * The caller handles CURLE_ABORTED_BY_CALLBACK (a cancel) and a body that
+ * ran out of memory before calling this.  Shared by the blocking transport
+ * below and the concurrent one (batch.c), so a request is retried the same
+ * way on both; libcurl errors are classified by HttpErrorCode, as for the
+ * shadow worker.  Strings are palloc'd in the current memory context.
+ */
+double
+HttpAfterTry(const CanaryModel *model, const CanaryRequest *req, int curl_code,
+			 long status, const HttpResponse *resp, const char *errbuf,
+			 int n, double elapsed_ms, CanaryAttempt *attempt)
+{
+	CURLcode	rc = (CURLcode) curl_code;
+	double		wait_ms;
+
+	attempt->http_status = (int) status;
+	attempt->error = NULL;
+	attempt->error_detail = NULL;
+	attempt->outcome = CANARY_OUTCOME_ERROR;
+
+	/* a complete answer: the provider's verdict, or a retryable status */
+	if (rc == CURLE_OK)
+	{
+		bool		retryable = status == 429 || (status >= 500 && status <= 599);
+
+		if (!retryable || n >= model->max_retries)
+		{
+			RequestParseResponse(model, req, (int) status, resp->body.data,
+								 resp->body.len, attempt);
+			return -1;
+		}
+	}
+	else
+	{
+		const char *code = HttpErrorCode(rc, &resp->body);
+
+		attempt->outcome = strcmp(code, "timeout") == 0 ?
+			CANARY_OUTCOME_TIMEOUT : CANARY_OUTCOME_ERROR;
+		attempt->error = pstrdup(code);
+		if (resp->body.too_large)
+			attempt->error_detail =
+				psprintf("The response is longer than llm_canary.max_response_bytes (%d bytes).",
+						 http_max_response_bytes);
+		else
+			attempt->error_detail = CurlErrorText(rc, errbuf);
+		/* a connect timeout may leave budget for another try */
+		if (n >= model->max_retries ||
+			(rc != CURLE_OPERATION_TIMEDOUT && !HttpErrorRetryable(rc)))
+			return -1;
+	}
+
+	/* retry, if the wait fits into what is left of the budget */
+	if (resp->retry_after_ms >= 0)
+		wait_ms = resp->retry_after_ms;
+	else
+		wait_ms = HTTP_BACKOFF_BASE_MS * (double) (1 << Min(n, 16)) *
+			(1.0 + 0.2 * pg_prng_double(&pg_global_prng_state));
+	if (elapsed_ms + wait_ms >= model->timeout_ms)
+	{
+		if (rc == CURLE_OK)
+			RequestParseResponse(model, req, (int) status, resp->body.data,
+								 resp->body.len, attempt);
+		return -1;
+	}
+	return wait_ms;
+}
+
+/*
+ * HttpTimedOut
+ *		Fill attempt as a timeout of model: its budget is spent.
+ */
+void
+HttpTimedOut(const CanaryModel *model, CanaryAttempt *attempt)
+{
+	attempt->outcome = CANARY_OUTCOME_TIMEOUT;
+	attempt->error = pstrdup("timeout");
+	attempt->error_detail = psprintf("The model did not answer within %d ms.",
+									 model->timeout_ms);
 }
 
 /*
@@ -479,7 +621,7 @@ CurlErrorText(CURLcode rc)
  * HTTP status (0 if none).
  */
 static CURLcode
-HttpPerform(const HttpRequest *req, const CanaryModel *model,
+HttpPerform(const HttpRequest *http, const CanaryModel *model,
 			long budget_left_ms, long *status)
 {
 	HttpPost	post;
@@ -492,9 +634,9 @@ HttpPerform(const HttpRequest *req, const CanaryModel *model,
 	HttpResp.body.limit = HttpMaxResponseBytes();
 
 	memset(&post, 0, sizeof(post));
-	post.url = req->url;
-	post.body = req->body;
-	post.body_len = req->body_len;
+	post.url = http->url;
+	post.body = http->body;
+	post.body_len = http->body_len;
 	post.headers = HttpHeaders;
 	post.connect_timeout_ms = model->connect_timeout_ms;
 	post.timeout_ms = budget_left_ms;
@@ -517,9 +659,7 @@ HttpPerform(const HttpRequest *req, const CanaryModel *model,
 	{
 		int			nfds;
 
-		if (curl_multi_perform(HttpMulti, &running) != CURLM_OK)
-			break;
-		if (running == 0)
+		if (curl_multi_perform(HttpMulti, &running) != CURLM_OK || running == 0)
 			break;
 		(void) curl_multi_wait(HttpMulti, NULL, 0, HTTP_POLL_MS, &nfds);
 		/* outside libcurl: cancels raise, signal barriers are absorbed */
@@ -542,9 +682,26 @@ HttpPerform(const HttpRequest *req, const CanaryModel *model,
 
 /*
  * HttpCallModel
- *		Send request (built by provider.c) to model and wait for the answer,
- *		retrying 429, 5xx and broken connections up to model->max_retries
- *		times with exponential backoff (or the server's Retry-After), all
+ *		Send prompt to model and wait for the answer (HttpCallModelRequest
+ *		with a one-prompt request, built here).
+ */
+void
+HttpCallModel(const CanaryModel *model, const char *prompt,
+			  CanaryAttempt *attempt)
+{
+	CanaryRequest req;
+	HttpRequest http;
+
+	memset(&req, 0, sizeof(req));
+	req.prompt = prompt;
+	ProviderBuildRequest(model, &req, &http);
+	HttpCallModelRequest(model, &req, &http, attempt);
+}
+
+/*
+ * HttpCallModelRequest
+ *		Send req to model as http (its URL and body, ProviderBuildRequest)
+ *		and wait for the answer, with the retries of HttpAfterTry, all
  *		within model->timeout_ms.
  *
  * Fills every field of attempt; strings are palloc'd in the current memory
@@ -554,8 +711,8 @@ HttpPerform(const HttpRequest *req, const CanaryModel *model,
  * (57014) or the backend is terminated (57P01), and for out of memory.
  */
 void
-HttpCallModel(const CanaryModel *model, const HttpRequest *req,
-			  CanaryAttempt *attempt)
+HttpCallModelRequest(const CanaryModel *model, const CanaryRequest *req,
+					 const HttpRequest *http, CanaryAttempt *attempt)
 {
 	instr_time	start;
 	const char *keyerr;
@@ -573,7 +730,7 @@ HttpCallModel(const CanaryModel *model, const HttpRequest *req,
 
 	PG_TRY();
 	{
-		keyerr = HttpModelHeaders(model, req->url, &HttpHeaders, &keydetail);
+		keyerr = HttpModelHeaders(model, http->url, &HttpHeaders, &keydetail);
 		if (keyerr != NULL)
 		{
 			attempt->error = pstrdup(keyerr);
@@ -589,67 +746,24 @@ HttpCallModel(const CanaryModel *model, const HttpRequest *req,
 
 			if (left < 1)
 			{
-				attempt->outcome = CANARY_OUTCOME_TIMEOUT;
-				attempt->error = pstrdup("timeout");
-				attempt->error_detail = psprintf("The model did not answer within %d ms.",
-												 model->timeout_ms);
+				HttpTimedOut(model, attempt);
 				break;
 			}
 
-			rc = HttpPerform(req, model, (long) left, &status);
+			rc = HttpPerform(http, model, (long) left, &status);
 			attempt->tries++;
 			attempt->http_status = (int) status;
-
-			/* a complete answer: the provider's verdict, or a retryable status */
-			if (rc == CURLE_OK)
-			{
-				bool		retryable = status == 429 || (status >= 500 && status <= 599);
-
-				if (!retryable || n >= model->max_retries)
-				{
-					ProviderParseResponse(model, (int) status, HttpResp.body.data,
-										  HttpResp.body.len, attempt);
-					break;
-				}
-			}
-			else if (HttpResp.body.no_memory)
+			if (rc != CURLE_OK && HttpResp.body.no_memory)
 				ereport(ERROR,
 						(errcode(ERRCODE_OUT_OF_MEMORY),
 						 errmsg("out of memory"),
 						 errdetail("Failed to store the response of model \"%s\".",
 								   model->name)));
-			else
-			{
-				const char *code = HttpErrorCode(rc, &HttpResp.body);
 
-				attempt->outcome = strcmp(code, "timeout") == 0 ?
-					CANARY_OUTCOME_TIMEOUT : CANARY_OUTCOME_ERROR;
-				attempt->error = pstrdup(code);
-				if (HttpResp.body.too_large)
-					attempt->error_detail =
-						psprintf("The response is longer than llm_canary.max_response_bytes (%zu bytes).",
-								 HttpMaxResponseBytes());
-				else
-					attempt->error_detail = CurlErrorText(rc);
-				/* a connect timeout may leave budget for another try */
-				if (n >= model->max_retries ||
-					(rc != CURLE_OPERATION_TIMEDOUT && !HttpErrorRetryable(rc)))
-					break;
-			}
-
-			/* retry, if the wait fits into what is left of the budget */
-			if (HttpResp.retry_after_ms >= 0)
-				wait_ms = HttpResp.retry_after_ms;
-			else
-				wait_ms = HTTP_BACKOFF_BASE_MS * (double) (1 << Min(n, 16)) *
-					(1.0 + 0.2 * pg_prng_double(&pg_global_prng_state));
-			if (ElapsedMs(start) + wait_ms >= model->timeout_ms)
-			{
-				if (rc == CURLE_OK)
-					ProviderParseResponse(model, (int) status, HttpResp.body.data,
-										  HttpResp.body.len, attempt);
+			wait_ms = HttpAfterTry(model, req, rc, status, &HttpResp, HttpErrorBuffer,
+								   n, ElapsedMs(start), attempt);
+			if (wait_ms < 0)
 				break;
-			}
 			HttpResponseFree();
 			attempt->outcome = CANARY_OUTCOME_ERROR;
 			attempt->error = NULL;
@@ -664,8 +778,7 @@ HttpCallModel(const CanaryModel *model, const HttpRequest *req,
 	PG_END_TRY();
 
 	/* what the upstream sent back must not carry the key any further */
-	HttpRedactKey(model, attempt->text);
-	HttpRedactKey(model, attempt->error_detail);
+	RequestRedactKey(model, attempt);
 
 	attempt->latency_ms = (int) ElapsedMs(start);
 }

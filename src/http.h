@@ -34,6 +34,7 @@
 #include "config.h"
 
 struct CanaryAttempt;
+struct CanaryRequest;
 
 /*
  * A response body collected by CanaryBodyWrite.  malloc'd, never palloc'd:
@@ -48,6 +49,13 @@ typedef struct CanaryBody
 	bool		too_large;		/* the write callback stopped the transfer */
 	bool		no_memory;
 } CanaryBody;
+
+/* The response of one request, collected by the callbacks (malloc'd). */
+typedef struct HttpResponse
+{
+	CanaryBody	body;
+	double		retry_after_ms; /* Retry-After of this response, -1 if none */
+} HttpResponse;
 
 /*
  * One request to a model, built once per call by provider.c and used for
@@ -84,14 +92,20 @@ typedef struct HttpPost
 /* http.c, http_policy.c: settings and process set-up */
 extern void HttpInit(void);
 extern void HttpPolicyInit(void);
-extern bool HttpGlobalInit(void);
+extern void HttpInitLibcurl(void);
 extern size_t HttpMaxResponseBytes(void);
 
 /* http.c: one easy handle, one POST (never raise) */
 extern bool HttpEasySetup(CURL *easy, const HttpPost *post);
+extern void HttpSetupHandle(CURL *easy, HttpResponse *resp, char *errbuf);
 extern struct curl_slist *HttpJsonHeaders(void);
 extern size_t CanaryBodyWrite(char *ptr, size_t size, size_t nmemb, void *userdata);
 extern void CanaryBodyReset(CanaryBody *body, size_t limit);
+extern size_t HttpHeaderCallback(char *buffer, size_t size, size_t nitems,
+								 void *userdata);
+extern int	HttpProgressCallback(void *clientp, curl_off_t dltotal,
+								 curl_off_t dlnow, curl_off_t ultotal,
+								 curl_off_t ulnow);
 extern const char *HttpErrorCode(CURLcode rc, const CanaryBody *response);
 extern bool HttpErrorRetryable(CURLcode rc);
 
@@ -105,9 +119,18 @@ extern const char *HttpModelHeaders(const CanaryModel *model, const char *url,
 									struct curl_slist **headers, char **detail);
 extern void HttpRedactKey(const CanaryModel *model, char *s);
 
-/* http.c: the backend's blocking call of one model, retries included */
-extern void HttpCallModel(const CanaryModel *model, const HttpRequest *request,
+/* http.c: retries (both transports), the backend's blocking call */
+extern double HttpAfterTry(const CanaryModel *model, const struct CanaryRequest *req,
+						   int curl_code, long status, const HttpResponse *resp,
+						   const char *errbuf, int n, double elapsed_ms,
+						   struct CanaryAttempt *attempt);
+extern void HttpTimedOut(const CanaryModel *model, struct CanaryAttempt *attempt);
+extern void HttpCallModel(const CanaryModel *model, const char *prompt,
 						  struct CanaryAttempt *attempt);
+extern void HttpCallModelRequest(const CanaryModel *model,
+								 const struct CanaryRequest *req,
+								 const HttpRequest *http,
+								 struct CanaryAttempt *attempt);
 extern void HttpReportFailure(const CanaryModel *model,
 							  const struct CanaryAttempt *attempt) pg_attribute_noreturn();
 

@@ -18,34 +18,11 @@
 #include "utils/jsonb.h"
 
 #include "config.h"
-#include "llm_canary.h"
 #include "http.h"
-#include "metrics.h"
+#include "outcome.h"
 #include "provider.h"
 
 PG_FUNCTION_INFO_V1(canary_probe);
-
-/*
- * The outcome's name as canary_requests spells it.  CanaryOutcomeName
- * (metrics.h) belongs to the metrics queue, which a build without it must
- * not need just for the probe.
- */
-static const char *
-ProbeOutcomeName(CanaryOutcome outcome)
-{
-	switch (outcome)
-	{
-		case CANARY_OUTCOME_OK:
-			return "ok";
-		case CANARY_OUTCOME_REFUSAL:
-			return "refusal";
-		case CANARY_OUTCOME_ERROR:
-			return "error";
-		case CANARY_OUTCOME_TIMEOUT:
-			return "timeout";
-	}
-	return "error";
-}
 
 /* Append ,"key":"value" or ,"key":null */
 static void
@@ -83,7 +60,6 @@ canary_probe(PG_FUNCTION_ARGS)
 	char	   *prompt;
 	const CanaryModel *model;
 	CanaryAttempt attempt;
-	HttpRequest request;
 	StringInfoData buf;
 
 	if (PG_ARGISNULL(0))
@@ -102,8 +78,7 @@ canary_probe(PG_FUNCTION_ARGS)
 				 errmsg("prompt must not be empty")));
 
 	model = ConfigGetModel(name);
-	ProviderBuildRequest(model, prompt, &request);
-	HttpCallModel(model, &request, &attempt);
+	HttpCallModel(model, prompt, &attempt);
 	/* a refusal of the key policy is an error, not a probe result */
 	if (HttpPolicyError(attempt.error))
 		HttpReportPolicy(model->name, attempt.error, attempt.error_detail);
@@ -111,7 +86,7 @@ canary_probe(PG_FUNCTION_ARGS)
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"model\":");
 	escape_json(&buf, name);
-	AppendJsonStringOrNull(&buf, "outcome", ProbeOutcomeName(attempt.outcome));
+	AppendJsonStringOrNull(&buf, "outcome", CanaryOutcomeName(attempt.outcome));
 	if (attempt.http_status > 0)
 		appendStringInfo(&buf, ",\"http_status\":%d", attempt.http_status);
 	else

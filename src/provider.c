@@ -147,12 +147,12 @@ AppendJsonTextOrError(StringInfo buf, const char *s)
 }
 
 /*
- * RequestUrl
+ * ProviderRequestUrl
  *		{base_url}/chat/completions (openai) or {base_url}/messages
  *		(anthropic).  palloc'd in the current memory context.
  */
-static char *
-RequestUrl(const CanaryModel *model)
+char *
+ProviderRequestUrl(const CanaryModel *model)
 {
 	return ModelUrl(model, model->provider == CANARY_PROVIDER_ANTHROPIC ?
 					"messages" : "chat/completions");
@@ -169,7 +169,7 @@ AppendJsonDouble(StringInfo buf, const char *key, double value)
 }
 
 /*
- * RequestBody
+ * ProviderRequestBody
  *		The JSON request body for one prompt, palloc'd in the current memory
  *		context.  Every string (model id, system prompt, prompt) is escaped
  *		with escape_json, in UTF-8.  prompt must be a valid string of the database
@@ -180,8 +180,8 @@ AppendJsonDouble(StringInfo buf, const char *key, double value)
  * Anthropic: {"model", "max_tokens" (1024 when not configured), "system"?,
  *			  "messages": [user], "temperature"?}
  */
-static char *
-RequestBody(const CanaryModel *model, const char *prompt)
+char *
+ProviderRequestBody(const CanaryModel *model, const char *prompt)
 {
 	StringInfoData buf;
 
@@ -231,17 +231,18 @@ RequestBody(const CanaryModel *model, const char *prompt)
 
 /*
  * ProviderBuildRequest
- *		The request of one prompt to model: URL and JSON body, built once
- *		per call and used for both the response-cache key and the transfer.
- *		palloc'd in the current memory context.
+ *		The HTTP request of req (a prompt or a chat request) to model: URL
+ *		and JSON body, built once per attempt and used for both the
+ *		response-cache key and the transfer.  palloc'd in the current memory
+ *		context.
  */
 void
-ProviderBuildRequest(const CanaryModel *model, const char *prompt,
+ProviderBuildRequest(const CanaryModel *model, const CanaryRequest *req,
 					 HttpRequest *request)
 {
 	(void) ToUtf8Prepare();
-	request->url = RequestUrl(model);
-	request->body = RequestBody(model, prompt);
+	request->url = ProviderRequestUrl(model);
+	request->body = RequestBody(model, req);
 	request->body_len = strlen(request->body);
 }
 

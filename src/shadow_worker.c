@@ -68,7 +68,6 @@
 #include "cache.h"
 #include "config.h"
 #include "http.h"
-#include "llm_canary.h"
 #include "provider.h"
 #include "shadow.h"
 #include "shadow_internal.h"
@@ -567,16 +566,18 @@ ShadowTakeJobs(void)
 		{
 			const CanaryModel *m = ConfigGetModel(job->new_model);
 			MemoryContext txcxt = MemoryContextSwitchTo(job->cxt);
+			CanaryRequest req = {.prompt = job->prompt};
 
 			ShadowJobCopyModel(job, &job->model, m);
-			ProviderBuildRequest(&job->model, job->prompt, &job->request);
+			/* built once: the cache key and the transfer use the same request */
+			ProviderBuildRequest(&job->model, &req, &job->request);
 
 			/* a fresh answer in the response cache: no transfer */
 			if (CacheEnabled())
 			{
 				CanaryAttempt hit;
 
-				CacheComputeKey(job->prompt, &job->request, &job->cache_key);
+				CacheComputeKey(&req, &job->request, &job->cache_key);
 				job->use_cache = true;
 				job->started = GetCurrentTimestamp();
 				if (CacheLookup(&job->model, &job->cache_key, &hit))
