@@ -1037,7 +1037,10 @@ ParseBodyJsonb(const char *body, size_t len)
 
 	if (body == NULL || len == 0 || len >= MaxAllocSize)
 		return NULL;
-	copy = pnstrdup(body, len);
+	/* UTF-8 from the provider, in the database encoding for jsonb */
+	copy = ProviderBodyToServer(body, len);
+	if (copy == NULL)
+		return NULL;
 	PG_TRY();
 	{
 		res = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(copy)));

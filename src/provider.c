@@ -15,9 +15,9 @@
  * encoding and the nesting depth (the parser would ERROR past the stack
  * depth limit).
  *
- * Encodings.  Providers speak UTF-8.  In a database that is not UTF8, the
- * strings of a request are converted from the database encoding to UTF-8
- * (PostgreSQL's default conversion), and a response is converted to the
+ * Encodings.  Providers speak UTF-8.  In a database that is not UTF8, a
+ * request body (prompt or chat request) is converted from the database
+ * encoding to UTF-8 (PostgreSQL's default conversion), and a response is converted to the
  * database encoding before it is parsed: a character the database encoding
  * cannot represent becomes '?' (a curly apostrophe in a LATIN1 database),
  * so such an answer is an answer, not a malformed response.
@@ -87,7 +87,8 @@ ToUtf8Prepare(void)
 {
 	Oid			proc;
 
-	if (ToUtf8Ready)
+	if (ToUtf8Ready || GetDatabaseEncoding() == PG_UTF8 ||
+		GetDatabaseEncoding() == PG_SQL_ASCII)
 		return true;
 	if (!IsTransactionState())
 		return false;
@@ -100,27 +101,26 @@ ToUtf8Prepare(void)
 }
 
 /*
- * AppendJsonText
- *		Append s, a valid string of the database encoding, as a JSON string
- *		in UTF-8.  Returns false (appending nothing) when s must be
- *		converted and the conversion function could not be looked up (only
- *		outside a transaction, before any request was built in one).
+ * BodyToUtf8
+ *		A request body (JSON text built in the database encoding) in UTF-8:
+ *		body itself when nothing needs converting, a palloc'd copy
+ *		otherwise, or NULL when the conversion function could not be
+ *		looked up (only outside a transaction, before any request was built
+ *		in one).  JSON's structure is ASCII, so converting the whole text
+ *		converts every string in it.
  */
-static bool
-AppendJsonText(StringInfo buf, const char *s)
+static char *
+BodyToUtf8(char *body)
 {
 	int			enc = GetDatabaseEncoding();
 	size_t		len;
 	char	   *utf8;
 
-	if (enc == PG_UTF8 || enc == PG_SQL_ASCII || pg_is_ascii(s))
-	{
-		escape_json(buf, s);
-		return true;
-	}
+	if (enc == PG_UTF8 || enc == PG_SQL_ASCII || pg_is_ascii(body))
+		return body;
 	if (!ToUtf8Prepare())
-		return false;
-	len = strlen(s);
+		return NULL;
+	len = strlen(body);
 	if (len >= MaxAllocSize / MAX_CONVERSION_GROWTH)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
@@ -128,22 +128,9 @@ AppendJsonText(StringInfo buf, const char *s)
 				 errdetail("String of %zu bytes is too long for encoding conversion.", len)));
 	utf8 = palloc(len * MAX_CONVERSION_GROWTH + 1);
 	FunctionCall6(&ToUtf8Proc, Int32GetDatum(enc), Int32GetDatum(PG_UTF8),
-				  CStringGetDatum(s), CStringGetDatum(utf8),
+				  CStringGetDatum(body), CStringGetDatum(utf8),
 				  Int32GetDatum((int) len), BoolGetDatum(false));
-	escape_json(buf, utf8);
-	pfree(utf8);
-	return true;
-}
-
-/* AppendJsonText, for a request built in a transaction: it cannot fail there. */
-static void
-AppendJsonTextOrError(StringInfo buf, const char *s)
-{
-	if (!AppendJsonText(buf, s))
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_FUNCTION),
-				 errmsg("could not convert the request from encoding \"%s\" to UTF8",
-						GetDatabaseEncodingName())));
+	return utf8;
 }
 
 /*
@@ -172,7 +159,8 @@ AppendJsonDouble(StringInfo buf, const char *key, double value)
  * ProviderRequestBody
  *		The JSON request body for one prompt, palloc'd in the current memory
  *		context.  Every string (model id, system prompt, prompt) is escaped
- *		with escape_json, in UTF-8.  prompt must be a valid string of the database
+ *		with escape_json, in the database encoding (ProviderBuildRequest
+ *		converts the body to UTF-8).  prompt must be a valid string of the database
  *		encoding (it comes from a text value).
  *
  * OpenAI:    {"model", "messages": [system?, user], "max_tokens" or
@@ -187,7 +175,7 @@ ProviderRequestBody(const CanaryModel *model, const char *prompt)
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"model\":");
-	AppendJsonTextOrError(&buf, model->model);
+	escape_json(&buf, model->model);
 
 	if (model->provider == CANARY_PROVIDER_ANTHROPIC)
 	{
@@ -197,10 +185,10 @@ ProviderRequestBody(const CanaryModel *model, const char *prompt)
 		if (model->system_prompt != NULL)
 		{
 			appendStringInfoString(&buf, ",\"system\":");
-			AppendJsonTextOrError(&buf, model->system_prompt);
+			escape_json(&buf, model->system_prompt);
 		}
 		appendStringInfoString(&buf, ",\"messages\":[{\"role\":\"user\",\"content\":");
-		AppendJsonTextOrError(&buf, prompt);
+		escape_json(&buf, prompt);
 		appendStringInfoString(&buf, "}]");
 	}
 	else
@@ -209,11 +197,11 @@ ProviderRequestBody(const CanaryModel *model, const char *prompt)
 		if (model->system_prompt != NULL)
 		{
 			appendStringInfoString(&buf, "{\"role\":\"system\",\"content\":");
-			AppendJsonTextOrError(&buf, model->system_prompt);
+			escape_json(&buf, model->system_prompt);
 			appendStringInfoString(&buf, "},");
 		}
 		appendStringInfoString(&buf, "{\"role\":\"user\",\"content\":");
-		AppendJsonTextOrError(&buf, prompt);
+		escape_json(&buf, prompt);
 		appendStringInfoString(&buf, "}]");
 		if (model->max_tokens > 0)
 			appendStringInfo(&buf, ",\"%s\":%d",
@@ -242,7 +230,12 @@ ProviderBuildRequest(const CanaryModel *model, const CanaryRequest *req,
 {
 	(void) ToUtf8Prepare();
 	request->url = ProviderRequestUrl(model);
-	request->body = RequestBody(model, req);
+	request->body = BodyToUtf8(RequestBody(model, req));
+	if (request->body == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("could not convert a request from encoding \"%s\" to UTF8",
+						GetDatabaseEncodingName())));
 	request->body_len = strlen(request->body);
 }
 
@@ -534,6 +527,8 @@ NestedTooDeep(const char *s, size_t len)
 	return false;
 }
 
+static bool BodyIsValidText(const char *body, size_t len);
+
 /*
  * Append code point cp in the database encoding, or '?' when the database
  * encoding has no such character.  pg_unicode_to_server uses the
@@ -672,6 +667,24 @@ BodyToServerEncoding(const char *body, size_t len, size_t *outlen)
 	}
 	*outlen = out.len;
 	return out.data;
+}
+
+/*
+ * ProviderBodyToServer
+ *		A response body (UTF-8) as a NUL-terminated string of the database
+ *		encoding, palloc'd: converted as BodyToServerEncoding does in a
+ *		database that is not UTF8 (NULL when body is not valid UTF-8
+ *		there), a plain copy in a UTF8 database.  For readers of a response
+ *		other than ParseJsonWith (chat.c's jsonb parse).
+ */
+char *
+ProviderBodyToServer(const char *body, size_t len)
+{
+	if (GetDatabaseEncoding() == PG_UTF8)
+		return pnstrdup(body, len);
+	if (!BodyIsValidText(body, len))
+		return NULL;
+	return BodyToServerEncoding(body, len, &len);
 }
 
 /*
@@ -964,7 +977,7 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
  *		POST {base_url}/embeddings with {"model": <model id>, "input": [a,
  *		b]}, palloc'd in the current memory context.  a and b must be valid
  *		strings of the database encoding.  Returns false when they cannot be
- *		converted to UTF-8 here (see AppendJsonText).
+ *		converted to UTF-8 here (see BodyToUtf8).
  */
 bool
 ProviderBuildEmbeddingsRequest(const CanaryModel *model, const char *a,
@@ -974,18 +987,17 @@ ProviderBuildEmbeddingsRequest(const CanaryModel *model, const char *a,
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"model\":");
-	if (!AppendJsonText(&buf, model->model))
-		return false;
+	escape_json(&buf, model->model);
 	appendStringInfoString(&buf, ",\"input\":[");
-	if (!AppendJsonText(&buf, a))
-		return false;
+	escape_json(&buf, a);
 	appendStringInfoChar(&buf, ',');
-	if (!AppendJsonText(&buf, b))
-		return false;
+	escape_json(&buf, b);
 	appendStringInfoString(&buf, "]}");
 	request->url = ModelUrl(model, "embeddings");
-	request->body = buf.data;
-	request->body_len = buf.len;
+	request->body = BodyToUtf8(buf.data);
+	if (request->body == NULL)
+		return false;
+	request->body_len = strlen(request->body);
 	return true;
 }
 

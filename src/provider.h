@@ -61,6 +61,7 @@ extern void ProviderParseResponse(const CanaryModel *model, int http_status,
 extern bool ProviderBuildEmbeddingsRequest(const CanaryModel *model,
 										   const char *a, const char *b,
 										   HttpRequest *request);
+extern char *ProviderBodyToServer(const char *body, size_t len);
 extern const char *ProviderParseEmbeddings(int http_status, const char *body,
 										   size_t len, double *cosine,
 										   const char **detail);

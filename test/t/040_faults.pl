@@ -84,7 +84,8 @@ my @faults = (
 		[ 'error', 'connect', '200', '38L02' ] ],
 	[ 'truncate', 'openai', '{"truncate": true}', {},
 		[ 'error', 'connect', '200', '38L02' ] ],
-	[ 'unresolvable', 'openai', '{}', { base_url => 'http://llm-canary-test.invalid/v1', connect_timeout_ms => 2000 },
+	# https: a key never goes over plain http:// to a host that is not loopback
+	[ 'unresolvable', 'openai', '{}', { base_url => 'https://llm-canary-test.invalid/v1', connect_timeout_ms => 2000 },
 		[ 'error', 'connect', '-', '38L02' ] ],
 	[ 'http_500', 'openai', '{"error_rate": 1, "error_status": 500}', {},
 		[ 'error', 'http_500', '500', '38000' ] ],
