@@ -7,7 +7,7 @@
  *
  * Data flows one way: config.c gives the rollout and models, routing.c the
  * decision, http.c/provider.c the model's answer; this file classifies the
- * answer (refusal patterns), puts one CanaryMetricRecord per attempt into the
+ * answer (outcome.c's refusal rule), puts one CanaryMetricRecord per attempt into the
  * shared-memory queue (metrics_queue.c), which the worker writes outside the
  * caller's transaction, and builds the jsonb result.
  *
@@ -65,17 +65,10 @@ RecordAttempt(const CallContext *cx, const CanaryModel *model,
 	strlcpy(rec.stage, cx->stage, sizeof(rec.stage));
 	strlcpy(rec.cohort, cx->canary_cohort ? "canary" : "control", sizeof(rec.cohort));
 	strlcpy(rec.model, model->name, sizeof(rec.model));
-	/* clip at a character boundary so the row stays valid text */
-	{
-		int			len = cx->user_len;
-
-		if (len >= CANARY_USER_ID_MAX)
-			len = pg_mbcliplen(cx->user_id, cx->user_len, CANARY_USER_ID_MAX - 1);
-		memcpy(rec.user_id, cx->user_id, len);
-		rec.user_id[len] = '\0';
-	}
+	CanaryClipCopy(rec.user_id, sizeof(rec.user_id), cx->user_id, cx->user_len);
 	if (cx->prompt_class)
-		strlcpy(rec.prompt_class, cx->prompt_class, sizeof(rec.prompt_class));
+		CanaryClipCopy(rec.prompt_class, sizeof(rec.prompt_class),
+					   cx->prompt_class, strlen(cx->prompt_class));
 	memcpy(rec.prompt_hash, cx->prompt_hash, sizeof(rec.prompt_hash));
 	if (a->error)
 		strlcpy(rec.error, a->error, sizeof(rec.error));
@@ -90,9 +83,17 @@ RecordAttempt(const CallContext *cx, const CanaryModel *model,
 	rec.response_chars = a->text ? (int32) pg_mbstrlen(a->text) : 0;
 	/* a cached answer was paid for when the model gave it */
 	if (!a->cached)
-		rec.cost = (a->prompt_tokens > 0 ? a->prompt_tokens * model->price_input_per_1k / 1000.0 : 0) +
-			(a->completion_tokens > 0 ? a->completion_tokens * model->price_output_per_1k / 1000.0 : 0);
+		rec.cost = CanaryAttemptCost(model, a->prompt_tokens, a->completion_tokens);
 	(void) MetricsEnqueue(&rec);
+}
+
+/* An answer that is a refusal (outcome.c's rule) has outcome refusal. */
+static void
+ClassifyRefusal(CanaryAttempt *a)
+{
+	if (a->outcome == CANARY_OUTCOME_OK &&
+		CanaryIsRefusal(a->provider_refusal, a->text))
+		a->outcome = CANARY_OUTCOME_REFUSAL;
 }
 
 /*
@@ -125,8 +126,7 @@ CallAndRecord(const CallContext *cx, const CanaryModel *model,
 
 			TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
 			a->latency_ms = (int) (secs * 1000 + usecs / 1000);
-			if (a->outcome == CANARY_OUTCOME_OK && CanaryTextIsRefusal(a->text))
-				a->outcome = CANARY_OUTCOME_REFUSAL;
+			ClassifyRefusal(a);
 			RecordAttempt(cx, model, a, fallback);
 			return;
 		}
@@ -154,10 +154,7 @@ CallAndRecord(const CallContext *cx, const CanaryModel *model,
 	}
 	PG_END_TRY();
 
-	if (a->outcome == CANARY_OUTCOME_OK && CanaryTextIsRefusal(a->text))
-		a->outcome = CANARY_OUTCOME_REFUSAL;
-	if (a->provider_refusal)
-		a->outcome = CANARY_OUTCOME_REFUSAL;
+	ClassifyRefusal(a);
 	RecordAttempt(cx, model, a, fallback);
 	if (use_cache)
 		CacheStore(model, &key, a);
