@@ -36,7 +36,9 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 
+#include "batch.h"
 #include "cache.h"
+#include "chat.h"
 #include "config.h"
 #include "extension.h"
 #include "metrics.h"
@@ -60,6 +62,7 @@ CanaryShmemRequest(void)
 		prev_shmem_request_hook();
 	MetricsRequestShmem();
 	ShadowRequestShmem();
+	BatchRequestShmem();
 }
 
 /* shmem_startup_hook: create or attach to the metrics queue and shadow slots. */
@@ -70,6 +73,7 @@ CanaryShmemStartup(void)
 		prev_shmem_startup_hook();
 	MetricsInitShmem();
 	ShadowInitShmem();
+	BatchInitShmem();
 }
 
 /* Chain the shared memory hooks; only while preloading. */
@@ -92,6 +96,8 @@ _PG_init(void)
 	WorkerInit();
 	WebhookInit();
 	HttpDefineSettings();
+	ChatDefineSettings();
+	BatchDefineSettings();
 	CacheDefineSettings();
 	ShadowDefineSettings();
 	ShmemInit();
