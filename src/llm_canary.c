@@ -19,6 +19,7 @@
 #include "cache.h"
 #include "config.h"
 #include "llm_canary.h"
+#include "rollups.h"
 #include "metrics.h"
 #include "provider.h"
 #include "shadow.h"
@@ -132,6 +133,7 @@ _PG_init(void)
 	CacheDefineSettings();
 	ShadowDefineSettings();
 	MonitorDefineSettings();
+	RollupsDefineSettings();
 
 	MarkGUCPrefixReserved("llm_canary");
 
