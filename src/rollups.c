@@ -66,7 +66,7 @@ int			canary_rollup_retention_days = 400;
 
 /* Define the rollups' settings; called from _PG_init. */
 void
-RollupsDefineSettings(void)
+RollupsInit(void)
 {
 	DefineCustomIntVariable("llm_canary.rollup_retention_days",
 							"Sets how many days of canary_rollups canary_maintenance() keeps.",

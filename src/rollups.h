@@ -13,6 +13,6 @@
 extern int	canary_rollup_retention_days;
 
 /* Define the rollups' settings; called from _PG_init. */
-extern void RollupsDefineSettings(void);
+extern void RollupsInit(void);
 
 #endif							/* LLM_CANARY_ROLLUPS_H */

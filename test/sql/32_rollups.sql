@@ -3,6 +3,7 @@
 -- canary_rollup_rebuild, retention, and malformed histograms.
 \set SHOW_CONTEXT never
 SET TIME ZONE 'UTC';
+
 -- exact from 0 to 64; above, every quantile within 1/64 of percentile_cont
 WITH dists AS (
     SELECT 'small' AS dist, g % 65 AS v FROM generate_series(1, 5000) g
@@ -28,86 +29,38 @@ SELECT dist, count(*) AS quantiles,
        max(abs(approx - exact) / greatest(exact, 1)) <= 1 / 64.0 AS within_bound,
        bool_and(approx = exact OR exact > 64) AS exact_to_64
   FROM cmp GROUP BY dist ORDER BY dist;
-    dist     | quantiles | within_bound | exact_to_64 
--------------+-----------+--------------+-------------
- exponential |         9 | t            | t
- small       |         9 | t            | t
- two values  |         9 | t            | t
- uniform     |         9 | t            | t
- wide        |         9 | t            | t
-(5 rows)
 
 -- the Prometheus buckets: 98 bounds, counts exact at each bound
 SELECT cardinality(canary_hist_le()) AS bounds, (canary_hist_le())[1:12] AS first_bounds,
        (canary_hist_le())[98] AS last_bound;
- bounds |           first_bounds            | last_bound 
---------+-----------------------------------+------------
-     98 | {1,2,4,8,16,32,40,48,56,64,72,80} |     131072
-(1 row)
-
 WITH v AS (SELECT (hashtext('p' || g) & 262143) AS v FROM generate_series(1, 10000) g)
 SELECT bool_and(c.n = (SELECT count(*) FROM v WHERE v.v <= c.le)) AS cumulative_exact
   FROM unnest(canary_hist_le(), canary_hist_cumulative((SELECT canary_hist_agg(v) FROM v))) AS c(le, n);
- cumulative_exact 
-------------------
- t
-(1 row)
 
 -- merging and counting
 SELECT canary_hist_agg(v) AS hist FROM unnest(ARRAY[0, 5, 5, 64, 65, 66, 67, 1000, NULL]) v;
-              hist              
---------------------------------
- {0,1,5,2,64,1,65,2,66,1,191,1}
-(1 row)
-
 SELECT canary_hist_merge('{5,2,65,1}', '{5,1,100,3}') AS merged,
        canary_hist_sum(h) AS summed
   FROM (VALUES ('{5,2,65,1}'::int8[]), ('{5,1,100,3}'), (NULL)) t(h);
-      merged      |      summed      
-------------------+------------------
- {5,3,65,1,100,3} | {5,3,65,1,100,3}
-(1 row)
-
 SELECT canary_hist_count_over('{5,2,64,1,65,1}', 64) AS over_64, canary_hist_count_over('{5,2,64,1,65,1}', 4) AS over_4,
        canary_hist_quantile('{}', 0.5) AS empty;
- over_64 | over_4 | empty 
----------+--------+-------
-       1 |      4 |      
-(1 row)
 
 -- malformed histograms are refused, never read out of bounds
 SELECT canary_hist_quantile('{1,2,3}', 0.5);
-ERROR:  invalid histogram
-DETAIL:  A histogram has an even number of elements, not 3.
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_hist_quantile('{900,1}', 0.5);
-ERROR:  invalid histogram
-DETAIL:  Bucket 900 with count 1 is out of range.
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_hist_merge('{1,-1}', '{}');
-ERROR:  invalid histogram
-DETAIL:  Bucket 1 with count -1 is out of range.
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_hist_merge('{{1,1}}', '{}');
-ERROR:  invalid histogram
-DETAIL:  A histogram is a one-dimensional int8[] of bucket and count pairs.
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_hist_quantile('{1,1}', 1.5);
-ERROR:  quantile 1.5 is not between 0 and 1
 \echo :LAST_ERROR_SQLSTATE
-22003
+
 -- buckets: (end - 30 s, end]
 SELECT canary_rollup_bucket('2026-01-01 00:00:30+00') AS on_boundary,
        canary_rollup_bucket('2026-01-01 00:00:30.000001+00') AS just_after,
        canary_rollup_bucket('2026-01-01 00:00:00.5+00') AS first_half;
-         on_boundary          |          just_after          |          first_half          
-------------------------------+------------------------------+------------------------------
- Thu Jan 01 00:00:30 2026 UTC | Thu Jan 01 00:01:00 2026 UTC | Thu Jan 01 00:00:30 2026 UTC
-(1 row)
 
 -- a backfill written straight into canary_requests (INSERT and COPY) and
 -- verdicts on it reach the rollups in the same statement
@@ -122,6 +75,9 @@ SELECT ('00000000-0000-0000-0076-' || lpad(g::text, 12, '0'))::uuid,
        CASE WHEN g % 5 <> 0 THEN g % 300 END, 10, g % 6 = 3, g % 9 = 0, 0.001
   FROM generate_series(1, 600) g;
 COPY canary_requests (request_id, ts, canary, cohort, model, outcome, latency_ms, fallback) FROM stdin;
+00000000-0000-0000-0076-100000000001	2026-01-01 00:00:30+00	rolls	canary	model-new	ok	123	f
+00000000-0000-0000-0076-100000000002	2026-01-01 00:00:30.5+00	rolls	canary	model-new	error	456	f
+\.
 INSERT INTO canary_feedback (request_id, ts, thumbs_down, user_id, canary, cohort, model)
 SELECT request_id, now(), user_id <> 'u8', user_id, canary, cohort, model
   FROM canary_requests WHERE canary = 'rolls' AND user_id IN ('u4', 'u8', 'u12', 'u30');
@@ -129,101 +85,38 @@ SELECT bucket_end, stage, cohort, model, fallback, requests, outcome_ok, outcome
        thumbs_down, verdicts, completions, latency_count, latency_sum
   FROM canary_rollups WHERE canary = 'rolls' AND bucket_end <= '2026-01-01 00:01:00+00'
  ORDER BY bucket_end, stage, cohort, fallback;
-          bucket_end          |  stage  | cohort  |   model   | fallback | requests | outcome_ok | outcome_error | outcome_timeout | refusals | thumbs_down | verdicts | completions | latency_count | latency_sum 
-------------------------------+---------+---------+-----------+----------+----------+------------+---------------+-----------------+----------+-------------+----------+-------------+---------------+-------------
- Thu Jan 01 00:00:30 2026 UTC |         | canary  | model-new | f        |        1 |          1 |             0 |               0 |        0 |           0 |        0 |           0 |             1 |         123
- Thu Jan 01 00:00:30 2026 UTC | ramp_25 | canary  | model-new | f        |        7 |          4 |             3 |               0 |        0 |           2 |        3 |           6 |             7 |        4494
- Thu Jan 01 00:00:30 2026 UTC | ramp_25 | control | model-old | f        |       20 |         10 |             2 |               5 |        3 |           1 |        1 |          15 |            20 |       12063
- Thu Jan 01 00:00:30 2026 UTC | ramp_25 | control | model-old | t        |        3 |          1 |             0 |               0 |        2 |           0 |        0 |           3 |             3 |        2148
- Thu Jan 01 00:01:00 2026 UTC |         | canary  | model-new | f        |        1 |          0 |             1 |               0 |        0 |           0 |        0 |           0 |             1 |         456
- Thu Jan 01 00:01:00 2026 UTC | ramp_25 | canary  | model-new | f        |        7 |          5 |             2 |               0 |        0 |           0 |        0 |           5 |             7 |        8634
- Thu Jan 01 00:01:00 2026 UTC | ramp_25 | canary  | model-new | t        |        1 |          1 |             0 |               0 |        0 |           0 |        0 |           1 |             1 |        1382
- Thu Jan 01 00:01:00 2026 UTC | ramp_25 | control | model-old | f        |       20 |          8 |             3 |               5 |        4 |           0 |        0 |          17 |            20 |       26226
- Thu Jan 01 00:01:00 2026 UTC | ramp_25 | control | model-old | t        |        2 |          1 |             0 |               0 |        1 |           0 |        0 |           1 |             2 |        3763
-(9 rows)
-
 SELECT cohort, fallback, requests, outcome_ok + outcome_refusal + outcome_error + outcome_timeout AS by_outcome,
        thumbs_down, verdicts, cost
   FROM canary_rollup_totals WHERE canary = 'rolls' ORDER BY cohort, fallback;
- cohort  | fallback | requests | by_outcome | thumbs_down | verdicts | cost  
----------+----------+----------+------------+-------------+----------+-------
- canary  | f        |      136 |        136 |           2 |        3 | 0.134
- canary  | t        |       16 |         16 |           0 |        0 | 0.016
- control | f        |      400 |        400 |           1 |        1 | 0.400
- control | t        |       50 |         50 |           0 |        0 | 0.050
-(4 rows)
 
 -- the kill switch reads them: a window of whole buckets
 SELECT canary_check('rolls', '2026-01-01 00:05:00+00') AS reason;
- reason 
---------
- 
-(1 row)
-
 SELECT cohort, samples, errors, refusals, thumbs_down, p95_latency_ms
   FROM canary_window_summaries WHERE canary = 'rolls' ORDER BY cohort;
- cohort  | samples | errors | refusals | thumbs_down | p95_latency_ms 
----------+---------+--------+----------+-------------+----------------
- canary  |      69 |     26 |        0 |           2 |         1904.5
- control |     200 |     75 |       33 |           1 |         1936.5
-(2 rows)
 
 -- deleted raw rows leave the rollups; canary_rollup_rebuild recounts them
 DELETE FROM canary_requests WHERE canary = 'rolls' AND ts <= '2026-01-01 00:01:00+00';
 SELECT sum(requests) AS rolled_before_rebuild FROM canary_rollups WHERE canary = 'rolls';
- rolled_before_rebuild 
------------------------
-                   602
-(1 row)
-
 SELECT canary_rollup_rebuild('2026-01-01', '2026-01-01 00:02:00+00') AS rows_in_range;
- rows_in_range 
----------------
-             8
-(1 row)
-
 SELECT sum(requests) AS rolled_after_rebuild, sum(thumbs_down) AS thumbs_down
   FROM canary_rollups WHERE canary = 'rolls';
- rolled_after_rebuild | thumbs_down 
-----------------------+-------------
-                  540 |           0
-(1 row)
-
 SELECT count(*) AS raw_rows FROM canary_requests WHERE canary = 'rolls';
- raw_rows 
-----------
-      540
-(1 row)
-
 SELECT sum(requests) AS totals_unchanged FROM canary_rollup_totals WHERE canary = 'rolls';
- totals_unchanged 
-------------------
-              602
-(1 row)
 
 -- retention: rollups older than llm_canary.rollup_retention_days (400)
 -- before today are deleted (canary_maintenance calls this; test/t tests it)
 SELECT canary_rollup_maintenance(date '2027-02-05') AS deleted_day_before;
- deleted_day_before 
---------------------
-                  0
-(1 row)
-
 BEGIN;
 SELECT canary_rollup_maintenance(date '2027-02-06') > 0 AS deleted_day_after;
- deleted_day_after 
--------------------
- t
-(1 row)
-
 SELECT count(*) AS rolls_left FROM canary_rollups WHERE canary = 'rolls';
- rolls_left 
-------------
-          0
-(1 row)
-
 ROLLBACK;
 SELECT canary_rollup_rebuild(NULL);
-ERROR:  since must not be NULL
 \echo :LAST_ERROR_SQLSTATE
-22004
+
+-- the rollout of this file leaves with its rows
+DELETE FROM canary_window_summaries WHERE canary = 'rolls';
+DELETE FROM canary_feedback WHERE canary = 'rolls';
+DELETE FROM canary_requests WHERE canary = 'rolls';
+DELETE FROM canary_rollups WHERE canary = 'rolls';
+DELETE FROM canary_rollup_totals WHERE canary = 'rolls';
+DELETE FROM canary_config WHERE name = 'rolls';
