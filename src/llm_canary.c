@@ -44,6 +44,7 @@
 #include "metrics.h"
 #include "provider.h"
 #include "shadow.h"
+#include "submit.h"
 #include "webhook.h"
 #include "worker.h"
 
@@ -98,6 +99,7 @@ _PG_init(void)
 	HttpDefineSettings();
 	ChatDefineSettings();
 	BatchDefineSettings();
+	SubmitInit();
 	CacheDefineSettings();
 	ShadowDefineSettings();
 	ShmemInit();
