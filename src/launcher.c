@@ -4,8 +4,9 @@
  *	  The llm_canary launcher: the one background worker registered at
  *	  preload.  It connects to no database, waits until
  *	  llm_canary.database_name exists, then starts the metrics worker
- *	  (worker.c) and the monitor (monitor_worker.c) as dynamic background
- *	  workers, and starts each again WORKER_RESTART_MS after it exits.
+ *	  (worker.c), the monitor (monitor_worker.c) and the submissions worker
+ *	  (submit.c) as dynamic background workers, and starts each again a
+ *	  few seconds after it exits.
  *
  * Why a launcher: a worker connecting to a database that does not exist
  * exits FATAL and the postmaster restarts it, every few seconds, forever.
@@ -50,13 +51,16 @@ typedef struct LauncherChild
 {
 	const char *name;			/* bgw_name and bgw_type */
 	const char *function;		/* entry point */
+	int			restart_ms;		/* started again this long after it exits */
 	BackgroundWorkerHandle *handle; /* NULL: not started (or gone) */
 	TimestampTz start_after;
 } LauncherChild;
 
 static LauncherChild children[] = {
-	{"llm_canary worker", "CanaryWorkerMain", NULL, 0},
-	{"llm_canary monitor", "CanaryMonitorMain", NULL, 0},
+	{"llm_canary worker", "CanaryWorkerMain", WORKER_RESTART_MS, NULL, 0},
+	{"llm_canary monitor", "CanaryMonitorMain", WORKER_RESTART_MS, NULL, 0},
+	/* submit.c: canary_submit's answers; callers wait for it, so sooner */
+	{"llm_canary submissions", "CanarySubmitWorkerMain", 1000, NULL, 0},
 };
 
 /*
@@ -174,7 +178,7 @@ LauncherStartChildren(bool *slots_logged)
 				continue;
 			pfree(child->handle);
 			child->handle = NULL;
-			child->start_after = TimestampTzPlusMilliseconds(now, WORKER_RESTART_MS);
+			child->start_after = TimestampTzPlusMilliseconds(now, child->restart_ms);
 		}
 		if (now < child->start_after || LauncherChildRuns(child->name))
 			continue;
@@ -185,7 +189,7 @@ LauncherStartChildren(bool *slots_logged)
 				ereport(LOG,
 						(errmsg("llm_canary launcher could not start \"%s\": no background worker slot is free",
 								child->name),
-						 errhint("Raise max_worker_processes; llm_canary uses three.")));
+						 errhint("Raise max_worker_processes; llm_canary uses four.")));
 			*slots_logged = true;
 			child->start_after = TimestampTzPlusMilliseconds(now, WORKER_RESTART_MS);
 		}

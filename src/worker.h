@@ -6,11 +6,12 @@
  *
  *	  - launcher.c: "llm_canary launcher", registered at preload, connected
  *		to no database; waits (quietly) until the database exists, then
- *		starts the two workers below and starts them again when they exit;
+ *		starts the workers below and starts them again when they exit;
  *	  - worker.c: "llm_canary worker", the metrics queue to canary_requests
  *		and every outbound transfer on one libcurl multi loop (shadow calls);
  *	  - monitor_worker.c: "llm_canary monitor", the slow periodic jobs: the
- *		kill-switch check, alert webhooks, partition maintenance.
+ *		kill-switch check, alert webhooks, partition maintenance;
+ *	  - submit.c: "llm_canary submissions", canary_submit's answers.
  *
  *-------------------------------------------------------------------------
  */

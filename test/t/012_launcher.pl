@@ -45,7 +45,8 @@ is(log_count(qr/llm_canary found database "later", starting its workers/), 1,
 is($node->safe_psql('later',
 		q{SELECT string_agg(backend_type, ', ' ORDER BY backend_type) FROM pg_stat_activity
 		   WHERE backend_type LIKE 'llm_canary%' AND datname = 'later'}),
-	'llm_canary monitor, llm_canary worker', 'the metrics worker and the monitor serve the database');
+	'llm_canary monitor, llm_canary submissions, llm_canary worker',
+	'the metrics worker, the monitor and the submissions worker serve the database');
 
 # the records written by the worker really arrive
 $node->safe_psql('later', "SELECT canary_record('x', 'u', 'm', 'control', 'ok', 1)");
@@ -63,9 +64,10 @@ ok($node->poll_query_until('later', q{SELECT worker_state = 'running' FROM canar
 sleep 2;
 is($node->safe_psql('postgres',
 		q{SELECT count(*) FILTER (WHERE backend_type = 'llm_canary worker') || ' '
-		      || count(*) FILTER (WHERE backend_type = 'llm_canary monitor')
+		      || count(*) FILTER (WHERE backend_type = 'llm_canary monitor') || ' '
+		      || count(*) FILTER (WHERE backend_type = 'llm_canary submissions')
 		    FROM pg_stat_activity}),
-	'1 1', 'one metrics worker and one monitor, never two');
+	'1 1 1', 'one of each worker, never two');
 
 $node->stop;
 done_testing();
