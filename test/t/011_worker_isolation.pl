@@ -56,7 +56,8 @@ INSERT INTO canary_config (name, stage, old_model, new_model, shadow_sample_rate
 VALUES ('sh', 'shadow', 'm-old', 'm-new', 1),
        ('r1', 'full', 'm-old', 'm-new', 0),
        ('r2', 'full', 'm-old', 'm-new', 0),
-       ('r3', 'full', 'm-old', 'm-new', 0);
+       ('r3', 'full', 'm-old', 'm-new', 0),
+       ('r4', 'full', 'm-old', 'm-new', 0);
 });
 
 # --- the trip: three alerts for a webhook that hangs ------------------------
@@ -86,9 +87,10 @@ BEGIN
 END $$;
 });
 
-# a check stuck behind a lock on canary_config (check_interval 2 s)
+# a check stuck behind a lock on canary_window_summaries, where the check of
+# the armed rollout r4 writes its window (check_interval 2 s)
 my $locker = $node->background_psql('postgres');
-$locker->query_safe('BEGIN; LOCK TABLE canary_config IN ACCESS EXCLUSIVE MODE');
+$locker->query_safe('BEGIN; LOCK TABLE canary_window_summaries IN ACCESS EXCLUSIVE MODE');
 
 # the metrics are written within the flush interval meanwhile
 my @lags;
