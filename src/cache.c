@@ -88,33 +88,16 @@ CacheEnabled(void)
 
 /*
  * CacheComputeKey
- *		The cache key of prompt sent to model.  Allocates (and frees) the
- *		request in the current memory context.
+ *		The cache key of req (a prompt or a chat request), sent as http
+ *		(ProviderBuildRequest: the very request the transfer sends): its
+ *		identity is the prompt, or the normalised chat request's text.
+ *		Allocates scratch memory in the current memory context.
  */
 void
-CacheComputeKey(const CanaryModel *model, const char *prompt, CacheKey *key)
-{
-	CanaryRequest req;
-
-	memset(&req, 0, sizeof(req));
-	req.prompt = prompt;
-	CacheComputeRequestKey(model, &req, key);
-}
-
-/*
- * CacheComputeRequestKey
- *		The cache key of req sent to model: its identity is the prompt, or
- *		the normalised chat request's text.  Allocates in the current memory
- *		context.
- */
-void
-CacheComputeRequestKey(const CanaryModel *model, const CanaryRequest *req,
-					   CacheKey *key)
+CacheComputeKey(const CanaryRequest *req, const HttpRequest *http, CacheKey *key)
 {
 	uint8		digest[CANARY_SHA256_LEN];
-	char	   *url = ProviderRequestUrl(model);
-	char	   *body = RequestBody(model, req);
-	char	   *request = psprintf("%s\n%s", url, body);
+	char	   *request = psprintf("%s\n%s", http->url, http->body);
 	char	   *identity = req->chat ? ChatRequestText(req->chat) : (char *) req->prompt;
 
 	CanarySha256(identity, strlen(identity), digest);
@@ -122,8 +105,6 @@ CacheComputeRequestKey(const CanaryModel *model, const CanaryRequest *req,
 	CanarySha256(request, strlen(request), digest);
 	CanaryHex(digest, CANARY_SHA256_LEN, key->request_sha256);
 	pfree(request);
-	pfree(body);
-	pfree(url);
 }
 
 /*

@@ -83,63 +83,6 @@ AttemptFailed(const CanaryAttempt *a)
 	return a->outcome == CANARY_OUTCOME_ERROR || a->outcome == CANARY_OUTCOME_TIMEOUT;
 }
 
-/*
- * Did the attempt fail in the transport (no HTTP response, or a connection
- * that broke or was cut in the middle of the body)?  Such a failure is
- * 08006 even when the status line had already arrived.
- */
-static bool
-AttemptTransportFailure(const CanaryAttempt *a)
-{
-	if (a->http_status == 0)
-		return true;
-	return a->error != NULL &&
-		(strcmp(a->error, "connect") == 0 ||
-		 strcmp(a->error, "transport") == 0 ||
-		 strcmp(a->error, "tls") == 0);
-}
-
-/* Raise the error for an attempt no model could answer. */
-static void
-ReportFailedAttempt(const CanaryModel *model, const CanaryAttempt *a)
-{
-	bool		transport = AttemptTransportFailure(a);
-	int			code = transport ? ERRCODE_CONNECTION_FAILURE : ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
-
-	if (a->outcome == CANARY_OUTCOME_TIMEOUT)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not get an answer from model \"%s\" within %d ms",
-						model->name, model->timeout_ms),
-				 errdetail("The request timed out after %d tries.", a->tries),
-				 errhint("Raise timeout_ms in canary_models if the model is slow, or check that it is reachable.")));
-	if (a->http_status != 0 && transport)
-		ereport(ERROR,
-				(errcode(code),
-				 errmsg("could not get an answer from model \"%s\"", model->name),
-				 errdetail("The connection failed after HTTP status %d (%s)%s%s", a->http_status,
-						   a->error ? a->error : "error",
-						   a->error_detail ? ": " : ".",
-						   a->error_detail ? a->error_detail : ""),
-				 errhint("The attempt is recorded in canary_requests.")));
-	if (a->http_status != 0)
-		ereport(ERROR,
-				(errcode(code),
-				 errmsg("could not get an answer from model \"%s\"", model->name),
-				 errdetail("HTTP status %d (%s)%s%s", a->http_status,
-						   a->error ? a->error : "error",
-						   a->error_detail ? ": " : ".",
-						   a->error_detail ? a->error_detail : ""),
-				 errhint("The attempt is recorded in canary_requests.")));
-	ereport(ERROR,
-			(errcode(code),
-			 errmsg("could not reach model \"%s\"", model->name),
-			 errdetail("%s%s%s", a->error ? a->error : "error",
-					   a->error_detail ? ": " : ".",
-					   a->error_detail ? a->error_detail : ""),
-			 errhint("Check base_url in canary_models and that the server is reachable from the database server.")));
-}
-
 /* Add key: string-or-null to an object being built. */
 static void
 PushString(JsonbParseState **st, const char *key, const char *val)
@@ -307,18 +250,21 @@ MsSince(TimestampTz t)
 
 /*
  * CallCacheLookup
- *		With the response cache on, compute the current attempt's cache key
- *		and look for a fresh answer: true with a filled in (cached), false
- *		when the model must be asked.  Caller must be in a transaction.
+ *		Build the current attempt's request (call->http, once: the cache key
+ *		and the transfer use the same one); with the response cache on,
+ *		compute its cache key and look for a fresh answer: true with a
+ *		filled in (cached), false when the model must be asked.  Caller must
+ *		be in a transaction.
  */
 bool
 CallCacheLookup(CanaryCall *call, CanaryAttempt *a)
 {
 	TimestampTz start = GetCurrentTimestamp();
 
+	ProviderBuildRequest(call->model, &call->req, &call->http);
 	if (!CacheEnabled())
 		return false;
-	CacheComputeRequestKey(call->model, &call->req, &call->cache_key);
+	CacheComputeKey(&call->req, &call->http, &call->cache_key);
 	if (!CacheLookup(call->model, &call->cache_key, a))
 		return false;
 	a->latency_ms = MsSince(start);
@@ -409,13 +355,13 @@ CallNextModel(CanaryCall *call)
 
 /*
  * CallRaiseFailure
- *		Raise the error of a call no model could answer (38000, or 08006
- *		for a transport failure).
+ *		Raise the error of a call no model could answer (HttpReportFailure:
+ *		38000, 38L01 timeout, 38L02 transport failure, 42501 key policy).
  */
 void
 CallRaiseFailure(const CanaryCall *call)
 {
-	ReportFailedAttempt(call->model, &call->attempt);
+	HttpReportFailure(call->model, &call->attempt);
 }
 
 /*
@@ -499,7 +445,7 @@ CallRun(CanaryCall *call)
 
 			PG_TRY();
 			{
-				HttpCallModelRequest(call->model, &call->req, &a);
+				HttpCallModelRequest(call->model, &call->req, &call->http, &a);
 			}
 			PG_CATCH();
 			{

@@ -27,7 +27,10 @@
  *					 (batch.h)
  *	 provider.c		 provider URLs, request bodies, response parsing
  *					 (provider.h)
- *	 http.c			 the libcurl transport of backends (provider.h)
+ *	 http.c			 the one outbound HTTP layer: libcurl set-up for every
+ *					 POST, error classification, the backend's transfer
+ *					 (http.h)
+ *	 http_policy.c	 which variables may hold API keys, where keys may go
  *	 cache.c		 the optional response cache (cache.h)
  *	 probe.c		 canary_probe: one call of a model, nothing recorded
  *	 metrics_queue.c the shared-memory queue of metric records and the
@@ -55,6 +58,7 @@
 #include "chat.h"
 #include "config.h"
 #include "extension.h"
+#include "http.h"
 #include "metrics.h"
 #include "provider.h"
 #include "shadow.h"
@@ -109,7 +113,7 @@ _PG_init(void)
 	MetricsInit();
 	WorkerInit();
 	WebhookInit();
-	HttpDefineSettings();
+	HttpInit();
 	ChatDefineSettings();
 	BatchDefineSettings();
 	CacheDefineSettings();
