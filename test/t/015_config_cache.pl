@@ -227,5 +227,19 @@ SELECT i, canary_call('p', 'u' || i, 'batch') ->> 'model', clock_timestamp()
 	no_crash('trip during a batch');
 }
 
+# --- 6. DROP DATABASE of the worker's own database while calls run ------------
+{
+	my ($pb) = pgbench_start('postgres', "$dir/call.sql", '-c', 4, '-j', 2, '-T', 10);
+	sleep(1);
+	my $t0 = time;
+	my ($ret, $stdout, $stderr) = $node->psql('template1', 'DROP DATABASE postgres WITH (FORCE)',
+		timeout => 60);
+	is($ret, 0, "DROP DATABASE of the worker's database succeeds while calls run") or diag $stderr;
+	cmp_ok(time - $t0, '<', 15, 'and does not wait for the worker longer than its drain');
+	$pb->finish;
+	sleep(1);
+	no_crash("DROP DATABASE of the worker's database");
+}
+
 $node->stop;
 done_testing();
