@@ -43,6 +43,7 @@
  *					 (worker.h)
  *	 webhook.c		 alert webhook delivery by the worker (webhook.h)
  *	 killswitch.c	 canary_check: window summaries and the kill switch
+ *	 rollups.c		 the rollups' histograms and their retention setting
  *
  *-------------------------------------------------------------------------
  */
@@ -61,6 +62,7 @@
 #include "http.h"
 #include "metrics.h"
 #include "provider.h"
+#include "rollups.h"
 #include "shadow.h"
 #include "webhook.h"
 #include "worker.h"
@@ -118,6 +120,7 @@ _PG_init(void)
 	BatchDefineSettings();
 	CacheDefineSettings();
 	ShadowDefineSettings();
+	RollupsInit();
 	ShmemInit();
 	MarkGUCPrefixReserved("llm_canary");
 	ConfigCacheInit();
