@@ -64,6 +64,7 @@
 #include "provider.h"
 #include "rollups.h"
 #include "shadow.h"
+#include "submit.h"
 #include "webhook.h"
 #include "worker.h"
 
@@ -118,6 +119,7 @@ _PG_init(void)
 	HttpInit();
 	ChatDefineSettings();
 	BatchDefineSettings();
+	SubmitInit();
 	CacheDefineSettings();
 	ShadowDefineSettings();
 	RollupsInit();
