@@ -120,6 +120,17 @@ BEGIN
         END IF;
     END IF;
 
+    -- finished submissions past llm_canary.submit_retention (created by a later part)
+    IF to_regclass(format('%I.canary_submissions', nsp)) IS NOT NULL THEN
+        EXECUTE format('DELETE FROM %I.canary_submissions WHERE finished_at < now() - $1', nsp)
+           USING coalesce(nullif(current_setting('llm_canary.submit_retention', true), ''), '1d')::interval;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_submissions'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         -- canary_shadow is created after this function's first run at install
         CONTINUE WHEN to_regclass(format('%I.%I', nsp, parent)) IS NULL;

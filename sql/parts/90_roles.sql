@@ -131,7 +131,7 @@ DECLARE
     app_functions text[] := ARRAY[
         -- the call path and routing
         'canary_call', 'canary_route', 'canary_cohort', 'canary_bucket', 'canary_feedback',
-        'canary_chat', 'canary_batch',
+        'canary_chat', 'canary_batch', 'canary_submit', 'canary_result',
         -- reports
         'canary_summary', 'canary_shadow_report', 'canary_shadow_openings',
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',
@@ -194,7 +194,8 @@ BEGIN
         END IF;
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE %s TO llm_canary_admin', rel);
         CONTINUE WHEN rel IN ('@extschema@.canary_sessions'::regclass, '@extschema@.canary_shadow'::regclass,
-                              '@extschema@.canary_response_cache'::regclass);
+                              '@extschema@.canary_response_cache'::regclass,
+                              '@extschema@.canary_submissions'::regclass);
         -- default partitions are members of the extension (for pg_dump): reads go through the parent
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = rel);
         EXECUTE format('GRANT SELECT ON TABLE %s TO llm_canary_app', rel);

@@ -11,10 +11,10 @@ top="$(cd "$(dirname "$0")/../.." && pwd)"
 dir=/tmp/llm_canary_bench_call; port=55498; nport=55497
 secs=${BENCH_SECONDS:-10}; memcalls=${BENCH_MEM_CALLS:-100000}
 rm -rf "$dir"; mkdir -p "$dir"
-. "$top/test/bench/upstream.sh"
-upstream_start "$dir" "$nport"
+. "$top/test/bench/fast_upstream.sh"
+fast_upstream_start "$dir" "$nport"
 cleanup() {
-    upstream_stop "$dir"
+    fast_upstream_stop "$dir"
     bash "$top/test/cluster.sh" stop "$dir/data"
 }
 trap cleanup EXIT

@@ -20,10 +20,10 @@ BIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 dir=/tmp/llm_canary_bench_rollups; port=55490; nport=55491
 rows=${BENCH_ROWS:-20000000}; secs=${BENCH_SECONDS:-10}
 rm -rf "$dir"; mkdir -p "$dir"
-. "$top/test/bench/upstream.sh"
-upstream_start "$dir" "$nport"
+. "$top/test/bench/fast_upstream.sh"
+fast_upstream_start "$dir" "$nport"
 cleanup() {
-    upstream_stop "$dir"
+    fast_upstream_stop "$dir"
     bash "$top/test/cluster.sh" stop "$dir/data"
 }
 trap cleanup EXIT

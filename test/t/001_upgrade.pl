@@ -19,7 +19,10 @@ my $node = PostgreSQL::Test::Cluster->new('upgrade');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'upgraded'
+# the worker serves another database: its daily canary_maintenance() would
+# expire the response cache rows this test counts
+llm_canary.database_name = 'postgres'
+llm_canary.response_cache_ttl = '1 day'
 });
 $node->start;
 $node->safe_psql('postgres', 'CREATE DATABASE upgraded');

@@ -1,8 +1,10 @@
-# Sourced by the benchmarks: a fast local upstream, nginx answering a fixed
-# chat-completions body on 127.0.0.1.
-#   upstream_start DIR PORT   start it (config, pid and logs under DIR/nginx)
-#   upstream_stop DIR
-upstream_start() {
+# Sourced by the benchmarks that need a fast fixed upstream (call.sh,
+# shadow.sh, submit.sh).
+#
+# fast_upstream_start DIR PORT: nginx (one worker, loopback) answering every
+# POST to /v1/chat/completions on PORT with one fixed chat-completions body;
+# its files go under DIR/nginx.  fast_upstream_stop DIR stops it.
+fast_upstream_start() {
     local dir=$1 nport=$2
     local body='{"id":"c1","object":"chat.completion","created":1,"model":"fast","choices":[{"index":0,"message":{"role":"assistant","content":"Thanks for reaching out. Your order ships tomorrow.","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}'
     mkdir -p "$dir/nginx/tmp"
@@ -10,7 +12,7 @@ upstream_start() {
 worker_processes 1;
 pid $dir/nginx/nginx.pid;
 error_log $dir/nginx/error.log;
-events { worker_connections 1024; }
+events { worker_connections 4096; }
 http {
     access_log off;
     client_body_temp_path $dir/nginx/tmp;
@@ -30,6 +32,7 @@ http {
 CONF
     nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" -e "$dir/nginx/error.log"
 }
-upstream_stop() {
+
+fast_upstream_stop() {
     kill "$(cat "$1/nginx/nginx.pid" 2>/dev/null)" 2>/dev/null || true
 }
