@@ -136,7 +136,11 @@ DECLARE
         'canary_summary', 'canary_shadow_report', 'canary_shadow_openings',
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',
         'canary_stats', 'canary_shadow_stats', 'canary_prometheus', 'canary_timeline',
-        'canary_shadow_is_private'];
+        'canary_shadow_is_private',
+        -- what the reports call: the rollups' histograms, the Prometheus series
+        'canary_hist_accum_hist', 'canary_hist_final', 'canary_hist_sum', 'canary_hist_quantile',
+        'canary_hist_le', 'canary_hist_cumulative', 'canary_prometheus_requests',
+        'canary_prometheus_series'];
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure

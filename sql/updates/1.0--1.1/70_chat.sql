@@ -247,6 +247,15 @@ BEGIN
         END IF;
     END IF;
 
+    -- rollups older than llm_canary.rollup_retention_days (created by a later part)
+    IF to_regprocedure(format('%I.canary_rollup_maintenance(date)', nsp)) IS NOT NULL THEN
+        EXECUTE format('SELECT %I.canary_rollup_maintenance($1)', nsp) INTO n USING today;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_rollups'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
     -- finished submissions past llm_canary.submit_retention (created by a later part)
     IF to_regclass(format('%I.canary_submissions', nsp)) IS NOT NULL THEN
         EXECUTE format('DELETE FROM %I.canary_submissions WHERE finished_at < now() - $1', nsp)
