@@ -31,8 +31,9 @@
 #include "utils/guc.h"
 #include "utils/numeric.h"
 
-#include "llm_canary.h"
+#include "extension.h"
 #include "routing.h"
+#include "util.h"
 
 /*
  * RoutingBucket
