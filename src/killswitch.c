@@ -91,6 +91,7 @@ typedef struct RolloutRules
 	bool		has_since;
 	TimestampTz since;			/* evidence_since: count only traffic after */
 	bool		srm_trips;
+	bool		catalog_1_1;	/* false: a 1.0 catalog not yet updated */
 } RolloutRules;
 
 /* The rules, for matching a breach across windows. */
@@ -294,14 +295,14 @@ StoreSummary(const char *schema, const RolloutRules *rr, TimestampTz at,
 					 "INSERT INTO %s.canary_window_summaries"
 					 " (canary, at, window_seconds, stage, cohort, samples, errors, error_rate,"
 					 "  p95_latency_ms, refusals, refusal_rate, thumbs_down, thumbs_down_rate,"
-					 "  slow_share, baseline_from, decision_mode, decision)"
+					 "  slow_share, baseline_from%s)"
 					 " VALUES ($1, $2, $3, $4, $5, $6, $7,"
 					 "  CASE WHEN $6 > 0 THEN $7::float8 / $6 END, $8, $9,"
 					 "  CASE WHEN $6 > 0 THEN $9::float8 / $6 END, $10,"
 					 "  CASE WHEN $6 > 0 THEN $10::float8 / $6 END,"
-					 "  CASE WHEN $6 > 0 AND $11 IS NOT NULL THEN $13::float8 / $6 END, $12,"
-					 "  $14, $15::jsonb)",
-					 schema);
+					 "  CASE WHEN $6 > 0 AND $11 IS NOT NULL THEN $13::float8 / $6 END, $12%s)",
+					 schema, rr->catalog_1_1 ? ", decision_mode, decision" : "",
+					 rr->catalog_1_1 ? ", $14, $15::jsonb" : "");
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int32GetDatum(rr->window_seconds);
@@ -325,7 +326,7 @@ StoreSummary(const char *schema, const RolloutRules *rr, TimestampTz at,
 	args[14] = decision ? CStringGetTextDatum(decision) : (Datum) 0;
 	if (decision == NULL)
 		nulls[13] = nulls[14] = 'n';
-	ret = SPI_execute_with_args(sql.data, 15, types, args, nulls, false, 0);
+	ret = SPI_execute_with_args(sql.data, rr->catalog_1_1 ? 15 : 13, types, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not write canary_window_summaries: SPI error %d", ret);
 }
@@ -914,6 +915,30 @@ CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at)
 	return TextDatumGetCString(d);
 }
 
+/*
+ * Whether the installed catalog has the decision columns of 1.1: the 1.1
+ * library keeps serving a 1.0 catalog, in 1.0's mode (confirm_windows),
+ * until ALTER EXTENSION llm_canary UPDATE runs.  Inside SPI.
+ */
+static bool
+DecisionsCatalog(const char *schema)
+{
+	StringInfoData sql;
+	int			ret;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute"
+					 " WHERE attrelid = '%s.canary_config'::regclass"
+					 " AND attname = 'decision_mode' AND NOT attisdropped)",
+					 schema);
+	ret = SPI_execute(sql.data, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the catalog of canary_config: SPI error %d", ret);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
 /* Check one rollout; returns the trip reason or NULL.  Inside SPI. */
 static char *
 CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
@@ -941,7 +966,7 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 
 	if (reason != NULL)
 		Trip(schema, rr->name, reason, "kill_switch", w.canary.samples, w.control.samples);
-	else
+	else if (rr->catalog_1_1)
 		reason = CheckSampleRatio(schema, rr, at);
 	return reason;
 }
@@ -968,6 +993,7 @@ canary_check(PG_FUNCTION_ARGS)
 	Datum		args[1];
 	char		nulls[1] = {' '};
 	bool		named = !PG_ARGISNULL(0);
+	bool		catalog_1_1;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -981,16 +1007,18 @@ canary_check(PG_FUNCTION_ARGS)
 
 	initStringInfo(&result);	/* in the caller's context: survives SPI_finish */
 	SPI_connect();
+	catalog_1_1 = DecisionsCatalog(schema);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT name, stage, window_seconds, error_rate_threshold::float8,"
 					 " p95_ratio_threshold::float8, refusal_delta_threshold::float8,"
 					 " thumbs_down_ratio_threshold::float8, min_samples::int8,"
-					 " significance::float8, raw_rules, confirm_windows, decision_mode,"
-					 " evidence_since, srm_trips"
+					 " significance::float8, raw_rules, confirm_windows, %s"
 					 " FROM %s.canary_config"
 					 " WHERE kill_switch_armed AND stage <> 'shadow'"
 					 " AND ($1::text IS NULL OR name = $1) ORDER BY name",
+					 catalog_1_1 ? "decision_mode, evidence_since, srm_trips" :
+					 "'confirm_windows', NULL::timestamptz, false",
 					 schema);
 	args[0] = named ? PG_GETARG_DATUM(0) : (Datum) 0;
 	if (!named)
@@ -1028,6 +1056,7 @@ canary_check(PG_FUNCTION_ARGS)
 		rr->since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 13, &isnull));
 		rr->has_since = !isnull;
 		rr->srm_trips = DatumGetBool(SPI_getbinval(tup, desc, 14, &isnull));
+		rr->catalog_1_1 = catalog_1_1;
 	}
 
 	for (int i = 0; i < nrollouts; i++)

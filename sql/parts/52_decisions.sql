@@ -14,7 +14,7 @@ ALTER TABLE canary_config
 COMMENT ON COLUMN canary_config.decision_mode IS
     'sequential (always-valid tests, the default), confirm_windows (a breach in consecutive windows) or raw (the article''s plain comparisons)';
 COMMENT ON COLUMN canary_config.evidence_since IS
-    'The kill switch and the sample-ratio check count only traffic after this; set at each re-arm and change of stage, percentage or models';
+    'The kill switch and the sample-ratio check count only traffic after this (NULL: all of it); set at each re-arm and change of stage, percentage or models';
 COMMENT ON COLUMN canary_config.srm_trips IS
     'A sample-ratio mismatch trips the kill switch (default: it only alerts)';
 
@@ -87,9 +87,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Valid modes are: sequential (the default), confirm_windows, raw.';
     END IF;
-    IF TG_OP = 'INSERT' THEN
-        NEW.evidence_since := coalesce(NEW.evidence_since, now());
-    ELSIF NEW.evidence_since IS NOT DISTINCT FROM OLD.evidence_since
+    IF TG_OP = 'UPDATE' AND NEW.evidence_since IS NOT DISTINCT FROM OLD.evidence_since
           AND ((NEW.kill_switch_armed AND NOT OLD.kill_switch_armed)
                OR (NEW.stage, NEW.percent_new, NEW.old_model, NEW.new_model)
                   IS DISTINCT FROM (OLD.stage, OLD.percent_new, OLD.old_model, OLD.new_model)) THEN
@@ -110,7 +108,8 @@ CREATE TRIGGER canary_config_c_evidence
  * canary_collect_evidence: recount the minutes of canary_evidence from two
  * minutes before p_at (or from the last minute counted, when the checks
  * paused; at most an hour back) up to p_at, counting only requests after
- * p_since, and drop the minutes before p_since.  p_slow_over: the latency (ms) above
+ * p_since, and drop the minutes before p_since or older than 14 days (a
+ * stage statistic covers at most the last 14 days).  p_slow_over: the latency (ms) above
  * which a canary request counts as slow (p95_ratio_threshold x control
  * p95); 0 when no baseline is known.  Internal: canary_check calls it.
  */
@@ -133,7 +132,8 @@ BEGIN
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
        AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
-            OR e.bucket < date_bin('1 minute', p_since, origin));
+            OR e.bucket < date_bin('1 minute', p_since, origin)
+            OR e.bucket < p_at - interval '14 days');
     INSERT INTO @extschema@.canary_evidence
         (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
     SELECT p_canary, date_bin('1 minute', r.ts, origin), r.cohort, count(*),

@@ -33,7 +33,8 @@
 --   scenarios  comma-separated names of the table below (default: all)
 --   modes      comma-separated decision modes (default: sequential)
 --   aa_seconds (604800), slight_seconds (86400), trip_seconds (3600),
---   aa_rps (100), direct (true for the A/A and slight runs)
+--   aa_rps (100), direct (true for the A/A and slight runs),
+--   tag (appended to the scenario names in sim_results)
 --   define=false skips the definitions (for sessions running side by side).
 -- Results: table sim_results, one row per scenario and mode.
 -- Run it with llm_canary.check_interval = 0: the worker's own periodic check
@@ -271,7 +272,8 @@ INSERT INTO sim_scenarios VALUES
     ('slight',     'ramp_1',  'slight', 100,  0.015, 0.011, 1, 0.02, false, 'errors 1.5 % vs 1 %');
 
 CREATE OR REPLACE PROCEDURE sim_all(scenarios text, modes text, aa_seconds integer, trip_seconds integer,
-                                    slight_seconds integer, aa_rps integer, direct_long boolean)
+                                    slight_seconds integer, aa_rps integer, direct_long boolean,
+                                    tag text DEFAULT '')
 LANGUAGE plpgsql AS $$
 DECLARE
     sc record;
@@ -280,7 +282,7 @@ BEGIN
     FOR sc IN SELECT * FROM sim_scenarios
                WHERE scenario = ANY (string_to_array(scenarios, ',')) ORDER BY scenario LOOP
         FOREACH m IN ARRAY string_to_array(modes, ',') LOOP
-            CALL sim_run(sc.scenario, m, sc.stage,
+            CALL sim_run(sc.scenario || tag, m, sc.stage,
                          CASE sc.seconds_var WHEN 'aa' THEN aa_seconds WHEN 'trip' THEN trip_seconds
                                              ELSE slight_seconds END,
                          coalesce(sc.rps, aa_rps),
@@ -293,7 +295,8 @@ $$;
 
 \endif
 \if :{?direct} \else \set direct true \endif
-CALL sim_all(:'scenarios', :'modes', :aa_seconds, :trip_seconds, :slight_seconds, :aa_rps, :direct);
+\if :{?tag} \else \set tag '' \endif
+CALL sim_all(:'scenarios', :'modes', :aa_seconds, :trip_seconds, :slight_seconds, :aa_rps, :direct, :'tag');
 
 \set QUIET off
 \pset footer off

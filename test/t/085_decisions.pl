@@ -199,13 +199,14 @@ SELECT coalesce(canary_check('$name', now() + interval '100 s'), 'no trip') || '
 		'no trip|1|1000', "$mode: after the re-arm only the fixed model's 1,000 requests count, no second trip");
 }
 
-my $since = $node->safe_psql('postgres',
-	"SELECT evidence_since FROM canary_config WHERE name = 'r1'");
+is($node->safe_psql('postgres',
+	"SELECT evidence_since IS NULL FROM canary_config WHERE name = 'r1'"),
+	't', 'a new rollout counts all its traffic');
 $node->safe_psql('postgres', "UPDATE canary_config SET stage = 'full' WHERE name = 'r1'");
 is($node->safe_psql('postgres', qq{
-SELECT evidence_since > '$since' FROM canary_config WHERE name = 'r1'}),
+SELECT evidence_since > now() - interval '1 minute' FROM canary_config WHERE name = 'r1'}),
 	't', 'a stage change starts the evidence afresh');
-$since = $node->safe_psql('postgres', "SELECT evidence_since FROM canary_config WHERE name = 'r1'");
+my $since = $node->safe_psql('postgres', "SELECT evidence_since FROM canary_config WHERE name = 'r1'");
 $node->safe_psql('postgres', "UPDATE canary_config SET min_samples = 50 WHERE name = 'r1'");
 is($node->safe_psql('postgres', qq{
 SELECT evidence_since = '$since' FROM canary_config WHERE name = 'r1'}),
