@@ -972,6 +972,30 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 }
 
 /*
+ * The plan (sql/parts/55_plan.sql): advance the rollouts with auto_advance
+ * (or the named one) whose gates are open at 'at'.  Inside SPI.
+ */
+static void
+AdvancePlans(const char *schema, Datum name, bool named, TimestampTz at)
+{
+	StringInfoData sql;
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	int			ret;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s.canary_advance($1, $2)", schema);
+	args[0] = name;
+	if (!named)
+		nulls[0] = 'n';
+	args[1] = TimestampTzGetDatum(at);
+	ret = SPI_execute_with_args(sql.data, 2, types, args, nulls, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not advance the plans: SPI error %d", ret);
+}
+
+/*
  * canary_check(canary text default null, at timestamptz default now())
  *
  * Checks every armed rollout in a ramp stage or full (or just the named
@@ -1071,6 +1095,8 @@ canary_check(PG_FUNCTION_ARGS)
 			appendStringInfo(&result, "%s%s: %s", result.len > 0 ? "; " : "",
 							 rules[i].name, reason);
 	}
+	if (catalog_1_1)
+		AdvancePlans(schema, named ? PG_GETARG_DATUM(0) : (Datum) 0, named, at);
 	SPI_finish();
 
 	if (result.len == 0)

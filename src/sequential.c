@@ -240,3 +240,31 @@ canary_sequential_evidence(PG_FUNCTION_ARGS)
 						   (long long) k, (long long) n, p0)));
 	PG_RETURN_FLOAT8(two_sided ? SeqLogMixtureLRTwoSided(k, n, p0) : SeqLogMixtureLR(k, n, p0));
 }
+
+/*
+ * canary_sequential_samples(boundary float8, alternative float8,
+ *							 significance float8)
+ *		Canary requests after which a rule's stage statistic trips with
+ *		probability about 0.8 when the true rate is alternative (above the
+ *		boundary): the planner's evidence gate.  NULL when alternative is
+ *		not above the boundary.
+ */
+PG_FUNCTION_INFO_V1(canary_sequential_samples);
+Datum
+canary_sequential_samples(PG_FUNCTION_ARGS)
+{
+	double		p0 = PG_GETARG_FLOAT8(0);
+	double		p1 = PG_GETARG_FLOAT8(1);
+	double		alpha = PG_GETARG_FLOAT8(2);
+	double		n;
+
+	if (isnan(alpha) || alpha <= 0 || alpha >= 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("significance must be between 0 and 1"),
+				 errdetail("Got %g.", alpha)));
+	n = SeqSamplesForPower(p0, p1, SeqStageThreshold(alpha));
+	if (n < 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64((int64) n);
+}
