@@ -2,7 +2,7 @@
  *
  * killswitch.c
  *	  canary_check: the kill switch.  Summarises the last window of
- *	  canary_requests per cohort, stores the summaries, applies the
+ *	  canary_rollups per cohort, stores the summaries, applies the
  *	  article's four rules with a noise guard, and trips the switch.
  *
  * Rules (thresholds from canary_config, baselines from the control cohort
@@ -185,8 +185,13 @@ GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
 }
 
 /*
- * Summarise one cohort over (at - window, at].  When slow_over > 0, also
- * count requests slower than that many milliseconds.
+ * Summarise one cohort over (at - window, at] from canary_rollups: the
+ * 30-second buckets that overlap it (exactly the window when at and the
+ * window are multiples of 30 s; otherwise widened to the bucket boundaries
+ * around it, so that the bucket still filling counts), so the cost depends
+ * on the window, not on the traffic or the retained rows.  When slow_over > 0, also count requests
+ * slower than that many milliseconds; the p95 and that count come from the
+ * latency histogram (within 1/64 of the exact values, src/rollups.c).
  */
 static void
 SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
@@ -204,18 +209,20 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT count(*)::int8,"
-					 " count(*) FILTER (WHERE r.outcome IN ('error', 'timeout'))::int8,"
-					 " count(*) FILTER (WHERE r.refusal)::int8,"
-					 " count(*) FILTER (WHERE EXISTS (SELECT 1 FROM %s.canary_feedback f"
-					 "   WHERE f.request_id = r.request_id AND f.thumbs_down AND f.ts <= $2))::int8,"
-					 " count(*) FILTER (WHERE $5 > 0 AND r.latency_ms > $5)::int8,"
-					 " percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)::float8"
-					 " FROM %s.canary_requests r"
-					 " WHERE r.canary = $1 AND r.ts > $2 - make_interval(secs => $3) AND r.ts <= $2"
+					 "SELECT coalesce(sum(r.requests), 0)::int8,"
+					 " coalesce(sum(r.outcome_error + r.outcome_timeout), 0)::int8,"
+					 " coalesce(sum(r.refusals), 0)::int8,"
+					 " coalesce(sum(r.thumbs_down), 0)::int8,"
+					 " CASE WHEN $5 > 0 THEN %s.canary_hist_count_over(%s.canary_hist_sum(r.latency_hist), $5)"
+					 "  ELSE 0 END::int8,"
+					 " %s.canary_hist_quantile(%s.canary_hist_sum(r.latency_hist), 0.95)"
+					 " FROM %s.canary_rollups r"
+					 " WHERE r.canary = $1 AND r.bucket_end > $2 - make_interval(secs => $3)"
+					 " AND r.bucket_end < $2 + interval '30 seconds'"
 					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached"
-					 " AND ($6::timestamptz IS NULL OR r.ts > $6)",
-					 schema, schema);
+					 " AND ($6::timestamptz IS NULL"
+					 "      OR r.bucket_end - interval '30 seconds' >= $6)",
+					 schema, schema, schema, schema, schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int32GetDatum(rr->window_seconds);
@@ -226,7 +233,7 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 		nulls[5] = 'n';
 	ret = SPI_execute_with_args(sql.data, 6, types, args, nulls, false, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not summarise canary_requests: SPI error %d", ret);
+		elog(ERROR, "could not summarise canary_rollups: SPI error %d", ret);
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	w->samples = GetInt8(tup, desc, 1);
@@ -865,8 +872,13 @@ DecisionJson(const RolloutRules *rr, const Decision *d)
 	return buf.data;
 }
 
-/* Trip through canary_trip_internal, in the caller's transaction. */
-static void
+/*
+ * Trip through canary_trip_internal, in the caller's transaction.  False
+ * when the rollout was tripped meanwhile (by a concurrent trip that
+ * committed while we waited for its row): that trip is not ours to report;
+ * returning a reason would log a trip that did not happen.
+ */
+static bool
 Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	 int64 samples_new, int64 samples_old)
 {
@@ -874,6 +886,7 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID};
 	Datum		args[5];
 	int			ret;
+	bool		isnull;
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
@@ -884,8 +897,10 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	args[3] = Int64GetDatum(samples_new);
 	args[4] = Int64GetDatum(samples_old);
 	ret = SPI_execute_with_args(sql.data, 5, types, args, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not trip the kill switch: SPI error %d", ret);
+	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return !isnull;
 }
 
 /*
@@ -939,6 +954,45 @@ DecisionsCatalog(const char *schema)
 	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
+/*
+ * The decision settings of 1.1 (not in the config cache, which serves 1.0
+ * catalogs too): decision_mode, evidence_since, srm_trips.  raw_rules, from
+ * 1.0, still means raw.  Inside SPI.
+ */
+static void
+ReadDecisionSettings(const char *schema, RolloutRules *rr)
+{
+	StringInfoData sql;
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1];
+	int			ret;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *mode;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT decision_mode, evidence_since, srm_trips FROM %s.canary_config"
+					 " WHERE name = $1", schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read canary_config: SPI error %d", ret);
+	rr->catalog_1_1 = true;
+	if (SPI_processed != 1)
+		return;					/* deleted meanwhile: 1.0's mode */
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	mode = SPI_getvalue(tup, desc, 1);
+	if (rr->mode != MODE_RAW && mode != NULL)
+		rr->mode = strcmp(mode, "raw") == 0 ? MODE_RAW :
+			strcmp(mode, "confirm_windows") == 0 ? MODE_CONFIRM_WINDOWS : MODE_SEQUENTIAL;
+	rr->since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+	rr->has_since = !isnull;
+	rr->srm_trips = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+}
+
 /* Check one rollout; returns the trip reason or NULL.  Inside SPI. */
 static char *
 CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
@@ -965,7 +1019,10 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 				 DecisionJson(rr, &d));
 
 	if (reason != NULL)
-		Trip(schema, rr->name, reason, "kill_switch", w.canary.samples, w.control.samples);
+	{
+		if (!Trip(schema, rr->name, reason, "kill_switch", w.canary.samples, w.control.samples))
+			reason = NULL;
+	}
 	else if (rr->catalog_1_1)
 		reason = CheckSampleRatio(schema, rr, at);
 	return reason;
@@ -1007,15 +1064,12 @@ Datum
 canary_check(PG_FUNCTION_ARGS)
 {
 	const char *schema;
-	StringInfoData sql;
 	StringInfoData result;
 	TimestampTz at;
-	int			ret;
 	int			nrollouts;
 	RolloutRules *rules;
-	Oid			types[1] = {TEXTOID};
-	Datum		args[1];
-	char		nulls[1] = {' '};
+	List	   *names;
+	ListCell   *lc;
 	bool		named = !PG_ARGISNULL(0);
 	bool		catalog_1_1;
 
@@ -1025,64 +1079,38 @@ canary_check(PG_FUNCTION_ARGS)
 				 errmsg("at must not be NULL"),
 				 errhint("Omit the argument to check the window ending now.")));
 	at = PG_GETARG_TIMESTAMPTZ(1);
-	if (named)
-		(void) ConfigGetRollout(text_to_cstring(PG_GETARG_TEXT_PP(0)));	/* 42704 if unknown */
 	schema = ConfigSchemaName();
+
+	/* the thresholds, through the config cache (42704 for an unknown name) */
+	names = named ? list_make1(text_to_cstring(PG_GETARG_TEXT_PP(0))) : ConfigRolloutNames();
+	rules = palloc0(sizeof(RolloutRules) * (list_length(names) + 1));
+	nrollouts = 0;
+	foreach(lc, names)
+	{
+		const CanaryRollout *r = ConfigGetRollout((const char *) lfirst(lc));
+		RolloutRules *rr = &rules[nrollouts];
+
+		if (!r->armed || r->stage == CANARY_STAGE_SHADOW)
+			continue;
+		strlcpy(rr->name, r->name, NAMEDATALEN);
+		strlcpy(rr->stage, r->stage_name, sizeof(rr->stage));
+		rr->window_seconds = r->window_seconds;
+		rr->error_rate = r->error_rate_threshold;
+		rr->p95_ratio = r->p95_ratio_threshold;
+		rr->refusal_delta = r->refusal_delta_threshold;
+		rr->thumbs_ratio = r->thumbs_down_ratio_threshold;
+		rr->min_samples = r->min_samples;
+		rr->significance = r->significance;
+		rr->mode = r->raw_rules ? MODE_RAW : MODE_CONFIRM_WINDOWS;	/* 1.0 */
+		rr->confirm_windows = r->confirm_windows;
+		nrollouts++;
+	}
 
 	initStringInfo(&result);	/* in the caller's context: survives SPI_finish */
 	SPI_connect();
 	catalog_1_1 = DecisionsCatalog(schema);
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT name, stage, window_seconds, error_rate_threshold::float8,"
-					 " p95_ratio_threshold::float8, refusal_delta_threshold::float8,"
-					 " thumbs_down_ratio_threshold::float8, min_samples::int8,"
-					 " significance::float8, raw_rules, confirm_windows, %s"
-					 " FROM %s.canary_config"
-					 " WHERE kill_switch_armed AND stage <> 'shadow'"
-					 " AND ($1::text IS NULL OR name = $1) ORDER BY name",
-					 catalog_1_1 ? "decision_mode, evidence_since, srm_trips" :
-					 "'confirm_windows', NULL::timestamptz, false",
-					 schema);
-	args[0] = named ? PG_GETARG_DATUM(0) : (Datum) 0;
-	if (!named)
-		nulls[0] = 'n';
-	ret = SPI_execute_with_args(sql.data, 1, types, args, nulls, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read canary_config: SPI error %d", ret);
-	nrollouts = (int) SPI_processed;
-	rules = palloc0(sizeof(RolloutRules) * (nrollouts + 1));
-	for (int i = 0; i < nrollouts; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *mode;
-		RolloutRules *rr = &rules[i];
-
-		strlcpy(rr->name, SPI_getvalue(tup, desc, 1), NAMEDATALEN);
-		strlcpy(rr->stage, SPI_getvalue(tup, desc, 2), sizeof(rr->stage));
-		rr->window_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		rr->error_rate = GetFloat8(tup, desc, 4, &isnull);
-		rr->p95_ratio = GetFloat8(tup, desc, 5, &isnull);
-		rr->refusal_delta = GetFloat8(tup, desc, 6, &isnull);
-		rr->thumbs_ratio = GetFloat8(tup, desc, 7, &isnull);
-		rr->min_samples = GetInt8(tup, desc, 8);
-		rr->significance = GetFloat8(tup, desc, 9, &isnull);
-		rr->confirm_windows = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
-		mode = SPI_getvalue(tup, desc, 12);
-		if (DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull)) || strcmp(mode, "raw") == 0)
-			rr->mode = MODE_RAW;	/* raw_rules, from 1.0, still means raw */
-		else if (strcmp(mode, "confirm_windows") == 0)
-			rr->mode = MODE_CONFIRM_WINDOWS;
-		else
-			rr->mode = MODE_SEQUENTIAL;
-		rr->since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 13, &isnull));
-		rr->has_since = !isnull;
-		rr->srm_trips = DatumGetBool(SPI_getbinval(tup, desc, 14, &isnull));
-		rr->catalog_1_1 = catalog_1_1;
-	}
-
+	for (int i = 0; i < nrollouts && catalog_1_1; i++)
+		ReadDecisionSettings(schema, &rules[i]);
 	for (int i = 0; i < nrollouts; i++)
 	{
 		char	   *reason = CheckRollout(schema, &rules[i], at);

@@ -114,6 +114,7 @@ BEGIN
     DELETE FROM sim_results r WHERE r.scenario = sim_run.scenario AND r.mode = sim_run.mode;
     DELETE FROM canary_requests r WHERE r.canary = rname;
     DELETE FROM canary_feedback f WHERE f.canary = rname;
+    DELETE FROM canary_rollups r WHERE r.canary = rname;
     DELETE FROM canary_window_summaries w WHERE w.canary = rname;
     DELETE FROM canary_evidence e WHERE e.canary = rname;
     DELETE FROM canary_alerts a WHERE a.canary = rname;
