@@ -220,8 +220,7 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 					 " WHERE r.canary = $1 AND r.bucket_end > $2 - make_interval(secs => $3)"
 					 " AND r.bucket_end < $2 + interval '30 seconds'"
 					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached"
-					 " AND ($6::timestamptz IS NULL"
-					 "      OR r.bucket_end - interval '30 seconds' >= $6)",
+					 " AND ($6::timestamptz IS NULL OR r.bucket_end > $6)",
 					 schema, schema, schema, schema, schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);

@@ -67,14 +67,15 @@ sub result
 
 # requests|dropped|checks|trips|first trip (s)|sample_ratio alerts|first reason
 my $aa = '180000|0|60|0|0';
+# (the window p95s come from the rollups' latency histograms, within 1/64)
 my %expect = (
 	# the default mode
 	'article sequential' => '54000|0|15|1|450|0|refusal_rate=0.081 vs baseline 0.012'
 	  . ' (sequential: 2775 canary requests since evidence_since, evidence 5.5 >= 5.1)',
 	'errors sequential' => '22500|0|15|1|450|0|new-model error_rate=0.060 > 0.02'
 	  . ' (sequential: 232 canary requests since evidence_since, evidence 5.1 >= 5.1)',
-	'p95 sequential' => '3000|0|1|1|30|0|new-model p95 > 1.5x baseline (2228):'
-	  . ' 13.6% of requests slower than 3341 ms'
+	'p95 sequential' => '3000|0|1|1|30|0|new-model p95 > 1.5x baseline (2208):'
+	  . ' 13.6% of requests slower than 3313 ms'
 	  . ' (sequential: 154 canary requests since evidence_since, evidence 7.0 >= 5.1)',
 	'thumbs sequential' => '9000|0|3|1|90|0|thumbs_down_rate=0.075 > 2x baseline 0.019'
 	  . ' (sequential: 2255 canary requests since evidence_since, evidence 13.3 >= 5.1)',
@@ -86,14 +87,14 @@ my %expect = (
 	# a breach in two consecutive 300 s windows
 	'article confirm_windows' => '50400|0|14|1|420|0|refusal_rate=0.079 vs baseline 0.012',
 	'errors confirm_windows' => '27000|0|18|1|540|0|new-model error_rate=0.057 > 0.02',
-	'p95 confirm_windows' => '33000|0|11|1|330|0|new-model p95=4301 > 1.5x baseline (2188)',
+	'p95 confirm_windows' => '33000|0|11|1|330|0|new-model p95=4288 > 1.5x baseline (2208)',
 	'thumbs confirm_windows' => '33000|0|11|1|330|0|thumbs_down_rate=0.081 > 2x baseline 0.021',
 	'aa_ramp_1 confirm_windows' => $aa,
 	'slight confirm_windows' => $aa,
 	# the article's plain comparisons: fast, and they trip on noise
 	'article raw' => '3600|0|1|1|30|0|refusal_rate=0.072 vs baseline 0.010',
 	'errors raw' => '10500|0|7|1|210|0|new-model error_rate=0.050 > 0.02',
-	'p95 raw' => '3000|0|1|1|30|0|new-model p95=4215 > 1.5x baseline (2228)',
+	'p95 raw' => '3000|0|1|1|30|0|new-model p95=4205 > 1.5x baseline (2208)',
 	'thumbs raw' => '3000|0|1|1|30|0|thumbs_down_rate=0.070 > 2x baseline 0.020',
 	'aa_ramp_1 raw' => '180000|0|60|3|810|0|new-model error_rate=0.025 > 0.02',
 	'slight raw' => '180000|0|60|7|600|0|new-model error_rate=0.021 > 0.02',

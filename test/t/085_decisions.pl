@@ -66,11 +66,12 @@ sub judge
 {
 	my ($mode, $rule, %c) = @_;
 	my $name = 'r' . ++$n;
-	my ($err, $ref, $td, $lat) = ($c{err} // 0, $c{ref} // 0, $c{td} // 0, $c{lat} // 1000);
+	my ($err, $ref, $td, $lat, $clat) =
+	  ($c{err} // 0, $c{ref} // 0, $c{td} // 0, $c{lat} // 1000, $c{clat} // 1000);
 	my $sql = qq{
 INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
   VALUES ('$name', 'ramp_25', 'm-old', 'm-new', '$mode');
-SELECT put('$name', '$at', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('$name', '$at', 'control', 10000, 0, 100, 200, $clat);
 SELECT put('$name', '$at', 'canary', 1000, $err, $ref, $td, $lat);
 SELECT coalesce(split_part(canary_check('$name', '$at'), ' ', 1), 'none');
 SELECT decision->'rules'->'$rule'->>'verdict' FROM canary_window_summaries
@@ -112,16 +113,20 @@ is(judge('sequential', 'refusal', ref => 61), 'not_credible|none',
 is(judge('sequential', 'refusal', ref => 130), 'trip|refusal_rate=0.130',
 	'sequential: refusals 0.130 trip');
 
-# --- p95 > 1.5 x control p95 (1000 ms: limit 1500) ----------------------------
-is(judge('raw', 'p95', lat => 1499), 'below_threshold|none', 'raw: p95 1499 ms does not trip');
-is(judge('raw', 'p95', lat => 1500), 'below_threshold|none', 'raw: p95 exactly 1500 ms does not trip');
-is(judge('raw', 'p95', lat => 1501), 'trip|new-model', 'raw: p95 1501 ms trips');
-is(judge('confirm_windows', 'p95', lat => 1501), 'unconfirmed|none',
-	'confirm_windows: p95 1501 ms is credible, not confirmed');
-is(judge('sequential', 'p95', lat => 1500), 'below_threshold|none',
-	'sequential: no request slower than 1500 ms, no breach');
-is(judge('sequential', 'p95', lat => 1501), 'trip|new-model',
-	'sequential: every request slower than 1500 ms trips');
+# --- p95 > 1.5 x control p95 ------------------------------------------------------
+# The window p95s come from the rollups' latency histograms (32 buckets per
+# power of two): control 1024 ms and canary 1536 ms sit on bucket edges, so
+# the canary's p95 is exactly 1.5 x control's however the bucket is read.
+is(judge('raw', 'p95', clat => 1024, lat => 1500), 'below_threshold|none', 'raw: p95 1500 ms (1.46x) does not trip');
+is(judge('raw', 'p95', clat => 1024, lat => 1536), 'below_threshold|none',
+	'raw: p95 exactly 1.5x control does not trip');
+is(judge('raw', 'p95', clat => 1024, lat => 1568), 'trip|new-model', 'raw: p95 1568 ms (the next bucket) trips');
+is(judge('confirm_windows', 'p95', clat => 1024, lat => 1568), 'unconfirmed|none',
+	'confirm_windows: p95 1568 ms is credible, not confirmed');
+is(judge('sequential', 'p95', clat => 1024, lat => 1536), 'below_threshold|none',
+	'sequential: no request slower than 1.5x control p95, no breach');
+is(judge('sequential', 'p95', clat => 1024, lat => 1600), 'trip|new-model',
+	'sequential: every request slower than 1.5x control p95 trips');
 
 # --- thumbs-down > 2 x control (control 0.02: limit 0.04) --------------------
 is(judge('raw', 'thumbs_down', td => 39), 'below_threshold|none', 'raw: thumbs-down 0.039 do not trip');
@@ -187,12 +192,14 @@ UPDATE canary_config SET confirm_windows = 1 WHERE name = '$name';
 	is($node->safe_psql('postgres', qq{
 SELECT evidence_since > now() - interval '1 minute' FROM canary_config WHERE name = '$name'}),
 		't', "$mode: canary_rearm starts the evidence afresh");
+	# (from a minute after the re-arm: the window summaries count whole
+	# 30-second rollup buckets, the one holding the re-arm included)
 	$node->safe_psql('postgres', qq{
-SELECT put('$name', now() + interval '100 s', 'control', 10000, 0, 100, 200, 1000);
-SELECT put('$name', now() + interval '100 s', 'canary', 1000, 10, 0, 0, 1000);
+SELECT put('$name', now() + interval '160 s', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('$name', now() + interval '160 s', 'canary', 1000, 10, 0, 0, 1000);
 });
 	is($node->safe_psql('postgres', qq{
-SELECT coalesce(canary_check('$name', now() + interval '100 s'), 'no trip') || '|'
+SELECT coalesce(canary_check('$name', now() + interval '160 s'), 'no trip') || '|'
     || (SELECT count(*) FROM canary_alerts WHERE canary = '$name')
     || '|' || (SELECT samples FROM canary_window_summaries WHERE canary = '$name' AND cohort = 'canary'
                 ORDER BY id DESC LIMIT 1)}),
