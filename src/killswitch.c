@@ -12,22 +12,28 @@
  *	  refusal rate > control refusal rate + refusal_delta_threshold (0.05)
  *	  thumbs-down rate > thumbs_down_ratio_threshold (2.0) x control rate
  *
- * Noise guard: no rule trips with fewer than min_samples canary requests in
- * the window, and unless raw_rules is set, a breach must also be
- * statistically credible at the rollout's significance level:
- *	  error rate: exact one-sided binomial test of H0 p <= threshold;
- *	  p95: the share of canary requests slower than ratio x control p95,
- *		binomial test against the 5 percent expected when nothing changed;
- *	  refusal and thumbs-down: one-sided two-sample z tests of
- *		H0 p_canary <= p_control + delta, resp. <= ratio x p_control, with
- *		the Agresti-Caffo adjustment (one success and one failure added to
- *		each group) so that zero counts do not give zero variance.
- * A breach must also hold, for the same rule, in the confirm_windows - 1
- * non-overlapping windows before the current one (default 2 windows in all),
- * because the check looks every 30 s and a single window at 5 percent would
- * trip on noise within hours.  Missing data never trips.  At stage full the
- * control cohort is empty: the
- * baselines come from the last stored control summary of the rollout.
+ * How a breach becomes a trip is the rollout's decision_mode:
+ *	  sequential (the default): the counts since evidence_since go, minute by
+ *		minute, into canary_evidence (canary_collect_evidence recounts the
+ *		last minutes from canary_requests); each rule is tested over the
+ *		stage and over the last 1..512 minutes with the always-valid
+ *		mixture likelihood ratios of src/sequential.c (JudgeSequential);
+ *	  confirm_windows: a breach of the window must be statistically
+ *		credible at the rollout's significance (exact binomial test for the
+ *		error rate and the slow share against 5 percent; one-sided
+ *		Agresti-Caffo z tests for the refusal delta and thumbs-down ratio)
+ *		and hold, for the same rule, in the confirm_windows - 1
+ *		non-overlapping windows before (JudgeWindow, ConfirmWindows);
+ *	  raw (or raw_rules): the plain comparisons on the window.
+ * In every mode no rule trips with fewer than min_samples canary requests,
+ * only traffic after evidence_since (the last re-arm or change of stage,
+ * percentage or models) counts, and every rule's verdict is stored with
+ * the canary summary (canary_window_summaries.decision).  Missing data
+ * never trips.  At stage full the control cohort is empty: the baselines
+ * come from the last stored control summary of the rollout.  After the
+ * rules: the sample-ratio check (canary_srm_check) and the plan
+ * (canary_advance), both in SQL.  A 1.0 catalog (before ALTER EXTENSION
+ * UPDATE) is served in 1.0's way.
  *
  * Canary requests are the non-fallback attempts of the canary cohort (the
  * new model's own answers); control requests those of the control cohort.

@@ -112,8 +112,16 @@ BEGIN
     RETURN NEXT;
 
     IF cfg.stage = 'shadow' THEN
+        -- the report aggregates days of shadow rows: not before the dwell
+        -- time is over (the plan runs with every check)
+        gate := 'shadow report ready';
+        IF p_at < since + dwell THEN
+            ok := false; detail := 'read when the dwell time is over';
+            RETURN NEXT;
+            RETURN;
+        END IF;
         SELECT r.ready, r.paired, r.reasons INTO shadow FROM @extschema@.canary_shadow_report(p_canary) r;
-        gate := 'shadow report ready'; ok := coalesce(shadow.ready, false);
+        ok := coalesce(shadow.ready, false);
         detail := format('%s paired answers%s', coalesce(shadow.paired, 0),
                          CASE WHEN NOT ok THEN ': ' || coalesce(array_to_string(shadow.reasons, '; '), 'no shadow traffic') ELSE '' END);
         RETURN NEXT;

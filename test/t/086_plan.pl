@@ -79,7 +79,8 @@ SELECT shadow('plan');
 });
 is(check('plan', 24), 'no trip', 'shadow: a check one day in');
 is(stage('plan'), 'shadow true', 'shadow: not before its 5 days');
-is(gate('plan', 24, 'shadow report ready'), 'true -', 'the shadow report is ready');
+is(gate('plan', 24, 'shadow report ready'), 'false -', 'the shadow report is not read before the dwell time is over');
+is(gate('plan', 5 * 24, 'shadow report ready'), 'true -', 'after it, the shadow report is ready');
 is(gate('plan', 24, 'dwell'), 'false -', 'the dwell time is not');
 is(sq("SELECT p.due_at - c.evidence_since FROM canary_plan('plan', '" . at(24) . "') p, canary_config c WHERE c.name = 'plan' AND p.gate = 'next stage'"),
 	'5 days', 'canary_plan: the next stage is due 5 days after the stage began');
