@@ -501,5 +501,6 @@ CanarySubmitWorkerMain(Datum main_arg)
 							 PG_WAIT_EXTENSION);
 	}
 	BatchSetSubmitWorkerPid(0);
-	proc_exit(0);
+	/* exit code 0 would unregister the worker: pg_terminate_backend must not stop it for good */
+	proc_exit(1);
 }
