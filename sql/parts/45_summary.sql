@@ -1,6 +1,52 @@
 /*
- * Reading the metrics: the per-cohort summary and the Prometheus export.
+ * Reports: the check of a report's arguments that every report shares, and
+ * the per-cohort summary of canary_requests.  The Prometheus export and the
+ * timeline are in 46_prometheus.sql, the shadow reports in 35_shadow.sql,
+ * the CSAT report in 50_killswitch.sql; all of them call
+ * canary_report_window.
  */
+
+/*
+ * canary_report_window: the one check of a report's rollout and window.
+ * A NULL rollout or since is 22004, a rollout that does not exist 42704
+ * (the hint lists those that do), a negative since 22023.  Returns the
+ * window's start, now() - since.  Reads canary_config as the caller.
+ */
+CREATE FUNCTION canary_report_window(canary text, since interval)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    known text;
+BEGIN
+    IF canary IS NULL THEN
+        RAISE EXCEPTION 'rollout name must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass the name of a rollout in canary_config, for example ''default''.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary) THEN
+        SELECT coalesce(string_agg(c.name, ', ' ORDER BY c.name), 'none') INTO known
+          FROM @extschema@.canary_config c;
+        RAISE EXCEPTION 'rollout "%" does not exist', canary
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('Existing rollouts: %s. Create one with INSERT INTO canary_config (name, old_model, new_model).', known);
+    END IF;
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'since must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass how far back to look, for example interval ''7 days''.';
+    END IF;
+    IF since < interval '0' THEN
+        RAISE EXCEPTION 'since must not be negative'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass how far back to look, for example interval ''7 days''.';
+    END IF;
+    RETURN now() - since;
+END;
+$$;
+COMMENT ON FUNCTION canary_report_window(text, interval) IS
+    'Start of a report window (now() - since), after checking the rollout and the interval: the check every report shares';
 
 CREATE FUNCTION canary_summary(canary text DEFAULT 'default', since interval DEFAULT '1 hour')
 RETURNS TABLE (cohort text, model text, requests bigint, fallbacks bigint,
@@ -10,16 +56,9 @@ RETURNS TABLE (cohort text, model text, requests bigint, fallbacks bigint,
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    cutoff timestamptz := @extschema@.canary_report_window(canary_summary.canary, since);
 BEGIN
-    IF since IS NULL OR since < '0'::interval THEN
-        RAISE EXCEPTION 'since must be a positive interval'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: canary_summary(''default'', ''1 hour'').';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary_summary.canary) THEN
-        RAISE EXCEPTION 'rollout "%" does not exist', canary
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT name FROM canary_config lists the rollouts.';
-    END IF;
     RETURN QUERY
     SELECT r.cohort,
            string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback),
@@ -37,7 +76,7 @@ BEGIN
                  FILTER (WHERE NOT r.fallback), 4),
            round(sum(r.cost), 6)
       FROM @extschema@.canary_requests r
-     WHERE r.canary = canary_summary.canary AND r.ts > now() - since
+     WHERE r.canary = canary_summary.canary AND r.ts > cutoff
      GROUP BY r.cohort
      ORDER BY r.cohort;
 END;
