@@ -16,7 +16,9 @@
  *	 call.c			 canary_call: route, call, fall back, record
  *	 outcome.c		 outcome names of an attempt
  *	 provider.c		 provider request bodies and response parsing
- *	 http.c			 the blocking libcurl transport of backends
+ *	 http.c			 the one outbound HTTP layer (http.h): libcurl set-up for
+ *					 every POST, error classification, the backend's transfer
+ *	 http_policy.c	 which variables may hold API keys, where keys may go
  *	 cache.c		 the optional response cache
  *	 probe.c		 canary_probe: one call of a model, nothing recorded
  *	 metrics_queue.c the shared-memory queue of metric records
@@ -36,9 +38,12 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 
+#include "batch.h"
 #include "cache.h"
+#include "chat.h"
 #include "config.h"
 #include "extension.h"
+#include "http.h"
 #include "metrics.h"
 #include "provider.h"
 #include "shadow.h"
@@ -60,6 +65,7 @@ CanaryShmemRequest(void)
 		prev_shmem_request_hook();
 	MetricsRequestShmem();
 	ShadowRequestShmem();
+	BatchRequestShmem();
 }
 
 /* shmem_startup_hook: create or attach to the metrics queue and shadow slots. */
@@ -70,6 +76,7 @@ CanaryShmemStartup(void)
 		prev_shmem_startup_hook();
 	MetricsInitShmem();
 	ShadowInitShmem();
+	BatchInitShmem();
 }
 
 /* Chain the shared memory hooks; only while preloading. */
@@ -91,7 +98,9 @@ _PG_init(void)
 	MetricsInit();
 	WorkerInit();
 	WebhookInit();
-	HttpDefineSettings();
+	HttpInit();
+	ChatDefineSettings();
+	BatchDefineSettings();
 	CacheDefineSettings();
 	ShadowDefineSettings();
 	ShmemInit();

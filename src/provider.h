@@ -2,17 +2,32 @@
  *
  * provider.h
  *	  Talking to an upstream model: building a provider request (OpenAI chat
- *	  completions or Anthropic messages) and reading its answer (provider.c,
- *	  pure functions, no network), and the blocking HTTP transport used by
- *	  backends (http.c, libcurl).
+ *	  completions or Anthropic messages, embeddings) and reading its answer
+ *	  (provider.c, chat.c: pure functions, no network).  The transport is
+ *	  the outbound HTTP layer, http.h.
  *
  *-------------------------------------------------------------------------
  */
 #ifndef LLM_CANARY_PROVIDER_H
 #define LLM_CANARY_PROVIDER_H
 
+#include "utils/jsonb.h"
+
 #include "config.h"
+#include "http.h"
 #include "metrics.h"
+
+/*
+ * What is sent to a model: one prompt (canary_call), or a whole chat
+ * request (canary_chat), validated and normalised by chat.c (an OpenAI
+ * chat-completions body without "model"; provider.c/chat.c build each
+ * dialect's body from it).
+ */
+typedef struct CanaryRequest
+{
+	const char *prompt;			/* a single user prompt, or NULL */
+	Jsonb	   *chat;			/* a normalised chat request, or NULL */
+} CanaryRequest;
 
 /* The result of calling one model once (retries included). */
 typedef struct CanaryAttempt
@@ -30,42 +45,32 @@ typedef struct CanaryAttempt
 	char	   *error_detail;	/* provider message or curl error text */
 	int			tries;			/* HTTP requests made (1 + retries) */
 	bool		cached;			/* answered from the response cache (no HTTP) */
+	Jsonb	   *answer;			/* chat requests: {"content", "tool_calls",
+								 * "finish_reason"} in OpenAI's shape, or
+								 * NULL */
 } CanaryAttempt;
 
 /* provider.c */
 extern char *ProviderRequestUrl(const CanaryModel *model);
 extern char *ProviderRequestBody(const CanaryModel *model, const char *prompt);
+extern void ProviderBuildRequest(const CanaryModel *model, const CanaryRequest *req,
+								 HttpRequest *request);
 extern void ProviderParseResponse(const CanaryModel *model, int http_status,
 								  const char *body, size_t len,
 								  CanaryAttempt *attempt);
-extern void ProviderRedactKey(const CanaryModel *model, char *s);
-extern char *ProviderEmbeddingsUrl(const CanaryModel *model);
-extern char *ProviderEmbeddingsBody(const CanaryModel *model,
-									const char *a, const char *b);
+extern bool ProviderBuildEmbeddingsRequest(const CanaryModel *model,
+										   const char *a, const char *b,
+										   HttpRequest *request);
+extern char *ProviderBodyToServer(const char *body, size_t len);
 extern const char *ProviderParseEmbeddings(int http_status, const char *body,
 										   size_t len, double *cosine,
 										   const char **detail);
 
-/*
- * A response body collected by a libcurl write callback.  malloc'd, never
- * palloc'd: libcurl callbacks must not raise errors.  Used by the backend
- * transport (http.c) and the shadow worker (shadow_worker.c).
- */
-typedef struct CanaryBody
-{
-	char	   *data;			/* NUL-terminated, or NULL */
-	size_t		len;
-	size_t		cap;
-	size_t		limit;			/* llm_canary.max_response_bytes */
-	bool		too_large;		/* the write callback stopped the transfer */
-	bool		no_memory;
-} CanaryBody;
-
-/* http.c */
-extern size_t CanaryBodyWrite(char *ptr, size_t size, size_t nmemb, void *userdata);
-extern void CanaryBodyReset(CanaryBody *body, size_t limit);
-extern void HttpDefineSettings(void);
-extern void HttpCallModel(const CanaryModel *model, const char *prompt,
-						  CanaryAttempt *attempt);
+/* chat.c: one request, either kind */
+extern char *RequestBody(const CanaryModel *model, const CanaryRequest *req);
+extern void RequestParseResponse(const CanaryModel *model, const CanaryRequest *req,
+								 int http_status, const char *body, size_t len,
+								 CanaryAttempt *attempt);
+extern void RequestRedactKey(const CanaryModel *model, CanaryAttempt *attempt);
 
 #endif							/* LLM_CANARY_PROVIDER_H */

@@ -73,7 +73,7 @@ SELECT canary_call('Where is my order?', 'u_nofb', 'calltest');
 SELECT canary_flush() > 0 AS flushed;
 SELECT model, outcome, http_status FROM canary_requests WHERE user_id = 'u_nofb';
 UPDATE canary_config SET fallback_to_old = true WHERE name = 'calltest';
--- a model that cannot be reached: 08006, also for the fallback
+-- a model that cannot be reached: 38L02, also for the fallback
 UPDATE canary_config SET old_model = 'c-down' WHERE name = 'calltest';
 \set VERBOSITY terse
 SELECT canary_call('Where is my order?', 'u_down', 'calltest');

@@ -15,7 +15,10 @@ use FindBin;
 use lib $FindBin::Bin;
 use CanaryNode;
 
-my $node = canary_node('upgrade', database => 'upgraded', extension => 0);
+# a response cache TTL, so that the worker's maintenance does not expire the
+# cache row below before the upgrade
+my $node = canary_node('upgrade', database => 'upgraded', extension => 0,
+	conf => "llm_canary.response_cache_ttl = '1d'\n");
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 
 my $default = $node->safe_psql('postgres',

@@ -12,7 +12,6 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use HTTP::Tiny;
 use FindBin;
 use lib $FindBin::Bin;
 use CanaryNode;
@@ -21,7 +20,6 @@ use IPC::Run;
 use Time::HiRes qw(time usleep);
 
 my $mock = mock_url();
-my $http = HTTP::Tiny->new(timeout => 5);
 
 my $node = canary_node('crash', conf => qq{
 llm_canary.check_interval = 0
@@ -156,8 +154,7 @@ SELECT canary_call('retry me', 'u-retry', 'retry');
 my $tries = 0;
 for (1 .. 100)
 {
-	my $st = $http->get("$mock/_mock/stats");
-	($tries) = $st->{content} =~ /"k-flaky":\{"requests":(\d+)/;
+	$tries = mock_get('/_mock/stats')->{models}{'k-flaky'}{requests};
 	last if $tries;
 	usleep(20_000);
 }
@@ -168,8 +165,7 @@ like($v->{stderr}, qr/ERROR:  57014: canceling statement due to user request/,
 	'a cancel during the backoff ends the call with 57014');
 cmp_ok($ms, '<', 200, "within 200 ms of pg_cancel_backend ($ms ms, during a 5 s Retry-After)");
 diag "cancel during backoff: $ms ms";
-my $st = $http->get("$mock/_mock/stats");
-($tries) = $st->{content} =~ /"k-flaky":\{"requests":(\d+)/;
+$tries = mock_get('/_mock/stats')->{models}{'k-flaky'}{requests};
 is($tries, 1, 'no retry was sent after the cancel');
 $v->{stderr} = '';
 is($v->query_safe(q{SELECT canary_call('next', 'u1', 'armed') IS NOT NULL}), 't', 'the next call of that backend works');

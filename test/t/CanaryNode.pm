@@ -5,7 +5,8 @@
 #   my $node = canary_node('call', conf => "llm_canary.check_interval = 1\n");
 #
 # Options: conf (extra postgresql.conf lines), database (default 'postgres';
-# created when it is another one), env (a hash of environment variables only
+# created when it is another one, with database_options such as an
+# encoding), env (a hash of environment variables only
 # the server gets, e.g. a secret key), preload (default 1; 0 leaves the
 # library out), extension (default 1; 0 creates the database but not the
 # extension), start (default 1; 0 returns the node initialised only).
@@ -33,7 +34,8 @@ sub canary_node
 		local %ENV = (%ENV, %{ $o{env} // {} });
 		$node->start;
 	}
-	$node->safe_psql('postgres', qq{CREATE DATABASE "$db"}) if $db ne 'postgres';
+	$node->safe_psql('postgres', qq{CREATE DATABASE "$db" } . ($o{database_options} // ''))
+	  if $db ne 'postgres';
 	$node->safe_psql($db, 'CREATE EXTENSION llm_canary CASCADE') if $o{extension} // 1;
 	return $node;
 }
