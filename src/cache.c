@@ -49,6 +49,7 @@
 
 #include "cache.h"
 #include "chat.h"
+#include "extension.h"
 #include "util.h"
 
 /* settings */
@@ -145,18 +146,15 @@ CacheRun(const char *what, const char *sql, int nargs, Oid *types,
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	Oid			owner = ConfigExtensionOwner();
-	Oid			save_userid;
-	int			save_sec;
 	volatile bool found = false;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		SetUserIdAndSecContext(OidIsValid(owner) ? owner : save_userid,
-							   save_sec | SECURITY_LOCAL_USERID_CHANGE |
-							   SECURITY_RESTRICTED_OPERATION);
+		CanaryOwnerSave save;
+
+		CanaryBecomeOwner(owner, &save);
 		if (lock_key == NULL || CacheTryWriteLock(lock_model, lock_key))
 		{
 			int			ret;
@@ -191,7 +189,7 @@ CacheRun(const char *what, const char *sql, int nargs, Oid *types,
 			}
 			SPI_finish();
 		}
-		SetUserIdAndSecContext(save_userid, save_sec);
+		CanaryRestoreUser(&save);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;

@@ -7,9 +7,9 @@
  *
  * Data flows one way: config.c gives the rollout and models, routing.c the
  * decision, http.c/provider.c the model's answer; this file classifies the
- * answer (refusal patterns), puts one CanaryMetricRecord per attempt into the
- * shared-memory queue (metrics_queue.c), which the worker writes outside the
- * caller's transaction, and builds the jsonb result.
+ * answer (outcome.c's refusal rule), puts one CanaryMetricRecord per attempt
+ * into the shared-memory queue (metrics_queue.c), which the worker writes
+ * outside the caller's transaction, and builds the jsonb result.
  *
  *-------------------------------------------------------------------------
  */
@@ -55,17 +55,10 @@ RecordAttempt(const CanaryCall *cx, const CanaryModel *model,
 	strlcpy(rec.stage, cx->stage, sizeof(rec.stage));
 	strlcpy(rec.cohort, cx->canary_cohort ? "canary" : "control", sizeof(rec.cohort));
 	strlcpy(rec.model, model->name, sizeof(rec.model));
-	/* clip at a character boundary so the row stays valid text */
-	{
-		int			len = cx->user_len;
-
-		if (len >= CANARY_USER_ID_MAX)
-			len = pg_mbcliplen(cx->user_id, cx->user_len, CANARY_USER_ID_MAX - 1);
-		memcpy(rec.user_id, cx->user_id, len);
-		rec.user_id[len] = '\0';
-	}
+	CanaryClipCopy(rec.user_id, sizeof(rec.user_id), cx->user_id, cx->user_len);
 	if (cx->prompt_class)
-		strlcpy(rec.prompt_class, cx->prompt_class, sizeof(rec.prompt_class));
+		CanaryClipCopy(rec.prompt_class, sizeof(rec.prompt_class),
+					   cx->prompt_class, strlen(cx->prompt_class));
 	memcpy(rec.prompt_hash, cx->prompt_hash, sizeof(rec.prompt_hash));
 	if (a->error)
 		strlcpy(rec.error, a->error, sizeof(rec.error));
@@ -80,8 +73,7 @@ RecordAttempt(const CanaryCall *cx, const CanaryModel *model,
 	rec.response_chars = a->text ? (int32) pg_mbstrlen(a->text) : 0;
 	/* a cached answer was paid for when the model gave it */
 	if (!a->cached)
-		rec.cost = (a->prompt_tokens > 0 ? a->prompt_tokens * model->price_input_per_1k / 1000.0 : 0) +
-			(a->completion_tokens > 0 ? a->completion_tokens * model->price_output_per_1k / 1000.0 : 0);
+		rec.cost = CanaryAttemptCost(model, a->prompt_tokens, a->completion_tokens);
 	(void) MetricsEnqueue(&rec);
 }
 
@@ -218,7 +210,10 @@ CallBegin(CanaryCall *call, const CanaryRequest *req, text *user_arg,
 	call->prompt_class = prompt_class ? pstrdup(prompt_class) : NULL;
 	identity = req->chat ? ChatRequestText(req->chat) : req->prompt;
 	CanaryPromptHash(identity, strlen(identity), call->prompt_hash);
-	CanaryNewRequestId(&call->request_id);
+	if (req->request_id != NULL)
+		memcpy(&call->request_id, req->request_id, sizeof(pg_uuid_t));
+	else
+		CanaryNewRequestId(&call->request_id);
 
 	r = ConfigGetRollout(canary);
 	strlcpy(call->canary, r->name, sizeof(call->canary));
@@ -282,16 +277,16 @@ CallCacheLookup(CanaryCall *call, CanaryAttempt *a)
 /*
  * CallAttemptDone
  *		The current attempt ended with a (from the cache or the model):
- *		classify a refusal (the provider's signal or the refusal patterns),
+ *		classify a refusal (outcome.c's rule: the provider's signal or the
+ *		refusal patterns),
  *		record it, keep a new answer in the response cache, give the old
  *		model's answer to the shadow job.  Caller must be in a transaction.
  */
 void
 CallAttemptDone(CanaryCall *call, CanaryAttempt *a)
 {
-	if (a->outcome == CANARY_OUTCOME_OK && CanaryTextIsRefusal(a->text))
-		a->outcome = CANARY_OUTCOME_REFUSAL;
-	if (a->provider_refusal)
+	if (a->outcome == CANARY_OUTCOME_OK &&
+		CanaryIsRefusal(a->provider_refusal, a->text))
 		a->outcome = CANARY_OUTCOME_REFUSAL;
 	RecordAttempt(call, call->model, a, call->fallback);
 	if (CacheEnabled() && !a->cached)

@@ -2,7 +2,7 @@
  *
  * killswitch.c
  *	  canary_check: the kill switch.  Summarises the last window of
- *	  canary_requests per cohort, stores the summaries, applies the
+ *	  canary_rollups per cohort, stores the summaries, applies the
  *	  article's four rules with a noise guard, and trips the switch.
  *
  * Rules (thresholds from canary_config, baselines from the control cohort
@@ -170,8 +170,13 @@ GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
 }
 
 /*
- * Summarise one cohort over (at - window, at].  When slow_over > 0, also
- * count requests slower than that many milliseconds.
+ * Summarise one cohort over (at - window, at] from canary_rollups: the
+ * 30-second buckets that overlap it (exactly the window when at and the
+ * window are multiples of 30 s; otherwise widened to the bucket boundaries
+ * around it, so that the bucket still filling counts), so the cost depends
+ * on the window, not on the traffic or the retained rows.  When slow_over > 0, also count requests
+ * slower than that many milliseconds; the p95 and that count come from the
+ * latency histogram (within 1/64 of the exact values, src/rollups.c).
  */
 static void
 SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
@@ -187,17 +192,18 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT count(*)::int8,"
-					 " count(*) FILTER (WHERE r.outcome IN ('error', 'timeout'))::int8,"
-					 " count(*) FILTER (WHERE r.refusal)::int8,"
-					 " count(*) FILTER (WHERE EXISTS (SELECT 1 FROM %s.canary_feedback f"
-					 "   WHERE f.request_id = r.request_id AND f.thumbs_down AND f.ts <= $2))::int8,"
-					 " count(*) FILTER (WHERE $5 > 0 AND r.latency_ms > $5)::int8,"
-					 " percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)::float8"
-					 " FROM %s.canary_requests r"
-					 " WHERE r.canary = $1 AND r.ts > $2 - make_interval(secs => $3) AND r.ts <= $2"
+					 "SELECT coalesce(sum(r.requests), 0)::int8,"
+					 " coalesce(sum(r.outcome_error + r.outcome_timeout), 0)::int8,"
+					 " coalesce(sum(r.refusals), 0)::int8,"
+					 " coalesce(sum(r.thumbs_down), 0)::int8,"
+					 " CASE WHEN $5 > 0 THEN %s.canary_hist_count_over(%s.canary_hist_sum(r.latency_hist), $5)"
+					 "  ELSE 0 END::int8,"
+					 " %s.canary_hist_quantile(%s.canary_hist_sum(r.latency_hist), 0.95)"
+					 " FROM %s.canary_rollups r"
+					 " WHERE r.canary = $1 AND r.bucket_end > $2 - make_interval(secs => $3)"
+					 " AND r.bucket_end < $2 + interval '30 seconds'"
 					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached",
-					 schema, schema);
+					 schema, schema, schema, schema, schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int32GetDatum(rr->window_seconds);
@@ -205,7 +211,7 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 	args[4] = Float8GetDatum(slow_over);
 	ret = SPI_execute_with_args(sql.data, 5, types, args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not summarise canary_requests: SPI error %d", ret);
+		elog(ERROR, "could not summarise canary_rollups: SPI error %d", ret);
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	w->samples = GetInt8(tup, desc, 1);
@@ -480,8 +486,21 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 		args[2] = Int64GetDatum(w.canary.samples);
 		args[3] = Int64GetDatum(w.control.samples);
 		ret = SPI_execute_with_args(sql.data, 4, types, args, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not trip the kill switch: SPI error %d", ret);
+
+		/*
+		 * NULL: the rollout was tripped meanwhile (by a concurrent trip that
+		 * committed while we waited for its row).  That trip is not ours to
+		 * report; returning a reason would log a trip that did not happen.
+		 */
+		{
+			bool		isnull;
+
+			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			if (isnull)
+				reason = NULL;
+		}
 	}
 	return reason;
 }
@@ -498,15 +517,12 @@ Datum
 canary_check(PG_FUNCTION_ARGS)
 {
 	const char *schema;
-	StringInfoData sql;
 	StringInfoData result;
 	TimestampTz at;
-	int			ret;
 	int			nrollouts;
 	RolloutRules *rules;
-	Oid			types[1] = {TEXTOID};
-	Datum		args[1];
-	char		nulls[1] = {' '};
+	List	   *names;
+	ListCell   *lc;
 	bool		named = !PG_ARGISNULL(0);
 
 	if (PG_ARGISNULL(1))
@@ -515,50 +531,35 @@ canary_check(PG_FUNCTION_ARGS)
 				 errmsg("at must not be NULL"),
 				 errhint("Omit the argument to check the window ending now.")));
 	at = PG_GETARG_TIMESTAMPTZ(1);
-	if (named)
-		(void) ConfigGetRollout(text_to_cstring(PG_GETARG_TEXT_PP(0)));	/* 42704 if unknown */
 	schema = ConfigSchemaName();
+
+	/* the thresholds, through the config cache (42704 for an unknown name) */
+	names = named ? list_make1(text_to_cstring(PG_GETARG_TEXT_PP(0))) : ConfigRolloutNames();
+	rules = palloc0(sizeof(RolloutRules) * (list_length(names) + 1));
+	nrollouts = 0;
+	foreach(lc, names)
+	{
+		const CanaryRollout *r = ConfigGetRollout((const char *) lfirst(lc));
+		RolloutRules *rr = &rules[nrollouts];
+
+		if (!r->armed || r->stage == CANARY_STAGE_SHADOW)
+			continue;
+		strlcpy(rr->name, r->name, NAMEDATALEN);
+		strlcpy(rr->stage, r->stage_name, sizeof(rr->stage));
+		rr->window_seconds = r->window_seconds;
+		rr->error_rate = r->error_rate_threshold;
+		rr->p95_ratio = r->p95_ratio_threshold;
+		rr->refusal_delta = r->refusal_delta_threshold;
+		rr->thumbs_ratio = r->thumbs_down_ratio_threshold;
+		rr->min_samples = r->min_samples;
+		rr->significance = r->significance;
+		rr->raw = r->raw_rules;
+		rr->confirm_windows = r->confirm_windows;
+		nrollouts++;
+	}
 
 	initStringInfo(&result);	/* in the caller's context: survives SPI_finish */
 	SPI_connect();
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT name, stage, window_seconds, error_rate_threshold::float8,"
-					 " p95_ratio_threshold::float8, refusal_delta_threshold::float8,"
-					 " thumbs_down_ratio_threshold::float8, min_samples::int8,"
-					 " significance::float8, raw_rules, confirm_windows"
-					 " FROM %s.canary_config"
-					 " WHERE kill_switch_armed AND stage <> 'shadow'"
-					 " AND ($1::text IS NULL OR name = $1) ORDER BY name",
-					 schema);
-	args[0] = named ? PG_GETARG_DATUM(0) : (Datum) 0;
-	if (!named)
-		nulls[0] = 'n';
-	ret = SPI_execute_with_args(sql.data, 1, types, args, nulls, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read canary_config: SPI error %d", ret);
-	nrollouts = (int) SPI_processed;
-	rules = palloc0(sizeof(RolloutRules) * (nrollouts + 1));
-	for (int i = 0; i < nrollouts; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		RolloutRules *rr = &rules[i];
-
-		strlcpy(rr->name, SPI_getvalue(tup, desc, 1), NAMEDATALEN);
-		strlcpy(rr->stage, SPI_getvalue(tup, desc, 2), sizeof(rr->stage));
-		rr->window_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		rr->error_rate = GetFloat8(tup, desc, 4, &isnull);
-		rr->p95_ratio = GetFloat8(tup, desc, 5, &isnull);
-		rr->refusal_delta = GetFloat8(tup, desc, 6, &isnull);
-		rr->thumbs_ratio = GetFloat8(tup, desc, 7, &isnull);
-		rr->min_samples = GetInt8(tup, desc, 8);
-		rr->significance = GetFloat8(tup, desc, 9, &isnull);
-		rr->raw = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
-		rr->confirm_windows = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
-	}
-
 	for (int i = 0; i < nrollouts; i++)
 	{
 		char	   *reason = CheckRollout(schema, &rules[i], at);

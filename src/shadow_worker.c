@@ -752,8 +752,8 @@ ShadowInsertRows(List *jobs)
 				new_text = NULL;
 				new_error = "malformed_response";
 			}
-			new_refusal = new_error == NULL && new_text != NULL &&
-				(job->new_provider_refusal || CanaryTextIsRefusal(new_text));
+			new_refusal = new_error == NULL &&
+				CanaryIsRefusal(job->new_provider_refusal, new_text);
 
 			st[0] = accumArrayResult(st[0], UUIDPGetDatum(&slot->request_id), false, UUIDOID, CurrentMemoryContext);
 			st[1] = accumArrayResult(st[1], TimestampTzGetDatum(slot->ts), false, TIMESTAMPTZOID, CurrentMemoryContext);

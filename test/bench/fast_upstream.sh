@@ -1,9 +1,9 @@
-# Sourced by the benchmarks: a fast local upstream, nginx on loopback
-# answering every POST to /v1/chat/completions with one fixed OpenAI
-# chat-completions body, so that a benchmark measures llm_canary and not a
-# model.  fast_upstream_start DIR PORT writes DIR/nginx/ and starts it;
-# fast_upstream_stop DIR stops it.
-
+# Sourced by the benchmarks that need a fast fixed upstream (call.sh,
+# shadow.sh, submit.sh).
+#
+# fast_upstream_start DIR PORT: nginx (one worker, loopback) answering every
+# POST to /v1/chat/completions on PORT with one fixed chat-completions body;
+# its files go under DIR/nginx.  fast_upstream_stop DIR stops it.
 fast_upstream_start() {
     local dir=$1 nport=$2
     local body='{"id":"c1","object":"chat.completion","created":1,"model":"fast","choices":[{"index":0,"message":{"role":"assistant","content":"Thanks for reaching out. Your order ships tomorrow.","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}'
@@ -12,7 +12,7 @@ fast_upstream_start() {
 worker_processes 1;
 pid $dir/nginx/nginx.pid;
 error_log $dir/nginx/error.log;
-events { worker_connections 1024; }
+events { worker_connections 4096; }
 http {
     access_log off;
     client_body_temp_path $dir/nginx/tmp;

@@ -28,7 +28,7 @@ INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('imported'
 INSERT INTO canary_requests (request_id, ts, canary, user_id, cohort, model, outcome, latency_ms) VALUES
     ('00000000-0000-4000-8000-0000000000a1', now(), 'imported', 'imp1', 'control', 'model-old', 'ok', 100),
     ('00000000-0000-4000-8000-0000000000a2', now(), 'imported', 'imp2', 'canary', 'model-new', 'ok', 200);
-SELECT cohort, model, requests, fallbacks, p50_latency_ms FROM canary_summary('imported');
+SELECT cohort, model, requests, fallbacks FROM canary_summary('imported');
 INSERT INTO canary_csat (user_id, score, recorded_at) VALUES ('imp1', 4, now()), ('imp2', 2, now());
 SELECT cohort, responses, mean_csat, delta_vs_control FROM canary_csat_report('imported', 1);
 -- an explicit NULL is refused instead of vanishing from every report

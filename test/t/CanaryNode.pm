@@ -6,7 +6,7 @@
 #
 # Options: conf (extra postgresql.conf lines), database (default 'postgres';
 # created when it is another one, with database_options such as an
-# encoding), env (a hash of environment variables only
+# encoding), initdb (extra initdb arguments, e.g. ['--locale=C']), env (a hash of environment variables only
 # the server gets, e.g. a secret key), preload (default 1; 0 leaves the
 # library out), extension (default 1; 0 creates the database but not the
 # extension), start (default 1; 0 returns the node initialised only).
@@ -24,7 +24,7 @@ sub canary_node
 	my ($name, %o) = @_;
 	my $db = $o{database} // 'postgres';
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	$node->init(extra => $o{initdb} // []);
 	my $conf = '';
 	$conf .= "shared_preload_libraries = 'llm_canary'\nllm_canary.database_name = '$db'\n"
 	  if $o{preload} // 1;

@@ -1,6 +1,8 @@
 /*
  * 1.0 -> 1.1: reports, maintenance and retention (test layout and SQL
- * structure of issue 10, the SQL items of issue 11).
+ * structure of issue 10, the SQL items of issue 11).  Last of the
+ * fragments: it carries the final text of canary_maintenance and
+ * canary_summary, which earlier fragments (30_rollups, 70_chat) change too.
  *
  *  - canary_report_window: the one check of a report's rollout and window
  *    (replaces canary_shadow_window; canary_summary, canary_timeline and
@@ -13,16 +15,11 @@
  *    summaries older than llm_canary.retention_days (new index on at).
  *  - private shadow texts hide the openings too; canary_shadow_openings
  *    runs as its caller.
- *  - canary_requests.fallback is NOT NULL DEFAULT false (NULLs backfilled).
  *  - canary_window_summaries and the DEFAULT partition of canary_shadow are
  *    dumped by pg_dump; daily partitions of canary_shadow made at install
  *    are data, not members of the extension.
+ *  (canary_requests.fallback NOT NULL: 25_requests_fallback.sql.)
  */
-
--- imported rows: fallback NULL read as "not a fallback" nowhere; backfill it
-UPDATE canary_requests SET fallback = false WHERE fallback IS NULL;
-ALTER TABLE canary_requests ALTER COLUMN fallback SET DEFAULT false;
-ALTER TABLE canary_requests ALTER COLUMN fallback SET NOT NULL;
 
 -- the reports' one check
 
@@ -80,23 +77,26 @@ DECLARE
 BEGIN
     RETURN QUERY
     SELECT r.cohort,
-           string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback),
-           count(*) FILTER (WHERE NOT r.fallback),
-           count(*) FILTER (WHERE r.fallback),
-           round(avg((r.outcome IN ('error', 'timeout'))::int) FILTER (WHERE NOT r.fallback), 4),
-           round(avg(r.refusal::int) FILTER (WHERE NOT r.fallback), 4),
-           round((percentile_cont(0.5) WITHIN GROUP (ORDER BY r.latency_ms)
-                  FILTER (WHERE NOT r.fallback))::numeric, 1),
-           round((percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)
-                  FILTER (WHERE NOT r.fallback))::numeric, 1),
-           round(avg(r.completion_tokens) FILTER (WHERE NOT r.fallback), 1),
-           round(avg((EXISTS (SELECT 1 FROM @extschema@.canary_feedback f
-                              WHERE f.request_id = r.request_id AND f.thumbs_down))::int)
-                 FILTER (WHERE NOT r.fallback), 4),
+           string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback AND r.requests > 0),
+           coalesce(sum(r.requests) FILTER (WHERE NOT r.fallback), 0)::bigint,
+           coalesce(sum(r.requests) FILTER (WHERE r.fallback), 0)::bigint,
+           round(sum(r.outcome_error + r.outcome_timeout) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+           round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+           round(@extschema@.canary_hist_quantile(
+                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
+           round(@extschema@.canary_hist_quantile(
+                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
+           round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
+           round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
            round(sum(r.cost), 6)
-      FROM @extschema@.canary_requests r
-     WHERE r.canary = canary_summary.canary AND r.ts > cutoff
+      FROM @extschema@.canary_rollups r
+     WHERE r.canary = canary_summary.canary AND r.bucket_end > cutoff
      GROUP BY r.cohort
+    HAVING sum(r.requests) > 0
      ORDER BY r.cohort;
 END;
 $$;
@@ -628,6 +628,26 @@ BEGIN
         END IF;
     END IF;
 
+    -- rollups older than llm_canary.rollup_retention_days (created by a later part)
+    IF to_regprocedure(format('%I.canary_rollup_maintenance(date)', nsp)) IS NOT NULL THEN
+        EXECUTE format('SELECT %I.canary_rollup_maintenance($1)', nsp) INTO n USING today;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_rollups'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
+    -- finished submissions past llm_canary.submit_retention (created by a later part)
+    IF to_regclass(format('%I.canary_submissions', nsp)) IS NOT NULL THEN
+        EXECUTE format('DELETE FROM %I.canary_submissions WHERE finished_at < now() - $1', nsp)
+           USING coalesce(nullif(current_setting('llm_canary.submit_retention', true), ''), '1d')::interval;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_submissions'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         -- canary_shadow is created after this function's first run at install
         CONTINUE WHEN to_regclass(format('%I.%I', nsp, parent)) IS NULL;
@@ -665,7 +685,7 @@ END;
 $$;
 
 COMMENT ON FUNCTION canary_maintenance(integer, date) IS
-    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those and the canary_window_summaries rows older than llm_canary.retention_days, and deletes expired session pins and answers of canary_response_cache older than llm_canary.response_cache_ttl';
+    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those and the canary_window_summaries rows older than llm_canary.retention_days, and deletes expired session pins, answers of canary_response_cache older than llm_canary.response_cache_ttl, canary_rollups older than llm_canary.rollup_retention_days and finished canary_submissions older than llm_canary.submit_retention';
 
 CREATE OR REPLACE FUNCTION canary_shadow_create_partitions(from_day date DEFAULT (now() AT TIME ZONE 'UTC')::date,
                                                 days integer DEFAULT 8)
