@@ -539,10 +539,11 @@ canary_check(PG_FUNCTION_ARGS)
 	nrollouts = 0;
 	foreach(lc, names)
 	{
-		const CanaryRollout *r = ConfigGetRollout((const char *) lfirst(lc));
+		/* a rollout deleted since the names were read is skipped */
+		const CanaryRollout *r = ConfigLookupRollout((const char *) lfirst(lc), !named);
 		RolloutRules *rr = &rules[nrollouts];
 
-		if (!r->armed || r->stage == CANARY_STAGE_SHADOW)
+		if (r == NULL || !r->armed || r->stage == CANARY_STAGE_SHADOW)
 			continue;
 		strlcpy(rr->name, r->name, NAMEDATALEN);
 		strlcpy(rr->stage, r->stage_name, sizeof(rr->stage));
