@@ -181,7 +181,9 @@ close $fc;
 	usleep(1_000_000);
 	my ($ret, $stdout, $stderr) = $node->psql('postgres', 'DROP DATABASE other WITH (FORCE)',
 		timeout => 30);
-	is($ret, 0, 'DROP DATABASE WITH (FORCE) succeeds while sessions route') or diag $stderr;
+	diag $stderr if $ret;
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_database WHERE datname = 'other'}),
+		'0', 'DROP DATABASE WITH (FORCE) succeeds while sessions route');
 	$pb->finish;
 	no_crash('DROP DATABASE under load');
 }
