@@ -19,21 +19,19 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use CanaryNode;
 
-my $node = PostgreSQL::Test::Cluster->new('simulator');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('simulator', conf => qq{
 llm_canary.check_interval = 0
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 $node->poll_query_until('postgres',
 	"SELECT worker_state = 'running' FROM canary_stats()")
   or die 'the worker did not start';
 
 my $script = ($ENV{TESTDIR} // '.') . '/test/bench/simulate.sql';
+<<<<<<< HEAD
 my $first = 1;
 
 sub simulate
@@ -56,6 +54,17 @@ sub simulate
 simulate('article,errors,p95,thumbs', 'sequential,confirm_windows,raw');
 simulate('aa_ramp_1,aa_ramp_5,aa_ramp_25,aa_full,slight', 'sequential');
 simulate('aa_ramp_1,slight', 'confirm_windows,raw');
+=======
+my ($ret, $out, $err) = $node->psql(
+	'postgres', undef,
+	extra_params => [
+		'-f', $script,
+		'-v', 'aa_seconds=3600', '-v', 'slight_seconds=3600',
+		'-v', 'trip_seconds=1800', '-v', 'rps=100'
+	],
+	on_error_stop => 1);
+die "the simulator failed: $err" if $ret;	# the results below are the checks
+>>>>>>> tests
 
 sub result
 {
