@@ -421,17 +421,19 @@ CountDrop(uint64 *counter)
  *		Sample the request (rollout->shadow_sample_rate) and, if chosen,
  *		queue it for the worker, which sends the prompt to the new model.
  *
- * Called by canary_call before it calls the old model.  Never raises
- * because the queue is full, the memory budget is spent or shared memory
- * cannot grow: those drops are counted.  While no worker runs (the seconds
- * after a server start, a worker restart) jobs wait in the queue like
- * metric records; only a full queue drops them.  Allocates nothing in the
- * caller's context.
+ * prompt is the prompt, or with is_chat the normalised chat request's
+ * JSON text (canary_chat), which the worker sends in the new model's
+ * dialect.  Called by canary_call before it calls the old model.  Never
+ * raises because the queue is full, the memory budget is spent or shared
+ * memory cannot grow: those drops are counted.  While no worker runs (the
+ * seconds after a server start, a worker restart) jobs wait in the queue
+ * like metric records; only a full queue drops them.  Allocates nothing in
+ * the caller's context.
  */
 void
 ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 					const char *user_id, int user_len, const char *prompt,
-					const char *prompt_class, const char *prompt_hash)
+					bool is_chat, const char *prompt_class, const char *prompt_hash)
 {
 	ShadowSlot *slot = NULL;
 	int			slotno = -1;
@@ -537,6 +539,7 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	slot->store_prompt = shadow_store_prompt;
 	slot->prompt = dp;
 	slot->prompt_len = prompt_len;
+	slot->is_chat = is_chat;
 	slot->old_done = false;
 	slot->new_done = false;
 	slot->old_text = InvalidDsaPointer;
