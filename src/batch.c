@@ -410,27 +410,7 @@ BeginStep(BatchEngine *e, BatchItem *item, void *arg)
 	BeginArgs  *a = (BeginArgs *) arg;
 	CanaryRequest req;
 
-	memset(&req, 0, sizeof(req));
-	if (a->request == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("request must not be NULL")));
-	if (JB_ROOT_IS_SCALAR(a->request))
-	{
-		JsonbValue	v;
-
-		if (!JsonbExtractScalar(&a->request->root, &v) || v.type != jbvString)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("request must be a JSON string (a prompt) or a JSON object (a chat request)")));
-		if (v.val.string.len == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("prompt must not be empty")));
-		req.prompt = pnstrdup(v.val.string.val, v.val.string.len);
-	}
-	else
-		req.chat = ChatNormalize(a->request);
+	ChatRequestFromJsonb(a->request, &req);
 	req.request_id = item->preset_request_id;
 	CallBegin(&item->call, &req, a->user_id, a->user_id == NULL, a->canary,
 			  a->prompt_class, a->session_id);
