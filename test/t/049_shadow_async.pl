@@ -6,6 +6,9 @@
 # (a batch of 20 left 12 "missing"), closed every open job at any
 # subtransaction abort (one invalid row of a batch closed the others'), and
 # closed them at every commit (every submission's old half was "missing").
+# And a chat request's shadow answer kept in the response cache is a whole
+# chat answer (the worker stored the text alone, and canary_chat served
+# that hit without finish_reason or tool calls).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -24,6 +27,7 @@ $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'llm_canary'
 llm_canary.database_name = 'postgres'
+llm_canary.response_cache_ttl = 600
 });
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
@@ -79,6 +83,23 @@ like($err, qr/canceling statement due to statement timeout/, 'the call is cancel
 is(shadow_rows('u-cancel', 1), '1|0', 'its job is written without the old answer');
 is($node->safe_psql('postgres', q{SELECT old_error FROM canary_shadow WHERE user_id = 'u-cancel'}),
 	'missing', 'old_error "missing" (closed by the abort, not after the grace period)');
+
+# a chat request's shadow answer in the response cache is a whole chat answer
+mock_profile('sa-chat', '{"fixed_text": "Sunny."}');
+mock_profile('sa-old', '{"echo": true}');
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries, timeout_ms) VALUES
+  ('chat', 'openai', '$mock/v1', 'sa-chat', 'LLM_CANARY_TEST_KEY', 0, 5000);
+INSERT INTO canary_config (name, stage, old_model, new_model, shadow_sample_rate) VALUES
+  ('r-chat-shadow', 'shadow', 'old', 'chat', 1), ('r-chat-full', 'full', 'chat', 'chat', 1);
+});
+my $chat = q{'{"messages": [{"role": "user", "content": "Weather in Paris?"}]}'::jsonb};
+is($node->safe_psql('postgres', qq{SELECT r->>'model' FROM canary_chat($chat, 'u-chat', 'r-chat-shadow') r}),
+	'old', 'shadow stage: the old model answers the chat request');
+is(shadow_rows('u-chat', 1), '1|0', 'the shadow job was answered by the new model');
+is($node->safe_psql('postgres', qq{SELECT (r->>'cached') || '|' || (r->>'response') || '|' || coalesce(r->>'finish_reason', '-')
+	FROM canary_chat($chat, 'u-chat', 'r-chat-full') r}),
+	'true|Sunny.|stop', 'the shadow answer served from the cache is a whole chat answer (finish_reason stop)');
 
 $node->stop;
 done_testing();
