@@ -16,21 +16,15 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time usleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
+my $mock = mock_url();
 
-my $node = PostgreSQL::Test::Cluster->new('shadow_async');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('shadow_async', conf => qq{
 llm_canary.response_cache_ttl = 600
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('sa-old', '{"echo": true}');
 mock_profile('sa-new', '{"echo": true, "latency_ms": 20}');
