@@ -31,7 +31,6 @@ $node->poll_query_until('postgres',
   or die 'the worker did not start';
 
 my $script = ($ENV{TESTDIR} // '.') . '/test/bench/simulate.sql';
-<<<<<<< HEAD
 my $first = 1;
 
 sub simulate
@@ -54,17 +53,6 @@ sub simulate
 simulate('article,errors,p95,thumbs', 'sequential,confirm_windows,raw');
 simulate('aa_ramp_1,aa_ramp_5,aa_ramp_25,aa_full,slight', 'sequential');
 simulate('aa_ramp_1,slight', 'confirm_windows,raw');
-=======
-my ($ret, $out, $err) = $node->psql(
-	'postgres', undef,
-	extra_params => [
-		'-f', $script,
-		'-v', 'aa_seconds=3600', '-v', 'slight_seconds=3600',
-		'-v', 'trip_seconds=1800', '-v', 'rps=100'
-	],
-	on_error_stop => 1);
-die "the simulator failed: $err" if $ret;	# the results below are the checks
->>>>>>> tests
 
 sub result
 {
