@@ -197,9 +197,10 @@ GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
  * 30-second buckets that overlap it (exactly the window when at and the
  * window are multiples of 30 s; otherwise widened to the bucket boundaries
  * around it, so that the bucket still filling counts), so the cost depends
- * on the window, not on the traffic or the retained rows.  When slow_over > 0, also count requests
- * slower than that many milliseconds; the p95 and that count come from the
- * latency histogram (within 1/64 of the exact values, src/rollups.c).
+ * on the window, not on the traffic or the retained rows.  When
+ * slow_over > 0, also count requests slower than that many milliseconds;
+ * the p95 and that count come from the latency histogram (within 1/64 of
+ * the exact values, src/rollups.c).
  */
 static void
 SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,

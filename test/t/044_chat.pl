@@ -8,25 +8,16 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use HTTP::Tiny;
 use JSON::PP;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
-my $http = HTTP::Tiny->new(timeout => 5);
+my $mock = mock_url();
 my $json = JSON::PP->new->canonical;
 
-my $node = PostgreSQL::Test::Cluster->new('chat');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
-});
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
+my $node = canary_node('chat');
 
 mock_profile('t-chat', '{"fixed_text": "Sunny, 21 degrees.", "tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}');
 mock_profile('t-refuse', '{"fixed_text": "I cannot help with that."}');
@@ -46,15 +37,12 @@ INSERT INTO canary_config (name, stage, old_model, new_model) VALUES
 sub last_request
 {
 	my ($model) = @_;
-	my $r = $http->get("$mock/_mock/requests?model=$model&limit=1");
-	die "mock log: $r->{status}" unless $r->{success};
-	return decode_json($r->{content})->[-1];
+	return mock_get("/_mock/requests?model=$model&limit=1")->[-1];
 }
 
 sub mock_total
 {
-	my $r = $http->get("$mock/_mock/stats");
-	return decode_json($r->{content})->{total}{requests} // 0;
+	return mock_get('/_mock/stats')->{total}{requests} // 0;
 }
 
 sub chat
@@ -164,6 +152,24 @@ is($c2->{cached}, JSON::PP::true, 'the same request is answered from the cache')
 is($c1->{cached}, JSON::PP::false, 'the first one was not');
 is_deeply($c2->{tool_calls}, $c1->{tool_calls}, 'the cached answer has the same tool calls');
 is($c2->{finish_reason}, 'tool_calls', 'and the same finish reason');
+
+# shadow mode: the new model gets its copy of the whole chat request, in its own dialect
+$node->safe_psql('postgres', q{INSERT INTO canary_config (name, stage, old_model, new_model, shadow_sample_rate)
+	VALUES ('r-shadow', 'shadow', 'oa', 'an', 1.0)});
+$r = chat(q{{"messages": [{"role": "system", "content": "Shadowed."}, {"role": "user", "content": "hi"}], "stop": ["zzz"]}}, 'r-shadow');
+is($r->{model} . ':' . $r->{response}, 'oa:Sunny, 21 degrees.', 'shadow stage: the old model answers the chat request');
+my $shadow = '';
+for (1 .. 100)
+{
+	$shadow = $node->safe_psql('postgres', qq{SELECT new_model || ':' || coalesce(new_text, '-') || ':' || coalesce(new_error, '-') || ':' || coalesce(verdict, '-')
+		FROM canary_shadow WHERE request_id = '$r->{request_id}'});
+	last if $shadow ne '';
+	select(undef, undef, undef, 0.1);
+}
+is($shadow, 'an:Sunny, 21 degrees.:-:identical', 'the shadow copy of the chat request was answered by the new model');
+$b = last_request('t-chat')->{body};
+is($b->{system} . '|' . $b->{messages}[0]{content}[0]{text} . '|' . join(',', @{ $b->{stop_sequences} }),
+	'Shadowed.|hi|zzz', 'the shadow copy went out in Anthropic\'s dialect, translated');
 
 # invalid requests fail before any HTTP, with specific SQLSTATEs
 my $before = mock_total();
