@@ -52,6 +52,7 @@
 #include "utils/timestamp.h"
 
 #include "config.h"
+#include "fleet.h"
 #include "llm_canary.h"
 
 /* settings */
@@ -541,6 +542,7 @@ canary_check(PG_FUNCTION_ARGS)
 				 errmsg("at must not be NULL"),
 				 errhint("Omit the argument to check the window ending now.")));
 	at = PG_GETARG_TIMESTAMPTZ(1);
+	FleetRequireJudge("canary_check");
 	if (named)
 		(void) ConfigGetRollout(text_to_cstring(PG_GETARG_TEXT_PP(0)));	/* 42704 if unknown */
 	schema = ConfigSchemaName();

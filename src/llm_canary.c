@@ -18,6 +18,7 @@
 
 #include "cache.h"
 #include "config.h"
+#include "fleet.h"
 #include "llm_canary.h"
 #include "metrics.h"
 #include "provider.h"
@@ -48,6 +49,7 @@ CanaryShmemRequest(void)
 		prev_shmem_request_hook();
 	MetricsRequestShmem();
 	ShadowRequestShmem();
+	FleetRequestShmem();
 }
 
 /* shmem_startup_hook: create or attach to the metrics queue and shadow slots. */
@@ -58,6 +60,7 @@ CanaryShmemStartup(void)
 		prev_shmem_startup_hook();
 	MetricsInitShmem();
 	ShadowInitShmem();
+	FleetInitShmem();
 }
 
 
@@ -126,6 +129,7 @@ _PG_init(void)
 		prev_shmem_startup_hook = shmem_startup_hook;
 		shmem_startup_hook = CanaryShmemStartup;
 		WorkerRegister();
+		FleetDefineSettings();
 	}
 
 	HttpDefineSettings();

@@ -31,6 +31,7 @@
 #include "utils/guc.h"
 #include "utils/numeric.h"
 
+#include "fleet.h"
 #include "llm_canary.h"
 #include "routing.h"
 
@@ -232,6 +233,7 @@ RouteDecide(const CanaryRollout *r, const char *user_id, int user_len,
 		RouteBySession(r, user_id, user_len, session_id, decision);
 	else
 		RouteByHash(r, user_id, user_len, decision);
+	FleetRouteOverride(r, decision);
 }
 
 /* Shared argument handling of canary_route and canary_cohort. */

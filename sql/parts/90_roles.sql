@@ -135,7 +135,9 @@ DECLARE
         'canary_summary', 'canary_shadow_report', 'canary_shadow_openings',
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',
         'canary_stats', 'canary_shadow_stats', 'canary_prometheus', 'canary_timeline',
-        'canary_shadow_is_private'];
+        'canary_shadow_is_private',
+        -- the fleet's state, for the Prometheus export
+        'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus'];
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure
