@@ -48,7 +48,8 @@
 #include "utils/timestamp.h"
 
 #include "cache.h"
-#include "llm_canary.h"
+#include "chat.h"
+#include "util.h"
 
 /* settings */
 int			canary_response_cache_ttl = 0;
@@ -92,12 +93,30 @@ CacheEnabled(void)
 void
 CacheComputeKey(const CanaryModel *model, const char *prompt, CacheKey *key)
 {
+	CanaryRequest req;
+
+	memset(&req, 0, sizeof(req));
+	req.prompt = prompt;
+	CacheComputeRequestKey(model, &req, key);
+}
+
+/*
+ * CacheComputeRequestKey
+ *		The cache key of req sent to model: its identity is the prompt, or
+ *		the normalised chat request's text.  Allocates in the current memory
+ *		context.
+ */
+void
+CacheComputeRequestKey(const CanaryModel *model, const CanaryRequest *req,
+					   CacheKey *key)
+{
 	uint8		digest[CANARY_SHA256_LEN];
 	char	   *url = ProviderRequestUrl(model);
-	char	   *body = ProviderRequestBody(model, prompt);
+	char	   *body = RequestBody(model, req);
 	char	   *request = psprintf("%s\n%s", url, body);
+	char	   *identity = req->chat ? ChatRequestText(req->chat) : (char *) req->prompt;
 
-	CanarySha256(prompt, strlen(prompt), digest);
+	CanarySha256(identity, strlen(identity), digest);
 	CanaryHex(digest, CANARY_SHA256_LEN, key->prompt_sha256);
 	CanarySha256(request, strlen(request), digest);
 	CanaryHex(digest, CANARY_SHA256_LEN, key->request_sha256);
@@ -184,6 +203,8 @@ CacheRun(const char *what, const char *sql, int nargs, Oid *types,
 				attempt->completion_tokens = isnull ? -1 : DatumGetInt32(d);
 				d = SPI_getbinval(tup, desc, 4, &isnull);
 				attempt->provider_refusal = !isnull && DatumGetBool(d);
+				d = SPI_getbinval(tup, desc, 5, &isnull);
+				attempt->answer = isnull ? NULL : DatumGetJsonbPCopy(d);
 				MemoryContextSwitchTo(spicxt);
 				found = attempt->text != NULL;
 			}
@@ -238,7 +259,7 @@ CacheLookup(const CanaryModel *model, const CacheKey *key, CanaryAttempt *attemp
 
 	if (!CacheEnabled())
 		return false;
-	sql = psprintf("SELECT response, prompt_tokens, completion_tokens, provider_refusal"
+	sql = psprintf("SELECT response, prompt_tokens, completion_tokens, provider_refusal, answer"
 				   " FROM %s.canary_response_cache"
 				   " WHERE model OPERATOR(pg_catalog.=) $1"
 				   " AND prompt_sha256 OPERATOR(pg_catalog.=) $2"
@@ -257,6 +278,16 @@ CacheLookup(const CanaryModel *model, const CacheKey *key, CanaryAttempt *attemp
 	memset(attempt, 0, sizeof(*attempt));
 	attempt->outcome = hit.provider_refusal ? CANARY_OUTCOME_REFUSAL : CANARY_OUTCOME_OK;
 	attempt->text = hit.text;
+	attempt->answer = hit.answer;
+	/* a chat answer's text is its content (NULL for tool calls alone) */
+	if (hit.answer != NULL)
+	{
+		JsonbValue	content;
+
+		ChatAnswerField(hit.answer, "content", &content);
+		attempt->text = content.type == jbvString ?
+			pnstrdup(content.val.string.val, content.val.string.len) : NULL;
+	}
 	attempt->prompt_tokens = hit.prompt_tokens;
 	attempt->completion_tokens = hit.completion_tokens;
 	attempt->provider_refusal = hit.provider_refusal;
@@ -276,13 +307,14 @@ CacheLookup(const CanaryModel *model, const CacheKey *key, CanaryAttempt *attemp
 void
 CacheStore(const CanaryModel *model, const CacheKey *key, const CanaryAttempt *attempt)
 {
-	Oid			types[8] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID,
-	BOOLOID, TIMESTAMPTZOID};
-	Datum		values[8];
-	char		nulls[8];
+	Oid			types[9] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID, INT4OID,
+	BOOLOID, TIMESTAMPTZOID, JSONBOID};
+	Datum		values[9];
+	char		nulls[9];
 	char	   *sql;
 
-	if (!CacheEnabled() || attempt->cached || attempt->text == NULL ||
+	if (!CacheEnabled() || attempt->cached ||
+		(attempt->text == NULL && attempt->answer == NULL) ||
 		(attempt->outcome != CANARY_OUTCOME_OK &&
 		 attempt->outcome != CANARY_OUTCOME_REFUSAL))
 		return;
@@ -291,20 +323,20 @@ CacheStore(const CanaryModel *model, const CacheKey *key, const CanaryAttempt *a
 
 	sql = psprintf("INSERT INTO %s.canary_response_cache AS c"
 				   " (model, prompt_sha256, request_sha256, response, prompt_tokens,"
-				   "  completion_tokens, provider_refusal, created_at)"
-				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+				   "  completion_tokens, provider_refusal, created_at, answer)"
+				   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 				   " ON CONFLICT (model, prompt_sha256) DO UPDATE SET"
 				   " request_sha256 = excluded.request_sha256, response = excluded.response,"
 				   " prompt_tokens = excluded.prompt_tokens,"
 				   " completion_tokens = excluded.completion_tokens,"
 				   " provider_refusal = excluded.provider_refusal,"
-				   " created_at = excluded.created_at",
+				   " created_at = excluded.created_at, answer = excluded.answer",
 				   ConfigSchemaName());
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(model->name);
 	values[1] = CStringGetTextDatum(key->prompt_sha256);
 	values[2] = CStringGetTextDatum(key->request_sha256);
-	values[3] = CStringGetTextDatum(attempt->text);
+	values[3] = CStringGetTextDatum(attempt->text ? attempt->text : "");
 	values[4] = Int32GetDatum(attempt->prompt_tokens);
 	if (attempt->prompt_tokens < 0)
 		nulls[4] = 'n';
@@ -313,5 +345,8 @@ CacheStore(const CanaryModel *model, const CacheKey *key, const CanaryAttempt *a
 		nulls[5] = 'n';
 	values[6] = BoolGetDatum(attempt->provider_refusal);
 	values[7] = TimestampTzGetDatum(GetCurrentTimestamp());
-	(void) CacheRun("write to", sql, 8, types, values, nulls, NULL, model, key);
+	values[8] = attempt->answer ? JsonbPGetDatum(attempt->answer) : (Datum) 0;
+	if (attempt->answer == NULL)
+		nulls[8] = 'n';
+	(void) CacheRun("write to", sql, 9, types, values, nulls, NULL, model, key);
 }

@@ -19,31 +19,21 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/memutils.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "cache.h"
+#include "call.h"
+#include "chat.h"
 #include "config.h"
-#include "llm_canary.h"
 #include "metrics.h"
 #include "provider.h"
 #include "routing.h"
 #include "shadow.h"
-
-/* What one canary_call needs to know about itself, for the records. */
-typedef struct CallContext
-{
-	char		canary[NAMEDATALEN];
-	const char *stage;
-	const char *user_id;
-	int			user_len;
-	const char *prompt_class;
-	char		prompt_hash[CANARY_PROMPT_HASH_LEN + 1];
-	pg_uuid_t	request_id;
-	bool		canary_cohort;
-} CallContext;
+#include "util.h"
 
 /*
  * RecordAttempt
@@ -52,7 +42,7 @@ typedef struct CallContext
  *		MetricsEnqueue.
  */
 static void
-RecordAttempt(const CallContext *cx, const CanaryModel *model,
+RecordAttempt(const CanaryCall *cx, const CanaryModel *model,
 			  const CanaryAttempt *a, bool fallback)
 {
 	CanaryMetricRecord rec;
@@ -93,74 +83,6 @@ RecordAttempt(const CallContext *cx, const CanaryModel *model,
 		rec.cost = (a->prompt_tokens > 0 ? a->prompt_tokens * model->price_input_per_1k / 1000.0 : 0) +
 			(a->completion_tokens > 0 ? a->completion_tokens * model->price_output_per_1k / 1000.0 : 0);
 	(void) MetricsEnqueue(&rec);
-}
-
-/*
- * CallAndRecord
- *		Call one model and record the attempt, also when the call is
- *		interrupted by a cancel or a termination (recorded as an error
- *		"canceled", then the interrupt is rethrown).  With the response
- *		cache on, a fresh cached answer is used instead of the call (and
- *		recorded as cached), and a new answer is stored.
- */
-static void
-CallAndRecord(const CallContext *cx, const CanaryModel *model,
-			  const char *prompt, bool fallback, CanaryAttempt *a)
-{
-	TimestampTz start = GetCurrentTimestamp();
-	CacheKey	key;
-	bool		use_cache = CacheEnabled();
-
-	memset(a, 0, sizeof(*a));
-	a->prompt_tokens = -1;
-	a->completion_tokens = -1;
-
-	if (use_cache)
-	{
-		CacheComputeKey(model, prompt, &key);
-		if (CacheLookup(model, &key, a))
-		{
-			long		secs;
-			int			usecs;
-
-			TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
-			a->latency_ms = (int) (secs * 1000 + usecs / 1000);
-			if (a->outcome == CANARY_OUTCOME_OK && CanaryTextIsRefusal(a->text))
-				a->outcome = CANARY_OUTCOME_REFUSAL;
-			RecordAttempt(cx, model, a, fallback);
-			return;
-		}
-	}
-
-	PG_TRY();
-	{
-		HttpCallModel(model, prompt, a);
-	}
-	PG_CATCH();
-	{
-		CanaryAttempt failed;
-		long		secs;
-		int			usecs;
-
-		memset(&failed, 0, sizeof(failed));
-		failed.outcome = CANARY_OUTCOME_ERROR;
-		failed.error = "canceled";
-		failed.prompt_tokens = -1;
-		failed.completion_tokens = -1;
-		TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
-		failed.latency_ms = (int) (secs * 1000 + usecs / 1000);
-		RecordAttempt(cx, model, &failed, fallback);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-
-	if (a->outcome == CANARY_OUTCOME_OK && CanaryTextIsRefusal(a->text))
-		a->outcome = CANARY_OUTCOME_REFUSAL;
-	if (a->provider_refusal)
-		a->outcome = CANARY_OUTCOME_REFUSAL;
-	RecordAttempt(cx, model, a, fallback);
-	if (use_cache)
-		CacheStore(model, &key, a);
 }
 
 static bool
@@ -283,6 +205,332 @@ PushBool(JsonbParseState **st, const char *key, bool val)
 	pushJsonbValue(st, WJB_VALUE, &v);
 }
 
+/* ----------------------------------------------------------------------
+ * A call, step by step (call.h)
+ * ----------------------------------------------------------------------
+ */
+
+/*
+ * CallCopyModel
+ *		A deep copy of model in the current memory context: the config
+ *		cache may be rebuilt while a call is in flight (a batch or the
+ *		submission worker keeps calls across statements and transactions).
+ */
+CanaryModel *
+CallCopyModel(const CanaryModel *model)
+{
+	CanaryModel *m = palloc(sizeof(CanaryModel));
+
+	*m = *model;
+	m->base_url = pstrdup(model->base_url);
+	m->model = pstrdup(model->model);
+	m->system_prompt = model->system_prompt ? pstrdup(model->system_prompt) : NULL;
+	m->api_key_env = model->api_key_env ? pstrdup(model->api_key_env) : NULL;
+	return m;
+}
+
+/* Raise 22004 when a required argument is NULL. */
+void
+CallRequireNotNull(bool isnull, const char *what)
+{
+	if (isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be NULL", what)));
+}
+
+/*
+ * CallBegin
+ *		Start a call of req for a user: check the user id, route it under
+ *		rollout canary (session_id may pin it), hand the shadow copy to the
+ *		worker in stage shadow, and pick the first model.  Raises for an
+ *		invalid user id or rollout (22004, 22023, 42704) and when the
+ *		library's worker does not serve this database.  Everything is
+ *		palloc'd in the current memory context, which must outlive the call.
+ */
+void
+CallBegin(CanaryCall *call, const CanaryRequest *req, text *user_arg,
+		  bool user_isnull, const char *canary, const char *prompt_class,
+		  const char *session_id)
+{
+	const CanaryRollout *r;
+	RouteDecision d;
+	const char *identity;
+
+	RoutingCheckUserId(user_arg, user_isnull);
+	if (canary == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rollout name must not be NULL"),
+				 errhint("Omit the argument to use the rollout named \"default\".")));
+
+	MetricsRequireWorkerDatabase();
+	MetricsCountCall();
+
+	memset(call, 0, sizeof(*call));
+	call->start = GetCurrentTimestamp();
+	call->req = *req;
+	call->user_len = VARSIZE_ANY_EXHDR(user_arg);
+	call->user_id = pnstrdup(VARDATA_ANY(user_arg), call->user_len);
+	call->prompt_class = prompt_class ? pstrdup(prompt_class) : NULL;
+	identity = req->chat ? ChatRequestText(req->chat) : req->prompt;
+	CanaryPromptHash(identity, strlen(identity), call->prompt_hash);
+	CanaryNewRequestId(&call->request_id);
+
+	r = ConfigGetRollout(canary);
+	strlcpy(call->canary, r->name, sizeof(call->canary));
+	call->stage = r->stage_name;
+	call->fallback_enabled = r->fallback_to_old;
+	RouteDecide(r, call->user_id, call->user_len, session_id, &d);
+	call->canary_cohort = d.canary;
+	if (r->old_model)
+		call->old_model_name = pstrdup(r->old_model);
+
+	/*
+	 * shadow mode: hand the new model's copy to the worker before calling.
+	 * The shadow worker sends one prompt; a chat request's shadow copy is
+	 * not taken (see "Chat requests" in the README).
+	 */
+	if (r->stage == CANARY_STAGE_SHADOW && r->armed && r->new_model != NULL &&
+		req->prompt != NULL)
+	{
+		ShadowMaybeDispatch(r, &call->request_id, call->user_id, call->user_len,
+							req->prompt, call->prompt_class, call->prompt_hash);
+		call->shadow = true;
+	}
+
+	call->model = CallCopyModel(ConfigGetModel(d.model));
+}
+
+/* Milliseconds since t. */
+static int
+MsSince(TimestampTz t)
+{
+	long		secs;
+	int			usecs;
+
+	TimestampDifference(t, GetCurrentTimestamp(), &secs, &usecs);
+	return (int) (secs * 1000 + usecs / 1000);
+}
+
+/*
+ * CallCacheLookup
+ *		With the response cache on, compute the current attempt's cache key
+ *		and look for a fresh answer: true with a filled in (cached), false
+ *		when the model must be asked.  Caller must be in a transaction.
+ */
+bool
+CallCacheLookup(CanaryCall *call, CanaryAttempt *a)
+{
+	TimestampTz start = GetCurrentTimestamp();
+
+	if (!CacheEnabled())
+		return false;
+	CacheComputeRequestKey(call->model, &call->req, &call->cache_key);
+	if (!CacheLookup(call->model, &call->cache_key, a))
+		return false;
+	a->latency_ms = MsSince(start);
+	return true;
+}
+
+/*
+ * CallAttemptDone
+ *		The current attempt ended with a (from the cache or the model):
+ *		classify a refusal (the provider's signal or the refusal patterns),
+ *		record it, keep a new answer in the response cache, give the old
+ *		model's answer to the shadow job.  Caller must be in a transaction.
+ */
+void
+CallAttemptDone(CanaryCall *call, CanaryAttempt *a)
+{
+	if (a->outcome == CANARY_OUTCOME_OK && CanaryTextIsRefusal(a->text))
+		a->outcome = CANARY_OUTCOME_REFUSAL;
+	if (a->provider_refusal)
+		a->outcome = CANARY_OUTCOME_REFUSAL;
+	RecordAttempt(call, call->model, a, call->fallback);
+	if (CacheEnabled() && !a->cached)
+		CacheStore(call->model, &call->cache_key, a);
+	if (call->shadow && !call->fallback)
+		ShadowCompleteOld(&call->request_id, call->model, a);
+	call->attempt = *a;
+}
+
+/*
+ * CallAttemptCanceled
+ *		Record the current attempt, begun at attempt_start, as interrupted
+ *		(error "canceled").  Never raises: called on the way out of an
+ *		error.
+ */
+void
+CallAttemptCanceled(CanaryCall *call, TimestampTz attempt_start)
+{
+	CanaryAttempt failed;
+
+	memset(&failed, 0, sizeof(failed));
+	failed.outcome = CANARY_OUTCOME_ERROR;
+	failed.error = "canceled";
+	failed.prompt_tokens = -1;
+	failed.completion_tokens = -1;
+	failed.latency_ms = MsSince(attempt_start);
+	RecordAttempt(call, call->model, &failed, call->fallback);
+}
+
+/*
+ * CallAttemptRecord
+ *		Record attempt a as it is, nothing else (no refusal patterns, cache
+ *		or shadow: for an attempt that ended just before a cancel).  Never
+ *		raises.
+ */
+void
+CallAttemptRecord(CanaryCall *call, const CanaryAttempt *a)
+{
+	RecordAttempt(call, call->model, a, call->fallback);
+}
+
+bool
+CallFailed(const CanaryCall *call)
+{
+	return AttemptFailed(&call->attempt);
+}
+
+/*
+ * CallNextModel
+ *		After an attempt: a failing new model gives a canary user the old
+ *		model's answer when the rollout falls back.  Returns true with
+ *		call->model set to the old model for one more attempt, or false when
+ *		the call is over (call->done).
+ */
+bool
+CallNextModel(CanaryCall *call)
+{
+	if (CallFailed(call) && !call->fallback && call->canary_cohort &&
+		call->fallback_enabled && call->old_model_name != NULL &&
+		strcmp(call->old_model_name, call->model->name) != 0)
+	{
+		call->model = CallCopyModel(ConfigGetModel(call->old_model_name));
+		call->fallback = true;
+		return true;
+	}
+	call->done = true;
+	return false;
+}
+
+/*
+ * CallRaiseFailure
+ *		Raise the error of a call no model could answer (38000, or 08006
+ *		for a transport failure).
+ */
+void
+CallRaiseFailure(const CanaryCall *call)
+{
+	ReportFailedAttempt(call->model, &call->attempt);
+}
+
+/*
+ * CallResult
+ *		The jsonb result of an answered call: the answer, model, cohort,
+ *		stage, latency, request id, outcome, refusal, fallback, cached and
+ *		token counts; for a chat request also tool_calls, finish_reason and
+ *		usage.
+ */
+Jsonb *
+CallResult(const CanaryCall *call)
+{
+	const CanaryAttempt *a = &call->attempt;
+	JsonbParseState *st = NULL;
+	char		request_id_text[40];
+
+	strlcpy(request_id_text,
+			DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&call->request_id))),
+			sizeof(request_id_text));
+
+	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+	PushString(&st, "response", a->text);
+	PushString(&st, "model", call->model->name);
+	PushString(&st, "cohort", call->canary_cohort ? "canary" : "control");
+	PushString(&st, "stage", call->stage);
+	PushInt(&st, "latency_ms", MsSince(call->start), false);
+	PushString(&st, "request_id", request_id_text);
+	PushString(&st, "outcome", CanaryOutcomeName(a->outcome));
+	PushBool(&st, "refusal", a->outcome == CANARY_OUTCOME_REFUSAL);
+	PushBool(&st, "fallback", call->fallback);
+	PushBool(&st, "cached", a->cached);
+	PushInt(&st, "prompt_tokens", a->prompt_tokens, a->prompt_tokens < 0);
+	PushInt(&st, "completion_tokens", a->completion_tokens, a->completion_tokens < 0);
+	if (call->req.chat != NULL)
+	{
+		JsonbValue	k,
+					v;
+
+		k.type = jbvString;
+		k.val.string.val = "tool_calls";
+		k.val.string.len = strlen("tool_calls");
+		pushJsonbValue(&st, WJB_KEY, &k);
+		ChatAnswerField(a->answer, "tool_calls", &v);
+		pushJsonbValue(&st, WJB_VALUE, &v);
+		k.val.string.val = "finish_reason";
+		k.val.string.len = strlen("finish_reason");
+		pushJsonbValue(&st, WJB_KEY, &k);
+		ChatAnswerField(a->answer, "finish_reason", &v);
+		pushJsonbValue(&st, WJB_VALUE, &v);
+
+		k.val.string.val = "usage";
+		k.val.string.len = strlen("usage");
+		pushJsonbValue(&st, WJB_KEY, &k);
+		pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
+		PushInt(&st, "prompt_tokens", a->prompt_tokens, a->prompt_tokens < 0);
+		PushInt(&st, "completion_tokens", a->completion_tokens, a->completion_tokens < 0);
+		PushInt(&st, "total_tokens", (int64) a->prompt_tokens + a->completion_tokens,
+				a->prompt_tokens < 0 || a->completion_tokens < 0);
+		pushJsonbValue(&st, WJB_END_OBJECT, NULL);
+	}
+	return JsonbValueToJsonb(pushJsonbValue(&st, WJB_END_OBJECT, NULL));
+}
+
+/*
+ * CallRun
+ *		Make the call in this backend, blocking: each attempt from the
+ *		cache or the model (HttpCallModelRequest, with its retries), then
+ *		the fallback.  A cancel or termination during an attempt records it
+ *		as "canceled" and is rethrown.  Raises the call's failure.
+ */
+static void
+CallRun(CanaryCall *call)
+{
+	for (;;)
+	{
+		CanaryAttempt a;
+
+		if (!CallCacheLookup(call, &a))
+		{
+			TimestampTz attempt_start = GetCurrentTimestamp();
+
+			PG_TRY();
+			{
+				HttpCallModelRequest(call->model, &call->req, &a);
+			}
+			PG_CATCH();
+			{
+				CallAttemptCanceled(call, attempt_start);
+				PG_RE_THROW();
+			}
+			PG_END_TRY();
+		}
+		CallAttemptDone(call, &a);
+		if (!CallNextModel(call))
+			break;
+	}
+	if (CallFailed(call))
+		CallRaiseFailure(call);
+}
+
+/* The optional text argument n, or NULL. */
+static char *
+OptionalText(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
 /*
  * canary_call(prompt, user_id, canary, prompt_class, session_id) -> jsonb
  */
@@ -291,24 +539,8 @@ Datum
 canary_call(PG_FUNCTION_ARGS)
 {
 	text	   *prompt_arg;
-	text	   *user_arg;
-	char	   *prompt;
-	CallContext cx;
-	const CanaryRollout *r;
-	RouteDecision d;
-	const CanaryModel *model;
-	const CanaryModel *old_model = NULL;
-	CanaryAttempt a;
-	CanaryAttempt fb;
-	bool		fallback_used = false;
-	char		request_id_text[40];
-	TimestampTz start = GetCurrentTimestamp();
-	long		secs;
-	int			usecs;
-	JsonbParseState *st = NULL;
-	JsonbValue *res;
-	bool		fallback_enabled;
-	char	   *old_model_name = NULL;
+	CanaryRequest req;
+	CanaryCall	call;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -319,83 +551,33 @@ canary_call(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("prompt must not be empty")));
-	user_arg = PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1);
-	RoutingCheckUserId(user_arg, PG_ARGISNULL(1));
-	if (PG_ARGISNULL(2))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("rollout name must not be NULL"),
-				 errhint("Omit the argument to use the rollout named \"default\".")));
 
-	MetricsRequireWorkerDatabase();
-	MetricsCountCall();
+	memset(&req, 0, sizeof(req));
+	req.prompt = text_to_cstring(prompt_arg);
+	CallBegin(&call, &req, PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
+			  PG_ARGISNULL(1), OptionalText(fcinfo, 2), OptionalText(fcinfo, 3),
+			  OptionalText(fcinfo, 4));
+	CallRun(&call);
+	PG_RETURN_JSONB_P(CallResult(&call));
+}
 
-	memset(&cx, 0, sizeof(cx));
-	prompt = text_to_cstring(prompt_arg);
-	cx.user_id = VARDATA_ANY(user_arg);
-	cx.user_len = VARSIZE_ANY_EXHDR(user_arg);
-	cx.prompt_class = PG_ARGISNULL(3) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(3));
-	CanaryPromptHash(prompt, strlen(prompt), cx.prompt_hash);
-	CanaryNewRequestId(&cx.request_id);
+/*
+ * canary_chat(request, user_id, canary, prompt_class, session_id) -> jsonb
+ *		An OpenAI chat-completions request, validated before anything is
+ *		sent (chat.c), then called exactly as canary_call calls a prompt.
+ */
+PG_FUNCTION_INFO_V1(canary_chat);
+Datum
+canary_chat(PG_FUNCTION_ARGS)
+{
+	CanaryRequest req;
+	CanaryCall	call;
 
-	r = ConfigGetRollout(text_to_cstring(PG_GETARG_TEXT_PP(2)));
-	strlcpy(cx.canary, r->name, sizeof(cx.canary));
-	cx.stage = r->stage_name;
-	fallback_enabled = r->fallback_to_old;
-	RouteDecide(r, cx.user_id, cx.user_len,
-				PG_ARGISNULL(4) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(4)), &d);
-	cx.canary_cohort = d.canary;
-	if (r->old_model)
-		old_model_name = pstrdup(r->old_model);
-
-	/* shadow mode: hand the new model's copy to the worker before calling */
-	if (r->stage == CANARY_STAGE_SHADOW && r->armed && r->new_model != NULL)
-		ShadowMaybeDispatch(r, &cx.request_id, cx.user_id, cx.user_len,
-							prompt, cx.prompt_class, cx.prompt_hash);
-
-	model = ConfigGetModel(d.model);
-	CallAndRecord(&cx, model, prompt, false, &a);
-
-	if (r->stage == CANARY_STAGE_SHADOW && r->armed && r->new_model != NULL)
-		ShadowCompleteOld(&cx.request_id, model, &a);
-
-	/* a failing new model: the canary user gets the old model's answer */
-	if (AttemptFailed(&a) && d.canary && fallback_enabled && old_model_name &&
-		strcmp(old_model_name, model->name) != 0)
-	{
-		old_model = ConfigGetModel(old_model_name);
-		CallAndRecord(&cx, old_model, prompt, true, &fb);
-		if (!AttemptFailed(&fb))
-		{
-			fallback_used = true;
-			model = old_model;
-			a = fb;
-		}
-		else
-			ReportFailedAttempt(old_model, &fb);
-	}
-	if (AttemptFailed(&a))
-		ReportFailedAttempt(model, &a);
-
-	TimestampDifference(start, GetCurrentTimestamp(), &secs, &usecs);
-	strlcpy(request_id_text,
-			DatumGetCString(DirectFunctionCall1(uuid_out, UUIDPGetDatum(&cx.request_id))),
-			sizeof(request_id_text));
-
-	pushJsonbValue(&st, WJB_BEGIN_OBJECT, NULL);
-	PushString(&st, "response", a.text);
-	PushString(&st, "model", model->name);
-	PushString(&st, "cohort", cx.canary_cohort ? "canary" : "control");
-	PushString(&st, "stage", cx.stage);
-	PushInt(&st, "latency_ms", secs * 1000 + usecs / 1000, false);
-	PushString(&st, "request_id", request_id_text);
-	PushString(&st, "outcome", CanaryOutcomeName(a.outcome));
-	PushBool(&st, "refusal", a.outcome == CANARY_OUTCOME_REFUSAL);
-	PushBool(&st, "fallback", fallback_used);
-	PushBool(&st, "cached", a.cached);
-	PushInt(&st, "prompt_tokens", a.prompt_tokens, a.prompt_tokens < 0);
-	PushInt(&st, "completion_tokens", a.completion_tokens, a.completion_tokens < 0);
-	res = pushJsonbValue(&st, WJB_END_OBJECT, NULL);
-
-	PG_RETURN_JSONB_P(JsonbValueToJsonb(res));
+	memset(&req, 0, sizeof(req));
+	req.chat = ChatNormalize(PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0));
+	CallBegin(&call, &req, PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
+			  PG_ARGISNULL(1), OptionalText(fcinfo, 2), OptionalText(fcinfo, 3),
+			  OptionalText(fcinfo, 4));
+	CallRun(&call);
+	PG_RETURN_JSONB_P(CallResult(&call));
 }

@@ -9,8 +9,17 @@
  * invalidation for the table; every backend receives it at the commit of the
  * change, and our relcache callback marks the cache stale, so a committed
  * change is seen by the next routing decision of every backend.  Invalidation
- * messages are also accepted at the start of every statement, so a change is
- * seen even inside a long transaction block that touches no table.
+ * messages are also accepted at every lookup, so a change is seen by the next
+ * call even inside a long statement (INSERT ... SELECT canary_call(...)) or a
+ * transaction block that touches no table.
+ *
+ * State and errors: every step of a rebuild can raise (extension dropped,
+ * cancel, lock timeout, out of memory).  A rebuild therefore fills local
+ * variables and publishes them only when it is complete; the cache counts as
+ * valid only when it was built for the current invalidation generation.  An
+ * invalidation that arrives while a rebuild or a row load runs bumps the
+ * generation, so it is never lost: the cache stays stale and the next lookup
+ * loads again.  A cached row is marked found only once it is filled.
  *
  *-------------------------------------------------------------------------
  */
@@ -34,7 +43,7 @@
 #include "utils/snapmgr.h"
 
 #include "config.h"
-#include "llm_canary.h"
+#include "extension.h"
 
 typedef struct RolloutEntry
 {
@@ -61,8 +70,17 @@ static Oid	CachedModelsRelid = InvalidOid;
 static Oid	CachedPatternsRelid = InvalidOid;
 static char **RefusalPatterns = NULL;	/* lowercased; NULL until loaded */
 static int	NumRefusalPatterns = 0;
-static bool ConfigCacheValid = false;
+
+/*
+ * InvalGeneration counts the invalidations received; the cache is valid
+ * when it was completely built (ConfigCacheBuilt) for the current one.
+ */
+static uint64 InvalGeneration = 1;
+static uint64 BuiltGeneration = 0;
+static bool ConfigCacheBuilt = false;
 static TimestampTz LastStatementSeen = 0;
+
+#define ConfigCacheIsValid() (ConfigCacheBuilt && BuiltGeneration == InvalGeneration)
 
 static const char *const StageNames[] = {
 	"shadow", "ramp_1", "ramp_5", "ramp_25", "full"
@@ -81,7 +99,7 @@ ConfigRelcacheCallback(Datum arg, Oid relid)
 	if (relid == InvalidOid || relid == CachedConfigRelid ||
 		relid == CachedModelsRelid || relid == CachedPatternsRelid ||
 		CachedConfigRelid == InvalidOid)
-		ConfigCacheValid = false;
+		InvalGeneration++;
 }
 
 /* Called once per backend from _PG_init. */
@@ -92,14 +110,23 @@ ConfigCacheInit(void)
 }
 
 /*
- * Make the cache usable: accept pending invalidations once per statement,
- * and rebuild the (empty) hash tables and the schema name when stale.
- * Entries themselves are loaded lazily, one name at a time.
+ * ConfigCacheEnsure
+ *		Make the cache usable: accept pending invalidations (cheap when there
+ *		are none), and when the cache is stale rebuild the (empty) hash
+ *		tables, the schema name and the owner.  Entries themselves are loaded
+ *		lazily, one name at a time.
+ *
+ * Raises ERROR when the extension is not installed, or when a catalog read
+ * fails; the cache is then left stale (never half-built), so the next call
+ * tries again.  Pointers handed out earlier in this statement stay valid
+ * until the next statement: a replaced cache is retired, not freed.
  */
 static void
 ConfigCacheEnsure(void)
 {
 	TimestampTz stmt = GetCurrentStatementStartTimestamp();
+	uint64		generation;
+	MemoryContext newcxt;
 
 	if (stmt != LastStatementSeen)
 	{
@@ -109,14 +136,14 @@ ConfigCacheEnsure(void)
 			MemoryContextDelete(RetiredContext);
 			RetiredContext = NULL;
 		}
-		AcceptInvalidationMessages();
 	}
-	if (ConfigCacheValid)
+	AcceptInvalidationMessages();
+	if (ConfigCacheIsValid())
 		return;
 
 	/*
-	 * Pointers handed out earlier in this statement must stay valid until it
-	 * ends, so the stale copy is retired rather than freed.
+	 * Retire the stale copy and forget it before anything can raise: from
+	 * here until the end, the cache is not valid.
 	 */
 	if (ConfigCacheContext != NULL)
 	{
@@ -125,9 +152,8 @@ ConfigCacheEnsure(void)
 		else
 			MemoryContextSetParent(ConfigCacheContext, RetiredContext);
 	}
-	ConfigCacheContext = AllocSetContextCreate(CacheMemoryContext,
-											   "llm_canary config cache",
-											   ALLOCSET_SMALL_SIZES);
+	ConfigCacheContext = NULL;
+	ConfigCacheBuilt = false;
 	RolloutCache = NULL;
 	ModelCache = NULL;
 	CachedSchemaName = NULL;
@@ -138,13 +164,23 @@ ConfigCacheEnsure(void)
 	RefusalPatterns = NULL;
 	NumRefusalPatterns = 0;
 
-	/* set before loading, so an invalidation arriving meanwhile is kept */
-	ConfigCacheValid = true;
-
+	/* an invalidation arriving from here on bumps InvalGeneration */
+	generation = InvalGeneration;
+	newcxt = AllocSetContextCreate(CacheMemoryContext,
+								   "llm_canary config cache",
+								   ALLOCSET_SMALL_SIZES);
+	PG_TRY();
 	{
 		Oid			extoid = get_extension_oid(LLM_CANARY_EXTNAME, true);
 		Oid			nspoid;
 		HASHCTL		ctl;
+		char	   *schema;
+		Oid			owner;
+		Oid			config_relid;
+		Oid			models_relid;
+		Oid			patterns_relid;
+		HTAB	   *rollouts;
+		HTAB	   *models;
 
 		if (!OidIsValid(extoid))
 			ereport(ERROR,
@@ -154,23 +190,41 @@ ConfigCacheEnsure(void)
 					 errhint("Run CREATE EXTENSION llm_canary.")));
 
 		nspoid = CanaryExtensionNamespace(extoid);
-		CachedSchemaName = MemoryContextStrdup(ConfigCacheContext,
-											   quote_identifier(get_namespace_name(nspoid)));
-		CachedExtensionOwner = CanaryExtensionOwner(extoid);
-		CachedConfigRelid = get_relname_relid("canary_config", nspoid);
-		CachedModelsRelid = get_relname_relid("canary_models", nspoid);
-		CachedPatternsRelid = get_relname_relid("canary_refusal_patterns", nspoid);
+		schema = MemoryContextStrdup(newcxt,
+									 quote_identifier(get_namespace_name(nspoid)));
+		owner = CanaryExtensionOwner(extoid);
+		config_relid = get_relname_relid("canary_config", nspoid);
+		models_relid = get_relname_relid("canary_models", nspoid);
+		patterns_relid = get_relname_relid("canary_refusal_patterns", nspoid);
 
 		memset(&ctl, 0, sizeof(ctl));
 		ctl.keysize = NAMEDATALEN;
 		ctl.entrysize = sizeof(RolloutEntry);
-		ctl.hcxt = ConfigCacheContext;
-		RolloutCache = hash_create("llm_canary rollouts", 8, &ctl,
-								   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		ctl.hcxt = newcxt;
+		rollouts = hash_create("llm_canary rollouts", 8, &ctl,
+							   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 		ctl.entrysize = sizeof(ModelEntry);
-		ModelCache = hash_create("llm_canary models", 8, &ctl,
-								 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		models = hash_create("llm_canary models", 8, &ctl,
+							 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+		/* complete: publish (nothing below can raise) */
+		ConfigCacheContext = newcxt;
+		CachedSchemaName = schema;
+		CachedExtensionOwner = owner;
+		CachedConfigRelid = config_relid;
+		CachedModelsRelid = models_relid;
+		CachedPatternsRelid = patterns_relid;
+		RolloutCache = rollouts;
+		ModelCache = models;
+		BuiltGeneration = generation;
+		ConfigCacheBuilt = true;
 	}
+	PG_CATCH();
+	{
+		MemoryContextDelete(newcxt);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -246,12 +300,37 @@ ListNames(const char *table)
 }
 
 /*
+ * ConfigFetchRow
+ *		Connect to SPI and read the columns cols of the row of table (one of
+ *		the cached tables) named name, under a fresh snapshot.  Returns with
+ *		SPI connected, and whether there was a row (in SPI_tuptable).
+ */
+static bool
+ConfigFetchRow(const char *table, const char *cols, const char *name)
+{
+	StringInfoData sql;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		args[1];
+	int			ret;
+
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s FROM %s.%s WHERE name = $1",
+					 cols, CachedSchemaName, table);
+	args[0] = CStringGetTextDatum(name);
+	ret = ConfigQuery(sql.data, 1, argtypes, args, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read %s: SPI error %d", table, ret);
+	return SPI_processed > 0;
+}
+
+/*
  * ConfigGetRollout
  *		The cached row of canary_config named name.
  *
  * Raises ERROR (42704) for an unknown rollout.  The result lives in the cache
- * context: valid until the next cache invalidation, so callers copy what
- * they keep across anything that may accept invalidations.
+ * context: valid until the end of the statement, or longer if no
+ * invalidation arrives; callers copy what they keep across statements.
  */
 const CanaryRollout *
 ConfigGetRollout(const char *name)
@@ -259,6 +338,14 @@ ConfigGetRollout(const char *name)
 	RolloutEntry *entry;
 	bool		found;
 	char		key[NAMEDATALEN];
+	HTAB	   *hash;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *stage;
+	CanaryRollout row;
+	CanaryRollout *r = &row;
+	int			i;
 
 	ConfigCacheEnsure();
 	memset(key, 0, sizeof(key));
@@ -267,90 +354,85 @@ ConfigGetRollout(const char *name)
 	if (entry != NULL && entry->found)
 		return &entry->rollout;
 
+	hash = RolloutCache;
+	if (!ConfigFetchRow("canary_config",
+						"stage, (percent_new * 100)::int4, kill_switch_armed, old_model, new_model,"
+						" salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text,"
+						" shadow_embedding_model", name))
 	{
-		StringInfoData sql;
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		args[1];
-		int			ret;
-		HTAB	   *hash = RolloutCache;
+		char	   *known = ListNames("canary_config");
 
-		SPI_connect();
-		initStringInfo(&sql);
-		appendStringInfo(&sql,
-						 "SELECT stage, (percent_new * 100)::int4, kill_switch_armed, old_model, new_model,"
-						 " salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text,"
-						 " shadow_embedding_model"
-						 " FROM %s.canary_config WHERE name = $1", CachedSchemaName);
-		args[0] = CStringGetTextDatum(name);
-		ret = ConfigQuery(sql.data, 1, argtypes, args, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not read canary_config: SPI error %d", ret);
-		if (SPI_processed == 0)
-		{
-			char	   *known = ListNames("canary_config");
-
-			SPI_finish();
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("rollout \"%s\" does not exist", name),
-					 errhint("Existing rollouts: %s. Create one with INSERT INTO canary_config (name, old_model, new_model).",
-							 known[0] ? known : "none")));
-		}
-
-		/* the cache may have been rebuilt by an invalidation during SPI */
-		if (hash != RolloutCache || !ConfigCacheValid)
-		{
-			SPI_finish();
-			return ConfigGetRollout(name);
-		}
-
-		{
-			HeapTuple	tup = SPI_tuptable->vals[0];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			char	   *stage = SPI_getvalue(tup, desc, 1);
-			CanaryRollout *r;
-			int			i;
-
-			entry = hash_search(RolloutCache, key, HASH_ENTER, &found);
-			entry->found = true;
-			r = &entry->rollout;
-			memset(r, 0, sizeof(*r));
-			strlcpy(r->name, name, NAMEDATALEN);
-			for (i = 0; i < lengthof(StageNames); i++)
-				if (strcmp(stage, StageNames[i]) == 0)
-					break;
-			if (i == lengthof(StageNames))
-				elog(ERROR, "unexpected stage \"%s\" in canary_config", stage);
-			r->stage = (CanaryStage) i;
-			r->stage_name = StageNames[i];
-			r->percent_x100 = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-			r->armed = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-			r->old_model = CacheStrdupOrNull(tup, desc, 4);
-			r->new_model = CacheStrdupOrNull(tup, desc, 5);
-			r->salt = CacheStrdupOrNull(tup, desc, 6);
-			r->salt_len = r->salt ? strlen(r->salt) : 0;
-			r->shadow_sample_rate = DatumGetFloat8(SPI_getbinval(tup, desc, 7, &isnull));
-			r->fallback_to_old = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
-			r->session_ttl = CacheStrdupOrNull(tup, desc, 9);
-			r->shadow_embedding_model = CacheStrdupOrNull(tup, desc, 10);
-		}
 		SPI_finish();
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("rollout \"%s\" does not exist", name),
+				 errhint("Existing rollouts: %s. Create one with INSERT INTO canary_config (name, old_model, new_model).",
+						 known[0] ? known : "none")));
 	}
+
+	/*
+	 * An invalidation accepted during the query (while it locked the table)
+	 * came from a commit after this call started: the row may serve this
+	 * call, and the generation it bumped makes the next lookup reload.  Only
+	 * a cache rebuilt meanwhile is not ours to fill.
+	 */
+	if (hash != RolloutCache)
+	{
+		SPI_finish();
+		return ConfigGetRollout(name);
+	}
+
+	/* fill a copy; the entry is entered and marked found last */
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	stage = SPI_getvalue(tup, desc, 1);
+	memset(r, 0, sizeof(*r));
+	strlcpy(r->name, name, NAMEDATALEN);
+	for (i = 0; i < lengthof(StageNames); i++)
+		if (strcmp(stage, StageNames[i]) == 0)
+			break;
+	if (i == lengthof(StageNames))
+		elog(ERROR, "unexpected stage \"%s\" in canary_config", stage);
+	r->stage = (CanaryStage) i;
+	r->stage_name = StageNames[i];
+	r->percent_x100 = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+	r->armed = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+	r->old_model = CacheStrdupOrNull(tup, desc, 4);
+	r->new_model = CacheStrdupOrNull(tup, desc, 5);
+	r->salt = CacheStrdupOrNull(tup, desc, 6);
+	r->salt_len = r->salt ? strlen(r->salt) : 0;
+	r->shadow_sample_rate = DatumGetFloat8(SPI_getbinval(tup, desc, 7, &isnull));
+	r->fallback_to_old = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	r->session_ttl = CacheStrdupOrNull(tup, desc, 9);
+	r->shadow_embedding_model = CacheStrdupOrNull(tup, desc, 10);
+
+	entry = hash_search(RolloutCache, key, HASH_ENTER, &found);
+	entry->rollout = row;
+	entry->found = true;
+	SPI_finish();
 	return &entry->rollout;
 }
 
 /*
- * ConfigGetModel
- *		The cached row of canary_models named name; ERROR (42704) if unknown.
- *		Same lifetime rules as ConfigGetRollout.
+ * ConfigLookupModel
+ *		The cached row of canary_models named name; NULL if there is none and
+ *		missing_ok, else ERROR (42704).  Same lifetime rules as
+ *		ConfigGetRollout.
  */
 const CanaryModel *
-ConfigGetModel(const char *name)
+ConfigLookupModel(const char *name, bool missing_ok)
 {
 	ModelEntry *entry;
 	bool		found;
 	char		key[NAMEDATALEN];
+	HTAB	   *hash;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *provider;
+	CanaryModel row;
+	CanaryModel *m = &row;
+	Datum		d;
 
 	ConfigCacheEnsure();
 	memset(key, 0, sizeof(key));
@@ -359,74 +441,68 @@ ConfigGetModel(const char *name)
 	if (entry != NULL && entry->found)
 		return &entry->model;
 
+	hash = ModelCache;
+	if (!ConfigFetchRow("canary_models",
+						"provider, base_url, model, timeout_ms, connect_timeout_ms, max_retries,"
+						" max_tokens, use_max_completion_tokens, temperature, system_prompt,"
+						" price_input_per_1k::float8, price_output_per_1k::float8, api_key_env",
+						name))
 	{
-		StringInfoData sql;
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		args[1];
-		int			ret;
-		HTAB	   *hash = ModelCache;
+		char	   *known;
 
-		SPI_connect();
-		initStringInfo(&sql);
-		appendStringInfo(&sql,
-						 "SELECT provider, base_url, model, timeout_ms, connect_timeout_ms, max_retries,"
-						 " max_tokens, use_max_completion_tokens, temperature, system_prompt,"
-						 " price_input_per_1k::float8, price_output_per_1k::float8, api_key_env"
-						 " FROM %s.canary_models WHERE name = $1", CachedSchemaName);
-		args[0] = CStringGetTextDatum(name);
-		ret = ConfigQuery(sql.data, 1, argtypes, args, 1);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "could not read canary_models: SPI error %d", ret);
-		if (SPI_processed == 0)
-		{
-			char	   *known = ListNames("canary_models");
-
-			SPI_finish();
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("model \"%s\" does not exist", name),
-					 errhint("Known models: %s.", known[0] ? known : "none")));
-		}
-		if (hash != ModelCache || !ConfigCacheValid)
+		if (missing_ok)
 		{
 			SPI_finish();
-			return ConfigGetModel(name);
+			return NULL;
 		}
-
-		{
-			HeapTuple	tup = SPI_tuptable->vals[0];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			char	   *provider = SPI_getvalue(tup, desc, 1);
-			CanaryModel *m;
-			Datum		d;
-
-			entry = hash_search(ModelCache, key, HASH_ENTER, &found);
-			entry->found = true;
-			m = &entry->model;
-			memset(m, 0, sizeof(*m));
-			strlcpy(m->name, name, NAMEDATALEN);
-			m->provider = strcmp(provider, "anthropic") == 0 ?
-				CANARY_PROVIDER_ANTHROPIC : CANARY_PROVIDER_OPENAI;
-			m->base_url = CacheStrdupOrNull(tup, desc, 2);
-			m->model = CacheStrdupOrNull(tup, desc, 3);
-			m->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-			m->connect_timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-			m->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-			d = SPI_getbinval(tup, desc, 7, &isnull);
-			m->max_tokens = isnull ? 0 : DatumGetInt32(d);
-			m->use_max_completion_tokens = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
-			d = SPI_getbinval(tup, desc, 9, &isnull);
-			m->has_temperature = !isnull;
-			m->temperature = isnull ? 0 : DatumGetFloat8(d);
-			m->system_prompt = CacheStrdupOrNull(tup, desc, 10);
-			m->price_input_per_1k = DatumGetFloat8(SPI_getbinval(tup, desc, 11, &isnull));
-			m->price_output_per_1k = DatumGetFloat8(SPI_getbinval(tup, desc, 12, &isnull));
-			m->api_key_env = CacheStrdupOrNull(tup, desc, 13);
-		}
+		known = ListNames("canary_models");
 		SPI_finish();
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", name),
+				 errhint("Known models: %s.", known[0] ? known : "none")));
 	}
+	if (hash != ModelCache)		/* see ConfigGetRollout */
+	{
+		SPI_finish();
+		return ConfigLookupModel(name, missing_ok);
+	}
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	provider = SPI_getvalue(tup, desc, 1);
+	memset(m, 0, sizeof(*m));
+	strlcpy(m->name, name, NAMEDATALEN);
+	m->provider = strcmp(provider, "anthropic") == 0 ?
+		CANARY_PROVIDER_ANTHROPIC : CANARY_PROVIDER_OPENAI;
+	m->base_url = CacheStrdupOrNull(tup, desc, 2);
+	m->model = CacheStrdupOrNull(tup, desc, 3);
+	m->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	m->connect_timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+	m->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+	d = SPI_getbinval(tup, desc, 7, &isnull);
+	m->max_tokens = isnull ? 0 : DatumGetInt32(d);
+	m->use_max_completion_tokens = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
+	d = SPI_getbinval(tup, desc, 9, &isnull);
+	m->has_temperature = !isnull;
+	m->temperature = isnull ? 0 : DatumGetFloat8(d);
+	m->system_prompt = CacheStrdupOrNull(tup, desc, 10);
+	m->price_input_per_1k = DatumGetFloat8(SPI_getbinval(tup, desc, 11, &isnull));
+	m->price_output_per_1k = DatumGetFloat8(SPI_getbinval(tup, desc, 12, &isnull));
+	m->api_key_env = CacheStrdupOrNull(tup, desc, 13);
+
+	entry = hash_search(ModelCache, key, HASH_ENTER, &found);
+	entry->model = row;
+	entry->found = true;
+	SPI_finish();
 	return &entry->model;
+}
+
+/* ConfigLookupModel(name, false): the model, or ERROR (42704). */
+const CanaryModel *
+ConfigGetModel(const char *name)
+{
+	return ConfigLookupModel(name, false);
 }
 
 /*
@@ -513,6 +589,6 @@ canary_invalidate_cache(PG_FUNCTION_ARGS)
 				 errmsg("canary_invalidate_cache() must be called as a trigger")));
 
 	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
-	ConfigCacheValid = false;
+	InvalGeneration++;			/* this backend's own change, at once */
 	return PointerGetDatum(NULL);
 }

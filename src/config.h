@@ -67,6 +67,7 @@ typedef struct CanaryModel
 extern void ConfigCacheInit(void);
 extern const CanaryRollout *ConfigGetRollout(const char *name);
 extern const CanaryModel *ConfigGetModel(const char *name);
+extern const CanaryModel *ConfigLookupModel(const char *name, bool missing_ok);
 extern const char *ConfigSchemaName(void);
 extern Oid	ConfigExtensionOwner(void);
 extern char **ConfigGetRefusalPatterns(int *npatterns);

@@ -60,8 +60,8 @@
 #include "utils/timestamp.h"
 
 #include "config.h"
+#include "extension.h"
 #include "fleet.h"
-#include "llm_canary.h"
 
 /* settings */
 static int	fleet_role = CANARY_FLEET_STANDALONE;
@@ -109,10 +109,16 @@ FleetMemberName(void)
 	return fleet_member != NULL ? fleet_member : "";
 }
 
-/* Define the fleet's settings; from _PG_init, while preloading. */
+/*
+ * FleetInit
+ *		Define the fleet's settings; from _PG_init.  Only while preloading:
+ *		without shared memory a database is standalone.
+ */
 void
-FleetDefineSettings(void)
+FleetInit(void)
 {
+	if (!process_shared_preload_libraries_in_progress)
+		return;
 	DefineCustomEnumVariable("llm_canary.fleet_role",
 							 "Sets this database's role in a fleet: standalone, control or member.",
 							 "A control database runs the kill switch for the whole fleet and publishes the configuration; a member subscribes to it, publishes its evidence and refuses configuration changes of its own.",

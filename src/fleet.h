@@ -20,8 +20,8 @@ typedef enum CanaryFleetRole
 	CANARY_FLEET_MEMBER
 } CanaryFleetRole;
 
-/* llm_canary.c: settings and shared memory, while preloading */
-extern void FleetDefineSettings(void);
+/* llm_canary.c: settings (defined only while preloading) and shared memory */
+extern void FleetInit(void);
 extern void FleetRequestShmem(void);
 extern void FleetInitShmem(void);
 

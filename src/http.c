@@ -43,13 +43,6 @@ static int	canary_max_response_bytes = 8 * 1024 * 1024;
 /* Retry-After values above this are not waited for (the budget decides) */
 #define HTTP_RETRY_AFTER_MAX_MS (600 * 1000)
 
-/* The response of one request, collected by the callbacks (malloc'd). */
-typedef struct HttpResponse
-{
-	CanaryBody	body;
-	double		retry_after_ms; /* Retry-After of this response, -1 if none */
-} HttpResponse;
-
 /*
  * Per-backend state.  Static, so that PG_FINALLY can free whatever a call
  * left behind without volatile locals.
@@ -135,7 +128,7 @@ CanaryBodyReset(CanaryBody *body, size_t limit)
 }
 
 /* Pick up Retry-After (seconds, possibly fractional; an HTTP-date is ignored). */
-static size_t
+size_t
 HttpHeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata)
 {
 	HttpResponse *resp = (HttpResponse *) userdata;
@@ -167,7 +160,7 @@ HttpHeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata)
 }
 
 /* Abort the transfer when the backend was asked to cancel or to exit. */
-static int
+int
 HttpProgressCallback(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
 					 curl_off_t ultotal, curl_off_t ulnow)
 {
@@ -197,34 +190,16 @@ HttpResponseFree(void)
 }
 
 /*
- * The backend's easy handle, created on first use with the options that
- * never change.  Raises ERROR (XX000 class 58000) if libcurl cannot start.
+ * HttpSetupHandle
+ *		Set the options of an easy handle that never change: http(s) only,
+ *		no redirects, TLS verification, keep-alive, the cancel-aware progress
+ *		callback, and the callbacks that collect the response into resp and
+ *		libcurl's error text into errbuf (CURL_ERROR_SIZE bytes).  resp and
+ *		errbuf must live as long as the handle is used.
  */
-static CURL *
-HttpGetHandle(void)
+void
+HttpSetupHandle(CURL *h, HttpResponse *resp, char *errbuf)
 {
-	static bool global_done = false;
-	CURL	   *h;
-
-	if (HttpHandle != NULL)
-		return HttpHandle;
-
-	if (!global_done)
-	{
-		if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
-			ereport(ERROR,
-					(errcode(ERRCODE_SYSTEM_ERROR),
-					 errmsg("could not initialize libcurl")));
-		global_done = true;
-		on_proc_exit(HttpAtExit, (Datum) 0);
-	}
-
-	h = curl_easy_init();
-	if (h == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("could not create a libcurl handle")));
-
 	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
 #if LIBCURL_VERSION_NUM >= 0x075500		/* 7.85.0 */
 	curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -242,27 +217,84 @@ HttpGetHandle(void)
 	curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
 	curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, HttpProgressCallback);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, CanaryBodyWrite);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &HttpResp.body);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &resp->body);
 	curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, HttpHeaderCallback);
-	curl_easy_setopt(h, CURLOPT_HEADERDATA, &HttpResp);
-	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, HttpErrorBuffer);
+	curl_easy_setopt(h, CURLOPT_HEADERDATA, resp);
+	curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+}
 
+/*
+ * HttpInitLibcurl
+ *		Initialise libcurl once per process.  Raises ERROR (58000) if it
+ *		cannot start.
+ */
+void
+HttpInitLibcurl(void)
+{
+	static bool global_done = false;
+
+	if (global_done)
+		return;
+	if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYSTEM_ERROR),
+				 errmsg("could not initialize libcurl")));
+	global_done = true;
+	on_proc_exit(HttpAtExit, (Datum) 0);
+}
+
+/*
+ * The backend's easy handle, created on first use with the options that
+ * never change.  Raises ERROR (XX000 class 58000) if libcurl cannot start.
+ */
+static CURL *
+HttpGetHandle(void)
+{
+	CURL	   *h;
+
+	if (HttpHandle != NULL)
+		return HttpHandle;
+
+	HttpInitLibcurl();
+
+	h = curl_easy_init();
+	if (h == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not create a libcurl handle")));
+
+	HttpSetupHandle(h, &HttpResp, HttpErrorBuffer);
 	HttpHandle = h;
 	return h;
 }
 
+/* Append line to *list; false when out of memory (*list stays valid). */
+static bool
+HttpAppendHeader(struct curl_slist **list, const char *line)
+{
+	struct curl_slist *l = curl_slist_append(*list, line);
+
+	if (l == NULL)
+		return false;
+	*list = l;
+	return true;
+}
+
 /*
- * The request headers of model, in HttpHeaders.  Returns NULL, or the
- * error code (with *detail) when the API key cannot be used.  The key
- * itself never goes anywhere but into the header list.
+ * HttpModelHeaders
+ *		The request headers of model, as a new libcurl list (the caller frees
+ *		it with curl_slist_free_all).  Returns NULL with *err (and *detail)
+ *		set when the API key cannot be used.  The key itself never goes
+ *		anywhere but into the header list.  Raises only for out of memory.
  */
-static const char *
-HttpBuildHeaders(const CanaryModel *model, char **detail)
+struct curl_slist *
+HttpModelHeaders(const CanaryModel *model, const char **err, char **detail)
 {
 	const char *key = NULL;
 	char	   *line;
-	struct curl_slist *l;
+	struct curl_slist *list;
 
+	*err = NULL;
 	if (model->api_key_env != NULL)
 	{
 		key = getenv(model->api_key_env);
@@ -270,46 +302,41 @@ HttpBuildHeaders(const CanaryModel *model, char **detail)
 		{
 			*detail = psprintf("The environment variable \"%s\" of the server is not set.",
 							   model->api_key_env);
-			return "api_key_missing";
+			*err = "api_key_missing";
+			return NULL;
 		}
 		if (strpbrk(key, "\r\n") != NULL)
 		{
 			*detail = psprintf("The environment variable \"%s\" holds a line break.",
 							   model->api_key_env);
-			return "api_key_invalid";
+			*err = "api_key_invalid";
+			return NULL;
 		}
 	}
 
-	HttpHeaders = curl_slist_append(NULL, "Content-Type: application/json");
-	if (HttpHeaders == NULL ||
-		(l = curl_slist_append(HttpHeaders, "Expect:")) == NULL)
+	list = curl_slist_append(NULL, "Content-Type: application/json");
+	if (list == NULL || !HttpAppendHeader(&list, "Expect:"))
 		goto oom;
-	if (model->provider == CANARY_PROVIDER_ANTHROPIC)
+	if (model->provider == CANARY_PROVIDER_ANTHROPIC &&
+		!HttpAppendHeader(&list, "anthropic-version: 2023-06-01"))
+		goto oom;
+	if (key != NULL)
 	{
-		if (curl_slist_append(HttpHeaders, "anthropic-version: 2023-06-01") == NULL)
-			goto oom;
-		if (key != NULL)
-		{
-			line = psprintf("x-api-key: %s", key);
-			l = curl_slist_append(HttpHeaders, line);
-			explicit_bzero(line, strlen(line));
-			pfree(line);
-			if (l == NULL)
-				goto oom;
-		}
-	}
-	else if (key != NULL)
-	{
-		line = psprintf("Authorization: Bearer %s", key);
-		l = curl_slist_append(HttpHeaders, line);
+		bool		ok;
+
+		line = model->provider == CANARY_PROVIDER_ANTHROPIC ?
+			psprintf("x-api-key: %s", key) :
+			psprintf("Authorization: Bearer %s", key);
+		ok = HttpAppendHeader(&list, line);
 		explicit_bzero(line, strlen(line));
 		pfree(line);
-		if (l == NULL)
+		if (!ok)
 			goto oom;
 	}
-	return NULL;
+	return list;
 
 oom:
+	curl_slist_free_all(list);
 	ereport(ERROR,
 			(errcode(ERRCODE_OUT_OF_MEMORY),
 			 errmsg("out of memory")));
@@ -368,9 +395,114 @@ HttpConnectionFailure(CURLcode rc)
 }
 
 static char *
-CurlErrorText(CURLcode rc)
+CurlErrorText(CURLcode rc, const char *errbuf)
 {
-	return pstrdup(HttpErrorBuffer[0] ? HttpErrorBuffer : curl_easy_strerror(rc));
+	return pstrdup(errbuf[0] ? errbuf : curl_easy_strerror(rc));
+}
+
+/*
+ * HttpAfterTry
+ *		Judge try number n (0-based) of a request to model, which ended with
+ *		rc, HTTP status and the response in resp (errbuf: libcurl's error
+ *		text), elapsed_ms after the attempt started.  Fills attempt (the
+ *		provider's verdict through RequestParseResponse when the attempt is
+ *		over with a response) and returns the milliseconds to wait before the
+ *		next try, or -1 when the attempt is over.  429, 5xx, broken
+ *		connections and connect timeouts are retried up to
+ *		model->max_retries times with exponential backoff (or the server's
+ *		Retry-After), as long as the wait fits into model->timeout_ms.
+ *
+ * The caller handles CURLE_ABORTED_BY_CALLBACK (a cancel) and a body that
+ * ran out of memory before calling this.  Shared by the blocking transport
+ * below and the concurrent one (batch.c), so a request is retried the same
+ * way on both.  Strings are palloc'd in the current memory context.
+ */
+double
+HttpAfterTry(const CanaryModel *model, const CanaryRequest *req, int curl_code,
+			 long status, const HttpResponse *resp, const char *errbuf,
+			 int n, double elapsed_ms, CanaryAttempt *attempt)
+{
+	CURLcode	rc = (CURLcode) curl_code;
+	double		wait_ms;
+
+	attempt->http_status = (int) status;
+	attempt->error = NULL;
+	attempt->error_detail = NULL;
+	attempt->outcome = CANARY_OUTCOME_ERROR;
+
+	/* a complete answer: the provider's verdict, or a retryable status */
+	if (rc == CURLE_OK)
+	{
+		bool		retryable = status == 429 || (status >= 500 && status <= 599);
+
+		if (!retryable || n >= model->max_retries)
+		{
+			RequestParseResponse(model, req, (int) status, resp->body.data,
+								 resp->body.len, attempt);
+			return -1;
+		}
+	}
+	else if (resp->body.too_large)
+	{
+		attempt->error = pstrdup("response_too_large");
+		attempt->error_detail =
+			psprintf("The response is longer than llm_canary.max_response_bytes (%d bytes).",
+					 canary_max_response_bytes);
+		return -1;
+	}
+	else if (rc == CURLE_OPERATION_TIMEDOUT)
+	{
+		attempt->outcome = CANARY_OUTCOME_TIMEOUT;
+		attempt->error = pstrdup("timeout");
+		attempt->error_detail = CurlErrorText(rc, errbuf);
+		/* a connect timeout may leave budget for another try */
+		if (n >= model->max_retries)
+			return -1;
+	}
+	else if (HttpConnectionFailure(rc))
+	{
+		attempt->error = pstrdup("connect");
+		attempt->error_detail = CurlErrorText(rc, errbuf);
+		if (n >= model->max_retries)
+			return -1;
+	}
+	else
+	{
+		attempt->error = pstrdup(rc == CURLE_PEER_FAILED_VERIFICATION ||
+								 rc == CURLE_SSL_CACERT_BADFILE ||
+								 rc == CURLE_SSL_CERTPROBLEM ?
+								 "tls" : "transport");
+		attempt->error_detail = CurlErrorText(rc, errbuf);
+		return -1;
+	}
+
+	/* retry, if the wait fits into what is left of the budget */
+	if (resp->retry_after_ms >= 0)
+		wait_ms = resp->retry_after_ms;
+	else
+		wait_ms = HTTP_BACKOFF_BASE_MS * (double) (1 << Min(n, 16)) *
+			(1.0 + 0.2 * pg_prng_double(&pg_global_prng_state));
+	if (elapsed_ms + wait_ms >= model->timeout_ms)
+	{
+		if (rc == CURLE_OK)
+			RequestParseResponse(model, req, (int) status, resp->body.data,
+								 resp->body.len, attempt);
+		return -1;
+	}
+	return wait_ms;
+}
+
+/*
+ * HttpTimedOut
+ *		Fill attempt as a timeout of model: its budget is spent.
+ */
+void
+HttpTimedOut(const CanaryModel *model, CanaryAttempt *attempt)
+{
+	attempt->outcome = CANARY_OUTCOME_TIMEOUT;
+	attempt->error = pstrdup("timeout");
+	attempt->error_detail = psprintf("The model did not answer within %d ms.",
+									 model->timeout_ms);
 }
 
 /*
@@ -407,10 +539,36 @@ HttpPerform(CURL *h, const char *url, const char *body, size_t body_len,
 }
 
 /*
+ * HttpMaxResponseBytes
+ *		llm_canary.max_response_bytes, for the transports that collect
+ *		response bodies.
+ */
+size_t
+HttpMaxResponseBytes(void)
+{
+	return (size_t) canary_max_response_bytes;
+}
+
+/*
  * HttpCallModel
- *		Send prompt to model and wait for the answer, retrying 429, 5xx and
- *		broken connections up to model->max_retries times with exponential
- *		backoff (or the server's Retry-After), all within model->timeout_ms.
+ *		Send prompt to model and wait for the answer (HttpCallModelRequest
+ *		with a one-prompt request).
+ */
+void
+HttpCallModel(const CanaryModel *model, const char *prompt,
+			  CanaryAttempt *attempt)
+{
+	CanaryRequest req;
+
+	memset(&req, 0, sizeof(req));
+	req.prompt = prompt;
+	HttpCallModelRequest(model, &req, attempt);
+}
+
+/*
+ * HttpCallModelRequest
+ *		Send req to model and wait for the answer, with the retries of
+ *		HttpAfterTry, all within model->timeout_ms.
  *
  * Fills every field of attempt; strings are palloc'd in the current memory
  * context.  Never raises an error for what the upstream does; raises the
@@ -418,14 +576,14 @@ HttpPerform(CURL *h, const char *url, const char *body, size_t body_len,
  * terminated (57P01), and for out of memory.
  */
 void
-HttpCallModel(const CanaryModel *model, const char *prompt,
-			  CanaryAttempt *attempt)
+HttpCallModelRequest(const CanaryModel *model, const CanaryRequest *req,
+					 CanaryAttempt *attempt)
 {
 	instr_time	start;
 	char	   *url;
 	char	   *body;
 	size_t		body_len;
-	const char *keyerr;
+	const char *keyerr = NULL;
 	char	   *keydetail = NULL;
 
 	INSTR_TIME_SET_CURRENT(start);
@@ -436,7 +594,7 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 
 	(void) HttpGetHandle();
 	url = ProviderRequestUrl(model);
-	body = ProviderRequestBody(model, prompt);
+	body = RequestBody(model, req);
 	body_len = strlen(body);
 
 	/* whatever an earlier call that raised an error left behind */
@@ -449,7 +607,7 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 
 	PG_TRY();
 	{
-		keyerr = HttpBuildHeaders(model, &keydetail);
+		HttpHeaders = HttpModelHeaders(model, &keyerr, &keydetail);
 		if (keyerr != NULL)
 		{
 			attempt->error = pstrdup(keyerr);
@@ -461,15 +619,11 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 			double		left = model->timeout_ms - ElapsedMs(start);
 			long		status;
 			CURLcode	rc;
-			bool		retryable;
 			double		wait_ms;
 
 			if (left < 1)
 			{
-				attempt->outcome = CANARY_OUTCOME_TIMEOUT;
-				attempt->error = pstrdup("timeout");
-				attempt->error_detail = psprintf("The model did not answer within %d ms.",
-												 model->timeout_ms);
+				HttpTimedOut(model, attempt);
 				break;
 			}
 
@@ -486,72 +640,17 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 				attempt->error_detail = pstrdup("The request was interrupted.");
 				break;
 			}
-
-			/* a complete answer: the provider's verdict, or a retryable status */
-			if (rc == CURLE_OK)
-			{
-				retryable = status == 429 || (status >= 500 && status <= 599);
-				if (!retryable || n >= model->max_retries)
-				{
-					ProviderParseResponse(model, (int) status, HttpResp.body.data,
-										  HttpResp.body.len, attempt);
-					break;
-				}
-			}
-			else if (HttpResp.body.too_large)
-			{
-				attempt->error = pstrdup("response_too_large");
-				attempt->error_detail =
-					psprintf("The response is longer than llm_canary.max_response_bytes (%d bytes).",
-							 canary_max_response_bytes);
-				break;
-			}
-			else if (HttpResp.body.no_memory)
+			if (rc != CURLE_OK && HttpResp.body.no_memory)
 				ereport(ERROR,
 						(errcode(ERRCODE_OUT_OF_MEMORY),
 						 errmsg("out of memory"),
 						 errdetail("Failed to store the response of model \"%s\".",
 								   model->name)));
-			else if (rc == CURLE_OPERATION_TIMEDOUT)
-			{
-				attempt->outcome = CANARY_OUTCOME_TIMEOUT;
-				attempt->error = pstrdup("timeout");
-				attempt->error_detail = CurlErrorText(rc);
-				/* a connect timeout may leave budget for another try */
-				if (n >= model->max_retries)
-					break;
-			}
-			else if (HttpConnectionFailure(rc))
-			{
-				attempt->outcome = CANARY_OUTCOME_ERROR;
-				attempt->error = pstrdup("connect");
-				attempt->error_detail = CurlErrorText(rc);
-				if (n >= model->max_retries)
-					break;
-			}
-			else
-			{
-				attempt->error = pstrdup(rc == CURLE_PEER_FAILED_VERIFICATION ||
-										 rc == CURLE_SSL_CACERT_BADFILE ||
-										 rc == CURLE_SSL_CERTPROBLEM ?
-										 "tls" : "transport");
-				attempt->error_detail = CurlErrorText(rc);
-				break;
-			}
 
-			/* retry, if the wait fits into what is left of the budget */
-			if (HttpResp.retry_after_ms >= 0)
-				wait_ms = HttpResp.retry_after_ms;
-			else
-				wait_ms = HTTP_BACKOFF_BASE_MS * (double) (1 << Min(n, 16)) *
-					(1.0 + 0.2 * pg_prng_double(&pg_global_prng_state));
-			if (ElapsedMs(start) + wait_ms >= model->timeout_ms)
-			{
-				if (rc == CURLE_OK)
-					ProviderParseResponse(model, (int) status, HttpResp.body.data,
-										  HttpResp.body.len, attempt);
+			wait_ms = HttpAfterTry(model, req, rc, status, &HttpResp, HttpErrorBuffer,
+								   n, ElapsedMs(start), attempt);
+			if (wait_ms < 0)
 				break;
-			}
 			HttpResponseFree();
 			attempt->outcome = CANARY_OUTCOME_ERROR;
 			attempt->error = NULL;
@@ -572,8 +671,7 @@ HttpCallModel(const CanaryModel *model, const char *prompt,
 	PG_END_TRY();
 
 	/* what the upstream sent back must not carry the key any further */
-	ProviderRedactKey(model, attempt->text);
-	ProviderRedactKey(model, attempt->error_detail);
+	RequestRedactKey(model, attempt);
 
 	attempt->latency_ms = (int) ElapsedMs(start);
 	pfree(url);

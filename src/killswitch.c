@@ -48,36 +48,10 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/timestamp.h"
 
 #include "config.h"
 #include "fleet.h"
-#include "llm_canary.h"
-
-/* settings */
-int			canary_check_interval = 30;
-char	   *canary_webhook_url = NULL;
-
-/* Define the monitor's settings; called from _PG_init. */
-void
-MonitorDefineSettings(void)
-{
-	DefineCustomIntVariable("llm_canary.check_interval",
-							"Sets how often the background worker runs canary_check, in seconds.",
-							"0 disables the worker's check; pg_cron's minute job still runs.",
-							&canary_check_interval,
-							30, 0, 86400,
-							PGC_SIGHUP, GUC_UNIT_S,
-							NULL, NULL, NULL);
-	DefineCustomStringVariable("llm_canary.webhook_url",
-							   "Sets the URL that receives kill-switch alert payloads as a POST.",
-							   "Empty disables the webhook; alerts are still recorded and sent with NOTIFY llm_canary_alerts.",
-							   &canary_webhook_url,
-							   "",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
-							   NULL, NULL, NULL);
-}
 
 /* One cohort's window. */
 typedef struct CohortWindow

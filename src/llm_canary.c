@@ -1,11 +1,32 @@
 /*-------------------------------------------------------------------------
  *
  * llm_canary.c
- *	  Module entry point: settings, shared memory requests and the
- *	  background worker registration of llm_canary.
+ *	  Module entry point: _PG_init calls each module's Init function, which
+ *	  defines the settings that module uses, and chains the shared memory
+ *	  hooks of the metrics queue and the shadow job slots.
  *
  * Routing works whether or not the library was preloaded; the metrics
  * queue, shadow calls and the worker need shared_preload_libraries.
+ *
+ * Where things are (one concern per file, one header per subsystem):
+ *	 extension.c	 the installed extension: preload check, schema, owner
+ *	 util.c			 SHA-256, hex, prompt hash, request ids
+ *	 config.c		 per-backend cache of canary_config and canary_models
+ *	 routing.c		 which model serves a user (bucket, stage, session pins)
+ *	 call.c			 canary_call: route, call, fall back, record
+ *	 outcome.c		 outcome names of an attempt
+ *	 provider.c		 provider request bodies and response parsing
+ *	 http.c			 the blocking libcurl transport of backends
+ *	 cache.c		 the optional response cache
+ *	 probe.c		 canary_probe: one call of a model, nothing recorded
+ *	 metrics_queue.c the shared-memory queue of metric records
+ *	 metrics_funcs.c canary_record, canary_flush, canary_stats
+ *	 shadow.c		 shadow mode, backend side (dispatch to the worker)
+ *	 shadow_worker.c shadow mode, worker side (curl multi, rows)
+ *	 worker.c		 the background worker's loop
+ *	 webhook.c		 alert webhook delivery by the worker
+ *	 killswitch.c	 canary_check: window summaries and the kill switch
+ *	 fleet.c		 many databases, one rollout: roles, fail-safe, heartbeat
  *
  *-------------------------------------------------------------------------
  */
@@ -16,27 +37,21 @@
 #include "storage/ipc.h"
 #include "utils/guc.h"
 
+#include "batch.h"
 #include "cache.h"
+#include "chat.h"
 #include "config.h"
+#include "extension.h"
 #include "fleet.h"
-#include "llm_canary.h"
 #include "metrics.h"
 #include "provider.h"
 #include "shadow.h"
+#include "webhook.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
 
 void		_PG_init(void);
-
-bool		canary_preloaded = false;
-
-/* settings */
-char	   *canary_database_name = NULL;
-int			canary_queue_size = 16384;
-int			canary_queue_full_wait_ms = 10;
-int			canary_flush_interval_ms = 100;
-int			canary_retention_days = 30;
 
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
@@ -49,6 +64,7 @@ CanaryShmemRequest(void)
 		prev_shmem_request_hook();
 	MetricsRequestShmem();
 	ShadowRequestShmem();
+	BatchRequestShmem();
 	FleetRequestShmem();
 }
 
@@ -60,84 +76,36 @@ CanaryShmemStartup(void)
 		prev_shmem_startup_hook();
 	MetricsInitShmem();
 	ShadowInitShmem();
+	BatchInitShmem();
 	FleetInitShmem();
 }
 
+/* Chain the shared memory hooks; only while preloading. */
+static void
+ShmemInit(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = CanaryShmemRequest;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = CanaryShmemStartup;
+}
 
 void
 _PG_init(void)
 {
-	canary_preloaded = process_shared_preload_libraries_in_progress;
-
-	/*
-	 * Settings that size shared memory or pick the worker's database can
-	 * only be defined while preloading; loaded later (routing only), the
-	 * library leaves them undefined, as pg_stat_statements does.
-	 */
-	if (process_shared_preload_libraries_in_progress)
-	{
-		DefineCustomStringVariable("llm_canary.database_name",
-								   "Sets the database the llm_canary background worker writes metrics to.",
-								   "canary_call works only in this database, since the worker records its metrics there.",
-								   &canary_database_name,
-								   "postgres",
-								   PGC_POSTMASTER,
-								   0,
-								   NULL, NULL, NULL);
-
-		DefineCustomIntVariable("llm_canary.queue_size",
-								"Sets the capacity, in records, of the shared memory queue of metrics waiting to be written.",
-								"Each record takes about 800 bytes of shared memory; when the queue is full, new records are dropped and counted.",
-								&canary_queue_size,
-								16384, 16, 1048576,
-								PGC_POSTMASTER,
-								0,
-								NULL, NULL, NULL);
-	}
-
-	DefineCustomIntVariable("llm_canary.queue_full_wait_ms",
-							"Sets how long a call waits for room in a full metrics queue before dropping its record.",
-							NULL,
-							&canary_queue_full_wait_ms,
-							10, 0, 1000,
-							PGC_SUSET,
-							GUC_UNIT_MS,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("llm_canary.flush_interval_ms",
-							"Sets how often the background worker writes queued metrics.",
-							"The worker also writes as soon as the queue is a quarter full or canary_flush() is called.",
-							&canary_flush_interval_ms,
-							100, 10, 60000,
-							PGC_SIGHUP,
-							GUC_UNIT_MS,
-							NULL, NULL, NULL);
-
-	DefineCustomIntVariable("llm_canary.retention_days",
-							"Sets how many days of daily partitions of canary_requests and canary_feedback canary_maintenance() keeps.",
-							"Older partitions are dropped; 0 keeps every partition.",
-							&canary_retention_days,
-							30, 0, 36500,
-							PGC_SIGHUP,
-							0,
-							NULL, NULL, NULL);
-
-	if (process_shared_preload_libraries_in_progress)
-	{
-		prev_shmem_request_hook = shmem_request_hook;
-		shmem_request_hook = CanaryShmemRequest;
-		prev_shmem_startup_hook = shmem_startup_hook;
-		shmem_startup_hook = CanaryShmemStartup;
-		WorkerRegister();
-		FleetDefineSettings();
-	}
-
+	ExtensionInit();
+	MetricsInit();
+	WorkerInit();
+	WebhookInit();
+	FleetInit();
 	HttpDefineSettings();
+	ChatDefineSettings();
+	BatchDefineSettings();
 	CacheDefineSettings();
 	ShadowDefineSettings();
-	MonitorDefineSettings();
-
+	ShmemInit();
 	MarkGUCPrefixReserved("llm_canary");
-
 	ConfigCacheInit();
 }

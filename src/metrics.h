@@ -15,13 +15,7 @@
 #include "datatype/timestamp.h"
 #include "utils/uuid.h"
 
-typedef enum CanaryOutcome
-{
-	CANARY_OUTCOME_OK,
-	CANARY_OUTCOME_REFUSAL,
-	CANARY_OUTCOME_ERROR,
-	CANARY_OUTCOME_TIMEOUT
-} CanaryOutcome;
+#include "outcome.h"
 
 #define CANARY_USER_ID_MAX		256 /* longer user ids are truncated */
 #define CANARY_ERROR_MAX		256
@@ -56,9 +50,10 @@ typedef struct CanaryMetricRecord
 	double		cost;			/* from the model's prices; 0 if unknown */
 } CanaryMetricRecord;
 
-extern const char *CanaryOutcomeName(CanaryOutcome outcome);
+/* the queue's settings, called from _PG_init */
+extern void MetricsInit(void);
 
-/* shared memory set-up, called from _PG_init / shmem hooks */
+/* shared memory set-up, called from the shmem hooks */
 extern void MetricsRequestShmem(void);
 extern void MetricsInitShmem(void);
 

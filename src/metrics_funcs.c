@@ -23,9 +23,11 @@
 #include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
-#include "llm_canary.h"
+#include "extension.h"
 #include "metrics.h"
 #include "shadow.h"
+#include "util.h"
+#include "worker.h"
 
 /* Copy a text argument into a fixed buffer, clipped at a character boundary. */
 static void
@@ -107,7 +109,7 @@ canary_record(PG_FUNCTION_ARGS)
 {
 	CanaryMetricRecord rec;
 	char		buf[NAMEDATALEN];
-	int			i;
+	CanaryOutcome outcome;
 	pg_uuid_t  *result;
 
 	MetricsRequireWorkerDatabase();
@@ -137,15 +139,12 @@ canary_record(PG_FUNCTION_ARGS)
 	strlcpy(rec.cohort, buf, sizeof(rec.cohort));
 
 	CopyClipped(buf, sizeof(buf), PG_GETARG_TEXT_PP(4));
-	for (i = CANARY_OUTCOME_OK; i <= CANARY_OUTCOME_TIMEOUT; i++)
-		if (strcmp(buf, CanaryOutcomeName((CanaryOutcome) i)) == 0)
-			break;
-	if (i > CANARY_OUTCOME_TIMEOUT)
+	if (!CanaryOutcomeFromName(buf, &outcome))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid outcome \"%s\"", buf),
-				 errhint("Valid outcomes are: ok, refusal, error, timeout.")));
-	rec.outcome = (uint8) i;
+				 errhint(CANARY_OUTCOME_NAMES_HINT)));
+	rec.outcome = (uint8) outcome;
 
 	rec.latency_ms = PG_GETARG_INT32(5);
 	if (rec.latency_ms < 0)
@@ -293,7 +292,7 @@ canary_stats(PG_FUNCTION_ARGS)
 	values[8] = Int32GetDatum(s.worker_pid);
 	nulls[8] = (s.worker_pid == 0);
 	values[9] = CStringGetTextDatum(CanaryWorkerStateName(s.worker_state));
-	values[10] = CStringGetTextDatum(canary_database_name ? canary_database_name : "");
+	values[10] = CStringGetTextDatum(WorkerDatabaseName() ? WorkerDatabaseName() : "");
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	return (Datum) 0;
 }

@@ -37,10 +37,12 @@
 #include "storage/lwlock.h"
 #include "storage/proc.h"
 #include "storage/shmem.h"
+#include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#include "llm_canary.h"
+#include "extension.h"
 #include "metrics.h"
+#include "worker.h"
 
 #define METRICS_TRANCHE_NAME	"llm_canary_metrics"
 
@@ -78,17 +80,42 @@ static BackendCallSlot *CallSlots = NULL;
 static CanaryMetricRecord *Records = NULL;
 static bool CallSlotClaimed = false;
 
-static const char *const OutcomeNames[] = {"ok", "refusal", "error", "timeout"};
 static const char *const WorkerStateNames[] = {
 	"stopped", "starting", "waiting_for_extension", "running", "stopping"
 };
 
-const char *
-CanaryOutcomeName(CanaryOutcome outcome)
+/* settings */
+static int	canary_queue_size = 16384;
+static int	canary_queue_full_wait_ms = 10;
+
+/*
+ * MetricsInit
+ *		Define the queue's settings; called from _PG_init.  The size can only
+ *		be defined while preloading (it sizes shared memory); loaded later,
+ *		for routing only, the library leaves it undefined, as
+ *		pg_stat_statements does.
+ */
+void
+MetricsInit(void)
 {
-	if ((int) outcome < 0 || (int) outcome >= lengthof(OutcomeNames))
-		return "error";
-	return OutcomeNames[outcome];
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("llm_canary.queue_size",
+								"Sets the capacity, in records, of the shared memory queue of metrics waiting to be written.",
+								"Each record takes about 800 bytes of shared memory; when the queue is full, new records are dropped and counted.",
+								&canary_queue_size,
+								16384, 16, 1048576,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm_canary.queue_full_wait_ms",
+							"Sets how long a call waits for room in a full metrics queue before dropping its record.",
+							NULL,
+							&canary_queue_full_wait_ms,
+							10, 0, 1000,
+							PGC_SUSET,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
 }
 
 const char *
@@ -251,19 +278,20 @@ void
 MetricsRequireWorkerDatabase(void)
 {
 	char	   *dbname;
+	const char *worker_db = WorkerDatabaseName();
 
 	CanaryRequirePreload("recording metrics");
 	dbname = get_database_name(MyDatabaseId);
-	if (dbname == NULL || canary_database_name == NULL ||
-		strcmp(dbname, canary_database_name) != 0)
+	if (dbname == NULL || worker_db == NULL ||
+		strcmp(dbname, worker_db) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("cannot record llm_canary metrics in database \"%s\"",
 						dbname ? dbname : "?"),
 				 errdetail("The llm_canary background worker writes metrics only to database \"%s\" (llm_canary.database_name).",
-						   canary_database_name ? canary_database_name : ""),
+						   worker_db ? worker_db : ""),
 				 errhint("Use llm_canary in database \"%s\", or set llm_canary.database_name = '%s' in postgresql.conf and restart the server.",
-						 canary_database_name ? canary_database_name : "",
+						 worker_db ? worker_db : "",
 						 dbname ? dbname : "")));
 }
 
@@ -287,12 +315,16 @@ MetricsCountCall(void)
 	slot = &CallSlots[MyProc->pgprocno];
 	if (!CallSlotClaimed)
 	{
-		/* the slot is ours alone while we live: reset, then publish */
+		/*
+		 * The slot is ours alone while we live.  Register its release first
+		 * (that can raise), then reset and publish, so a published slot
+		 * always has a release.
+		 */
+		before_shmem_exit(CallSlotRelease, Int32GetDatum(MyProc->pgprocno));
+		CallSlotClaimed = true;
 		pg_atomic_write_u64(&slot->calls, 0);
 		pg_write_barrier();
 		pg_atomic_write_u32(&slot->pid, (uint32) MyProcPid);
-		before_shmem_exit(CallSlotRelease, Int32GetDatum(MyProc->pgprocno));
-		CallSlotClaimed = true;
 	}
 	pg_atomic_fetch_add_u64(&slot->calls, 1);
 }
@@ -451,17 +483,21 @@ WorkerDetach(int code, Datum arg)
 	ConditionVariableBroadcast(&Shared->written_cv);
 }
 
-/* Publish this process as the worker serving database dboid. */
+/*
+ * Publish this process as the worker serving database dboid.  The detach
+ * callback is registered first (that can raise), so a published worker is
+ * always unpublished when it exits.
+ */
 void
 MetricsWorkerAttach(Oid dboid)
 {
+	before_shmem_exit(WorkerDetach, (Datum) 0);
 	LWLockAcquire(Shared->lock, LW_EXCLUSIVE);
 	Shared->worker_pid = MyProcPid;
 	Shared->worker_latch = MyLatch;
 	Shared->worker_state = CANARY_WORKER_STARTING;
 	Shared->worker_dboid = dboid;
 	LWLockRelease(Shared->lock);
-	before_shmem_exit(WorkerDetach, (Datum) 0);
 }
 
 void

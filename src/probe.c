@@ -17,33 +17,10 @@
 #include "utils/jsonb.h"
 
 #include "config.h"
-#include "llm_canary.h"
-#include "metrics.h"
+#include "outcome.h"
 #include "provider.h"
 
 PG_FUNCTION_INFO_V1(canary_probe);
-
-/*
- * The outcome's name as canary_requests spells it.  CanaryOutcomeName
- * (metrics.h) belongs to the metrics queue, which a build without it must
- * not need just for the probe.
- */
-static const char *
-ProbeOutcomeName(CanaryOutcome outcome)
-{
-	switch (outcome)
-	{
-		case CANARY_OUTCOME_OK:
-			return "ok";
-		case CANARY_OUTCOME_REFUSAL:
-			return "refusal";
-		case CANARY_OUTCOME_ERROR:
-			return "error";
-		case CANARY_OUTCOME_TIMEOUT:
-			return "timeout";
-	}
-	return "error";
-}
 
 /* Append ,"key":"value" or ,"key":null */
 static void
@@ -104,7 +81,7 @@ canary_probe(PG_FUNCTION_ARGS)
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"model\":");
 	escape_json(&buf, name);
-	AppendJsonStringOrNull(&buf, "outcome", ProbeOutcomeName(attempt.outcome));
+	AppendJsonStringOrNull(&buf, "outcome", CanaryOutcomeName(attempt.outcome));
 	if (attempt.http_status > 0)
 		appendStringInfo(&buf, ",\"http_status\":%d", attempt.http_status);
 	else

@@ -11,8 +11,22 @@
 #ifndef LLM_CANARY_PROVIDER_H
 #define LLM_CANARY_PROVIDER_H
 
+#include "utils/jsonb.h"
+
 #include "config.h"
 #include "metrics.h"
+
+/*
+ * What is sent to a model: one prompt (canary_call), or a whole chat
+ * request (canary_chat), validated and normalised by chat.c (an OpenAI
+ * chat-completions body without "model"; provider.c/chat.c build each
+ * dialect's body from it).
+ */
+typedef struct CanaryRequest
+{
+	const char *prompt;			/* a single user prompt, or NULL */
+	Jsonb	   *chat;			/* a normalised chat request, or NULL */
+} CanaryRequest;
 
 /* The result of calling one model once (retries included). */
 typedef struct CanaryAttempt
@@ -30,6 +44,9 @@ typedef struct CanaryAttempt
 	char	   *error_detail;	/* provider message or curl error text */
 	int			tries;			/* HTTP requests made (1 + retries) */
 	bool		cached;			/* answered from the response cache (no HTTP) */
+	Jsonb	   *answer;			/* chat requests: {"content", "tool_calls",
+								 * "finish_reason"} in OpenAI's shape, or
+								 * NULL */
 } CanaryAttempt;
 
 /* provider.c */
@@ -61,11 +78,41 @@ typedef struct CanaryBody
 	bool		no_memory;
 } CanaryBody;
 
+/* The response of one request, collected by the callbacks (malloc'd). */
+typedef struct HttpResponse
+{
+	CanaryBody	body;
+	double		retry_after_ms; /* Retry-After of this response, -1 if none */
+} HttpResponse;
+
 /* http.c */
+struct curl_slist;
 extern size_t CanaryBodyWrite(char *ptr, size_t size, size_t nmemb, void *userdata);
 extern void CanaryBodyReset(CanaryBody *body, size_t limit);
+extern size_t HttpHeaderCallback(char *buffer, size_t size, size_t nitems, void *userdata);
+extern int	HttpProgressCallback(void *clientp, int64 dltotal, int64 dlnow,
+								 int64 ultotal, int64 ulnow);
 extern void HttpDefineSettings(void);
+extern void HttpInitLibcurl(void);
+extern void HttpSetupHandle(void *curl_handle, HttpResponse *resp, char *errbuf);
+extern struct curl_slist *HttpModelHeaders(const CanaryModel *model,
+										   const char **err, char **detail);
+extern double HttpAfterTry(const CanaryModel *model, const CanaryRequest *req,
+						   int curl_code, long status, const HttpResponse *resp,
+						   const char *errbuf, int n, double elapsed_ms,
+						   CanaryAttempt *attempt);
+extern void HttpTimedOut(const CanaryModel *model, CanaryAttempt *attempt);
+extern size_t HttpMaxResponseBytes(void);
 extern void HttpCallModel(const CanaryModel *model, const char *prompt,
 						  CanaryAttempt *attempt);
+extern void HttpCallModelRequest(const CanaryModel *model, const CanaryRequest *req,
+								 CanaryAttempt *attempt);
+
+/* chat.c: one request, either kind */
+extern char *RequestBody(const CanaryModel *model, const CanaryRequest *req);
+extern void RequestParseResponse(const CanaryModel *model, const CanaryRequest *req,
+								 int http_status, const char *body, size_t len,
+								 CanaryAttempt *attempt);
+extern void RequestRedactKey(const CanaryModel *model, CanaryAttempt *attempt);
 
 #endif							/* LLM_CANARY_PROVIDER_H */

@@ -31,9 +31,10 @@
 #include "utils/guc.h"
 #include "utils/numeric.h"
 
+#include "extension.h"
 #include "fleet.h"
-#include "llm_canary.h"
 #include "routing.h"
+#include "util.h"
 
 /*
  * RoutingBucket

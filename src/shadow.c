@@ -41,7 +41,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "llm_canary.h"
+#include "extension.h"
 #include "shadow.h"
 #include "shadow_internal.h"
 

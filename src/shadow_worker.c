@@ -67,7 +67,6 @@
 
 #include "cache.h"
 #include "config.h"
-#include "llm_canary.h"
 #include "provider.h"
 #include "shadow.h"
 #include "shadow_internal.h"

@@ -21,13 +21,29 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 
-#include "llm_canary.h"
-#include "worker.h"
+#include "webhook.h"
 
 #define WEBHOOK_MAX_ATTEMPTS	5
 #define WEBHOOK_BATCH			10
 #define WEBHOOK_TIMEOUT_MS		5000
+
+/* settings */
+static char *canary_webhook_url = NULL;
+
+/* Define llm_canary.webhook_url; called from _PG_init. */
+void
+WebhookInit(void)
+{
+	DefineCustomStringVariable("llm_canary.webhook_url",
+							   "Sets the URL that receives kill-switch alert payloads as a POST.",
+							   "Empty disables the webhook; alerts are still recorded and sent with NOTIFY llm_canary_alerts.",
+							   &canary_webhook_url,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY,
+							   NULL, NULL, NULL);
+}
 
 static CURL *webhook_curl = NULL;
 

@@ -50,10 +50,11 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "extension.h"
 #include "fleet.h"
-#include "llm_canary.h"
 #include "metrics.h"
 #include "shadow.h"
+#include "webhook.h"
 #include "worker.h"
 
 #define WORKER_BATCH_MAX			2000	/* records per transaction */
@@ -97,15 +98,63 @@ WorkerSigterm(SIGNAL_ARGS)
 	errno = save_errno;
 }
 
+/* settings */
+static char *canary_database_name = NULL;
+static int	canary_flush_interval_ms = 100;
+static int	canary_check_interval = 30;
+static int	canary_retention_days = 30;
+
 /*
- * WorkerRegister
- *		Register the worker with the postmaster.  Caller: _PG_init, while
- *		shared_preload_libraries is being processed.
+ * WorkerInit
+ *		Define the worker's settings and, while shared_preload_libraries is
+ *		being processed, register the worker with the postmaster.  Caller:
+ *		_PG_init.  The database can only be chosen while preloading; loaded
+ *		later, the library leaves that setting undefined.
  */
 void
-WorkerRegister(void)
+WorkerInit(void)
 {
 	BackgroundWorker worker;
+
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomStringVariable("llm_canary.database_name",
+								   "Sets the database the llm_canary background worker writes metrics to.",
+								   "canary_call works only in this database, since the worker records its metrics there.",
+								   &canary_database_name,
+								   "postgres",
+								   PGC_POSTMASTER,
+								   0,
+								   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm_canary.flush_interval_ms",
+							"Sets how often the background worker writes queued metrics.",
+							"The worker also writes as soon as the queue is a quarter full or canary_flush() is called.",
+							&canary_flush_interval_ms,
+							100, 10, 60000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("llm_canary.check_interval",
+							"Sets how often the background worker runs canary_check, in seconds.",
+							"0 disables the worker's check; pg_cron's minute job still runs.",
+							&canary_check_interval,
+							30, 0, 86400,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	/* read by canary_maintenance(), which this worker runs daily */
+	DefineCustomIntVariable("llm_canary.retention_days",
+							"Sets how many days of daily partitions of canary_requests and canary_feedback canary_maintenance() keeps.",
+							"Older partitions are dropped; 0 keeps every partition.",
+							&canary_retention_days,
+							30, 0, 36500,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
@@ -117,6 +166,12 @@ WorkerRegister(void)
 	strlcpy(worker.bgw_name, "llm_canary worker", BGW_MAXLEN);
 	strlcpy(worker.bgw_type, "llm_canary worker", BGW_MAXLEN);
 	RegisterBackgroundWorker(&worker);
+}
+
+const char *
+WorkerDatabaseName(void)
+{
+	return canary_database_name;
 }
 
 /* A one-dimensional array of n elements of type elemtype. */

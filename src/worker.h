@@ -11,11 +11,14 @@
 
 #include "postgres.h"
 
-/* Register the worker; call from _PG_init while preloading. */
-extern void WorkerRegister(void);
+/*
+ * Define the worker's settings and, while preloading, register the worker;
+ * called from _PG_init.
+ */
+extern void WorkerInit(void);
 
-/* webhook.c: deliver pending alerts (worker transaction, SPI connected) */
-extern void WebhookDeliverPending(const char *schema);
+/* llm_canary.database_name; NULL unless the library was preloaded. */
+extern const char *WorkerDatabaseName(void);
 
 /* Entry point, named in the BackgroundWorker registration. */
 extern PGDLLEXPORT void CanaryWorkerMain(Datum main_arg);

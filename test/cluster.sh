@@ -4,7 +4,7 @@
 #   test/cluster.sh start DIR PORT [DBNAME]   initdb if needed, start, create DB + extensions
 #   test/cluster.sh stop DIR
 set -euo pipefail
-BIN=/usr/lib/postgresql/15/bin
+BIN=${PGBIN:-/usr/lib/postgresql/15/bin}
 cmd=${1:?start|stop}; dir=${2:?data directory}
 case "$cmd" in
 start)

@@ -32,6 +32,18 @@ Provider endpoints (matched by path suffix, so any base-url prefix works)
   POST .../messages           Anthropic messages
   POST .../embeddings         OpenAI-compatible embeddings
 
+Validation is strict in both dialects, tool blocks included: OpenAI
+(unknown top-level keys, roles system/developer/user/assistant/tool, content
+as a string or text parts, assistant tool_calls {id, type "function",
+function {name, arguments: a JSON string}}, every tool message answering an
+earlier tool call id and every tool call answered, tools/tool_choice, stop,
+response_format, seed); Anthropic (unknown top-level and message keys,
+non-empty text blocks, tool_use only from the assistant with {id, name,
+input object}, tool_result only from the user answering a tool_use of the
+previous message, every tool_use answered in the next message, tools with an
+object input_schema, tool_choice, stop_sequences, metadata).  A failure is
+the provider's 400 with its message.
+
 Auth: OpenAI style endpoints need "Authorization: Bearer <key>", Anthropic
 needs "x-api-key: <key>" and "anthropic-version". Any non-empty key is
 accepted unless the model's profile sets "api_key" (then it must match).
@@ -45,6 +57,11 @@ Token counting (exact, so tests can assert it)
   prompt tokens = len(prompt_text.split())   (whitespace separated words)
   completion tokens = len(answer.split()); for an OpenAI "signal" refusal the
                   refusal string is counted; content_filter counts 0.
+  Tool turns: an OpenAI tool message's content, an Anthropic tool_result's
+  content count as text (so one conversation has the same prompt tokens in
+  both dialects).  A stop sequence of the request ("stop" / "stop_sequences")
+  found in the answer cuts it there (finish_reason "stop" / stop_reason
+  "stop_sequence").
   If the request's max_tokens (or max_completion_tokens) is smaller than the
   answer's word count, the answer is cut to max_tokens words and
   finish_reason is "length" (OpenAI) / stop_reason "max_tokens" (Anthropic).
@@ -103,6 +120,13 @@ Profiles (per model id = the request's "model"; unknown models use "*")
   thinking_block     bool    Anthropic: a {"type":"thinking",...} block
                      precedes the text block
   thinking_text      str     text of that block
+  tool_call          {"name": str, "arguments": {...}}  a request that offers
+                     this tool and does not end with tool results is answered
+                     with one call of it (OpenAI: message.tool_calls with
+                     arguments as a JSON string, finish_reason "tool_calls";
+                     Anthropic: a tool_use block, stop_reason "tool_use"); the
+                     call id is derived from the prompt text ("call_<hex>" /
+                     "toolu_<hex>"), so it is deterministic
   api_key            str|null  required key for this model
   embedding_dim      int     embedding dimension (default 64; the request's
                      "dimensions" field overrides)
@@ -333,6 +357,9 @@ PROFILE_FIELDS = {
     "echo": (lambda v: isinstance(v, bool), "a boolean"),
     "fixed_text": (lambda v: isinstance(v, str), "a string"),
     "thinking_block": (lambda v: isinstance(v, bool), "a boolean"),
+    "tool_call": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)
+                  and isinstance(v.get("arguments", {}), dict),
+                  'an object {"name": str, "arguments": object}'),
     "thinking_text": (lambda v: isinstance(v, str), "a string"),
     "api_key": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "embedding_dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
@@ -517,6 +544,10 @@ class Decider:
         d = hashlib.sha256(self._key(name, with_model)).digest()
         return int.from_bytes(d[:8], "big") / 18446744073709551616.0
 
+    def key_hex(self, name):
+        """A deterministic hex string (no model id: the same in both dialects)."""
+        return hashlib.sha256(self._key(name, False)).hexdigest()
+
     def stream(self, name, n):
         """n deterministic bytes (text shaping: no model id)."""
         return hashlib.shake_256(self._key(name, False)).digest(n)
@@ -655,14 +686,112 @@ class BadRequest(Exception):
         self.param = param
 
 
+OPENAI_CHAT_KEYS = {
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature",
+    "top_p", "n", "stop", "seed", "response_format", "tools", "tool_choice",
+    "parallel_tool_calls", "user", "frequency_penalty", "presence_penalty",
+    "logit_bias", "logprobs", "top_logprobs", "metadata", "store",
+    "service_tier", "reasoning_effort", "stream", "stream_options",
+    "modalities", "prediction", "audio"}
+TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+def _openai_content(content, p, null_ok):
+    """Text of an OpenAI message content (string or text parts)."""
+    if content is None and null_ok:
+        return None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for j, part in enumerate(content):
+            w = "%s.content[%d]" % (p, j)
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise BadRequest("Invalid value for '%s.type': expected 'text'." % w, w)
+            if not isinstance(part.get("text"), str):
+                raise BadRequest("Missing required parameter: '%s.text'." % w, w)
+            texts.append(part["text"])
+        return "".join(texts)
+    raise BadRequest("Invalid type for '%s.content': expected one of a string "
+                     "or array of objects, but got %s instead."
+                     % (p, _jtype(content)), p + ".content")
+
+
+def _openai_tool_calls(calls, p, known_ids):
+    if not isinstance(calls, list) or not calls:
+        raise BadRequest("Invalid '%s.tool_calls': expected a non-empty array."
+                         % p, p + ".tool_calls")
+    for j, tc in enumerate(calls):
+        w = "%s.tool_calls[%d]" % (p, j)
+        if not isinstance(tc, dict):
+            raise BadRequest("Invalid type for '%s': expected an object." % w, w)
+        if not isinstance(tc.get("id"), str) or not tc["id"]:
+            raise BadRequest("Missing required parameter: '%s.id'." % w, w + ".id")
+        if tc.get("type") != "function":
+            raise BadRequest("Missing required parameter: '%s.type'." % w, w + ".type")
+        fn = tc.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) \
+                or not fn["name"]:
+            raise BadRequest("Missing required parameter: '%s.function.name'." % w,
+                             w + ".function")
+        if not isinstance(fn.get("arguments"), str):
+            raise BadRequest("Missing required parameter: '%s.function.arguments'."
+                             % w, w + ".function.arguments")
+        try:
+            json.loads(fn["arguments"])
+        except ValueError:
+            raise BadRequest("Invalid '%s.function.arguments': not valid JSON." % w,
+                             w + ".function.arguments")
+        known_ids.add(tc["id"])
+
+
+def _openai_tools(body):
+    tools = body.get("tools")
+    names = set()
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("Invalid type for 'tools': expected an array.", "tools")
+        for i, t in enumerate(tools):
+            w = "tools[%d]" % i
+            if not isinstance(t, dict) or t.get("type") != "function":
+                raise BadRequest("Missing required parameter: '%s.type'." % w, w)
+            fn = t.get("function")
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) \
+                    or not TOOL_NAME_RE.match(fn["name"]):
+                raise BadRequest("Invalid '%s.function.name': string does not "
+                                 "match pattern." % w, w + ".function.name")
+            if "description" in fn and not isinstance(fn["description"], str):
+                raise BadRequest("Invalid type for '%s.function.description'." % w, w)
+            if "parameters" in fn and not isinstance(fn["parameters"], dict):
+                raise BadRequest("Invalid type for '%s.function.parameters': "
+                                 "expected an object." % w, w)
+            names.add(fn["name"])
+    tc = body.get("tool_choice")
+    if tc is not None:
+        if tools is None:
+            raise BadRequest("Invalid value for 'tool_choice': 'tool_choice' is "
+                             "only allowed when 'tools' are specified.", "tool_choice")
+        if isinstance(tc, str):
+            if tc not in ("none", "auto", "required"):
+                raise BadRequest("Invalid value for 'tool_choice'.", "tool_choice")
+        elif not (isinstance(tc, dict) and tc.get("type") == "function" and
+                  isinstance(tc.get("function"), dict) and
+                  tc["function"].get("name") in names):
+            raise BadRequest("Invalid value for 'tool_choice'.", "tool_choice")
+    return names
+
+
 def validate_openai_chat(body):
-    """Validate like OpenAI; return (prompt_parts, last_user, max_tokens)."""
+    """Validate like OpenAI; return (prompt_parts, last_user, max_tokens, extra)."""
     if not isinstance(body, dict):
         raise BadRequest("Invalid type for request body: expected an object, "
                          "but got %s instead." % _jtype(body))
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("you must provide a model parameter", "model")
+    for k in body:
+        if k not in OPENAI_CHAT_KEYS:
+            raise BadRequest("Unrecognized request argument supplied: %s" % k, k)
     msgs = body.get("messages")
     if msgs is None:
         raise BadRequest("Missing required parameter: 'messages'.", "messages")
@@ -673,8 +802,11 @@ def validate_openai_chat(body):
         raise BadRequest("Invalid 'messages': empty array. Expected an array "
                          "with minimum length 1, but got an empty array "
                          "instead.", "messages")
+    tool_names = _openai_tools(body)
     parts = []
     last_user = None
+    call_ids = set()
+    answered = set()
     for i, m in enumerate(msgs):
         p = "messages[%d]" % i
         if not isinstance(m, dict):
@@ -683,21 +815,38 @@ def validate_openai_chat(body):
         role = m.get("role")
         if role is None:
             raise BadRequest("Missing required parameter: '%s.role'." % p, p + ".role")
-        if role not in ("system", "user", "assistant", "developer"):
+        if role not in ("system", "user", "assistant", "developer", "tool"):
             raise BadRequest("Invalid value: %s. Supported values are: "
-                             "'system', 'assistant', 'user', and 'developer'."
+                             "'system', 'assistant', 'user', 'tool', and 'developer'."
                              % json.dumps(role), p + ".role")
-        if "content" not in m:
-            raise BadRequest("Missing required parameter: '%s.content'." % p,
-                             p + ".content")
-        content = m["content"]
-        if not isinstance(content, str):
-            raise BadRequest("Invalid type for '%s.content': expected a string, "
-                             "but got %s instead." % (p, _jtype(content)),
-                             p + ".content")
-        parts.append(content)
+        if role == "assistant" and m.get("tool_calls") is not None:
+            _openai_tool_calls(m["tool_calls"], p, call_ids)
+            content = _openai_content(m.get("content"), p, True)
+        else:
+            if "content" not in m:
+                raise BadRequest("Missing required parameter: '%s.content'." % p,
+                                 p + ".content")
+            content = _openai_content(m["content"], p, False)
+        if role == "tool":
+            tcid = m.get("tool_call_id")
+            if not isinstance(tcid, str) or not tcid:
+                raise BadRequest("Missing required parameter: '%s.tool_call_id'."
+                                 % p, p + ".tool_call_id")
+            if tcid not in call_ids:
+                raise BadRequest("Invalid parameter: messages with role 'tool' "
+                                 "must be a response to a preceeding message with "
+                                 "'tool_calls'.", p + ".tool_call_id")
+            answered.add(tcid)
+        if content is not None:
+            parts.append(content)
         if role == "user":
             last_user = content
+    missing = call_ids - answered
+    if missing:
+        raise BadRequest("An assistant message with 'tool_calls' must be followed "
+                         "by tool messages responding to each 'tool_call_id'. The "
+                         "following tool_call_ids did not have response messages: %s"
+                         % ", ".join(sorted(missing)), "messages")
     mt = body.get("max_tokens")
     mct = body.get("max_completion_tokens")
     for name, v in (("max_tokens", mt), ("max_completion_tokens", mct)):
@@ -727,11 +876,49 @@ def validate_openai_chat(body):
             raise BadRequest("Invalid 'temperature': decimal above maximum "
                              "value. Expected a value <= 2, but got %s "
                              "instead." % t, "temperature")
-    return parts, last_user, (mt if mt is not None else mct)
+    stop = body.get("stop")
+    if stop is None:
+        stops = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) for x in stop):
+        stops = stop
+    else:
+        raise BadRequest("Invalid 'stop': expected a string or an array of at "
+                         "most 4 strings.", "stop")
+    rf = body.get("response_format")
+    if rf is not None:
+        if not isinstance(rf, dict) or rf.get("type") not in ("text", "json_object",
+                                                               "json_schema"):
+            raise BadRequest("Invalid value for 'response_format.type'.",
+                             "response_format")
+        if rf["type"] == "json_schema" and not isinstance(rf.get("json_schema"), dict):
+            raise BadRequest("Missing required parameter: "
+                             "'response_format.json_schema'.", "response_format")
+    seed = body.get("seed")
+    if seed is not None and not _is_int(seed):
+        raise BadRequest("Invalid type for 'seed': expected an integer.", "seed")
+    if body.get("stream"):
+        raise BadRequest("The mock does not stream.", "stream")
+    after_tool = msgs[-1].get("role") == "tool"
+    extra = {"stops": stops, "tools": tool_names, "after_tool": after_tool}
+    return parts, last_user, (mt if mt is not None else mct), extra
 
 
-def _anthropic_content_text(content, where):
-    """Text of an Anthropic content (string or list of blocks)."""
+ANTHROPIC_KEYS = {
+    "model", "messages", "max_tokens", "system", "temperature", "top_p",
+    "top_k", "stop_sequences", "stream", "metadata", "tools", "tool_choice",
+    "thinking", "service_tier"}
+
+
+def _anthropic_content_text(content, where, role=None, tool_uses=None,
+                            results=None):
+    """Text of an Anthropic content (string or list of blocks).
+
+    role (of the message) enables the tool block checks: tool_use only from
+    the assistant (its ids go into tool_uses), tool_result only from the user,
+    answering an id in tool_uses (collected into results).
+    """
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -748,12 +935,80 @@ def _anthropic_content_text(content, where):
         if btype == "text":
             if not isinstance(blk.get("text"), str):
                 raise BadRequest("%s.text: Field required" % w)
+            if role is not None and not blk["text"]:
+                raise BadRequest("%s: text content blocks must be non-empty" % w)
             texts.append(blk["text"])
+        elif btype == "tool_use" and role is not None:
+            if role != "assistant":
+                raise BadRequest("%s: tool_use blocks are only allowed in "
+                                 "assistant messages" % w)
+            if not isinstance(blk.get("id"), str) or not blk["id"]:
+                raise BadRequest("%s.id: Field required" % w)
+            if not isinstance(blk.get("name"), str) or not TOOL_NAME_RE.match(blk["name"]):
+                raise BadRequest("%s.name: String should match pattern" % w)
+            if not isinstance(blk.get("input"), dict):
+                raise BadRequest("%s.input: Input should be a valid dictionary" % w)
+            tool_uses.add(blk["id"])
+        elif btype == "tool_result" and role is not None:
+            if role != "user":
+                raise BadRequest("%s: tool_result blocks are only allowed in "
+                                 "user messages" % w)
+            tid = blk.get("tool_use_id")
+            if not isinstance(tid, str) or not tid:
+                raise BadRequest("%s.tool_use_id: Field required" % w)
+            if tid not in tool_uses:
+                raise BadRequest("%s: unexpected `tool_use_id` found in "
+                                 "`tool_result` blocks: %s. Each `tool_result` "
+                                 "block must have a corresponding `tool_use` "
+                                 "block in the previous message." % (w, tid))
+            rc = blk.get("content", "")
+            texts.append(_anthropic_content_text(rc, w + ".content"))
+            results.add(tid)
+        elif role is not None and btype not in ("image", "document", "thinking",
+                                                "redacted_thinking"):
+            raise BadRequest("%s.type: Input tag '%s' found using 'type' does not "
+                             "match any of the expected tags" % (w, btype))
     return "\n".join(texts)
 
 
+def _anthropic_tools(body):
+    tools = body.get("tools")
+    names = set()
+    if tools is not None:
+        if not isinstance(tools, list):
+            raise BadRequest("tools: Input should be a valid list")
+        for i, t in enumerate(tools):
+            w = "tools.%d" % i
+            if not isinstance(t, dict):
+                raise BadRequest("%s: Input should be a valid dictionary" % w)
+            for k in t:
+                if k not in ("name", "description", "input_schema", "type",
+                             "cache_control"):
+                    raise BadRequest("%s.%s: Extra inputs are not permitted" % (w, k))
+            if not isinstance(t.get("name"), str) or not TOOL_NAME_RE.match(t["name"]):
+                raise BadRequest("%s.name: String should match pattern" % w)
+            sch = t.get("input_schema")
+            if not isinstance(sch, dict) or sch.get("type") != "object":
+                raise BadRequest("%s.input_schema: Field required (an object "
+                                 "schema)" % w)
+            if "description" in t and not isinstance(t["description"], str):
+                raise BadRequest("%s.description: Input should be a valid string" % w)
+            names.add(t["name"])
+    tc = body.get("tool_choice")
+    if tc is not None:
+        if not isinstance(tc, dict) or tc.get("type") not in ("auto", "any", "tool",
+                                                              "none"):
+            raise BadRequest("tool_choice: Input tag does not match any of the "
+                             "expected tags: 'auto', 'any', 'tool', 'none'")
+        if tc["type"] == "tool" and tc.get("name") not in names:
+            raise BadRequest("tool_choice.name: Tool not found")
+        if tools is None and tc["type"] != "none":
+            raise BadRequest("tool_choice: may only be specified while providing tools")
+    return names
+
+
 def validate_anthropic(body):
-    """Validate like Anthropic; return (prompt_parts, last_user, max_tokens)."""
+    """Validate like Anthropic; return (prompt_parts, last_user, max_tokens, extra)."""
     if not isinstance(body, dict):
         raise BadRequest("Input should be a valid dictionary")
     model = body.get("model")
@@ -761,6 +1016,9 @@ def validate_anthropic(body):
         raise BadRequest("model: Field required")
     if not isinstance(model, str) or not model:
         raise BadRequest("model: Input should be a valid string")
+    for k in body:
+        if k not in ANTHROPIC_KEYS:
+            raise BadRequest("%s: Extra inputs are not permitted" % k)
     if "max_tokens" not in body:
         raise BadRequest("max_tokens: Field required")
     mt = body["max_tokens"]
@@ -776,6 +1034,7 @@ def validate_anthropic(body):
     if not msgs:
         raise BadRequest("messages: List should have at least 1 item after "
                          "validation, not 0")
+    tool_names = _anthropic_tools(body)
     parts = []
     system = body.get("system")
     if system is not None:
@@ -786,6 +1045,8 @@ def validate_anthropic(body):
         else:
             raise BadRequest("system: Input should be a valid string")
     last_user = None
+    pending_uses = set()
+    after_tool = False
     for i, m in enumerate(msgs):
         w = "messages.%d" % i
         if not isinstance(m, dict):
@@ -795,9 +1056,30 @@ def validate_anthropic(body):
             raise BadRequest("%s.role: Field required" % w)
         if role not in ("user", "assistant"):
             raise BadRequest("%s.role: Input should be 'user' or 'assistant'" % w)
+        for k in m:
+            if k not in ("role", "content"):
+                raise BadRequest("%s.%s: Extra inputs are not permitted" % (w, k))
         if "content" not in m:
             raise BadRequest("%s.content: Field required" % w)
-        text = _anthropic_content_text(m["content"], w + ".content")
+        uses = set()
+        results = set()
+        known = pending_uses if role == "user" else uses
+        text = _anthropic_content_text(m["content"], w + ".content", role, known,
+                                       results)
+        if role == "user":
+            if pending_uses - results:
+                raise BadRequest("%s: `tool_use` ids were found without "
+                                 "`tool_result` blocks immediately after: %s. Each "
+                                 "`tool_use` block must have a corresponding "
+                                 "`tool_result` block in the next message."
+                                 % (w, ", ".join(sorted(pending_uses - results))))
+            pending_uses = set()
+            after_tool = bool(results)
+        else:
+            if pending_uses:
+                raise BadRequest("%s: `tool_use` ids were found without "
+                                 "`tool_result` blocks immediately after" % w)
+            pending_uses = uses
         parts.append(text)
         if role == "user":
             last_user = text
@@ -809,7 +1091,17 @@ def validate_anthropic(body):
             raise BadRequest("temperature: Input should be greater than or equal to 0")
         if t > 1:
             raise BadRequest("temperature: Input should be less than or equal to 1")
-    return parts, last_user, mt
+    ss = body.get("stop_sequences")
+    if ss is not None and not (isinstance(ss, list) and all(isinstance(x, str) for x in ss)):
+        raise BadRequest("stop_sequences: Input should be a valid list of strings")
+    md = body.get("metadata")
+    if md is not None and not (isinstance(md, dict) and set(md) <= {"user_id"}):
+        raise BadRequest("metadata: Extra inputs are not permitted")
+    if body.get("stream"):
+        raise BadRequest("stream: the mock does not stream")
+    extra = {"stops": ss or [], "tools": tool_names,
+             "after_tool": after_tool and msgs[-1].get("role") == "user"}
+    return parts, last_user, mt, extra
 
 
 def validate_embeddings(body):
@@ -851,12 +1143,23 @@ def _cut_words(text, max_words):
     return " ".join(words[:max_words]), True
 
 
-def build_chat_answer(profile, dec, last_user, max_tokens):
+def build_chat_answer(profile, dec, last_user, max_tokens, extra=None):
     """Decide what the model "says".
 
-    Returns dict(text, refusal_signal, finish) where finish is one of
-    "stop", "length", "refusal", "content_filter"; text may be None.
+    Returns dict(text, refusal_signal, finish, tool_call) where finish is one
+    of "stop", "length", "refusal", "content_filter", "tool_calls",
+    "stop_sequence"; text may be None.  With the profile's "tool_call"
+    ({"name", "arguments"}), a request that offers that tool and does not
+    end with tool results is answered with a call of it (id derived from the
+    prompt, so deterministic).  The request's stop sequences cut the text.
     """
+    extra = extra or {}
+    tc = profile.get("tool_call")
+    if tc and tc.get("name") in extra.get("tools", ()) and not extra.get("after_tool"):
+        return {"text": None, "refusal": None, "finish": "tool_calls",
+                "tool_call": {"id": "call_" + dec.key_hex("tool_call")[:16],
+                              "name": tc["name"],
+                              "arguments": tc.get("arguments", {})}}
     if "oversize_bytes" in profile:
         return {"text": oversize_text(profile["oversize_bytes"]),
                 "refusal": None, "finish": "stop"}
@@ -876,6 +1179,10 @@ def build_chat_answer(profile, dec, last_user, max_tokens):
         text, finish = profile["fixed_text"], "stop"
     else:
         text, finish = generate_text(profile, dec), "stop"
+    for stop in extra.get("stops", ()):
+        k = text.find(stop) if stop else -1
+        if k >= 0:
+            text, finish = text[:k], "stop_sequence"
     text, cut = _cut_words(text, max_tokens)
     return {"text": text, "refusal": None, "finish": "length" if cut else finish}
 
@@ -884,9 +1191,18 @@ def openai_chat_body(model, ans, prompt_tokens, malformed=None):
     text = ans["text"]
     finish = ans["finish"]
     refusal = None
+    tool_calls = None
     if finish == "refusal":              # "signal" refusal
         refusal, text, finish = ans["refusal"], None, "stop"
         ctoks = len(refusal.split())
+    elif finish == "tool_calls":
+        tc = ans["tool_call"]
+        tool_calls = [{"id": tc["id"], "type": "function",
+                       "function": {"name": tc["name"],
+                                    "arguments": json.dumps(tc["arguments"])}}]
+        ctoks = len(json.dumps(tc["arguments"]).split())
+    elif finish == "stop_sequence":
+        finish, ctoks = "stop", len(text.split())
     elif finish == "content_filter":
         text, ctoks = None, 0
     else:
@@ -899,14 +1215,16 @@ def openai_chat_body(model, ans, prompt_tokens, malformed=None):
         text, refusal = None, None
     elif malformed == "invalid_utf8":
         text = INVALID_UTF8_MARK
+    message = {"role": "assistant", "content": text, "refusal": refusal}
+    if tool_calls is not None:
+        message["tool_calls"] = tool_calls
     return {
         "id": rid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [{"index": 0,
-                     "message": {"role": "assistant", "content": text,
-                                 "refusal": refusal},
+                     "message": message,
                      "finish_reason": finish}],
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ctoks,
                   "total_tokens": prompt_tokens + ctoks},
@@ -916,7 +1234,8 @@ def openai_chat_body(model, ans, prompt_tokens, malformed=None):
 def anthropic_body(model, ans, prompt_tokens, profile, malformed=None):
     finish = ans["finish"]
     text = ans["text"]
-    stop = {"stop": "end_turn", "length": "max_tokens",
+    stop = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use",
+            "stop_sequence": "stop_sequence",
             "refusal": "refusal", "content_filter": "refusal"}[finish]
     rid = "msg_" + secrets.token_hex(12)
     if malformed == "no_fields":
@@ -931,6 +1250,11 @@ def anthropic_body(model, ans, prompt_tokens, profile, malformed=None):
     if text is not None:
         content.append({"type": "text", "text": text})
     ctoks = len(text.split()) if text is not None else 0
+    if finish == "tool_calls":
+        tc = ans["tool_call"]
+        content.append({"type": "tool_use", "id": "toolu_" + tc["id"][5:],
+                        "name": tc["name"], "input": tc["arguments"]})
+        ctoks = len(json.dumps(tc["arguments"]).split())
     return {
         "id": rid,
         "type": "message",
@@ -1331,9 +1655,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self._error(kind, 400, OPENAI_BAD_JSON)
         try:
             if kind == "openai":
-                parts, last_user, max_tokens = validate_openai_chat(body)
+                parts, last_user, max_tokens, chat_extra = validate_openai_chat(body)
             elif anthropic:
-                parts, last_user, max_tokens = validate_anthropic(body)
+                parts, last_user, max_tokens, chat_extra = validate_anthropic(body)
             else:
                 inputs, dims, fmt = validate_embeddings(body)
                 parts = inputs
@@ -1387,7 +1711,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             obj = self._embeddings_body(model, profile, inputs, dims, fmt,
                                         prompt_tokens, malformed)
         else:
-            ans = build_chat_answer(profile, dec, last_user, max_tokens)
+            ans = build_chat_answer(profile, dec, last_user, max_tokens, chat_extra)
             if anthropic:
                 obj = anthropic_body(model, ans, prompt_tokens, profile, malformed)
             else:

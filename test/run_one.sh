@@ -2,10 +2,10 @@
 # Build, install and run some of the tests, for a developer's quick loop:
 #   test/run_one.sh [regress [NAME ...]] [tap test/t/NNN_x.pl ...]
 # e.g.  bash test/run_one.sh regress tap test/t/030_call.pl   (all of pg_regress, one TAP file)
-# Run as root from the top of a checkout.  Like test/run_all.sh it holds the
-# machine-wide install lock for the whole run (the extension installs into the
-# one system-wide PostgreSQL), copies the tree to a directory the postgres user
-# can write, and starts the mock LLM server there.
+# Run as root from the top of a checkout.  It installs the extension into a
+# private copy of PostgreSQL for this checkout (test/pgroot.sh), so runs from
+# several checkouts proceed side by side, copies the tree to a directory the
+# postgres user can write, and starts the mock LLM server there.
 set -euo pipefail
 top="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$top"
@@ -27,15 +27,17 @@ if [ "$all_regress" = 1 ] && [ "${#regress[@]}" -eq 0 ]; then
     for f in test/sql/*.sql; do regress+=("$(basename "$f" .sql)"); done
 fi
 
-exec 9>/tmp/llm_canary_install.lock
-flock 9
-bash test/setup.sh
+. test/pgroot.sh
+PG_CONFIG=$(pgroot_prepare "/tmp/llm_canary_pgroot.$(basename "$top")")
+PGBIN=$(dirname "$PG_CONFIG")
+make -s PG_CONFIG="$PG_CONFIG" 2>&1 | grep -v '^gcc' || true
+make -s PG_CONFIG="$PG_CONFIG" install >/dev/null
 work="/tmp/llm_canary_one.$(basename "$top")"
 rm -rf "$work"; mkdir -p "$work"
 rsync -a --exclude .git --exclude tmp_check --exclude results --exclude log "$top"/ "$work"/
 chown -R postgres:postgres "$work"
-runuser -u postgres -- env PATH="/usr/lib/postgresql/15/bin:/usr/bin:/bin" HOME=/var/lib/postgresql \
-    REGRESS_LIST="${regress[*]:-}" TAP_LIST="${tap[*]:-}" bash -c '
+runuser -u postgres -- env PATH="$PGBIN:/usr/bin:/bin" HOME=/var/lib/postgresql \
+    PG_CONFIG="$PG_CONFIG" PGBIN="$PGBIN" REGRESS_LIST="${regress[*]:-}" TAP_LIST="${tap[*]:-}" bash -c '
 cd "'"$work"'"
 mkdir -p test/out
 python3 test/mock_llm.py --port 0 --port-file test/out/mock.port --seed 42 > test/out/mock.log 2>&1 &
@@ -45,7 +47,6 @@ for _ in $(seq 1 50); do [ -s test/out/mock.port ] && break; sleep 0.1; done
 export LLM_CANARY_MOCK_URL="http://127.0.0.1:$(cat test/out/mock.port)"
 export LLM_CANARY_TEST_KEY="sk-test-not-a-real-key"
 rc=0
-PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 if [ -n "$REGRESS_LIST" ]; then
     make -s PG_CONFIG=$PG_CONFIG installcheck REGRESS="$REGRESS_LIST" || { rc=1; cat regression.diffs 2>/dev/null | head -200; }
 fi

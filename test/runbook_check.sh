@@ -6,7 +6,7 @@
 set -uo pipefail
 top="$(cd "$(dirname "$0")/.." && pwd)"
 dir=/tmp/llm_canary_runbook.$$
-port=${RUNBOOK_PORT:-55477}
+port=${RUNBOOK_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 out="$top/test/out"; mkdir -p "$out"
 
 python3 "$top/test/mock_llm.py" --port 0 --port-file "$out/runbook_mock.port" --seed 3 \

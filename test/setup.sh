@@ -24,6 +24,7 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${LLM_CANARY_APT_UPDATE:-0}" = 1 ]; then
     apt-get install -y -qq "${PACKAGES[@]}" >/dev/null
 fi
 
+[ "${LLM_CANARY_PACKAGES_ONLY:-0}" = 1 ] && exit 0
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 echo "== building llm_canary"
 make -s PG_CONFIG="$PG_CONFIG" 2>&1 | grep -v '^gcc' || true

@@ -24,6 +24,7 @@ CREATE TABLE canary_response_cache (
     completion_tokens   integer,
     provider_refusal    boolean NOT NULL DEFAULT false,
     created_at          timestamptz NOT NULL DEFAULT now(),
+    answer              jsonb,
     PRIMARY KEY (model, prompt_sha256)
 );
 CREATE INDEX canary_response_cache_created_at_idx ON canary_response_cache (created_at);
@@ -34,5 +35,7 @@ COMMENT ON COLUMN canary_response_cache.model IS 'canary_models.name of the mode
 COMMENT ON COLUMN canary_response_cache.prompt_sha256 IS 'SHA-256 (hex) of the whole prompt';
 COMMENT ON COLUMN canary_response_cache.request_sha256 IS
     'SHA-256 (hex) of the request URL and body: a hit needs the same model id, system prompt, max tokens and temperature';
+COMMENT ON COLUMN canary_response_cache.answer IS
+    'Chat requests (canary_chat): the answer''s content, tool_calls and finish_reason; NULL for a prompt';
 COMMENT ON COLUMN canary_response_cache.provider_refusal IS
     'The provider signalled a refusal; refusal patterns are matched again at every hit';

@@ -131,6 +131,7 @@ DECLARE
     app_functions text[] := ARRAY[
         -- the call path and routing
         'canary_call', 'canary_route', 'canary_cohort', 'canary_bucket', 'canary_feedback',
+        'canary_chat', 'canary_batch',
         -- reports
         'canary_summary', 'canary_shadow_report', 'canary_shadow_openings',
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',

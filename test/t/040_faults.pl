@@ -1,4 +1,4 @@
-# The upstream fault matrix, through canary_call (test/sql/40_provider.sql
+# The upstream fault matrix, through canary_call (test/sql/25_probe.sql
 # covers the parser through canary_probe): every fault the mock LLM server
 # can produce, plus an unreachable host, a 10 MB prompt and a prompt that
 # needs escaping.  For each fault, a canary user with fallback_to_old gets

@@ -5,38 +5,24 @@
 -- partitions for that day, and retention removes them again at the end.
 \set SHOW_CONTEXT never
 SET TimeZone = 'UTC';
+
 -- the settings and their defaults
 SELECT name, setting, unit, context FROM pg_settings
  WHERE name IN ('llm_canary.queue_size', 'llm_canary.queue_full_wait_ms',
                 'llm_canary.flush_interval_ms', 'llm_canary.retention_days')
  ORDER BY name;
-             name              | setting | unit |  context   
--------------------------------+---------+------+------------
- llm_canary.flush_interval_ms  | 100     | ms   | sighup
- llm_canary.queue_full_wait_ms | 10      | ms   | superuser
- llm_canary.queue_size         | 16384   |      | postmaster
- llm_canary.retention_days     | 30      |      | sighup
-(4 rows)
 
 -- the worker serves this database (canary_flush waits for it to be ready)
 SELECT canary_flush() >= 0 AS flushed;
- flushed 
----------
- t
-(1 row)
-
 SELECT queue_capacity, queue_depth, worker_state, database, worker_pid IS NOT NULL AS has_pid
   FROM canary_stats();
- queue_capacity | queue_depth | worker_state |      database      | has_pid 
-----------------+-------------+--------------+--------------------+---------
-          16384 |           0 | running      | contrib_regression | t
-(1 row)
-
 SELECT enqueued AS enq0, written AS wr0, dropped AS dr0, batches AS b0, write_errors AS we0
   FROM canary_stats() \gset
+
 -- a model with prices: the cost of an attempt comes from them
 INSERT INTO canary_models (name, provider, base_url, model, price_input_per_1k, price_output_per_1k)
 VALUES ('m50-priced', 'openai', 'https://example.invalid/v1', 'priced-model', 0.5, 1.5);
+
 -- a committed record, with every optional field
 SELECT canary_record('m50', 'alice', 'm50-priced', 'control', 'ok', 120,
                      ts => '2001-01-01 10:00:00+00', prompt_tokens => 1000, completion_tokens => 2000,
@@ -44,21 +30,13 @@ SELECT canary_record('m50', 'alice', 'm50-priced', 'control', 'ok', 120,
 -- a refusal: outcome 'refusal' implies refusal = true
 SELECT canary_record('m50', 'erin', 'model-new', 'canary', 'refusal', 80,
                      ts => '2001-01-01 10:00:03+00') IS NOT NULL AS queued;
- queued 
---------
- t
-(1 row)
 
 -- a record made in a transaction that rolls back is still written
 BEGIN;
 SELECT canary_record('m50', 'bob', 'model-new', 'canary', 'error', 30,
                      ts => '2001-01-01 10:00:01+00', http_status => 503, error => 'http_503') IS NOT NULL AS queued;
- queued 
---------
- t
-(1 row)
-
 ROLLBACK;
+
 -- so is a record made by a statement that then raises an error
 DO $$
 BEGIN
@@ -67,278 +45,108 @@ BEGIN
     RAISE EXCEPTION 'the caller fails after the call';
 END;
 $$;
-ERROR:  the caller fails after the call
 \echo :LAST_ERROR_SQLSTATE
-P0001
+
 -- canary_flush returns the records written since server start: 4 more
 SELECT canary_flush() - :wr0 AS newly_written;
- newly_written 
----------------
-             4
-(1 row)
-
 SELECT ts, canary, stage, user_id, cohort, model, outcome, http_status, latency_ms,
        prompt_tokens, completion_tokens, response_chars, refusal, prompt_class, prompt_hash,
        fallback, error, cost
   FROM canary_requests WHERE canary = 'm50' ORDER BY ts;
-              ts              | canary | stage  | user_id | cohort  |   model    | outcome | http_status | latency_ms | prompt_tokens | completion_tokens | response_chars | refusal | prompt_class | prompt_hash | fallback |  error   | cost 
-------------------------------+--------+--------+---------+---------+------------+---------+-------------+------------+---------------+-------------------+----------------+---------+--------------+-------------+----------+----------+------
- Mon Jan 01 10:00:00 2001 UTC | m50    | ramp_5 | alice   | control | m50-priced | ok      |         200 |        120 |          1000 |              2000 |                | f       | faq          |             | f        |          |  3.5
- Mon Jan 01 10:00:01 2001 UTC | m50    |        | bob     | canary  | model-new  | error   |         503 |         30 |               |                   |                | f       |              |             | f        | http_503 |    0
- Mon Jan 01 10:00:02 2001 UTC | m50    |        | carol   | canary  | model-new  | timeout |             |      30000 |               |                   |                | f       |              |             | f        | timeout  |    0
- Mon Jan 01 10:00:03 2001 UTC | m50    |        | erin    | canary  | model-new  | refusal |         200 |         80 |               |                   |                | t       |              |             | f        |          |    0
-(4 rows)
-
 -- the returned request_id is the row's
 SELECT count(*) AS rows_with_rid FROM canary_requests WHERE request_id = :'rid';
- rows_with_rid 
----------------
-             1
-(1 row)
-
 SELECT tableoid::regclass AS partition, count(*) FROM canary_requests WHERE canary = 'm50' GROUP BY 1;
-        partition        | count 
--------------------------+-------
- canary_requests_default |     4
-(1 row)
 
 -- bad input is refused before anything is queued
 SELECT canary_record('m50', 'alice', 'model-old', 'canary', 'great', 10);
-ERROR:  invalid outcome "great"
-HINT:  Valid outcomes are: ok, refusal, error, timeout.
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_record('m50', 'alice', 'model-old', 'treatment', 'ok', 10);
-ERROR:  invalid cohort "treatment"
-HINT:  Valid cohorts are: canary (served by the new model), control (served by the old model).
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_record('m50', NULL, 'model-old', 'canary', 'ok', 10);
-ERROR:  user_id must not be NULL
 \echo :LAST_ERROR_SQLSTATE
-22004
 SELECT canary_record('m50', 'alice', 'model-old', 'canary', 'ok', -1);
-ERROR:  latency_ms must not be negative
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_record('m50', 'alice', 'model-old', 'canary', 'ok', 10, http_status => 42);
-ERROR:  http_status 42 is out of range
-HINT:  Use an HTTP status between 100 and 599, or NULL when no response arrived.
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_record('m50', 'alice', 'model-old', 'canary', 'ok', 10, prompt_tokens => -5);
-ERROR:  token counts must not be negative
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT canary_flush(NULL);
-ERROR:  timeout must not be NULL
 \echo :LAST_ERROR_SQLSTATE
-22004
 SELECT canary_flush('-1 second');
-ERROR:  timeout must not be negative
 \echo :LAST_ERROR_SQLSTATE
-22023
+
 -- exact counters: 4 records enqueued and written, none dropped or failed
 SELECT enqueued - :enq0 AS enqueued, written - :wr0 AS written, dropped - :dr0 AS dropped,
        write_errors - :we0 AS write_errors, queue_depth,
        batches - :b0 BETWEEN 1 AND 4 AS batches_ok, last_write_at IS NOT NULL AS has_written
   FROM canary_stats();
- enqueued | written | dropped | write_errors | queue_depth | batches_ok | has_written 
-----------+---------+---------+--------------+-------------+------------+-------------
-        4 |       4 |       0 |            0 |           0 | t          | t
-(1 row)
-
 -- this backend made 4 calls (refused ones do not count)
 SELECT calls FROM canary_backend_stats() WHERE pid = pg_backend_pid();
- calls 
--------
-     4
-(1 row)
 
 -- a failing write keeps the records queued and is retried: never lost,
 -- never written twice
 ALTER TABLE canary_requests ADD CONSTRAINT m50_block CHECK (user_id IS DISTINCT FROM 'blocked');
 SELECT canary_record('m50', 'blocked', 'model-old', 'control', 'ok', 10,
                      ts => '2001-01-01 11:00:00+00') IS NOT NULL AS queued;
- queued 
---------
- t
-(1 row)
-
 SELECT canary_record('m50', 'dave', 'model-old', 'control', 'ok', 10,
                      ts => '2001-01-01 11:00:01+00') IS NOT NULL AS queued;
- queued 
---------
- t
-(1 row)
-
 \set VERBOSITY terse
 SELECT canary_flush('1 second');
-ERROR:  timed out waiting for the llm_canary worker to write queued metrics
 \echo :LAST_ERROR_SQLSTATE
-57014
 \set VERBOSITY default
 SELECT queue_depth, write_errors > :we0 AS write_errors_counted, worker_state FROM canary_stats();
- queue_depth | write_errors_counted | worker_state 
--------------+----------------------+--------------
-           2 | t                    | running
-(1 row)
-
 ALTER TABLE canary_requests DROP CONSTRAINT m50_block;
 SELECT canary_flush() - :wr0 AS newly_written;
- newly_written 
----------------
-             6
-(1 row)
-
 SELECT user_id, count(*) FROM canary_requests
  WHERE canary = 'm50' AND user_id IN ('blocked', 'dave') GROUP BY 1 ORDER BY 1;
- user_id | count 
----------+-------
- blocked |     1
- dave    |     1
-(2 rows)
-
 SELECT queue_depth, dropped - :dr0 AS dropped FROM canary_stats();
- queue_depth | dropped 
--------------+---------
-           0 |       0
-(1 row)
 
 -- feedback copies the rollout, cohort, model and user from the request
 SELECT canary_feedback(:'rid', true);
- canary_feedback 
------------------
- 
-(1 row)
-
 SELECT thumbs_down, user_id, canary, cohort, model, ts > now() - interval '1 minute' AS recent
   FROM canary_feedback WHERE request_id = :'rid';
- thumbs_down | user_id | canary | cohort  |   model    | recent 
--------------+---------+--------+---------+------------+--------
- t           | alice   | m50    | control | m50-priced | t
-(1 row)
-
 -- feedback right after the call: the request is still queued, so
 -- canary_feedback waits for the worker to write it
 SELECT canary_record('m50', 'frank', 'model-new', 'canary', 'ok', 90,
                      ts => '2001-01-01 12:00:00+00') AS rid2 \gset
 SELECT canary_feedback(:'rid2', false);
- canary_feedback 
------------------
- 
-(1 row)
-
 SELECT thumbs_down, user_id, cohort, model FROM canary_feedback WHERE request_id = :'rid2';
- thumbs_down | user_id | cohort |   model   
--------------+---------+--------+-----------
- f           | frank   | canary | model-new
-(1 row)
-
 -- an unknown request, and NULLs
 SELECT canary_feedback('00000000-0000-4000-8000-000000000000', true);
-ERROR:  request "00000000-0000-4000-8000-000000000000" does not exist
-HINT:  Pass a request_id returned by canary_call(); requests are kept for llm_canary.retention_days days.
 \echo :LAST_ERROR_SQLSTATE
-P0002
 SELECT canary_feedback(NULL, true);
-ERROR:  request_id must not be NULL
 \echo :LAST_ERROR_SQLSTATE
-22004
 SELECT canary_feedback(:'rid', NULL);
-ERROR:  thumbs_down must not be NULL
 \echo :LAST_ERROR_SQLSTATE
-22004
+
 -- maintenance: partitions for 2001-01-01 .. 2001-01-03 (UTC days); the
 -- day's rows move out of the DEFAULT partition into the new one
 SELECT * FROM canary_maintenance(2, '2001-01-01');
- action |        partition         | moved_rows 
---------+--------------------------+------------
- create | canary_requests_20010101 |          7
- create | canary_requests_20010102 |          0
- create | canary_requests_20010103 |          0
- create | canary_feedback_20010101 |          0
- create | canary_feedback_20010102 |          0
- create | canary_feedback_20010103 |          0
- create | canary_shadow_20010101   |          0
- create | canary_shadow_20010102   |          0
- create | canary_shadow_20010103   |          0
-(9 rows)
-
 SELECT tableoid::regclass AS partition, count(*) FROM canary_requests WHERE canary = 'm50' GROUP BY 1;
-        partition         | count 
---------------------------+-------
- canary_requests_20010101 |     7
-(1 row)
-
 SELECT pg_get_expr(c.relpartbound, c.oid) AS bounds
   FROM pg_class c WHERE c.relname = 'canary_requests_20010101';
-                                        bounds                                        
---------------------------------------------------------------------------------------
- FOR VALUES FROM ('Mon Jan 01 00:00:00 2001 UTC') TO ('Tue Jan 02 00:00:00 2001 UTC')
-(1 row)
-
 -- a second run has nothing to do
 SELECT * FROM canary_maintenance(2, '2001-01-01');
- action | partition | moved_rows 
---------+-----------+------------
-(0 rows)
-
 SELECT * FROM canary_maintenance(-1);
-ERROR:  days_ahead -1 is out of range
-HINT:  Create between 0 and 366 days of partitions ahead; the default is 7.
 \echo :LAST_ERROR_SQLSTATE
-22023
 SELECT * FROM canary_maintenance(1, NULL);
-ERROR:  today must not be NULL
 \echo :LAST_ERROR_SQLSTATE
-22004
+
 -- retention (llm_canary.retention_days = 30): today's run drops the 2001
 -- partitions and their rows, and keeps today's
 SELECT action, partition FROM canary_maintenance(0) WHERE partition ~ '_2001';
- action |        partition         
---------+--------------------------
- drop   | canary_requests_20010101
- drop   | canary_requests_20010102
- drop   | canary_requests_20010103
- drop   | canary_feedback_20010101
- drop   | canary_feedback_20010102
- drop   | canary_feedback_20010103
- drop   | canary_shadow_20010101
- drop   | canary_shadow_20010102
- drop   | canary_shadow_20010103
-(9 rows)
-
 SELECT count(*) AS rows_left FROM canary_requests WHERE canary = 'm50';
- rows_left 
------------
-         0
-(1 row)
-
 SELECT count(*) AS today_partitions FROM pg_class
  WHERE relname IN ('canary_requests_' || to_char(current_date, 'YYYYMMDD'),
                    'canary_feedback_' || to_char(current_date, 'YYYYMMDD'));
- today_partitions 
-------------------
-                2
-(1 row)
 
 -- who may do what: nothing is executable by PUBLIC (the roles of
--- sql/parts/90_roles.sql get what they need; see 80_roles)
+-- sql/parts/90_roles.sql get what they need; see 90_roles)
 SELECT p.oid::regprocedure AS function, has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute
   FROM pg_proc p
  WHERE p.proname IN ('canary_record', 'canary_flush', 'canary_stats', 'canary_backend_stats',
                      'canary_feedback', 'canary_maintenance')
  ORDER BY p.oid::regprocedure::text;
-                                                        function                                                         | public_execute 
--------------------------------------------------------------------------------------------------------------------------+----------------
- canary_backend_stats()                                                                                                  | f
- canary_feedback(uuid,boolean)                                                                                           | f
- canary_flush(interval)                                                                                                  | f
- canary_maintenance(integer,date)                                                                                        | f
- canary_record(text,text,text,text,text,integer,timestamp with time zone,boolean,integer,integer,integer,text,text,text) | f
- canary_stats()                                                                                                          | f
-(6 rows)
 
 DELETE FROM canary_feedback WHERE request_id IN (:'rid', :'rid2');
 DELETE FROM canary_models WHERE name = 'm50-priced';
