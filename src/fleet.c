@@ -102,7 +102,7 @@ FleetRoleName(void)
 	return fleet_role_options[fleet_role].name;
 }
 
-/* The member's name: llm_canary.fleet_member, or "" when not set. */
+/* The member's name: llm_canary.member, or "" when not set. */
 static const char *
 FleetMemberName(void)
 {
@@ -126,7 +126,7 @@ FleetInit(void)
 							 CANARY_FLEET_STANDALONE, fleet_role_options,
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
-	DefineCustomStringVariable("llm_canary.fleet_member",
+	DefineCustomStringVariable("llm_canary.member",
 							   "Sets the name of this database in the fleet.",
 							   "Rows this database contributes to the fleet's evidence carry this name; it must be unique in the fleet.",
 							   &fleet_member,

@@ -6,8 +6,8 @@
  *            canary_refusal_patterns, canary_fleet_heartbeat;
  *            subscribes to every member's llm_canary_evidence.
  *   member   subscribes to llm_canary_config; publishes llm_canary_evidence
- *            (canary_fleet_members and the per-minute rollups, inserts and
- *            updates only).
+ *            (canary_fleet_members and the rollups, keyed by member; no
+ *            TRUNCATE).
  *
  * The role is the setting llm_canary.fleet_role; the publications are made
  * by canary_fleet_publish(), since a publication is not a member of the
@@ -118,7 +118,7 @@ BEGIN
     END IF;
     SELECT * INTO hb FROM @extschema@.canary_fleet_heartbeat LIMIT 1;
     RAISE EXCEPTION 'cannot change table "%" on fleet member "%"',
-                    TG_TABLE_NAME, current_setting('llm_canary.fleet_member', true)
+                    TG_TABLE_NAME, current_setting('llm_canary.member', true)
         USING ERRCODE = 'object_not_in_prerequisite_state',
               DETAIL = CASE WHEN hb.id IS NULL
                   THEN format('Table "%s" is replicated from the fleet''s control database, which this member has not heard from yet.', TG_TABLE_NAME)
@@ -185,15 +185,19 @@ BEGIN
         tables := '@extschema@.canary_models, @extschema@.canary_config, '
                   '@extschema@.canary_refusal_patterns, @extschema@.canary_fleet_heartbeat';
     ELSIF role = 'member' THEN
-        IF coalesce(current_setting('llm_canary.fleet_member', true), '') = '' THEN
-            RAISE EXCEPTION 'llm_canary.fleet_member is not set'
+        IF coalesce(current_setting('llm_canary.member', true), '') = '' THEN
+            RAISE EXCEPTION 'llm_canary.member is not set'
                 USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'Give every member a name unique in the fleet: ALTER SYSTEM SET llm_canary.fleet_member = ''eu1''; SELECT pg_reload_conf();';
+                      HINT = 'Give every member a name unique in the fleet: ALTER SYSTEM SET llm_canary.member = ''eu1''; SELECT pg_reload_conf();';
         END IF;
         pub := 'llm_canary_evidence';
-        tables := '@extschema@.canary_fleet_members';
-        -- a member's retention must not delete the control's history
-        options := ' WITH (publish = ''insert, update'')';
+        -- the rollups, where this tree has them (their key holds the member)
+        SELECT string_agg('@extschema@.' || quote_ident(t), ', ' ORDER BY t) INTO tables
+          FROM unnest(ARRAY['canary_fleet_members', 'canary_rollups', 'canary_rollup_totals']) t
+         WHERE to_regclass('@extschema@.' || quote_ident(t)) IS NOT NULL;
+        -- a member's rollup retention and rebuilds reach the control; a
+        -- TRUNCATE on a member does not
+        options := ' WITH (publish = ''insert, update, delete'')';
     ELSE
         RAISE EXCEPTION 'database "%" is not in a fleet', current_database()
             USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -251,6 +255,52 @@ COMMENT ON FUNCTION canary_fleet_join() IS
     'On a new fleet member, before subscribing: empty the configuration tables the control database''s copy fills';
 
 /*
+ * canary_fleet_evidence: per member, the newest rollup bucket and the
+ * requests within the last 'since' (read through the rollups' bucket_end
+ * index, so the cost is that of the period, not of the retention).  The
+ * rows this database writes itself have member '' unless llm_canary.member
+ * is set.  Empty where the tree has no rollups.
+ */
+CREATE FUNCTION canary_fleet_evidence(since interval, canary text DEFAULT NULL)
+RETURNS TABLE (member text, last_evidence timestamptz, requests bigint)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF to_regclass('@extschema@.canary_rollups') IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY EXECUTE
+        'SELECT r.member, max(r.bucket_end), sum(r.requests)::bigint'
+        ' FROM @extschema@.canary_rollups r'
+        ' WHERE r.bucket_end > now() - $1 AND ($2 IS NULL OR r.canary = $2)'
+        ' GROUP BY r.member ORDER BY r.member'
+        USING since, canary;
+END;
+$$;
+COMMENT ON FUNCTION canary_fleet_evidence(interval, text) IS
+    'Per fleet member: the newest rollup and the requests within the given period (of one rollout, or all)';
+
+/*
+ * canary_fleet_alert_members: what an alert adds to its payload in a fleet,
+ * {"members": [...]}: the members whose traffic of the rollout is in the
+ * last window; {} on a standalone database.
+ */
+CREATE FUNCTION canary_fleet_alert_members(canary text, window_seconds integer)
+RETURNS jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE WHEN coalesce(current_setting('llm_canary.fleet_role', true), 'standalone') = 'standalone'
+                THEN '{}'::jsonb
+                ELSE jsonb_build_object('members', coalesce(
+                    (SELECT jsonb_agg(e.member ORDER BY e.member)
+                       FROM @extschema@.canary_fleet_evidence(make_interval(secs => window_seconds), canary) e
+                      WHERE e.requests > 0), '[]'::jsonb))
+           END
+$$;
+
+/*
  * canary_fleet: on the control database, one row per member.
  *   config_lag   how old the newest heartbeat the member has applied and
  *                reported back is, on the control's own clock (down and up:
@@ -281,9 +331,10 @@ BEGIN
                 ELSE 'ok' END,
            now() - m.control_beat_at,
            m.reported_at,
-           m.reported_at,
+           e.last_evidence,
            m.fail_safe, m.fail_safe_routes, m.routing
       FROM @extschema@.canary_fleet_members m
+      LEFT JOIN @extschema@.canary_fleet_evidence(interval '1 day') e ON e.member = m.member
      ORDER BY m.member;
 END;
 $$;

@@ -138,7 +138,7 @@ DECLARE
         'canary_stats', 'canary_shadow_stats', 'canary_prometheus', 'canary_timeline',
         'canary_shadow_is_private',
         -- the fleet's state, for the Prometheus export
-        'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus'];
+        'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus', 'canary_fleet_evidence'];
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure

@@ -14,7 +14,7 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO llm_canary_admin', fn);
         IF (SELECT proname FROM pg_catalog.pg_proc WHERE oid = fn)
-           IN ('canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus') THEN
+           IN ('canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus', 'canary_fleet_evidence') THEN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO llm_canary_app', fn);
         END IF;
     END LOOP;
