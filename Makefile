@@ -17,6 +17,12 @@ SQL_PARTS   = $(sort $(wildcard sql/parts/*.sql))
 UPDATE_1_1  = $(sort $(wildcard sql/updates/1.0--1.1/*.sql))
 
 PG_CPPFLAGS = -I$(srcdir)/src
+# LLM_CANARY_FORCE_OLD_CURL=1 builds the libcurl < 7.85 fallback of
+# src/http.c with a newer libcurl, so that CI compiles and tests it
+# (.ci/run).  Run `make clean` when switching.
+ifdef LLM_CANARY_FORCE_OLD_CURL
+PG_CPPFLAGS += -DLLM_CANARY_FORCE_OLD_CURL
+endif
 PG_CFLAGS   = -Wall -Wextra -Wno-unused-parameter -Wno-sign-compare -Wno-missing-field-initializers
 SHLIB_LINK  = -lcurl
 

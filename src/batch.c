@@ -323,12 +323,13 @@ StartAttempt(BatchEngine *e, BatchItem *item)
 		item->state = BATCH_ITEM_SETTLE;
 		return;
 	}
-	item->url = ProviderRequestUrl(call->model);
-	item->body = RequestBody(call->model, &call->req);
+	/* built once by CallCacheLookup, for the cache key and the transfer */
+	item->url = call->http.url;
+	item->body = call->http.body;
 	if (item->errbuf == NULL)
 		item->errbuf = palloc0(CURL_ERROR_SIZE);
 	ReleaseHeaders(item);
-	item->headers = HttpModelHeaders(call->model, &err, &detail);
+	err = HttpModelHeaders(call->model, item->url, &item->headers, &detail);
 	if (err != NULL)
 	{
 		item->attempt.error = pstrdup(err);

@@ -49,6 +49,7 @@
 
 #include "cache.h"
 #include "chat.h"
+#include "extension.h"
 #include "util.h"
 
 /* settings */
@@ -87,33 +88,16 @@ CacheEnabled(void)
 
 /*
  * CacheComputeKey
- *		The cache key of prompt sent to model.  Allocates (and frees) the
- *		request in the current memory context.
+ *		The cache key of req (a prompt or a chat request), sent as http
+ *		(ProviderBuildRequest: the very request the transfer sends): its
+ *		identity is the prompt, or the normalised chat request's text.
+ *		Allocates scratch memory in the current memory context.
  */
 void
-CacheComputeKey(const CanaryModel *model, const char *prompt, CacheKey *key)
-{
-	CanaryRequest req;
-
-	memset(&req, 0, sizeof(req));
-	req.prompt = prompt;
-	CacheComputeRequestKey(model, &req, key);
-}
-
-/*
- * CacheComputeRequestKey
- *		The cache key of req sent to model: its identity is the prompt, or
- *		the normalised chat request's text.  Allocates in the current memory
- *		context.
- */
-void
-CacheComputeRequestKey(const CanaryModel *model, const CanaryRequest *req,
-					   CacheKey *key)
+CacheComputeKey(const CanaryRequest *req, const HttpRequest *http, CacheKey *key)
 {
 	uint8		digest[CANARY_SHA256_LEN];
-	char	   *url = ProviderRequestUrl(model);
-	char	   *body = RequestBody(model, req);
-	char	   *request = psprintf("%s\n%s", url, body);
+	char	   *request = psprintf("%s\n%s", http->url, http->body);
 	char	   *identity = req->chat ? ChatRequestText(req->chat) : (char *) req->prompt;
 
 	CanarySha256(identity, strlen(identity), digest);
@@ -121,8 +105,6 @@ CacheComputeRequestKey(const CanaryModel *model, const CanaryRequest *req,
 	CanarySha256(request, strlen(request), digest);
 	CanaryHex(digest, CANARY_SHA256_LEN, key->request_sha256);
 	pfree(request);
-	pfree(body);
-	pfree(url);
 }
 
 /*
@@ -164,18 +146,15 @@ CacheRun(const char *what, const char *sql, int nargs, Oid *types,
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
 	Oid			owner = ConfigExtensionOwner();
-	Oid			save_userid;
-	int			save_sec;
 	volatile bool found = false;
 
-	GetUserIdAndSecContext(&save_userid, &save_sec);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		SetUserIdAndSecContext(OidIsValid(owner) ? owner : save_userid,
-							   save_sec | SECURITY_LOCAL_USERID_CHANGE |
-							   SECURITY_RESTRICTED_OPERATION);
+		CanaryOwnerSave save;
+
+		CanaryBecomeOwner(owner, &save);
 		if (lock_key == NULL || CacheTryWriteLock(lock_model, lock_key))
 		{
 			int			ret;
@@ -210,7 +189,7 @@ CacheRun(const char *what, const char *sql, int nargs, Oid *types,
 			}
 			SPI_finish();
 		}
-		SetUserIdAndSecContext(save_userid, save_sec);
+		CanaryRestoreUser(&save);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;

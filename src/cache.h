@@ -26,10 +26,8 @@ typedef struct CacheKey
 
 extern void CacheDefineSettings(void);
 extern bool CacheEnabled(void);
-extern void CacheComputeKey(const CanaryModel *model, const char *prompt,
+extern void CacheComputeKey(const CanaryRequest *req, const HttpRequest *http,
 							CacheKey *key);
-extern void CacheComputeRequestKey(const CanaryModel *model,
-								   const CanaryRequest *req, CacheKey *key);
 extern bool CacheLookup(const CanaryModel *model, const CacheKey *key,
 						CanaryAttempt *attempt);
 extern void CacheStore(const CanaryModel *model, const CacheKey *key,

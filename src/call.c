@@ -7,9 +7,9 @@
  *
  * Data flows one way: config.c gives the rollout and models, routing.c the
  * decision, http.c/provider.c the model's answer; this file classifies the
- * answer (refusal patterns), puts one CanaryMetricRecord per attempt into the
- * shared-memory queue (metrics_queue.c), which the worker writes outside the
- * caller's transaction, and builds the jsonb result.
+ * answer (outcome.c's refusal rule), puts one CanaryMetricRecord per attempt
+ * into the shared-memory queue (metrics_queue.c), which the worker writes
+ * outside the caller's transaction, and builds the jsonb result.
  *
  *-------------------------------------------------------------------------
  */
@@ -55,17 +55,10 @@ RecordAttempt(const CanaryCall *cx, const CanaryModel *model,
 	strlcpy(rec.stage, cx->stage, sizeof(rec.stage));
 	strlcpy(rec.cohort, cx->canary_cohort ? "canary" : "control", sizeof(rec.cohort));
 	strlcpy(rec.model, model->name, sizeof(rec.model));
-	/* clip at a character boundary so the row stays valid text */
-	{
-		int			len = cx->user_len;
-
-		if (len >= CANARY_USER_ID_MAX)
-			len = pg_mbcliplen(cx->user_id, cx->user_len, CANARY_USER_ID_MAX - 1);
-		memcpy(rec.user_id, cx->user_id, len);
-		rec.user_id[len] = '\0';
-	}
+	CanaryClipCopy(rec.user_id, sizeof(rec.user_id), cx->user_id, cx->user_len);
 	if (cx->prompt_class)
-		strlcpy(rec.prompt_class, cx->prompt_class, sizeof(rec.prompt_class));
+		CanaryClipCopy(rec.prompt_class, sizeof(rec.prompt_class),
+					   cx->prompt_class, strlen(cx->prompt_class));
 	memcpy(rec.prompt_hash, cx->prompt_hash, sizeof(rec.prompt_hash));
 	if (a->error)
 		strlcpy(rec.error, a->error, sizeof(rec.error));
@@ -80,8 +73,7 @@ RecordAttempt(const CanaryCall *cx, const CanaryModel *model,
 	rec.response_chars = a->text ? (int32) pg_mbstrlen(a->text) : 0;
 	/* a cached answer was paid for when the model gave it */
 	if (!a->cached)
-		rec.cost = (a->prompt_tokens > 0 ? a->prompt_tokens * model->price_input_per_1k / 1000.0 : 0) +
-			(a->completion_tokens > 0 ? a->completion_tokens * model->price_output_per_1k / 1000.0 : 0);
+		rec.cost = CanaryAttemptCost(model, a->prompt_tokens, a->completion_tokens);
 	(void) MetricsEnqueue(&rec);
 }
 
@@ -89,63 +81,6 @@ static bool
 AttemptFailed(const CanaryAttempt *a)
 {
 	return a->outcome == CANARY_OUTCOME_ERROR || a->outcome == CANARY_OUTCOME_TIMEOUT;
-}
-
-/*
- * Did the attempt fail in the transport (no HTTP response, or a connection
- * that broke or was cut in the middle of the body)?  Such a failure is
- * 08006 even when the status line had already arrived.
- */
-static bool
-AttemptTransportFailure(const CanaryAttempt *a)
-{
-	if (a->http_status == 0)
-		return true;
-	return a->error != NULL &&
-		(strcmp(a->error, "connect") == 0 ||
-		 strcmp(a->error, "transport") == 0 ||
-		 strcmp(a->error, "tls") == 0);
-}
-
-/* Raise the error for an attempt no model could answer. */
-static void
-ReportFailedAttempt(const CanaryModel *model, const CanaryAttempt *a)
-{
-	bool		transport = AttemptTransportFailure(a);
-	int			code = transport ? ERRCODE_CONNECTION_FAILURE : ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
-
-	if (a->outcome == CANARY_OUTCOME_TIMEOUT)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("could not get an answer from model \"%s\" within %d ms",
-						model->name, model->timeout_ms),
-				 errdetail("The request timed out after %d tries.", a->tries),
-				 errhint("Raise timeout_ms in canary_models if the model is slow, or check that it is reachable.")));
-	if (a->http_status != 0 && transport)
-		ereport(ERROR,
-				(errcode(code),
-				 errmsg("could not get an answer from model \"%s\"", model->name),
-				 errdetail("The connection failed after HTTP status %d (%s)%s%s", a->http_status,
-						   a->error ? a->error : "error",
-						   a->error_detail ? ": " : ".",
-						   a->error_detail ? a->error_detail : ""),
-				 errhint("The attempt is recorded in canary_requests.")));
-	if (a->http_status != 0)
-		ereport(ERROR,
-				(errcode(code),
-				 errmsg("could not get an answer from model \"%s\"", model->name),
-				 errdetail("HTTP status %d (%s)%s%s", a->http_status,
-						   a->error ? a->error : "error",
-						   a->error_detail ? ": " : ".",
-						   a->error_detail ? a->error_detail : ""),
-				 errhint("The attempt is recorded in canary_requests.")));
-	ereport(ERROR,
-			(errcode(code),
-			 errmsg("could not reach model \"%s\"", model->name),
-			 errdetail("%s%s%s", a->error ? a->error : "error",
-					   a->error_detail ? ": " : ".",
-					   a->error_detail ? a->error_detail : ""),
-			 errhint("Check base_url in canary_models and that the server is reachable from the database server.")));
 }
 
 /* Add key: string-or-null to an object being built. */
@@ -315,18 +250,21 @@ MsSince(TimestampTz t)
 
 /*
  * CallCacheLookup
- *		With the response cache on, compute the current attempt's cache key
- *		and look for a fresh answer: true with a filled in (cached), false
- *		when the model must be asked.  Caller must be in a transaction.
+ *		Build the current attempt's request (call->http, once: the cache key
+ *		and the transfer use the same one); with the response cache on,
+ *		compute its cache key and look for a fresh answer: true with a
+ *		filled in (cached), false when the model must be asked.  Caller must
+ *		be in a transaction.
  */
 bool
 CallCacheLookup(CanaryCall *call, CanaryAttempt *a)
 {
 	TimestampTz start = GetCurrentTimestamp();
 
+	ProviderBuildRequest(call->model, &call->req, &call->http);
 	if (!CacheEnabled())
 		return false;
-	CacheComputeRequestKey(call->model, &call->req, &call->cache_key);
+	CacheComputeKey(&call->req, &call->http, &call->cache_key);
 	if (!CacheLookup(call->model, &call->cache_key, a))
 		return false;
 	a->latency_ms = MsSince(start);
@@ -336,16 +274,16 @@ CallCacheLookup(CanaryCall *call, CanaryAttempt *a)
 /*
  * CallAttemptDone
  *		The current attempt ended with a (from the cache or the model):
- *		classify a refusal (the provider's signal or the refusal patterns),
+ *		classify a refusal (outcome.c's rule: the provider's signal or the
+ *		refusal patterns),
  *		record it, keep a new answer in the response cache, give the old
  *		model's answer to the shadow job.  Caller must be in a transaction.
  */
 void
 CallAttemptDone(CanaryCall *call, CanaryAttempt *a)
 {
-	if (a->outcome == CANARY_OUTCOME_OK && CanaryTextIsRefusal(a->text))
-		a->outcome = CANARY_OUTCOME_REFUSAL;
-	if (a->provider_refusal)
+	if (a->outcome == CANARY_OUTCOME_OK &&
+		CanaryIsRefusal(a->provider_refusal, a->text))
 		a->outcome = CANARY_OUTCOME_REFUSAL;
 	RecordAttempt(call, call->model, a, call->fallback);
 	if (CacheEnabled() && !a->cached)
@@ -417,13 +355,13 @@ CallNextModel(CanaryCall *call)
 
 /*
  * CallRaiseFailure
- *		Raise the error of a call no model could answer (38000, or 08006
- *		for a transport failure).
+ *		Raise the error of a call no model could answer (HttpReportFailure:
+ *		38000, 38L01 timeout, 38L02 transport failure, 42501 key policy).
  */
 void
 CallRaiseFailure(const CanaryCall *call)
 {
-	ReportFailedAttempt(call->model, &call->attempt);
+	HttpReportFailure(call->model, &call->attempt);
 }
 
 /*
@@ -507,7 +445,7 @@ CallRun(CanaryCall *call)
 
 			PG_TRY();
 			{
-				HttpCallModelRequest(call->model, &call->req, &a);
+				HttpCallModelRequest(call->model, &call->req, &call->http, &a);
 			}
 			PG_CATCH();
 			{

@@ -52,6 +52,9 @@ typedef struct CanaryCall
 	bool		fallback;		/* the current attempt is the fallback */
 	bool		done;
 	CacheKey	cache_key;		/* of the current attempt, when caching */
+	HttpRequest http;			/* the current attempt's request, built once
+								 * (CallCacheLookup) for the cache key and
+								 * the transfer */
 } CanaryCall;
 
 extern void CallBegin(CanaryCall *call, const CanaryRequest *req,

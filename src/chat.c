@@ -1037,7 +1037,10 @@ ParseBodyJsonb(const char *body, size_t len)
 
 	if (body == NULL || len == 0 || len >= MaxAllocSize)
 		return NULL;
-	copy = pnstrdup(body, len);
+	/* UTF-8 from the provider, in the database encoding for jsonb */
+	copy = ProviderBodyToServer(body, len);
+	if (copy == NULL)
+		return NULL;
 	PG_TRY();
 	{
 		res = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(copy)));
@@ -1300,14 +1303,14 @@ RequestParseResponse(const CanaryModel *model, const CanaryRequest *req,
 void
 RequestRedactKey(const CanaryModel *model, CanaryAttempt *attempt)
 {
-	ProviderRedactKey(model, attempt->text);
-	ProviderRedactKey(model, attempt->error_detail);
+	HttpRedactKey(model, attempt->text);
+	HttpRedactKey(model, attempt->error_detail);
 	if (attempt->answer != NULL)
 	{
 		char	   *s = JsonbToCString(NULL, &attempt->answer->root, VARSIZE(attempt->answer));
 		char	   *orig = pstrdup(s);
 
-		ProviderRedactKey(model, s);
+		HttpRedactKey(model, s);
 		if (strcmp(s, orig) != 0)
 			attempt->answer = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(s)));
 	}

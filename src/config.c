@@ -34,6 +34,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
 #include "catalog/pg_type.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -189,10 +190,9 @@ ConfigCacheEnsure(void)
 							LLM_CANARY_EXTNAME, get_database_name(MyDatabaseId)),
 					 errhint("Run CREATE EXTENSION llm_canary.")));
 
-		nspoid = CanaryExtensionNamespace(extoid);
+		CanaryExtensionSchemaAndOwner(extoid, &nspoid, &owner);
 		schema = MemoryContextStrdup(newcxt,
 									 quote_identifier(get_namespace_name(nspoid)));
-		owner = CanaryExtensionOwner(extoid);
 		config_relid = get_relname_relid("canary_config", nspoid);
 		models_relid = get_relname_relid("canary_models", nspoid);
 		patterns_relid = get_relname_relid("canary_refusal_patterns", nspoid);
@@ -325,6 +325,37 @@ ConfigFetchRow(const char *table, const char *cols, const char *name)
 }
 
 /*
+ * ConfigCacheKey
+ *		The hash key of a rollout or model name.  Names are keyed whole: a
+ *		name that does not fit a key (NAMEDATALEN - 1 bytes) is refused with
+ *		42622, since a clipped key would let two long names share one entry
+ *		and could end in half a character.  Returns false, raising nothing,
+ *		when missing_ok.
+ */
+static bool
+ConfigCacheKey(const char *what, const char *name, bool missing_ok,
+			   char key[NAMEDATALEN])
+{
+	size_t		len = strlen(name);
+
+	if (len >= NAMEDATALEN)
+	{
+		if (missing_ok)
+			return false;
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("%s name \"%.*s...\" is too long", what,
+						pg_mbcliplen(name, len, 32), name),
+				 errdetail("The name is %zu bytes long; llm_canary uses names of at most %d bytes.",
+						   len, NAMEDATALEN - 1),
+				 errhint("Rename the %s to a shorter name.", what)));
+	}
+	memset(key, 0, NAMEDATALEN);
+	memcpy(key, name, len);
+	return true;
+}
+
+/*
  * ConfigGetRollout
  *		The cached row of canary_config named name.
  *
@@ -348,8 +379,7 @@ ConfigGetRollout(const char *name)
 	int			i;
 
 	ConfigCacheEnsure();
-	memset(key, 0, sizeof(key));
-	strlcpy(key, name, NAMEDATALEN);
+	(void) ConfigCacheKey("rollout", name, false, key);
 	entry = hash_search(RolloutCache, key, HASH_FIND, &found);
 	if (entry != NULL && entry->found)
 		return &entry->rollout;
@@ -358,7 +388,10 @@ ConfigGetRollout(const char *name)
 	if (!ConfigFetchRow("canary_config",
 						"stage, (percent_new * 100)::int4, kill_switch_armed, old_model, new_model,"
 						" salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text,"
-						" shadow_embedding_model", name))
+						" shadow_embedding_model, window_seconds, error_rate_threshold::float8,"
+						" p95_ratio_threshold::float8, refusal_delta_threshold::float8,"
+						" thumbs_down_ratio_threshold::float8, min_samples::int8,"
+						" significance::float8, raw_rules, confirm_windows", name))
 	{
 		char	   *known = ListNames("canary_config");
 
@@ -405,12 +438,54 @@ ConfigGetRollout(const char *name)
 	r->fallback_to_old = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
 	r->session_ttl = CacheStrdupOrNull(tup, desc, 9);
 	r->shadow_embedding_model = CacheStrdupOrNull(tup, desc, 10);
+	r->window_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
+	r->error_rate_threshold = DatumGetFloat8(SPI_getbinval(tup, desc, 12, &isnull));
+	r->p95_ratio_threshold = DatumGetFloat8(SPI_getbinval(tup, desc, 13, &isnull));
+	r->refusal_delta_threshold = DatumGetFloat8(SPI_getbinval(tup, desc, 14, &isnull));
+	r->thumbs_down_ratio_threshold = DatumGetFloat8(SPI_getbinval(tup, desc, 15, &isnull));
+	r->min_samples = DatumGetInt64(SPI_getbinval(tup, desc, 16, &isnull));
+	r->significance = DatumGetFloat8(SPI_getbinval(tup, desc, 17, &isnull));
+	r->raw_rules = DatumGetBool(SPI_getbinval(tup, desc, 18, &isnull));
+	r->confirm_windows = DatumGetInt32(SPI_getbinval(tup, desc, 19, &isnull));
 
 	entry = hash_search(RolloutCache, key, HASH_ENTER, &found);
 	entry->rollout = row;
 	entry->found = true;
 	SPI_finish();
 	return &entry->rollout;
+}
+
+/*
+ * ConfigRolloutNames
+ *		The names of every rollout, in name order, as a List of strings
+ *		allocated in the caller's memory context.
+ */
+List *
+ConfigRolloutNames(void)
+{
+	MemoryContext caller = CurrentMemoryContext;
+	List	   *names = NIL;
+	StringInfoData sql;
+	int			ret;
+
+	ConfigCacheEnsure();
+	SPI_connect();
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT name FROM %s.canary_config ORDER BY name",
+					 CachedSchemaName);
+	ret = ConfigQuery(sql.data, 0, NULL, NULL, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read canary_config: SPI error %d", ret);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		names = lappend(names, pstrdup(SPI_getvalue(SPI_tuptable->vals[i],
+													SPI_tuptable->tupdesc, 1)));
+		MemoryContextSwitchTo(spi);
+	}
+	SPI_finish();
+	return names;
 }
 
 /*
@@ -435,8 +510,8 @@ ConfigLookupModel(const char *name, bool missing_ok)
 	Datum		d;
 
 	ConfigCacheEnsure();
-	memset(key, 0, sizeof(key));
-	strlcpy(key, name, NAMEDATALEN);
+	if (!ConfigCacheKey("model", name, missing_ok, key))
+		return NULL;
 	entry = hash_search(ModelCache, key, HASH_FIND, &found);
 	if (entry != NULL && entry->found)
 		return &entry->model;
@@ -542,34 +617,6 @@ ConfigGetRefusalPatterns(int *npatterns)
 	}
 	*npatterns = NumRefusalPatterns;
 	return RefusalPatterns;
-}
-
-/*
- * CanaryTextIsRefusal
- *		True when text contains one of the operator's refusal patterns
- *		(case-insensitive substring, ASCII case folding).  Only the first
- *		2000 bytes are examined: refusals open with the refusal.
- */
-bool
-CanaryTextIsRefusal(const char *text)
-{
-	int			n;
-	char	  **patterns = ConfigGetRefusalPatterns(&n);
-	size_t		len;
-	char	   *lower;
-	bool		found = false;
-
-	if (text == NULL || n == 0)
-		return false;
-	len = strnlen(text, 2000);
-	lower = palloc(len + 1);
-	for (size_t i = 0; i < len; i++)
-		lower[i] = pg_ascii_tolower((unsigned char) text[i]);
-	lower[len] = '\0';
-	for (int i = 0; i < n && !found; i++)
-		found = strstr(lower, patterns[i]) != NULL;
-	pfree(lower);
-	return found;
 }
 
 /*

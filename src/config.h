@@ -11,6 +11,8 @@
 
 #include "postgres.h"
 
+#include "nodes/pg_list.h"
+
 typedef enum CanaryStage
 {
 	CANARY_STAGE_SHADOW,
@@ -42,6 +44,17 @@ typedef struct CanaryRollout
 	bool		fallback_to_old;
 	char	   *session_ttl;	/* interval, as text, for SQL */
 	char	   *shadow_embedding_model;	/* NULL: lexical shadow similarity */
+
+	/* the kill switch's thresholds (killswitch.c) */
+	int			window_seconds;
+	double		error_rate_threshold;
+	double		p95_ratio_threshold;
+	double		refusal_delta_threshold;
+	double		thumbs_down_ratio_threshold;
+	int64		min_samples;
+	double		significance;
+	bool		raw_rules;
+	int			confirm_windows;
 } CanaryRollout;
 
 /* One row of canary_models. */
@@ -66,12 +79,12 @@ typedef struct CanaryModel
 
 extern void ConfigCacheInit(void);
 extern const CanaryRollout *ConfigGetRollout(const char *name);
+extern List *ConfigRolloutNames(void);
 extern const CanaryModel *ConfigGetModel(const char *name);
 extern const CanaryModel *ConfigLookupModel(const char *name, bool missing_ok);
 extern const char *ConfigSchemaName(void);
 extern Oid	ConfigExtensionOwner(void);
 extern char **ConfigGetRefusalPatterns(int *npatterns);
-extern bool CanaryTextIsRefusal(const char *text);
 extern const char *CanaryStageName(CanaryStage stage);
 
 #endif							/* LLM_CANARY_CONFIG_H */

@@ -2,8 +2,9 @@
  *
  * extension.c
  *	  The extension as loaded and installed: whether the library was
- *	  preloaded (shared memory and the worker need it), and the schema and
- *	  owner of the installed extension, read from pg_extension.
+ *	  preloaded (shared memory and the worker need it), the schema and owner
+ *	  of the installed extension, read from pg_extension, and the one way
+ *	  internal SQL runs as that owner.
  *
  *-------------------------------------------------------------------------
  */
@@ -16,6 +17,7 @@
 #include "catalog/pg_extension.h"
 #include "miscadmin.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/rel.h"
 
 #include "extension.h"
@@ -52,9 +54,14 @@ CanaryRequirePreload(const char *what)
 				 errhint("Add llm_canary to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
-/* The pg_extension row of extoid: its schema and owner (InvalidOid if none). */
-static void
-ExtensionSchemaAndOwner(Oid extoid, Oid *nspoid, Oid *owner)
+/*
+ * CanaryExtensionSchemaAndOwner
+ *		The pg_extension row of extoid: its schema and its owner, the owner of
+ *		its tables, whose identity internal writes run under (InvalidOid for
+ *		both if there is no such extension).  Caller must be in a transaction.
+ */
+void
+CanaryExtensionSchemaAndOwner(Oid extoid, Oid *nspoid, Oid *owner)
 {
 	Relation	rel;
 	ScanKeyData key;
@@ -88,22 +95,41 @@ CanaryExtensionNamespace(Oid extoid)
 	Oid			nspoid;
 	Oid			owner;
 
-	ExtensionSchemaAndOwner(extoid, &nspoid, &owner);
+	CanaryExtensionSchemaAndOwner(extoid, &nspoid, &owner);
 	return nspoid;
 }
 
 /*
- * CanaryExtensionOwner
- *		The role that owns an installed extension (InvalidOid if none): the
- *		owner of its tables, whose identity internal writes run under.
- *		Caller must be in a transaction.
+ * CanaryBecomeOwner
+ *		Run what follows as owner (the extension's owner: the owner of its
+ *		tables), like a SECURITY DEFINER function with SET search_path =
+ *		pg_catalog, pg_temp: internal queries are schema-qualified, and the
+ *		caller's search_path cannot put its own operators or functions in
+ *		front of pg_catalog's while we run as the owner.  The operation is
+ *		restricted (no temporary objects, no SET of the session).
+ *
+ * Undo with CanaryRestoreUser(save) in the same (sub)transaction.  On ERROR
+ * the abort of the (sub)transaction restores the user and the setting.
+ * Raises ERROR when owner is invalid.
  */
-Oid
-CanaryExtensionOwner(Oid extoid)
+void
+CanaryBecomeOwner(Oid owner, CanaryOwnerSave *save)
 {
-	Oid			nspoid;
-	Oid			owner;
+	if (!OidIsValid(owner))
+		elog(ERROR, "could not find the owner of extension \"%s\"", LLM_CANARY_EXTNAME);
+	GetUserIdAndSecContext(&save->userid, &save->sec_context);
+	save->guc_nestlevel = NewGUCNestLevel();
+	SetUserIdAndSecContext(owner, save->sec_context | SECURITY_LOCAL_USERID_CHANGE |
+						   SECURITY_RESTRICTED_OPERATION);
+	(void) set_config_option("search_path", "pg_catalog, pg_temp",
+							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+							 true, 0, false);
+}
 
-	ExtensionSchemaAndOwner(extoid, &nspoid, &owner);
-	return owner;
+/* Back to the caller's identity and search_path, saved by CanaryBecomeOwner. */
+void
+CanaryRestoreUser(const CanaryOwnerSave *save)
+{
+	AtEOXact_GUC(true, save->guc_nestlevel);
+	SetUserIdAndSecContext(save->userid, save->sec_context);
 }

@@ -481,8 +481,21 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 		args[2] = Int64GetDatum(w.canary.samples);
 		args[3] = Int64GetDatum(w.control.samples);
 		ret = SPI_execute_with_args(sql.data, 4, types, args, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "could not trip the kill switch: SPI error %d", ret);
+
+		/*
+		 * NULL: the rollout was tripped meanwhile (by a concurrent trip that
+		 * committed while we waited for its row).  That trip is not ours to
+		 * report; returning a reason would log a trip that did not happen.
+		 */
+		{
+			bool		isnull;
+
+			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+			if (isnull)
+				reason = NULL;
+		}
 	}
 	return reason;
 }
@@ -499,15 +512,12 @@ Datum
 canary_check(PG_FUNCTION_ARGS)
 {
 	const char *schema;
-	StringInfoData sql;
 	StringInfoData result;
 	TimestampTz at;
-	int			ret;
 	int			nrollouts;
 	RolloutRules *rules;
-	Oid			types[1] = {TEXTOID};
-	Datum		args[1];
-	char		nulls[1] = {' '};
+	List	   *names;
+	ListCell   *lc;
 	bool		named = !PG_ARGISNULL(0);
 
 	if (PG_ARGISNULL(1))
@@ -517,50 +527,35 @@ canary_check(PG_FUNCTION_ARGS)
 				 errhint("Omit the argument to check the window ending now.")));
 	at = PG_GETARG_TIMESTAMPTZ(1);
 	FleetRequireJudge("canary_check");
-	if (named)
-		(void) ConfigGetRollout(text_to_cstring(PG_GETARG_TEXT_PP(0)));	/* 42704 if unknown */
 	schema = ConfigSchemaName();
+
+	/* the thresholds, through the config cache (42704 for an unknown name) */
+	names = named ? list_make1(text_to_cstring(PG_GETARG_TEXT_PP(0))) : ConfigRolloutNames();
+	rules = palloc0(sizeof(RolloutRules) * (list_length(names) + 1));
+	nrollouts = 0;
+	foreach(lc, names)
+	{
+		const CanaryRollout *r = ConfigGetRollout((const char *) lfirst(lc));
+		RolloutRules *rr = &rules[nrollouts];
+
+		if (!r->armed || r->stage == CANARY_STAGE_SHADOW)
+			continue;
+		strlcpy(rr->name, r->name, NAMEDATALEN);
+		strlcpy(rr->stage, r->stage_name, sizeof(rr->stage));
+		rr->window_seconds = r->window_seconds;
+		rr->error_rate = r->error_rate_threshold;
+		rr->p95_ratio = r->p95_ratio_threshold;
+		rr->refusal_delta = r->refusal_delta_threshold;
+		rr->thumbs_ratio = r->thumbs_down_ratio_threshold;
+		rr->min_samples = r->min_samples;
+		rr->significance = r->significance;
+		rr->raw = r->raw_rules;
+		rr->confirm_windows = r->confirm_windows;
+		nrollouts++;
+	}
 
 	initStringInfo(&result);	/* in the caller's context: survives SPI_finish */
 	SPI_connect();
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT name, stage, window_seconds, error_rate_threshold::float8,"
-					 " p95_ratio_threshold::float8, refusal_delta_threshold::float8,"
-					 " thumbs_down_ratio_threshold::float8, min_samples::int8,"
-					 " significance::float8, raw_rules, confirm_windows"
-					 " FROM %s.canary_config"
-					 " WHERE kill_switch_armed AND stage <> 'shadow'"
-					 " AND ($1::text IS NULL OR name = $1) ORDER BY name",
-					 schema);
-	args[0] = named ? PG_GETARG_DATUM(0) : (Datum) 0;
-	if (!named)
-		nulls[0] = 'n';
-	ret = SPI_execute_with_args(sql.data, 1, types, args, nulls, true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read canary_config: SPI error %d", ret);
-	nrollouts = (int) SPI_processed;
-	rules = palloc0(sizeof(RolloutRules) * (nrollouts + 1));
-	for (int i = 0; i < nrollouts; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		RolloutRules *rr = &rules[i];
-
-		strlcpy(rr->name, SPI_getvalue(tup, desc, 1), NAMEDATALEN);
-		strlcpy(rr->stage, SPI_getvalue(tup, desc, 2), sizeof(rr->stage));
-		rr->window_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		rr->error_rate = GetFloat8(tup, desc, 4, &isnull);
-		rr->p95_ratio = GetFloat8(tup, desc, 5, &isnull);
-		rr->refusal_delta = GetFloat8(tup, desc, 6, &isnull);
-		rr->thumbs_ratio = GetFloat8(tup, desc, 7, &isnull);
-		rr->min_samples = GetInt8(tup, desc, 8);
-		rr->significance = GetFloat8(tup, desc, 9, &isnull);
-		rr->raw = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
-		rr->confirm_windows = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
-	}
-
 	for (int i = 0; i < nrollouts; i++)
 	{
 		char	   *reason = CheckRollout(schema, &rules[i], at);

@@ -8,23 +8,40 @@
  * Routing works whether or not the library was preloaded; the metrics
  * queue, shadow calls and the worker need shared_preload_libraries.
  *
- * Where things are (one concern per file, one header per subsystem):
- *	 extension.c	 the installed extension: preload check, schema, owner
- *	 util.c			 SHA-256, hex, prompt hash, request ids
+ * Where things are (one concern per file, one guarded header per subsystem):
+ *	 llm_canary.c	 _PG_init and the shared memory hooks (this file)
+ *	 extension.c	 the installed extension: preload check, schema, owner,
+ *					 running SQL as the owner (extension.h)
+ *	 util.c			 SHA-256, hex, prompt hash, request ids, clipping text
+ *					 at a character boundary (util.h)
  *	 config.c		 per-backend cache of canary_config and canary_models
- *	 routing.c		 which model serves a user (bucket, stage, session pins)
- *	 call.c			 canary_call: route, call, fall back, record
- *	 outcome.c		 outcome names of an attempt
- *	 provider.c		 provider request bodies and response parsing
- *	 http.c			 the blocking libcurl transport of backends
- *	 cache.c		 the optional response cache
+ *					 (config.h)
+ *	 routing.c		 which model serves a user: bucket, stage, session pins
+ *					 (routing.h)
+ *	 outcome.c		 how an attempt is judged: outcome names, the refusal
+ *					 rule, the cost rule (outcome.h)
+ *	 call.c			 one routed, recorded model call in steps; canary_call
+ *					 (call.h)
+ *	 chat.c			 chat requests: validation, provider dialects (chat.h)
+ *	 batch.c		 canary_batch: many calls on one libcurl multi handle
+ *					 (batch.h)
+ *	 provider.c		 provider URLs, request bodies, response parsing
+ *					 (provider.h)
+ *	 http.c			 the one outbound HTTP layer: libcurl set-up for every
+ *					 POST, error classification, the backend's transfer
+ *					 (http.h)
+ *	 http_policy.c	 which variables may hold API keys, where keys may go
+ *	 cache.c		 the optional response cache (cache.h)
  *	 probe.c		 canary_probe: one call of a model, nothing recorded
- *	 metrics_queue.c the shared-memory queue of metric records
+ *	 metrics_queue.c the shared-memory queue of metric records and the
+ *					 worker's identity (metrics.h)
  *	 metrics_funcs.c canary_record, canary_flush, canary_stats
- *	 shadow.c		 shadow mode, backend side (dispatch to the worker)
- *	 shadow_worker.c shadow mode, worker side (curl multi, rows)
- *	 worker.c		 the background worker's loop
- *	 webhook.c		 alert webhook delivery by the worker
+ *	 shadow.c		 shadow mode, backend side: dispatch to the worker
+ *					 (shadow.h, shadow_internal.h)
+ *	 shadow_worker.c shadow mode, worker side: transfers and rows
+ *	 worker.c		 the background worker's loop and its settings
+ *					 (worker.h)
+ *	 webhook.c		 alert webhook delivery by the worker (webhook.h)
  *	 killswitch.c	 canary_check: window summaries and the kill switch
  *	 fleet.c		 many databases, one rollout: roles, fail-safe, heartbeat
  *
@@ -43,6 +60,7 @@
 #include "config.h"
 #include "extension.h"
 #include "fleet.h"
+#include "http.h"
 #include "metrics.h"
 #include "provider.h"
 #include "shadow.h"
@@ -100,7 +118,7 @@ _PG_init(void)
 	WorkerInit();
 	WebhookInit();
 	FleetInit();
-	HttpDefineSettings();
+	HttpInit();
 	ChatDefineSettings();
 	BatchDefineSettings();
 	CacheDefineSettings();

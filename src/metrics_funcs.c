@@ -10,19 +10,15 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "commands/dbcommands.h"
-#include "commands/extension.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
-#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 #include "utils/uuid.h"
 
+#include "config.h"
 #include "extension.h"
 #include "metrics.h"
 #include "shadow.h"
@@ -33,12 +29,7 @@
 static void
 CopyClipped(char *dst, int dstsize, text *src)
 {
-	int			len = VARSIZE_ANY_EXHDR(src);
-
-	if (len >= dstsize)
-		len = pg_mbcliplen(VARDATA_ANY(src), len, dstsize - 1);
-	memcpy(dst, VARDATA_ANY(src), len);
-	dst[len] = '\0';
+	CanaryClipCopy(dst, dstsize, VARDATA_ANY(src), VARSIZE_ANY_EXHDR(src));
 }
 
 /* Raise 22004 when argument argno (1-based, named name) is NULL. */
@@ -49,48 +40,6 @@ RequireArg(FunctionCallInfo fcinfo, int argno, const char *name)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("%s must not be NULL", name)));
-}
-
-/*
- * ModelCost
- *		Cost of an attempt from the prices in canary_models; 0 when the model
- *		is not configured there or no tokens are known.
- */
-static double
-ModelCost(const char *model, int32 prompt_tokens, int32 completion_tokens)
-{
-	Oid			extoid = get_extension_oid(LLM_CANARY_EXTNAME, true);
-	Oid			nspoid;
-	char	   *sql;
-	Oid			argtypes[1] = {TEXTOID};
-	Datum		args[1];
-	double		cost = 0;
-
-	if (prompt_tokens < 0 && completion_tokens < 0)
-		return 0;
-	nspoid = OidIsValid(extoid) ? CanaryExtensionNamespace(extoid) : InvalidOid;
-	if (!OidIsValid(nspoid))
-		return 0;
-
-	sql = psprintf("SELECT price_input_per_1k::float8, price_output_per_1k::float8"
-				   " FROM %s.canary_models WHERE name = $1",
-				   quote_identifier(get_namespace_name(nspoid)));
-	args[0] = CStringGetTextDatum(model);
-	SPI_connect();
-	if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, true, 1) == SPI_OK_SELECT &&
-		SPI_processed == 1)
-	{
-		bool		isnull;
-		double		in = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
-													  SPI_tuptable->tupdesc, 1, &isnull));
-		double		out = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
-													   SPI_tuptable->tupdesc, 2, &isnull));
-
-		cost = Max(prompt_tokens, 0) / 1000.0 * in +
-			Max(completion_tokens, 0) / 1000.0 * out;
-	}
-	SPI_finish();
-	return cost;
 }
 
 /*
@@ -183,7 +132,11 @@ canary_record(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(13))
 		CopyClipped(rec.stage, sizeof(rec.stage), PG_GETARG_TEXT_PP(13));
 	rec.response_chars = -1;
-	rec.cost = ModelCost(rec.model, rec.prompt_tokens, rec.completion_tokens);
+	{
+		const CanaryModel *m = ConfigLookupModel(rec.model, true);
+
+		rec.cost = m ? CanaryAttemptCost(m, rec.prompt_tokens, rec.completion_tokens) : 0;
+	}
 
 	MetricsCountCall();
 	if (!MetricsEnqueue(&rec))

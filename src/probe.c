@@ -3,8 +3,9 @@
  * probe.c
  *	  canary_probe(model, prompt): an administrator's smoke test of one
  *	  model's configuration.  It calls the model directly through the HTTP
- *	  transport (http.c), without routing, fallback or metrics, and returns
- *	  everything the transport saw as jsonb.
+ *	  transport (http.h), without routing, fallback or metrics, and returns
+ *	  everything the transport saw as jsonb.  A refusal of the key policy
+ *	  is raised (42501) rather than returned.
  *
  *-------------------------------------------------------------------------
  */
@@ -17,6 +18,7 @@
 #include "utils/jsonb.h"
 
 #include "config.h"
+#include "http.h"
 #include "outcome.h"
 #include "provider.h"
 
@@ -77,6 +79,9 @@ canary_probe(PG_FUNCTION_ARGS)
 
 	model = ConfigGetModel(name);
 	HttpCallModel(model, prompt, &attempt);
+	/* a refusal of the key policy is an error, not a probe result */
+	if (HttpPolicyError(attempt.error))
+		HttpReportPolicy(model->name, attempt.error, attempt.error_detail);
 
 	initStringInfo(&buf);
 	appendStringInfoString(&buf, "{\"model\":");

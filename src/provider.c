@@ -15,6 +15,13 @@
  * encoding and the nesting depth (the parser would ERROR past the stack
  * depth limit).
  *
+ * Encodings.  Providers speak UTF-8.  In a database that is not UTF8, a
+ * request body (prompt or chat request) is converted from the database
+ * encoding to UTF-8 (PostgreSQL's default conversion), and a response is converted to the
+ * database encoding before it is parsed: a character the database encoding
+ * cannot represent becomes '?' (a curly apostrophe in a LATIN1 database),
+ * so such an answer is an answer, not a malformed response.
+ *
  * Refusal detection from the answer's text is not done here: the call path
  * does it.  Here only the provider's own signals count (OpenAI
  * message.refusal and finish_reason "content_filter", Anthropic stop_reason
@@ -27,7 +34,11 @@
 #include <limits.h>
 #include <math.h>
 
+#include "access/xact.h"
+#include "catalog/namespace.h"
 #include "common/jsonapi.h"
+#include "common/string.h"
+#include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "utils/float.h"
@@ -64,6 +75,65 @@ ModelUrl(const CanaryModel *model, const char *endpoint)
 }
 
 /*
+ * The database-encoding -> UTF-8 conversion function, looked up once (in a
+ * transaction: catalog access) so that bodies can be built outside one too
+ * (the shadow worker's embeddings requests).
+ */
+static FmgrInfo ToUtf8Proc;
+static bool ToUtf8Ready = false;
+
+static bool
+ToUtf8Prepare(void)
+{
+	Oid			proc;
+
+	if (ToUtf8Ready || GetDatabaseEncoding() == PG_UTF8 ||
+		GetDatabaseEncoding() == PG_SQL_ASCII)
+		return true;
+	if (!IsTransactionState())
+		return false;
+	proc = FindDefaultConversionProc(GetDatabaseEncoding(), PG_UTF8);
+	if (!OidIsValid(proc))
+		return false;
+	fmgr_info_cxt(proc, &ToUtf8Proc, TopMemoryContext);
+	ToUtf8Ready = true;
+	return true;
+}
+
+/*
+ * BodyToUtf8
+ *		A request body (JSON text built in the database encoding) in UTF-8:
+ *		body itself when nothing needs converting, a palloc'd copy
+ *		otherwise, or NULL when the conversion function could not be
+ *		looked up (only outside a transaction, before any request was built
+ *		in one).  JSON's structure is ASCII, so converting the whole text
+ *		converts every string in it.
+ */
+static char *
+BodyToUtf8(char *body)
+{
+	int			enc = GetDatabaseEncoding();
+	size_t		len;
+	char	   *utf8;
+
+	if (enc == PG_UTF8 || enc == PG_SQL_ASCII || pg_is_ascii(body))
+		return body;
+	if (!ToUtf8Prepare())
+		return NULL;
+	len = strlen(body);
+	if (len >= MaxAllocSize / MAX_CONVERSION_GROWTH)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("out of memory"),
+				 errdetail("String of %zu bytes is too long for encoding conversion.", len)));
+	utf8 = palloc(len * MAX_CONVERSION_GROWTH + 1);
+	FunctionCall6(&ToUtf8Proc, Int32GetDatum(enc), Int32GetDatum(PG_UTF8),
+				  CStringGetDatum(body), CStringGetDatum(utf8),
+				  Int32GetDatum((int) len), BoolGetDatum(false));
+	return utf8;
+}
+
+/*
  * ProviderRequestUrl
  *		{base_url}/chat/completions (openai) or {base_url}/messages
  *		(anthropic).  palloc'd in the current memory context.
@@ -89,7 +159,8 @@ AppendJsonDouble(StringInfo buf, const char *key, double value)
  * ProviderRequestBody
  *		The JSON request body for one prompt, palloc'd in the current memory
  *		context.  Every string (model id, system prompt, prompt) is escaped
- *		with escape_json.  prompt must be a valid string of the database
+ *		with escape_json, in the database encoding (ProviderBuildRequest
+ *		converts the body to UTF-8).  prompt must be a valid string of the database
  *		encoding (it comes from a text value).
  *
  * OpenAI:    {"model", "messages": [system?, user], "max_tokens" or
@@ -144,6 +215,28 @@ ProviderRequestBody(const CanaryModel *model, const char *prompt)
 	appendStringInfoChar(&buf, '}');
 
 	return buf.data;
+}
+
+/*
+ * ProviderBuildRequest
+ *		The HTTP request of req (a prompt or a chat request) to model: URL
+ *		and JSON body, built once per attempt and used for both the
+ *		response-cache key and the transfer.  palloc'd in the current memory
+ *		context.
+ */
+void
+ProviderBuildRequest(const CanaryModel *model, const CanaryRequest *req,
+					 HttpRequest *request)
+{
+	(void) ToUtf8Prepare();
+	request->url = ProviderRequestUrl(model);
+	request->body = BodyToUtf8(RequestBody(model, req));
+	if (request->body == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("could not convert a request from encoding \"%s\" to UTF8",
+						GetDatabaseEncodingName())));
+	request->body_len = strlen(request->body);
 }
 
 /* ----------------------------------------------------------------------
@@ -434,18 +527,177 @@ NestedTooDeep(const char *s, size_t len)
 	return false;
 }
 
+static bool BodyIsValidText(const char *body, size_t len);
+
 /*
- * Parse body (already known to be valid in the database encoding) with the
- * semantic actions of sem.  Returns NULL, or why body is not a JSON object
- * we can read.  Never raises an error for what body contains: the lexer
- * converts \u escapes to the database encoding, which can fail only in a
- * database that is not UTF8, and that failure is caught here.
+ * Append code point cp in the database encoding, or '?' when the database
+ * encoding has no such character.  pg_unicode_to_server uses the
+ * conversion function PostgreSQL looked up at backend start, so this works
+ * outside a transaction too (the shadow worker).  Its conversion error is
+ * raised before anything is acquired, so catching it without a
+ * subtransaction is safe.
+ */
+static void
+AppendServerChar(StringInfo out, pg_wchar cp)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	unsigned char cbuf[MAX_UNICODE_EQUIVALENT_STRING + 1];
+
+	if (GetDatabaseEncoding() == PG_SQL_ASCII)
+	{
+		/* SQL_ASCII takes any bytes: keep the UTF-8 */
+		unicode_to_utf8(cp, cbuf);
+		appendBinaryStringInfo(out, (char *) cbuf, pg_utf_mblen(cbuf));
+		return;
+	}
+	PG_TRY();
+	{
+		pg_unicode_to_server(cp, cbuf);
+		appendStringInfoString(out, (char *) cbuf);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_UNTRANSLATABLE_CHARACTER &&
+			edata->sqlerrcode != ERRCODE_CHARACTER_NOT_IN_REPERTOIRE &&
+			edata->sqlerrcode != ERRCODE_FEATURE_NOT_SUPPORTED)
+			PG_RE_THROW();
+		FlushErrorState();
+		FreeErrorData(edata);
+		appendStringInfoChar(out, '?');
+	}
+	PG_END_TRY();
+}
+
+/* The value of 4 hex digits at s, or -1. */
+static int
+Hex4(const char *s, size_t left)
+{
+	int			v = 0;
+
+	if (left < 4)
+		return -1;
+	for (int i = 0; i < 4; i++)
+	{
+		char		c = s[i];
+
+		v <<= 4;
+		if (c >= '0' && c <= '9')
+			v |= c - '0';
+		else if (c >= 'a' && c <= 'f')
+			v |= c - 'a' + 10;
+		else if (c >= 'A' && c <= 'F')
+			v |= c - 'A' + 10;
+		else
+			return -1;
+	}
+	return v;
+}
+
+/*
+ * BodyToServerEncoding
+ *		A valid UTF-8 JSON body converted to the database encoding (not
+ *		UTF8), for the JSON lexer: inside strings, every character outside
+ *		ASCII, raw or as a \u escape (surrogate pairs joined), becomes the
+ *		database's character or '?'.  Only ASCII escapes are left, which
+ *		the lexer decodes without a conversion that could fail.  palloc'd.
+ */
+static char *
+BodyToServerEncoding(const char *body, size_t len, size_t *outlen)
+{
+	StringInfoData out;
+	bool		in_string = false;
+	size_t		i = 0;
+
+	initStringInfo(&out);
+	while (i < len)
+	{
+		unsigned char c = (unsigned char) body[i];
+
+		if (c == '"')
+		{
+			in_string = !in_string;
+			appendStringInfoChar(&out, c);
+			i++;
+		}
+		else if (in_string && c == '\\' && i + 1 < len && body[i + 1] == 'u' &&
+				 Hex4(body + i + 2, len - i - 2) >= 0x80)
+		{
+			int			cp = Hex4(body + i + 2, len - i - 2);
+			size_t		next = i + 6;
+
+			if (cp >= 0xD800 && cp <= 0xDBFF && next + 1 < len &&
+				body[next] == '\\' && body[next + 1] == 'u')
+			{
+				int			lo = Hex4(body + next + 2, len - next - 2);
+
+				if (lo >= 0xDC00 && lo <= 0xDFFF)
+				{
+					cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+					next += 6;
+				}
+			}
+			if (cp >= 0xD800 && cp <= 0xDFFF)
+				appendStringInfoChar(&out, '?');	/* a lone surrogate */
+			else
+				AppendServerChar(&out, (pg_wchar) cp);
+			i = next;
+		}
+		else if (in_string && c == '\\' && i + 1 < len)
+		{
+			/* any other escape, kept as it is (\" does not end the string) */
+			appendBinaryStringInfo(&out, body + i, 2);
+			i += 2;
+		}
+		else if (IS_HIGHBIT_SET(c))
+		{
+			int			n = pg_utf_mblen((const unsigned char *) body + i);
+
+			AppendServerChar(&out, utf8_to_unicode((const unsigned char *) body + i));
+			i += n;
+		}
+		else
+		{
+			appendStringInfoChar(&out, c);
+			i++;
+		}
+	}
+	*outlen = out.len;
+	return out.data;
+}
+
+/*
+ * ProviderBodyToServer
+ *		A response body (UTF-8) as a NUL-terminated string of the database
+ *		encoding, palloc'd: converted as BodyToServerEncoding does in a
+ *		database that is not UTF8 (NULL when body is not valid UTF-8
+ *		there), a plain copy in a UTF8 database.  For readers of a response
+ *		other than ParseJsonWith (chat.c's jsonb parse).
+ */
+char *
+ProviderBodyToServer(const char *body, size_t len)
+{
+	if (GetDatabaseEncoding() == PG_UTF8)
+		return pnstrdup(body, len);
+	if (!BodyIsValidText(body, len))
+		return NULL;
+	return BodyToServerEncoding(body, len, &len);
+}
+
+/*
+ * Parse body (valid UTF-8) with the semantic actions of sem.  Returns NULL,
+ * or why body is not a JSON object we can read.  Never raises an error for
+ * what body contains.  In a database that is not UTF8 the body is first
+ * converted to the database encoding (BodyToServerEncoding).
  */
 static const char *
 ParseJsonWith(char *body, size_t len, JsonSemAction *sem)
 {
 	JsonLexContext *lex;
-	volatile JsonParseErrorType rc;
+	JsonParseErrorType rc;
 	size_t		i = 0;
 
 	/* cheap checks first: the top level must be an object */
@@ -456,44 +708,12 @@ ParseJsonWith(char *body, size_t len, JsonSemAction *sem)
 		return "The response body is not a JSON object.";
 	if (NestedTooDeep(body, len))
 		return "The response body is nested too deeply.";
+	if (GetDatabaseEncoding() != PG_UTF8)
+		body = BodyToServerEncoding(body, len, &len);
 
-	if (GetDatabaseEncoding() == PG_UTF8)
-	{
-		lex = makeJsonLexContextCstringLen(body, (int) len, PG_UTF8, true);
-		rc = pg_parse_json(lex, sem);
-	}
-	else
-	{
-		MemoryContext oldcxt = CurrentMemoryContext;
-
-		/*
-		 * pg_unicode_to_server raises an error for an escape that has no
-		 * equivalent in the database encoding; nothing else in here
-		 * acquires resources, so catching that error without a
-		 * subtransaction is safe.
-		 */
-		PG_TRY();
-		{
-			lex = makeJsonLexContextCstringLen(body, (int) len,
-											   GetDatabaseEncoding(), true);
-			rc = pg_parse_json(lex, sem);
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(oldcxt);
-			edata = CopyErrorData();
-			if (edata->sqlerrcode != ERRCODE_UNTRANSLATABLE_CHARACTER &&
-				edata->sqlerrcode != ERRCODE_CHARACTER_NOT_IN_REPERTOIRE &&
-				edata->sqlerrcode != ERRCODE_FEATURE_NOT_SUPPORTED)
-				PG_RE_THROW();
-			FlushErrorState();
-			FreeErrorData(edata);
-			rc = JSON_UNICODE_HIGH_ESCAPE;
-		}
-		PG_END_TRY();
-	}
+	/* only ASCII escapes are left: the lexer converts nothing that can fail */
+	lex = makeJsonLexContextCstringLen(body, (int) len, GetDatabaseEncoding(), true);
+	rc = pg_parse_json(lex, sem);
 	if (rc != JSON_SUCCESS)
 		return "The response body is not valid JSON.";
 	return NULL;
@@ -652,27 +872,14 @@ ParseAnthropic(const ParseState *ps, CanaryAttempt *attempt)
 }
 
 /*
- * The provider sends UTF-8; text values must be valid and have no NUL.  In
- * a database that is not UTF8 the strings must still be valid in the
- * database encoding; converting would raise an error for characters it
- * cannot represent, so only ASCII bodies are accepted there (\u escapes are
- * converted by the parser, which is guarded).
+ * The provider sends UTF-8; the body must be valid UTF-8 without NUL.  In a
+ * database that is not UTF8, ParseJsonWith converts it before parsing.
  */
 static bool
 BodyIsValidText(const char *body, size_t len)
 {
-	bool		valid = body != NULL && len > 0 && len < MaxAllocSize &&
+	return body != NULL && len > 0 && len < MaxAllocSize &&
 		pg_verify_mbstr(PG_UTF8, body, (int) len, true);
-
-	if (valid && GetDatabaseEncoding() != PG_UTF8 &&
-		GetDatabaseEncoding() != PG_SQL_ASCII)
-	{
-		valid = pg_verify_mbstr(PG_SQL_ASCII, body, (int) len, true);
-		for (size_t i = 0; valid && i < len; i++)
-			if (IS_HIGHBIT_SET(body[i]))
-				valid = false;
-	}
-	return valid;
 }
 
 /*
@@ -756,33 +963,6 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
 		ParseOpenAI(&ps, attempt);
 }
 
-/*
- * ProviderRedactKey
- *		Overwrite, in place, every occurrence of model's API key in s with
- *		'*'.  An upstream (or a proxy in front of it) may echo the request's
- *		headers in an error message or even in an answer; what it sends back
- *		goes to the client, into errors that the server logs, and into
- *		canary_shadow, none of which may hold the key.  Keys shorter than 8
- *		bytes are left alone: they are not secrets worth mangling text for.
- *		Only the exact key is found, not a provider's shortened rendering of
- *		it.  Allocates nothing; s may be NULL.
- */
-void
-ProviderRedactKey(const CanaryModel *model, char *s)
-{
-	const char *key;
-	size_t		keylen;
-	char	   *hit;
-
-	if (s == NULL || model->api_key_env == NULL)
-		return;
-	key = getenv(model->api_key_env);
-	if (key == NULL || (keylen = strlen(key)) < 8)
-		return;
-	while ((hit = strstr(s, key)) != NULL)
-		memset(hit, '*', keylen);
-}
-
 /* ----------------------------------------------------------------------
  * Embeddings (OpenAI-compatible POST {base_url}/embeddings), for the
  * semantic similarity of shadow answers
@@ -793,23 +973,15 @@ ProviderRedactKey(const CanaryModel *model, char *s)
 #define EMBEDDING_MAX_DIM	65536
 
 /*
- * ProviderEmbeddingsUrl
- *		{base_url}/embeddings.  palloc'd in the current memory context.
+ * ProviderBuildEmbeddingsRequest
+ *		POST {base_url}/embeddings with {"model": <model id>, "input": [a,
+ *		b]}, palloc'd in the current memory context.  a and b must be valid
+ *		strings of the database encoding.  Returns false when they cannot be
+ *		converted to UTF-8 here (see BodyToUtf8).
  */
-char *
-ProviderEmbeddingsUrl(const CanaryModel *model)
-{
-	return ModelUrl(model, "embeddings");
-}
-
-/*
- * ProviderEmbeddingsBody
- *		{"model": <model id>, "input": [a, b]}, palloc'd in the current
- *		memory context.  a and b must be valid strings of the database
- *		encoding.
- */
-char *
-ProviderEmbeddingsBody(const CanaryModel *model, const char *a, const char *b)
+bool
+ProviderBuildEmbeddingsRequest(const CanaryModel *model, const char *a,
+							   const char *b, HttpRequest *request)
 {
 	StringInfoData buf;
 
@@ -821,7 +993,12 @@ ProviderEmbeddingsBody(const CanaryModel *model, const char *a, const char *b)
 	appendStringInfoChar(&buf, ',');
 	escape_json(&buf, b);
 	appendStringInfoString(&buf, "]}");
-	return buf.data;
+	request->url = ModelUrl(model, "embeddings");
+	request->body = BodyToUtf8(buf.data);
+	if (request->body == NULL)
+		return false;
+	request->body_len = strlen(request->body);
+	return true;
 }
 
 /*

@@ -12,7 +12,9 @@
  * Without a session id routing only reads (the cached configuration), so it
  * works in read-only transactions and on a hot standby.  With a session id
  * the first decision is pinned in canary_sessions for the rollout's
- * session_ttl; a tripped kill switch always wins over a pin.  Pins are read
+ * session_ttl; a tripped kill switch always wins over a pin, and a pin never
+ * sends anyone to the new model while the configuration sends no one there
+ * (shadow, percent_new = 0): such a pin is re-decided.  Pins are read
  * and written as the extension's owner, so that the application role needs
  * no privileges on canary_sessions: a role that could write pins could put
  * a session on the new model in any stage.
@@ -22,13 +24,11 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/numeric.h"
 
 #include "extension.h"
@@ -95,6 +95,18 @@ RequireModels(const CanaryRollout *r, bool need_new)
 						 r->name)));
 }
 
+/*
+ * Does the current configuration send anyone to the new model?  Not when
+ * the kill switch is tripped, in shadow, or at percent_new = 0.  Neither the
+ * hash nor a session pin may send a user there otherwise.
+ */
+static bool
+RoutingSendsAnyoneNew(const CanaryRollout *r)
+{
+	return r->armed && r->stage != CANARY_STAGE_SHADOW && r->percent_x100 > 0 &&
+		r->new_model != NULL;
+}
+
 /* The decision from the hash and the stage alone. */
 static void
 RouteByHash(const CanaryRollout *r, const char *user_id, int user_len,
@@ -102,7 +114,7 @@ RouteByHash(const CanaryRollout *r, const char *user_id, int user_len,
 {
 	d->pinned = false;
 	d->canary = false;
-	if (r->armed && r->stage != CANARY_STAGE_SHADOW && r->percent_x100 > 0)
+	if (RoutingSendsAnyoneNew(r))
 		d->canary = (int32) RoutingBucket(r->salt, r->salt_len, user_id, user_len)
 			< r->percent_x100;
 	d->model = d->canary ? r->new_model : r->old_model;
@@ -110,9 +122,10 @@ RouteByHash(const CanaryRollout *r, const char *user_id, int user_len,
 
 /*
  * Session pins.  Look up a live pin for (rollout, session); when there is
- * none (or it names a model the rollout no longer uses), decide by hash and
- * store the decision.  Runs through SPI, so the caller's transaction must be
- * read-write.
+ * none, or it names a model the rollout no longer uses, or it names the new
+ * model while the configuration sends no one there (the rollout went back to
+ * shadow or to percent_new = 0), decide by hash and store the decision.
+ * Runs through SPI, so the caller's transaction must be read-write.
  */
 static void
 RouteBySessionPinned(const CanaryRollout *r, const char *user_id, int user_len,
@@ -143,7 +156,7 @@ RouteBySessionPinned(const CanaryRollout *r, const char *user_id, int user_len,
 
 		if (m != NULL &&
 			((r->old_model && strcmp(m, r->old_model) == 0) ||
-			 (r->new_model && strcmp(m, r->new_model) == 0)))
+			 (RoutingSendsAnyoneNew(r) && strcmp(m, r->new_model) == 0)))
 			pinned_model = MemoryContextStrdup(caller, m);
 	}
 
@@ -180,36 +193,18 @@ RouteBySessionPinned(const CanaryRollout *r, const char *user_id, int user_len,
 
 /*
  * RouteBySession
- *		RouteBySessionPinned under the identity of the extension's owner,
- *		like a SECURITY DEFINER function with SET search_path = pg_catalog,
- *		pg_temp: the queries are schema-qualified, and the caller's
- *		search_path cannot put its own operators or functions in front of
- *		pg_catalog's while we run as the owner.  On error, the abort of the
- *		(sub)transaction restores the user and the setting.
+ *		RouteBySessionPinned as the extension's owner (CanaryBecomeOwner), so
+ *		that the application role needs no privileges on canary_sessions.
  */
 static void
 RouteBySession(const CanaryRollout *r, const char *user_id, int user_len,
 			   const char *session_id, RouteDecision *d)
 {
-	Oid			owner = CanaryExtensionOwner(get_extension_oid(LLM_CANARY_EXTNAME, false));
-	Oid			save_userid;
-	int			save_sec_context;
-	int			save_nestlevel;
+	CanaryOwnerSave save;
 
-	if (!OidIsValid(owner))
-		elog(ERROR, "could not find the owner of extension \"%s\"", LLM_CANARY_EXTNAME);
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	save_nestlevel = NewGUCNestLevel();
-	SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
-						   SECURITY_RESTRICTED_OPERATION);
-	(void) set_config_option("search_path", "pg_catalog, pg_temp",
-							 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
-							 true, 0, false);
-
+	CanaryBecomeOwner(ConfigExtensionOwner(), &save);
 	RouteBySessionPinned(r, user_id, user_len, session_id, d);
-
-	AtEOXact_GUC(true, save_nestlevel);
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	CanaryRestoreUser(&save);
 
 	/* the kill switch always wins over a pin */
 	if (!r->armed)

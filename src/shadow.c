@@ -44,6 +44,7 @@
 #include "extension.h"
 #include "shadow.h"
 #include "shadow_internal.h"
+#include "util.h"
 
 ShadowShared *ShadowState = NULL;
 
@@ -244,16 +245,6 @@ ShadowFreeSlot(ShadowSlot *slot)
 	slot->seq = 0;
 }
 
-/* Copy a possibly long string into dst of size dstsize, clipped at a character boundary. */
-static void
-ClipCopy(char *dst, int dstsize, const char *src, int len)
-{
-	if (len >= dstsize)
-		len = pg_mbcliplen(src, len, dstsize - 1);
-	memcpy(dst, src, len);
-	dst[len] = '\0';
-}
-
 /*
  * Close the old half of this backend's open jobs as "missing": the call
  * that dispatched them ended without an answer from the old model.
@@ -412,10 +403,10 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	strlcpy(slot->embedding_model,
 			rollout->shadow_embedding_model ? rollout->shadow_embedding_model : "",
 			sizeof(slot->embedding_model));
-	ClipCopy(slot->user_id, sizeof(slot->user_id), user_id, user_len);
+	CanaryClipCopy(slot->user_id, sizeof(slot->user_id), user_id, user_len);
 	slot->has_prompt_class = prompt_class != NULL;
 	if (prompt_class)
-		ClipCopy(slot->prompt_class, sizeof(slot->prompt_class), prompt_class, strlen(prompt_class));
+		CanaryClipCopy(slot->prompt_class, sizeof(slot->prompt_class), prompt_class, strlen(prompt_class));
 	strlcpy(slot->prompt_hash, prompt_hash, sizeof(slot->prompt_hash));
 	slot->store_prompt = shadow_store_prompt;
 	slot->prompt = dp;

@@ -67,11 +67,11 @@
 
 #include "cache.h"
 #include "config.h"
+#include "http.h"
 #include "provider.h"
 #include "shadow.h"
 #include "shadow_internal.h"
 
-#define SHADOW_DEFAULT_MAX_RESPONSE (8 * 1024 * 1024)
 #define SHADOW_MAX_SOCKETS	1024
 #define SHADOW_INSERT_COLUMNS 22
 #define SHADOW_LIVENESS_POLL_MS 1000
@@ -101,8 +101,7 @@ typedef struct ShadowJob
 	CanaryModel model;			/* strings in cxt */
 	CURL	   *easy;
 	struct curl_slist *headers;
-	char	   *url;
-	char	   *body;
+	HttpRequest request;		/* URL and body, in cxt */
 	CanaryBody	response;		/* malloc'd by the write callback */
 	char		errbuf[CURL_ERROR_SIZE];
 	TimestampTz started;
@@ -289,35 +288,6 @@ ShadowJobCopyModel(ShadowJob *job, CanaryModel *dst, const CanaryModel *m)
 	dst->api_key_env = JobStrdup(job, m->api_key_env);
 }
 
-/* The response size cap: the provider's setting when it defines one. */
-static size_t
-ShadowMaxResponseBytes(void)
-{
-	const char *v = GetConfigOption("llm_canary.max_response_bytes", true, false);
-	long		n;
-
-	if (v == NULL)
-		return SHADOW_DEFAULT_MAX_RESPONSE;
-	n = strtol(v, NULL, 10);
-	return n > 0 ? (size_t) n : SHADOW_DEFAULT_MAX_RESPONSE;
-}
-
-/*
- * Append a header line; false on out of memory.  The line may hold a
- * secret, so it is wiped once libcurl has its own copy.
- */
-static bool
-AppendHeader(ShadowJob *job, char *line)
-{
-	struct curl_slist *l = curl_slist_append(job->headers, line);
-
-	explicit_bzero(line, strlen(line));
-	if (l == NULL)
-		return false;
-	job->headers = l;
-	return true;
-}
-
 /*
  * ShadowJobStart
  *		Start the transfer of a job to model m, whose URL and body are set
@@ -328,118 +298,50 @@ AppendHeader(ShadowJob *job, char *line)
 static const char *
 ShadowJobStart(ShadowJob *job, const CanaryModel *m)
 {
-	CURL	   *easy;
-	char		line[1024];
-	const char *key = NULL;
-	bool		ok = true;
+	HttpPost	post;
+	const char *err;
 
-	if (m->api_key_env != NULL)
-	{
-		key = getenv(m->api_key_env);
-		if (key == NULL || key[0] == '\0')
-			return "api_key_missing";
-		/* a line break would inject headers; the line buffer bounds the rest */
-		if (strpbrk(key, "\r\n") != NULL || strlen(key) > 900)
-			return "api_key_invalid";
-	}
-
-	easy = curl_easy_init();
-	if (easy == NULL)
-		return "out_of_memory";
-	job->easy = easy;
-	shadow_running++;			/* balanced in ShadowJobReleaseCurl */
-	CanaryBodyReset(&job->response, ShadowMaxResponseBytes());
-	job->errbuf[0] = '\0';
-
-	snprintf(line, sizeof(line), "Content-Type: application/json");
-	ok = ok && AppendHeader(job, line);
-	snprintf(line, sizeof(line), "Expect:");	/* no 100-continue round trip */
-	ok = ok && AppendHeader(job, line);
-	if (m->provider == CANARY_PROVIDER_ANTHROPIC)
-	{
-		snprintf(line, sizeof(line), "anthropic-version: 2023-06-01");
-		ok = ok && AppendHeader(job, line);
-		if (key)
-		{
-			snprintf(line, sizeof(line), "x-api-key: %s", key);
-			ok = ok && AppendHeader(job, line);
-		}
-	}
-	else if (key)
-	{
-		snprintf(line, sizeof(line), "Authorization: Bearer %s", key);
-		ok = ok && AppendHeader(job, line);
-	}
-
-	/* the same safety rules as the backend transport (http.c) */
-	ok = ok &&
-		curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https") == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, 1L) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, 2L) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_VERBOSE, 0L) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
-						 (long) Max(m->connect_timeout_ms, 1)) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
-						 (long) Max(m->timeout_ms, 1)) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_URL, job->url) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_POST, 1L) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t) strlen(job->body)) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_POSTFIELDS, job->body) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_HTTPHEADER, job->headers) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, CanaryBodyWrite) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_WRITEDATA, &job->response) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, job->errbuf) == CURLE_OK &&
-		curl_easy_setopt(easy, CURLOPT_PRIVATE, job) == CURLE_OK;
-	explicit_bzero(line, sizeof(line));
-
-	if (job->started == 0)
-		job->started = GetCurrentTimestamp();
-	if (!ok)
+	/* the key policy, the key and the headers: the one HTTP layer (http.h) */
+	err = HttpModelHeaders(m, job->request.url, &job->headers, NULL);
+	if (err != NULL)
+		return err;
+	job->easy = curl_easy_init();
+	if (job->easy == NULL)
 	{
 		ShadowJobReleaseCurl(job);
 		return "out_of_memory";
 	}
-	if (curl_multi_add_handle(shadow_multi, easy) != CURLM_OK)
+	shadow_running++;			/* balanced in ShadowJobReleaseCurl */
+	CanaryBodyReset(&job->response, HttpMaxResponseBytes());
+
+	memset(&post, 0, sizeof(post));
+	post.url = job->request.url;
+	post.body = job->request.body;
+	post.body_len = job->request.body_len;
+	post.headers = job->headers;
+	post.connect_timeout_ms = m->connect_timeout_ms;
+	post.timeout_ms = m->timeout_ms;
+	post.response = &job->response;
+	post.errbuf = job->errbuf;
+
+	if (job->started == 0)
+		job->started = GetCurrentTimestamp();
+	if (!HttpEasySetup(job->easy, &post) ||
+		curl_easy_setopt(job->easy, CURLOPT_PRIVATE, job) != CURLE_OK)
+	{
+		ShadowJobReleaseCurl(job);
+		return "out_of_memory";
+	}
+	if (curl_multi_add_handle(shadow_multi, job->easy) != CURLM_OK)
 	{
 		/* not in the multi: release it as a plain easy handle */
-		curl_easy_cleanup(easy);
+		curl_easy_cleanup(job->easy);
 		job->easy = NULL;
 		shadow_running--;
 		ShadowJobReleaseCurl(job);
 		return "out_of_memory";
 	}
 	return NULL;
-}
-
-/* Short error code for a failed transfer, in http.c's vocabulary. */
-static const char *
-ShadowCurlErrorCode(ShadowJob *job, CURLcode rc)
-{
-	if (job->response.too_large)
-		return "response_too_large";
-	if (job->response.no_memory)
-		return "out_of_memory";
-	switch (rc)
-	{
-		case CURLE_OPERATION_TIMEDOUT:
-			return "timeout";
-		case CURLE_COULDNT_RESOLVE_HOST:
-		case CURLE_COULDNT_CONNECT:
-		case CURLE_SEND_ERROR:
-		case CURLE_RECV_ERROR:
-		case CURLE_GOT_NOTHING:
-		case CURLE_PARTIAL_FILE:
-		case CURLE_SSL_CONNECT_ERROR:
-			return "connect";
-		case CURLE_PEER_FAILED_VERIFICATION:
-		case CURLE_SSL_CACERT_BADFILE:
-		case CURLE_SSL_CERTPROBLEM:
-			return "tls";
-		default:
-			return "transport";
-	}
 }
 
 /*
@@ -457,7 +359,7 @@ ShadowEmbedCompleted(ShadowJob *job, CURLcode rc)
 
 	if (rc != CURLE_OK)
 	{
-		err = ShadowCurlErrorCode(job, rc);
+		err = HttpErrorCode(rc, &job->response);
 		detail = job->errbuf[0] ? job->errbuf : NULL;
 	}
 	else
@@ -489,11 +391,12 @@ ShadowEmbedStart(ShadowJob *job, const char *old)
 	MemoryContext oldcxt = MemoryContextSwitchTo(job->cxt);
 	const char *err;
 
-	job->url = ProviderEmbeddingsUrl(&job->embed_model);
-	job->body = ProviderEmbeddingsBody(&job->embed_model, old, job->new_text);
+	bool		built = ProviderBuildEmbeddingsRequest(&job->embed_model, old,
+													   job->new_text, &job->request);
+
 	MemoryContextSwitchTo(oldcxt);
 	job->embed_state = SHADOW_EMBED_RUNNING;
-	err = ShadowJobStart(job, &job->embed_model);
+	err = built ? ShadowJobStart(job, &job->embed_model) : "request_build";
 	if (err)
 	{
 		job->embed_state = SHADOW_EMBED_FAILED;
@@ -522,7 +425,7 @@ ShadowJobCompleted(ShadowJob *job, CURLcode rc)
 
 	if (rc != CURLE_OK)
 	{
-		const char *code = ShadowCurlErrorCode(job, rc);
+		const char *code = HttpErrorCode(rc, &job->response);
 
 		ShadowJobReleaseCurl(job);
 		ShadowJobFinish(job, code, now);
@@ -555,7 +458,7 @@ ShadowJobCompleted(ShadowJob *job, CURLcode rc)
 
 		ShadowJobReleaseCurl(job);
 		/* canary_shadow must never hold the key, even if the upstream echoes it */
-		ProviderRedactKey(&job->model, a.text);
+		HttpRedactKey(&job->model, a.text);
 		job->new_text = a.text;
 		job->new_tokens = a.completion_tokens;
 		job->new_provider_refusal = a.provider_refusal;
@@ -663,17 +566,18 @@ ShadowTakeJobs(void)
 		{
 			const CanaryModel *m = ConfigGetModel(job->new_model);
 			MemoryContext txcxt = MemoryContextSwitchTo(job->cxt);
+			CanaryRequest req = {.prompt = job->prompt};
 
 			ShadowJobCopyModel(job, &job->model, m);
-			job->url = ProviderRequestUrl(&job->model);
-			job->body = ProviderRequestBody(&job->model, job->prompt);
+			/* built once: the cache key and the transfer use the same request */
+			ProviderBuildRequest(&job->model, &req, &job->request);
 
 			/* a fresh answer in the response cache: no transfer */
 			if (CacheEnabled())
 			{
 				CanaryAttempt hit;
 
-				CacheComputeKey(&job->model, job->prompt, &job->cache_key);
+				CacheComputeKey(&req, &job->request, &job->cache_key);
 				job->use_cache = true;
 				job->started = GetCurrentTimestamp();
 				if (CacheLookup(&job->model, &job->cache_key, &hit))
@@ -848,8 +752,8 @@ ShadowInsertRows(List *jobs)
 				new_text = NULL;
 				new_error = "malformed_response";
 			}
-			new_refusal = new_error == NULL && new_text != NULL &&
-				(job->new_provider_refusal || CanaryTextIsRefusal(new_text));
+			new_refusal = new_error == NULL &&
+				CanaryIsRefusal(job->new_provider_refusal, new_text);
 
 			st[0] = accumArrayResult(st[0], UUIDPGetDatum(&slot->request_id), false, UUIDOID, CurrentMemoryContext);
 			st[1] = accumArrayResult(st[1], TimestampTzGetDatum(slot->ts), false, TIMESTAMPTZOID, CurrentMemoryContext);

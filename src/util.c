@@ -3,13 +3,15 @@
  * util.c
  *	  Small helpers with no state of their own, shared by the routing, call
  *	  and worker code: SHA-256 through PostgreSQL's cryptohash, hex
- *	  formatting, the prompt hash and request ids.
+ *	  formatting, the prompt hash, request ids, and the one way text is
+ *	  clipped to a fixed buffer (at a character boundary).
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "common/cryptohash.h"
+#include "mb/pg_wchar.h"
 #include "utils/resowner.h"
 #include "utils/uuid.h"
 
@@ -97,4 +99,22 @@ CanaryNewRequestId(pg_uuid_t *id)
 				 errmsg("could not generate random values")));
 	id->data[6] = (id->data[6] & 0x0f) | 0x40;	/* version 4 */
 	id->data[8] = (id->data[8] & 0x3f) | 0x80;	/* variant 10 */
+}
+
+/*
+ * CanaryClipCopy
+ *		Copy len bytes of src (text in the database encoding, not necessarily
+ *		NUL-terminated) into dst, a buffer of dstsize bytes, NUL-terminated
+ *		and clipped at a character boundary, so that the copy is always
+ *		valid text.  Every fixed-size text field that may receive user input
+ *		is filled through this function.  Never raises for valid input.
+ */
+void
+CanaryClipCopy(char *dst, int dstsize, const char *src, int len)
+{
+	Assert(dstsize > 0);
+	if (len >= dstsize)
+		len = pg_mbcliplen(src, len, dstsize - 1);
+	memcpy(dst, src, len);
+	dst[len] = '\0';
 }

@@ -23,11 +23,13 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
+#include "http.h"
 #include "webhook.h"
 
 #define WEBHOOK_MAX_ATTEMPTS	5
 #define WEBHOOK_BATCH			10
 #define WEBHOOK_TIMEOUT_MS		5000
+#define WEBHOOK_CONNECT_TIMEOUT_MS 2000
 
 /* settings */
 static char *canary_webhook_url = NULL;
@@ -47,13 +49,6 @@ WebhookInit(void)
 
 static CURL *webhook_curl = NULL;
 
-/* libcurl write callback: the answer is not needed, only its status. */
-static size_t
-WebhookDiscard(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
-	return size * nmemb;
-}
-
 /*
  * POST one payload.  Returns the HTTP status (0 when no answer), and in
  * errbuf (CURL_ERROR_SIZE) libcurl's error text.  Never raises.
@@ -61,7 +56,7 @@ WebhookDiscard(char *ptr, size_t size, size_t nmemb, void *userdata)
 static long
 WebhookPost(const char *url, const char *payload, char *errbuf)
 {
-	struct curl_slist *headers = NULL;
+	HttpPost	post;
 	CURLcode	rc;
 	long		status = 0;
 
@@ -74,23 +69,29 @@ WebhookPost(const char *url, const char *payload, char *errbuf)
 		return 0;
 	}
 	curl_easy_reset(webhook_curl);
-	headers = curl_slist_append(headers, "Content-Type: application/json");
-	curl_easy_setopt(webhook_curl, CURLOPT_URL, url);
-	curl_easy_setopt(webhook_curl, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(webhook_curl, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(webhook_curl, CURLOPT_FOLLOWLOCATION, 0L);
-	curl_easy_setopt(webhook_curl, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
-	curl_easy_setopt(webhook_curl, CURLOPT_TIMEOUT_MS, (long) WEBHOOK_TIMEOUT_MS);
-	curl_easy_setopt(webhook_curl, CURLOPT_HTTPHEADER, headers);
-	curl_easy_setopt(webhook_curl, CURLOPT_POSTFIELDS, payload);
-	curl_easy_setopt(webhook_curl, CURLOPT_WRITEFUNCTION, WebhookDiscard);
-	curl_easy_setopt(webhook_curl, CURLOPT_ERRORBUFFER, errbuf);
-	rc = curl_easy_perform(webhook_curl);
+	/* the one set-up of every outbound POST (http.h); the answer is discarded */
+	memset(&post, 0, sizeof(post));
+	post.url = url;
+	post.body = payload;
+	post.body_len = strlen(payload);
+	post.headers = HttpJsonHeaders();
+	post.connect_timeout_ms = WEBHOOK_CONNECT_TIMEOUT_MS;
+	post.timeout_ms = WEBHOOK_TIMEOUT_MS;
+	post.errbuf = errbuf;
+	if (post.headers == NULL || !HttpEasySetup(webhook_curl, &post))
+	{
+		strlcpy(errbuf, "out of memory", CURL_ERROR_SIZE);
+		rc = CURLE_OUT_OF_MEMORY;
+	}
+	else
+		rc = curl_easy_perform(webhook_curl);
 	if (rc == CURLE_OK)
 		curl_easy_getinfo(webhook_curl, CURLINFO_RESPONSE_CODE, &status);
 	else if (errbuf[0] == '\0')
 		strlcpy(errbuf, curl_easy_strerror(rc), CURL_ERROR_SIZE);
-	curl_slist_free_all(headers);
+	curl_easy_setopt(webhook_curl, CURLOPT_HTTPHEADER, NULL);
+	if (post.headers != NULL)
+		curl_slist_free_all(post.headers);
 	return status;
 }
 

@@ -17,7 +17,9 @@
  *	   queued (state waiting_for_extension) and look again every second;
  *	 - once a day, and when it first finds the extension, run
  *	   canary_maintenance() (partitions ahead, retention);
- *	 - the shadow-call hook point (see WorkerShadowCalls);
+ *	 - every llm_canary.check_interval, run canary_check() (the kill switch);
+ *	 - about once a second, deliver pending alerts to the webhook (webhook.c);
+ *	 - drive the shadow calls (see WorkerShadowCalls);
  *	 - sleep until the latch is set (queue a quarter full, canary_flush) or
  *	   llm_canary.flush_interval_ms passed.
  *

@@ -20,6 +20,8 @@ cron.database_name = '$db'
 llm_canary.database_name = '$db'
 max_worker_processes = 16
 max_connections = 100
+# the test keys are not named LLM_CANARY_KEY_*: a superuser allows them
+llm_canary.api_key_env_names = 'LLM_CANARY_TEST_KEY, DEMO_LLM_KEY'
 CONF
     fi
     "$BIN/pg_ctl" -D "$dir" -l "$dir/server.log" -w start >/dev/null

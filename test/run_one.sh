@@ -46,6 +46,7 @@ trap "kill $mock_pid 2>/dev/null" EXIT
 for _ in $(seq 1 50); do [ -s test/out/mock.port ] && break; sleep 0.1; done
 export LLM_CANARY_MOCK_URL="http://127.0.0.1:$(cat test/out/mock.port)"
 export LLM_CANARY_TEST_KEY="sk-test-not-a-real-key"
+export TEMP_CONFIG="$PWD/test/tap.conf"
 rc=0
 if [ -n "$REGRESS_LIST" ]; then
     make -s PG_CONFIG=$PG_CONFIG installcheck REGRESS="$REGRESS_LIST" || { rc=1; cat regression.diffs 2>/dev/null | head -200; }

@@ -47,7 +47,7 @@ INSERT INTO canary_models (name, provider, base_url, model, max_tokens, temperat
     ('oa-bad',    'openai',    :'mock' || '/v1', 'oa-bad',    NULL, NULL, NULL,             0, 5000, 'LLM_CANARY_TEST_KEY'),
     ('an-bad',    'anthropic', :'mock' || '/v1', 'an-bad',    NULL, NULL, NULL,             0, 5000, 'LLM_CANARY_TEST_KEY'),
     ('oa-big',    'openai',    :'mock' || '/v1', 'oa-big',    NULL, NULL, NULL,             0, 5000, 'LLM_CANARY_TEST_KEY'),
-    ('oa-nokey',  'openai',    :'mock' || '/v1', 'oa-echo',   NULL, NULL, NULL,             0, 5000, 'LLM_CANARY_NO_SUCH_KEY'),
+    ('oa-nokey',  'openai',    :'mock' || '/v1', 'oa-echo',   NULL, NULL, NULL,             0, 5000, 'LLM_CANARY_KEY_NO_SUCH'),
     ('oa-anon',   'openai',    :'mock' || '/v1', 'oa-echo',   NULL, NULL, NULL,             0, 5000, NULL);
 UPDATE canary_models SET use_max_completion_tokens = true, max_tokens = 3 WHERE name = 'oa-echo2';
 

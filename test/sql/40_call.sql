@@ -73,7 +73,7 @@ SELECT canary_call('Where is my order?', 'u_nofb', 'calltest');
 SELECT canary_flush() > 0 AS flushed;
 SELECT model, outcome, http_status FROM canary_requests WHERE user_id = 'u_nofb';
 UPDATE canary_config SET fallback_to_old = true WHERE name = 'calltest';
--- a model that cannot be reached: 08006, also for the fallback
+-- a model that cannot be reached: 38L02, also for the fallback
 UPDATE canary_config SET old_model = 'c-down' WHERE name = 'calltest';
 \set VERBOSITY terse
 SELECT canary_call('Where is my order?', 'u_down', 'calltest');
@@ -86,9 +86,13 @@ UPDATE canary_config SET old_model = 'c-old' WHERE name = 'calltest';
 -- sessions pin the first decision through canary_call too
 \! python3 test/mock_ctl.py put c-new '{"fixed_text": "new voice"}'
 SELECT canary_call('Hi', 'u_s', 'calltest', session_id => 's-1')->>'model' AS first;
-UPDATE canary_config SET percent_new = 0 WHERE name = 'calltest';
+UPDATE canary_config SET percent_new = 1 WHERE name = 'calltest';
+SELECT canary_bucket('u_s') >= 1 AS out_of_the_1_percent;
 SELECT canary_call('Hi', 'u_s', 'calltest', session_id => 's-1')->>'model' AS pinned,
        canary_call('Hi', 'u_s', 'calltest')->>'model' AS unpinned;
+-- but a pin never sends anyone to the new model when no one is routed there
+UPDATE canary_config SET percent_new = 0 WHERE name = 'calltest';
+SELECT canary_call('Hi', 'u_s', 'calltest', session_id => 's-1')->>'model' AS pinned_at_0;
 
 -- the kill switch: everyone on the old model
 UPDATE canary_config SET percent_new = 100 WHERE name = 'calltest';

@@ -67,22 +67,26 @@ mock_profile('old', '{"fixed_text": "old answer"}');
 # name => [provider, mock profile, canary_models overrides, expected]
 # expected: outcome, error, http_status ('-' = NULL), SQLSTATE without
 # fallback (undef: the call succeeds), and for successes the answer.
+# Upstream failures are never class 08 or 57P0x (pools would drop the
+# database connection): 38L01 model timeout, 38L02 model unreachable or the
+# connection broke, 38000 the model answered with an error.
 my $refused = 'http://127.0.0.1:1/v1';
 my @faults = (
 	[ 'hang', 'openai', '{"hang": true}', { timeout_ms => 500 },
-		[ 'timeout', 'timeout', '-', '08006' ] ],
+		[ 'timeout', 'timeout', '-', '38L01' ] ],
 	[ 'drip_within', 'openai', '{"slow_drip_ms": 1, "fixed_text": "dripped"}', { timeout_ms => 10000 },
 		[ 'ok', '-', '200', undef, 'dripped' ] ],
 	[ 'drip_beyond', 'openai', '{"slow_drip_ms": 50, "fixed_text": "too slow"}', { timeout_ms => 600 },
-		[ 'timeout', 'timeout', '200', '08006' ] ],
+		[ 'timeout', 'timeout', '200', '38L01' ] ],
 	[ 'refused', 'openai', '{}', { base_url => $refused },
-		[ 'error', 'connect', '-', '08006' ] ],
+		[ 'error', 'connect', '-', '38L02' ] ],
 	[ 'reset', 'openai', '{"reset": true}', {},
-		[ 'error', 'connect', '200', '08006' ] ],
+		[ 'error', 'connect', '200', '38L02' ] ],
 	[ 'truncate', 'openai', '{"truncate": true}', {},
-		[ 'error', 'connect', '200', '08006' ] ],
-	[ 'unresolvable', 'openai', '{}', { base_url => 'http://llm-canary-test.invalid/v1', connect_timeout_ms => 2000 },
-		[ 'error', 'connect', '-', '08006' ] ],
+		[ 'error', 'connect', '200', '38L02' ] ],
+	# https: a key never goes over plain http:// to a host that is not loopback
+	[ 'unresolvable', 'openai', '{}', { base_url => 'https://llm-canary-test.invalid/v1', connect_timeout_ms => 2000 },
+		[ 'error', 'connect', '-', '38L02' ] ],
 	[ 'http_500', 'openai', '{"error_rate": 1, "error_status": 500}', {},
 		[ 'error', 'http_500', '500', '38000' ] ],
 	[ 'http_502', 'openai', '{"error_rate": 1, "error_status": 502}', {},
@@ -228,7 +232,7 @@ for my $f (@faults)
 		elsif ($name =~ /^(reset|truncate)$/)
 		{
 			# a connection that breaks after the status line is a transport
-			# failure (08006, above), and the detail says so
+			# failure (38L02, above), and the detail says so
 			like($nf_err, qr/DETAIL:  The connection failed after HTTP status 200 \(connect\): /,
 				"$name: the detail says the connection failed after the status line");
 		}

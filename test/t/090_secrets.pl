@@ -52,12 +52,16 @@ log_statement = 'all'
 log_error_verbosity = verbose
 client_min_messages = notice
 });
+# a secret of the server that is not an API key (a database password, a
+# cloud credential): no member of llm_canary_admin may have it sent anywhere
+my $pm_secret = 'pm-SECRET-' . join('', map { ('a' .. 'z', '0' .. '9')[ int(rand(36)) ] } 1 .. 32);
 {
 	# only the server process gets the key
-	local $ENV{LLM_CANARY_SECRET_KEY} = $key;
+	local $ENV{LLM_CANARY_KEY_SECRET} = $key;
+	local $ENV{POSTMASTER_SECRET} = $pm_secret;
 	$node->start;
 }
-ok(!defined $ENV{LLM_CANARY_SECRET_KEY}, 'the clients of this test do not have the key');
+ok(!defined $ENV{LLM_CANARY_KEY_SECRET}, 'the clients of this test do not have the key');
 $node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 # --- models: both providers, answering, rejecting the key, echoing it, hanging, malformed
@@ -84,7 +88,7 @@ for my $m (sort keys %profiles)
 	my $timeout = $m =~ /hang/ ? 300 : 5000;
 	$node->safe_psql('postgres', qq{
 INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries, timeout_ms)
-VALUES ('$m', '$profiles{$m}[0]', '$mock/v1', '$m', 'LLM_CANARY_SECRET_KEY', 0, $timeout)});
+VALUES ('$m', '$profiles{$m}[0]', '$mock/v1', '$m', 'LLM_CANARY_KEY_SECRET', 0, $timeout)});
 }
 # one rollout per model, at full and without fallback: its failures reach the client
 $node->safe_psql('postgres', qq{INSERT INTO canary_config (name, stage, old_model, new_model, fallback_to_old)
@@ -191,7 +195,7 @@ like($seen{canary_alerts}, qr/error_rate=1\.000/, 'the kill switch raised an ale
 collect('canary_requests', $node->safe_psql('postgres', q{SELECT string_agg(t::text, E'\n') FROM canary_requests t}));
 collect('canary_shadow', $node->safe_psql('postgres', q{SELECT string_agg(t::text, E'\n') FROM canary_shadow t}));
 collect('canary_models', $node->safe_psql('postgres', q{SELECT string_agg(t::text, E'\n') FROM canary_models t}));
-like($seen{canary_models}, qr/LLM_CANARY_SECRET_KEY/, 'canary_models names the variable');
+like($seen{canary_models}, qr/LLM_CANARY_KEY_SECRET/, 'canary_models names the variable');
 
 # --- pg_dump as a login of the application role.  pg_dump locks and reads
 # every relation it dumps, so as the application it fails at the first one
@@ -226,9 +230,98 @@ is($node->safe_psql('postgres', qq{SELECT count(*) FROM unnest('{$list}'::text[]
 	WHERE has_table_privilege('llm_canary_app', 'public.' || r.name, 'SELECT')}),
 	'0', 'none of them is readable by the application');
 like($dump, qr/^COPY public\.canary_models .*api_key_env/m, 'the dump holds canary_models');
-like($dump, qr/LLM_CANARY_SECRET_KEY/, 'with the name of the variable');
+like($dump, qr/LLM_CANARY_KEY_SECRET/, 'with the name of the variable');
 like($dump, qr/^COPY public\.canary_alerts /m, 'and canary_alerts');
 unlike($dump, qr/^COPY public\.canary_shadow/m, 'but nothing of canary_shadow');
+
+# --- the key policy: a non-superuser admin cannot have a server secret sent
+# anywhere.  Only variables named LLM_CANARY_KEY_* (llm_canary.api_key_env_prefix)
+# or listed in llm_canary.api_key_env_names may hold keys; both settings,
+# llm_canary.allowed_hosts and llm_canary.allow_http_keys are superuser-only.
+$node->safe_psql('postgres', q{CREATE ROLE ops LOGIN IN ROLE llm_canary_admin});
+sub run_ops
+{
+	my ($sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres', $sql,
+		extra_params => [ '-U', 'ops', '-v', 'VERBOSITY=verbose' ]);
+	collect('client', "$out\n$err");
+	return ($ret, $out, $err);
+}
+sub mock_requests
+{
+	my ($model) = @_;
+	my $st = decode_json($http->get("$mock/_mock/stats")->{content});
+	return $st->{models}{$model} ? $st->{models}{$model}{requests} : 0;
+}
+# early: writing such a model fails, whatever the URL
+($ret, $out, $err) = run_ops(qq{INSERT INTO canary_models (name, provider, base_url, model, api_key_env)
+	VALUES ('p-evil', 'openai', '$mock/v1', 'p-evil', 'POSTMASTER_SECRET')});
+like($err, qr/ERROR:  42501: model "p-evil" may not be called with this base_url and api_key_env\n.*DETAIL:  The environment variable "POSTMASTER_SECRET" does not start with llm_canary.api_key_env_prefix \("LLM_CANARY_KEY_"\)/s,
+	'a non-superuser admin cannot add a model that names a server variable outside the allowed set (42501)');
+($ret, $out, $err) = run_ops(q{UPDATE canary_models SET api_key_env = 'POSTMASTER_SECRET' WHERE name = 's-oa-ok'});
+like($err, qr/ERROR:  42501: model "s-oa-ok" may not be called/, 'nor point an existing model at it (42501)');
+($ret, $out, $err) = run_ops(q{UPDATE canary_models SET base_url = 'http://192.0.2.7/v1' WHERE name = 's-oa-ok'});
+like($err, qr/ERROR:  42501: .*\n.*DETAIL:  An API key is not sent over plain http:\/\/ to "192.0.2.7", which is not a loopback address\./,
+	'nor send the key over plain http:// to a host that is not loopback (42501)');
+($ret, $out, $err) = run_ops(q{SET llm_canary.api_key_env_names = 'POSTMASTER_SECRET'});
+like($err, qr/ERROR:  42501: permission denied to set parameter "llm_canary.api_key_env_names"/,
+	'nor widen the allowed set: the policy settings are superuser-only');
+($ret, $out, $err) = run_ops(q{SET llm_canary.allow_http_keys = on});
+like($err, qr/ERROR:  42501: permission denied to set parameter "llm_canary.allow_http_keys"/,
+	'nor allow keys over plain http://');
+is(mock_requests('p-evil'), 0, 'nothing reached the mock server');
+
+# at send time, on every path: rows written before a superuser tightened the
+# policy (here: written by a superuser whose session allowed them)
+$node->safe_psql('postgres', qq{
+SET llm_canary.api_key_env_names = 'POSTMASTER_SECRET';
+SET llm_canary.allow_http_keys = on;
+INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries, timeout_ms) VALUES
+  ('p-secret', 'openai', '$mock/v1', 'p-secret', 'POSTMASTER_SECRET', 0, 5000),
+  ('p-secret-an', 'anthropic', '$mock/v1', 'p-secret-an', 'POSTMASTER_SECRET', 0, 5000),
+  ('p-embed', 'openai', '$mock/v1', 'p-embed', 'POSTMASTER_SECRET', 0, 5000),
+  ('p-http', 'openai', 'http://192.0.2.7/v1', 'p-http', 'LLM_CANARY_KEY_SECRET', 0, 20000);
+INSERT INTO canary_config (name, stage, old_model, new_model, fallback_to_old) VALUES
+  ('r-p-secret', 'full', 's-oa-ok', 'p-secret', false),
+  ('r-p-http', 'full', 's-oa-ok', 'p-http', false);
+INSERT INTO canary_config (name, stage, old_model, new_model, shadow_embedding_model) VALUES
+  ('sh-p-secret', 'shadow', 's-oa-ok', 'p-secret-an', NULL),
+  ('sh-p-embed', 'shadow', 's-oa-ok', 's-an-ok', 'p-embed');
+});
+mock_profile($_, { fixed_text => 'must never be asked' }) for qw(p-secret p-secret-an p-embed);
+($ret, $out, $err) = run_ops(q{SELECT canary_probe('p-secret', 'hello')});
+like($err, qr/ERROR:  42501: model "p-secret" may not be called with this base_url and api_key_env\n.*DETAIL:  The environment variable "POSTMASTER_SECRET"/s,
+	'canary_probe: refused with 42501');
+($ret, $out, $err) = run_ops(q{SELECT canary_call('hello', 'u1', 'r-p-secret')});
+like($err, qr/ERROR:  42501: model "p-secret" may not be called/, 'canary_call: refused with 42501');
+$node->safe_psql('postgres', 'SELECT canary_flush()');
+is($node->safe_psql('postgres', q{SELECT string_agg(DISTINCT error, ',') FROM canary_requests WHERE model = 'p-secret'}),
+	'api_key_env_not_allowed', 'canary_call: the refused attempt is recorded as api_key_env_not_allowed');
+my $t0 = time;
+($ret, $out, $err) = run_ops(q{SELECT canary_probe('p-http', 'hello')});
+like($err, qr/ERROR:  42501: model "p-http" may not be called.*\n.*DETAIL:  An API key is not sent over plain http:\/\/ to "192.0.2.7"/s,
+	'a key over plain http:// to a host that is not loopback: refused with 42501');
+cmp_ok(time - $t0, '<=', 3, 'at once, without trying to connect');
+run_ops(qq{SELECT canary_call('shadow me', 'u-$_', '$_') ->> 'model'}) for qw(sh-p-secret sh-p-embed);
+$node->safe_psql('postgres', 'SELECT canary_flush()');
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 2 FROM canary_shadow WHERE canary IN ('sh-p-secret', 'sh-p-embed')}),
+	'the two shadow rows are written');
+is($node->safe_psql('postgres', q{SELECT new_error FROM canary_shadow WHERE canary = 'sh-p-secret'}),
+	'api_key_env_not_allowed', 'shadow call: refused, recorded as new_error api_key_env_not_allowed');
+is($node->safe_psql('postgres', q{SELECT coalesce(new_error, '-') || ' ' || similarity_method FROM canary_shadow WHERE canary = 'sh-p-embed'}),
+	'- lexical', 'embeddings call: refused, the similarity falls back to lexical');
+is(join(',', map { mock_requests($_) } qw(p-secret p-secret-an p-embed)), '0,0,0',
+	'no request of probe, call, shadow or embeddings reached the mock server');
+is(mock_requests('s-an-ok') > 0 ? 'reached' : 'not reached', 'reached', 'while allowed models are called');
+
+# llm_canary.allowed_hosts fences every model request
+($ret, $out, $err) = $node->psql('postgres', q{SET llm_canary.allowed_hosts = 'api.openai.com, *.anthropic.com';
+	SELECT canary_probe('s-oa-ok', 'hello')}, extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/ERROR:  42501: .*\n.*DETAIL:  The host "127.0.0.1" is not listed in llm_canary.allowed_hosts\./s,
+	'a host outside llm_canary.allowed_hosts: refused with 42501');
+is($node->safe_psql('postgres', q{SET llm_canary.allowed_hosts = 'api.openai.com, 127.0.0.1';
+	SELECT canary_probe('s-oa-ok', 'hello') ->> 'outcome'}), 'ok', 'a listed host is called');
 
 # --- the server log: every statement, every message down to debug5.
 # PostgreSQL itself logs the postmaster's whole environment at startup when
@@ -242,7 +335,7 @@ like($log, qr/DEBUG:  .*CommitTransaction/, 'the log has debug5 messages');
 like($log, qr/statement: SELECT canary_call\('hello', 'u1', 'r-s-oa-echo401'\)/, 'the log has every statement');
 like($log, qr/HTTP status 401 \(http_401\): Incorrect API key provided: \*{20,}/, 'the log has the redacted detail');
 my ($env_dump) = $log =~ /(^[^\n]*initial environment dump:\n(?:[^\n]*\n)*?[^\n]*-{20,}\n(?:[^\n]*\n)*?[^\n]*-{20,}\n)/m;
-ok(defined $env_dump && index($env_dump, "LLM_CANARY_SECRET_KEY=$key") >= 0,
+ok(defined $env_dump && index($env_dump, "LLM_CANARY_KEY_SECRET=$key") >= 0,
 	'PostgreSQL\'s own environment dump at startup holds the key');
 ok(index($log, 'initial environment dump') < index($log, 'loaded library "llm_canary"'),
 	'that dump is written before the extension is loaded');
@@ -255,6 +348,7 @@ for my $where (sort keys %seen)
 {
 	ok(index($seen{$where}, $key) < 0 && index($seen{$where}, $fragment) < 0,
 		"the key is not in the $where (" . length($seen{$where}) . ' bytes checked)');
+	ok(index($seen{$where}, $pm_secret) < 0, "the server's other secret is not in the $where");
 }
 
 done_testing();

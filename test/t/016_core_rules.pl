@@ -1,0 +1,141 @@
+# Rules of the core that need a preloaded library and a second session:
+#
+#  - text written to fixed-size fields is clipped at a character boundary
+#    (a multibyte prompt_class at the 63-byte boundary stays valid text);
+#    names too long to be cache keys are refused rather than clipped;
+#  - a session pin never sends anyone to the new model when the
+#    configuration sends no one there (shadow, percent_new = 0);
+#  - canary_check reports no trip when the rollout was tripped meanwhile
+#    by another session (no spurious "tripped" line in the worker's log).
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use MockLLM;
+
+my $mock = $ENV{LLM_CANARY_MOCK_URL};
+plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)'
+  unless $mock && $ENV{LLM_CANARY_TEST_KEY};
+
+my $node = PostgreSQL::Test::Cluster->new('core_rules');
+$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'llm_canary'
+llm_canary.database_name = 'postgres'
+llm_canary.check_interval = 0
+llm_canary.flush_interval_ms = 50
+});
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
+
+mock_profile('cr-old', '{"fixed_text": "old answer", "latency_ms": 1}');
+mock_profile('cr-new', '{"fixed_text": "new answer", "latency_ms": 1}');
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries) VALUES
+  ('old', 'openai', '$mock/v1', 'cr-old', 'LLM_CANARY_TEST_KEY', 0),
+  ('new', 'openai', '$mock/v1', 'cr-new', 'LLM_CANARY_TEST_KEY', 0);
+UPDATE canary_config SET old_model = 'old', new_model = 'new', stage = 'full' WHERE name = 'default';
+});
+
+# --- text clipped at a character boundary ------------------------------------
+{
+	# 62 ASCII bytes then a 2-byte character: byte 63 is half of it
+	my $id = $node->safe_psql('postgres',
+		qq{SELECT canary_call('hi', 'u1', 'default', repeat('a', 62) || chr(233)) ->> 'request_id'});
+	$node->safe_psql('postgres', q{SELECT canary_flush('20 s')});
+	# (before the fix: "invalid byte sequence for encoding "UTF8": 0xc3")
+	my ($rc, $row, $fail) = $node->psql('postgres',
+		qq{SELECT octet_length(prompt_class) || ' ' || (prompt_class = repeat('a', 62))::text
+		     || ' ' || length(upper(prompt_class)) FROM canary_requests WHERE request_id = '$id'});
+	is($row || $fail, '62 true 62',
+		'a multibyte prompt_class at the boundary is clipped before the character, not inside it');
+
+	# a user id of 300 two-byte characters: clipped to 255 bytes, i.e. 127 characters
+	$id = $node->safe_psql('postgres',
+		q{SELECT canary_call('hi', repeat(chr(233), 300)) ->> 'request_id'});
+	$node->safe_psql('postgres', q{SELECT canary_flush('20 s')});
+	is($node->safe_psql('postgres',
+			qq{SELECT octet_length(user_id) || ' ' || length(upper(user_id)) FROM canary_requests WHERE request_id = '$id'}),
+		'254 127', 'a long multibyte user_id is clipped at a character boundary');
+
+	# canary_record takes the same path
+	$id = $node->safe_psql('postgres',
+		q{SELECT canary_record('default', 'u2', 'new', 'canary', 'ok', 10,
+		                      prompt_class => repeat('b', 61) || chr(8364))});
+	$node->safe_psql('postgres', q{SELECT canary_flush('20 s')});
+	is($node->safe_psql('postgres',
+			qq{SELECT octet_length(prompt_class) FROM canary_requests WHERE request_id = '$id'}),
+		'61', 'canary_record clips a 3-byte character at the boundary whole');
+
+	# a rollout name longer than a cache key is refused, not clipped
+	my ($ret, $out, $err) = $node->psql('postgres',
+		qq{\\set VERBOSITY verbose\nSELECT canary_route('u1', repeat('r', 70))});
+	like($err, qr/42622: rollout name "r+\.\.\." is too long/,
+		'a 70-byte rollout name is refused with 42622');
+}
+
+# --- session pins never outlive a stage regression ----------------------------
+{
+	$node->safe_psql('postgres', q{
+		INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('pins', 'full', 'old', 'new');
+	});
+	is($node->safe_psql('postgres', q{SELECT canary_route('u1', 'pins', 'sess-1')}),
+		'new', 'full stage: the session is pinned to the new model');
+	$node->safe_psql('postgres', q{UPDATE canary_config SET stage = 'shadow' WHERE name = 'pins'});
+	is($node->safe_psql('postgres', q{SELECT canary_route('u1', 'pins', 'sess-1')}),
+		'old', 'back to shadow: the pin no longer sends the session to the new model');
+	is($node->safe_psql('postgres', q{SELECT canary_call('hi', 'u1', 'pins', NULL, 'sess-1') ->> 'model'}),
+		'old', 'and canary_call with that session is served by the old model');
+
+	is($node->safe_psql('postgres', q{SELECT canary_route('u2', 'pins', 'sess-2')}),
+		'old', 'shadow: a new session is pinned to the old model');
+	$node->safe_psql('postgres', q{UPDATE canary_config SET stage = 'full' WHERE name = 'pins'});
+	is($node->safe_psql('postgres', q{SELECT canary_route('u3', 'pins', 'sess-3')}),
+		'new', 'full again: a new session goes to the new model');
+	$node->safe_psql('postgres', q{UPDATE canary_config SET stage = 'ramp_25', percent_new = 0 WHERE name = 'pins'});
+	is($node->safe_psql('postgres', q{SELECT percent_new FROM canary_config WHERE name = 'pins'}),
+		'0.00', 'percent_new is 0');
+	is($node->safe_psql('postgres', q{SELECT canary_route('u3', 'pins', 'sess-3')}),
+		'old', 'percent_new = 0: the pin no longer sends the session to the new model');
+	is($node->safe_psql('postgres', q{SELECT model FROM canary_sessions WHERE canary = 'pins' AND session_id = 'sess-3'}),
+		'old', 'and the session is pinned to the old model now');
+}
+
+# --- a rollout tripped meanwhile is not reported as tripped by canary_check ----
+{
+	$node->safe_psql('postgres', q{
+		INSERT INTO canary_config (name, stage, old_model, new_model, raw_rules, min_samples, confirm_windows)
+		VALUES ('race', 'ramp_25', 'old', 'new', true, 1, 1);
+		SELECT count(canary_record('race', 'u' || i, 'new', 'canary', 'error', 10)) FROM generate_series(1, 20) i;
+		SELECT count(canary_record('race', 'c' || i, 'old', 'control', 'ok', 10)) FROM generate_series(1, 20) i;
+		SELECT canary_flush('20 s');
+	});
+	my $manual = $node->background_psql('postgres');
+	$manual->query_safe('BEGIN');
+	$manual->query_safe(q{SELECT canary_trip('race', 'manual trip first')});
+
+	my $checker = $node->background_psql('postgres', on_error_stop => 0);
+	$checker->query_until(qr/started/, q{\echo started
+SELECT coalesce(canary_check('race'), 'NULL') AS reason;
+});
+	# canary_check found the rollout armed and waits for its row
+	$node->poll_query_until('postgres',
+		q{SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%canary_check%'})
+	  or die 'canary_check did not wait for the row lock';
+	$manual->query_safe('COMMIT');
+	$manual->quit;
+	my $reason = $checker->query_safe('SELECT 1');
+	$checker->quit;
+	like($reason, qr/^NULL\n1$/, 'canary_check reports no trip of its own when another session tripped first');
+	is($node->safe_psql('postgres', q{SELECT trip_reason FROM canary_config WHERE name = 'race'}),
+		'manual trip first', 'the first trip stands');
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM canary_alerts WHERE canary = 'race'}),
+		'1', 'one alert');
+}
+
+$node->stop;
+done_testing();
