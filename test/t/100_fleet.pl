@@ -287,7 +287,7 @@ SKIP:
 {
 	skip 'this tree has no canary_rollups yet (issue 12)', 2 unless $have_rollups;
 	my $m1_total = $m1->safe_psql('postgres', $evidence_q);
-	ok($control->poll_query_until('postgres', "$evidence_q = $m1_total"),
+	ok($control->poll_query_until('postgres', "SELECT ($evidence_q) = $m1_total"),
 		"member 1's evidence on the control equals its own after the restart ($m1_total requests)");
 	sleep 1;
 	is($control->safe_psql('postgres', $evidence_q), $m1_total, 'and is not counted twice');
