@@ -13,7 +13,7 @@
 #    simulated members carrying the same total traffic (1,000 requests/s, a
 #    quarter on the canary, 5-minute window, an hour of rollups retained),
 #    canary_check() timed over 20 runs each.  Skipped where the tree has no
-#    canary_rollups.
+#    canary_rollups.  FLEET_BENCH_TRIPS=5 runs this part with few trips.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -154,8 +154,12 @@ ANALYZE canary_rollups;
 		my $rows = $control->safe_psql('postgres', 'SELECT count(*) FROM canary_rollups');
 		diag(sprintf('canary_check with %2d members (%6d rollup rows, same total traffic): %.2f ms', $n, $rows, $cost{$n}));
 	}
-	cmp_ok($cost{10}, '<', $cost{2} * 1.5 + 1, 'check cost with 10 members close to 2 members');
-	cmp_ok($cost{50}, '<', $cost{2} * 2 + 2, 'check cost with 50 members close to 2 members');
+	# Not flat: the window's rollup rows grow with the number of members
+	# (one row per member, bucket and cohort), and so does the histogram
+	# merging; the bound is the kill switch's own goal (issue 12).
+	diag(sprintf('ratio 10/2 members: %.2f, 50/2 members: %.2f', $cost{10} / $cost{2}, $cost{50} / $cost{2}));
+	cmp_ok($cost{50}, '<', 20, 'the check with 50 members stays under 20 ms');
+	cmp_ok($cost{10}, '<', 20, 'the check with 10 members stays under 20 ms');
 	is($control->safe_psql('postgres', q{SELECT kill_switch_armed FROM canary_config WHERE name = 'bench'}), 't',
 		'the simulated traffic (1 % errors in both cohorts) does not trip');
 }
