@@ -63,6 +63,7 @@ static int	canary_max_concurrent_requests = 256;
 typedef struct BatchShared
 {
 	pg_atomic_uint32 in_flight;
+	pg_atomic_uint32 submit_worker_pid;	/* submit.c's worker, 0 if none */
 } BatchShared;
 
 static BatchShared *BatchState = NULL;
@@ -116,7 +117,24 @@ BatchInitShmem(void)
 
 	BatchState = ShmemInitStruct("llm_canary batch", BatchShmemSize(), &found);
 	if (!found)
+	{
 		pg_atomic_init_u32(&BatchState->in_flight, 0);
+		pg_atomic_init_u32(&BatchState->submit_worker_pid, 0);
+	}
+}
+
+/* The pid of the submission worker (submit.c), 0 if none; in shared memory. */
+int
+BatchSubmitWorkerPid(void)
+{
+	return BatchState ? (int) pg_atomic_read_u32(&BatchState->submit_worker_pid) : 0;
+}
+
+void
+BatchSetSubmitWorkerPid(int pid)
+{
+	if (BatchState)
+		pg_atomic_write_u32(&BatchState->submit_worker_pid, (uint32) pid);
 }
 
 /* Take a global slot; false when the server-wide limit is reached. */
@@ -237,6 +255,13 @@ int
 BatchInFlight(BatchEngine *e)
 {
 	return e->running;
+}
+
+/* The memory context of the engine (items may be allocated there). */
+MemoryContext
+BatchMemoryContext(BatchEngine *e)
+{
+	return e->cxt;
 }
 
 /*
@@ -376,6 +401,7 @@ BeginStep(BatchEngine *e, BatchItem *item, void *arg)
 	}
 	else
 		req.chat = ChatNormalize(a->request);
+	req.request_id = item->preset_request_id;
 	CallBegin(&item->call, &req, a->user_id, a->user_id == NULL, a->canary,
 			  a->prompt_class, a->session_id);
 	item->began = true;

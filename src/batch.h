@@ -34,6 +34,7 @@ typedef struct BatchItem
 {
 	int			ord;			/* caller's number (input order) */
 	void	   *arg;			/* caller's pointer */
+	pg_uuid_t  *preset_request_id;	/* the call's request id, or NULL: new */
 	BatchItemState state;
 	bool		began;			/* CallBegin succeeded */
 	CanaryCall	call;
@@ -71,6 +72,9 @@ extern void BatchItemFail(BatchItem *item, ErrorData *edata);
 extern int	BatchPump(BatchEngine *engine, long timeout_ms);
 extern int	BatchSettle(BatchEngine *engine);
 extern int	BatchInFlight(BatchEngine *engine);
+extern MemoryContext BatchMemoryContext(BatchEngine *engine);
+extern int	BatchSubmitWorkerPid(void);
+extern void BatchSetSubmitWorkerPid(int pid);
 extern void BatchDestroy(BatchEngine *engine);
 
 #endif							/* LLM_CANARY_BATCH_H */

@@ -210,7 +210,10 @@ CallBegin(CanaryCall *call, const CanaryRequest *req, text *user_arg,
 	call->prompt_class = prompt_class ? pstrdup(prompt_class) : NULL;
 	identity = req->chat ? ChatRequestText(req->chat) : req->prompt;
 	CanaryPromptHash(identity, strlen(identity), call->prompt_hash);
-	CanaryNewRequestId(&call->request_id);
+	if (req->request_id != NULL)
+		memcpy(&call->request_id, req->request_id, sizeof(pg_uuid_t));
+	else
+		CanaryNewRequestId(&call->request_id);
 
 	r = ConfigGetRollout(canary);
 	strlcpy(call->canary, r->name, sizeof(call->canary));

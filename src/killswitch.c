@@ -2,7 +2,7 @@
  *
  * killswitch.c
  *	  canary_check: the kill switch.  Summarises the last window of
- *	  canary_requests per cohort, stores the summaries, applies the
+ *	  canary_rollups per cohort, stores the summaries, applies the
  *	  article's four rules with a noise guard, and trips the switch.
  *
  * Rules (thresholds from canary_config, baselines from the control cohort
@@ -171,8 +171,13 @@ GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
 }
 
 /*
- * Summarise one cohort over (at - window, at].  When slow_over > 0, also
- * count requests slower than that many milliseconds.
+ * Summarise one cohort over (at - window, at] from canary_rollups: the
+ * 30-second buckets that overlap it (exactly the window when at and the
+ * window are multiples of 30 s; otherwise widened to the bucket boundaries
+ * around it, so that the bucket still filling counts), so the cost depends
+ * on the window, not on the traffic or the retained rows.  When slow_over > 0, also count requests
+ * slower than that many milliseconds; the p95 and that count come from the
+ * latency histogram (within 1/64 of the exact values, src/rollups.c).
  */
 static void
 SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
@@ -188,17 +193,18 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT count(*)::int8,"
-					 " count(*) FILTER (WHERE r.outcome IN ('error', 'timeout'))::int8,"
-					 " count(*) FILTER (WHERE r.refusal)::int8,"
-					 " count(*) FILTER (WHERE EXISTS (SELECT 1 FROM %s.canary_feedback f"
-					 "   WHERE f.request_id = r.request_id AND f.thumbs_down AND f.ts <= $2))::int8,"
-					 " count(*) FILTER (WHERE $5 > 0 AND r.latency_ms > $5)::int8,"
-					 " percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)::float8"
-					 " FROM %s.canary_requests r"
-					 " WHERE r.canary = $1 AND r.ts > $2 - make_interval(secs => $3) AND r.ts <= $2"
+					 "SELECT coalesce(sum(r.requests), 0)::int8,"
+					 " coalesce(sum(r.outcome_error + r.outcome_timeout), 0)::int8,"
+					 " coalesce(sum(r.refusals), 0)::int8,"
+					 " coalesce(sum(r.thumbs_down), 0)::int8,"
+					 " CASE WHEN $5 > 0 THEN %s.canary_hist_count_over(%s.canary_hist_sum(r.latency_hist), $5)"
+					 "  ELSE 0 END::int8,"
+					 " %s.canary_hist_quantile(%s.canary_hist_sum(r.latency_hist), 0.95)"
+					 " FROM %s.canary_rollups r"
+					 " WHERE r.canary = $1 AND r.bucket_end > $2 - make_interval(secs => $3)"
+					 " AND r.bucket_end < $2 + interval '30 seconds'"
 					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached",
-					 schema, schema);
+					 schema, schema, schema, schema, schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int32GetDatum(rr->window_seconds);
@@ -206,7 +212,7 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 	args[4] = Float8GetDatum(slow_over);
 	ret = SPI_execute_with_args(sql.data, 5, types, args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not summarise canary_requests: SPI error %d", ret);
+		elog(ERROR, "could not summarise canary_rollups: SPI error %d", ret);
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	w->samples = GetInt8(tup, desc, 1);

@@ -44,6 +44,7 @@
  *	 webhook.c		 alert webhook delivery by the worker (webhook.h)
  *	 killswitch.c	 canary_check: window summaries and the kill switch
  *	 fleet.c		 many databases, one rollout: roles, fail-safe, heartbeat
+ *	 rollups.c		 the rollups' histograms and their retention setting
  *
  *-------------------------------------------------------------------------
  */
@@ -63,7 +64,9 @@
 #include "http.h"
 #include "metrics.h"
 #include "provider.h"
+#include "rollups.h"
 #include "shadow.h"
+#include "submit.h"
 #include "webhook.h"
 #include "worker.h"
 
@@ -121,8 +124,10 @@ _PG_init(void)
 	HttpInit();
 	ChatDefineSettings();
 	BatchDefineSettings();
+	SubmitInit();
 	CacheDefineSettings();
 	ShadowDefineSettings();
+	RollupsInit();
 	ShmemInit();
 	MarkGUCPrefixReserved("llm_canary");
 	ConfigCacheInit();

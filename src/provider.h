@@ -27,6 +27,8 @@ typedef struct CanaryRequest
 {
 	const char *prompt;			/* a single user prompt, or NULL */
 	Jsonb	   *chat;			/* a normalised chat request, or NULL */
+	const struct pg_uuid_t *request_id; /* the call's id (canary_submit), or
+										 * NULL: a new one */
 } CanaryRequest;
 
 /* The result of calling one model once (retries included). */

@@ -17,6 +17,7 @@ Standard library only (http.client / socket / urllib). Bounded in time
 import base64
 import http.client
 import json
+import re
 import math
 import os
 import signal
@@ -653,6 +654,101 @@ def test_concurrency(port):
           not errors and len(texts) == 1, errors[:5])
 
 
+def test_tools(c):
+    """Strict validation of tool blocks in both dialects, and tool-call answers."""
+    put_profile(c, "tooler", {"fixed_text": "Sunny.",
+                              "tool_call": {"name": "weather", "arguments": {"city": "Oslo"}}})
+    otools = [{"type": "function", "function": {"name": "weather",
+                                                "parameters": {"type": "object"}}}]
+    atools = [{"name": "weather", "input_schema": {"type": "object"}}]
+
+    # ---- OpenAI: a tool call, then the conversation with its result
+    st, _, obj = oa_chat(c, "tooler", "weather?", tools=otools)
+    msg = obj["choices"][0]["message"] if st == 200 else {}
+    tc = (msg.get("tool_calls") or [{}])[0]
+    check("openai: tool call answer", st == 200 and msg.get("content") is None
+          and obj["choices"][0]["finish_reason"] == "tool_calls"
+          and tc.get("type") == "function" and tc["function"]["name"] == "weather"
+          and json.loads(tc["function"]["arguments"]) == {"city": "Oslo"}
+          and re.match(r"^call_[0-9a-f]{16}$", tc["id"]), obj)
+    conv = [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": None, "tool_calls": [tc]},
+            {"role": "tool", "tool_call_id": tc.get("id"), "content": "12 C"}]
+    st, _, obj = c.json("POST", "/v1/chat/completions",
+                        {"model": "tooler", "messages": conv, "tools": otools}, OA)
+    check("openai: after the tool result, text", st == 200
+          and obj["choices"][0]["message"]["content"] == "Sunny."
+          and obj["choices"][0]["finish_reason"] == "stop", obj)
+    bad = [
+        ("tool call without id", [{"role": "user", "content": "x"},
+                                  {"role": "assistant", "tool_calls": [
+                                      {"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]),
+        ("arguments not JSON", [{"role": "user", "content": "x"},
+                                {"role": "assistant", "tool_calls": [
+                                    {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{"}}]},
+                                {"role": "tool", "tool_call_id": "a", "content": "r"}]),
+        ("tool result for no call", [{"role": "user", "content": "x"},
+                                     {"role": "tool", "tool_call_id": "zz", "content": "r"}]),
+        ("tool call never answered", [{"role": "user", "content": "x"},
+                                      {"role": "assistant", "tool_calls": [
+                                          {"id": "a", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]),
+        ("unknown role", [{"role": "wizard", "content": "x"}]),
+    ]
+    for name, msgs in bad:
+        st, _, obj = c.json("POST", "/v1/chat/completions", {"model": "tooler", "messages": msgs}, OA)
+        check("openai rejects: %s" % name, st == 400, obj)
+    st, _, obj = oa_chat(c, "tooler", "x", bogus_field=1)
+    check("openai rejects an unknown top-level field", st == 400, obj)
+    st, _, obj = oa_chat(c, "tooler", "x", tool_choice="auto")
+    check("openai rejects tool_choice without tools", st == 400, obj)
+    put_profile(c, "stopper", {"fixed_text": "one two three"})
+    st, _, obj = oa_chat(c, "stopper", "x", stop=[" two"])
+    check("openai: stop sequence cuts the answer", st == 200
+          and obj["choices"][0]["message"]["content"] == "one"
+          and obj["choices"][0]["finish_reason"] == "stop", obj)
+    st, _, obj = an_msg(c, "stopper", "x", stop_sequences=[" two"])
+    check("anthropic: stop sequence cuts the answer", st == 200
+          and obj["content"][0]["text"] == "one" and obj["stop_reason"] == "stop_sequence", obj)
+
+    # ---- Anthropic: tool_use / tool_result blocks
+    st, _, obj = an_msg(c, "tooler", "weather?", tools=atools)
+    blk = (obj.get("content") or [{}])[-1] if st == 200 else {}
+    check("anthropic: tool_use answer", st == 200 and obj["stop_reason"] == "tool_use"
+          and blk.get("type") == "tool_use" and blk.get("input") == {"city": "Oslo"}
+          and re.match(r"^toolu_[0-9a-f]{16}$", blk.get("id", "")), obj)
+    conv = [{"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": [blk]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": blk.get("id"),
+                                          "content": "12 C"}]}]
+    st, _, obj = c.json("POST", "/v1/messages", {"model": "tooler", "max_tokens": 100,
+                                                 "messages": conv, "tools": atools}, AN)
+    check("anthropic: after the tool_result, text", st == 200
+          and obj["content"][0]["text"] == "Sunny." and obj["stop_reason"] == "end_turn", obj)
+    abad = [
+        ("tool_result without a tool_use", [{"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "x", "content": "r"}]}]),
+        ("tool_use not answered", [{"role": "user", "content": "q"},
+                                   {"role": "assistant", "content": [
+                                       {"type": "tool_use", "id": "t1", "name": "weather", "input": {}}]},
+                                   {"role": "user", "content": "no result"}]),
+        ("tool_use from the user", [{"role": "user", "content": [
+            {"type": "tool_use", "id": "t1", "name": "weather", "input": {}}]}]),
+        ("tool_use input not an object", [{"role": "user", "content": "q"},
+                                          {"role": "assistant", "content": [
+                                              {"type": "tool_use", "id": "t1", "name": "weather", "input": "x"}]}]),
+        ("empty text block", [{"role": "user", "content": [{"type": "text", "text": ""}]}]),
+        ("system role in messages", [{"role": "system", "content": "x"}]),
+    ]
+    for name, msgs in abad:
+        st, _, obj = c.json("POST", "/v1/messages", {"model": "tooler", "max_tokens": 10,
+                                                     "messages": msgs}, AN)
+        check("anthropic rejects: %s" % name, st == 400, obj)
+    st, _, obj = an_msg(c, "tooler", "x", seed=1)
+    check("anthropic rejects an OpenAI-only field (seed)", st == 400, obj)
+    st, _, obj = an_msg(c, "tooler", "x", tools=[{"name": "weather"}])
+    check("anthropic rejects a tool without input_schema", st == 400, obj)
+
+
 def main():
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mock_llm_selftest.") as tmp:
@@ -665,6 +761,7 @@ def main():
             test_faults(c, srv.port)
             test_fuzz(c)
             test_embeddings(c)
+            test_tools(c)
             test_log_and_control(c)
             test_concurrency(srv.port)
         except Exception as e:

@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(make gcc postgresql-15 postgresql-server-dev-15 postgresql-15-cron
-          libcurl4-openssl-dev python3 libipc-run-perl rsync)
+          libcurl4-openssl-dev python3 libipc-run-perl rsync
+          prometheus prometheus-postgres-exporter)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: run as root (it installs packages and the extension)" >&2

@@ -111,6 +111,26 @@ BEGIN
         END IF;
     END IF;
 
+    -- rollups older than llm_canary.rollup_retention_days (created by a later part)
+    IF to_regprocedure(format('%I.canary_rollup_maintenance(date)', nsp)) IS NOT NULL THEN
+        EXECUTE format('SELECT %I.canary_rollup_maintenance($1)', nsp) INTO n USING today;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_rollups'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
+    -- finished submissions past llm_canary.submit_retention (created by a later part)
+    IF to_regclass(format('%I.canary_submissions', nsp)) IS NOT NULL THEN
+        EXECUTE format('DELETE FROM %I.canary_submissions WHERE finished_at < now() - $1', nsp)
+           USING coalesce(nullif(current_setting('llm_canary.submit_retention', true), ''), '1d')::interval;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_submissions'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         -- canary_shadow is created after this function's first run at install
         CONTINUE WHEN to_regclass(format('%I.%I', nsp, parent)) IS NULL;
@@ -180,7 +200,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION canary_maintenance(integer, date) IS
-    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those older than llm_canary.retention_days, and deletes answers of canary_response_cache older than llm_canary.response_cache_ttl';
+    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those older than llm_canary.retention_days, deletes answers of canary_response_cache older than llm_canary.response_cache_ttl and canary_rollups older than llm_canary.rollup_retention_days';
 REVOKE ALL ON FUNCTION canary_maintenance(integer, date) FROM PUBLIC;
 
 /* The queue and the worker (src/metrics_queue.c, src/metrics_funcs.c). */

@@ -1,5 +1,8 @@
 /*
- * Reading the metrics: the per-cohort summary and the Prometheus export.
+ * Reading the metrics: the per-cohort summary, from canary_rollups (the
+ * 30-second buckets that end in the last since; the latencies from the
+ * histograms, within 1/64 of percentile_cont).  Thumbs-down verdicts count
+ * in the bucket of their request.
  */
 
 CREATE FUNCTION canary_summary(canary text DEFAULT 'default', since interval DEFAULT '1 hour')
@@ -22,25 +25,28 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT r.cohort,
-           string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback),
-           count(*) FILTER (WHERE NOT r.fallback),
-           count(*) FILTER (WHERE r.fallback),
-           round(avg((r.outcome IN ('error', 'timeout'))::int) FILTER (WHERE NOT r.fallback), 4),
-           round(avg(r.refusal::int) FILTER (WHERE NOT r.fallback), 4),
-           round((percentile_cont(0.5) WITHIN GROUP (ORDER BY r.latency_ms)
-                  FILTER (WHERE NOT r.fallback))::numeric, 1),
-           round((percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)
-                  FILTER (WHERE NOT r.fallback))::numeric, 1),
-           round(avg(r.completion_tokens) FILTER (WHERE NOT r.fallback), 1),
-           round(avg((EXISTS (SELECT 1 FROM @extschema@.canary_feedback f
-                              WHERE f.request_id = r.request_id AND f.thumbs_down))::int)
-                 FILTER (WHERE NOT r.fallback), 4),
+           string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback AND r.requests > 0),
+           coalesce(sum(r.requests) FILTER (WHERE NOT r.fallback), 0)::bigint,
+           coalesce(sum(r.requests) FILTER (WHERE r.fallback), 0)::bigint,
+           round(sum(r.outcome_error + r.outcome_timeout) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+           round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+           round(@extschema@.canary_hist_quantile(
+                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
+           round(@extschema@.canary_hist_quantile(
+                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
+           round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
+           round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
            round(sum(r.cost), 6)
-      FROM @extschema@.canary_requests r
-     WHERE r.canary = canary_summary.canary AND r.ts > now() - since
+      FROM @extschema@.canary_rollups r
+     WHERE r.canary = canary_summary.canary AND r.bucket_end > now() - since
      GROUP BY r.cohort
+    HAVING sum(r.requests) > 0
      ORDER BY r.cohort;
 END;
 $$;
 COMMENT ON FUNCTION canary_summary(text, interval) IS
-    'Per cohort: requests, error and refusal rates, p50/p95 latency, mean completion tokens, thumbs-down rate, cost';
+    'Per cohort, from canary_rollups: requests, error and refusal rates, p50/p95 latency, mean completion tokens, thumbs-down rate, cost';

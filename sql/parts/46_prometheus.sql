@@ -1,18 +1,62 @@
 /*
- * Monitoring: the Prometheus exposition of the article's metric schema and
- * a per-cohort timeline of the kill switch's window summaries for psql.
+ * Monitoring: the Prometheus series of the article's metric schema and a
+ * per-cohort timeline of the kill switch's window summaries for psql.
  */
 
 /*
- * canary_prometheus: text exposition format (version 0.0.4), for every
- * rollout or just one.  Series carry a canary label besides the article's
- * model, cohort and outcome labels.  Counters and
- * histograms are computed from the retained rows of canary_requests and
- * canary_feedback (so they restart when old partitions are dropped, which
- * Prometheus treats as a counter reset), labelled by model, cohort and,
- * for llm_requests_total, outcome.  Fallback attempts carry their own cohort
- * label value "<cohort>_fallback" so that the canary cohort's series are the
- * new model's own answers.
+ * The series, from canary_rollup_totals: counters summed since install,
+ * monotonic (retention never touches them) and as cheap to read at any
+ * retention (one row per rollout, member, model, cohort and fallback).
+ * Labels: canary, model and cohort, where fallback attempts carry the
+ * cohort label "<cohort>_fallback" so that the canary cohort's series are
+ * the new model's own answers; llm_requests_total adds outcome.  The
+ * monitoring/ folder's postgres_exporter queries read these functions;
+ * canary_prometheus() prints the same series in the text format.
+ */
+CREATE FUNCTION canary_prometheus_requests(canary text DEFAULT NULL)
+RETURNS TABLE (canary text, model text, cohort text, outcome text, total bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.canary, t.model, t.cohort || CASE WHEN t.fallback THEN '_fallback' ELSE '' END,
+           o.outcome, sum(o.n)::bigint
+      FROM @extschema@.canary_rollup_totals t
+     CROSS JOIN LATERAL (VALUES ('error', t.outcome_error), ('ok', t.outcome_ok),
+                                ('refusal', t.outcome_refusal), ('timeout', t.outcome_timeout)) o (outcome, n)
+     WHERE $1 IS NULL OR t.canary = $1
+     GROUP BY 1, 2, 3, 4
+     ORDER BY 1, 2, 3, 4
+$$;
+COMMENT ON FUNCTION canary_prometheus_requests(text) IS
+    'llm_requests_total: model attempts since install by rollout, model, cohort and outcome (from canary_rollup_totals)';
+
+CREATE FUNCTION canary_prometheus_series(canary text DEFAULT NULL)
+RETURNS TABLE (canary text, model text, cohort text, refusals_total bigint, thumbs_down_total bigint,
+               latency_ms float8[], latency_ms_bucket int8[], latency_ms_sum float8, latency_ms_count bigint,
+               completion_tokens float8[], completion_tokens_bucket int8[], completion_tokens_sum float8,
+               completion_tokens_count bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.canary, t.model, t.cohort || CASE WHEN t.fallback THEN '_fallback' ELSE '' END,
+           sum(t.refusals)::bigint, sum(t.thumbs_down)::bigint,
+           @extschema@.canary_hist_le(),
+           @extschema@.canary_hist_cumulative(@extschema@.canary_hist_sum(t.latency_hist)),
+           sum(t.latency_sum)::float8, sum(t.latency_count)::bigint,
+           @extschema@.canary_hist_le(),
+           @extschema@.canary_hist_cumulative(@extschema@.canary_hist_sum(t.tokens_hist)),
+           sum(t.completion_tokens)::float8, sum(t.completions)::bigint
+      FROM @extschema@.canary_rollup_totals t
+     WHERE $1 IS NULL OR t.canary = $1
+     GROUP BY 1, 2, 3
+     ORDER BY 1, 2, 3
+$$;
+COMMENT ON FUNCTION canary_prometheus_series(text) IS
+    'Refusals, thumbs-down and the latency and completion-token histograms since install by rollout, model and cohort (from canary_rollup_totals), shaped for postgres_exporter';
+
+/*
+ * canary_prometheus: text exposition format (version 0.0.4) of the series
+ * above and of the extension's health, for every rollout or just one.
  */
 CREATE FUNCTION canary_prometheus(canary text DEFAULT NULL)
 RETURNS text
@@ -22,72 +66,48 @@ AS $$
 DECLARE
     out text := '';
     r record;
-    le_latency integer[] := ARRAY[50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000];
-    le_tokens integer[] := ARRAY[16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
     s record;
     ss record;
+    labels text;
 BEGIN
     out := out || E'# HELP llm_requests_total Model attempts by model, cohort and outcome.\n'
                || E'# TYPE llm_requests_total counter\n';
-    FOR r IN
-        SELECT q.canary, q.model, q.cohort || CASE WHEN q.fallback THEN '_fallback' ELSE '' END AS cohort,
-               q.outcome, count(*) AS n
-          FROM @extschema@.canary_requests q
-         WHERE canary_prometheus.canary IS NULL OR q.canary = canary_prometheus.canary
-         GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
-    LOOP
+    FOR r IN SELECT * FROM @extschema@.canary_prometheus_requests(canary_prometheus.canary) LOOP
         out := out || format(E'llm_requests_total{canary="%s",model="%s",cohort="%s",outcome="%s"} %s\n',
-                             r.canary, r.model, r.cohort, r.outcome, r.n);
+                             r.canary, r.model, r.cohort, r.outcome, r.total);
     END LOOP;
 
     FOR r IN SELECT * FROM (VALUES
-                 ('llm_latency_ms', 'Latency of model attempts in milliseconds.', 'latency_ms', le_latency),
-                 ('llm_completion_tokens', 'Completion tokens of model answers.', 'completion_tokens', le_tokens))
-                 AS v(metric, help, col, bounds)
+                 ('llm_latency_ms', 'Latency of model attempts in milliseconds.'),
+                 ('llm_completion_tokens', 'Completion tokens of model answers.')) AS v(metric, help)
     LOOP
         out := out || format(E'# HELP %s %s\n# TYPE %s histogram\n', r.metric, r.help, r.metric);
-        FOR s IN EXECUTE format(
-            'SELECT canary, model, cohort || CASE WHEN fallback THEN ''_fallback'' ELSE '''' END AS cohort,'
-            ' array_agg(%1$I) FILTER (WHERE %1$I IS NOT NULL) AS vals,'
-            ' coalesce(sum(%1$I), 0) AS total, count(%1$I) AS n'
-            ' FROM @extschema@.canary_requests WHERE $1 IS NULL OR canary = $1'
-            ' GROUP BY 1, 2, 3 ORDER BY 1, 2, 3', r.col) USING canary_prometheus.canary
+        FOR s IN
+            SELECT p.canary, p.model, p.cohort,
+                   CASE r.metric WHEN 'llm_latency_ms' THEN p.latency_ms ELSE p.completion_tokens END AS le,
+                   CASE r.metric WHEN 'llm_latency_ms' THEN p.latency_ms_bucket ELSE p.completion_tokens_bucket END AS n,
+                   CASE r.metric WHEN 'llm_latency_ms' THEN p.latency_ms_sum ELSE p.completion_tokens_sum END AS total,
+                   CASE r.metric WHEN 'llm_latency_ms' THEN p.latency_ms_count ELSE p.completion_tokens_count END AS count
+              FROM @extschema@.canary_prometheus_series(canary_prometheus.canary) p
         LOOP
-            FOR i IN 1 .. array_length(r.bounds, 1) LOOP
-                out := out || format(E'%s_bucket{canary="%s",model="%s",cohort="%s",le="%s"} %s\n',
-                                     r.metric, s.canary, s.model, s.cohort, r.bounds[i],
-                                     (SELECT count(*) FROM unnest(s.vals) v WHERE v <= r.bounds[i]));
-            END LOOP;
-            out := out || format(E'%s_bucket{canary="%s",model="%s",cohort="%s",le="+Inf"} %s\n',
-                                 r.metric, s.canary, s.model, s.cohort, s.n)
-                       || format(E'%s_sum{canary="%s",model="%s",cohort="%s"} %s\n',
-                                 r.metric, s.canary, s.model, s.cohort, s.total)
-                       || format(E'%s_count{canary="%s",model="%s",cohort="%s"} %s\n',
-                                 r.metric, s.canary, s.model, s.cohort, s.n);
+            labels := format('canary="%s",model="%s",cohort="%s"', s.canary, s.model, s.cohort);
+            out := out || (SELECT string_agg(format(E'%s_bucket{%s,le="%s"} %s\n', r.metric, labels, b.le, b.n), '' ORDER BY b.i)
+                             FROM unnest(s.le, s.n) WITH ORDINALITY AS b(le, n, i))
+                       || format(E'%s_bucket{%s,le="+Inf"} %s\n', r.metric, labels, s.count)
+                       || format(E'%s_sum{%s} %s\n', r.metric, labels, s.total)
+                       || format(E'%s_count{%s} %s\n', r.metric, labels, s.count);
         END LOOP;
     END LOOP;
 
     out := out || E'# HELP llm_refusals_total Refusals by model and cohort.\n# TYPE llm_refusals_total counter\n';
-    FOR r IN
-        SELECT q.canary, q.model, q.cohort || CASE WHEN q.fallback THEN '_fallback' ELSE '' END AS cohort,
-               count(*) FILTER (WHERE q.refusal) AS n
-          FROM @extschema@.canary_requests q
-         WHERE canary_prometheus.canary IS NULL OR q.canary = canary_prometheus.canary
-         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    LOOP
+    FOR r IN SELECT * FROM @extschema@.canary_prometheus_series(canary_prometheus.canary) LOOP
         out := out || format(E'llm_refusals_total{canary="%s",model="%s",cohort="%s"} %s\n',
-                             r.canary, r.model, r.cohort, r.n);
+                             r.canary, r.model, r.cohort, r.refusals_total);
     END LOOP;
-
     out := out || E'# HELP llm_thumbs_down_total Thumbs-down verdicts by model and cohort.\n# TYPE llm_thumbs_down_total counter\n';
-    FOR r IN
-        SELECT f.canary, f.model, f.cohort, count(*) FILTER (WHERE f.thumbs_down) AS n
-          FROM @extschema@.canary_feedback f
-         WHERE canary_prometheus.canary IS NULL OR f.canary = canary_prometheus.canary
-         GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    LOOP
+    FOR r IN SELECT * FROM @extschema@.canary_prometheus_series(canary_prometheus.canary) LOOP
         out := out || format(E'llm_thumbs_down_total{canary="%s",model="%s",cohort="%s"} %s\n',
-                             r.canary, r.model, r.cohort, r.n);
+                             r.canary, r.model, r.cohort, r.thumbs_down_total);
     END LOOP;
 
     -- the extension's own health
@@ -114,7 +134,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION canary_prometheus(text) IS
-    'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total and the extension''s health';
+    'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total (counters since install, from canary_rollup_totals) and the extension''s health';
 
 /*
  * canary_timeline: the kill switch's window summaries per cohort over the

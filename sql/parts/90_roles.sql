@@ -131,14 +131,18 @@ DECLARE
     app_functions text[] := ARRAY[
         -- the call path and routing
         'canary_call', 'canary_route', 'canary_cohort', 'canary_bucket', 'canary_feedback',
-        'canary_chat', 'canary_batch',
+        'canary_chat', 'canary_batch', 'canary_submit', 'canary_result',
         -- reports
         'canary_summary', 'canary_shadow_report', 'canary_shadow_openings',
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',
         'canary_stats', 'canary_shadow_stats', 'canary_prometheus', 'canary_timeline',
         'canary_shadow_is_private',
         -- the fleet's state, for the Prometheus export
-        'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus', 'canary_fleet_evidence'];
+        'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus', 'canary_fleet_evidence',
+        -- what the reports call: the rollups' histograms, the Prometheus series
+        'canary_hist_accum_hist', 'canary_hist_final', 'canary_hist_sum', 'canary_hist_quantile',
+        'canary_hist_le', 'canary_hist_cumulative', 'canary_prometheus_requests',
+        'canary_prometheus_series'];
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure
@@ -192,7 +196,8 @@ BEGIN
         END IF;
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE %s TO llm_canary_admin', rel);
         CONTINUE WHEN rel IN ('@extschema@.canary_sessions'::regclass, '@extschema@.canary_shadow'::regclass,
-                              '@extschema@.canary_response_cache'::regclass);
+                              '@extschema@.canary_response_cache'::regclass,
+                              '@extschema@.canary_submissions'::regclass);
         -- default partitions are members of the extension (for pg_dump): reads go through the parent
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = rel);
         EXECUTE format('GRANT SELECT ON TABLE %s TO llm_canary_app', rel);

@@ -6,7 +6,7 @@
 # Run as postgres with the extension installed (test/bench/run.sh batch does).
 set -euo pipefail
 top="$(cd "$(dirname "$0")/../.." && pwd)"
-dir=/tmp/llm_canary_bench_batch; port=55496
+dir=/tmp/llm_canary_bench_batch; port=55492
 n=${BENCH_BATCH_N:-1000}; conc=${BENCH_BATCH_CONCURRENCY:-64}
 rm -rf "$dir"; mkdir -p "$dir"
 python3 "$top/test/mock_llm.py" --port 0 --port-file "$dir/mock.port" --seed 1 > "$dir/mock.log" 2>&1 &

@@ -10,33 +10,11 @@ set -euo pipefail
 top="$(cd "$(dirname "$0")/../.." && pwd)"
 dir=/tmp/llm_canary_bench_call; port=55498; nport=55497
 secs=${BENCH_SECONDS:-10}; memcalls=${BENCH_MEM_CALLS:-100000}
-rm -rf "$dir"; mkdir -p "$dir/nginx/tmp"
-body='{"id":"c1","object":"chat.completion","created":1,"model":"fast","choices":[{"index":0,"message":{"role":"assistant","content":"Thanks for reaching out. Your order ships tomorrow.","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}'
-cat > "$dir/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $dir/nginx/tmp;
-    proxy_temp_path $dir/nginx/tmp;
-    fastcgi_temp_path $dir/nginx/tmp;
-    uwsgi_temp_path $dir/nginx/tmp;
-    scgi_temp_path $dir/nginx/tmp;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$nport;
-        location /v1/chat/completions {
-            default_type application/json;
-            return 200 '$body';
-        }
-    }
-}
-CONF
-nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" -e "$dir/nginx/error.log"
+rm -rf "$dir"; mkdir -p "$dir"
+. "$top/test/bench/fast_upstream.sh"
+fast_upstream_start "$dir" "$nport"
 cleanup() {
-    kill "$(cat "$dir/nginx/nginx.pid" 2>/dev/null)" 2>/dev/null || true
+    fast_upstream_stop "$dir"
     bash "$top/test/cluster.sh" stop "$dir/data"
 }
 trap cleanup EXIT

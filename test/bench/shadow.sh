@@ -19,35 +19,13 @@ top="$(cd "$(dirname "$0")/../.." && pwd)"
 dir=/tmp/llm_canary_bench_shadow; port=55496; nport=55495
 secs=${BENCH_SECONDS:-15}; rate=${BENCH_RATE:-40}; ncalls=${BENCH_SHADOW_CALLS:-30000}
 conc=${BENCH_SHADOW_CONCURRENCY:-64}
-rm -rf "$dir"; mkdir -p "$dir/nginx/tmp"
-body='{"id":"c1","object":"chat.completion","created":1,"model":"fast","choices":[{"index":0,"message":{"role":"assistant","content":"Thanks for reaching out. Your order ships tomorrow.","refusal":null},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":8,"total_tokens":13}}'
-cat > "$dir/nginx/nginx.conf" <<CONF
-worker_processes 1;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $dir/nginx/tmp;
-    proxy_temp_path $dir/nginx/tmp;
-    fastcgi_temp_path $dir/nginx/tmp;
-    uwsgi_temp_path $dir/nginx/tmp;
-    scgi_temp_path $dir/nginx/tmp;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$nport;
-        location /v1/chat/completions {
-            default_type application/json;
-            return 200 '$body';
-        }
-    }
-}
-CONF
-nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" -e "$dir/nginx/error.log"
+rm -rf "$dir"; mkdir -p "$dir"
+. "$top/test/bench/fast_upstream.sh"
+fast_upstream_start "$dir" "$nport"
 python3 "$top/test/mock_llm.py" --port 0 --port-file "$dir/mock.port" --seed 42 > "$dir/mock.log" 2>&1 &
 mock_pid=$!
 cleanup() {
-    kill "$(cat "$dir/nginx/nginx.pid" 2>/dev/null)" 2>/dev/null || true
+    fast_upstream_stop "$dir"
     kill "$mock_pid" 2>/dev/null || true
     bash "$top/test/cluster.sh" stop "$dir/data"
 }

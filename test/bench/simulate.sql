@@ -93,6 +93,7 @@ BEGIN
     DELETE FROM sim_results r WHERE r.scenario = sim_run.scenario;
     DELETE FROM canary_requests r WHERE r.canary = scenario;
     DELETE FROM canary_feedback f WHERE f.canary = scenario;
+    DELETE FROM canary_rollups r WHERE r.canary = scenario;
     DELETE FROM canary_window_summaries w WHERE w.canary = scenario;
     INSERT INTO canary_config (name, stage, old_model, new_model)
     VALUES (scenario, stage, 'sim-old', 'sim-new')

@@ -9,7 +9,7 @@ SELECT count(*) AS lines,
 SELECT l AS series
   FROM regexp_split_to_table(rtrim(canary_prometheus('prom'), E'\n'), E'\n') l
  WHERE l !~ '^#' AND l !~ '^llm_canary_(queue|metrics|worker)'
-   AND (l !~ '_bucket' OR l ~ 'le="(100|500|1000|\+Inf)"');
+   AND (l !~ '_bucket' OR l ~ 'le="(128|512|1024|\+Inf)"');
 
 -- the timeline of two checks, with bars
 SELECT canary_check('prom', now() - interval '30 seconds') IS NULL AS not_tripped_yet;

@@ -11,12 +11,18 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use RollupCheck;
 
 my $node = PostgreSQL::Test::Cluster->new('upgrade');
 $node->init;
 $node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'upgraded'
+# the worker serves another database: its daily canary_maintenance() would
+# expire the response cache rows this test counts
+llm_canary.database_name = 'postgres'
+llm_canary.response_cache_ttl = '1 day'
 });
 $node->start;
 $node->safe_psql('postgres', 'CREATE DATABASE upgraded');
@@ -115,6 +121,14 @@ for my $t (@tables10)
 $node->safe_psql('upgraded', 'ALTER EXTENSION llm_canary UPDATE');
 is($node->safe_psql('upgraded', q{SELECT extversion FROM pg_extension WHERE extname = 'llm_canary'}),
 	$default, "ALTER EXTENSION UPDATE reaches $default");
+
+# the rollups of the rows 1.0 had, and their totals
+is($node->safe_psql('upgraded', rollup_recount_query()), '0',
+	'the rollups backfilled by the upgrade equal a recount of the 1.0 rows');
+is($node->safe_psql('upgraded', q{
+SELECT (SELECT sum(requests) FROM canary_rollup_totals) || ' ' || (SELECT sum(thumbs_down) FROM canary_rollup_totals)
+       || ' ' || (SELECT sum(requests) FROM canary_rollups) || ' ' || (SELECT sum(verdicts) FROM canary_rollups)}),
+	'201 10 201 30', 'the totals count the 201 attempts and 10 thumbs-down of 1.0');
 
 my $after = digest_rows();
 for my $t (@tables10)

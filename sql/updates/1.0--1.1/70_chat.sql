@@ -1,6 +1,8 @@
 /*
- * Chat requests and batches (issue 14): canary_chat, canary_batch; the
- * response cache keeps a chat answer's tool calls and finish reason.
+ * Chat requests, batches and submissions (issue 14): canary_chat,
+ * canary_batch, canary_submit / canary_result and their table; the response
+ * cache keeps a chat answer's tool calls and finish reason;
+ * canary_maintenance() also expires finished submissions.
  */
 ALTER TABLE canary_response_cache ADD COLUMN answer jsonb;
 COMMENT ON COLUMN canary_response_cache.answer IS
@@ -47,3 +49,290 @@ REVOKE ALL ON FUNCTION canary_batch(jsonb[], text[], text, text, integer, boolea
 REVOKE ALL ON FUNCTION canary_batch(text[], text[], text, text, integer, boolean, text[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION canary_batch(jsonb[], text[], text, text, integer, boolean, text[]) TO llm_canary_admin, llm_canary_app;
 GRANT EXECUTE ON FUNCTION canary_batch(text[], text[], text, text, integer, boolean, text[]) TO llm_canary_admin, llm_canary_app;
+
+/*
+ * Calls that do not hold a connection (src/submit.c): canary_submit stores
+ * the request in canary_submissions, committed with the caller's
+ * transaction, and returns its id at once; the "llm_canary submissions"
+ * background worker claims pending rows (FOR UPDATE SKIP LOCKED), makes the
+ * calls concurrently exactly as canary_batch does (routing, recording,
+ * retries, fallback), writes each result into the row and announces it
+ * with NOTIFY llm_canary_result (payload: the request id).  canary_result
+ * waits for or fetches a result.  Finished rows older than
+ * llm_canary.submit_retention are deleted by canary_maintenance() and, every
+ * minute, by the worker (canary_submissions_purge).
+ *
+ * A row is the queue entry: a committed submission survives a crash; a row
+ * claimed when the server stopped ("running") is made pending again when
+ * the worker starts, and its call is made again (at least once).
+ */
+CREATE TABLE canary_submissions (
+    request_id      uuid PRIMARY KEY,
+    submitted_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    submitted_by    name NOT NULL DEFAULT session_user,
+    canary          text NOT NULL,
+    user_id         text NOT NULL,
+    prompt_class    text,
+    session_id      text,
+    request         jsonb NOT NULL,
+    state           text NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'running', 'done', 'failed')),
+    attempts        integer NOT NULL DEFAULT 0,
+    started_at      timestamptz,
+    finished_at     timestamptz,
+    result          jsonb,
+    sqlstate        text,
+    error           text
+);
+CREATE INDEX canary_submissions_pending_idx ON canary_submissions (submitted_at)
+    WHERE state IN ('pending', 'running');
+CREATE INDEX canary_submissions_finished_idx ON canary_submissions (finished_at)
+    WHERE finished_at IS NOT NULL;
+REVOKE ALL ON canary_submissions FROM PUBLIC;
+COMMENT ON TABLE canary_submissions IS
+    'Requests submitted with canary_submit, their state and result; owner-only (read results with canary_result)';
+COMMENT ON COLUMN canary_submissions.request IS
+    'A JSON string (a prompt) or object (an OpenAI chat-completions request), as submitted';
+COMMENT ON COLUMN canary_submissions.state IS
+    'pending, running (claimed by the worker), done (result) or failed (sqlstate, error)';
+COMMENT ON COLUMN canary_submissions.attempts IS
+    'How many times the worker claimed the row (more than 1 after a crash or restart)';
+
+CREATE FUNCTION canary_submit_check(request jsonb, user_id text, canary text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'canary_submit_check'
+LANGUAGE C VOLATILE;
+COMMENT ON FUNCTION canary_submit_check(jsonb, text, text) IS
+    'Internal to canary_submit: validate a submission and wake the worker when the transaction commits';
+
+CREATE FUNCTION canary_submit(request jsonb, user_id text, canary text DEFAULT 'default',
+                              prompt_class text DEFAULT NULL, session_id text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    id uuid := gen_random_uuid();
+BEGIN
+    PERFORM @extschema@.canary_submit_check(request, user_id, canary);
+    INSERT INTO @extschema@.canary_submissions
+        (request_id, canary, user_id, prompt_class, session_id, request)
+    VALUES (id, canary, user_id, prompt_class, session_id, request);
+    RETURN id;
+END;
+$$;
+COMMENT ON FUNCTION canary_submit(jsonb, text, text, text, text) IS
+    'Submit a request (JSON string: a prompt; JSON object: a chat request) for the worker to answer; returns its id at once';
+
+CREATE FUNCTION canary_submit(prompt text, user_id text, canary text DEFAULT 'default',
+                              prompt_class text DEFAULT NULL, session_id text DEFAULT NULL)
+RETURNS uuid
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT @extschema@.canary_submit(to_jsonb(prompt), user_id, canary, prompt_class, session_id)
+$$;
+COMMENT ON FUNCTION canary_submit(text, text, text, text, text) IS
+    'Submit a prompt for the worker to answer; returns its id at once';
+
+CREATE FUNCTION canary_result(request_id uuid, wait interval DEFAULT '0')
+RETURNS TABLE (state text, ok boolean, result jsonb, sqlstate text, error text,
+               submitted_at timestamptz, finished_at timestamptz)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + coalesce(wait, '0');
+    nap double precision := 0.005;
+    s record;
+BEGIN
+    LOOP
+        SELECT * INTO s FROM @extschema@.canary_submissions AS q
+         WHERE q.request_id OPERATOR(pg_catalog.=) canary_result.request_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'submission % does not exist', canary_result.request_id
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Results are deleted after llm_canary.submit_retention.';
+        END IF;
+        IF s.submitted_by <> session_user
+           AND NOT pg_catalog.pg_has_role(session_user, 'llm_canary_admin', 'MEMBER') THEN
+            RAISE EXCEPTION 'permission denied for submission %', canary_result.request_id
+                USING ERRCODE = 'insufficient_privilege',
+                      HINT = 'Only the role that submitted a request (or llm_canary_admin) reads its result.';
+        END IF;
+        EXIT WHEN s.state IN ('done', 'failed') OR clock_timestamp() >= deadline;
+        PERFORM pg_catalog.pg_sleep(least(nap, greatest(extract(epoch FROM deadline - clock_timestamp()), 0)));
+        nap := least(nap * 2, 0.05);
+    END LOOP;
+    RETURN QUERY SELECT s.state, CASE s.state WHEN 'done' THEN true WHEN 'failed' THEN false END,
+                        s.result, s.sqlstate, s.error, s.submitted_at, s.finished_at;
+END;
+$$;
+COMMENT ON FUNCTION canary_result(uuid, interval) IS
+    'The state and result of a submitted request, waiting up to wait for it to finish (needs READ COMMITTED to see it arrive)';
+
+CREATE FUNCTION canary_submissions_purge(older_than interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- the setting reads like '1d' (its unit is seconds): a valid interval
+    keep interval := coalesce(older_than,
+        coalesce(nullif(current_setting('llm_canary.submit_retention', true), ''), '1d')::interval);
+    n bigint;
+BEGIN
+    DELETE FROM @extschema@.canary_submissions
+     WHERE finished_at < clock_timestamp() - keep;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END;
+$$;
+COMMENT ON FUNCTION canary_submissions_purge(interval) IS
+    'Delete finished submissions older than llm_canary.submit_retention (run by the submission worker every minute)';
+REVOKE ALL ON FUNCTION canary_submit_check(jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION canary_submit(jsonb, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION canary_submit(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION canary_result(uuid, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION canary_submissions_purge(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION canary_submit_check(jsonb, text, text) TO llm_canary_admin;
+GRANT EXECUTE ON FUNCTION canary_submit(jsonb, text, text, text, text) TO llm_canary_admin, llm_canary_app;
+GRANT EXECUTE ON FUNCTION canary_submit(text, text, text, text, text) TO llm_canary_admin, llm_canary_app;
+GRANT EXECUTE ON FUNCTION canary_result(uuid, interval) TO llm_canary_admin, llm_canary_app;
+GRANT EXECUTE ON FUNCTION canary_submissions_purge(interval) TO llm_canary_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE canary_submissions TO llm_canary_admin;
+
+/* canary_maintenance() expires finished submissions too (sql/parts/30_metrics.sql) */
+CREATE OR REPLACE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT current_date)
+RETURNS TABLE (action text, partition text, moved_rows bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    retention integer := coalesce(nullif(current_setting('llm_canary.retention_days', true), '')::integer, 30);
+    nsp name;
+    parent text;
+    columns text;
+    locked boolean;
+    day date;
+    part text;
+    lo timestamptz;
+    hi timestamptz;
+    has_rows boolean;
+    n bigint;
+    old record;
+BEGIN
+    IF days_ahead IS NULL OR today IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN today IS NULL THEN 'today' ELSE 'days_ahead' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF days_ahead NOT BETWEEN 0 AND 366 THEN
+        RAISE EXCEPTION 'days_ahead % is out of range', days_ahead
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Create between 0 and 366 days of partitions ahead; the default is 7.';
+    END IF;
+    SELECT c.relnamespace::regnamespace::name INTO nsp
+      FROM pg_class c WHERE c.oid = '@extschema@.canary_requests'::regclass;
+
+    -- expired answers of the response cache (created by a later part)
+    IF to_regclass(format('%I.canary_response_cache', nsp)) IS NOT NULL THEN
+        -- the setting reads like '1h' (its unit is seconds): a valid interval;
+        -- off (0) or not loaded, every row is stale
+        EXECUTE format('DELETE FROM %I.canary_response_cache WHERE created_at <= now() - $1', nsp)
+           USING coalesce(nullif(current_setting('llm_canary.response_cache_ttl', true), ''), '0')::interval;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_response_cache'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
+    -- rollups older than llm_canary.rollup_retention_days (created by a later part)
+    IF to_regprocedure(format('%I.canary_rollup_maintenance(date)', nsp)) IS NOT NULL THEN
+        EXECUTE format('SELECT %I.canary_rollup_maintenance($1)', nsp) INTO n USING today;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_rollups'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
+    -- finished submissions past llm_canary.submit_retention (created by a later part)
+    IF to_regclass(format('%I.canary_submissions', nsp)) IS NOT NULL THEN
+        EXECUTE format('DELETE FROM %I.canary_submissions WHERE finished_at < now() - $1', nsp)
+           USING coalesce(nullif(current_setting('llm_canary.submit_retention', true), ''), '1d')::interval;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_submissions'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
+    FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
+        -- canary_shadow is created after this function's first run at install
+        CONTINUE WHEN to_regclass(format('%I.%I', nsp, parent)) IS NULL;
+        locked := false;
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO columns
+          FROM pg_attribute a
+         WHERE a.attrelid = format('%I.%I', nsp, parent)::regclass
+           AND a.attnum > 0 AND NOT a.attisdropped;
+
+        -- today .. today + days_ahead
+        FOR i IN 0 .. days_ahead LOOP
+            day := today + i;
+            part := parent || '_' || to_char(day, 'YYYYMMDD');
+            CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
+            IF NOT locked THEN
+                -- writes go through the parent: block them (not reads) while
+                -- rows move, taking the parent's lock before any partition's
+                EXECUTE format('LOCK TABLE ONLY %I.%I IN SHARE ROW EXCLUSIVE MODE', nsp, parent);
+                locked := true;
+            END IF;
+            lo := day::timestamp AT TIME ZONE 'UTC';
+            hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE ts >= $1 AND ts < $2)',
+                           nsp, parent || '_default')
+               INTO has_rows USING lo, hi;
+            IF NOT has_rows THEN
+                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               nsp, part, nsp, parent, lo, hi);
+                action := 'create'; partition := part; moved_rows := 0;
+            ELSE
+                -- the DEFAULT partition holds rows of this day: move them
+                -- into a new table, then attach it
+                EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                               nsp, part, nsp, parent);
+                EXECUTE format('WITH moved AS (DELETE FROM %I.%I WHERE ts >= $1 AND ts < $2 RETURNING %s)'
+                               ' INSERT INTO %I.%I (%s) SELECT %s FROM moved',
+                               nsp, parent || '_default', columns, nsp, part, columns, columns)
+                   USING lo, hi;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                EXECUTE format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               nsp, parent, nsp, part, lo, hi);
+                action := 'create'; partition := part; moved_rows := n;
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+
+        -- retention: drop daily partitions of days before today - retention
+        IF retention > 0 THEN
+            FOR old IN
+                SELECT c.relname::text AS relname
+                  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = format('%I.%I', nsp, parent)::regclass
+                   AND c.relname ~ ('^' || parent || '_[0-9]{8}$')
+                   AND to_date(right(c.relname, 8), 'YYYYMMDD') < today - retention
+                 ORDER BY c.relname
+            LOOP
+                IF NOT locked THEN
+                    EXECUTE format('LOCK TABLE ONLY %I.%I IN SHARE ROW EXCLUSIVE MODE', nsp, parent);
+                    locked := true;
+                END IF;
+                EXECUTE format('DROP TABLE %I.%I', nsp, old.relname);
+                action := 'drop'; partition := old.relname; moved_rows := NULL;
+                RETURN NEXT;
+            END LOOP;
+        END IF;
+    END LOOP;
+END;
+$$;
+ALTER FUNCTION canary_maintenance(integer, date) SECURITY DEFINER;

@@ -1,0 +1,679 @@
+/*
+ * Rollups (issue 12), generated from sql/parts/32_rollups.sql: the tables,
+ * the histogram functions, the triggers; the changed readers
+ * (canary_maintenance, canary_summary, canary_prometheus and the Prometheus
+ * series); the grants sql/parts/90_roles.sql gives; and the rollups of the
+ * rows 1.0 already has.
+ */
+CREATE TABLE canary_rollups (
+    canary              text NOT NULL,
+    bucket_end          timestamptz NOT NULL,
+    member              text NOT NULL DEFAULT '',
+    stage               text NOT NULL,
+    cohort              text NOT NULL,
+    model               text NOT NULL,
+    fallback            boolean NOT NULL,
+    cached              boolean NOT NULL,
+    requests            bigint NOT NULL DEFAULT 0,
+    outcome_ok          bigint NOT NULL DEFAULT 0,
+    outcome_refusal     bigint NOT NULL DEFAULT 0,
+    outcome_error       bigint NOT NULL DEFAULT 0,
+    outcome_timeout     bigint NOT NULL DEFAULT 0,
+    refusals            bigint NOT NULL DEFAULT 0,
+    thumbs_down         bigint NOT NULL DEFAULT 0,
+    verdicts            bigint NOT NULL DEFAULT 0,
+    prompt_tokens       bigint NOT NULL DEFAULT 0,
+    completion_tokens   bigint NOT NULL DEFAULT 0,
+    completions         bigint NOT NULL DEFAULT 0,
+    cost                numeric NOT NULL DEFAULT 0,
+    latency_count       bigint NOT NULL DEFAULT 0,
+    latency_sum         bigint NOT NULL DEFAULT 0,
+    latency_hist        int8[] NOT NULL DEFAULT '{}',
+    tokens_hist         int8[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (canary, bucket_end, member, stage, cohort, model, fallback, cached)
+);
+CREATE INDEX canary_rollups_bucket_end_idx ON canary_rollups (bucket_end);
+COMMENT ON TABLE canary_rollups IS
+    '30-second rollups of canary_requests and canary_feedback, written with the raw rows; kept llm_canary.rollup_retention_days days';
+COMMENT ON COLUMN canary_rollups.canary IS 'Rollout (canary_config.name)';
+COMMENT ON COLUMN canary_rollups.bucket_end IS
+    'End of the 30-second bucket: the attempts with ts in (bucket_end - 30 s, bucket_end]';
+COMMENT ON COLUMN canary_rollups.member IS
+    'Fleet member that wrote the rows ('''' on a single server)';
+COMMENT ON COLUMN canary_rollups.stage IS 'Stage of the attempts ('''' when not recorded)';
+COMMENT ON COLUMN canary_rollups.cohort IS 'canary or control ('''' when not recorded)';
+COMMENT ON COLUMN canary_rollups.model IS 'Model of the attempts ('''' when not recorded)';
+COMMENT ON COLUMN canary_rollups.fallback IS 'Attempts that served a canary user with the old model after the new model failed';
+COMMENT ON COLUMN canary_rollups.cached IS 'Attempts answered from canary_response_cache';
+COMMENT ON COLUMN canary_rollups.requests IS 'Attempts (rows of canary_requests)';
+COMMENT ON COLUMN canary_rollups.outcome_ok IS 'Attempts with outcome ok';
+COMMENT ON COLUMN canary_rollups.outcome_refusal IS 'Attempts with outcome refusal';
+COMMENT ON COLUMN canary_rollups.outcome_error IS 'Attempts with outcome error';
+COMMENT ON COLUMN canary_rollups.outcome_timeout IS 'Attempts with outcome timeout';
+COMMENT ON COLUMN canary_rollups.refusals IS 'Attempts whose answer was a refusal (canary_requests.refusal)';
+COMMENT ON COLUMN canary_rollups.thumbs_down IS
+    'Thumbs-down verdicts on the attempts of this row (counted in the bucket of the request, not of the verdict)';
+COMMENT ON COLUMN canary_rollups.verdicts IS 'All verdicts (thumbs down or not) on the attempts of this row';
+COMMENT ON COLUMN canary_rollups.prompt_tokens IS 'Sum of prompt_tokens';
+COMMENT ON COLUMN canary_rollups.completion_tokens IS 'Sum of completion_tokens';
+COMMENT ON COLUMN canary_rollups.completions IS 'Attempts with completion_tokens recorded';
+COMMENT ON COLUMN canary_rollups.cost IS 'Sum of cost';
+COMMENT ON COLUMN canary_rollups.latency_count IS 'Attempts with latency_ms recorded';
+COMMENT ON COLUMN canary_rollups.latency_sum IS 'Sum of latency_ms';
+COMMENT ON COLUMN canary_rollups.latency_hist IS
+    'Histogram of latency_ms: {bucket, count, ...}, log-linear buckets (canary_hist_quantile reads it)';
+COMMENT ON COLUMN canary_rollups.tokens_hist IS
+    'Histogram of completion_tokens, same scheme as latency_hist';
+
+CREATE TABLE canary_rollup_totals (
+    canary              text NOT NULL,
+    member              text NOT NULL DEFAULT '',
+    model               text NOT NULL,
+    cohort              text NOT NULL,
+    fallback            boolean NOT NULL,
+    requests            bigint NOT NULL DEFAULT 0,
+    outcome_ok          bigint NOT NULL DEFAULT 0,
+    outcome_refusal     bigint NOT NULL DEFAULT 0,
+    outcome_error       bigint NOT NULL DEFAULT 0,
+    outcome_timeout     bigint NOT NULL DEFAULT 0,
+    refusals            bigint NOT NULL DEFAULT 0,
+    thumbs_down         bigint NOT NULL DEFAULT 0,
+    verdicts            bigint NOT NULL DEFAULT 0,
+    prompt_tokens       bigint NOT NULL DEFAULT 0,
+    completion_tokens   bigint NOT NULL DEFAULT 0,
+    completions         bigint NOT NULL DEFAULT 0,
+    cost                numeric NOT NULL DEFAULT 0,
+    latency_count       bigint NOT NULL DEFAULT 0,
+    latency_sum         bigint NOT NULL DEFAULT 0,
+    latency_hist        int8[] NOT NULL DEFAULT '{}',
+    tokens_hist         int8[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (canary, member, model, cohort, fallback)
+);
+COMMENT ON TABLE canary_rollup_totals IS
+    'The counters of canary_rollups summed since install per rollout, member, model, cohort and fallback (never pruned): the Prometheus counters';
+COMMENT ON COLUMN canary_rollup_totals.member IS
+    'Fleet member that wrote the rows ('''' on a single server)';
+
+/* Histograms (src/rollups.c). */
+CREATE FUNCTION canary_hist_accum(internal, integer) RETURNS internal
+AS 'MODULE_PATHNAME', 'canary_hist_accum' LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE;
+CREATE FUNCTION canary_hist_accum_hist(internal, int8[]) RETURNS internal
+AS 'MODULE_PATHNAME', 'canary_hist_accum_hist' LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE;
+CREATE FUNCTION canary_hist_final(internal) RETURNS int8[]
+AS 'MODULE_PATHNAME', 'canary_hist_final' LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE;
+
+CREATE AGGREGATE canary_hist_agg(integer) (
+    SFUNC = canary_hist_accum, STYPE = internal, SSPACE = 2048, FINALFUNC = canary_hist_final
+);
+COMMENT ON AGGREGATE canary_hist_agg(integer) IS
+    'Histogram of the values (NULLs skipped), as stored in canary_rollups.latency_hist';
+CREATE AGGREGATE canary_hist_sum(int8[]) (
+    SFUNC = canary_hist_accum_hist, STYPE = internal, SSPACE = 2048, FINALFUNC = canary_hist_final
+);
+COMMENT ON AGGREGATE canary_hist_sum(int8[]) IS 'The histogram of all the values of the histograms';
+
+CREATE FUNCTION canary_hist_merge(int8[], int8[]) RETURNS int8[]
+AS 'MODULE_PATHNAME', 'canary_hist_merge' LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_hist_merge(int8[], int8[]) IS 'The histogram of the values of both histograms';
+CREATE FUNCTION canary_hist_quantile(hist int8[], q float8) RETURNS float8
+AS 'MODULE_PATHNAME', 'canary_hist_quantile' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_hist_quantile(int8[], float8) IS
+    'percentile_cont(q) of the values of the histogram, within 1/64 (1.6 %) of the exact one; NULL when empty';
+CREATE FUNCTION canary_hist_count_over(hist int8[], x float8) RETURNS bigint
+AS 'MODULE_PATHNAME', 'canary_hist_count_over' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_hist_count_over(int8[], float8) IS
+    'How many values of the histogram exceed x (exact up to 64; otherwise values within 1/64 of x may be misplaced)';
+CREATE FUNCTION canary_hist_le() RETURNS float8[]
+AS 'MODULE_PATHNAME', 'canary_hist_le' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_hist_le() IS
+    'The finite bucket bounds ("le") of the Prometheus histograms: 1 .. 131072, 8 per power of two above 32';
+CREATE FUNCTION canary_hist_cumulative(hist int8[]) RETURNS int8[]
+AS 'MODULE_PATHNAME', 'canary_hist_cumulative' LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_hist_cumulative(int8[]) IS
+    'For each bound of canary_hist_le(), how many values of the histogram are at most that bound';
+
+/*
+ * The bucket of a timestamp: its end, the first multiple of 30 seconds
+ * since 2000-01-01 UTC at or after it, so that the bucket holds
+ * (bucket_end - 30 s, bucket_end].  Inlined into the queries that use it.
+ */
+CREATE FUNCTION canary_rollup_bucket(ts timestamptz) RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN pg_catalog.date_bin('30 seconds', ts - interval '1 microsecond', timestamptz '2000-01-01 00:00:00+00')
+       + interval '30 seconds';
+COMMENT ON FUNCTION canary_rollup_bucket(timestamptz) IS
+    'The rollup bucket of a timestamp: the end of the 30-second bucket (bucket_end - 30 s, bucket_end] that holds it';
+
+/* The member column of the rows this server writes ('' on a single server). */
+CREATE FUNCTION canary_rollup_member() RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE
+RETURN coalesce(pg_catalog.current_setting('llm_canary.member', true), '');
+COMMENT ON FUNCTION canary_rollup_member() IS
+    'The fleet member this server writes rollups as (llm_canary.member, empty when not set)';
+
+/*
+ * canary_rollup_statement: the one statement that adds a set of raw rows to
+ * the rollups (and, when totals, to canary_rollup_totals).  kind is
+ * requests (rows shaped like canary_requests) or feedback (shaped like
+ * canary_feedback); source names a relation or a parenthesised query.
+ * A verdict counts in the bucket and under the key of its request's first
+ * attempt (the new model's own answer when a fallback followed), or, when
+ * that attempt is no longer kept, in the bucket of the verdict with the
+ * cohort and model the verdict carries.  Rows go in key order, so that
+ * concurrent writers lock the rollup rows in the same order.
+ */
+CREATE FUNCTION canary_rollup_statement(kind text, source text, totals boolean)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    keys constant text := 'canary, bucket_end, member, stage, cohort, model, fallback, cached';
+    total_keys constant text := 'canary, member, model, cohort, fallback';
+    counters text[];
+    hists text[] := '{}';
+    agg text;
+    cols text;
+    sets text;
+    sums text;
+    rollup text;
+BEGIN
+    IF kind = 'requests' THEN
+        counters := ARRAY['requests', 'outcome_ok', 'outcome_refusal', 'outcome_error', 'outcome_timeout',
+                          'refusals', 'prompt_tokens', 'completion_tokens', 'completions', 'cost',
+                          'latency_count', 'latency_sum'];
+        hists := ARRAY['latency_hist', 'tokens_hist'];
+        agg := format($q$
+SELECT r.canary, @extschema@.canary_rollup_bucket(r.ts) AS bucket_end,
+       @extschema@.canary_rollup_member() AS member, coalesce(r.stage, '') AS stage,
+       coalesce(r.cohort, '') AS cohort, coalesce(r.model, '') AS model,
+       coalesce(r.fallback, false) AS fallback, r.cached,
+       count(*) AS requests,
+       count(*) FILTER (WHERE r.outcome = 'ok') AS outcome_ok,
+       count(*) FILTER (WHERE r.outcome = 'refusal') AS outcome_refusal,
+       count(*) FILTER (WHERE r.outcome = 'error') AS outcome_error,
+       count(*) FILTER (WHERE r.outcome = 'timeout') AS outcome_timeout,
+       count(*) FILTER (WHERE r.refusal) AS refusals,
+       coalesce(sum(r.prompt_tokens), 0)::bigint AS prompt_tokens,
+       coalesce(sum(r.completion_tokens), 0)::bigint AS completion_tokens,
+       count(r.completion_tokens) AS completions,
+       coalesce(sum(r.cost), 0) AS cost,
+       count(r.latency_ms) AS latency_count,
+       coalesce(sum(r.latency_ms), 0)::bigint AS latency_sum,
+       @extschema@.canary_hist_agg(r.latency_ms) AS latency_hist,
+       @extschema@.canary_hist_agg(r.completion_tokens) AS tokens_hist
+  FROM %s r
+ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
+    ELSIF kind = 'feedback' THEN
+        counters := ARRAY['thumbs_down', 'verdicts'];
+        agg := format($q$
+SELECT coalesce(a.canary, f.canary) AS canary,
+       @extschema@.canary_rollup_bucket(coalesce(a.ts, f.ts)) AS bucket_end,
+       @extschema@.canary_rollup_member() AS member, coalesce(a.stage, '') AS stage,
+       coalesce(a.cohort, f.cohort, '') AS cohort, coalesce(a.model, f.model, '') AS model,
+       coalesce(a.fallback, false) AS fallback, coalesce(a.cached, false) AS cached,
+       count(*) FILTER (WHERE f.thumbs_down) AS thumbs_down,
+       count(*) AS verdicts
+  FROM %s f
+  LEFT JOIN LATERAL (SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
+                       FROM @extschema@.canary_requests q
+                      WHERE q.request_id = f.request_id
+                      ORDER BY q.ts LIMIT 1) a ON true
+ WHERE coalesce(a.canary, f.canary) IS NOT NULL
+ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
+    ELSE
+        RAISE EXCEPTION 'rollup kind "%" does not exist', kind
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The kinds are requests and feedback.';
+    END IF;
+
+    cols := array_to_string(counters || hists, ', ');
+    SELECT string_agg(CASE WHEN c = ANY (hists)
+                           THEN format('%1$I = @extschema@.canary_hist_merge(t.%1$I, excluded.%1$I)', c)
+                           ELSE format('%1$I = t.%1$I + excluded.%1$I', c) END, ', ' ORDER BY o),
+           string_agg(CASE WHEN c = ANY (hists) THEN format('@extschema@.canary_hist_sum(%I)', c)
+                           WHEN c = 'cost' THEN 'sum(cost)'
+                           ELSE format('sum(%I)::bigint', c) END, ', ' ORDER BY o)
+      INTO sets, sums
+      FROM unnest(counters || hists) WITH ORDINALITY AS u(c, o);
+    rollup := format('INSERT INTO @extschema@.canary_rollups AS t (%1$s, %2$s) SELECT %1$s, %2$s FROM agg'
+                     ' ORDER BY %1$s ON CONFLICT (%1$s) DO UPDATE SET %3$s', keys, cols, sets);
+    IF NOT totals THEN
+        RETURN format('WITH agg AS (%s) %s', agg, rollup);
+    END IF;
+    RETURN format('WITH agg AS (%1$s), rollup AS (%2$s)'
+                  ' INSERT INTO @extschema@.canary_rollup_totals AS t (%3$s, %4$s) SELECT %3$s, %5$s FROM agg'
+                  ' GROUP BY %3$s ORDER BY %3$s ON CONFLICT (%3$s) DO UPDATE SET %6$s',
+                  agg, rollup, total_keys, cols, sums, sets);
+END;
+$$;
+COMMENT ON FUNCTION canary_rollup_statement(text, text, boolean) IS
+    'The statement that adds the rows of source (kind requests or feedback) to canary_rollups and, when totals, to canary_rollup_totals';
+REVOKE ALL ON FUNCTION canary_rollup_statement(text, text, boolean) FROM PUBLIC;
+
+/*
+ * The triggers: every INSERT or COPY into canary_requests or canary_feedback
+ * through the parent table adds its rows to the rollups in the same
+ * statement: exactly once, whoever writes the rows (the worker, a
+ * backfill, the simulator, canary_feedback).  SECURITY DEFINER: a role that
+ * may add raw rows need not be able to write the rollups.
+ */
+CREATE FUNCTION canary_rollup_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    -- TG_ARGV[0]: requests or feedback
+    EXECUTE @extschema@.canary_rollup_statement(TG_ARGV[0], 'new_rows', true);
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION canary_rollup_trigger() IS
+    'Adds the rows an INSERT or COPY wrote to canary_requests or canary_feedback to canary_rollups and canary_rollup_totals';
+REVOKE ALL ON FUNCTION canary_rollup_trigger() FROM PUBLIC;
+CREATE TRIGGER canary_requests_rollup AFTER INSERT ON canary_requests
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_rollup_trigger('requests');
+CREATE TRIGGER canary_feedback_rollup AFTER INSERT ON canary_feedback
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_rollup_trigger('feedback');
+
+/*
+ * canary_rollup_rebuild: recount this server's rollups of the buckets in
+ * (since, until] from the raw rows still kept.  For rows written around the
+ * triggers (into a partition directly, or with triggers disabled) or
+ * deleted.  The totals are counters and stay as they are.  Blocks the
+ * writers of the rollups while it runs.
+ */
+CREATE FUNCTION canary_rollup_rebuild(since timestamptz, until timestamptz DEFAULT 'infinity')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+    in_range constant text :=
+        '@extschema@.canary_rollup_bucket(%s) > %L AND @extschema@.canary_rollup_bucket(%s) <= %L';
+BEGIN
+    IF since IS NULL OR until IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN since IS NULL THEN 'since' ELSE 'until' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    LOCK TABLE @extschema@.canary_rollups IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM @extschema@.canary_rollups r
+     WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
+    EXECUTE @extschema@.canary_rollup_statement('requests',
+        format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
+               'ts', since, 'ts', until), false);
+    EXECUTE @extschema@.canary_rollup_statement('feedback',
+        format('(SELECT f.* FROM @extschema@.canary_feedback f'
+               ' CROSS JOIN LATERAL (SELECT coalesce((SELECT q.ts FROM @extschema@.canary_requests q'
+               '   WHERE q.request_id = f.request_id ORDER BY q.ts LIMIT 1), f.ts) AS ts) k WHERE '
+               || in_range || ')', 'k.ts', since, 'k.ts', until), false);
+    SELECT count(*) INTO n FROM @extschema@.canary_rollups r
+     WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
+    RETURN n;
+END;
+$$;
+COMMENT ON FUNCTION canary_rollup_rebuild(timestamptz, timestamptz) IS
+    'Recounts this server''s canary_rollups of the buckets in (since, until] from the kept rows of canary_requests and canary_feedback; returns the rollup rows of the range';
+REVOKE ALL ON FUNCTION canary_rollup_rebuild(timestamptz, timestamptz) FROM PUBLIC;
+
+/*
+ * Retention, called by canary_maintenance(): rollups whose bucket ended
+ * before today - llm_canary.rollup_retention_days (UTC days) are deleted.
+ */
+CREATE FUNCTION canary_rollup_maintenance(today date DEFAULT current_date)
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    days integer := coalesce(nullif(current_setting('llm_canary.rollup_retention_days', true), '')::integer, 400);
+    n bigint := 0;
+BEGIN
+    IF days > 0 THEN
+        DELETE FROM @extschema@.canary_rollups r
+         WHERE r.bucket_end < (today - days)::timestamp AT TIME ZONE 'UTC';
+        GET DIAGNOSTICS n = ROW_COUNT;
+    END IF;
+    RETURN n;
+END;
+$$;
+COMMENT ON FUNCTION canary_rollup_maintenance(date) IS
+    'Deletes the canary_rollups older than llm_canary.rollup_retention_days days; returns how many';
+REVOKE ALL ON FUNCTION canary_rollup_maintenance(date) FROM PUBLIC;
+
+SELECT pg_catalog.pg_extension_config_dump('canary_rollups', '');
+SELECT pg_catalog.pg_extension_config_dump('canary_rollup_totals', '');
+
+CREATE OR REPLACE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT current_date)
+RETURNS TABLE (action text, partition text, moved_rows bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    retention integer := coalesce(nullif(current_setting('llm_canary.retention_days', true), '')::integer, 30);
+    nsp name;
+    parent text;
+    columns text;
+    locked boolean;
+    day date;
+    part text;
+    lo timestamptz;
+    hi timestamptz;
+    has_rows boolean;
+    n bigint;
+    old record;
+BEGIN
+    IF days_ahead IS NULL OR today IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN today IS NULL THEN 'today' ELSE 'days_ahead' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF days_ahead NOT BETWEEN 0 AND 366 THEN
+        RAISE EXCEPTION 'days_ahead % is out of range', days_ahead
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Create between 0 and 366 days of partitions ahead; the default is 7.';
+    END IF;
+    SELECT c.relnamespace::regnamespace::name INTO nsp
+      FROM pg_class c WHERE c.oid = '@extschema@.canary_requests'::regclass;
+
+    -- expired answers of the response cache (created by a later part)
+    IF to_regclass(format('%I.canary_response_cache', nsp)) IS NOT NULL THEN
+        -- the setting reads like '1h' (its unit is seconds): a valid interval;
+        -- off (0) or not loaded, every row is stale
+        EXECUTE format('DELETE FROM %I.canary_response_cache WHERE created_at <= now() - $1', nsp)
+           USING coalesce(nullif(current_setting('llm_canary.response_cache_ttl', true), ''), '0')::interval;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_response_cache'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
+    -- rollups older than llm_canary.rollup_retention_days (created by a later part)
+    IF to_regprocedure(format('%I.canary_rollup_maintenance(date)', nsp)) IS NOT NULL THEN
+        EXECUTE format('SELECT %I.canary_rollup_maintenance($1)', nsp) INTO n USING today;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_rollups'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
+    FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
+        -- canary_shadow is created after this function's first run at install
+        CONTINUE WHEN to_regclass(format('%I.%I', nsp, parent)) IS NULL;
+        locked := false;
+        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO columns
+          FROM pg_attribute a
+         WHERE a.attrelid = format('%I.%I', nsp, parent)::regclass
+           AND a.attnum > 0 AND NOT a.attisdropped;
+
+        -- today .. today + days_ahead
+        FOR i IN 0 .. days_ahead LOOP
+            day := today + i;
+            part := parent || '_' || to_char(day, 'YYYYMMDD');
+            CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
+            IF NOT locked THEN
+                -- writes go through the parent: block them (not reads) while
+                -- rows move, taking the parent's lock before any partition's
+                EXECUTE format('LOCK TABLE ONLY %I.%I IN SHARE ROW EXCLUSIVE MODE', nsp, parent);
+                locked := true;
+            END IF;
+            lo := day::timestamp AT TIME ZONE 'UTC';
+            hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE ts >= $1 AND ts < $2)',
+                           nsp, parent || '_default')
+               INTO has_rows USING lo, hi;
+            IF NOT has_rows THEN
+                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               nsp, part, nsp, parent, lo, hi);
+                action := 'create'; partition := part; moved_rows := 0;
+            ELSE
+                -- the DEFAULT partition holds rows of this day: move them
+                -- into a new table, then attach it
+                EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                               nsp, part, nsp, parent);
+                EXECUTE format('WITH moved AS (DELETE FROM %I.%I WHERE ts >= $1 AND ts < $2 RETURNING %s)'
+                               ' INSERT INTO %I.%I (%s) SELECT %s FROM moved',
+                               nsp, parent || '_default', columns, nsp, part, columns, columns)
+                   USING lo, hi;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                EXECUTE format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                               nsp, parent, nsp, part, lo, hi);
+                action := 'create'; partition := part; moved_rows := n;
+            END IF;
+            RETURN NEXT;
+        END LOOP;
+
+        -- retention: drop daily partitions of days before today - retention
+        IF retention > 0 THEN
+            FOR old IN
+                SELECT c.relname::text AS relname
+                  FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                 WHERE i.inhparent = format('%I.%I', nsp, parent)::regclass
+                   AND c.relname ~ ('^' || parent || '_[0-9]{8}$')
+                   AND to_date(right(c.relname, 8), 'YYYYMMDD') < today - retention
+                 ORDER BY c.relname
+            LOOP
+                IF NOT locked THEN
+                    EXECUTE format('LOCK TABLE ONLY %I.%I IN SHARE ROW EXCLUSIVE MODE', nsp, parent);
+                    locked := true;
+                END IF;
+                EXECUTE format('DROP TABLE %I.%I', nsp, old.relname);
+                action := 'drop'; partition := old.relname; moved_rows := NULL;
+                RETURN NEXT;
+            END LOOP;
+        END IF;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION canary_maintenance(integer, date) IS
+    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those older than llm_canary.retention_days, deletes answers of canary_response_cache older than llm_canary.response_cache_ttl and canary_rollups older than llm_canary.rollup_retention_days';
+REVOKE ALL ON FUNCTION canary_maintenance(integer, date) FROM PUBLIC;
+ALTER FUNCTION canary_maintenance(integer, date) SECURITY DEFINER;
+
+CREATE OR REPLACE FUNCTION canary_summary(canary text DEFAULT 'default', since interval DEFAULT '1 hour')
+RETURNS TABLE (cohort text, model text, requests bigint, fallbacks bigint,
+               error_rate numeric, refusal_rate numeric,
+               p50_latency_ms numeric, p95_latency_ms numeric,
+               mean_completion_tokens numeric, thumbs_down_rate numeric, cost numeric)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF since IS NULL OR since < '0'::interval THEN
+        RAISE EXCEPTION 'since must be a positive interval'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: canary_summary(''default'', ''1 hour'').';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary_summary.canary) THEN
+        RAISE EXCEPTION 'rollout "%" does not exist', canary
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name FROM canary_config lists the rollouts.';
+    END IF;
+    RETURN QUERY
+    SELECT r.cohort,
+           string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback AND r.requests > 0),
+           coalesce(sum(r.requests) FILTER (WHERE NOT r.fallback), 0)::bigint,
+           coalesce(sum(r.requests) FILTER (WHERE r.fallback), 0)::bigint,
+           round(sum(r.outcome_error + r.outcome_timeout) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+           round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+           round(@extschema@.canary_hist_quantile(
+                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
+           round(@extschema@.canary_hist_quantile(
+                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
+           round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
+           round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
+                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+           round(sum(r.cost), 6)
+      FROM @extschema@.canary_rollups r
+     WHERE r.canary = canary_summary.canary AND r.bucket_end > now() - since
+     GROUP BY r.cohort
+    HAVING sum(r.requests) > 0
+     ORDER BY r.cohort;
+END;
+$$;
+COMMENT ON FUNCTION canary_summary(text, interval) IS
+    'Per cohort, from canary_rollups: requests, error and refusal rates, p50/p95 latency, mean completion tokens, thumbs-down rate, cost';
+
+CREATE FUNCTION canary_prometheus_requests(canary text DEFAULT NULL)
+RETURNS TABLE (canary text, model text, cohort text, outcome text, total bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.canary, t.model, t.cohort || CASE WHEN t.fallback THEN '_fallback' ELSE '' END,
+           o.outcome, sum(o.n)::bigint
+      FROM @extschema@.canary_rollup_totals t
+     CROSS JOIN LATERAL (VALUES ('error', t.outcome_error), ('ok', t.outcome_ok),
+                                ('refusal', t.outcome_refusal), ('timeout', t.outcome_timeout)) o (outcome, n)
+     WHERE $1 IS NULL OR t.canary = $1
+     GROUP BY 1, 2, 3, 4
+     ORDER BY 1, 2, 3, 4
+$$;
+COMMENT ON FUNCTION canary_prometheus_requests(text) IS
+    'llm_requests_total: model attempts since install by rollout, model, cohort and outcome (from canary_rollup_totals)';
+
+CREATE FUNCTION canary_prometheus_series(canary text DEFAULT NULL)
+RETURNS TABLE (canary text, model text, cohort text, refusals_total bigint, thumbs_down_total bigint,
+               latency_ms float8[], latency_ms_bucket int8[], latency_ms_sum float8, latency_ms_count bigint,
+               completion_tokens float8[], completion_tokens_bucket int8[], completion_tokens_sum float8,
+               completion_tokens_count bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT t.canary, t.model, t.cohort || CASE WHEN t.fallback THEN '_fallback' ELSE '' END,
+           sum(t.refusals)::bigint, sum(t.thumbs_down)::bigint,
+           @extschema@.canary_hist_le(),
+           @extschema@.canary_hist_cumulative(@extschema@.canary_hist_sum(t.latency_hist)),
+           sum(t.latency_sum)::float8, sum(t.latency_count)::bigint,
+           @extschema@.canary_hist_le(),
+           @extschema@.canary_hist_cumulative(@extschema@.canary_hist_sum(t.tokens_hist)),
+           sum(t.completion_tokens)::float8, sum(t.completions)::bigint
+      FROM @extschema@.canary_rollup_totals t
+     WHERE $1 IS NULL OR t.canary = $1
+     GROUP BY 1, 2, 3
+     ORDER BY 1, 2, 3
+$$;
+COMMENT ON FUNCTION canary_prometheus_series(text) IS
+    'Refusals, thumbs-down and the latency and completion-token histograms since install by rollout, model and cohort (from canary_rollup_totals), shaped for postgres_exporter';
+
+/*
+ * canary_prometheus: text exposition format (version 0.0.4) of the series
+ * above and of the extension's health, for every rollout or just one.
+ */
+CREATE OR REPLACE FUNCTION canary_prometheus(canary text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    out text := '';
+    r record;
+    s record;
+    ss record;
+    labels text;
+BEGIN
+    out := out || E'# HELP llm_requests_total Model attempts by model, cohort and outcome.\n'
+               || E'# TYPE llm_requests_total counter\n';
+    FOR r IN SELECT * FROM @extschema@.canary_prometheus_requests(canary_prometheus.canary) LOOP
+        out := out || format(E'llm_requests_total{canary="%s",model="%s",cohort="%s",outcome="%s"} %s\n',
+                             r.canary, r.model, r.cohort, r.outcome, r.total);
+    END LOOP;
+
+    FOR r IN SELECT * FROM (VALUES
+                 ('llm_latency_ms', 'Latency of model attempts in milliseconds.'),
+                 ('llm_completion_tokens', 'Completion tokens of model answers.')) AS v(metric, help)
+    LOOP
+        out := out || format(E'# HELP %s %s\n# TYPE %s histogram\n', r.metric, r.help, r.metric);
+        FOR s IN
+            SELECT p.canary, p.model, p.cohort,
+                   CASE r.metric WHEN 'llm_latency_ms' THEN p.latency_ms ELSE p.completion_tokens END AS le,
+                   CASE r.metric WHEN 'llm_latency_ms' THEN p.latency_ms_bucket ELSE p.completion_tokens_bucket END AS n,
+                   CASE r.metric WHEN 'llm_latency_ms' THEN p.latency_ms_sum ELSE p.completion_tokens_sum END AS total,
+                   CASE r.metric WHEN 'llm_latency_ms' THEN p.latency_ms_count ELSE p.completion_tokens_count END AS count
+              FROM @extschema@.canary_prometheus_series(canary_prometheus.canary) p
+        LOOP
+            labels := format('canary="%s",model="%s",cohort="%s"', s.canary, s.model, s.cohort);
+            out := out || (SELECT string_agg(format(E'%s_bucket{%s,le="%s"} %s\n', r.metric, labels, b.le, b.n), '' ORDER BY b.i)
+                             FROM unnest(s.le, s.n) WITH ORDINALITY AS b(le, n, i))
+                       || format(E'%s_bucket{%s,le="+Inf"} %s\n', r.metric, labels, s.count)
+                       || format(E'%s_sum{%s} %s\n', r.metric, labels, s.total)
+                       || format(E'%s_count{%s} %s\n', r.metric, labels, s.count);
+        END LOOP;
+    END LOOP;
+
+    out := out || E'# HELP llm_refusals_total Refusals by model and cohort.\n# TYPE llm_refusals_total counter\n';
+    FOR r IN SELECT * FROM @extschema@.canary_prometheus_series(canary_prometheus.canary) LOOP
+        out := out || format(E'llm_refusals_total{canary="%s",model="%s",cohort="%s"} %s\n',
+                             r.canary, r.model, r.cohort, r.refusals_total);
+    END LOOP;
+    out := out || E'# HELP llm_thumbs_down_total Thumbs-down verdicts by model and cohort.\n# TYPE llm_thumbs_down_total counter\n';
+    FOR r IN SELECT * FROM @extschema@.canary_prometheus_series(canary_prometheus.canary) LOOP
+        out := out || format(E'llm_thumbs_down_total{canary="%s",model="%s",cohort="%s"} %s\n',
+                             r.canary, r.model, r.cohort, r.thumbs_down_total);
+    END LOOP;
+
+    -- the extension's own health
+    SELECT * INTO ss FROM @extschema@.canary_stats();
+    out := out || E'# HELP llm_canary_queue_depth Metric records waiting for the worker.\n# TYPE llm_canary_queue_depth gauge\n'
+               || format(E'llm_canary_queue_depth %s\n', coalesce(ss.queue_depth, 0))
+               || E'# HELP llm_canary_queue_dropped_total Metric records dropped because the queue was full.\n# TYPE llm_canary_queue_dropped_total counter\n'
+               || format(E'llm_canary_queue_dropped_total %s\n', coalesce(ss.dropped, 0))
+               || E'# HELP llm_canary_metrics_written_total Metric records written by the worker since server start.\n# TYPE llm_canary_metrics_written_total counter\n'
+               || format(E'llm_canary_metrics_written_total %s\n', coalesce(ss.written, 0))
+               || E'# HELP llm_canary_worker_up 1 when the llm_canary worker is running.\n# TYPE llm_canary_worker_up gauge\n'
+               || format(E'llm_canary_worker_up %s\n', CASE WHEN ss.worker_state = 'running' THEN 1 ELSE 0 END)
+               || E'# HELP llm_canary_kill_switch_armed 1 while a rollout''s kill switch is armed, 0 once tripped.\n# TYPE llm_canary_kill_switch_armed gauge\n';
+    FOR r IN SELECT c.name, c.kill_switch_armed FROM @extschema@.canary_config c
+              WHERE canary_prometheus.canary IS NULL OR c.name = canary_prometheus.canary ORDER BY c.name LOOP
+        out := out || format(E'llm_canary_kill_switch_armed{canary="%s"} %s\n', r.name, r.kill_switch_armed::int);
+    END LOOP;
+    out := out || E'# HELP llm_canary_percent_new Percentage of users routed to the new model.\n# TYPE llm_canary_percent_new gauge\n';
+    FOR r IN SELECT c.name, c.percent_new FROM @extschema@.canary_config c
+              WHERE canary_prometheus.canary IS NULL OR c.name = canary_prometheus.canary ORDER BY c.name LOOP
+        out := out || format(E'llm_canary_percent_new{canary="%s"} %s\n', r.name, r.percent_new);
+    END LOOP;
+    RETURN out;
+END;
+$$;
+COMMENT ON FUNCTION canary_prometheus(text) IS
+    'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total (counters since install, from canary_rollup_totals) and the extension''s health';
+
+/* grants, as sql/parts/90_roles.sql gives them */
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE canary_rollups, canary_rollup_totals TO llm_canary_admin;
+GRANT SELECT ON TABLE canary_rollups, canary_rollup_totals TO llm_canary_app;
+DO $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN
+        SELECT p.oid::regprocedure
+          FROM pg_catalog.pg_depend d
+          JOIN pg_catalog.pg_proc p ON p.oid = d.objid
+         WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.deptype = 'e'
+           AND d.refclassid = 'pg_catalog.pg_extension'::regclass
+           AND d.refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'llm_canary')
+           AND (p.proname LIKE 'canary\_hist\_%' OR p.proname LIKE 'canary\_rollup\_%'
+                OR p.proname LIKE 'canary\_prometheus\_%')
+    LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO llm_canary_admin', fn);
+        IF (SELECT proname FROM pg_catalog.pg_proc WHERE oid = fn) = ANY (ARRAY[
+                'canary_hist_accum_hist', 'canary_hist_final', 'canary_hist_sum', 'canary_hist_quantile',
+        'canary_hist_le', 'canary_hist_cumulative', 'canary_prometheus_requests',
+        'canary_prometheus_series']) THEN
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO llm_canary_app', fn);
+        END IF;
+    END LOOP;
+END;
+$$;
+
+/* the rollups and totals of the rows 1.0 already has */
+DO $$
+BEGIN
+    EXECUTE canary_rollup_statement('requests', 'canary_requests', true);
+    EXECUTE canary_rollup_statement('feedback', 'canary_feedback', true);
+END;
+$$;

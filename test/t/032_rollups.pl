@@ -1,0 +1,159 @@
+# Rollups under load and failures: canary_rollups must equal a recount of
+# the raw rows, exactly (every counter, both histograms), and
+# canary_rollup_totals the sum of what was ever written, after
+#   - concurrent writers: pgbench clients queueing records (canary_record)
+#     and verdicts (canary_feedback), and a backfill writing straight into
+#     canary_requests, all into the same 30-second buckets;
+#   - a worker restart in the middle of the load (pg_terminate_backend);
+#   - a crash restart in the middle of the load (a backend killed with
+#     SIGKILL: the postmaster resets shared memory; records still queued
+#     are lost, but never half-counted, since a rollup increment commits
+#     with its raw rows).
+# Then canary_maintenance applies llm_canary.rollup_retention_days.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use RollupCheck;
+use IPC::Run;
+
+my $node = PostgreSQL::Test::Cluster->new('rollups');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'llm_canary'
+llm_canary.database_name = 'postgres'
+llm_canary.check_interval = 0
+llm_canary.flush_interval_ms = 50
+llm_canary.retention_days = 0
+restart_after_crash = on
+max_connections = 40
+});
+$node->start;
+$node->safe_psql('postgres', q{
+CREATE EXTENSION llm_canary;
+INSERT INTO canary_models (name, provider, base_url, model) VALUES
+  ('model-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
+  ('model-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('roll', 'ramp_25', 'model-old', 'model-new');
+});
+$node->poll_query_until('postgres', "SELECT worker_state = 'running' FROM canary_stats()")
+  or die 'the worker did not start';
+
+my $dir = PostgreSQL::Test::Utils::tempdir;
+open(my $fr, '>', "$dir/record.sql") or die;
+print $fr <<'SQL';
+\set u random(1, 5000)
+\set l random(1, 20000)
+SELECT quote_literal(coalesce(canary_record('roll', 'u' || :u, CASE WHEN :u % 4 = 0 THEN 'model-new' ELSE 'model-old' END,
+                              CASE WHEN :u % 4 = 0 THEN 'canary' ELSE 'control' END,
+                              (ARRAY['ok', 'ok', 'error', 'refusal', 'timeout'])[1 + :l % 5], :l,
+                              refusal => :l % 5 = 3, completion_tokens => :l % 700,
+                              stage => 'ramp_25')::text, '')) AS rid \gset
+SELECT canary_feedback(nullif(:rid, '')::uuid, :l % 3 = 0) WHERE :rid <> '' AND :l % 7 = 0;
+SQL
+close $fr;
+open(my $fb, '>', "$dir/backfill.sql") or die;
+print $fb <<'SQL';
+INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, model, outcome, latency_ms, cached)
+SELECT gen_random_uuid(), now() - random() * interval '2 minutes', 'roll', 'ramp_25', 'b' || g,
+       CASE WHEN g % 2 = 0 THEN 'canary' ELSE 'control' END,
+       CASE WHEN g % 2 = 0 THEN 'model-new' ELSE 'model-old' END, 'ok', (random() * 5000)::int, g % 5 = 0
+  FROM generate_series(1, 20) g;
+SQL
+close $fb;
+
+# pgbench for $seconds seconds; returns the IPC::Run handle
+my ($pb_out, $pb_err) = ('', '');
+sub load
+{
+	my ($seconds) = @_;
+	($pb_out, $pb_err) = ('', '');
+	return IPC::Run::start(
+		[ '/usr/lib/postgresql/15/bin/pgbench', '-n', '-c', 6, '-j', 2, '-T', $seconds,
+		  '-f', "$dir/record.sql\@9", '-f', "$dir/backfill.sql\@1",
+		  '-h', $node->host, '-p', $node->port, 'postgres' ],
+		'>', \$pb_out, '2>', \$pb_err, IPC::Run::timeout(120));
+}
+
+sub settle
+{
+	$node->poll_query_until('postgres', "SELECT worker_state = 'running' FROM canary_stats()")
+	  or die 'the worker did not come back';
+	$node->safe_psql('postgres', "SELECT canary_flush('60 seconds')");
+}
+
+sub check_exact
+{
+	my ($when) = @_;
+	is($node->safe_psql('postgres', rollup_recount_query()), '0',
+		"$when: canary_rollups equal a recount of the raw rows");
+	is($node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM canary_requests) = (SELECT sum(requests) FROM canary_rollup_totals)
+   AND (SELECT count(*) FROM canary_feedback) = (SELECT sum(verdicts) FROM canary_rollup_totals)
+   AND (SELECT sum(latency_sum) FROM canary_rollups) = (SELECT sum(latency_sum) FROM canary_rollup_totals)}),
+		't', "$when: canary_rollup_totals count every raw row once");
+}
+
+# --- concurrent writers, and a worker restart in the middle ----------------
+my $pgbench = load(8);
+sleep 3;
+my $old_pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM canary_stats()');
+$node->safe_psql('postgres', 'SELECT pg_terminate_backend(worker_pid) FROM canary_stats()');
+$pgbench->finish;
+$node->poll_query_until('postgres',
+	"SELECT worker_state = 'running' AND worker_pid <> $old_pid FROM canary_stats()")
+  or die 'the worker was not restarted';
+settle();
+my $n1 = $node->safe_psql('postgres', 'SELECT count(*) FROM canary_requests');
+cmp_ok($n1, '>', 1000, "the load wrote $n1 rows");
+check_exact('after concurrent load and a worker restart');
+
+# --- a crash restart in the middle of the load ----------------------------
+$pgbench = load(6);
+sleep 2;
+my $victim = $node->safe_psql('postgres',
+	"SELECT pid FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+	  . " AND query ~ 'canary_' LIMIT 1");
+ok($victim =~ /^\d+$/, 'a pgbench backend to kill');
+kill 'KILL', $victim;
+$pgbench->finish;
+$node->poll_query_until('postgres', 'SELECT 1', '1') or die 'the server did not restart';
+settle();
+my $n2 = $node->safe_psql('postgres', 'SELECT count(*) FROM canary_requests');
+cmp_ok($n2, '>', $n1, "rows were written around the crash ($n1 -> $n2)");
+check_exact('after a crash restart');
+like(slurp_file($node->logfile), qr/terminated by signal 9/, 'the crash happened');
+
+# --- the kill switch reads the same counts ---------------------------------
+# (the backfill leaves fallback NULL: the rollups count such a row as not a
+# fallback)
+my $at = $node->safe_psql('postgres', 'SELECT canary_rollup_bucket(now())');
+$node->safe_psql('postgres', "SELECT canary_check('roll', '$at')");
+is($node->safe_psql('postgres', qq{
+SELECT s.samples || ' ' || s.errors || ' ' || s.refusals
+  FROM canary_window_summaries s WHERE s.canary = 'roll' AND s.cohort = 'canary' AND s.at = '$at'}),
+	$node->safe_psql('postgres', qq{
+SELECT count(*) || ' ' || count(*) FILTER (WHERE outcome IN ('error', 'timeout')) || ' ' || count(*) FILTER (WHERE refusal)
+  FROM canary_requests r, canary_config c
+ WHERE r.canary = 'roll' AND r.cohort = 'canary' AND NOT coalesce(r.fallback, false) AND NOT r.cached
+   AND c.name = 'roll'
+   AND r.ts > '$at'::timestamptz - make_interval(secs => c.window_seconds) AND r.ts <= '$at'}),
+	'canary_check counts the samples, errors and refusals of its window as the raw rows do');
+
+# --- retention -------------------------------------------------------------
+my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM canary_rollups');
+is($node->safe_psql('postgres', q{
+SELECT action || ' ' || partition || ' ' || moved_rows FROM canary_maintenance(0, current_date + 400)
+ WHERE partition = 'canary_rollups'}), '', 'rollups of the last 400 days are kept');
+is($node->safe_psql('postgres', q{
+SELECT action || ' ' || partition || ' ' || moved_rows FROM canary_maintenance(0, current_date + 402)
+ WHERE partition = 'canary_rollups'}), "expire canary_rollups $rows",
+	'canary_maintenance deletes rollups older than llm_canary.rollup_retention_days (400)');
+is($node->safe_psql('postgres', 'SELECT sum(requests) FROM canary_rollup_totals'), $n2,
+	'the totals outlive the rollups');
+
+$node->stop;
+done_testing();
