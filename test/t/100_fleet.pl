@@ -235,9 +235,9 @@ is($apps[1]->query_safe(q{SELECT canary_call('hi', 'u1') ->> 'model'}), 'old',
 	'member 2 serves canary_call with the old model');
 ok($m2->wait_for_log(qr/llm_canary fleet member "m2" is failing safe: every user is routed to the old model/, $log_offset),
 	'member 2 says so in its log');
-like($m2->safe_psql('postgres', 'SELECT canary_fleet_prometheus()'),
+like($m2->safe_psql('postgres', 'SELECT canary_prometheus()'),
 	qr/^llm_canary_fleet_fail_safe\{member="m2",role="member"\} 1$/m,
-	'and in its Prometheus metrics');
+	'and in its Prometheus metrics (canary_prometheus)');
 ok($control->poll_query_until('postgres',
 	q{SELECT state = 'fail_safe' FROM canary_fleet() WHERE member = 'm2'}),
 	'canary_fleet on the control shows member 2 failing safe');
