@@ -137,26 +137,56 @@ BatchSetSubmitWorkerPid(int pid)
 		pg_atomic_write_u32(&BatchState->submit_worker_pid, (uint32) pid);
 }
 
+/*
+ * The global slots this process holds.  An engine that is never destroyed
+ * (the submission worker's lives in TopMemoryContext) gives its slots back
+ * when the process exits, whatever way it exits (an ERROR in a worker, a
+ * FATAL, SIGTERM): otherwise they would stay taken until the server
+ * restarts, and a few such exits would leave no slot for anyone.
+ */
+static uint32 SlotsHeld = 0;
+
+/* on_shmem_exit callback: give back whatever slots this process holds. */
+static void
+SlotsAtExit(int code, Datum arg)
+{
+	if (BatchState != NULL && SlotsHeld > 0)
+		pg_atomic_fetch_sub_u32(&BatchState->in_flight, SlotsHeld);
+	SlotsHeld = 0;
+}
+
 /* Take a global slot; false when the server-wide limit is reached. */
 static bool
 SlotAcquire(void)
 {
+	static bool exit_registered = false;
+
 	if (BatchState == NULL)
 		return true;
+	if (!exit_registered)
+	{
+		on_shmem_exit(SlotsAtExit, (Datum) 0);
+		exit_registered = true;
+	}
 	if (pg_atomic_fetch_add_u32(&BatchState->in_flight, 1) >=
 		(uint32) canary_max_concurrent_requests)
 	{
 		pg_atomic_fetch_sub_u32(&BatchState->in_flight, 1);
 		return false;
 	}
+	SlotsHeld++;
 	return true;
 }
 
+/* Give back item's slot, unless SlotsAtExit already did.  Never raises. */
 static void
 SlotRelease(BatchItem *item)
 {
-	if (item->holds_slot && BatchState != NULL)
+	if (item->holds_slot && BatchState != NULL && SlotsHeld > 0)
+	{
 		pg_atomic_fetch_sub_u32(&BatchState->in_flight, 1);
+		SlotsHeld--;
+	}
 	item->holds_slot = false;
 }
 
@@ -380,27 +410,7 @@ BeginStep(BatchEngine *e, BatchItem *item, void *arg)
 	BeginArgs  *a = (BeginArgs *) arg;
 	CanaryRequest req;
 
-	memset(&req, 0, sizeof(req));
-	if (a->request == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("request must not be NULL")));
-	if (JB_ROOT_IS_SCALAR(a->request))
-	{
-		JsonbValue	v;
-
-		if (!JsonbExtractScalar(&a->request->root, &v) || v.type != jbvString)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("request must be a JSON string (a prompt) or a JSON object (a chat request)")));
-		if (v.val.string.len == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("prompt must not be empty")));
-		req.prompt = pnstrdup(v.val.string.val, v.val.string.len);
-	}
-	else
-		req.chat = ChatNormalize(a->request);
+	ChatRequestFromJsonb(a->request, &req);
 	req.request_id = item->preset_request_id;
 	CallBegin(&item->call, &req, a->user_id, a->user_id == NULL, a->canary,
 			  a->prompt_class, a->session_id);

@@ -225,15 +225,14 @@ CallBegin(CanaryCall *call, const CanaryRequest *req, text *user_arg,
 		call->old_model_name = pstrdup(r->old_model);
 
 	/*
-	 * shadow mode: hand the new model's copy to the worker before calling.
-	 * The shadow worker sends one prompt; a chat request's shadow copy is
-	 * not taken (see "Chat requests" in the README).
+	 * shadow mode: hand the new model's copy to the worker before calling
+	 * (a chat request as its normalised JSON text)
 	 */
-	if (r->stage == CANARY_STAGE_SHADOW && r->armed && r->new_model != NULL &&
-		req->prompt != NULL)
+	if (r->stage == CANARY_STAGE_SHADOW && r->armed && r->new_model != NULL)
 	{
 		ShadowMaybeDispatch(r, &call->request_id, call->user_id, call->user_len,
-							req->prompt, call->prompt_class, call->prompt_hash);
+							identity, req->chat != NULL, call->prompt_class,
+							call->prompt_hash);
 		call->shadow = true;
 	}
 

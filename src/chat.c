@@ -609,6 +609,40 @@ ChatNormalize(Jsonb *request)
 }
 
 /*
+ * ChatRequestFromJsonb
+ *		The request of a batch row or a submission: a JSON string is a
+ *		prompt, a JSON object a chat request (validated and normalised by
+ *		ChatNormalize).  Raises 22004 for NULL and 22023 for anything else
+ *		or an empty prompt.  Fills *req (request_id NULL); allocates in the
+ *		current memory context.
+ */
+void
+ChatRequestFromJsonb(Jsonb *request, CanaryRequest *req)
+{
+	memset(req, 0, sizeof(*req));
+	if (request == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("request must not be NULL")));
+	if (JB_ROOT_IS_SCALAR(request))
+	{
+		JsonbValue	v;
+
+		if (!JsonbExtractScalar(&request->root, &v) || v.type != jbvString)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("request must be a JSON string (a prompt) or a JSON object (a chat request)")));
+		if (v.val.string.len == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("prompt must not be empty")));
+		req->prompt = pnstrdup(v.val.string.val, v.val.string.len);
+	}
+	else
+		req->chat = ChatNormalize(request);
+}
+
+/*
  * ChatRequestText
  *		The normalised request as text (its identity).  palloc'd.
  */

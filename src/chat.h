@@ -14,9 +14,11 @@
 #include "utils/jsonb.h"
 
 #include "config.h"
+#include "provider.h"
 
 extern void ChatDefineSettings(void);
 extern Jsonb *ChatNormalize(Jsonb *request);
+extern void ChatRequestFromJsonb(Jsonb *request, CanaryRequest *req);
 extern char *ChatRequestText(Jsonb *chat);
 extern char *ChatRequestBody(const CanaryModel *model, Jsonb *chat);
 extern void ChatAnswerField(Jsonb *answer, const char *key, JsonbValue *out);

@@ -366,6 +366,16 @@ ConfigCacheKey(const char *what, const char *name, bool missing_ok,
 const CanaryRollout *
 ConfigGetRollout(const char *name)
 {
+	return ConfigLookupRollout(name, false);
+}
+
+/*
+ * ConfigLookupRollout
+ *		ConfigGetRollout, or NULL for an unknown rollout when missing_ok.
+ */
+const CanaryRollout *
+ConfigLookupRollout(const char *name, bool missing_ok)
+{
 	RolloutEntry *entry;
 	bool		found;
 	char		key[NAMEDATALEN];
@@ -379,7 +389,8 @@ ConfigGetRollout(const char *name)
 	int			i;
 
 	ConfigCacheEnsure();
-	(void) ConfigCacheKey("rollout", name, false, key);
+	if (!ConfigCacheKey("rollout", name, missing_ok, key))
+		return NULL;
 	entry = hash_search(RolloutCache, key, HASH_FIND, &found);
 	if (entry != NULL && entry->found)
 		return &entry->rollout;
@@ -393,8 +404,14 @@ ConfigGetRollout(const char *name)
 						" thumbs_down_ratio_threshold::float8, min_samples::int8,"
 						" significance::float8, raw_rules, confirm_windows", name))
 	{
-		char	   *known = ListNames("canary_config");
+		char	   *known;
 
+		if (missing_ok)
+		{
+			SPI_finish();
+			return NULL;
+		}
+		known = ListNames("canary_config");
 		SPI_finish();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -412,7 +429,7 @@ ConfigGetRollout(const char *name)
 	if (hash != RolloutCache)
 	{
 		SPI_finish();
-		return ConfigGetRollout(name);
+		return ConfigLookupRollout(name, missing_ok);
 	}
 
 	/* fill a copy; the entry is entered and marked found last */

@@ -79,6 +79,7 @@ typedef struct CanaryModel
 
 extern void ConfigCacheInit(void);
 extern const CanaryRollout *ConfigGetRollout(const char *name);
+extern const CanaryRollout *ConfigLookupRollout(const char *name, bool missing_ok);
 extern List *ConfigRolloutNames(void);
 extern const CanaryModel *ConfigGetModel(const char *name);
 extern const CanaryModel *ConfigLookupModel(const char *name, bool missing_ok);

@@ -424,7 +424,7 @@ canary_models_check_policy(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	CanaryModel model;
 	char	   *url;
-	char	   *env;
+	char	   *name;
 	char	   *detail;
 	const char *err;
 	int			attno;
@@ -444,11 +444,10 @@ canary_models_check_policy(PG_FUNCTION_ARGS)
 	attno = SPI_fnumber(desc, "base_url");
 	url = attno > 0 ? SPI_getvalue(tuple, desc, attno) : NULL;
 	attno = SPI_fnumber(desc, "api_key_env");
-	env = attno > 0 ? SPI_getvalue(tuple, desc, attno) : NULL;
+	model.api_key_env = attno > 0 ? SPI_getvalue(tuple, desc, attno) : NULL;
 	attno = SPI_fnumber(desc, "name");
-	strlcpy(model.name, attno > 0 && SPI_getvalue(tuple, desc, attno) ?
-			SPI_getvalue(tuple, desc, attno) : "", sizeof(model.name));
-	model.api_key_env = env;
+	name = attno > 0 ? SPI_getvalue(tuple, desc, attno) : NULL;
+	strlcpy(model.name, name ? name : "", sizeof(model.name));
 
 	if (url != NULL && (err = HttpModelPolicy(&model, url, &detail)) != NULL)
 		HttpReportPolicy(model.name, err, detail);

@@ -12,22 +12,28 @@
  *	  refusal rate > control refusal rate + refusal_delta_threshold (0.05)
  *	  thumbs-down rate > thumbs_down_ratio_threshold (2.0) x control rate
  *
- * Noise guard: no rule trips with fewer than min_samples canary requests in
- * the window, and unless raw_rules is set, a breach must also be
- * statistically credible at the rollout's significance level:
- *	  error rate: exact one-sided binomial test of H0 p <= threshold;
- *	  p95: the share of canary requests slower than ratio x control p95,
- *		binomial test against the 5 percent expected when nothing changed;
- *	  refusal and thumbs-down: one-sided two-sample z tests of
- *		H0 p_canary <= p_control + delta, resp. <= ratio x p_control, with
- *		the Agresti-Caffo adjustment (one success and one failure added to
- *		each group) so that zero counts do not give zero variance.
- * A breach must also hold, for the same rule, in the confirm_windows - 1
- * non-overlapping windows before the current one (default 2 windows in all),
- * because the check looks every 30 s and a single window at 5 percent would
- * trip on noise within hours.  Missing data never trips.  At stage full the
- * control cohort is empty: the
- * baselines come from the last stored control summary of the rollout.
+ * How a breach becomes a trip is the rollout's decision_mode:
+ *	  sequential (the default): the counts since evidence_since go, minute by
+ *		minute, into canary_evidence (canary_collect_evidence recounts the
+ *		last minutes from canary_requests); each rule is tested over the
+ *		stage and over the last 1..512 minutes with the always-valid
+ *		mixture likelihood ratios of src/sequential.c (JudgeSequential);
+ *	  confirm_windows: a breach of the window must be statistically
+ *		credible at the rollout's significance (exact binomial test for the
+ *		error rate and the slow share against 5 percent; one-sided
+ *		Agresti-Caffo z tests for the refusal delta and thumbs-down ratio)
+ *		and hold, for the same rule, in the confirm_windows - 1
+ *		non-overlapping windows before (JudgeWindow, ConfirmWindows);
+ *	  raw (or raw_rules): the plain comparisons on the window.
+ * In every mode no rule trips with fewer than min_samples canary requests,
+ * only traffic after evidence_since (the last re-arm or change of stage,
+ * percentage or models) counts, and every rule's verdict is stored with
+ * the canary summary (canary_window_summaries.decision).  Missing data
+ * never trips.  At stage full the control cohort is empty: the baselines
+ * come from the last stored control summary of the rollout.  After the
+ * rules: the sample-ratio check (canary_srm_check) and the plan
+ * (canary_advance), both in SQL.  A 1.0 catalog (before ALTER EXTENSION
+ * UPDATE) is served in 1.0's way.
  *
  * Canary requests are the non-fallback attempts of the canary cohort (the
  * new model's own answers); control requests those of the control cohort.
@@ -52,6 +58,7 @@
 
 #include "config.h"
 #include "fleet.h"
+#include "sequential.h"
 
 /* One cohort's window. */
 typedef struct CohortWindow
@@ -65,6 +72,16 @@ typedef struct CohortWindow
 	bool		has_p95;
 } CohortWindow;
 
+/* canary_config.decision_mode */
+typedef enum DecisionMode
+{
+	MODE_SEQUENTIAL,
+	MODE_CONFIRM_WINDOWS,
+	MODE_RAW
+} DecisionMode;
+
+static const char *const decision_mode_names[] = {"sequential", "confirm_windows", "raw"};
+
 typedef struct RolloutRules
 {
 	char		name[NAMEDATALEN];
@@ -76,8 +93,12 @@ typedef struct RolloutRules
 	double		thumbs_ratio;
 	int64		min_samples;
 	double		significance;
-	bool		raw;
+	DecisionMode mode;
 	int			confirm_windows;	/* consecutive windows that must breach */
+	bool		has_since;
+	TimestampTz since;			/* evidence_since: count only traffic after */
+	bool		srm_trips;
+	bool		catalog_1_1;	/* false: a 1.0 catalog not yet updated */
 } RolloutRules;
 
 /* The rules, for matching a breach across windows. */
@@ -175,17 +196,20 @@ GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
  * 30-second buckets that overlap it (exactly the window when at and the
  * window are multiples of 30 s; otherwise widened to the bucket boundaries
  * around it, so that the bucket still filling counts), so the cost depends
- * on the window, not on the traffic or the retained rows.  When slow_over > 0, also count requests
- * slower than that many milliseconds; the p95 and that count come from the
- * latency histogram (within 1/64 of the exact values, src/rollups.c).
+ * on the window, not on the traffic or the retained rows.  When
+ * slow_over > 0, also count requests slower than that many milliseconds;
+ * the p95 and that count come from the latency histogram (within 1/64 of
+ * the exact values, src/rollups.c).
  */
 static void
 SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 				const char *cohort, double slow_over, CohortWindow *w)
 {
 	StringInfoData sql;
-	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, FLOAT8OID};
-	Datum		args[5];
+	Oid			types[6] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, FLOAT8OID,
+	TIMESTAMPTZOID};
+	Datum		args[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
 	HeapTuple	tup;
 	TupleDesc	desc;
@@ -203,14 +227,18 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 					 " FROM %s.canary_rollups r"
 					 " WHERE r.canary = $1 AND r.bucket_end > $2 - make_interval(secs => $3)"
 					 " AND r.bucket_end < $2 + interval '30 seconds'"
-					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached",
+					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached"
+					 " AND ($6::timestamptz IS NULL OR r.bucket_end > $6)",
 					 schema, schema, schema, schema, schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int32GetDatum(rr->window_seconds);
 	args[3] = CStringGetTextDatum(cohort);
 	args[4] = Float8GetDatum(slow_over);
-	ret = SPI_execute_with_args(sql.data, 5, types, args, NULL, false, 1);
+	args[5] = TimestampTzGetDatum(rr->since);
+	if (!rr->has_since)
+		nulls[5] = 'n';
+	ret = SPI_execute_with_args(sql.data, 6, types, args, nulls, false, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not summarise canary_rollups: SPI error %d", ret);
 	tup = SPI_tuptable->vals[0];
@@ -265,13 +293,14 @@ LastControlBaseline(const char *schema, const RolloutRules *rr, TimestampTz at,
 static void
 StoreSummary(const char *schema, const RolloutRules *rr, TimestampTz at,
 			 const char *cohort, const CohortWindow *w, bool is_canary,
-			 bool has_baseline_from, TimestampTz baseline_from)
+			 bool has_baseline_from, TimestampTz baseline_from, const char *decision)
 {
 	StringInfoData sql;
-	Oid			types[13] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID,
-		INT8OID, INT8OID, FLOAT8OID, INT8OID, INT8OID, FLOAT8OID, TIMESTAMPTZOID, INT8OID};
-	Datum		args[13];
-	char		nulls[13];
+	Oid			types[15] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTOID, TEXTOID,
+		INT8OID, INT8OID, FLOAT8OID, INT8OID, INT8OID, FLOAT8OID, TIMESTAMPTZOID, INT8OID,
+	TEXTOID, TEXTOID};
+	Datum		args[15];
+	char		nulls[15];
 	int			ret;
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -280,13 +309,14 @@ StoreSummary(const char *schema, const RolloutRules *rr, TimestampTz at,
 					 "INSERT INTO %s.canary_window_summaries"
 					 " (canary, at, window_seconds, stage, cohort, samples, errors, error_rate,"
 					 "  p95_latency_ms, refusals, refusal_rate, thumbs_down, thumbs_down_rate,"
-					 "  slow_share, baseline_from)"
+					 "  slow_share, baseline_from%s)"
 					 " VALUES ($1, $2, $3, $4, $5, $6, $7,"
 					 "  CASE WHEN $6 > 0 THEN $7::float8 / $6 END, $8, $9,"
 					 "  CASE WHEN $6 > 0 THEN $9::float8 / $6 END, $10,"
 					 "  CASE WHEN $6 > 0 THEN $10::float8 / $6 END,"
-					 "  CASE WHEN $6 > 0 AND $11 IS NOT NULL THEN $13::float8 / $6 END, $12)",
-					 schema);
+					 "  CASE WHEN $6 > 0 AND $11 IS NOT NULL THEN $13::float8 / $6 END, $12%s)",
+					 schema, rr->catalog_1_1 ? ", decision_mode, decision" : "",
+					 rr->catalog_1_1 ? ", $14, $15::jsonb" : "");
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int32GetDatum(rr->window_seconds);
@@ -306,84 +336,174 @@ StoreSummary(const char *schema, const RolloutRules *rr, TimestampTz at,
 	if (!has_baseline_from)
 		nulls[11] = 'n';
 	args[12] = Int64GetDatum(w->slow);
-	ret = SPI_execute_with_args(sql.data, 13, types, args, nulls, false, 0);
+	args[13] = CStringGetTextDatum(decision_mode_names[rr->mode]);
+	args[14] = decision ? CStringGetTextDatum(decision) : (Datum) 0;
+	if (decision == NULL)
+		nulls[13] = nulls[14] = 'n';
+	ret = SPI_execute_with_args(sql.data, rr->catalog_1_1 ? 15 : 13, types, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not write canary_window_summaries: SPI error %d", ret);
 }
 
-/*
- * Apply the four rules.  Returns a palloc'd reason in the article's words,
- * or NULL when nothing trips.
- */
-static char *
-ApplyRules(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *base,
-		   bool has_base, CanaryRule *rule)
+/* What each rule concluded, for the trip and for the summary row. */
+typedef enum RuleVerdict
 {
-	double		alpha = rr->significance;
-	double		err = Rate(cw->errors, cw->samples);
+	VERDICT_NO_DATA,			/* no canary traffic, or no baseline */
+	VERDICT_MIN_SAMPLES,		/* fewer than min_samples canary requests */
+	VERDICT_BELOW,				/* the plain comparison holds: no breach */
+	VERDICT_NOT_CREDIBLE,		/* a breach, but the statistical gate holds */
+	VERDICT_UNCONFIRMED,		/* a credible breach, not in the windows before */
+	VERDICT_TRIP
+} RuleVerdict;
 
-	if (cw->samples == 0 || cw->samples < rr->min_samples)
-		return NULL;
+static const char *const verdict_names[] = {
+	"no_data", "min_samples", "below_threshold", "not_credible", "unconfirmed", "trip"
+};
+static const char *const rule_names[] = {
+	"none", "error_rate", "p95", "refusal", "thumbs_down"
+};
+
+#define NRULES 5				/* indexed by CanaryRule; 0 unused */
+
+typedef struct RuleResult
+{
+	RuleVerdict verdict;
+	double		observed;		/* the canary's rate, share or p95 */
+	double		limit;			/* what the rule compares it with */
+	int64		samples;		/* canary requests behind observed */
+	double		evidence;		/* p-value (confirm_windows) or log evidence
+								 * (sequential); NaN when none */
+	double		needed;			/* significance, resp. log threshold */
+	int			minutes;		/* sequential: segment length, 0 = the stage */
+	char	   *reason;			/* for a breach: the trip reason */
+} RuleResult;
+
+typedef struct Decision
+{
+	RuleResult	r[NRULES];
+	CanaryRule	tripped;
+} Decision;
+
+static void
+SetResult(RuleResult *res, RuleVerdict v, double observed, double limit, int64 samples)
+{
+	res->verdict = v;
+	res->observed = observed;
+	res->limit = limit;
+	res->samples = samples;
+	res->evidence = NAN;
+	res->needed = NAN;
+	res->minutes = 0;
+	res->reason = NULL;
+}
+
+/*
+ * A plain breach, judged raw or with the one-window statistical gate
+ * (p-value below significance).
+ */
+static void
+GateWindow(const RolloutRules *rr, RuleResult *res, double pvalue, char *reason)
+{
+	res->reason = reason;
+	if (rr->mode == MODE_RAW)
+	{
+		res->verdict = VERDICT_TRIP;
+		return;
+	}
+	res->evidence = pvalue;
+	res->needed = rr->significance;
+	res->verdict = pvalue < rr->significance ? VERDICT_TRIP : VERDICT_NOT_CREDIBLE;
+}
+
+/*
+ * JudgeWindow
+ *		The article's four rules on one window (modes raw and
+ *		confirm_windows): every rule gets a verdict; d->tripped is the
+ *		first rule, in the article's order, whose verdict is trip.
+ */
+static void
+JudgeWindow(const RolloutRules *rr, const CohortWindow *cw, const CohortWindow *base,
+			bool has_base, Decision *d)
+{
+	double		err = Rate(cw->errors, cw->samples);
+	bool		baseline = has_base && base->samples > 0;
+
+	memset(d, 0, sizeof(*d));
+	for (int i = 1; i < NRULES; i++)
+		SetResult(&d->r[i], VERDICT_NO_DATA, NAN, NAN, cw->samples);
+	if (cw->samples == 0)
+		return;
+	if (cw->samples < rr->min_samples)
+	{
+		for (int i = 1; i < NRULES; i++)
+			d->r[i].verdict = VERDICT_MIN_SAMPLES;
+		return;
+	}
 
 	/* 1. error rate, needs no baseline */
-	*rule = RULE_NONE;
-	if (err > rr->error_rate &&
-		(rr->raw || BinomialUpperTail(cw->errors, cw->samples, rr->error_rate) < alpha))
+	SetResult(&d->r[RULE_ERROR_RATE], VERDICT_BELOW, err, rr->error_rate, cw->samples);
+	if (err > rr->error_rate)
+		GateWindow(rr, &d->r[RULE_ERROR_RATE],
+				   BinomialUpperTail(cw->errors, cw->samples, rr->error_rate),
+				   psprintf("new-model error_rate=%.3f > %g", err, rr->error_rate));
+
+	/* 2. p95 latency: the canary's share slower than ratio x control p95 */
+	if (baseline && cw->has_p95 && base->has_p95 && base->p95 > 0)
 	{
-		*rule = RULE_ERROR_RATE;
-		return psprintf("new-model error_rate=%.3f > %g", err, rr->error_rate);
+		RuleResult *res = &d->r[RULE_P95];
+
+		SetResult(res, VERDICT_BELOW, cw->p95, base->p95 * rr->p95_ratio, cw->samples);
+		if (cw->p95 > base->p95 * rr->p95_ratio)
+			GateWindow(rr, res,
+					   Rate(cw->slow, cw->samples) > 0.05 ?
+					   BinomialUpperTail(cw->slow, cw->samples, 0.05) : 1.0,
+					   psprintf("new-model p95=%.0f > %gx baseline (%.0f)",
+								cw->p95, rr->p95_ratio, base->p95));
 	}
 
-	if (!has_base || base->samples == 0)
-		return NULL;
-
-	/* 2. p95 latency */
-	if (cw->has_p95 && base->has_p95 && base->p95 > 0 &&
-		cw->p95 > base->p95 * rr->p95_ratio)
-	{
-		bool		credible = rr->raw ||
-			(Rate(cw->slow, cw->samples) > 0.05 &&
-			 BinomialUpperTail(cw->slow, cw->samples, 0.05) < alpha);
-
-		if (credible)
-		{
-			*rule = RULE_P95;
-			return psprintf("new-model p95=%.0f > %gx baseline (%.0f)",
-							cw->p95, rr->p95_ratio, base->p95);
-		}
-	}
+	if (!baseline)
+		return;
 
 	/* 3. refusal rate */
 	{
 		double		rc = Rate(cw->refusals, cw->samples);
 		double		rk = Rate(base->refusals, base->samples);
+		RuleResult *res = &d->r[RULE_REFUSAL];
 
-		if (rc > rk + rr->refusal_delta &&
-			(rr->raw || TwoSampleUpperPValue(cw->refusals, cw->samples,
-											 base->refusals, base->samples,
-											 1.0, rr->refusal_delta) < alpha))
-		{
-			*rule = RULE_REFUSAL;
-			return psprintf("refusal_rate=%.3f vs baseline %.3f", rc, rk);
-		}
+		SetResult(res, VERDICT_BELOW, rc, rk + rr->refusal_delta, cw->samples);
+		if (rc > rk + rr->refusal_delta)
+			GateWindow(rr, res,
+					   TwoSampleUpperPValue(cw->refusals, cw->samples,
+											base->refusals, base->samples,
+											1.0, rr->refusal_delta),
+					   psprintf("refusal_rate=%.3f vs baseline %.3f", rc, rk));
 	}
 
 	/* 4. thumbs-down rate */
 	{
 		double		tc = Rate(cw->thumbs_down, cw->samples);
 		double		tk = Rate(base->thumbs_down, base->samples);
+		RuleResult *res = &d->r[RULE_THUMBS_DOWN];
 
-		if (tc > tk * rr->thumbs_ratio && cw->thumbs_down > 0 &&
-			(rr->raw || TwoSampleUpperPValue(cw->thumbs_down, cw->samples,
-											 base->thumbs_down, base->samples,
-											 rr->thumbs_ratio, 0.0) < alpha))
-		{
-			*rule = RULE_THUMBS_DOWN;
-			return psprintf("thumbs_down_rate=%.3f > %gx baseline %.3f",
-							tc, rr->thumbs_ratio, tk);
-		}
+		SetResult(res, VERDICT_BELOW, tc, tk * rr->thumbs_ratio, cw->samples);
+		if (tc > tk * rr->thumbs_ratio && cw->thumbs_down > 0)
+			GateWindow(rr, res,
+					   TwoSampleUpperPValue(cw->thumbs_down, cw->samples,
+											base->thumbs_down, base->samples,
+											rr->thumbs_ratio, 0.0),
+					   psprintf("thumbs_down_rate=%.3f > %gx baseline %.3f",
+								tc, rr->thumbs_ratio, tk));
 	}
-	return NULL;
+}
+
+/* The first rule whose verdict is trip, or RULE_NONE. */
+static CanaryRule
+FirstTrip(const Decision *d)
+{
+	for (int i = 1; i < NRULES; i++)
+		if (d->r[i].verdict == VERDICT_TRIP)
+			return (CanaryRule) i;
+	return RULE_NONE;
 }
 
 /* Both cohorts of one window and the baseline the rules compare against. */
@@ -396,6 +516,16 @@ typedef struct WindowSummary
 	bool		from_history;	/* baseline from a stored control summary */
 	TimestampTz baseline_from;
 } WindowSummary;
+
+/*
+ * The latency above which a canary request is slow: p95_ratio_threshold x
+ * the baseline's p95; 0 without a baseline p95.
+ */
+static double
+SlowOver(const RolloutRules *rr, const WindowSummary *w)
+{
+	return w->has_base && w->baseline.has_p95 ? w->baseline.p95 * rr->p95_ratio : 0;
+}
 
 /*
  * SummariseWindow
@@ -419,26 +549,455 @@ SummariseWindow(const char *schema, const RolloutRules *rr, TimestampTz at,
 		w->has_base = LastControlBaseline(schema, rr, at, &w->baseline, &w->baseline_from);
 		w->from_history = w->has_base;
 	}
-	SummariseCohort(schema, rr, at, "canary",
-					w->has_base && w->baseline.has_p95 ? w->baseline.p95 * rr->p95_ratio : 0,
-					&w->canary);
+	SummariseCohort(schema, rr, at, "canary", SlowOver(rr, w), &w->canary);
 }
 
 /*
- * WindowBreaches
- *		Does the window ending at 'at' breach rule (without storing a
- *		summary)?  Used to confirm a breach in the windows before it.
+ * ConfirmWindows
+ *		Mode confirm_windows: a rule that trips in the current window must
+ *		also trip in the confirm_windows - 1 non-overlapping windows before
+ *		it; otherwise its verdict becomes unconfirmed.  The switch looks
+ *		every 30 s, hundreds of times a day; one window at the significance
+ *		level alone would trip on noise now and then.  Independent windows
+ *		multiply the false-alarm probability, at the cost of one more window
+ *		of delay.
+ */
+static void
+ConfirmWindows(const char *schema, const RolloutRules *rr, TimestampTz at, Decision *d)
+{
+	for (int i = 1; i < NRULES; i++)
+	{
+		if (d->r[i].verdict != VERDICT_TRIP)
+			continue;
+		for (int k = 1; k < rr->confirm_windows; k++)
+		{
+			TimestampTz prev = at - (TimestampTz) k * rr->window_seconds * USECS_PER_SEC;
+			WindowSummary w;
+			Decision	pd;
+
+			SummariseWindow(schema, rr, prev, &w);
+			JudgeWindow(rr, &w.canary, &w.baseline, w.has_base, &pd);
+			if (pd.r[i].verdict != VERDICT_TRIP)
+			{
+				d->r[i].verdict = VERDICT_UNCONFIRMED;
+				break;
+			}
+		}
+	}
+}
+
+/* The log-spaced segment lengths of the change statistic, in minutes. */
+static const int segment_minutes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+
+#define NSEGMENTS (1 + (int) lengthof(segment_minutes))	/* [0]: the stage */
+
+/* Counts of both cohorts over one segment of evidence. */
+typedef struct Segment
+{
+	int			minutes;		/* 0: since evidence_since */
+	CohortWindow canary;
+	CohortWindow control;
+} Segment;
+
+/*
+ * ReadSegments
+ *		Sum canary_evidence per cohort over the stage (every minute since
+ *		evidence_since) and over the segments of the change statistic that
+ *		start after it.  Returns the number of segments filled in seg[].
+ */
+static int
+ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment *seg)
+{
+	StringInfoData sql;
+	Oid			types[3] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	int			ret;
+	int			nseg = 0;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "WITH o(origin) AS (SELECT timestamptz '2000-01-01 00:00:00+00'),"
+					 " s(minutes, start) AS ("
+					 "  SELECT 0, coalesce(date_bin('1 minute', $2, origin), '-infinity') FROM o"
+					 "  UNION ALL"
+					 "  SELECT l, date_bin('1 minute', $3, origin) - make_interval(mins => l)"
+					 "    FROM o, unnest('{1,2,4,8,16,32,64,128,256,512}'::int[]) l"
+					 "   WHERE $2 IS NULL OR date_bin('1 minute', $3, origin) - make_interval(mins => l)"
+					 "         > date_bin('1 minute', $2, origin))"
+					 " SELECT s.minutes, e.cohort, sum(e.samples)::int8, sum(e.errors)::int8,"
+					 "  sum(e.refusals)::int8, sum(e.thumbs_down)::int8, sum(e.slow)::int8"
+					 " FROM s JOIN %s.canary_evidence e"
+					 "   ON e.canary = $1 AND e.bucket >= s.start AND e.bucket <= $3"
+					 " GROUP BY 1, 2 ORDER BY 1, 2",
+					 schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(rr->since);
+	if (!rr->has_since)
+		nulls[1] = 'n';
+	args[2] = TimestampTzGetDatum(at);
+	/* not read-only: it must see what canary_collect_evidence just wrote */
+	ret = SPI_execute_with_args(sql.data, 3, types, args, nulls, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read canary_evidence: SPI error %d", ret);
+
+	memset(seg, 0, sizeof(Segment) * NSEGMENTS);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		int			minutes = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		char	   *cohort = SPI_getvalue(tup, desc, 2);
+		CohortWindow *w;
+
+		if (nseg == 0 || seg[nseg - 1].minutes != minutes)
+		{
+			if (nseg == NSEGMENTS)
+				break;
+			seg[nseg++].minutes = minutes;
+		}
+		w = strcmp(cohort, "canary") == 0 ? &seg[nseg - 1].canary : &seg[nseg - 1].control;
+		w->samples = GetInt8(tup, desc, 3);
+		w->errors = GetInt8(tup, desc, 4);
+		w->refusals = GetInt8(tup, desc, 5);
+		w->thumbs_down = GetInt8(tup, desc, 6);
+		w->slow = GetInt8(tup, desc, 7);
+	}
+	return nseg;
+}
+
+/*
+ * The boundary a rule tests the canary's rate against over one segment,
+ * from the segment's control counts (or, without any, the stored baseline),
+ * taken at their upper confidence bound; false when there is no baseline.
  */
 static bool
-WindowBreaches(const char *schema, const RolloutRules *rr, TimestampTz at,
-			   CanaryRule rule)
+SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
+				const WindowSummary *w, double *observed, double *plain_limit,
+				double *boundary, int64 *events)
 {
-	WindowSummary w;
-	CanaryRule	found;
+	const CohortWindow *base = s->control.samples > 0 ? &s->control :
+		(w->has_base ? &w->baseline : NULL);
+	const CohortWindow *cw = &s->canary;
+	double		z = 3.0;
 
-	SummariseWindow(schema, rr, at, &w);
-	return ApplyRules(rr, &w.canary, &w.baseline, w.has_base, &found) != NULL &&
-		found == rule;
+	switch (rule)
+	{
+		case RULE_ERROR_RATE:
+			*events = cw->errors;
+			*plain_limit = *boundary = rr->error_rate;
+			break;
+		case RULE_P95:
+			if (SlowOver(rr, w) <= 0)
+				return false;
+			*events = cw->slow;
+			*plain_limit = *boundary = 0.05;
+			break;
+		case RULE_REFUSAL:
+			if (base == NULL || base->samples == 0)
+				return false;
+			*events = cw->refusals;
+			*plain_limit = Rate(base->refusals, base->samples) + rr->refusal_delta;
+			*boundary = SeqUpperBound(base->refusals, base->samples, z) + rr->refusal_delta;
+			break;
+		case RULE_THUMBS_DOWN:
+			if (base == NULL || base->samples == 0)
+				return false;
+			*events = cw->thumbs_down;
+			*plain_limit = Rate(base->thumbs_down, base->samples) * rr->thumbs_ratio;
+			*boundary = SeqUpperBound(base->thumbs_down, base->samples, z) * rr->thumbs_ratio;
+			break;
+		default:
+			return false;
+	}
+	*observed = Rate(*events, cw->samples);
+	return true;
+}
+
+/* The trip reason of a sequential breach, in the article's words. */
+static char *
+SequentialReason(const RolloutRules *rr, CanaryRule rule, const RuleResult *res,
+				 const WindowSummary *w)
+{
+	const char *what;
+	char	   *span = res->minutes == 0 ? pstrdup("since evidence_since") :
+		psprintf("over the last %d min", res->minutes);
+
+	switch (rule)
+	{
+		case RULE_ERROR_RATE:
+			what = psprintf("new-model error_rate=%.3f > %g", res->observed, rr->error_rate);
+			break;
+		case RULE_P95:
+			what = psprintf("new-model p95 > %gx baseline (%.0f): %.1f%% of requests slower than %.0f ms",
+							rr->p95_ratio, w->baseline.p95, 100 * res->observed,
+							SlowOver(rr, w));
+			break;
+		case RULE_REFUSAL:
+			what = psprintf("refusal_rate=%.3f vs baseline %.3f", res->observed,
+							res->limit - rr->refusal_delta);
+			break;
+		default:
+			what = psprintf("thumbs_down_rate=%.3f > %gx baseline %.3f", res->observed,
+							rr->thumbs_ratio, res->limit / rr->thumbs_ratio);
+			break;
+	}
+	return psprintf("%s (sequential: %lld canary requests %s, evidence %.1f >= %.1f)",
+					what, (long long) res->samples, span, res->evidence, res->needed);
+}
+
+/*
+ * JudgeSequential
+ *		Mode sequential: collect the evidence up to 'at', then for each rule
+ *		the always-valid tests of src/sequential.c over the stage and over
+ *		the change segments.  A rule trips on a segment with at least
+ *		min_samples canary requests where the plain comparison breaches and
+ *		the log evidence reaches its threshold.  The verdict reports the
+ *		tripping segment, or else the segment with the most evidence
+ *		relative to its threshold.
+ */
+static void
+JudgeSequential(const char *schema, const RolloutRules *rr, TimestampTz at,
+				const WindowSummary *w, Decision *d)
+{
+	Segment		seg[NSEGMENTS];
+	int			nseg;
+	StringInfoData sql;
+	Oid			types[4] = {TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID, FLOAT8OID};
+	Datum		args[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	int			ret;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s.canary_collect_evidence($1, $2, $3, $4)", schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	args[2] = TimestampTzGetDatum(rr->since);
+	if (!rr->has_since)
+		nulls[2] = 'n';
+	args[3] = Float8GetDatum(SlowOver(rr, w));
+	ret = SPI_execute_with_args(sql.data, 4, types, args, nulls, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not collect canary_evidence: SPI error %d", ret);
+
+	nseg = ReadSegments(schema, rr, at, seg);
+	memset(d, 0, sizeof(*d));
+	for (int i = 1; i < NRULES; i++)
+	{
+		RuleResult *res = &d->r[i];
+		bool		enough = false;
+		bool		best_breach = false;
+		double		best = -INFINITY;
+
+		SetResult(res, VERDICT_NO_DATA, NAN, NAN, nseg > 0 ? seg[0].canary.samples : 0);
+		for (int s = 0; s < nseg; s++)
+		{
+			RuleResult cand;
+			double		observed,
+						limit,
+						boundary;
+			int64		events;
+			bool		breach;
+
+			if (seg[s].canary.samples == 0 ||
+				!SegmentBoundary(rr, (CanaryRule) i, &seg[s], w, &observed, &limit,
+								 &boundary, &events))
+				continue;
+			if (seg[s].canary.samples < rr->min_samples)
+			{
+				if (!enough)
+					SetResult(res, VERDICT_MIN_SAMPLES, observed, limit, seg[s].canary.samples);
+				continue;
+			}
+			breach = observed > limit;
+			SetResult(&cand, breach ? VERDICT_NOT_CREDIBLE : VERDICT_BELOW,
+					  observed, limit, seg[s].canary.samples);
+			cand.needed = seg[s].minutes == 0 ? SeqStageThreshold(rr->significance) :
+				SeqChangeThreshold(rr->significance);
+			cand.evidence = SeqLogMixtureLR(events, seg[s].canary.samples, boundary);
+			cand.minutes = seg[s].minutes;
+			if (breach && cand.evidence >= cand.needed)
+			{
+				cand.verdict = VERDICT_TRIP;
+				cand.reason = SequentialReason(rr, (CanaryRule) i, &cand, w);
+				*res = cand;
+				break;
+			}
+			/* report the breach, else the segment, nearest to tripping */
+			if (!enough || (breach && !best_breach) ||
+				(breach == best_breach && cand.evidence - cand.needed > best))
+			{
+				*res = cand;
+				best = cand.evidence - cand.needed;
+				best_breach = breach;
+			}
+			enough = true;
+		}
+	}
+}
+
+/* Append a float as JSON: null when it is not a finite number. */
+static void
+AppendJsonNumber(StringInfo buf, const char *key, double v)
+{
+	if (isfinite(v))
+		appendStringInfo(buf, ", \"%s\": %.6g", key, v);
+	else
+		appendStringInfo(buf, ", \"%s\": null", key);
+}
+
+/* The decision as the JSON of canary_window_summaries.decision. */
+static char *
+DecisionJson(const RolloutRules *rr, const Decision *d)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"mode\": \"%s\", \"tripped\": ", decision_mode_names[rr->mode]);
+	if (d->tripped == RULE_NONE)
+		appendStringInfoString(&buf, "null");
+	else
+		appendStringInfo(&buf, "\"%s\"", rule_names[d->tripped]);
+	appendStringInfoString(&buf, ", \"rules\": {");
+	for (int i = 1; i < NRULES; i++)
+	{
+		const RuleResult *res = &d->r[i];
+
+		appendStringInfo(&buf, "%s\"%s\": {\"verdict\": \"%s\", \"samples\": " INT64_FORMAT,
+						 i > 1 ? ", " : "", rule_names[i], verdict_names[res->verdict],
+						 res->samples);
+		AppendJsonNumber(&buf, "observed", res->observed);
+		AppendJsonNumber(&buf, "limit", res->limit);
+		AppendJsonNumber(&buf, "evidence", res->evidence);
+		AppendJsonNumber(&buf, "needed", res->needed);
+		if (rr->mode == MODE_SEQUENTIAL)
+			appendStringInfo(&buf, ", \"minutes\": %d", res->minutes);
+		appendStringInfoChar(&buf, '}');
+	}
+	appendStringInfoString(&buf, "}}");
+	return buf.data;
+}
+
+/*
+ * Trip through canary_trip_internal, in the caller's transaction.  False
+ * when the rollout was tripped meanwhile (by a concurrent trip that
+ * committed while we waited for its row): that trip is not ours to report;
+ * returning a reason would log a trip that did not happen.
+ */
+static bool
+Trip(const char *schema, const char *name, const char *reason, const char *kind,
+	 int64 samples_new, int64 samples_old)
+{
+	StringInfoData sql;
+	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID};
+	Datum		args[5];
+	int			ret;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT %s.canary_trip_internal($1, $2, $3, $4, $5)", schema);
+	args[0] = CStringGetTextDatum(name);
+	args[1] = CStringGetTextDatum(reason);
+	args[2] = CStringGetTextDatum(kind);
+	args[3] = Int64GetDatum(samples_new);
+	args[4] = Int64GetDatum(samples_old);
+	ret = SPI_execute_with_args(sql.data, 5, types, args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not trip the kill switch: SPI error %d", ret);
+	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return !isnull;
+}
+
+/*
+ * The sample-ratio check (canary_srm_check in SQL); returns its reason when
+ * it tripped the switch now, else NULL (an alert alone is not a trip).
+ */
+static char *
+CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at)
+{
+	StringInfoData sql;
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		args[2];
+	int			ret;
+	bool		isnull;
+	Datum		d;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s.canary_srm_check($1, $2)", schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	ret = SPI_execute_with_args(sql.data, 2, types, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not run the sample-ratio check: SPI error %d", ret);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	if (isnull || !rr->srm_trips)
+		return NULL;
+	return TextDatumGetCString(d);
+}
+
+/*
+ * Whether the installed catalog has the decision columns of 1.1: the 1.1
+ * library keeps serving a 1.0 catalog, in 1.0's mode (confirm_windows),
+ * until ALTER EXTENSION llm_canary UPDATE runs.  Inside SPI.
+ */
+static bool
+DecisionsCatalog(const char *schema)
+{
+	StringInfoData sql;
+	int			ret;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute"
+					 " WHERE attrelid = '%s.canary_config'::regclass"
+					 " AND attname = 'decision_mode' AND NOT attisdropped)",
+					 schema);
+	ret = SPI_execute(sql.data, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the catalog of canary_config: SPI error %d", ret);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * The decision settings of 1.1 (not in the config cache, which serves 1.0
+ * catalogs too): decision_mode, evidence_since, srm_trips.  raw_rules, from
+ * 1.0, still means raw.  Inside SPI.
+ */
+static void
+ReadDecisionSettings(const char *schema, RolloutRules *rr)
+{
+	StringInfoData sql;
+	Oid			types[1] = {TEXTOID};
+	Datum		args[1];
+	int			ret;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *mode;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT decision_mode, evidence_since, srm_trips FROM %s.canary_config"
+					 " WHERE name = $1", schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not read canary_config: SPI error %d", ret);
+	rr->catalog_1_1 = true;
+	if (SPI_processed != 1)
+		return;					/* deleted meanwhile: 1.0's mode */
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	mode = SPI_getvalue(tup, desc, 1);
+	if (rr->mode != MODE_RAW && mode != NULL)
+		rr->mode = strcmp(mode, "raw") == 0 ? MODE_RAW :
+			strcmp(mode, "confirm_windows") == 0 ? MODE_CONFIRM_WINDOWS : MODE_SEQUENTIAL;
+	rr->since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+	rr->has_since = !isnull;
+	rr->srm_trips = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 }
 
 /* Check one rollout; returns the trip reason or NULL.  Inside SPI. */
@@ -446,64 +1005,58 @@ static char *
 CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 {
 	WindowSummary w;
-	char	   *reason;
-	CanaryRule	rule;
+	Decision	d;
+	char	   *reason = NULL;
 
 	SummariseWindow(schema, rr, at, &w);
-	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0);
-	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from);
-
-	reason = ApplyRules(rr, &w.canary, &w.baseline, w.has_base, &rule);
-
-	/*
-	 * Confirmation: the same rule must also breach in the confirm_windows - 1
-	 * non-overlapping windows before this one.  The switch looks every 30 s,
-	 * hundreds of times a day; one window at the significance level alone
-	 * would trip on noise now and then (a canary only slightly worse than
-	 * the threshold trips within hours).  Independent windows multiply the
-	 * false-alarm probability, at the cost of one more window of delay.
-	 */
-	for (int k = 1; reason != NULL && k < rr->confirm_windows; k++)
+	if (rr->mode == MODE_SEQUENTIAL)
+		JudgeSequential(schema, rr, at, &w, &d);
+	else
 	{
-		TimestampTz prev = at - (TimestampTz) k * rr->window_seconds * USECS_PER_SEC;
-
-		if (!WindowBreaches(schema, rr, prev, rule))
-			reason = NULL;
+		JudgeWindow(rr, &w.canary, &w.baseline, w.has_base, &d);
+		if (rr->mode == MODE_CONFIRM_WINDOWS)
+			ConfirmWindows(schema, rr, at, &d);
 	}
+	d.tripped = FirstTrip(&d);
+	if (d.tripped != RULE_NONE)
+		reason = d.r[d.tripped].reason;
+
+	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0, NULL);
+	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from,
+				 DecisionJson(rr, &d));
 
 	if (reason != NULL)
 	{
-		StringInfoData sql;
-		Oid			types[4] = {TEXTOID, TEXTOID, INT8OID, INT8OID};
-		Datum		args[4];
-		int			ret;
-
-		initStringInfo(&sql);
-		appendStringInfo(&sql,
-						 "SELECT %s.canary_trip_internal($1, $2, 'kill_switch', $3, $4)",
-						 schema);
-		args[0] = CStringGetTextDatum(rr->name);
-		args[1] = CStringGetTextDatum(reason);
-		args[2] = Int64GetDatum(w.canary.samples);
-		args[3] = Int64GetDatum(w.control.samples);
-		ret = SPI_execute_with_args(sql.data, 4, types, args, NULL, false, 0);
-		if (ret != SPI_OK_SELECT || SPI_processed != 1)
-			elog(ERROR, "could not trip the kill switch: SPI error %d", ret);
-
-		/*
-		 * NULL: the rollout was tripped meanwhile (by a concurrent trip that
-		 * committed while we waited for its row).  That trip is not ours to
-		 * report; returning a reason would log a trip that did not happen.
-		 */
-		{
-			bool		isnull;
-
-			(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-			if (isnull)
-				reason = NULL;
-		}
+		if (!Trip(schema, rr->name, reason, "kill_switch", w.canary.samples, w.control.samples))
+			reason = NULL;
 	}
+	else if (rr->catalog_1_1)
+		reason = CheckSampleRatio(schema, rr, at);
 	return reason;
+}
+
+/*
+ * The plan (sql/parts/55_plan.sql): advance the rollouts with auto_advance
+ * (or the named one) whose gates are open at 'at'.  Inside SPI.
+ */
+static void
+AdvancePlans(const char *schema, Datum name, bool named, TimestampTz at)
+{
+	StringInfoData sql;
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		args[2];
+	char		nulls[2] = {' ', ' '};
+	int			ret;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "SELECT %s.canary_advance($1, $2)", schema);
+	args[0] = name;
+	if (!named)
+		nulls[0] = 'n';
+	args[1] = TimestampTzGetDatum(at);
+	ret = SPI_execute_with_args(sql.data, 2, types, args, nulls, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not advance the plans: SPI error %d", ret);
 }
 
 /*
@@ -525,6 +1078,7 @@ canary_check(PG_FUNCTION_ARGS)
 	List	   *names;
 	ListCell   *lc;
 	bool		named = !PG_ARGISNULL(0);
+	bool		catalog_1_1;
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -541,10 +1095,11 @@ canary_check(PG_FUNCTION_ARGS)
 	nrollouts = 0;
 	foreach(lc, names)
 	{
-		const CanaryRollout *r = ConfigGetRollout((const char *) lfirst(lc));
+		/* a rollout deleted since the names were read is skipped */
+		const CanaryRollout *r = ConfigLookupRollout((const char *) lfirst(lc), !named);
 		RolloutRules *rr = &rules[nrollouts];
 
-		if (!r->armed || r->stage == CANARY_STAGE_SHADOW)
+		if (r == NULL || !r->armed || r->stage == CANARY_STAGE_SHADOW)
 			continue;
 		strlcpy(rr->name, r->name, NAMEDATALEN);
 		strlcpy(rr->stage, r->stage_name, sizeof(rr->stage));
@@ -555,13 +1110,16 @@ canary_check(PG_FUNCTION_ARGS)
 		rr->thumbs_ratio = r->thumbs_down_ratio_threshold;
 		rr->min_samples = r->min_samples;
 		rr->significance = r->significance;
-		rr->raw = r->raw_rules;
+		rr->mode = r->raw_rules ? MODE_RAW : MODE_CONFIRM_WINDOWS;	/* 1.0 */
 		rr->confirm_windows = r->confirm_windows;
 		nrollouts++;
 	}
 
 	initStringInfo(&result);	/* in the caller's context: survives SPI_finish */
 	SPI_connect();
+	catalog_1_1 = DecisionsCatalog(schema);
+	for (int i = 0; i < nrollouts && catalog_1_1; i++)
+		ReadDecisionSettings(schema, &rules[i]);
 	for (int i = 0; i < nrollouts; i++)
 	{
 		char	   *reason = CheckRollout(schema, &rules[i], at);
@@ -574,6 +1132,8 @@ canary_check(PG_FUNCTION_ARGS)
 			appendStringInfo(&result, "%s%s: %s", result.len > 0 ? "; " : "",
 							 rules[i].name, reason);
 	}
+	if (catalog_1_1)
+		AdvancePlans(schema, named ? PG_GETARG_DATUM(0) : (Datum) 0, named, at);
 	SPI_finish();
 
 	if (result.len == 0)

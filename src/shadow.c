@@ -313,14 +313,16 @@ CountDrop(uint64 *counter)
  *		Sample the request (rollout->shadow_sample_rate) and, if chosen,
  *		queue it for the worker, which sends the prompt to the new model.
  *
- * Called by canary_call before it calls the old model.  Never raises
+ * prompt is the prompt, or with is_chat the normalised chat request's
+ * JSON text (canary_chat), which the worker sends in the new model's
+ * dialect.  Called by canary_call before it calls the old model.  Never raises
  * because the queue is full, the memory budget is spent or no worker runs:
  * those drops are counted.  Allocates nothing in the caller's context.
  */
 void
 ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 					const char *user_id, int user_len, const char *prompt,
-					const char *prompt_class, const char *prompt_hash)
+					bool is_chat, const char *prompt_class, const char *prompt_hash)
 {
 	ShadowSlot *slot = NULL;
 	int			slotno = -1;
@@ -411,6 +413,7 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	slot->store_prompt = shadow_store_prompt;
 	slot->prompt = dp;
 	slot->prompt_len = prompt_len;
+	slot->is_chat = is_chat;
 	slot->old_done = false;
 	slot->new_done = false;
 	slot->old_text = InvalidDsaPointer;

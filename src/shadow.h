@@ -33,8 +33,8 @@ extern void ShadowDefineSettings(void);
 extern void ShadowMaybeDispatch(const CanaryRollout *rollout,
 								const pg_uuid_t *request_id,
 								const char *user_id, int user_len,
-								const char *prompt, const char *prompt_class,
-								const char *prompt_hash);
+								const char *prompt, bool is_chat,
+								const char *prompt_class, const char *prompt_hash);
 extern void ShadowCompleteOld(const pg_uuid_t *request_id,
 							  const CanaryModel *old_model,
 							  const CanaryAttempt *old_attempt);

@@ -57,6 +57,7 @@ typedef struct ShadowSlot
 	bool		store_prompt;
 	dsa_pointer prompt;			/* the whole prompt, NUL-terminated */
 	Size		prompt_len;
+	bool		is_chat;		/* prompt is a normalised chat request (JSON) */
 
 	/* the old half, set by ShadowCompleteOld (or the abort callback) */
 	bool		old_done;

@@ -96,6 +96,7 @@ typedef struct ShadowJob
 	char		new_model[NAMEDATALEN];
 	char	   *prompt;
 	Size		prompt_len;
+	CanaryRequest req;			/* the prompt, or the chat request parsed */
 
 	/* the transfer */
 	CanaryModel model;			/* strings in cxt */
@@ -244,6 +245,21 @@ ShadowJobCreate(int slotno, uint64 seq)
 	MemoryContextRegisterResetCallback(cxt, cb);
 	dlist_push_tail(&shadow_jobs, &job->node);
 	return job;
+}
+
+/*
+ * The chat request of a job dispatched by canary_chat: its prompt is the
+ * normalised request's JSON text (made by chat.c, so valid), parsed in the
+ * job's context.
+ */
+static Jsonb *
+ShadowJobChatRequest(ShadowJob *job)
+{
+	MemoryContext old = MemoryContextSwitchTo(job->cxt);
+	Jsonb	   *chat = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(job->prompt)));
+
+	MemoryContextSwitchTo(old);
+	return chat;
 }
 
 static void
@@ -442,8 +458,8 @@ ShadowJobCompleted(ShadowJob *job, CURLcode rc)
 		a.completion_tokens = -1;
 		PG_TRY();
 		{
-			ProviderParseResponse(&job->model, (int) status,
-								  job->response.data ? job->response.data : "", job->response.len, &a);
+			RequestParseResponse(&job->model, &job->req, (int) status,
+								 job->response.data ? job->response.data : "", job->response.len, &a);
 		}
 		PG_CATCH();
 		{
@@ -548,6 +564,8 @@ ShadowTakeJobs(void)
 		job->prompt_len = slot->prompt_len;
 		job->prompt = MemoryContextAlloc(job->cxt, slot->prompt_len + 1);
 		memcpy(job->prompt, dsa_get_address(area, slot->prompt), slot->prompt_len + 1);
+		job->req.prompt = slot->is_chat ? NULL : job->prompt;
+		job->req.chat = slot->is_chat ? ShadowJobChatRequest(job) : NULL;
 		strlcpy(job->embed_model.name, slot->embedding_model, sizeof(job->embed_model.name));
 		started = lappend(started, job);
 	}
@@ -566,18 +584,17 @@ ShadowTakeJobs(void)
 		{
 			const CanaryModel *m = ConfigGetModel(job->new_model);
 			MemoryContext txcxt = MemoryContextSwitchTo(job->cxt);
-			CanaryRequest req = {.prompt = job->prompt};
 
 			ShadowJobCopyModel(job, &job->model, m);
 			/* built once: the cache key and the transfer use the same request */
-			ProviderBuildRequest(&job->model, &req, &job->request);
+			ProviderBuildRequest(&job->model, &job->req, &job->request);
 
 			/* a fresh answer in the response cache: no transfer */
 			if (CacheEnabled())
 			{
 				CanaryAttempt hit;
 
-				CacheComputeKey(&req, &job->request, &job->cache_key);
+				CacheComputeKey(&job->req, &job->request, &job->cache_key);
 				job->use_cache = true;
 				job->started = GetCurrentTimestamp();
 				if (CacheLookup(&job->model, &job->cache_key, &hit))

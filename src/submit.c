@@ -114,7 +114,7 @@ SubmitInit(void)
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 1;
+	worker.bgw_restart_time = 5;
 	strlcpy(worker.bgw_library_name, LLM_CANARY_EXTNAME, BGW_MAXLEN);
 	strlcpy(worker.bgw_function_name, "CanarySubmitWorkerMain", BGW_MAXLEN);
 	strlcpy(worker.bgw_name, "llm_canary submissions", BGW_MAXLEN);
@@ -171,25 +171,9 @@ PG_FUNCTION_INFO_V1(canary_submit_check);
 Datum
 canary_submit_check(PG_FUNCTION_ARGS)
 {
-	Jsonb	   *request;
+	CanaryRequest req;
 
-	CallRequireNotNull(PG_ARGISNULL(0), "request");
-	request = PG_GETARG_JSONB_P(0);
-	if (JB_ROOT_IS_SCALAR(request))
-	{
-		JsonbValue	v;
-
-		if (!JsonbExtractScalar(&request->root, &v) || v.type != jbvString)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("request must be a JSON string (a prompt) or a JSON object (a chat request)")));
-		if (v.val.string.len == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("prompt must not be empty")));
-	}
-	else
-		(void) ChatNormalize(request);
+	ChatRequestFromJsonb(PG_ARGISNULL(0) ? NULL : PG_GETARG_JSONB_P(0), &req);
 	RoutingCheckUserId(PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1), PG_ARGISNULL(1));
 	CallRequireNotNull(PG_ARGISNULL(2), "rollout name");
 	MetricsRequireWorkerDatabase();
@@ -517,5 +501,6 @@ CanarySubmitWorkerMain(Datum main_arg)
 							 PG_WAIT_EXTENSION);
 	}
 	BatchSetSubmitWorkerPid(0);
-	proc_exit(0);
+	/* exit code 0 would unregister the worker: pg_terminate_backend must not stop it for good */
+	proc_exit(1);
 }

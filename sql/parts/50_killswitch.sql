@@ -33,7 +33,9 @@ CREATE TABLE canary_alerts (
     id                  bigserial PRIMARY KEY,
     canary              text NOT NULL,
     ts                  timestamptz NOT NULL DEFAULT now(),
-    kind                text NOT NULL CHECK (kind IN ('kill_switch', 'manual_trip', 'csat_pin')),
+    kind                text NOT NULL
+                        CHECK (kind IN ('kill_switch', 'manual_trip', 'csat_pin', 'sample_ratio',
+                                        'advance', 'decommission')),
     payload             jsonb NOT NULL,
     webhook_status      text NOT NULL DEFAULT 'pending'
                         CHECK (webhook_status IN ('none', 'pending', 'delivered', 'failed')),

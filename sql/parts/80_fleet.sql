@@ -7,7 +7,8 @@
  *            subscribes to every member's llm_canary_evidence.
  *   member   subscribes to llm_canary_config; publishes llm_canary_evidence
  *            (canary_fleet_members and the rollups, keyed by member; no
- *            TRUNCATE).
+ *            TRUNCATE) and llm_canary_requests (the raw canary_requests
+ *            and canary_feedback rows, inserts only).
  *
  * The role is the setting llm_canary.fleet_role; the publications are made
  * by canary_fleet_publish(), since a publication is not a member of the
@@ -167,7 +168,8 @@ ALTER TABLE canary_fleet_heartbeat ENABLE REPLICA TRIGGER canary_fleet_heartbeat
 
 /*
  * canary_fleet_publish: create (or bring up to date) this database's
- * publication for its role.  Returns the publication's name.
+ * publications for its role.  Returns their names, as CREATE SUBSCRIPTION
+ * on the other side lists them.
  */
 CREATE FUNCTION canary_fleet_publish()
 RETURNS text
@@ -213,11 +215,26 @@ BEGIN
     ELSE
         EXECUTE format('CREATE PUBLICATION %I FOR TABLE %s%s', pub, tables, options);
     END IF;
+    IF role = 'member' THEN
+        /*
+         * The raw rows too, inserts only: the kill switch's sequential
+         * evidence, the sample-ratio check and the CSAT report count
+         * requests and users.  Rows that reach the control this way fire no
+         * rollup trigger there (the apply worker runs as a replica), so the
+         * members' rollups are counted once, from their own rollups.
+         */
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication p WHERE p.pubname = 'llm_canary_requests') THEN
+            CREATE PUBLICATION llm_canary_requests
+                FOR TABLE @extschema@.canary_requests, @extschema@.canary_feedback
+                WITH (publish = 'insert', publish_via_partition_root = true);
+        END IF;
+        pub := pub || ', llm_canary_requests';
+    END IF;
     RETURN pub;
 END;
 $$;
 COMMENT ON FUNCTION canary_fleet_publish() IS
-    'Create this database''s fleet publication for its role: llm_canary_config on the control, llm_canary_evidence on a member';
+    'Create this database''s fleet publications for its role: llm_canary_config on the control; llm_canary_evidence and llm_canary_requests on a member';
 
 /*
  * canary_fleet_join: on a new member, before CREATE SUBSCRIPTION, empty the

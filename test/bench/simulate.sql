@@ -1,37 +1,52 @@
 -- Decision-quality simulator: synthetic traffic with known properties goes
--- through the real metrics path (canary_record -> the shared-memory queue ->
--- the worker -> canary_requests; thumbs-down through canary_feedback), and
--- the real canary_check runs at simulated times every 30 s.  No HTTP.
+-- into canary_requests and canary_feedback, and the real canary_check runs
+-- at simulated times every 30 s, in each decision mode.  No HTTP.
+--
+-- Two paths for the traffic: through the real metrics path (canary_record
+-- -> the shared-memory queue -> the worker -> canary_requests; thumbs-down
+-- through canary_feedback()), or, for the long runs (direct => true),
+-- inserted straight into canary_requests and canary_feedback, which is
+-- what the worker would have written (several times faster; the decision
+-- reads only those tables).
 --
 -- Every outcome is a pure function of (seed, request number): a user id,
 -- an outcome (error / refusal / ok), a latency and a thumbs-down verdict
 -- come from hashtext() of the seed and the request number, and the cohort
 -- from canary_route() of the user, so a rerun gives identical numbers.
--- The same request number gets the same draws in every scenario (common
--- random numbers): scenarios differ only by their cohort properties.
+-- The same request number gets the same draws in every scenario and mode
+-- (common random numbers): scenarios differ only by their cohort
+-- properties, modes only by the decision.
 --
 -- Traffic: rps requests per simulated second, request i at t0 + i / rps,
 -- where t0 is the next UTC midnight (simulated time lies ahead of the real
--- clock, so thumbs-down recorded now count in every window that holds their
--- request).  Per cohort:
+-- clock, so thumbs-down recorded now count for every request they name).
+-- Per cohort:
 --   error with probability err, else refusal with probability ref;
 --   latency_ms = lat * (400 + 600 * Exp(1))  (p95 = lat * 2197 ms);
 --   thumbs-down with probability td.
+-- A trip is followed by a re-arm at the simulated time of the trip
+-- (evidence_since moves along the simulated clock) unless the scenario
+-- stops at its first trip.
 --
--- Driven by test/bench/run.sh simulate (the full scenarios) and by
--- test/t/080_simulator.pl (scaled down); psql variables scale it:
---   aa_seconds (86400), trip_seconds (7200), slight_seconds (86400), rps (100)
--- define=false skips the definitions (for sessions running side by side).
--- Results: table sim_results, one row per scenario.
+-- Driven by test/bench/simulate.sh (the full scenarios) and by
+-- test/t/080_simulator.pl (scaled down); psql variables:
+--   scenarios  comma-separated names of the table below (default: all)
+--   modes      comma-separated decision modes (default: sequential)
+--   aa_seconds (604800), slight_seconds (86400), trip_seconds (3600),
+--   aa_rps (100), direct (true for the A/A and slight runs),
+--   tag (appended to the scenario names in sim_results)
+--   define=false skips the definitions (for sessions running side by side).
+-- Results: table sim_results, one row per scenario and mode.
 -- Run it with llm_canary.check_interval = 0: the worker's own periodic check
 -- would also check these rollouts (harmlessly: at the real now(), where they
 -- have no traffic, but it writes window summaries).
 \set QUIET on
-\if :{?aa_seconds} \else \set aa_seconds 86400 \endif
-\if :{?trip_seconds} \else \set trip_seconds 7200 \endif
+\if :{?aa_seconds} \else \set aa_seconds 604800 \endif
+\if :{?trip_seconds} \else \set trip_seconds 3600 \endif
 \if :{?slight_seconds} \else \set slight_seconds 86400 \endif
-\if :{?rps} \else \set rps 100 \endif
-\if :{?scenarios} \else \set scenarios 'aa,article,errors,p95,thumbs,slight' \endif
+\if :{?aa_rps} \else \set aa_rps 100 \endif
+\if :{?scenarios} \else \set scenarios 'aa_ramp_1,aa_ramp_5,aa_ramp_25,aa_full,article,errors,p95,thumbs,slight' \endif
+\if :{?modes} \else \set modes 'sequential' \endif
 \if :{?define} \else \set define true \endif
 
 \if :define
@@ -42,18 +57,22 @@ INSERT INTO canary_models (name, provider, base_url, model) VALUES
 ON CONFLICT DO NOTHING;
 
 CREATE TABLE IF NOT EXISTS sim_results (
-    scenario        text PRIMARY KEY,
+    scenario        text,
+    mode            text,        -- decision_mode
     stage           text,
     sim_seconds     integer,     -- simulated time covered
-    requests        bigint,      -- records queued
+    rps             integer,
+    requests        bigint,      -- requests recorded
     canary_share    numeric,     -- canary requests / requests
     dropped         bigint,      -- records the queue refused (canary_record returned NULL)
-    thumbs_down     bigint,      -- canary_feedback calls
+    thumbs_down     bigint,      -- thumbs-down recorded
     checks          integer,     -- canary_check calls
     trips           integer,     -- checks that tripped (re-armed after each unless stop_at_trip)
     first_trip_s    integer,     -- simulated seconds from the start to the first trip
     first_reason    text,
-    run_seconds     numeric      -- wall clock
+    srm_alerts      integer,     -- sample_ratio alerts
+    run_seconds     numeric,     -- wall clock
+    PRIMARY KEY (scenario, mode)
 );
 
 -- A uniform draw in [0, 1) from the seed, a request number and a tag.
@@ -62,91 +81,141 @@ RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT (hashtext(seed || ':' || i || ':' || tag)::bigint + 2147483648) / 4294967296.0 $$;
 
 /*
- * sim_run: one scenario on a rollout of its own (named after it).
- * Per 30 s step: queue the step's requests, canary_flush(), record the
- * thumbs-down of the step through canary_feedback, canary_check(name, end
- * of the step), COMMIT.  After a trip: stop (stop_at_trip) or count it,
- * re-arm and go on.  Every simulated hour the rows that have left every
- * future window are deleted (the run keeps about one window of rows).
+ * sim_run: one scenario in one decision mode on a rollout of its own
+ * (named scenario_mode).  Per 30 s step: record the step's requests and
+ * thumbs-down, canary_check(name, end of the step), COMMIT.  After a trip:
+ * stop (stop_at_trip) or count it, re-arm at the simulated time and go on.
+ * Every simulated hour the rows that have left every window are deleted.
+ * At stage full there is no control cohort: a control summary with the
+ * control's properties is stored first, as a ramp stage would have left it.
  */
 CREATE OR REPLACE PROCEDURE sim_run(
-    scenario text, stage text, seconds integer, rps integer,
+    scenario text, mode text, stage text, seconds integer, rps integer,
     err_canary float8, err_control float8,
     ref_canary float8, ref_control float8,
     lat_canary float8, lat_control float8,
     td_canary float8, td_control float8,
-    stop_at_trip boolean, seed text DEFAULT 'llm_canary-sim-1')
+    stop_at_trip boolean, direct boolean, seed text DEFAULT 'llm_canary-sim-1')
 LANGUAGE plpgsql AS $$
 DECLARE
     step constant integer := 30;
     t0 timestamptz := ((now() AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC';
     wall0 timestamptz := clock_timestamp();
+    rname text := scenario || '_' || mode;
     win integer;
     at timestamptz;
-    n bigint; ncanary bigint; ndrop bigint; tds uuid[];
+    n bigint; ncanary bigint; ndrop bigint; tds uuid[]; ntd_direct bigint;
     tot bigint := 0; totcanary bigint := 0; totdrop bigint := 0; tottd bigint := 0;
     nchecks integer := 0; ntrips integer := 0;
     first_s integer; first_r text;
     reason text;
     id uuid;
 BEGIN
-    DELETE FROM sim_results r WHERE r.scenario = sim_run.scenario;
-    DELETE FROM canary_requests r WHERE r.canary = scenario;
-    DELETE FROM canary_feedback f WHERE f.canary = scenario;
-    DELETE FROM canary_rollups r WHERE r.canary = scenario;
-    DELETE FROM canary_window_summaries w WHERE w.canary = scenario;
-    INSERT INTO canary_config (name, stage, old_model, new_model)
-    VALUES (scenario, stage, 'sim-old', 'sim-new')
+    DELETE FROM sim_results r WHERE r.scenario = sim_run.scenario AND r.mode = sim_run.mode;
+    DELETE FROM canary_requests r WHERE r.canary = rname;
+    DELETE FROM canary_feedback f WHERE f.canary = rname;
+    DELETE FROM canary_rollups r WHERE r.canary = rname;
+    DELETE FROM canary_window_summaries w WHERE w.canary = rname;
+    DELETE FROM canary_evidence e WHERE e.canary = rname;
+    DELETE FROM canary_alerts a WHERE a.canary = rname;
+    INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode, evidence_since)
+    VALUES (rname, stage, 'sim-old', 'sim-new', mode, t0)
     ON CONFLICT (name) DO UPDATE SET stage = excluded.stage, percent_new = canary_stage_percent(excluded.stage),
-        kill_switch_armed = true;
-    SELECT window_seconds INTO win FROM canary_config WHERE name = scenario;
+        kill_switch_armed = true, decision_mode = excluded.decision_mode, evidence_since = t0;
+    SELECT window_seconds INTO win FROM canary_config c WHERE c.name = rname;
+    IF stage = 'full' THEN
+        INSERT INTO canary_window_summaries (canary, at, window_seconds, stage, cohort, samples, errors,
+                                             p95_latency_ms, refusals, thumbs_down)
+        VALUES (rname, t0, win, 'ramp_25', 'control', 30000, round(30000 * err_control),
+                round(lat_control * (400 + 600 * ln(20))), round(30000 * ref_control),
+                round(30000 * td_control));
+    END IF;
     COMMIT;
 
     FOR s IN 0 .. seconds / step - 1 LOOP
-        WITH req AS (
-            SELECT i, 'u' || ((hashtext(seed || ':u:' || i) & 2147483647) % 20000) AS user_id
-              FROM generate_series(s::bigint * step * rps, (s + 1)::bigint * step * rps - 1) i
-        ), drawn AS (
-            SELECT i, user_id, canary_route(user_id, scenario) = 'sim-new' AS is_canary,
-                   sim_u(seed, i, 'o') AS uo, sim_u(seed, i, 'l') AS ul, sim_u(seed, i, 't') AS ut
-              FROM req
-        ), shaped AS (
-            SELECT i, user_id, is_canary,
-                   CASE WHEN uo < CASE WHEN is_canary THEN err_canary ELSE err_control END THEN 'error'
-                        WHEN uo < CASE WHEN is_canary THEN err_canary + ref_canary ELSE err_control + ref_control END
-                             THEN 'refusal'
-                        ELSE 'ok' END AS outcome,
-                   round(CASE WHEN is_canary THEN lat_canary ELSE lat_control END
-                         * (400 + 600 * -ln(1 - ul)))::integer AS latency_ms,
-                   ut < CASE WHEN is_canary THEN td_canary ELSE td_control END AS td
-              FROM drawn
-        ), recorded AS (
-            SELECT is_canary, td,
-                   canary_record(scenario, user_id,
-                                 CASE WHEN is_canary THEN 'sim-new' ELSE 'sim-old' END,
-                                 CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
-                                 outcome, latency_ms,
-                                 t0 + make_interval(secs => i::float8 / rps),
-                                 http_status => CASE WHEN outcome = 'error' THEN 500 ELSE 200 END,
-                                 stage => stage) AS rid
-              FROM shaped
-        )
-        SELECT count(*), count(*) FILTER (WHERE is_canary), count(*) FILTER (WHERE rid IS NULL),
-               array_agg(rid) FILTER (WHERE td AND rid IS NOT NULL)
-          INTO n, ncanary, ndrop, tds
-          FROM recorded;
+        IF direct THEN
+            WITH req AS (
+                SELECT i, 'u' || ((hashtext(seed || ':u:' || i) & 2147483647) % 20000) AS user_id
+                  FROM generate_series(s::bigint * step * rps, (s + 1)::bigint * step * rps - 1) i
+            ), drawn AS (
+                SELECT i, user_id, canary_route(user_id, rname) = 'sim-new' AS is_canary,
+                       sim_u(seed, i, 'o') AS uo, sim_u(seed, i, 'l') AS ul, sim_u(seed, i, 't') AS ut
+                  FROM req
+            ), shaped AS (
+                SELECT i, user_id, is_canary, gen_random_uuid() AS rid,
+                       CASE WHEN uo < CASE WHEN is_canary THEN err_canary ELSE err_control END THEN 'error'
+                            WHEN uo < CASE WHEN is_canary THEN err_canary + ref_canary ELSE err_control + ref_control END
+                                 THEN 'refusal'
+                            ELSE 'ok' END AS outcome,
+                       round(CASE WHEN is_canary THEN lat_canary ELSE lat_control END
+                             * (400 + 600 * -ln(1 - ul)))::integer AS latency_ms,
+                       ut < CASE WHEN is_canary THEN td_canary ELSE td_control END AS td
+                  FROM drawn
+            ), recorded AS (
+                INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, model, outcome,
+                                             http_status, latency_ms, refusal, fallback)
+                SELECT rid, t0 + make_interval(secs => i::float8 / rps), rname, stage, user_id,
+                       CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
+                       CASE WHEN is_canary THEN 'sim-new' ELSE 'sim-old' END,
+                       outcome, CASE WHEN outcome = 'error' THEN 500 ELSE 200 END, latency_ms,
+                       outcome = 'refusal', false
+                  FROM shaped
+            ), feedback AS (
+                INSERT INTO canary_feedback (request_id, thumbs_down, user_id, canary, cohort, model)
+                SELECT rid, true, user_id, rname, CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
+                       CASE WHEN is_canary THEN 'sim-new' ELSE 'sim-old' END
+                  FROM shaped WHERE td
+                RETURNING 1
+            )
+            SELECT count(*), count(*) FILTER (WHERE is_canary), 0, (SELECT count(*) FROM feedback)
+              INTO n, ncanary, ndrop, ntd_direct
+              FROM shaped;
+            tottd := tottd + ntd_direct;
+        ELSE
+            WITH req AS (
+                SELECT i, 'u' || ((hashtext(seed || ':u:' || i) & 2147483647) % 20000) AS user_id
+                  FROM generate_series(s::bigint * step * rps, (s + 1)::bigint * step * rps - 1) i
+            ), drawn AS (
+                SELECT i, user_id, canary_route(user_id, rname) = 'sim-new' AS is_canary,
+                       sim_u(seed, i, 'o') AS uo, sim_u(seed, i, 'l') AS ul, sim_u(seed, i, 't') AS ut
+                  FROM req
+            ), shaped AS (
+                SELECT i, user_id, is_canary,
+                       CASE WHEN uo < CASE WHEN is_canary THEN err_canary ELSE err_control END THEN 'error'
+                            WHEN uo < CASE WHEN is_canary THEN err_canary + ref_canary ELSE err_control + ref_control END
+                                 THEN 'refusal'
+                            ELSE 'ok' END AS outcome,
+                       round(CASE WHEN is_canary THEN lat_canary ELSE lat_control END
+                             * (400 + 600 * -ln(1 - ul)))::integer AS latency_ms,
+                       ut < CASE WHEN is_canary THEN td_canary ELSE td_control END AS td
+                  FROM drawn
+            ), recorded AS (
+                SELECT is_canary, td,
+                       canary_record(rname, user_id,
+                                     CASE WHEN is_canary THEN 'sim-new' ELSE 'sim-old' END,
+                                     CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
+                                     outcome, latency_ms,
+                                     t0 + make_interval(secs => i::float8 / rps),
+                                     http_status => CASE WHEN outcome = 'error' THEN 500 ELSE 200 END,
+                                     stage => stage) AS rid
+                  FROM shaped
+            )
+            SELECT count(*), count(*) FILTER (WHERE is_canary), count(*) FILTER (WHERE rid IS NULL),
+                   array_agg(rid) FILTER (WHERE td AND rid IS NOT NULL)
+              INTO n, ncanary, ndrop, tds
+              FROM recorded;
+            PERFORM canary_flush('120 seconds');
+            IF tds IS NOT NULL THEN
+                FOREACH id IN ARRAY tds LOOP
+                    PERFORM canary_feedback(id, true);
+                END LOOP;
+                tottd := tottd + cardinality(tds);
+            END IF;
+        END IF;
         tot := tot + n; totcanary := totcanary + ncanary; totdrop := totdrop + ndrop;
 
-        PERFORM canary_flush('120 seconds');
-        IF tds IS NOT NULL THEN
-            FOREACH id IN ARRAY tds LOOP
-                PERFORM canary_feedback(id, true);
-            END LOOP;
-            tottd := tottd + cardinality(tds);
-        END IF;
-
         at := t0 + make_interval(secs => (s + 1) * step);
-        reason := canary_check(scenario, at);
+        reason := canary_check(rname, at);
         nchecks := nchecks + 1;
         IF reason IS NOT NULL THEN
             ntrips := ntrips + 1;
@@ -155,59 +224,84 @@ BEGIN
                 first_r := reason;
             END IF;
             EXIT WHEN stop_at_trip;
-            PERFORM canary_rearm(scenario);
+            UPDATE canary_config c SET kill_switch_armed = true, evidence_since = at
+             WHERE c.name = rname;
         END IF;
         COMMIT;
 
         IF (s + 1) % (3600 / step) = 0 THEN
             DELETE FROM canary_requests r
-             WHERE r.canary = scenario AND r.ts <= at - make_interval(secs => win);
+             WHERE r.canary = rname AND r.ts <= at - make_interval(secs => win * 2);
+            DELETE FROM canary_feedback f
+             WHERE f.canary = rname
+               AND NOT EXISTS (SELECT 1 FROM canary_requests r WHERE r.request_id = f.request_id);
             COMMIT;
         END IF;
     END LOOP;
 
     INSERT INTO sim_results
-    VALUES (scenario, stage, seconds, tot, round(totcanary::numeric / greatest(tot, 1), 4), totdrop,
+    VALUES (scenario, mode, stage, seconds, rps, tot, round(totcanary::numeric / greatest(tot, 1), 4), totdrop,
             tottd, nchecks, ntrips, first_s, first_r,
+            (SELECT count(*) FROM canary_alerts a WHERE a.canary = rname AND a.kind = 'sample_ratio'),
             round(extract(epoch FROM clock_timestamp() - wall0)::numeric, 1));
     COMMIT;
 END;
 $$;
 
-\endif
-SELECT position('aa' IN :'scenarios') > 0 AS run_aa,
-       position('article' IN :'scenarios') > 0 AS run_article,
-       position('errors' IN :'scenarios') > 0 AS run_errors,
-       position('p95' IN :'scenarios') > 0 AS run_p95,
-       position('thumbs' IN :'scenarios') > 0 AS run_thumbs,
-       position('slight' IN :'scenarios') > 0 AS run_slight \gset
+/*
+ * The scenarios.  Control: errors 1 %, refusals 1.1 %, latency factor 1,
+ * thumbs-down 2 %.
+ */
+CREATE TABLE IF NOT EXISTS sim_scenarios (
+    scenario text PRIMARY KEY, stage text, seconds_var text, rps integer,
+    err_canary float8, ref_canary float8, lat_canary float8, td_canary float8,
+    stop_at_trip boolean, note text);
+TRUNCATE sim_scenarios;
+INSERT INTO sim_scenarios VALUES
+    -- identical cohorts, re-armed after any trip
+    ('aa_ramp_1',  'ramp_1',  'aa',     NULL, 0.01,  0.011, 1, 0.02, false, 'A/A'),
+    ('aa_ramp_5',  'ramp_5',  'aa',     NULL, 0.01,  0.011, 1, 0.02, false, 'A/A'),
+    ('aa_ramp_25', 'ramp_25', 'aa',     NULL, 0.01,  0.011, 1, 0.02, false, 'A/A'),
+    ('aa_full',    'full',    'aa',     NULL, 0.01,  0.011, 1, 0.02, false, 'A/A'),
+    -- the article's trip: refusals 8.7 % vs 1.1 % at ramp_5, 120 requests/s
+    ('article',    'ramp_5',  'trip',   120,  0.01,  0.087, 1, 0.02, true,  'refusals 8.7 % vs 1.1 %'),
+    -- one rule each
+    ('errors',     'ramp_1',  'trip',   50,   0.05,  0.011, 1, 0.02, true,  'errors 5 % vs 1 %'),
+    ('p95',        'ramp_5',  'trip',   100,  0.01,  0.011, 2, 0.02, true,  'p95 2x control'),
+    ('thumbs',     'ramp_25', 'trip',   100,  0.01,  0.011, 1, 0.08, true,  'thumbs-down 4x control'),
+    -- slightly worse but below every threshold, re-armed after any trip
+    ('slight',     'ramp_1',  'slight', 100,  0.015, 0.011, 1, 0.02, false, 'errors 1.5 % vs 1 %');
 
---                                     err canary/control  refusal          latency   thumbs-down
--- (1) A/A: identical cohorts at ramp_1, checked every 30 s, re-armed after any trip
-\if :run_aa
-CALL sim_run('sim_aa', 'ramp_1', :aa_seconds, :rps, 0.01, 0.01,  0.011, 0.011,  1, 1,  0.02, 0.02, false);
+CREATE OR REPLACE PROCEDURE sim_all(scenarios text, modes text, aa_seconds integer, trip_seconds integer,
+                                    slight_seconds integer, aa_rps integer, direct_long boolean,
+                                    tag text DEFAULT '')
+LANGUAGE plpgsql AS $$
+DECLARE
+    sc record;
+    m text;
+BEGIN
+    FOR sc IN SELECT * FROM sim_scenarios
+               WHERE scenario = ANY (string_to_array(scenarios, ',')) ORDER BY scenario LOOP
+        FOREACH m IN ARRAY string_to_array(modes, ',') LOOP
+            CALL sim_run(sc.scenario || tag, m, sc.stage,
+                         CASE sc.seconds_var WHEN 'aa' THEN aa_seconds WHEN 'trip' THEN trip_seconds
+                                             ELSE slight_seconds END,
+                         coalesce(sc.rps, aa_rps),
+                         sc.err_canary, 0.01, sc.ref_canary, 0.011, sc.lat_canary, 1, sc.td_canary, 0.02,
+                         sc.stop_at_trip, direct_long AND NOT sc.stop_at_trip);
+        END LOOP;
+    END LOOP;
+END;
+$$;
+
 \endif
--- (2) the article's trip: ramp_5, refusals 8.7 % vs 1.1 %
-\if :run_article
-CALL sim_run('sim_article', 'ramp_5', :trip_seconds, :rps, 0.01, 0.01,  0.087, 0.011,  1, 1,  0.02, 0.02, true);
-\endif
--- (3) one rule each at ramp_5: errors 5 % vs 1 %, p95 2x, thumbs-down 3x
-\if :run_errors
-CALL sim_run('sim_errors', 'ramp_5', :trip_seconds, :rps, 0.05, 0.01,  0.011, 0.011,  1, 1,  0.02, 0.02, true);
-\endif
-\if :run_p95
-CALL sim_run('sim_p95', 'ramp_5', :trip_seconds, :rps, 0.01, 0.01,  0.011, 0.011,  2, 1,  0.02, 0.02, true);
-\endif
-\if :run_thumbs
-CALL sim_run('sim_thumbs', 'ramp_5', :trip_seconds, :rps, 0.01, 0.01,  0.011, 0.011,  1, 1,  0.06, 0.02, true);
-\endif
--- (4) slightly worse, below every threshold: errors 1.5 % vs 1 % at ramp_1, re-armed after any trip
-\if :run_slight
-CALL sim_run('sim_slight', 'ramp_1', :slight_seconds, :rps, 0.015, 0.01,  0.011, 0.011,  1, 1,  0.02, 0.02, false);
-\endif
+\if :{?direct} \else \set direct true \endif
+\if :{?tag} \else \set tag '' \endif
+CALL sim_all(:'scenarios', :'modes', :aa_seconds, :trip_seconds, :slight_seconds, :aa_rps, :direct, :'tag');
 
 \set QUIET off
 \pset footer off
-SELECT scenario, stage, round(sim_seconds / 3600.0, 2) AS sim_hours, requests, canary_share, dropped, thumbs_down,
-       checks, trips, first_trip_s, round(first_trip_s / 60.0, 1) AS first_trip_min, first_reason, run_seconds
-  FROM sim_results ORDER BY scenario;
+SELECT scenario, mode, stage, round(sim_seconds / 3600.0, 2) AS sim_hours, rps, requests, canary_share,
+       checks, trips, first_trip_s, round(first_trip_s / 60.0, 1) AS first_trip_min, first_reason, srm_alerts,
+       run_seconds
+  FROM sim_results ORDER BY scenario, mode;

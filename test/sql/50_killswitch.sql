@@ -4,11 +4,12 @@
 -- fixed times around T0 = 2030-01-01 12:00 UTC; canary_check runs 'at' T0.
 \set SHOW_CONTEXT never
 SET TIME ZONE 'UTC';
--- sections 1-8 test each rule on a single window (confirm_windows = 1);
--- section 9 tests the default confirmation over two windows
+-- the window rules (decision_mode confirm_windows; the default sequential
+-- mode is tested in test/t/085_decisions.pl): sections 1-8 test each rule on
+-- a single window (confirm_windows = 1); section 9 the confirmation over two
 CREATE FUNCTION mk(n text) RETURNS void LANGUAGE sql AS $$
-    INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows)
-    VALUES (n, 'ramp_5', 'model-old', 'model-new', 1)
+    INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows, decision_mode)
+    VALUES (n, 'ramp_5', 'model-old', 'model-new', 1, 'confirm_windows')
 $$;
 -- n requests of a cohort, spread over the 300 s before T0; every k-th one
 -- (k > 0) has the given flag; latency base + (i % spread)
@@ -168,10 +169,10 @@ SELECT 'ok' || c || '_' || i, CASE c WHEN 'canary' THEN 3.5 ELSE 4.5 END,
 SELECT canary_csat_check('ks_csat_ok') IS NULL AS not_pinned;
 SELECT percent_new FROM canary_config WHERE name = 'ks_csat_ok';
 
--- 9. confirmation (the default, confirm_windows = 2): a breach must also
+-- 9. confirmation (confirm_windows = 2 by default): a breach must also
 --    hold in the window before, so a single noisy window does not trip
-INSERT INTO canary_config (name, stage, old_model, new_model)
-VALUES ('ks_confirm', 'ramp_5', 'model-old', 'model-new');
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
+VALUES ('ks_confirm', 'ramp_5', 'model-old', 'model-new', 'confirm_windows');
 SELECT confirm_windows FROM canary_config WHERE name = 'ks_confirm';
 SELECT traffic('ks_confirm', 'control', 1000, 0, 'ok'), traffic('ks_confirm', 'canary', 200, 20, 'error');
 SELECT canary_flush() > 0 AS flushed;
@@ -182,8 +183,8 @@ SELECT traffic('ks_confirm', 'control', 1000, 0, 'ok', t0 => timestamptz '2030-0
 SELECT canary_flush() > 0 AS flushed;
 SELECT canary_check('ks_confirm', :T0);
 -- a breach of another rule in the window before does not confirm
-INSERT INTO canary_config (name, stage, old_model, new_model)
-VALUES ('ks_confirm2', 'ramp_5', 'model-old', 'model-new');
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
+VALUES ('ks_confirm2', 'ramp_5', 'model-old', 'model-new', 'confirm_windows');
 SELECT traffic('ks_confirm2', 'control', 1000, 0, 'ok'), traffic('ks_confirm2', 'canary', 200, 20, 'error');
 SELECT traffic('ks_confirm2', 'control', 1000, 91, 'refusal', t0 => timestamptz '2030-01-01 11:55:00+00'),
        traffic('ks_confirm2', 'canary', 500, 11, 'refusal', t0 => timestamptz '2030-01-01 11:55:00+00');

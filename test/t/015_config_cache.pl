@@ -161,9 +161,9 @@ close $fc;
 	my ($pb, $out, $err) = pgbench_start('postgres', "$dir/call.sql", '-c', 4, '-j', 2, '-T', 4);
 	usleep(1_000_000);
 	$node->safe_psql('postgres', 'ALTER EXTENSION llm_canary UPDATE');
-	$pb->finish;
+	my $pb_ok = $pb->finish;
 	note "pgbench: $$out\n$$err";
-	like($$out, qr/number of failed transactions: 0 /,
+	ok($pb_ok && $$out =~ /number of failed transactions: 0 /,
 		'no call fails while the extension is updated under load');
 	is($node->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'llm_canary'}),
 		'1.1', 'the extension was updated');
@@ -225,6 +225,20 @@ SELECT i, canary_call('p', 'u' || i, 'batch') ->> 'model', clock_timestamp()
 	cmp_ok($node->safe_psql('postgres', q{SELECT count(*) FROM batch_out WHERE model = 'old'}),
 		'>=', 20, 'the rest of the batch was served by the old model');
 	no_crash('trip during a batch');
+}
+
+# --- 6. DROP DATABASE of the worker's own database while calls run ------------
+{
+	my ($pb) = pgbench_start('postgres', "$dir/call.sql", '-c', 4, '-j', 2, '-T', 10);
+	sleep(1);
+	my $t0 = time;
+	my ($ret, $stdout, $stderr) = $node->psql('template1', 'DROP DATABASE postgres WITH (FORCE)',
+		timeout => 60);
+	is($ret, 0, "DROP DATABASE of the worker's database succeeds while calls run") or diag $stderr;
+	cmp_ok(time - $t0, '<', 15, 'and does not wait for the worker longer than its drain');
+	$pb->finish;
+	sleep(1);
+	no_crash("DROP DATABASE of the worker's database");
 }
 
 $node->stop;

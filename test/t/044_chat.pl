@@ -165,6 +165,24 @@ is($c1->{cached}, JSON::PP::false, 'the first one was not');
 is_deeply($c2->{tool_calls}, $c1->{tool_calls}, 'the cached answer has the same tool calls');
 is($c2->{finish_reason}, 'tool_calls', 'and the same finish reason');
 
+# shadow mode: the new model gets its copy of the whole chat request, in its own dialect
+$node->safe_psql('postgres', q{INSERT INTO canary_config (name, stage, old_model, new_model, shadow_sample_rate)
+	VALUES ('r-shadow', 'shadow', 'oa', 'an', 1.0)});
+$r = chat(q{{"messages": [{"role": "system", "content": "Shadowed."}, {"role": "user", "content": "hi"}], "stop": ["zzz"]}}, 'r-shadow');
+is($r->{model} . ':' . $r->{response}, 'oa:Sunny, 21 degrees.', 'shadow stage: the old model answers the chat request');
+my $shadow = '';
+for (1 .. 100)
+{
+	$shadow = $node->safe_psql('postgres', qq{SELECT new_model || ':' || coalesce(new_text, '-') || ':' || coalesce(new_error, '-') || ':' || coalesce(verdict, '-')
+		FROM canary_shadow WHERE request_id = '$r->{request_id}'});
+	last if $shadow ne '';
+	select(undef, undef, undef, 0.1);
+}
+is($shadow, 'an:Sunny, 21 degrees.:-:identical', 'the shadow copy of the chat request was answered by the new model');
+$b = last_request('t-chat')->{body};
+is($b->{system} . '|' . $b->{messages}[0]{content}[0]{text} . '|' . join(',', @{ $b->{stop_sequences} }),
+	'Shadowed.|hi|zzz', 'the shadow copy went out in Anthropic\'s dialect, translated');
+
 # invalid requests fail before any HTTP, with specific SQLSTATEs
 my $before = mock_total();
 my @bad = (

@@ -6,7 +6,8 @@
 # requests, outcomes, refusals, thumbs-down, token counts, the health gauges,
 # a histogram_quantile within the documented 1/8 of percentile_cont, and
 # counters that do not drop when raw rows are deleted.  Also runs promtool
-# on the shipped alerting rules and their unit tests.
+# on the shipped alerting rules and their unit tests, and every query of the
+# shipped Grafana dashboard.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -206,6 +207,34 @@ is(query('sum(resets(llm_requests_total[5m]))'), '0', 'no counter reset');
 # the totals never depended on the raw rows
 is($node->safe_psql('postgres', 'SELECT sum(requests) FROM canary_rollup_totals'), '800',
 	'canary_rollup_totals: every attempt ever written');
+
+# every query of the shipped Grafana dashboard runs and has data
+{
+	open(my $gf, '<', "$top/monitoring/grafana_dashboard.json") or die;
+	my $dash = decode_json(join('', <$gf>));
+	close $gf;
+	my (@bad, $n);
+	# rate() needs two scrapes in its range: poll (30 s at most)
+	for (1 .. 60)
+	{
+		@bad = ();
+		$n = 0;
+		for my $panel (@{ $dash->{panels} })
+		{
+			for my $target (@{ $panel->{targets} })
+			{
+				(my $expr = $target->{expr}) =~ s/\$canary/prom/g;
+				$expr =~ s/\$__rate_interval/1m/g;
+				$n++;
+				my $got = query($expr);
+				push @bad, "$panel->{title}: $expr" unless defined $got && $got ne '';
+			}
+		}
+		last unless @bad;
+		usleep(500_000);
+	}
+	is(join("\n", @bad), '', "the $n queries of monitoring/grafana_dashboard.json run and return data");
+}
 
 $prometheus->signal('TERM');
 $exporter->signal('TERM');

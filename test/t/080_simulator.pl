@@ -1,16 +1,18 @@
 # The decision-quality simulator (test/bench/simulate.sql), scaled down:
-# synthetic traffic with known properties through the real metrics path and
-# the real canary_check at simulated times.  Every draw is a function of a
-# fixed seed and the request number, so the outcomes below are exact:
-#   A/A (identical cohorts, ramp_1, 100 requests/s, 1 simulated hour,
-#     checked every 30 s): no trip;
-#   the article's trip (ramp_5, refusals 8.7 % vs 1.1 %): trips 120
-#     simulated seconds after the ramp started;
-#   errors 5 % vs 1 %, p95 2x, thumbs-down 3x (ramp_5): each trips at the
-#     first check, 30 s in;
-#   slightly worse (errors 1.5 % vs 1 %, ramp_1, 1 simulated hour): no trip;
-#   no metric record dropped anywhere.
-# test/bench/run.sh simulate runs the full-size version (24 hours).
+# synthetic traffic with known properties into canary_requests and the real
+# canary_check at simulated times every 30 s, in each decision mode.  Every
+# draw is a function of a fixed seed and the request number, so the
+# outcomes asserted below are exact.
+#  - the four trips (through the real metrics path: canary_record -> the
+#    queue -> the worker) in the three modes: the article's refusals at
+#    ramp_5 and 120 requests/s, errors 5 % vs 1 % at ramp_1 and 50
+#    requests/s, p95 2x at ramp_5, thumbs-down 4x at ramp_25;
+#  - A/A (identical cohorts) for 30 simulated minutes at ramp_1, ramp_5,
+#    ramp_25 and full in the default mode, and at ramp_1 in the other two
+#    (the raw rules trip on noise);
+#  - errors 1.5 % vs 1 % at ramp_1 for 30 simulated minutes.
+# test/bench/simulate.sh runs the full-size version (7 days of A/A per
+# stage, 24 hours of the slightly worse canary); BENCHMARKS.md has its table.
 use strict;
 use warnings;
 
@@ -32,51 +34,76 @@ $node->poll_query_until('postgres',
   or die 'the worker did not start';
 
 my $script = ($ENV{TESTDIR} // '.') . '/test/bench/simulate.sql';
-my ($ret, $out, $err) = $node->psql(
-	'postgres', undef,
-	extra_params => [
-		'-f', $script,
-		'-v', 'aa_seconds=3600', '-v', 'slight_seconds=3600',
-		'-v', 'trip_seconds=1800', '-v', 'rps=100'
-	],
-	on_error_stop => 1);
-is($ret, 0, 'the simulator ran') or diag($err);
+my $first = 1;
+
+sub simulate
+{
+	my ($scenarios, $modes) = @_;
+	my ($ret, $out, $err) = $node->psql(
+		'postgres', undef,
+		extra_params => [
+			'-f', $script,
+			'-v', 'aa_seconds=1800', '-v', 'slight_seconds=1800',
+			'-v', 'trip_seconds=1200', '-v', "scenarios=$scenarios",
+			'-v', "modes=$modes", '-v', 'define=' . ($first ? 'true' : 'false')
+		],
+		on_error_stop => 1);
+	$first = 0;
+	is($ret, 0, "the simulator ran $scenarios in $modes") or diag($err);
+	note($out);
+}
+
+simulate('article,errors,p95,thumbs', 'sequential,confirm_windows,raw');
+simulate('aa_ramp_1,aa_ramp_5,aa_ramp_25,aa_full,slight', 'sequential');
+simulate('aa_ramp_1,slight', 'confirm_windows,raw');
 
 sub result
 {
-	my ($scenario) = @_;
+	my ($scenario, $mode) = @_;
 	return $node->safe_psql('postgres',
-		"SELECT concat_ws('|', requests, dropped, checks, trips, first_trip_s, first_reason)"
-		  . " FROM sim_results WHERE scenario = '$scenario'");
+		"SELECT concat_ws('|', requests, dropped, checks, trips, first_trip_s, srm_alerts, first_reason)"
+		  . " FROM sim_results WHERE scenario = '$scenario' AND mode = '$mode'");
 }
 
-is(result('sim_aa'), '360000|0|120|0',
-	'A/A: 120 checks over one simulated hour, no trip');
-# a trip needs the breach in two consecutive windows (confirm_windows = 2):
-# the first check whose previous 300 s window is also in the ramp
-is(result('sim_article'),
-	'42000|0|14|1|420|refusal_rate=0.081 vs baseline 0.012',
-	"the article's refusal regression trips 7 minutes into the ramp");
-is(result('sim_errors'),
-	'33000|0|11|1|330|new-model error_rate=0.048 > 0.02',
-	'errors 5 % vs 1 % trip at the first check that can confirm (330 s)');
-# the p95s come from the rollups' latency histograms (within 1/64 of
-# percentile_cont): 4288 and 2208 where the raw rows give 4301 and 2188
-is(result('sim_p95'),
-	'33000|0|11|1|330|new-model p95=4288 > 1.5x baseline (2208)',
-	'a p95 twice the control trips at the first check that can confirm (330 s)');
-is(result('sim_thumbs'),
-	'33000|0|11|1|330|thumbs_down_rate=0.068 > 2x baseline 0.021',
-	'thumbs-down three times the control trips at the first check that can confirm (330 s)');
-is(result('sim_slight'), '360000|0|120|0',
-	'errors 1.5 % vs 1 % at ramp_1 do not trip in one simulated hour');
-
-# the canary cohort is the routed share: about 1 % at ramp_1, 5 % at ramp_5
-is($node->safe_psql('postgres',
-		"SELECT string_agg(scenario || '=' || canary_share, ',' ORDER BY scenario)"
-		  . " FROM sim_results WHERE scenario IN ('sim_aa', 'sim_article')"),
-	'sim_aa=0.0098,sim_article=0.0523',
-	'the cohorts come from canary_route');
+# requests|dropped|checks|trips|first trip (s)|sample_ratio alerts|first reason
+my $aa = '180000|0|60|0|0';
+# (the window p95s come from the rollups' latency histograms, within 1/64)
+my %expect = (
+	# the default mode
+	'article sequential' => '54000|0|15|1|450|0|refusal_rate=0.081 vs baseline 0.012'
+	  . ' (sequential: 2775 canary requests since evidence_since, evidence 5.5 >= 5.1)',
+	'errors sequential' => '22500|0|15|1|450|0|new-model error_rate=0.060 > 0.02'
+	  . ' (sequential: 232 canary requests since evidence_since, evidence 5.1 >= 5.1)',
+	'p95 sequential' => '3000|0|1|1|30|0|new-model p95 > 1.5x baseline (2208):'
+	  . ' 13.6% of requests slower than 3313 ms'
+	  . ' (sequential: 154 canary requests since evidence_since, evidence 7.0 >= 5.1)',
+	'thumbs sequential' => '9000|0|3|1|90|0|thumbs_down_rate=0.075 > 2x baseline 0.019'
+	  . ' (sequential: 2255 canary requests since evidence_since, evidence 13.3 >= 5.1)',
+	'aa_ramp_1 sequential' => $aa,
+	'aa_ramp_5 sequential' => $aa,
+	'aa_ramp_25 sequential' => $aa,
+	'aa_full sequential' => $aa,
+	'slight sequential' => $aa,
+	# a breach in two consecutive 300 s windows
+	'article confirm_windows' => '50400|0|14|1|420|0|refusal_rate=0.079 vs baseline 0.012',
+	'errors confirm_windows' => '27000|0|18|1|540|0|new-model error_rate=0.057 > 0.02',
+	'p95 confirm_windows' => '33000|0|11|1|330|0|new-model p95=4288 > 1.5x baseline (2208)',
+	'thumbs confirm_windows' => '33000|0|11|1|330|0|thumbs_down_rate=0.081 > 2x baseline 0.021',
+	'aa_ramp_1 confirm_windows' => $aa,
+	'slight confirm_windows' => $aa,
+	# the article's plain comparisons: fast, and they trip on noise
+	'article raw' => '3600|0|1|1|30|0|refusal_rate=0.072 vs baseline 0.010',
+	'errors raw' => '10500|0|7|1|210|0|new-model error_rate=0.050 > 0.02',
+	'p95 raw' => '3000|0|1|1|30|0|new-model p95=4205 > 1.5x baseline (2208)',
+	'thumbs raw' => '3000|0|1|1|30|0|thumbs_down_rate=0.070 > 2x baseline 0.020',
+	'aa_ramp_1 raw' => '180000|0|60|3|810|0|new-model error_rate=0.025 > 0.02',
+	'slight raw' => '180000|0|60|7|600|0|new-model error_rate=0.021 > 0.02',
+);
+for my $k (sort keys %expect)
+{
+	my ($scenario, $mode) = split / /, $k;
+	is(result($scenario, $mode), $expect{$k}, "$scenario in mode $mode");
+}
 
 is($node->safe_psql('postgres', 'SELECT dropped FROM canary_stats()'),
 	'0', 'no metric record dropped');

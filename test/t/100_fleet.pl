@@ -66,14 +66,14 @@ for my $m (@members)
 	my $name = $m->name =~ s/^fleet_//r;
 	is($m->safe_psql('postgres', 'SELECT canary_fleet_join()'), '11',
 		"$name: canary_fleet_join empties the fresh install's rollout, models and patterns (1 + 0 + 10 rows)");
-	is($m->safe_psql('postgres', 'SELECT canary_fleet_publish()'), 'llm_canary_evidence',
-		"$name publishes llm_canary_evidence");
+	is($m->safe_psql('postgres', 'SELECT canary_fleet_publish()'), 'llm_canary_evidence, llm_canary_requests',
+		"$name publishes llm_canary_evidence and llm_canary_requests");
 	$m->safe_psql('postgres',
 		"CREATE SUBSCRIPTION llm_canary_config CONNECTION '$control_conn' PUBLICATION llm_canary_config"
 		  . " WITH (slot_name = 'llm_canary_config_$name')");
 	my $mconn = $m->connstr . ' dbname=postgres';
 	$control->safe_psql('postgres',
-		"CREATE SUBSCRIPTION llm_canary_from_$name CONNECTION '$mconn' PUBLICATION llm_canary_evidence");
+		"CREATE SUBSCRIPTION llm_canary_from_$name CONNECTION '$mconn' PUBLICATION llm_canary_evidence, llm_canary_requests");
 }
 
 # --- configuration flows down ----------------------------------------------
@@ -168,7 +168,7 @@ my $have_rollups = $control->safe_psql('postgres',
 	q{SELECT to_regclass('canary_rollups') IS NOT NULL}) eq 't';
 SKIP:
 {
-	skip 'this tree has no canary_rollups yet (issue 12)', 11 unless $have_rollups;
+	skip 'this tree has no canary_rollups yet (issue 12)', 13 unless $have_rollups;
 
 	mock_profile('f-flaky', '{"fixed_text": "flaky answer", "latency_ms": 2, "error_rate": 0.2}');
 	$control->safe_psql('postgres', qq{
@@ -204,7 +204,7 @@ SELECT canary_flush();});
 		'member 1 alone is below min_samples: the control does not trip');
 	$calls->($m2, 'm2');
 	like($control->safe_psql('postgres', q{SELECT canary_check('comb')}),
-		qr/^new-model error_rate=0\.[12][0-9]* > 0\.02$/,
+		qr/^new-model error_rate=0\.[12][0-9]* > 0\.02/,
 		'with member 2\'s traffic the combined evidence trips the rollout on the control');
 	is($control->safe_psql('postgres',
 		q{SELECT payload -> 'members' FROM canary_alerts WHERE canary = 'comb' ORDER BY id DESC LIMIT 1}),
@@ -212,6 +212,10 @@ SELECT canary_flush();});
 	is($control->safe_psql('postgres',
 		q{SELECT (payload ->> 'samples_new')::int FROM canary_alerts WHERE canary = 'comb' ORDER BY id DESC LIMIT 1}),
 		'200', 'and counts both members\' samples');
+	is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_requests WHERE canary = 'comb' AND NOT fallback}),
+		'200', 'the members\' raw rows reach the control too (inserts only)');
+	is($control->safe_psql('postgres', q{SELECT sum(requests) FILTER (WHERE NOT fallback) FROM canary_rollups WHERE canary = 'comb'}),
+		'200', 'and are not counted again in the control\'s rollups');
 	for my $m (@members)
 	{
 		ok($m->poll_query_until('postgres', q{SELECT canary_route('anyone', 'comb') = 'old'}),

@@ -1,0 +1,270 @@
+/*-------------------------------------------------------------------------
+ *
+ * sequential.c
+ *	  Always-valid statistics for the kill switch (src/killswitch.c) and the
+ *	  sample-ratio check: mixture likelihood ratios on binomial counts.
+ *
+ * The question each rule asks is one-sided: is the canary's rate p above a
+ * boundary p0 (the error threshold 0.02; 5 percent of requests slower than
+ * 1.5 x control's p95; control's refusal rate + 0.05; 2 x control's
+ * thumbs-down rate)?  For one alternative p1 > p0 the likelihood ratio of k
+ * events in n requests,
+ *
+ *	  LR(p1) = (p1 / p0)^k ((1 - p1) / (1 - p0))^(n - k),
+ *
+ * has expectation at most 1 under every p <= p0, request after request, so
+ * it is a nonnegative supermartingale under the whole null hypothesis.  A
+ * mixture of such ratios with weights summing to 1 is one too.  By Ville's
+ * inequality it ever reaches 1/a with probability at most a, however often
+ * it is looked at: that is what makes a check every 30 seconds safe.  The
+ * mixture here is over p1 = m x p0 for m in {1.25, 1.5, 2, 3, 5} (capped
+ * below 1), equal weights: regressions from a quarter above the boundary
+ * to five times it are all detected quickly, at a cost of log 5 against
+ * knowing the right p1 in advance.
+ *
+ * Two statistics per rule, both built from the same ratios:
+ *	  stage:  the ratio over all evidence since the last re-arm or change
+ *			  of stage, percentage or models; it trips at
+ *			  2 x SEQ_RULES / significance (false-trip probability at most
+ *			  significance / 8 per rule for the whole stage).
+ *	  change: the largest ratio over the segments that end now and start at
+ *			  a minute boundary 1, 2, 4, ... 512 minutes ago.  These segments
+ *			  are a subset of all minute-started segments, whose ratios sum
+ *			  to a Shiryaev-Roberts statistic: under the null it grows by at
+ *			  most 1 per start, so it reaches A within a day with probability
+ *			  at most 1440 / A.  It trips at 2 x SEQ_RULES x 1440 /
+ *			  significance (at most significance / 8 per rule per day).  The
+ *			  change statistic notices a regression that begins days into a
+ *			  stage, which the stage statistic, diluted by the good days,
+ *			  would notice late.
+ * Four rules, two statistics each: a canary that meets every rule trips
+ * falsely with probability at most significance per rollout-day.
+ *
+ * Pure functions of counts: no SPI, no allocation, never raise.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <math.h>
+
+#include "fmgr.h"
+
+#include "sequential.h"
+
+static const double mixture_ratios[] = {1.25, 1.5, 2.0, 3.0, 5.0};
+
+#define NRATIOS (sizeof(mixture_ratios) / sizeof(mixture_ratios[0]))
+
+/* log LR(p1 vs p0) of k events in n trials; 0 < p0, p1 < 1 */
+static double
+LogRatio(int64 k, int64 n, double p0, double p1)
+{
+	return (double) k * log(p1 / p0) + (double) (n - k) * (log1p(-p1) - log1p(-p0));
+}
+
+/* An alternative above p0: m x p0, or halfway to 1 when that reaches 1. */
+static double
+AlternativeAbove(double p0, double m)
+{
+	double		p1 = p0 * m;
+
+	return p1 < 1.0 ? p1 : (p0 + 1.0) / 2.0;
+}
+
+/* log of the mean of exp(terms[0..n-1]) */
+static double
+LogMeanExp(const double *terms, int n)
+{
+	double		mx = -INFINITY;
+	double		sum = 0.0;
+
+	for (int i = 0; i < n; i++)
+		mx = Max(mx, terms[i]);
+	if (!isfinite(mx))
+		return mx;
+	for (int i = 0; i < n; i++)
+		sum += exp(terms[i] - mx);
+	return mx + log(sum / n);
+}
+
+/*
+ * SeqLogMixtureLR
+ *		log of the mixture likelihood ratio of k events in n trials against
+ *		H0: p <= p0.  0 without data; +Infinity when p0 is 0 and an event
+ *		happened; -Infinity when p0 >= 1 (no rate can exceed it).
+ */
+double
+SeqLogMixtureLR(int64 k, int64 n, double p0)
+{
+	double		terms[NRATIOS];
+
+	if (n <= 0)
+		return 0.0;
+	if (k < 0)
+		k = 0;
+	if (k > n)
+		k = n;
+	if (p0 >= 1.0)
+		return -INFINITY;
+	if (p0 <= 0.0)
+		return k > 0 ? INFINITY : 0.0;
+	for (int i = 0; i < (int) NRATIOS; i++)
+		terms[i] = LogRatio(k, n, p0, AlternativeAbove(p0, mixture_ratios[i]));
+	return LogMeanExp(terms, NRATIOS);
+}
+
+/*
+ * SeqLogMixtureLRTwoSided
+ *		log of the mixture likelihood ratio against H0: p = p0, with
+ *		alternatives on both sides (half the weight each): the sample-ratio
+ *		check, where too few canary users is as wrong as too many.
+ */
+double
+SeqLogMixtureLRTwoSided(int64 k, int64 n, double p0)
+{
+	double		terms[2 * NRATIOS];
+
+	if (n <= 0 || p0 <= 0.0 || p0 >= 1.0)
+		return 0.0;
+	if (k < 0)
+		k = 0;
+	if (k > n)
+		k = n;
+	for (int i = 0; i < (int) NRATIOS; i++)
+	{
+		double		m = mixture_ratios[i];
+		double		q = 1.0 - p0;
+
+		terms[i] = LogRatio(k, n, p0, AlternativeAbove(p0, m));
+		/* below: the share of the other side grows by m */
+		terms[NRATIOS + i] = LogRatio(n - k, n, q, AlternativeAbove(q, m));
+	}
+	return LogMeanExp(terms, 2 * NRATIOS);
+}
+
+/*
+ * SeqUpperBound
+ *		Upper confidence bound of a rate from k events in n trials, with one
+ *		event and one non-event added (Agresti-Coull style), z standard
+ *		errors above.  1 without data.  The baselines of the two-sample
+ *		rules (control's refusal and thumbs-down rates) enter the tests as
+ *		this bound, so that chance lows of the control do not make the
+ *		canary look worse than it is.
+ */
+double
+SeqUpperBound(int64 k, int64 n, double z)
+{
+	double		p;
+	double		ub;
+
+	if (n <= 0)
+		return 1.0;
+	p = (k + 1.0) / (n + 2.0);
+	ub = p + z * sqrt(p * (1.0 - p) / (n + 2.0));
+	return ub < 1.0 ? ub : 1.0;
+}
+
+/* log of the threshold of a rule's stage statistic */
+double
+SeqStageThreshold(double significance)
+{
+	return log(2.0 * SEQ_RULES / significance);
+}
+
+/* log of the threshold of a rule's change statistic */
+double
+SeqChangeThreshold(double significance)
+{
+	return log(2.0 * SEQ_RULES * SEQ_STARTS_PER_DAY / significance);
+}
+
+/*
+ * SeqSamplesForPower
+ *		Requests after which the stage statistic reaches exp(log_threshold)
+ *		with probability about 0.8 when the true rate is p1 > p0 (normal
+ *		approximation of the log ratio at the best alternative of the
+ *		mixture, less the mixture's cost of log 5).  Used by the planner to
+ *		say how much evidence a stage needs.  -1 when p1 <= p0.
+ */
+double
+SeqSamplesForPower(double p0, double p1, double log_threshold)
+{
+	double		best = -1.0;
+
+	if (p1 <= p0 || p0 <= 0.0 || p0 >= 1.0 || p1 >= 1.0)
+		return -1.0;
+	for (int i = 0; i < (int) NRATIOS; i++)
+	{
+		double		q = AlternativeAbove(p0, mixture_ratios[i]);
+		double		a = log(q / p0);
+		double		b = log1p(-q) - log1p(-p0);
+		double		mu = p1 * a + (1.0 - p1) * b;
+		double		sd = sqrt(p1 * (1.0 - p1)) * fabs(a - b);
+		double		c = log_threshold + log((double) NRATIOS);
+		double		root;
+		double		n;
+
+		if (mu <= 0)
+			continue;
+		/* n mu - 0.8416 sd sqrt(n) = c, solved for sqrt(n) */
+		root = (0.8416 * sd + sqrt(0.8416 * 0.8416 * sd * sd + 4.0 * mu * c)) / (2.0 * mu);
+		n = ceil(root * root);
+		if (best < 0 || n < best)
+			best = n;
+	}
+	return best;
+}
+
+/*
+ * canary_sequential_evidence(events bigint, trials bigint, boundary float8,
+ *							  two_sided boolean default false)
+ *		The log mixture likelihood ratio the kill switch computes, for
+ *		checking a decision by hand: it trips a rule's stage statistic at
+ *		log(8 / significance).
+ */
+PG_FUNCTION_INFO_V1(canary_sequential_evidence);
+Datum
+canary_sequential_evidence(PG_FUNCTION_ARGS)
+{
+	int64		k = PG_GETARG_INT64(0);
+	int64		n = PG_GETARG_INT64(1);
+	double		p0 = PG_GETARG_FLOAT8(2);
+	bool		two_sided = PG_GETARG_BOOL(3);
+
+	if (k < 0 || n < 0 || k > n || isnan(p0) || p0 < 0 || p0 > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("events must be between 0 and trials and boundary between 0 and 1"),
+				 errdetail("Got events %lld, trials %lld, boundary %g.",
+						   (long long) k, (long long) n, p0)));
+	PG_RETURN_FLOAT8(two_sided ? SeqLogMixtureLRTwoSided(k, n, p0) : SeqLogMixtureLR(k, n, p0));
+}
+
+/*
+ * canary_sequential_samples(boundary float8, alternative float8,
+ *							 significance float8)
+ *		Canary requests after which a rule's stage statistic trips with
+ *		probability about 0.8 when the true rate is alternative (above the
+ *		boundary): the planner's evidence gate.  NULL when alternative is
+ *		not above the boundary.
+ */
+PG_FUNCTION_INFO_V1(canary_sequential_samples);
+Datum
+canary_sequential_samples(PG_FUNCTION_ARGS)
+{
+	double		p0 = PG_GETARG_FLOAT8(0);
+	double		p1 = PG_GETARG_FLOAT8(1);
+	double		alpha = PG_GETARG_FLOAT8(2);
+	double		n;
+
+	if (isnan(alpha) || alpha <= 0 || alpha >= 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("significance must be between 0 and 1"),
+				 errdetail("Got %g.", alpha)));
+	n = SeqSamplesForPower(p0, p1, SeqStageThreshold(alpha));
+	if (n < 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT64((int64) n);
+}

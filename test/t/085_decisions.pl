@@ -1,0 +1,274 @@
+# Decisions of the kill switch (src/killswitch.c, src/sequential.c,
+# sql/parts/52_decisions.sql), on windows of requests written straight into
+# canary_requests with exact counts:
+#  - each of the four rules in each decision mode just below, at and just
+#    above its threshold, with the verdict that fired or held the trip back
+#    (canary_window_summaries.decision) and canary_check's answer;
+#  - re-arming after a fix, and changing the stage, start the evidence
+#    afresh: the broken model's rows still in the window do not trip again;
+#  - the sample-ratio check: an alert of its own kind with what was
+#    expected and what was seen, no trip unless srm_trips;
+#  - canary_sequential_evidence, the statistic itself.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('decisions');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'llm_canary'
+llm_canary.database_name = 'postgres'
+llm_canary.check_interval = 0
+});
+$node->start;
+$node->safe_psql('postgres', q{
+CREATE EXTENSION llm_canary;
+INSERT INTO canary_models (name, provider, base_url, model) VALUES
+    ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
+    ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
+-- n requests of one cohort in the 90 s before p_at: the first k_err errors,
+-- the next k_ref refusals, the first k_td with a thumbs-down, latency lat
+CREATE FUNCTION put(p_canary text, p_at timestamptz, p_cohort text, n integer,
+                    k_err integer, k_ref integer, k_td integer, lat integer,
+                    users integer DEFAULT 0)
+RETURNS void LANGUAGE sql AS $$
+    WITH r AS (
+        INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, model,
+                                     outcome, http_status, latency_ms, refusal, fallback)
+        SELECT gen_random_uuid(), p_at - interval '100 s' + g * interval '1 ms', p_canary, 'ramp_25',
+               CASE WHEN users > 0 THEN p_cohort || (g % users) ELSE 'u' || g END, p_cohort,
+               CASE p_cohort WHEN 'canary' THEN 'm-new' ELSE 'm-old' END,
+               CASE WHEN g < k_err THEN 'error' WHEN g < k_err + k_ref THEN 'refusal' ELSE 'ok' END,
+               200, lat, g >= k_err AND g < k_err + k_ref, false
+          FROM generate_series(0, n - 1) g
+        RETURNING request_id, ts
+    )
+    INSERT INTO canary_feedback (request_id, ts, thumbs_down, canary, cohort)
+    SELECT request_id, p_at - interval '5 s', true, p_canary, p_cohort FROM r
+     ORDER BY ts LIMIT k_td;
+$$;
+});
+
+# A window at an hour ahead (after evidence_since, which the INSERT sets to now())
+my $at = $node->safe_psql('postgres',
+	"SELECT date_trunc('minute', now()) + interval '1 hour'");
+
+my $n = 0;
+
+# Control: 10,000 requests, errors 0, refusals 1 % (100), thumbs-down 2 %
+# (200), latency 1000 ms (p95 1000, limit 1500).  Canary: 1,000 requests,
+# nothing wrong but what the case sets.  Returns "verdict of the rule|what
+# canary_check returned (trip: the reason's first word, else none)".
+sub judge
+{
+	my ($mode, $rule, %c) = @_;
+	my $name = 'r' . ++$n;
+	my ($err, $ref, $td, $lat, $clat) =
+	  ($c{err} // 0, $c{ref} // 0, $c{td} // 0, $c{lat} // 1000, $c{clat} // 1000);
+	my $sql = qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
+  VALUES ('$name', 'ramp_25', 'm-old', 'm-new', '$mode');
+SELECT put('$name', '$at', 'control', 10000, 0, 100, 200, $clat);
+SELECT put('$name', '$at', 'canary', 1000, $err, $ref, $td, $lat);
+SELECT coalesce(split_part(canary_check('$name', '$at'), ' ', 1), 'none');
+SELECT decision->'rules'->'$rule'->>'verdict' FROM canary_window_summaries
+ WHERE canary = '$name' AND cohort = 'canary';
+};
+	my @out = split /\n/, $node->safe_psql('postgres', $sql);
+	return "$out[-1]|$out[-2]";
+}
+
+# --- error rate > 0.02 -------------------------------------------------------
+is(judge('raw', 'error_rate', err => 19), 'below_threshold|none', 'raw: errors 0.019 do not trip');
+is(judge('raw', 'error_rate', err => 20), 'below_threshold|none',
+	'raw: errors exactly 0.020 do not trip (the rule is >, not >=)');
+is(judge('raw', 'error_rate', err => 21), 'trip|new-model', 'raw: errors 0.021 trip');
+is(judge('confirm_windows', 'error_rate', err => 20), 'below_threshold|none',
+	'confirm_windows: errors 0.020 do not breach');
+is(judge('confirm_windows', 'error_rate', err => 21), 'not_credible|none',
+	'confirm_windows: errors 0.021 breach, the binomial test holds it back');
+is(judge('confirm_windows', 'error_rate', err => 60), 'unconfirmed|none',
+	'confirm_windows: errors 0.060 are credible, the window before does not confirm');
+is(judge('sequential', 'error_rate', err => 20), 'below_threshold|none',
+	'sequential: errors 0.020 do not breach');
+is(judge('sequential', 'error_rate', err => 21), 'not_credible|none',
+	'sequential: errors 0.021 breach without the evidence to trip');
+is(judge('sequential', 'error_rate', err => 45), 'trip|new-model',
+	'sequential: errors 0.045 in 1,000 requests trip');
+
+# --- refusal rate > control + 0.05 (control 0.01: limit 0.06) ----------------
+is(judge('raw', 'refusal', ref => 59), 'below_threshold|none',
+	'raw: refusals 0.059 do not trip (the margin counts)');
+is(judge('raw', 'refusal', ref => 60), 'below_threshold|none', 'raw: refusals exactly 0.060 do not trip');
+is(judge('raw', 'refusal', ref => 61), 'trip|refusal_rate=0.061', 'raw: refusals 0.061 trip');
+is(judge('confirm_windows', 'refusal', ref => 61), 'not_credible|none',
+	'confirm_windows: refusals 0.061 are not credible');
+is(judge('sequential', 'refusal', ref => 59), 'below_threshold|none',
+	'sequential: refusals 0.059 do not breach (the margin counts)');
+is(judge('sequential', 'refusal', ref => 61), 'not_credible|none',
+	'sequential: refusals 0.061 breach without the evidence to trip');
+is(judge('sequential', 'refusal', ref => 130), 'trip|refusal_rate=0.130',
+	'sequential: refusals 0.130 trip');
+
+# --- p95 > 1.5 x control p95 ------------------------------------------------------
+# The window p95s come from the rollups' latency histograms (32 buckets per
+# power of two): control 1024 ms and canary 1536 ms sit on bucket edges, so
+# the canary's p95 is exactly 1.5 x control's however the bucket is read.
+is(judge('raw', 'p95', clat => 1024, lat => 1500), 'below_threshold|none', 'raw: p95 1500 ms (1.46x) does not trip');
+is(judge('raw', 'p95', clat => 1024, lat => 1536), 'below_threshold|none',
+	'raw: p95 exactly 1.5x control does not trip');
+is(judge('raw', 'p95', clat => 1024, lat => 1568), 'trip|new-model', 'raw: p95 1568 ms (the next bucket) trips');
+is(judge('confirm_windows', 'p95', clat => 1024, lat => 1568), 'unconfirmed|none',
+	'confirm_windows: p95 1568 ms is credible, not confirmed');
+# the sequential test counts requests slower than 1.5 x control's p95
+# (1016.5 read from the histogram: 1524.75 ms), one by one
+is(judge('sequential', 'p95', clat => 1024, lat => 1524), 'below_threshold|none',
+	'sequential: no request slower than 1.5x control p95, no breach');
+is(judge('sequential', 'p95', clat => 1024, lat => 1525), 'trip|new-model',
+	'sequential: every request just slower than 1.5x control p95 trips');
+
+# --- thumbs-down > 2 x control (control 0.02: limit 0.04) --------------------
+is(judge('raw', 'thumbs_down', td => 39), 'below_threshold|none', 'raw: thumbs-down 0.039 do not trip');
+is(judge('raw', 'thumbs_down', td => 40), 'below_threshold|none',
+	'raw: thumbs-down exactly 0.040 do not trip');
+is(judge('raw', 'thumbs_down', td => 41), 'trip|thumbs_down_rate=0.041', 'raw: thumbs-down 0.041 trip');
+is(judge('confirm_windows', 'thumbs_down', td => 41), 'not_credible|none',
+	'confirm_windows: thumbs-down 0.041 are not credible');
+is(judge('sequential', 'thumbs_down', td => 40), 'below_threshold|none',
+	'sequential: thumbs-down 0.040 do not breach');
+is(judge('sequential', 'thumbs_down', td => 41), 'not_credible|none',
+	'sequential: thumbs-down 0.041 breach without the evidence to trip');
+is(judge('sequential', 'thumbs_down', td => 100), 'trip|thumbs_down_rate=0.100',
+	'sequential: thumbs-down 0.100 trip');
+
+# --- min_samples holds every rule back ----------------------------------------
+$node->safe_psql('postgres', q{
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
+  VALUES ('few', 'ramp_25', 'm-old', 'm-new', 'sequential');
+});
+$node->safe_psql('postgres', qq{
+SELECT put('few', '$at', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('few', '$at', 'canary', 99, 99, 0, 0, 1000);
+});
+is($node->safe_psql('postgres', qq{
+SELECT coalesce(canary_check('few', '$at'), 'none');
+SELECT decision->'rules'->'error_rate'->>'verdict'
+  FROM canary_window_summaries WHERE canary = 'few' AND cohort = 'canary'}) =~ s/\n/|/r,
+	'none|min_samples', 'sequential: 99 canary requests, all errors, are fewer than min_samples');
+
+# --- the statistic ---------------------------------------------------------------
+is($node->safe_psql('postgres', q{
+SELECT round(canary_sequential_evidence(45, 1000, 0.02)::numeric, 3) || ' '
+    || round(canary_sequential_evidence(20, 1000, 0.02)::numeric, 3) || ' '
+    || round(canary_sequential_evidence(1, 10, 0)::numeric, 3) || ' '
+    || round(canary_sequential_evidence(50, 1000, 0.05, true)::numeric, 3) || ' '
+    || round(canary_sequential_evidence(90, 1000, 0.05, true)::numeric, 3) || ' '
+    || round(canary_sequential_evidence(20, 1000, 0.05, true)::numeric, 3)}),
+	'10.077 -1.935 Infinity -3.701 11.208 10.900',
+	'canary_sequential_evidence: one-sided and two-sided mixture log likelihood ratios');
+my ($ret, $stdout, $stderr) = $node->psql('postgres',
+	'SELECT canary_sequential_evidence(11, 10, 0.5)');
+like($stderr, qr/events must be between 0 and trials/, 'more events than trials is refused');
+is($node->safe_psql('postgres', q{SELECT round(ln(8 / 0.05)::numeric, 2)}), '5.08',
+	'the stage threshold at the default significance');
+
+# --- re-arm after a fix, and stage changes, start clean --------------------------
+# the broken model's window ends a minute ago; evidence since an hour before
+for my $mode ('sequential', 'confirm_windows', 'raw')
+{
+	my $name = "rearm_$mode";
+	$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode, evidence_since)
+  VALUES ('$name', 'ramp_25', 'm-old', 'm-new', '$mode', now() - interval '1 hour');
+SELECT put('$name', now() - interval '60 s', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('$name', now() - interval '60 s', 'canary', 1000, 150, 0, 0, 1000);
+UPDATE canary_config SET confirm_windows = 1 WHERE name = '$name';
+});
+	like($node->safe_psql('postgres', "SELECT canary_check('$name', now() - interval '60 s')"),
+		qr/^new-model error_rate=0\.150/, "$mode: the broken model trips");
+	# fixed: re-arm; good traffic follows, the broken rows are still in the window
+	$node->safe_psql('postgres', "SELECT canary_rearm('$name')");
+	is($node->safe_psql('postgres', qq{
+SELECT evidence_since > now() - interval '1 minute' FROM canary_config WHERE name = '$name'}),
+		't', "$mode: canary_rearm starts the evidence afresh");
+	# (from a minute after the re-arm: the window summaries count whole
+	# 30-second rollup buckets, the one holding the re-arm included)
+	$node->safe_psql('postgres', qq{
+SELECT put('$name', now() + interval '160 s', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('$name', now() + interval '160 s', 'canary', 1000, 10, 0, 0, 1000);
+});
+	is($node->safe_psql('postgres', qq{
+SELECT coalesce(canary_check('$name', now() + interval '160 s'), 'no trip') || '|'
+    || (SELECT count(*) FROM canary_alerts WHERE canary = '$name')
+    || '|' || (SELECT samples FROM canary_window_summaries WHERE canary = '$name' AND cohort = 'canary'
+                ORDER BY id DESC LIMIT 1)}),
+		'no trip|1|1000', "$mode: after the re-arm only the fixed model's 1,000 requests count, no second trip");
+}
+
+is($node->safe_psql('postgres',
+	"SELECT evidence_since IS NULL FROM canary_config WHERE name = 'r1'"),
+	't', 'a new rollout counts all its traffic');
+$node->safe_psql('postgres', "UPDATE canary_config SET stage = 'full' WHERE name = 'r1'");
+is($node->safe_psql('postgres', qq{
+SELECT evidence_since > now() - interval '1 minute' FROM canary_config WHERE name = 'r1'}),
+	't', 'a stage change starts the evidence afresh');
+my $since = $node->safe_psql('postgres', "SELECT evidence_since FROM canary_config WHERE name = 'r1'");
+$node->safe_psql('postgres', "UPDATE canary_config SET min_samples = 50 WHERE name = 'r1'");
+is($node->safe_psql('postgres', qq{
+SELECT evidence_since = '$since' FROM canary_config WHERE name = 'r1'}),
+	't', 'a change of threshold keeps the evidence');
+($ret, $stdout, $stderr) = $node->psql('postgres',
+	"UPDATE canary_config SET decision_mode = 'bayes' WHERE name = 'r1'");
+like($stderr, qr/invalid decision_mode "bayes".*\n.*HINT:  Valid modes are: sequential/,
+	'an unknown decision_mode is refused with the valid ones');
+
+# --- sample-ratio mismatch ---------------------------------------------------------
+# ramp_25: 25 % of users expected in the canary cohort
+$node->safe_psql('postgres', q{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES
+    ('srm_bad', 'ramp_25', 'm-old', 'm-new'), ('srm_ok', 'ramp_25', 'm-old', 'm-new'),
+    ('srm_trip', 'ramp_25', 'm-old', 'm-new');
+UPDATE canary_config SET srm_trips = true WHERE name = 'srm_trip';
+});
+for my $name ('srm_bad', 'srm_trip')
+{
+	# 1,000 users of each cohort: 50 % instead of 25 %
+	$node->safe_psql('postgres', qq{
+SELECT put('$name', '$at', 'control', 3000, 0, 0, 0, 1000, 1000);
+SELECT put('$name', '$at', 'canary', 3000, 0, 0, 0, 1000, 1000);
+});
+}
+$node->safe_psql('postgres', qq{
+SELECT put('srm_ok', '$at', 'control', 6000, 0, 0, 0, 1000, 1500);
+SELECT put('srm_ok', '$at', 'canary', 2000, 0, 0, 0, 1000, 500);
+});
+$node->safe_psql('postgres', 'LISTEN llm_canary_alerts');
+is($node->safe_psql('postgres', qq{
+SELECT coalesce(canary_check('srm_bad', '$at'), 'no trip') || '|' || coalesce(canary_check('srm_ok', '$at'), 'no trip')}),
+	'no trip|no trip', 'a sample-ratio mismatch alone does not trip');
+is($node->safe_psql('postgres', q{
+SELECT string_agg(canary || ' ' || kind || ' ' || (payload->>'expected_share') || ' '
+                  || (payload->>'seen_share') || ' ' || (payload->>'users_canary') || ' '
+                  || (payload->>'users_control'), ',')
+  FROM canary_alerts WHERE canary LIKE 'srm%'}),
+	'srm_bad sample_ratio 0.25 0.50000 1000 1000',
+	'one sample_ratio alert says what was expected and what was seen; the correct split raises none');
+is($node->safe_psql('postgres', q{
+SELECT kill_switch_armed FROM canary_config WHERE name = 'srm_bad'}), 't', 'the rollout stays armed');
+is($node->safe_psql('postgres', qq{
+SELECT coalesce(canary_check('srm_bad', '$at'), 'no trip') || '|'
+    || (SELECT count(*) FROM canary_alerts WHERE canary = 'srm_bad')}),
+	'no trip|1', 'the mismatch is alerted once per evidence period');
+like($node->safe_psql('postgres', qq{SELECT canary_check('srm_trip', '$at')}),
+	qr/^sample ratio mismatch: 1000 of 2000 users in the canary cohort \(50\.00 %\), percent_new 25\.00 %$/,
+	'with srm_trips the mismatch trips the switch');
+is($node->safe_psql('postgres', q{
+SELECT kind || ' ' || (payload->>'alert') || ' ' || NOT (SELECT kill_switch_armed FROM canary_config WHERE name = 'srm_trip')
+  FROM canary_alerts WHERE canary = 'srm_trip'}),
+	'sample_ratio canary kill-switch tripped true', 'the trip is alerted as kind sample_ratio');
+
+$node->stop;
+done_testing();

@@ -1,0 +1,190 @@
+# The plan (sql/parts/55_plan.sql): rollouts with auto_advance driven
+# through their stages by simulated time (canary_check's 'at', which runs
+# canary_advance), with requests written straight into canary_requests:
+#  - shadow -> ramp_1 -> ramp_5 -> ramp_25 -> full -> decommission alert,
+#    each advance a canary_stage_history row with the gates as its reason
+#    and an alert of kind advance; nothing advances before the dwell time
+#    or the evidence is there; canary_plan says what is missing and when;
+#  - a trip stops the plan; an operator's UPDATE wins; a gate that never
+#    opens (no shadow traffic) keeps the rollout where it is.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = PostgreSQL::Test::Cluster->new('plan');
+$node->init;
+$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'llm_canary'
+llm_canary.database_name = 'postgres'
+llm_canary.check_interval = 0
+});
+$node->start;
+$node->safe_psql('postgres', q{
+CREATE EXTENSION llm_canary;
+INSERT INTO canary_models (name, provider, base_url, model) VALUES
+    ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
+    ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
+-- n healthy requests of one cohort from 'users' users in the 90 s before
+-- p_at (errors 1 % unless k_err, refusals 1 %, thumbs-down 2 %, latency
+-- 1000 ms)
+CREATE FUNCTION put(p_canary text, p_at timestamptz, p_cohort text, n integer, users integer,
+                    k_err integer DEFAULT NULL)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO canary_requests (request_id, ts, canary, user_id, cohort, model,
+                                 outcome, http_status, latency_ms, refusal, fallback)
+    SELECT md5(p_canary || p_cohort || p_at || ':' || g)::uuid,
+           p_at - interval '100 s' + g * (interval '90 s' / n), p_canary,
+           p_cohort || (g % users), p_cohort,
+           CASE p_cohort WHEN 'canary' THEN 'm-new' ELSE 'm-old' END,
+           CASE WHEN g < coalesce(k_err, n / 100) THEN 'error'
+                WHEN g % 100 = 50 THEN 'refusal' ELSE 'ok' END,
+           200, 1000, g % 100 = 50, false
+      FROM generate_series(0, n - 1) g;
+    INSERT INTO canary_feedback (request_id, ts, thumbs_down, canary, cohort)
+    SELECT md5(p_canary || p_cohort || p_at || ':' || g)::uuid, p_at - interval '5 s', true,
+           p_canary, p_cohort
+      FROM generate_series(0, n - 1) g WHERE g % 50 = 7;
+$$;
+-- the identical shadow answers canary_shadow_report needs to be ready
+CREATE FUNCTION shadow(p_canary text) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO canary_shadow (request_id, canary, user_id, prompt, old_model, new_model,
+                               old_text, new_text, old_latency_ms, new_latency_ms)
+    SELECT gen_random_uuid(), p_canary, 'u' || g, 'hello', 'm-old', 'm-new',
+           'the same answer', 'the same answer', 100, 100
+      FROM generate_series(1, 20) g;
+$$;
+});
+
+# simulated time: T0 an hour ahead, then days after it
+my $t0 = $node->safe_psql('postgres', "SELECT date_trunc('minute', now()) + interval '1 hour'");
+sub at { my ($h) = @_; return $node->safe_psql('postgres', "SELECT timestamptz '$t0' + interval '$h hours'"); }
+sub sq { my ($sql) = @_; return $node->safe_psql('postgres', $sql); }
+sub check { my ($name, $h) = @_; my $a = at($h); return sq("SELECT coalesce(canary_check('$name', '$a'), 'no trip')"); }
+sub stage { my ($name) = @_; return sq("SELECT stage || ' ' || auto_advance FROM canary_config WHERE name = '$name'"); }
+sub gate
+{
+	my ($name, $h, $gate) = @_;
+	my $a = at($h);
+	return sq("SELECT ok || ' ' || coalesce(samples_needed::text, '-') FROM canary_plan('$name', '$a') WHERE gate = '$gate'");
+}
+
+# --- through every stage -------------------------------------------------------
+sq(q{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, auto_advance)
+  VALUES ('plan', 'shadow', 'm-old', 'm-new', now(), true);
+SELECT shadow('plan');
+});
+is(check('plan', 24), 'no trip', 'shadow: a check one day in');
+is(stage('plan'), 'shadow true', 'shadow: not before its 5 days');
+is(gate('plan', 24, 'shadow report ready'), 'false -', 'the shadow report is not read before the dwell time is over');
+is(gate('plan', 5 * 24, 'shadow report ready'), 'true -', 'after it, the shadow report is ready');
+is(gate('plan', 24, 'dwell'), 'false -', 'the dwell time is not');
+is(sq("SELECT p.due_at - c.evidence_since FROM canary_plan('plan', '" . at(24) . "') p, canary_config c WHERE c.name = 'plan' AND p.gate = 'next stage'"),
+	'5 days', 'canary_plan: the next stage is due 5 days after the stage began');
+check('plan', 5 * 24);
+is(stage('plan'), 'ramp_1 true', 'shadow -> ramp_1 after 5 days with the shadow gate open');
+like(sq(q{SELECT action || ' ' || old_stage || ' ' || new_stage || ' ' || reason FROM canary_stage_history
+          WHERE canary = 'plan' ORDER BY id DESC LIMIT 1}),
+	qr/^update shadow ramp_1 auto_advance: dwell: .*; armed: kill switch armed; no csat pin: not pinned; shadow report ready: 20 paired answers$/,
+	'the history row of the advance has the gates as its reason');
+is(sq(q{SELECT kind || ' ' || (payload->>'alert') || ' ' || (payload->>'new_stage') || ' ' || jsonb_array_length(payload->'gates')
+         FROM canary_alerts WHERE canary = 'plan' ORDER BY id DESC LIMIT 1}),
+	'advance canary advanced ramp_1 4', 'an alert of kind advance');
+
+# ramp_1: the evidence gates need canary requests; a day of dwell
+my $since = 5 * 24;
+is(gate('plan', $since + 1, 'evidence error_rate'), 'false ' . sq(q{
+SELECT canary_sequential_samples(0.02, 0.03, 0.05)}), 'ramp_1: no evidence yet, all of it needed');
+sq("SELECT put('plan', '" . at($since + 1) . "', 'control', 20000, 9900), put('plan', '" . at($since + 1) . "', 'canary', 2000, 100)");
+check('plan', $since + 1);
+is(gate('plan', $since + 1, 'evidence error_rate'),
+	'false ' . sq("SELECT canary_sequential_samples(0.02, 0.03, 0.05) - 2000"),
+	'ramp_1: 2,000 canary requests are not enough evidence for the error rule');
+is(sq("SELECT due_at IS NOT NULL AND due_at < timestamptz '" . at($since + 24) . "' FROM canary_plan('plan', '" . at($since + 1) . "') WHERE gate = 'evidence error_rate'"),
+	't', 'canary_plan: at the last hour\'s traffic the error evidence is due within the day');
+check('plan', $since + 25);
+is(stage('plan'), 'ramp_1 true', 'ramp_1: the dwell time passed, the evidence is missing: no advance');
+sq("SELECT put('plan', '" . at($since + 26) . "', 'control', 40000, 9900), put('plan', '" . at($since + 26) . "', 'canary', 8000, 100)");
+check('plan', $since + 26);
+is(stage('plan'), 'ramp_5 true', 'ramp_1 -> ramp_5 once the evidence is there');
+is(sq(q{SELECT count(*) FROM canary_evidence WHERE canary = 'plan'}), '0',
+	'the advance starts the evidence afresh');
+
+for my $s (['ramp_5', 'ramp_25', 48, 9500, 500], ['ramp_25', 'full', 48, 7500, 2500])
+{
+	my ($from, $to, $dwell, $uk, $uc) = @$s;
+	$since = $since + 26;
+	sq("SELECT put('plan', '" . at($since + 1) . "', 'control', 40000, $uk), put('plan', '" . at($since + 1) . "', 'canary', 10000, $uc)");
+	check('plan', $since + 1);
+	is(stage('plan'), "$from true", "$from: the evidence is there, the dwell time is not");
+	check('plan', $since + $dwell - 1);
+	is(stage('plan'), "$from true", "$from: an hour before the dwell time ends");
+	check('plan', $since + $dwell);
+	is(stage('plan'), "$to true", "$from -> $to after $dwell hours");
+	$since = $since + $dwell - 26;
+}
+$since = $since + 26;
+# full: after 7 days, the old model can go (once)
+check('plan', $since + 7 * 24 - 1);
+is(sq(q{SELECT count(*) FROM canary_alerts WHERE canary = 'plan' AND kind = 'decommission'}), '0',
+	'full: no decommission alert before 7 days');
+check('plan', $since + 7 * 24);
+check('plan', $since + 7 * 24 + 1);
+is(sq(q{SELECT count(*) || ' ' || min(payload->>'alert') FROM canary_alerts WHERE canary = 'plan' AND kind = 'decommission'}),
+	'1 canary old model can be decommissioned', 'full: after 7 days one decommission alert');
+is(sq(q{SELECT string_agg(old_stage || '>' || new_stage, ' ' ORDER BY id) FROM canary_stage_history
+        WHERE canary = 'plan' AND reason LIKE 'auto_advance:%'}),
+	'shadow>ramp_1 ramp_1>ramp_5 ramp_5>ramp_25 ramp_25>full', 'four automatic advances, each in the history');
+is(sq(q{SELECT count(*) FROM canary_alerts WHERE canary = 'plan' AND kind = 'advance'}), '4',
+	'four advance alerts');
+
+# --- a trip stops the plan ---------------------------------------------------------
+sq(q{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, auto_advance)
+  VALUES ('plan_trip', 'ramp_5', 'm-old', 'm-new', now(), true);
+});
+sq("SELECT put('plan_trip', '" . at(1) . "', 'control', 20000, 9500), put('plan_trip', '" . at(1) . "', 'canary', 1000, 500, 100)");
+like(check('plan_trip', 1), qr/^new-model error_rate=0\.100/, 'a broken canary trips');
+is(stage('plan_trip'), 'ramp_5 false', 'the trip stopped the plan');
+is(sq(q{SELECT payload->>'alert' FROM canary_alerts WHERE canary = 'plan_trip' AND kind = 'advance'}),
+	'canary auto-advance stopped', 'with an advance alert that says so');
+sq("SELECT canary_rearm('plan_trip')");
+check('plan_trip', 24 * 10);
+is(stage('plan_trip'), 'ramp_5 false', 're-armed, the plan stays stopped until an operator turns it on');
+
+# --- an operator's UPDATE wins ------------------------------------------------------
+sq(q{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, auto_advance)
+  VALUES ('plan_op', 'ramp_25', 'm-old', 'm-new', now(), true);
+UPDATE canary_config SET stage = 'ramp_5' WHERE name = 'plan_op';
+});
+is(sq("SELECT p.due_at - c.evidence_since || ' ' || (c.evidence_since > now() - interval '1 minute') FROM canary_plan('plan_op', '" . at(1) . "') p, canary_config c WHERE c.name = 'plan_op' AND p.gate = 'dwell'"),
+	'2 days true', 'the operator moved the rollout back: the plan counts the dwell time from the operator\'s change');
+sq("UPDATE canary_config SET auto_advance = false WHERE name = 'plan_op'");
+sq("SELECT put('plan_op', '" . at(1) . "', 'control', 40000, 9500), put('plan_op', '" . at(1) . "', 'canary', 10000, 500)");
+check('plan_op', 1);
+check('plan_op', 24 * 3);
+is(stage('plan_op'), 'ramp_5 false', 'auto_advance turned off by the operator: no advance');
+is(sq(q{SELECT count(*) FROM canary_alerts WHERE canary = 'plan_op'}), '0', 'and no alert');
+
+# --- a gate that never opens ----------------------------------------------------------
+sq(q{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, auto_advance)
+  VALUES ('plan_stuck', 'shadow', 'm-old', 'm-new', now(), true);
+});
+check('plan_stuck', 24 * 30);
+is(stage('plan_stuck'), 'shadow true', 'no shadow traffic: still in shadow after 30 days');
+is(sq("SELECT string_agg(gate || '=' || ok, ' ' ORDER BY gate) FROM canary_plan('plan_stuck', '" . at(24 * 30) . "')"),
+	'armed=true dwell=true next stage=false no csat pin=true shadow report ready=false',
+	'canary_plan: the shadow gate is the one closed');
+is(sq("SELECT coalesce(due_at::text, 'never') || ' ' || detail FROM canary_plan('plan_stuck', '" . at(24 * 30) . "') WHERE gate = 'next stage'"),
+	'never a gate does not open by itself at the current traffic', 'and the next stage is not due');
+
+my ($ret, $out, $err) = $node->psql('postgres', "SELECT * FROM canary_plan('nope')");
+like($err, qr/rollout "nope" does not exist/, 'canary_plan of an unknown rollout');
+
+$node->stop;
+done_testing();
