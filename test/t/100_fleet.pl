@@ -168,7 +168,7 @@ my $have_rollups = $control->safe_psql('postgres',
 	q{SELECT to_regclass('canary_rollups') IS NOT NULL}) eq 't';
 SKIP:
 {
-	skip 'this tree has no canary_rollups yet (issue 12)', 13 unless $have_rollups;
+	skip 'this tree has no canary_rollups yet (issue 12)', 14 unless $have_rollups;
 
 	mock_profile('f-flaky', '{"fixed_text": "flaky answer", "latency_ms": 2, "error_rate": 0.2}');
 	$control->safe_psql('postgres', qq{
@@ -216,6 +216,13 @@ SELECT canary_flush();});
 		'200', 'the members\' raw rows reach the control too (inserts only)');
 	is($control->safe_psql('postgres', q{SELECT sum(requests) FILTER (WHERE NOT fallback) FROM canary_rollups WHERE canary = 'comb'}),
 		'200', 'and are not counted again in the control\'s rollups');
+	$control->safe_psql('postgres', q{
+INSERT INTO canary_csat (user_id, score, request_id)
+SELECT user_id, 2, request_id FROM canary_requests
+ WHERE canary = 'comb' AND user_id = 'm2-user-7' AND NOT fallback});
+	is($control->safe_psql('postgres',
+		q{SELECT cohort || ':' || responses FROM canary_csat_report('comb', 1)}),
+		'canary:1', 'a CSAT score for a member\'s user is attributed on the control (the CSAT check sees the fleet)');
 	for my $m (@members)
 	{
 		ok($m->poll_query_until('postgres', q{SELECT canary_route('anyone', 'comb') = 'old'}),
