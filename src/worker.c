@@ -147,8 +147,8 @@ WorkerInit(void)
 
 	/* read by canary_maintenance(), which this worker runs daily */
 	DefineCustomIntVariable("llm_canary.retention_days",
-							"Sets how many days of daily partitions of canary_requests and canary_feedback canary_maintenance() keeps.",
-							"Older partitions are dropped; 0 keeps every partition.",
+							"Sets how many days of metrics, shadow rows and kill-switch window summaries canary_maintenance() keeps.",
+							"Older daily partitions are dropped and older window summaries deleted; 0 keeps everything.",
 							&canary_retention_days,
 							30, 0, 36500,
 							PGC_SIGHUP,

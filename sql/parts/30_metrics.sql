@@ -31,7 +31,7 @@ CREATE TABLE canary_requests (
     refusal             boolean,
     prompt_class        text,
     prompt_hash         text,
-    fallback            boolean,
+    fallback            boolean NOT NULL DEFAULT false,
     error               text,
     cost                numeric,
     cached              boolean NOT NULL DEFAULT false
@@ -66,6 +66,90 @@ COMMENT ON TABLE canary_feedback IS
 /*
  * Partitions.  A day is a UTC day whatever the session's TimeZone, so that
  * partitions made by sessions in different time zones never overlap.
+ *
+ * canary_partition_days: the one partition maintainer, for canary_requests,
+ * canary_feedback and canary_shadow (tables partitioned by ts with a DEFAULT
+ * partition <parent>_default).  Creates the daily partitions
+ * <parent>_YYYYMMDD of days UTC days from from_day on, skipping those that
+ * exist; rows of such a day already in the DEFAULT partition move into the
+ * new one (a partition cannot be added while the DEFAULT partition holds
+ * rows of its range).  Returns one row per partition created.
+ *
+ * Locking: before the first partition it creates, it takes SHARE ROW
+ * EXCLUSIVE on the parent, which waits for the writers in progress and
+ * blocks new writes (not reads) until the caller's transaction ends: a row
+ * inserted into the DEFAULT partition between the move and the ATTACH would
+ * make the ATTACH fail.  The lock conflicts with itself, so two maintainers
+ * never race for one partition (the second sees it made and skips it).
+ * Caller must own the table (canary_maintenance and
+ * canary_shadow_create_partitions run as the extension's owner).
+ */
+CREATE FUNCTION canary_partition_days(parent text, from_day date, days integer)
+RETURNS TABLE (partition text, moved_rows bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    nsp      name := '@extschema@';
+    columns  text;
+    locked   boolean := false;
+    day      date;
+    part     text;
+    lo       timestamptz;
+    hi       timestamptz;
+    has_rows boolean;
+BEGIN
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO columns
+      FROM pg_attribute a
+     WHERE a.attrelid = format('%I.%I', nsp, parent)::regclass
+       AND a.attnum > 0 AND NOT a.attisdropped;
+    FOR i IN 0 .. days - 1 LOOP
+        day := from_day + i;
+        part := parent || '_' || to_char(day, 'YYYYMMDD');
+        CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
+        IF NOT locked THEN
+            -- the parent's lock before any partition's
+            EXECUTE format('LOCK TABLE ONLY %I.%I IN SHARE ROW EXCLUSIVE MODE', nsp, parent);
+            locked := true;
+            -- another maintainer may have made it while this one waited
+            CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
+        END IF;
+        lo := day::timestamp AT TIME ZONE 'UTC';
+        hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE ts >= $1 AND ts < $2)',
+                       nsp, parent || '_default')
+           INTO has_rows USING lo, hi;
+        partition := part;
+        IF NOT has_rows THEN
+            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
+                           nsp, part, nsp, parent, lo, hi);
+            moved_rows := 0;
+        ELSE
+            EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
+                           nsp, part, nsp, parent);
+            EXECUTE format('WITH moved AS (DELETE FROM %I.%I WHERE ts >= $1 AND ts < $2 RETURNING %s)'
+                           ' INSERT INTO %I.%I (%s) SELECT %s FROM moved',
+                           nsp, parent || '_default', columns, nsp, part, columns, columns)
+               USING lo, hi;
+            GET DIAGNOSTICS moved_rows = ROW_COUNT;
+            EXECUTE format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
+                           nsp, parent, nsp, part, lo, hi);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+COMMENT ON FUNCTION canary_partition_days(text, date, integer) IS
+    'Create the missing daily partitions of a partitioned table of the extension for days UTC days from from_day, moving their rows out of the DEFAULT partition';
+
+/*
+ * canary_maintenance: the daily job (the worker runs it).  Partitions for
+ * today .. today + days_ahead; retention: daily partitions of days before
+ * today - llm_canary.retention_days are dropped and canary_window_summaries
+ * rows of those days deleted; expired session pins and expired answers of
+ * the response cache are deleted.  Every delete goes through an index.
+ * canary_alerts and canary_stage_history are the audit trail (one row per
+ * trip, alert or operator change) and are kept.
  */
 CREATE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT current_date)
 RETURNS TABLE (action text, partition text, moved_rows bigint)
@@ -74,16 +158,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     retention integer := coalesce(nullif(current_setting('llm_canary.retention_days', true), '')::integer, 30);
-    nsp name;
+    nsp name := '@extschema@';
     parent text;
-    columns text;
     locked boolean;
-    day date;
-    part text;
-    lo timestamptz;
-    hi timestamptz;
-    has_rows boolean;
     n bigint;
+    made record;
     old record;
 BEGIN
     IF days_ahead IS NULL OR today IS NULL THEN
@@ -95,8 +174,6 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Create between 0 and 366 days of partitions ahead; the default is 7.';
     END IF;
-    SELECT c.relnamespace::regnamespace::name INTO nsp
-      FROM pg_class c WHERE c.oid = '@extschema@.canary_requests'::regclass;
 
     -- expired answers of the response cache (created by a later part)
     IF to_regclass(format('%I.canary_response_cache', nsp)) IS NOT NULL THEN
@@ -107,6 +184,25 @@ BEGIN
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n > 0 THEN
             action := 'expire'; partition := 'canary_response_cache'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
+    -- expired session pins: routing decides such a session again
+    DELETE FROM @extschema@.canary_sessions WHERE expires_at < now();
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        action := 'expire'; partition := 'canary_sessions'; moved_rows := n;
+        RETURN NEXT;
+    END IF;
+
+    -- window summaries of days before today - retention (created by a later part)
+    IF retention > 0 AND to_regclass(format('%I.canary_window_summaries', nsp)) IS NOT NULL THEN
+        EXECUTE format('DELETE FROM %I.canary_window_summaries WHERE at < $1', nsp)
+           USING (today - retention)::timestamp AT TIME ZONE 'UTC';
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_window_summaries'; moved_rows := n;
             RETURN NEXT;
         END IF;
     END IF;
@@ -134,50 +230,17 @@ BEGIN
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         -- canary_shadow is created after this function's first run at install
         CONTINUE WHEN to_regclass(format('%I.%I', nsp, parent)) IS NULL;
-        locked := false;
-        SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO columns
-          FROM pg_attribute a
-         WHERE a.attrelid = format('%I.%I', nsp, parent)::regclass
-           AND a.attnum > 0 AND NOT a.attisdropped;
 
         -- today .. today + days_ahead
-        FOR i IN 0 .. days_ahead LOOP
-            day := today + i;
-            part := parent || '_' || to_char(day, 'YYYYMMDD');
-            CONTINUE WHEN to_regclass(format('%I.%I', nsp, part)) IS NOT NULL;
-            IF NOT locked THEN
-                -- writes go through the parent: block them (not reads) while
-                -- rows move, taking the parent's lock before any partition's
-                EXECUTE format('LOCK TABLE ONLY %I.%I IN SHARE ROW EXCLUSIVE MODE', nsp, parent);
-                locked := true;
-            END IF;
-            lo := day::timestamp AT TIME ZONE 'UTC';
-            hi := (day + 1)::timestamp AT TIME ZONE 'UTC';
-            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I.%I WHERE ts >= $1 AND ts < $2)',
-                           nsp, parent || '_default')
-               INTO has_rows USING lo, hi;
-            IF NOT has_rows THEN
-                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
-                               nsp, part, nsp, parent, lo, hi);
-                action := 'create'; partition := part; moved_rows := 0;
-            ELSE
-                -- the DEFAULT partition holds rows of this day: move them
-                -- into a new table, then attach it
-                EXECUTE format('CREATE TABLE %I.%I (LIKE %I.%I INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
-                               nsp, part, nsp, parent);
-                EXECUTE format('WITH moved AS (DELETE FROM %I.%I WHERE ts >= $1 AND ts < $2 RETURNING %s)'
-                               ' INSERT INTO %I.%I (%s) SELECT %s FROM moved',
-                               nsp, parent || '_default', columns, nsp, part, columns, columns)
-                   USING lo, hi;
-                GET DIAGNOSTICS n = ROW_COUNT;
-                EXECUTE format('ALTER TABLE %I.%I ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
-                               nsp, parent, nsp, part, lo, hi);
-                action := 'create'; partition := part; moved_rows := n;
-            END IF;
+        FOR made IN SELECT p.partition, p.moved_rows
+                      FROM @extschema@.canary_partition_days(parent, today, days_ahead + 1) p
+        LOOP
+            action := 'create'; partition := made.partition; moved_rows := made.moved_rows;
             RETURN NEXT;
         END LOOP;
 
         -- retention: drop daily partitions of days before today - retention
+        locked := false;
         IF retention > 0 THEN
             FOR old IN
                 SELECT c.relname::text AS relname
@@ -200,7 +263,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION canary_maintenance(integer, date) IS
-    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those older than llm_canary.retention_days, deletes answers of canary_response_cache older than llm_canary.response_cache_ttl and canary_rollups older than llm_canary.rollup_retention_days';
+    'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those and the canary_window_summaries rows older than llm_canary.retention_days, and deletes expired session pins, answers of canary_response_cache older than llm_canary.response_cache_ttl, canary_rollups older than llm_canary.rollup_retention_days and finished canary_submissions older than llm_canary.submit_retention';
 REVOKE ALL ON FUNCTION canary_maintenance(integer, date) FROM PUBLIC;
 
 /* The queue and the worker (src/metrics_queue.c, src/metrics_funcs.c). */
@@ -293,29 +356,6 @@ $$;
 COMMENT ON FUNCTION canary_feedback(uuid, boolean) IS
     'Records a user''s verdict (thumbs down or not) on the answer to a request';
 REVOKE ALL ON FUNCTION canary_feedback(uuid, boolean) FROM PUBLIC;
-
-/*
- * Today's partitions exist from the start.  They are data, not part of the
- * extension: like the partitions the worker creates later, they are dumped
- * by pg_dump and dropped with their table.
- */
-SELECT count(*) FROM canary_maintenance();
-DO $$
-DECLARE
-    part regclass;
-BEGIN
-    FOR part IN
-        SELECT d.objid::regclass
-          FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
-         WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'
-           AND d.refclassid = 'pg_extension'::regclass
-           AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'llm_canary')
-           AND c.relname ~ '^canary_(requests|feedback)_[0-9]{8}$'
-    LOOP
-        EXECUTE format('ALTER EXTENSION llm_canary DROP TABLE %s', part);
-    END LOOP;
-END;
-$$;
 
 SELECT pg_catalog.pg_extension_config_dump('canary_requests_default', '');
 SELECT pg_catalog.pg_extension_config_dump('canary_feedback_default', '');

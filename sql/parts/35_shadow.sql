@@ -243,9 +243,10 @@ COMMENT ON COLUMN canary_shadow.similarity_method IS
 /*
  * Create the daily partitions canary_shadow_YYYYMMDD for days UTC days from
  * from_day on; those that exist are skipped.  Rows already in the default
- * partition for such a day are moved into the new partition (a new partition
- * cannot be added while the default one holds rows of its range).  Returns
- * the number of partitions created.  Meant for a daily maintenance job.
+ * partition for such a day are moved into the new partition.  Returns the
+ * number of partitions created.  canary_maintenance() does this daily for
+ * every partitioned table; both go through canary_partition_days
+ * (30_metrics.sql), which takes the locks.
  */
 CREATE FUNCTION canary_shadow_create_partitions(from_day date DEFAULT (now() AT TIME ZONE 'UTC')::date,
                                                 days integer DEFAULT 8)
@@ -253,12 +254,6 @@ RETURNS integer
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
-DECLARE
-    created integer := 0;
-    day     date;
-    part    text;
-    lo      text;
-    hi      text;
 BEGIN
     IF from_day IS NULL OR days IS NULL THEN
         RAISE EXCEPTION 'from_day and days must not be NULL'
@@ -270,30 +265,11 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Create between 0 and 366 daily partitions at a time.';
     END IF;
-    -- one creator at a time; inserts (ROW EXCLUSIVE) go on
-    LOCK TABLE @extschema@.canary_shadow IN SHARE UPDATE EXCLUSIVE MODE;
-    FOR i IN 0 .. days - 1 LOOP
-        day := from_day + i;
-        part := 'canary_shadow_' || to_char(day, 'YYYYMMDD');
-        CONTINUE WHEN to_regclass(format('%I.%I', '@extschema@', part)) IS NOT NULL;
-        lo := to_char(day, 'YYYY-MM-DD') || ' 00:00:00+00';
-        hi := to_char(day + 1, 'YYYY-MM-DD') || ' 00:00:00+00';
-        EXECUTE format('CREATE TABLE %I.%I (LIKE %I.canary_shadow INCLUDING DEFAULTS INCLUDING CONSTRAINTS)',
-                       '@extschema@', part, '@extschema@');
-        EXECUTE format('WITH moved AS (DELETE FROM %I.canary_shadow_default WHERE ts >= %L AND ts < %L RETURNING *)'
-                       ' INSERT INTO %I.%I SELECT * FROM moved',
-                       '@extschema@', lo, hi, '@extschema@', part);
-        EXECUTE format('ALTER TABLE %I.canary_shadow ATTACH PARTITION %I.%I FOR VALUES FROM (%L) TO (%L)',
-                       '@extschema@', '@extschema@', part, lo, hi);
-        created := created + 1;
-    END LOOP;
-    RETURN created;
+    RETURN (SELECT count(*)::integer FROM @extschema@.canary_partition_days('canary_shadow', from_day, days));
 END;
 $$;
 COMMENT ON FUNCTION canary_shadow_create_partitions(date, integer) IS
     'Create the daily partitions of canary_shadow for the given number of UTC days from from_day; returns how many were created';
-
-SELECT canary_shadow_create_partitions((now() AT TIME ZONE 'UTC')::date, 8);
 
 -- Fill the comparison columns when a row is written (and when its answers change).
 CREATE FUNCTION canary_shadow_fill()
@@ -335,44 +311,9 @@ CREATE TRIGGER canary_shadow_fill
 
 /*
  * Reports.  Each takes a rollout and a window (rows with ts >= now() - since)
- * and checks both through this helper, which returns the window's start.
+ * and checks both through canary_report_window (45_summary.sql), which
+ * returns the window's start.
  */
-CREATE FUNCTION canary_shadow_window(canary text, since interval)
-RETURNS timestamptz
-LANGUAGE plpgsql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    known text;
-BEGIN
-    IF canary IS NULL THEN
-        RAISE EXCEPTION 'rollout name must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  HINT = 'Pass the name of a rollout in canary_config, for example ''default''.';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary) THEN
-        SELECT coalesce(string_agg(c.name, ', ' ORDER BY c.name), 'none') INTO known
-          FROM @extschema@.canary_config c;
-        RAISE EXCEPTION 'rollout "%" does not exist', canary
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('Existing rollouts: %s. Create one with INSERT INTO canary_config (name, old_model, new_model).', known);
-    END IF;
-    IF since IS NULL THEN
-        RAISE EXCEPTION 'since must not be NULL'
-            USING ERRCODE = 'null_value_not_allowed',
-                  HINT = 'Pass how far back to look, for example interval ''7 days''.';
-    END IF;
-    IF since < interval '0' THEN
-        RAISE EXCEPTION 'since must not be negative'
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass how far back to look, for example interval ''7 days''.';
-    END IF;
-    RETURN now() - since;
-END;
-$$;
-COMMENT ON FUNCTION canary_shadow_window(text, interval) IS
-    'Start of a report window (now() - since), after checking the rollout and the interval';
-
 /*
  * The Stage 1 summary and gate.  "Paired" rows are those where both models
  * answered (old_text and new_text not NULL); every comparison is over them,
@@ -408,7 +349,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    cutoff  timestamptz := @extschema@.canary_shadow_window(canary_shadow_report.canary, since);
+    cutoff  timestamptz := @extschema@.canary_report_window(canary_shadow_report.canary, since);
     cfg     record;
     s       record;
     agree   numeric;
@@ -505,6 +446,8 @@ COMMENT ON FUNCTION canary_shadow_report(text, interval) IS
  * share among old answers (old_text not NULL), new_share among new answers;
  * delta = new_share - old_share; a bar is round(20 * share) blocks, so 20
  * blocks are 100 %.  An answer without words shows as '(no words)'.
+ * The openings are the answers' first words: while the texts are private
+ * (canary_set_shadow_private) a role that may not read them gets 42501.
  */
 CREATE FUNCTION canary_shadow_openings(canary text DEFAULT 'default', since interval DEFAULT '7 days',
                                        n integer DEFAULT 20)
@@ -515,8 +458,16 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    cutoff timestamptz := @extschema@.canary_shadow_window(canary_shadow_openings.canary, since);
+    cutoff timestamptz := @extschema@.canary_report_window(canary_shadow_openings.canary, since);
 BEGIN
+    -- the openings are the first words of the answers: private like them
+    -- (this function runs as its caller)
+    IF NOT has_column_privilege('@extschema@.canary_shadow', 'new_opening', 'SELECT') THEN
+        RAISE EXCEPTION 'permission denied for the openings of shadow answers'
+            USING ERRCODE = 'insufficient_privilege',
+                  DETAIL = 'The openings are the first words of the answers, which are private to this role.',
+                  HINT = 'Run the report as llm_canary_admin, or make the texts readable with canary_set_shadow_private(false).';
+    END IF;
     IF n IS NULL THEN
         RAISE EXCEPTION 'n must not be NULL'
             USING ERRCODE = 'null_value_not_allowed',
@@ -575,7 +526,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    cutoff timestamptz := @extschema@.canary_shadow_window(canary_shadow_lengths.canary, since);
+    cutoff timestamptz := @extschema@.canary_report_window(canary_shadow_lengths.canary, since);
 BEGIN
     IF buckets IS NULL THEN
         RAISE EXCEPTION 'buckets must not be NULL'
@@ -645,7 +596,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    cutoff timestamptz := @extschema@.canary_shadow_window(canary_shadow_by_class.canary, since);
+    cutoff timestamptz := @extschema@.canary_report_window(canary_shadow_by_class.canary, since);
 BEGIN
     RETURN QUERY
     WITH w AS (
@@ -700,3 +651,28 @@ AS 'MODULE_PATHNAME', 'canary_shadow_stats'
 LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION canary_shadow_stats() IS
     'Counters of shadow mode since server start: jobs dispatched, dropped (queue full, no worker, memory), rows written and lost';
+
+/*
+ * Today's partitions of the three partitioned tables exist from the start.
+ * They are data, not part of the extension: like the partitions the worker
+ * creates later, they are dumped by pg_dump and dropped with their table.
+ * So are the DEFAULT partitions' rows (config-dumped).
+ */
+SELECT count(*) FROM canary_maintenance();
+DO $$
+DECLARE
+    part regclass;
+BEGIN
+    FOR part IN
+        SELECT d.objid::regclass
+          FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+         WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'
+           AND d.refclassid = 'pg_extension'::regclass
+           AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'llm_canary')
+           AND c.relname ~ '^canary_(requests|feedback|shadow)_[0-9]{8}$'
+    LOOP
+        EXECUTE format('ALTER EXTENSION llm_canary DROP TABLE %s', part);
+    END LOOP;
+END;
+$$;
+SELECT pg_catalog.pg_extension_config_dump('canary_shadow_default', '');

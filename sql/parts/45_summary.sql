@@ -1,9 +1,54 @@
 /*
- * Reading the metrics: the per-cohort summary, from canary_rollups (the
- * 30-second buckets that end in the last since; the latencies from the
- * histograms, within 1/64 of percentile_cont).  Thumbs-down verdicts count
- * in the bucket of their request.
+ * Reports: the check of a report's arguments that every report shares, and
+ * the per-cohort summary, from canary_rollups (the 30-second buckets that
+ * end in the last since; the latencies from the histograms, within 1/64 of
+ * percentile_cont; thumbs-down verdicts count in the bucket of their
+ * request).  The Prometheus export and the timeline are in
+ * 46_prometheus.sql, the shadow reports in 35_shadow.sql, the CSAT report
+ * in 50_killswitch.sql; all of them call canary_report_window.
  */
+
+/*
+ * canary_report_window: the one check of a report's rollout and window.
+ * A NULL rollout or since is 22004, a rollout that does not exist 42704
+ * (the hint lists those that do), a negative since 22023.  Returns the
+ * window's start, now() - since.  Reads canary_config as the caller.
+ */
+CREATE FUNCTION canary_report_window(canary text, since interval)
+RETURNS timestamptz
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    known text;
+BEGIN
+    IF canary IS NULL THEN
+        RAISE EXCEPTION 'rollout name must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass the name of a rollout in canary_config, for example ''default''.';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary) THEN
+        SELECT coalesce(string_agg(c.name, ', ' ORDER BY c.name), 'none') INTO known
+          FROM @extschema@.canary_config c;
+        RAISE EXCEPTION 'rollout "%" does not exist', canary
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('Existing rollouts: %s. Create one with INSERT INTO canary_config (name, old_model, new_model).', known);
+    END IF;
+    IF since IS NULL THEN
+        RAISE EXCEPTION 'since must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Pass how far back to look, for example interval ''7 days''.';
+    END IF;
+    IF since < interval '0' THEN
+        RAISE EXCEPTION 'since must not be negative'
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass how far back to look, for example interval ''7 days''.';
+    END IF;
+    RETURN now() - since;
+END;
+$$;
+COMMENT ON FUNCTION canary_report_window(text, interval) IS
+    'Start of a report window (now() - since), after checking the rollout and the interval: the check every report shares';
 
 CREATE FUNCTION canary_summary(canary text DEFAULT 'default', since interval DEFAULT '1 hour')
 RETURNS TABLE (cohort text, model text, requests bigint, fallbacks bigint,
@@ -13,16 +58,9 @@ RETURNS TABLE (cohort text, model text, requests bigint, fallbacks bigint,
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    cutoff timestamptz := @extschema@.canary_report_window(canary_summary.canary, since);
 BEGIN
-    IF since IS NULL OR since < '0'::interval THEN
-        RAISE EXCEPTION 'since must be a positive interval'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: canary_summary(''default'', ''1 hour'').';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary_summary.canary) THEN
-        RAISE EXCEPTION 'rollout "%" does not exist', canary
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT name FROM canary_config lists the rollouts.';
-    END IF;
     RETURN QUERY
     SELECT r.cohort,
            string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback AND r.requests > 0),
@@ -42,7 +80,7 @@ BEGIN
                  / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
            round(sum(r.cost), 6)
       FROM @extschema@.canary_rollups r
-     WHERE r.canary = canary_summary.canary AND r.bucket_end > now() - since
+     WHERE r.canary = canary_summary.canary AND r.bucket_end > cutoff
      GROUP BY r.cohort
     HAVING sum(r.requests) > 0
      ORDER BY r.cohort;

@@ -148,23 +148,15 @@ LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
+    cutoff  timestamptz := @extschema@.canary_report_window(canary_timeline.canary, since);
     max_err float8;
     max_p95 float8;
     max_ref float8;
 BEGIN
-    IF since IS NULL OR since < '0'::interval THEN
-        RAISE EXCEPTION 'since must be a positive interval'
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'For example: canary_timeline(''default'', ''6 hours'').';
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary_timeline.canary) THEN
-        RAISE EXCEPTION 'rollout "%" does not exist', canary
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT name FROM canary_config lists the rollouts.';
-    END IF;
     SELECT max(w.error_rate), max(w.p95_latency_ms), max(w.refusal_rate)
       INTO max_err, max_p95, max_ref
       FROM @extschema@.canary_window_summaries w
-     WHERE w.canary = canary_timeline.canary AND w.at > now() - since;
+     WHERE w.canary = canary_timeline.canary AND w.at > cutoff;
     RETURN QUERY
     SELECT w.at, w.cohort, w.samples,
            round(w.error_rate::numeric, 4),
@@ -174,7 +166,7 @@ BEGIN
            round(w.refusal_rate::numeric, 4),
            repeat('█', CASE WHEN max_ref > 0 THEN round(20 * coalesce(w.refusal_rate, 0) / max_ref)::int ELSE 0 END)
       FROM @extschema@.canary_window_summaries w
-     WHERE w.canary = canary_timeline.canary AND w.at > now() - since
+     WHERE w.canary = canary_timeline.canary AND w.at > cutoff
      ORDER BY w.at, w.cohort;
 END;
 $$;

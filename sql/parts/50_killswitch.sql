@@ -24,6 +24,14 @@ CREATE TABLE canary_window_summaries (
 CREATE INDEX canary_window_summaries_idx ON canary_window_summaries (canary, at);
 COMMENT ON TABLE canary_window_summaries IS
     'One row per cohort per kill-switch check: the time series behind every trip decision';
+/*
+ * About 5,800 rows per rollout per day: canary_maintenance() deletes those
+ * older than llm_canary.retention_days through this index.  The rows are
+ * data, so pg_dump copies them.
+ */
+CREATE INDEX canary_window_summaries_at_idx ON canary_window_summaries (at);
+SELECT pg_catalog.pg_extension_config_dump('canary_window_summaries', '');
+SELECT pg_catalog.pg_extension_config_dump('canary_window_summaries_id_seq', '');
 
 ALTER TABLE canary_config
     ADD COLUMN csat_pinned_at timestamptz,
@@ -201,12 +209,8 @@ BEGIN
         RAISE EXCEPTION 'days must be at least 1'
             USING ERRCODE = 'invalid_parameter_value', HINT = 'The default report covers 7 days.';
     END IF;
+    PERFORM @extschema@.canary_report_window(canary_csat_report.canary, make_interval(days => days));
     SELECT * INTO cfg FROM @extschema@.canary_config c WHERE c.name = canary_csat_report.canary;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'rollout "%" does not exist', canary
-            USING ERRCODE = 'undefined_object',
-                  HINT = 'SELECT name FROM canary_config lists the rollouts.';
-    END IF;
     RETURN QUERY
     WITH scores AS (
         SELECT s.user_id, s.score, (s.recorded_at AT TIME ZONE 'UTC')::date AS d, s.request_id

@@ -47,9 +47,9 @@ GRANT USAGE ON SCHEMA @extschema@ TO llm_canary_admin, llm_canary_app;
  * pinned (every SECURITY DEFINER function of the extension has SET
  * search_path = pg_catalog, pg_temp and schema-qualifies its own objects):
  *
- *  - the shadow reports: they aggregate prompt-free facts (verdicts, lengths,
- *    refusals, the first five words of each answer) out of canary_shadow,
- *    whose prompt, old_text and new_text the application role may not read
+ *  - the shadow reports but the openings: they aggregate prompt-free facts
+ *    (verdicts, lengths, refusals) out of canary_shadow, whose prompt,
+ *    old_text and new_text the application role may not read
  *    (see canary_set_shadow_private below).  Column privileges alone would
  *    break the reports for that role, because they compute over the texts;
  *    SECURITY DEFINER lets them compute while the role still gets 42501 for
@@ -62,7 +62,6 @@ GRANT USAGE ON SCHEMA @extschema@ TO llm_canary_admin, llm_canary_app;
  *    partition requires owning the partitioned table.
  */
 ALTER FUNCTION canary_shadow_report(text, interval) SECURITY DEFINER;
-ALTER FUNCTION canary_shadow_openings(text, interval, integer) SECURITY DEFINER;
 ALTER FUNCTION canary_shadow_lengths(text, interval, integer) SECURITY DEFINER;
 ALTER FUNCTION canary_shadow_by_class(text, interval) SECURITY DEFINER;
 ALTER FUNCTION canary_raise_alert(text, text, jsonb) SECURITY DEFINER;
@@ -72,7 +71,10 @@ ALTER FUNCTION canary_shadow_create_partitions(date, integer) SECURITY DEFINER;
 /*
  * Shadow texts, private or not.  The state is the privilege itself: while
  * private (the default), llm_canary_app may SELECT every column of
- * canary_shadow but prompt, old_text and new_text; otherwise the whole table.
+ * canary_shadow but prompt, old_text and new_text and the openings of both
+ * answers (their first five words, old_opening and new_opening; so
+ * canary_shadow_openings, which runs as its caller, refuses it too);
+ * otherwise the whole table.
  * The partitions are never granted: the application reads through the
  * parent.  Returns the new state.
  */
@@ -94,10 +96,11 @@ BEGIN
       FROM pg_attribute a
      WHERE a.attrelid = '@extschema@.canary_shadow'::regclass
        AND a.attnum > 0 AND NOT a.attisdropped
-       AND a.attname NOT IN ('prompt', 'old_text', 'new_text');
+       AND a.attname NOT IN ('prompt', 'old_text', 'new_text', 'old_opening', 'new_opening');
     IF private THEN
         REVOKE SELECT ON TABLE @extschema@.canary_shadow FROM llm_canary_app;
-        REVOKE SELECT (prompt, old_text, new_text) ON TABLE @extschema@.canary_shadow FROM llm_canary_app;
+        REVOKE SELECT (prompt, old_text, new_text, old_opening, new_opening)
+            ON TABLE @extschema@.canary_shadow FROM llm_canary_app;
         EXECUTE format('GRANT SELECT (%s) ON TABLE @extschema@.canary_shadow TO llm_canary_app', public_columns);
     ELSE
         GRANT SELECT ON TABLE @extschema@.canary_shadow TO llm_canary_app;
@@ -136,7 +139,7 @@ DECLARE
         'canary_summary', 'canary_shadow_report', 'canary_shadow_openings',
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',
         'canary_stats', 'canary_shadow_stats', 'canary_prometheus', 'canary_timeline',
-        'canary_shadow_is_private',
+        'canary_shadow_is_private', 'canary_report_window',
         -- the fleet's state, for the Prometheus export
         'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus', 'canary_fleet_evidence',
         -- what the reports call: the rollups' histograms, the Prometheus series

@@ -122,7 +122,8 @@ SKIP:
 	skip 'this tree has no canary_rollups', 3
 	  unless $control->safe_psql('postgres', q{SELECT to_regclass('canary_rollups') IS NOT NULL}) eq 't';
 	$control->safe_psql('postgres', q{
-INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows) VALUES ('bench', 'ramp_25', 'old', 'new', 2);
+INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows, decision_mode)
+  VALUES ('bench', 'ramp_25', 'old', 'new', 2, 'confirm_windows');
 -- one histogram per cohort and member count, reused by every row
 CREATE TABLE bench_hist AS
 SELECT n.members, c.cohort,

@@ -140,6 +140,28 @@ SELECT count(*) AS today_partitions FROM pg_class
  WHERE relname IN ('canary_requests_' || to_char(current_date, 'YYYYMMDD'),
                    'canary_feedback_' || to_char(current_date, 'YYYYMMDD'));
 
+-- retention of the other tables the extension writes: expired session pins
+-- are deleted, and window summaries of days before today - retention_days;
+-- live pins and recent summaries stay
+INSERT INTO canary_config (name, old_model, new_model) VALUES ('m50ret', 'model-old', 'model-new');
+INSERT INTO canary_sessions (canary, session_id, user_id, model, cohort, expires_at) VALUES
+    ('m50ret', 'expired', 'u1', 'model-old', 'control', now() - interval '1 second'),
+    ('m50ret', 'live', 'u2', 'model-old', 'control', now() + interval '1 hour');
+INSERT INTO canary_window_summaries (canary, at, window_seconds, stage, cohort, samples, errors, refusals, thumbs_down)
+VALUES ('m50ret', current_date - 31, 300, 'ramp_5', 'control', 1, 0, 0, 0),
+       ('m50ret', current_date - 29, 300, 'ramp_5', 'control', 1, 0, 0, 0);
+SELECT action, partition, moved_rows FROM canary_maintenance(0) WHERE action = 'expire' ORDER BY partition;
+SELECT session_id FROM canary_sessions WHERE canary = 'm50ret';
+SELECT current_date - at::date AS days_old FROM canary_window_summaries WHERE canary = 'm50ret';
+-- both deletes go through an index (at 20 million rows a sequential scan
+-- would hold the daily job for minutes)
+SET enable_seqscan = off;
+EXPLAIN (COSTS OFF) DELETE FROM canary_sessions WHERE expires_at < now();
+EXPLAIN (COSTS OFF) DELETE FROM canary_window_summaries WHERE at < now() - interval '30 days';
+RESET enable_seqscan;
+DELETE FROM canary_window_summaries WHERE canary = 'm50ret';
+DELETE FROM canary_config WHERE name = 'm50ret';
+
 -- who may do what: nothing is executable by PUBLIC (the roles of
 -- sql/parts/90_roles.sql get what they need; see 90_roles)
 SELECT p.oid::regprocedure AS function, has_function_privilege('public', p.oid, 'EXECUTE') AS public_execute

@@ -74,6 +74,14 @@ SELECT tableoid::regclass AS partition, verdict FROM canary_shadow WHERE ts >= '
 SELECT pg_get_expr(c.relpartbound, c.oid) AS bounds
   FROM pg_class c WHERE c.relname = 'canary_shadow_20990101';
 DROP TABLE canary_shadow_20990101, canary_shadow_20990102;
+-- what pg_dump copies: the rows of the tables registered here, and every
+-- daily partition with its rows (none is a member of the extension)
+SELECT unnest(extconfig)::regclass::text AS dumped FROM pg_extension WHERE extname = 'llm_canary' ORDER BY 1;
+SELECT count(*) AS member_daily_partitions
+  FROM pg_depend d JOIN pg_class c ON c.oid = d.objid
+ WHERE d.classid = 'pg_class'::regclass AND d.deptype = 'e'
+   AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'llm_canary')
+   AND c.relname ~ '_[0-9]{8}$';
 SELECT canary_shadow_create_partitions('2099-01-01', -1);
 \echo :LAST_ERROR_SQLSTATE
 

@@ -21,8 +21,35 @@ SELECT count(canary_feedback(request_id, true)) AS thumbs_down
 
 SELECT * FROM canary_summary('prom', '1 hour');
 
--- bad input
+-- rows loaded by hand (a backfill from the team's own logs) that leave out
+-- fallback and cached count like the worker's rows, in the summary and in
+-- the CSAT report: both columns are NOT NULL and default to false
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('imported', 'ramp_25', 'model-old', 'model-new');
+INSERT INTO canary_requests (request_id, ts, canary, user_id, cohort, model, outcome, latency_ms) VALUES
+    ('00000000-0000-4000-8000-0000000000a1', now(), 'imported', 'imp1', 'control', 'model-old', 'ok', 100),
+    ('00000000-0000-4000-8000-0000000000a2', now(), 'imported', 'imp2', 'canary', 'model-new', 'ok', 200);
+SELECT cohort, model, requests, fallbacks FROM canary_summary('imported');
+INSERT INTO canary_csat (user_id, score, recorded_at) VALUES ('imp1', 4, now()), ('imp2', 2, now());
+SELECT cohort, responses, mean_csat, delta_vs_control FROM canary_csat_report('imported', 1);
+-- an explicit NULL is refused instead of vanishing from every report
+\set VERBOSITY terse
+INSERT INTO canary_requests (request_id, ts, canary, cohort, model, outcome, fallback)
+VALUES ('00000000-0000-4000-8000-0000000000a3', '2030-06-01 00:00:00+00', 'imported', 'control', 'model-old', 'ok', NULL);
+\echo :LAST_ERROR_SQLSTATE
+\set VERBOSITY default
+DELETE FROM canary_csat WHERE user_id IN ('imp1', 'imp2');
+DELETE FROM canary_requests WHERE canary = 'imported';
+DELETE FROM canary_config WHERE name = 'imported';
+
+-- bad input (every report checks its rollout and window the same way:
+-- canary_report_window)
 SELECT * FROM canary_summary('nope');
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM canary_summary('prom', NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM canary_summary('prom', '-1 hour');
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM canary_summary(NULL);
+\echo :LAST_ERROR_SQLSTATE
+SELECT * FROM canary_csat_report('nope');
 \echo :LAST_ERROR_SQLSTATE

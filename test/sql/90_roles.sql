@@ -110,7 +110,15 @@ SELECT * FROM canary_shadow;
 \echo :LAST_ERROR_SQLSTATE
 SELECT count(*) FROM canary_shadow_default;
 \echo :LAST_ERROR_SQLSTATE
-SELECT canary, prompt_class, verdict, old_opening, new_opening FROM canary_shadow WHERE canary = 'roles';
+SELECT canary, prompt_class, verdict FROM canary_shadow WHERE canary = 'roles';
+-- so are the openings (the first five words of each answer), in the table
+-- and through the openings report
+SELECT old_opening FROM canary_shadow;
+\echo :LAST_ERROR_SQLSTATE
+SELECT new_opening FROM canary_shadow;
+\echo :LAST_ERROR_SQLSTATE
+SELECT opening, old_share, new_share FROM canary_shadow_openings('roles');
+\echo :LAST_ERROR_SQLSTATE
 -- the administrator's functions
 \set VERBOSITY terse
 SELECT canary_probe('rl-new', 'hi');
@@ -135,7 +143,6 @@ SELECT canary_set_shadow_private(false);
 -- reports
 SELECT cohort, model, requests, thumbs_down_rate FROM canary_summary('roles');
 SELECT samples, paired, different_share, ready FROM canary_shadow_report('roles');
-SELECT opening, old_share, new_share FROM canary_shadow_openings('roles');
 SELECT bucket, old_count, new_count FROM canary_shadow_lengths('roles', buckets => 2);
 SELECT prompt_class, samples, agreement FROM canary_shadow_by_class('roles');
 SELECT count(*) FROM canary_csat_report('roles');
@@ -157,14 +164,19 @@ SELECT action, old_stage, new_stage, changed_by FROM canary_stage_history WHERE 
 SELECT kind, payload ->> 'reason' AS reason FROM canary_alerts WHERE canary = 'roles';
 SELECT canary_rearm('roles');
 SELECT count(*) >= 0 AS maintained FROM canary_maintenance();
+-- the administrator reads the openings
+SELECT opening, old_share, new_share FROM canary_shadow_openings('roles');
 -- showing the shadow texts to the application, and hiding them again
 SELECT canary_set_shadow_private(false);
 SET ROLE app_user;
-SELECT canary_shadow_is_private(), prompt FROM canary_shadow WHERE canary = 'roles';
+SELECT canary_shadow_is_private(), prompt, old_opening FROM canary_shadow WHERE canary = 'roles';
+SELECT opening, old_share, new_share FROM canary_shadow_openings('roles');
 SET ROLE ops_user;
 SELECT canary_set_shadow_private(true);
 SET ROLE app_user;
 SELECT prompt FROM canary_shadow;
+\echo :LAST_ERROR_SQLSTATE
+SELECT count(*) FROM canary_shadow_openings('roles');
 \echo :LAST_ERROR_SQLSTATE
 SET ROLE ops_user;
 -- rows, not structure: the tables stay the owner's

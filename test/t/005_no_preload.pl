@@ -5,11 +5,11 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use CanaryNode;
 
-my $node = PostgreSQL::Test::Cluster->new('nopreload');
-$node->init;
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary CASCADE');
+my $node = canary_node('nopreload', preload => 0);
 $node->safe_psql('postgres', q{
 INSERT INTO canary_models (name, provider, base_url, model) VALUES
   ('old', 'openai', 'http://127.0.0.1:1/v1', 'o'), ('new', 'openai', 'http://127.0.0.1:1/v1', 'n');

@@ -6,17 +6,13 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use CanaryNode;
 
-my $node = PostgreSQL::Test::Cluster->new('worker');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'canary'
+my $node = canary_node('worker', database => 'canary', conf => qq{
 restart_after_crash = on
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE DATABASE canary');
-$node->safe_psql('canary', 'CREATE EXTENSION llm_canary');
 
 sub wait_worker_running
 {

@@ -19,22 +19,16 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL};
-plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)'
-  unless $mock && $ENV{LLM_CANARY_TEST_KEY};
+my $mock = mock_url(need_key => 1);
 
-my $node = PostgreSQL::Test::Cluster->new('config_cache');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('config_cache', extension => 0, conf => qq{
 llm_canary.check_interval = 1
 llm_canary.flush_interval_ms = 50
 restart_after_crash = on
 });
-$node->start;
 
 sub postmaster_pid
 {
@@ -187,7 +181,9 @@ close $fc;
 	usleep(1_000_000);
 	my ($ret, $stdout, $stderr) = $node->psql('postgres', 'DROP DATABASE other WITH (FORCE)',
 		timeout => 30);
-	is($ret, 0, 'DROP DATABASE WITH (FORCE) succeeds while sessions route') or diag $stderr;
+	diag $stderr if $ret;
+	is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_database WHERE datname = 'other'}),
+		'0', 'DROP DATABASE WITH (FORCE) succeeds while sessions route');
 	$pb->finish;
 	no_crash('DROP DATABASE under load');
 }

@@ -15,22 +15,15 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL};
-plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)'
-  unless $mock && $ENV{LLM_CANARY_TEST_KEY};
+my $mock = mock_url(need_key => 1);
 
-my $node = PostgreSQL::Test::Cluster->new('core_rules');
-$node->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('core_rules', initdb => [ '--encoding=UTF8', '--locale=C' ], conf => qq{
 llm_canary.check_interval = 0
 llm_canary.flush_interval_ms = 50
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('cr-old', '{"fixed_text": "old answer", "latency_ms": 1}');
 mock_profile('cr-new', '{"fixed_text": "new answer", "latency_ms": 1}');

@@ -8,44 +8,29 @@
 use strict;
 use warnings;
 
-use HTTP::Tiny;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use CanaryNode;
+use MockLLM;
 use Time::HiRes qw(time sleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL};
-plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run test/run_suite.sh)'
-  unless $mock && $ENV{LLM_CANARY_TEST_KEY};
+my $mock = mock_url(need_key => 1);
 
-my $http = HTTP::Tiny->new(timeout => 10);
 
-sub mock_profile
-{
-	my ($model, $profile) = @_;
-	my $r = $http->request('PUT', "$mock/_mock/models/$model",
-		{ content => encode_json($profile), headers => { 'content-type' => 'application/json' } });
-	die "mock: $r->{status} $r->{content}" unless $r->{success};
-}
 
 sub mock_in_flight
 {
 	my ($model) = @_;
-	my $r = $http->get("$mock/_mock/stats");
-	die "mock: $r->{status}" unless $r->{success};
-	return decode_json($r->{content})->{models}{$model}{in_flight} // 0;
+	return mock_get('/_mock/stats')->{models}{$model}{in_flight} // 0;
 }
 
-my $node = PostgreSQL::Test::Cluster->new('shadow');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('shadow', conf => qq{
 llm_canary.shadow_grace_ms = '60s'
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 # canary_shadow comes from sql/parts/35_shadow.sql; a stand-in with the
 # public columns when that part is not there.

@@ -16,33 +16,24 @@ use strict;
 use warnings;
 
 use Digest::SHA qw(sha256);
-use HTTP::Tiny;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use CanaryNode;
+use MockLLM;
 use Time::HiRes qw(time sleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL};
-plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run test/run_suite.sh)'
-  unless $mock && $ENV{LLM_CANARY_TEST_KEY};
+my $mock = mock_url(need_key => 1);
 
-my $http = HTTP::Tiny->new(timeout => 10);
 
-sub mock_profile
-{
-	my ($model, $profile) = @_;
-	my $r = $http->request('PUT', "$mock/_mock/models/$model",
-		{ content => encode_json($profile), headers => { 'content-type' => 'application/json' } });
-	die "mock: $r->{status} $r->{content}" unless $r->{success};
-}
 
 sub mock_requests
 {
 	my ($model) = @_;
-	my $r = $http->get("$mock/_mock/requests?model=$model");
-	die "mock: $r->{status}" unless $r->{success};
-	return decode_json($r->{content});
+	return mock_get("/_mock/requests?model=$model");
 }
 
 # The mock's embedding (see its docstring): every lowercased \w+ word gives
@@ -79,15 +70,9 @@ sub cosine
 	return $dot / (sqrt($nx) * sqrt($ny));
 }
 
-my $node = PostgreSQL::Test::Cluster->new('semantic');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('semantic', conf => qq{
 llm_canary.shadow_grace_ms = '60s'
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 $node->safe_psql('postgres', qq{
 INSERT INTO canary_models (name, provider, base_url, model, timeout_ms, max_retries, api_key_env)

@@ -10,23 +10,17 @@ use Test::More;
 use HTTP::Tiny;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time usleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
+my $mock = mock_url();
 my $http = HTTP::Tiny->new(timeout => 5);
 
-my $node = PostgreSQL::Test::Cluster->new('call');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('call', conf => qq{
 llm_canary.check_interval = 1
 llm_canary.webhook_url = '$mock/hooks/webhook'
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('t-old', '{"fixed_text": "old answer", "latency_ms": 5}');
 mock_profile('t-new', '{"fixed_text": "new answer", "latency_ms": 5}');

@@ -17,23 +17,18 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use RollupCheck;
 use IPC::Run;
 
-my $node = PostgreSQL::Test::Cluster->new('rollups');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('rollups', conf => qq{
 llm_canary.check_interval = 0
 llm_canary.flush_interval_ms = 50
 llm_canary.retention_days = 0
 restart_after_crash = on
 max_connections = 40
 });
-$node->start;
 $node->safe_psql('postgres', q{
-CREATE EXTENSION llm_canary;
 INSERT INTO canary_models (name, provider, base_url, model) VALUES
   ('model-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
   ('model-new', 'openai', 'http://127.0.0.1:9/v1', 'new');

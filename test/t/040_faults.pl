@@ -17,11 +17,11 @@ use Test::More;
 use HTTP::Tiny;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
+my $mock = mock_url();
 my $http = HTTP::Tiny->new(timeout => 5);
 
 # Would resolving "llm-canary-test.invalid" leave the machine?  RFC 6761
@@ -50,17 +50,11 @@ sub dns_leaves_machine
 	  . "set LLM_CANARY_TEST_DNS=1 to run this row anyway";
 }
 
-my $node = PostgreSQL::Test::Cluster->new('faults');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('faults', conf => qq{
 llm_canary.check_interval = 0
 llm_canary.max_response_bytes = '64kB'
 log_min_messages = warning
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('old', '{"fixed_text": "old answer"}');
 
@@ -244,7 +238,12 @@ for my $f (@faults)
 		}
 		else
 		{
-			pass("$name: no further check");
+			# not retried (max_retries 0, or a status that is not retryable):
+			# one request per call reached the mock, none when it is unreachable
+			my %per_call = (refused => 0, unresolvable => 0, rate_limit_no_retry_after => 2);
+			my $per_call = $per_call{$name} // 1;
+			is(mock_get('/_mock/stats')->{models}{"f-$name"}{requests} // 0, 2 * $per_call,
+				"$name: $per_call request(s) per call at the mock (two calls)");
 		}
 	}
 }

@@ -8,25 +8,16 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use HTTP::Tiny;
 use JSON::PP;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
-my $http = HTTP::Tiny->new(timeout => 5);
+my $mock = mock_url();
 my $json = JSON::PP->new->canonical;
 
-my $node = PostgreSQL::Test::Cluster->new('chat');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
-});
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
+my $node = canary_node('chat');
 
 mock_profile('t-chat', '{"fixed_text": "Sunny, 21 degrees.", "tool_call": {"name": "get_weather", "arguments": {"city": "Paris"}}}');
 mock_profile('t-refuse', '{"fixed_text": "I cannot help with that."}');
@@ -46,15 +37,12 @@ INSERT INTO canary_config (name, stage, old_model, new_model) VALUES
 sub last_request
 {
 	my ($model) = @_;
-	my $r = $http->get("$mock/_mock/requests?model=$model&limit=1");
-	die "mock log: $r->{status}" unless $r->{success};
-	return decode_json($r->{content})->[-1];
+	return mock_get("/_mock/requests?model=$model&limit=1")->[-1];
 }
 
 sub mock_total
 {
-	my $r = $http->get("$mock/_mock/stats");
-	return decode_json($r->{content})->{total}{requests} // 0;
+	return mock_get('/_mock/stats')->{total}{requests} // 0;
 }
 
 sub chat

@@ -18,28 +18,20 @@ use warnings;
 
 use FindBin;
 use lib $FindBin::RealBin;
+use CanaryNode;
 use MockLLM;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
+my $mock = mock_url();
 
-my $node = PostgreSQL::Test::Cluster->new('http');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'lat'
+my $node = canary_node('http', database => 'lat', database_options => q{TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'}, conf => qq{
 llm_canary.check_interval = 0
 llm_canary.flush_interval_ms = 100
 });
-$node->start;
-$node->safe_psql('postgres',
-	q{CREATE DATABASE lat TEMPLATE template0 ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'});
 $node->safe_psql('postgres', 'CREATE DATABASE doomed');
-$node->safe_psql('lat', 'CREATE EXTENSION llm_canary');
 # the worker serves "lat" once it exists (it retries every few seconds)
 $node->safe_psql('lat', q{SELECT canary_flush('60 seconds')});
 

@@ -9,26 +9,18 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use HTTP::Tiny;
 use JSON::PP;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time usleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
-my $http = HTTP::Tiny->new(timeout => 5);
+my $mock = mock_url();
 
-my $node = PostgreSQL::Test::Cluster->new('batch');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('batch', conf => qq{
 llm_canary.max_concurrent_requests = 40
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('b-good', '{"echo": true, "latency_ms": 5}');
 mock_profile('b-slow', '{"fixed_text": "slow answer", "latency_ms": 300}');
@@ -179,7 +171,7 @@ SELECT count(*) FROM canary_batch(ARRAY(SELECT 'h' || g FROM generate_series(1, 
 my $inflight = 0;
 for (1 .. 50)
 {
-	my $s = decode_json($http->get("$mock/_mock/stats")->{content});
+	my $s = mock_get('/_mock/stats');
 	$inflight = $s->{models}{'b-hang'}{in_flight} // 0;
 	last if $inflight == 30;
 	usleep(100_000);
@@ -193,7 +185,7 @@ like($bg->{stderr}, qr/canceling statement due to user request/, 'cancel: 57014'
 cmp_ok($took, '<', 1.0, "cancel returns promptly (${took}s)");
 for (1 .. 50)
 {
-	my $s = decode_json($http->get("$mock/_mock/stats")->{content});
+	my $s = mock_get('/_mock/stats');
 	$inflight = $s->{models}{'b-hang'}{in_flight} // 0;
 	last if $inflight == 0;
 	usleep(100_000);

@@ -9,27 +9,19 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use HTTP::Tiny;
 use JSON::PP;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time usleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
-my $http = HTTP::Tiny->new(timeout => 5);
+my $mock = mock_url();
 
-my $node = PostgreSQL::Test::Cluster->new('slots');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('slots', conf => qq{
 llm_canary.max_concurrent_requests = 4
 llm_canary.submit_concurrency = 4
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('sl-good', '{"echo": true}');
 $node->safe_psql('postgres', qq{
@@ -48,7 +40,7 @@ sub worker_pid
 
 sub mock_in_flight
 {
-	my $s = decode_json($http->get("$mock/_mock/stats")->{content});
+	my $s = mock_get('/_mock/stats');
 	return $s->{models}{'sl-hang'}{in_flight} // 0;
 }
 

@@ -19,6 +19,7 @@ use IPC::Run;
 use Time::HiRes qw(usleep);
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use RollupCheck;
 
 my $top = "$FindBin::Bin/../..";
@@ -42,16 +43,10 @@ ok(IPC::Run::run([ $promtool_bin, 'test', 'rules', "$top/monitoring/alerts_test.
 	'promtool test rules: every alert fires when it should and not otherwise') or diag("$out$err");
 
 # --- the cluster and known traffic -----------------------------------------
-my $node = PostgreSQL::Test::Cluster->new('prometheus');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('prometheus', conf => qq{
 llm_canary.check_interval = 0
 });
-$node->start;
 $node->safe_psql('postgres', q{
-CREATE EXTENSION llm_canary;
 CREATE ROLE exporter LOGIN;
 GRANT llm_canary_app, pg_monitor TO exporter;
 INSERT INTO canary_models (name, provider, base_url, model) VALUES

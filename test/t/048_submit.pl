@@ -9,26 +9,18 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use HTTP::Tiny;
 use JSON::PP;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time usleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
-my $http = HTTP::Tiny->new(timeout => 5);
+my $mock = mock_url();
 
-my $node = PostgreSQL::Test::Cluster->new('submit');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('submit', conf => qq{
 llm_canary.submit_concurrency = 32
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('s-good', '{"echo": true}');
 mock_profile('s-slow', '{"echo": true, "latency_ms": 1500}');
@@ -121,7 +113,7 @@ like($err, qr/42704/, 'an unknown rollout fails at submit (42704)');
 like($err, qr/22023: prompt must not be empty/, 'an empty prompt fails at submit');
 $id = $node->safe_psql('postgres', q{BEGIN; SELECT canary_submit('never sent', 'u1', 'r-never'); ROLLBACK;});
 sleep 1;
-my $stats = decode_json($http->get("$mock/_mock/stats")->{content});
+my $stats = mock_get('/_mock/stats');
 is($stats->{models}{'s-never'}{requests} // 0, 0, 'a rolled back submission is never sent');
 ($ret, $out, $err) = $node->psql('postgres', qq{SELECT * FROM canary_result('$id')},
 	extra_params => [ '-v', 'VERBOSITY=verbose' ]);

@@ -12,28 +12,20 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use HTTP::Tiny;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use IPC::Run;
 use Time::HiRes qw(time usleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
-my $http = HTTP::Tiny->new(timeout => 5);
+my $mock = mock_url();
 
-my $node = PostgreSQL::Test::Cluster->new('crash');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('crash', conf => qq{
 llm_canary.check_interval = 0
 llm_canary.flush_interval_ms = 200
 restart_after_crash = on
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('k-old', '{"fixed_text": "old answer", "latency_ms": 2}');
 mock_profile('k-new', '{"fixed_text": "new answer", "latency_ms": 2}');
@@ -121,8 +113,12 @@ diag "crash: $written records written and $depth queued at the crash; " . scalar
 # the rollouts work as before: tripped routes old, armed routes by hash
 is($node->safe_psql('postgres', q{SELECT canary_call('after', 'u1', 'tripped') ->> 'model'}),
 	'old', 'a tripped rollout still serves the old model');
-my $r = $node->safe_psql('postgres', q{SELECT canary_call('after the crash', 'u-after', 'armed') ->> 'response'});
-ok($r eq 'old answer' || $r eq 'new answer', 'canary_call works after the restart');
+# u-after's bucket decides its model at ramp_25: the answer must be that model's
+my $route = $node->safe_psql('postgres',
+	q{SELECT CASE WHEN canary_bucket('u-after') < 25 THEN 'new' ELSE 'old' END});
+is($node->safe_psql('postgres',
+		q{SELECT r ->> 'model' || '|' || (r ->> 'response') FROM canary_call('after the crash', 'u-after', 'armed') r}),
+	"$route|$route answer", "canary_call after the restart answers with the routed model ($route)");
 $node->safe_psql('postgres', 'SELECT canary_flush()');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM canary_requests WHERE user_id = 'u-after'}),
 	'1', 'and is recorded by the new worker');
@@ -158,8 +154,7 @@ SELECT canary_call('retry me', 'u-retry', 'retry');
 my $tries = 0;
 for (1 .. 100)
 {
-	my $st = $http->get("$mock/_mock/stats");
-	($tries) = $st->{content} =~ /"k-flaky":\{"requests":(\d+)/;
+	$tries = mock_get('/_mock/stats')->{models}{'k-flaky'}{requests};
 	last if $tries;
 	usleep(20_000);
 }
@@ -170,8 +165,7 @@ like($v->{stderr}, qr/ERROR:  57014: canceling statement due to user request/,
 	'a cancel during the backoff ends the call with 57014');
 cmp_ok($ms, '<', 200, "within 200 ms of pg_cancel_backend ($ms ms, during a 5 s Retry-After)");
 diag "cancel during backoff: $ms ms";
-my $st = $http->get("$mock/_mock/stats");
-($tries) = $st->{content} =~ /"k-flaky":\{"requests":(\d+)/;
+$tries = mock_get('/_mock/stats')->{models}{'k-flaky'}{requests};
 is($tries, 1, 'no retry was sent after the cancel');
 $v->{stderr} = '';
 is($v->query_safe(q{SELECT canary_call('next', 'u1', 'armed') IS NOT NULL}), 't', 'the next call of that backend works');

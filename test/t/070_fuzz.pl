@@ -14,27 +14,19 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use HTTP::Tiny;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
+my $mock = mock_url();
 my $n = $ENV{LLM_CANARY_FUZZ_N} || 3000;
 my $seed = $ENV{LLM_CANARY_FUZZ_SEED} // 1;
-my $http = HTTP::Tiny->new(timeout => 5);
 
-my $node = PostgreSQL::Test::Cluster->new('fuzz');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('fuzz', conf => qq{
 llm_canary.check_interval = 0
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('fz-oa', qq({"fuzz_seed": $seed}));
 mock_profile('fz-an', sprintf('{"fuzz_seed": %d}', $seed + 1000003));

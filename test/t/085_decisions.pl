@@ -15,17 +15,14 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use CanaryNode;
 
-my $node = PostgreSQL::Test::Cluster->new('decisions');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('decisions', conf => qq{
 llm_canary.check_interval = 0
 });
-$node->start;
 $node->safe_psql('postgres', q{
-CREATE EXTENSION llm_canary;
 INSERT INTO canary_models (name, provider, base_url, model) VALUES
     ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
     ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');

@@ -14,24 +14,18 @@
 use strict;
 use warnings;
 
-use HTTP::Tiny;
 use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use CanaryNode;
+use MockLLM;
 use Time::HiRes qw(usleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
-my $http = HTTP::Tiny->new(timeout => 10);
+my $mock = mock_url();
 
-sub mock_profile
-{
-	my ($model, $profile) = @_;
-	my $r = $http->request('PUT', "$mock/_mock/models/$model",
-		{ content => encode_json($profile), headers => { 'content-type' => 'application/json' } });
-	die "mock PUT $model failed: $r->{status} $r->{content}" unless $r->{success};
-}
 
 my $key = 'sk-llmcanary-SECRET-' . join('', map { ('a' .. 'z', '0' .. '9')[ int(rand(36)) ] } 1 .. 32);
 
@@ -40,11 +34,12 @@ my %seen;
 sub collect { my ($where, $text) = @_; $seen{$where} .= ($text // '') . "\n"; }
 
 
-my $node = PostgreSQL::Test::Cluster->new('secrets');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+# a secret of the server that is not an API key (a database password, a
+# cloud credential): no member of llm_canary_admin may have it sent anywhere
+my $pm_secret = 'pm-SECRET-' . join('', map { ('a' .. 'z', '0' .. '9')[ int(rand(36)) ] } 1 .. 32);
+# only the server process gets the key
+my $node = canary_node('secrets', env => { LLM_CANARY_KEY_SECRET => $key, POSTMASTER_SECRET => $pm_secret },
+	conf => qq{
 llm_canary.check_interval = 0
 log_min_messages = debug5
 log_min_error_statement = debug5
@@ -52,17 +47,7 @@ log_statement = 'all'
 log_error_verbosity = verbose
 client_min_messages = notice
 });
-# a secret of the server that is not an API key (a database password, a
-# cloud credential): no member of llm_canary_admin may have it sent anywhere
-my $pm_secret = 'pm-SECRET-' . join('', map { ('a' .. 'z', '0' .. '9')[ int(rand(36)) ] } 1 .. 32);
-{
-	# only the server process gets the key
-	local $ENV{LLM_CANARY_KEY_SECRET} = $key;
-	local $ENV{POSTMASTER_SECRET} = $pm_secret;
-	$node->start;
-}
 ok(!defined $ENV{LLM_CANARY_KEY_SECRET}, 'the clients of this test do not have the key');
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 # --- models: both providers, answering, rejecting the key, echoing it, hanging, malformed
 my %profiles = (
@@ -108,14 +93,16 @@ sub run_sql
 for my $m (qw(s-oa-ok s-an-ok s-oa-echo200 s-an-echo200))
 {
 	my ($ret, $out) = run_sql("SELECT canary_call('hello', 'u1', 'r-$m') ->> 'response'");
-	is($ret, 0, "canary_call answers through $m");
+	like($out, $m =~ /echo/ ? qr/^Your key is \*{20,}, keep it safe\.$/ : qr/^\Q$profiles{$m}[1]{fixed_text}\E$/,
+		"canary_call answers through $m");
 }
 my ($ret, $out, $err) = run_sql(q{SELECT canary_call('hello', 'u1', 'r-s-oa-echo200') ->> 'response'});
 like($out, qr/^Your key is \*{20,}, keep it safe\.$/m, 'an answer that echoes the key reaches the client redacted');
 for my $m (@failing)
 {
 	($ret, $out, $err) = run_sql("SELECT canary_call('hello', 'u1', 'r-$m')");
-	isnt($ret, 0, "canary_call through $m fails");
+	my $code = $m =~ /hang/ ? '38L01' : '38000';
+	like($err, qr/ERROR:  $code: could not /, "canary_call through $m fails with $code");
 }
 ($ret, $out, $err) = run_sql(q{SELECT canary_call('hello', 'u1', 'r-s-oa-echo401')});
 like($err, qr/DETAIL:  HTTP status 401 \(http_401\): Incorrect API key provided: \*{20,}/,
@@ -128,7 +115,8 @@ for my $m (sort keys %profiles)
 {
 	next if $m eq 's-slow';
 	($ret, $out, $err) = run_sql("SELECT canary_probe('$m', 'hello')");
-	is($ret, 0, "canary_probe of $m returns a result");
+	my ($outcome) = $out =~ /"outcome": "([a-z_]+)"/;
+	is($outcome, $m =~ /hang/ ? 'timeout' : $m =~ /401|bad/ ? 'error' : 'ok', "canary_probe of $m returns its outcome");
 }
 
 # --- shadow calls: old and new answers, echoed keys, failures
@@ -223,7 +211,8 @@ for my $rel (@excluded)
 }
 is(join(' ', sort keys %kinds),
 	'canary_alerts_id_seq canary_csat_id_seq canary_feedback_YYYYMMDD canary_feedback_default'
-	  . ' canary_requests_YYYYMMDD canary_requests_default canary_stage_history_id_seq',
+	  . ' canary_requests_YYYYMMDD canary_requests_default canary_shadow_YYYYMMDD canary_shadow_default'
+	  . ' canary_stage_history_id_seq canary_window_summaries_id_seq',
 	'the relations the application may not dump');
 my $list = join(',', @excluded);
 is($node->safe_psql('postgres', qq{SELECT count(*) FROM unnest('{$list}'::text[]) r(name)
@@ -250,7 +239,7 @@ sub run_ops
 sub mock_requests
 {
 	my ($model) = @_;
-	my $st = decode_json($http->get("$mock/_mock/stats")->{content});
+	my $st = mock_get('/_mock/stats');
 	return $st->{models}{$model} ? $st->{models}{$model}{requests} : 0;
 }
 # early: writing such a model fails, whatever the URL

@@ -82,6 +82,10 @@ for my $m (@members)
 	ok($m->poll_query_until('postgres',
 		q{SELECT count(*) = 1 FROM canary_config WHERE name = 'default' AND stage = 'full' AND new_model = 'new'}),
 		$m->name . ': the control\'s rollout arrives');
+	# each table has its own initial copy: wait for all of them
+	ok($m->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pg_subscription_rel WHERE srsubstate <> 'r'}),
+		$m->name . ': every configuration table is copied');
 	is($m->safe_psql('postgres', q{SELECT count(*) FROM canary_refusal_patterns WHERE pattern = 'fleet test refusal'}),
 		'1', $m->name . ': with the control\'s refusal patterns');
 	is($m->safe_psql('postgres', q{SELECT canary_call('hi', 'u1') ->> 'response'}), 'new answer',
