@@ -51,6 +51,7 @@
  *	 monitor_worker.c the monitor: kill-switch check, webhooks, maintenance
  *	 webhook.c		 alert webhook delivery by the monitor (webhook.h)
  *	 killswitch.c	 canary_check: window summaries and the kill switch
+ *	 fleet.c		 many databases, one rollout: roles, fail-safe, heartbeat
  *	 rollups.c		 the rollups' histograms and their retention setting
  *
  *-------------------------------------------------------------------------
@@ -67,6 +68,7 @@
 #include "chat.h"
 #include "config.h"
 #include "extension.h"
+#include "fleet.h"
 #include "http.h"
 #include "metrics.h"
 #include "provider.h"
@@ -92,6 +94,7 @@ CanaryShmemRequest(void)
 	MetricsRequestShmem();
 	ShadowRequestShmem();
 	BatchRequestShmem();
+	FleetRequestShmem();
 }
 
 /* shmem_startup_hook: create or attach to the metrics queue and shadow slots. */
@@ -103,6 +106,7 @@ CanaryShmemStartup(void)
 	MetricsInitShmem();
 	ShadowInitShmem();
 	BatchInitShmem();
+	FleetInitShmem();
 }
 
 /* Chain the shared memory hooks; only while preloading. */
@@ -124,6 +128,7 @@ _PG_init(void)
 	MetricsInit();
 	WorkerInit();
 	WebhookInit();
+	FleetInit();
 	HttpInit();
 	ChatDefineSettings();
 	BatchDefineSettings();

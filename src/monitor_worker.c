@@ -12,7 +12,9 @@
  *	 - alert webhooks (webhook.c), one alert at a time, about once a
  *	   second, never holding a row lock across the network;
  *	 - canary_maintenance() (partitions ahead, retention) once a day and
- *	   when it first finds the extension, with a lock timeout.
+ *	   when it first finds the extension, with a lock timeout;
+ *	 - the fleet (fleet.c): the heartbeat of a control database or the
+ *	   state report of a member; a member does not judge its rollouts.
  *
  * Started by the launcher (launcher.c) like the metrics worker; SIGTERM
  * ends it after the step in progress (a webhook POST takes at most its
@@ -37,6 +39,7 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
+#include "fleet.h"
 #include "webhook.h"
 #include "worker.h"
 
@@ -56,6 +59,7 @@ static TimestampTz next_extension_check = 0;
 static TimestampTz next_maintenance = 0;
 static TimestampTz next_check = 0;
 static TimestampTz next_webhook = 0;
+static TimestampTz next_fleet = 0;
 
 /*
  * MonitorDefineSettings
@@ -143,6 +147,13 @@ MaintainStep(const char *schema, void *arg)
 	*(TimestampTz *) arg = DatumGetTimestampTz(next);
 }
 
+/* The fleet's heartbeat (control) or state report (member), fleet.c. */
+static void
+FleetStep(const char *schema, void *arg)
+{
+	FleetWorkerStep(schema);
+}
+
 /* ---------------------------------------------------------------------
  * the steps of the loop
  * ---------------------------------------------------------------------
@@ -205,13 +216,24 @@ MonitorMaintainPartitions(void)
 	MonitorStepDone(result);
 }
 
-/* Step: the kill switch, every llm_canary.check_interval. */
+/* Step: the fleet: heartbeat on the control, state report on a member. */
+static void
+MonitorFleetHeartbeat(void)
+{
+	if (!extension_known || FleetWorkerIntervalMs() <= 0 ||
+		GetCurrentTimestamp() < next_fleet)
+		return;
+	MonitorStepDone(WorkerRunStep("llm_canary: fleet heartbeat", FleetStep, NULL));
+	next_fleet = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), FleetWorkerIntervalMs());
+}
+
+/* Step: the kill switch, every llm_canary.check_interval (not on a fleet member). */
 static void
 MonitorCheckKillSwitch(void)
 {
 	int			timeout_ms;
 
-	if (!extension_known || canary_check_interval <= 0 ||
+	if (!extension_known || canary_check_interval <= 0 || !FleetJudgesRollouts() ||
 		GetCurrentTimestamp() < next_check)
 		return;
 	timeout_ms = (int) Min((int64) canary_check_interval * 1000, MONITOR_CHECK_TIMEOUT_MAX_MS);
@@ -275,6 +297,7 @@ CanaryMonitorMain(Datum main_arg)
 		MonitorBeginIteration();
 		MonitorLookForExtension();
 		MonitorMaintainPartitions();
+		MonitorFleetHeartbeat();
 		MonitorCheckKillSwitch();
 		MonitorDeliverAlerts();
 		MonitorWait();

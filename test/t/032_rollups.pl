@@ -32,7 +32,9 @@ $node->safe_psql('postgres', q{
 INSERT INTO canary_models (name, provider, base_url, model) VALUES
   ('model-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
   ('model-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
-INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('roll', 'ramp_25', 'model-old', 'model-new');
+-- decisions as in 1.0 (two windows): this test is about the counts
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
+VALUES ('roll', 'ramp_25', 'model-old', 'model-new', 'confirm_windows');
 });
 $node->poll_query_until('postgres', "SELECT worker_state = 'running' FROM canary_stats()")
   or die 'the worker did not start';
