@@ -12,9 +12,9 @@
  *	 - alert webhooks (webhook.c), one alert at a time, about once a
  *	   second, never holding a row lock across the network;
  *	 - canary_maintenance() (partitions ahead, retention) once a day and
- *	   when it first finds the extension, with a lock timeout;
- *	 - the fleet (fleet.c): the heartbeat of a control database or the
- *	   state report of a member; a member does not judge its rollouts.
+ *	   when it first finds the extension, with a lock timeout.
+ *
+ * A fleet member (fleet.c) does not judge its rollouts: no check there.
  *
  * Started by the launcher (launcher.c) like the metrics worker; SIGTERM
  * ends it after the step in progress (a webhook POST takes at most its
@@ -59,7 +59,6 @@ static TimestampTz next_extension_check = 0;
 static TimestampTz next_maintenance = 0;
 static TimestampTz next_check = 0;
 static TimestampTz next_webhook = 0;
-static TimestampTz next_fleet = 0;
 
 /*
  * MonitorDefineSettings
@@ -147,13 +146,6 @@ MaintainStep(const char *schema, void *arg)
 	*(TimestampTz *) arg = DatumGetTimestampTz(next);
 }
 
-/* The fleet's heartbeat (control) or state report (member), fleet.c. */
-static void
-FleetStep(const char *schema, void *arg)
-{
-	FleetWorkerStep(schema);
-}
-
 /* ---------------------------------------------------------------------
  * the steps of the loop
  * ---------------------------------------------------------------------
@@ -216,17 +208,6 @@ MonitorMaintainPartitions(void)
 	MonitorStepDone(result);
 }
 
-/* Step: the fleet: heartbeat on the control, state report on a member. */
-static void
-MonitorFleetHeartbeat(void)
-{
-	if (!extension_known || FleetWorkerIntervalMs() <= 0 ||
-		GetCurrentTimestamp() < next_fleet)
-		return;
-	MonitorStepDone(WorkerRunStep("llm_canary: fleet heartbeat", FleetStep, NULL));
-	next_fleet = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), FleetWorkerIntervalMs());
-}
-
 /* Step: the kill switch, every llm_canary.check_interval (not on a fleet member). */
 static void
 MonitorCheckKillSwitch(void)
@@ -262,14 +243,30 @@ MonitorDeliverAlerts(void)
 	next_webhook = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), MONITOR_TICK_MS);
 }
 
-/* Step: sleep until the latch is set or the next tick. */
+/* Milliseconds from now until due (0 when past), at most bound. */
+static long
+UntilDue(TimestampTz due, long bound)
+{
+	long		ms = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), due);
+
+	return Max(Min(ms, bound), 0);
+}
+
+/*
+ * Step: sleep until the latch is set or the next check is due, at most a
+ * tick.
+ */
 static void
 MonitorWait(void)
 {
+	long		timeout = MONITOR_TICK_MS;
+
 	if (worker_got_sigterm)
 		return;
+	if (extension_known && canary_check_interval > 0)
+		timeout = UntilDue(next_check, timeout);
 	(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 MONITOR_TICK_MS, PG_WAIT_EXTENSION);
+					 timeout, PG_WAIT_EXTENSION);
 	ResetLatch(MyLatch);
 	if (ProcSignalBarrierPending)
 		ProcessProcSignalBarrier();
@@ -297,7 +294,6 @@ CanaryMonitorMain(Datum main_arg)
 		MonitorBeginIteration();
 		MonitorLookForExtension();
 		MonitorMaintainPartitions();
-		MonitorFleetHeartbeat();
 		MonitorCheckKillSwitch();
 		MonitorDeliverAlerts();
 		MonitorWait();

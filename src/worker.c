@@ -55,6 +55,7 @@
 #include "utils/timestamp.h"
 
 #include "extension.h"
+#include "fleet.h"
 #include "metrics.h"
 #include "shadow.h"
 #include "transfers.h"
@@ -83,6 +84,7 @@ static TimestampTz next_extension_check = 0;
 static TimestampTz next_write_retry = 0;
 static int	write_backoff_ms = 0;
 static bool flush_requested = false;
+static TimestampTz next_fleet = 0;
 
 /*
  * WorkerInit
@@ -342,6 +344,28 @@ WorkerWriteMetrics(void)
 	}
 }
 
+static void
+FleetStep(const char *schema, void *arg)
+{
+	FleetWorkerStep(schema);
+}
+
+/*
+ * Step: the fleet (fleet.c): the heartbeat of a control database, or the
+ * state report of a member, every llm_canary.fleet_heartbeat_interval.
+ * One short write, here rather than in the monitor, so that a hanging
+ * webhook there never makes the members fail safe.
+ */
+static void
+WorkerFleetHeartbeat(void)
+{
+	if (!extension_known || FleetWorkerIntervalMs() <= 0 ||
+		GetCurrentTimestamp() < next_fleet)
+		return;
+	(void) WorkerRunStep("llm_canary: fleet heartbeat", FleetStep, NULL);
+	next_fleet = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), FleetWorkerIntervalMs());
+}
+
 /*
  * Step: move the transfers whose sockets the last wait found ready (or
  * whose libcurl timer is due) and run the completion of those that ended.
@@ -381,6 +405,9 @@ WorkerWaitForWork(void)
 		timeout_ms = Min(timeout_ms, write_backoff_ms);
 	if (!extension_known)
 		timeout_ms = Min(timeout_ms, WORKER_EXTENSION_RECHECK_MS);
+	else if (FleetWorkerIntervalMs() > 0)
+		timeout_ms = Min(timeout_ms,
+						 Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_fleet), 0));
 
 	set = CreateWaitEventSet(LoopContext, nevents);
 	AddWaitEventToSet(set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
@@ -462,6 +489,7 @@ CanaryWorkerMain(Datum main_arg)
 		WorkerBeginIteration();
 		WorkerLookForExtension();
 		WorkerWriteMetrics();
+		WorkerFleetHeartbeat();
 		WorkerRunTransfers();
 		WorkerRunShadowJobs();
 		WorkerWaitForWork();
