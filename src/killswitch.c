@@ -49,14 +49,17 @@
 
 #include <math.h>
 
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "config.h"
+#include "fleet.h"
 #include "sequential.h"
 
 /* One cohort's window. */
@@ -714,36 +717,29 @@ SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
 	return true;
 }
 
-/* The trip reason of a sequential breach, in the article's words. */
+/*
+ * The trip reason of a sequential breach, in the article's words (the
+ * evidence behind it is in the decision stored with the summary).
+ */
 static char *
 SequentialReason(const RolloutRules *rr, CanaryRule rule, const RuleResult *res,
 				 const WindowSummary *w)
 {
-	const char *what;
-	char	   *span = res->minutes == 0 ? pstrdup("since evidence_since") :
-		psprintf("over the last %d min", res->minutes);
-
 	switch (rule)
 	{
 		case RULE_ERROR_RATE:
-			what = psprintf("new-model error_rate=%.3f > %g", res->observed, rr->error_rate);
-			break;
+			return psprintf("new-model error_rate=%.3f > %g", res->observed, rr->error_rate);
 		case RULE_P95:
-			what = psprintf("new-model p95 > %gx baseline (%.0f): %.1f%% of requests slower than %.0f ms",
+			return psprintf("new-model p95 > %gx baseline (%.0f): %.1f%% of requests slower than %.0f ms",
 							rr->p95_ratio, w->baseline.p95, 100 * res->observed,
 							SlowOver(rr, w));
-			break;
 		case RULE_REFUSAL:
-			what = psprintf("refusal_rate=%.3f vs baseline %.3f", res->observed,
+			return psprintf("refusal_rate=%.3f vs baseline %.3f", res->observed,
 							res->limit - rr->refusal_delta);
-			break;
 		default:
-			what = psprintf("thumbs_down_rate=%.3f > %gx baseline %.3f", res->observed,
+			return psprintf("thumbs_down_rate=%.3f > %gx baseline %.3f", res->observed,
 							rr->thumbs_ratio, res->limit / rr->thumbs_ratio);
-			break;
 	}
-	return psprintf("%s (sequential: %lld canary requests %s, evidence %.1f >= %.1f)",
-					what, (long long) res->samples, span, res->evidence, res->needed);
 }
 
 /*
@@ -1059,6 +1055,50 @@ AdvancePlans(const char *schema, Datum name, bool named, TimestampTz at)
 }
 
 /*
+ * AdvancePlansIsolated
+ *		AdvancePlans in a subtransaction: an error of the plan (a shadow
+ *		report that fails, a lock timeout) becomes a WARNING and is rolled
+ *		back alone, so that it never takes the kill switch's checks and
+ *		trips of the same call with it.  A cancel still cancels.  Inside SPI;
+ *		the caller's memory context and resource owner are restored.
+ */
+static void
+AdvancePlansIsolated(const char *schema, Datum name, bool named, TimestampTz at)
+{
+	MemoryContext oldcontext = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcontext);
+	PG_TRY();
+	{
+		AdvancePlans(schema, name, named, at);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcontext);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcontext);
+		CurrentResourceOwner = oldowner;
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			ReThrowError(edata);
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("could not advance the plans: %s", edata->message),
+				 errdetail("The kill switch's checks are not affected; the plan is tried again at the next check.")));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+}
+
+/*
  * canary_check(canary text default null, at timestamptz default now())
  *
  * Checks every armed rollout in a ramp stage or full (or just the named
@@ -1085,6 +1125,7 @@ canary_check(PG_FUNCTION_ARGS)
 				 errmsg("at must not be NULL"),
 				 errhint("Omit the argument to check the window ending now.")));
 	at = PG_GETARG_TIMESTAMPTZ(1);
+	FleetRequireJudge("canary_check");
 	schema = ConfigSchemaName();
 
 	/* the thresholds, through the config cache (42704 for an unknown name) */
@@ -1131,7 +1172,7 @@ canary_check(PG_FUNCTION_ARGS)
 							 rules[i].name, reason);
 	}
 	if (catalog_1_1)
-		AdvancePlans(schema, named ? PG_GETARG_DATUM(0) : (Datum) 0, named, at);
+		AdvancePlansIsolated(schema, named ? PG_GETARG_DATUM(0) : (Datum) 0, named, at);
 	SPI_finish();
 
 	if (result.len == 0)

@@ -43,6 +43,7 @@
  *					 (worker.h)
  *	 webhook.c		 alert webhook delivery by the worker (webhook.h)
  *	 killswitch.c	 canary_check: window summaries and the kill switch
+ *	 fleet.c		 many databases, one rollout: roles, fail-safe, heartbeat
  *	 rollups.c		 the rollups' histograms and their retention setting
  *
  *-------------------------------------------------------------------------
@@ -59,6 +60,7 @@
 #include "chat.h"
 #include "config.h"
 #include "extension.h"
+#include "fleet.h"
 #include "http.h"
 #include "metrics.h"
 #include "provider.h"
@@ -84,6 +86,7 @@ CanaryShmemRequest(void)
 	MetricsRequestShmem();
 	ShadowRequestShmem();
 	BatchRequestShmem();
+	FleetRequestShmem();
 }
 
 /* shmem_startup_hook: create or attach to the metrics queue and shadow slots. */
@@ -95,6 +98,7 @@ CanaryShmemStartup(void)
 	MetricsInitShmem();
 	ShadowInitShmem();
 	BatchInitShmem();
+	FleetInitShmem();
 }
 
 /* Chain the shared memory hooks; only while preloading. */
@@ -116,6 +120,7 @@ _PG_init(void)
 	MetricsInit();
 	WorkerInit();
 	WebhookInit();
+	FleetInit();
 	HttpInit();
 	ChatDefineSettings();
 	BatchDefineSettings();

@@ -63,19 +63,26 @@ static dsa_area *shadow_area = NULL;
 
 /*
  * Jobs this backend dispatched whose old half is still open.  canary_call
- * completes one before it dispatches the next, so a handful is plenty; a
- * job that does not fit is still closed by the worker's grace period.
+ * completes one before it dispatches the next; canary_batch opens one per
+ * row, the submission worker one per submission in flight, so the array
+ * grows (in TopMemoryContext, up to the queue's size); a job that does not
+ * fit is still closed by the worker's grace period.  subid is the
+ * subtransaction that opened the job (InvalidSubTransactionId for a job
+ * kept across a commit), so that the abort of one batch row's
+ * subtransaction closes that row's job only.
  */
-#define MAX_OPEN_JOBS 8
 typedef struct OpenJob
 {
 	pg_uuid_t	request_id;
 	int			slot;
 	uint64		seq;
+	SubTransactionId subid;
 } OpenJob;
-static OpenJob open_jobs[MAX_OPEN_JOBS];
+static OpenJob *open_jobs = NULL;
+static int	open_jobs_cap = 0;
 static int	n_open_jobs = 0;
 static bool callbacks_registered = false;
+static bool keep_open_jobs_at_commit = false;
 
 /*
  * ShadowDefineSettings
@@ -246,13 +253,15 @@ ShadowFreeSlot(ShadowSlot *slot)
 }
 
 /*
- * Close the old half of this backend's open jobs as "missing": the call
- * that dispatched them ended without an answer from the old model.
+ * Close the old half of this backend's open jobs opened in subtransaction
+ * from or later (InvalidSubTransactionId: all) as "missing": the call that
+ * dispatched them ended without an answer from the old model.
  */
 static void
-CloseOpenJobs(void)
+CloseOpenJobs(SubTransactionId from)
 {
 	Latch	   *latch = NULL;
+	int			kept = 0;
 
 	if (n_open_jobs == 0 || ShadowState == NULL)
 		return;
@@ -261,6 +270,11 @@ CloseOpenJobs(void)
 	{
 		ShadowSlot *slot = &ShadowState->slots[open_jobs[i].slot];
 
+		if (open_jobs[i].subid < from)
+		{
+			open_jobs[kept++] = open_jobs[i];
+			continue;
+		}
 		if (slot->seq != open_jobs[i].seq || slot->old_done ||
 			(slot->state != SHADOW_SLOT_PENDING && slot->state != SHADOW_SLOT_RUNNING))
 			continue;
@@ -272,9 +286,21 @@ CloseOpenJobs(void)
 			latch = ShadowState->worker_latch;
 	}
 	LWLockRelease(ShadowState->lock);
-	n_open_jobs = 0;
+	n_open_jobs = kept;
 	if (latch)
 		SetLatch(latch);
+}
+
+/*
+ * ShadowKeepOpenJobsAtCommit
+ *		For a process whose calls outlive the transaction that began them
+ *		(the submission worker): a commit keeps the open jobs, which
+ *		ShadowCompleteOld completes in a later transaction.
+ */
+void
+ShadowKeepOpenJobsAtCommit(void)
+{
+	keep_open_jobs_at_commit = true;
 }
 
 /*
@@ -286,9 +312,15 @@ CloseOpenJobs(void)
 static void
 ShadowXactCallback(XactEvent event, void *arg)
 {
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
-		event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
-		CloseOpenJobs();
+	if (event == XACT_EVENT_COMMIT && keep_open_jobs_at_commit)
+	{
+		/* subtransaction ids start again in the next transaction */
+		for (int i = 0; i < n_open_jobs; i++)
+			open_jobs[i].subid = InvalidSubTransactionId;
+	}
+	else if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT ||
+			 event == XACT_EVENT_COMMIT || event == XACT_EVENT_PREPARE)
+		CloseOpenJobs(InvalidSubTransactionId);
 }
 
 static void
@@ -296,7 +328,7 @@ ShadowSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 					  SubTransactionId parentSubid, void *arg)
 {
 	if (event == SUBXACT_EVENT_ABORT_SUB)
-		CloseOpenJobs();
+		CloseOpenJobs(mySubid);
 }
 
 /* Counted drop; never raises. */
@@ -439,11 +471,30 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	latch = ShadowState->worker_latch;
 	LWLockRelease(ShadowState->lock);
 
-	if (n_open_jobs < MAX_OPEN_JOBS)
+	if (n_open_jobs == open_jobs_cap && open_jobs_cap < ShadowState->nslots)
+	{
+		/* grow without raising: a job that does not fit is only untracked */
+		int			cap = Min(Max(open_jobs_cap * 2, 8), ShadowState->nslots);
+		OpenJob    *grown = MemoryContextAllocExtended(TopMemoryContext,
+													   sizeof(OpenJob) * cap,
+													   MCXT_ALLOC_NO_OOM);
+
+		if (grown != NULL)
+		{
+			if (n_open_jobs > 0)
+				memcpy(grown, open_jobs, sizeof(OpenJob) * n_open_jobs);
+			if (open_jobs != NULL)
+				pfree(open_jobs);
+			open_jobs = grown;
+			open_jobs_cap = cap;
+		}
+	}
+	if (n_open_jobs < open_jobs_cap)
 	{
 		open_jobs[n_open_jobs].request_id = *request_id;
 		open_jobs[n_open_jobs].slot = slotno;
 		open_jobs[n_open_jobs].seq = seq;
+		open_jobs[n_open_jobs].subid = GetCurrentSubTransactionId();
 		n_open_jobs++;
 	}
 	if (latch)

@@ -40,6 +40,7 @@ extern void ShadowCompleteOld(const pg_uuid_t *request_id,
 							  const CanaryAttempt *old_attempt);
 
 extern bool ShadowWaitIdle(long timeout_ms);
+extern void ShadowKeepOpenJobsAtCommit(void);
 
 /* worker side */
 extern void ShadowWorkerInit(void);

@@ -111,6 +111,7 @@ typedef struct ShadowJob
 	bool		done;
 	TimestampTz done_at;
 	char	   *new_text;
+	Jsonb	   *new_answer;		/* a chat answer (RequestParseResponse), or NULL */
 	int			new_tokens;		/* -1: NULL */
 	int			new_latency_ms; /* -1: NULL */
 	bool		new_provider_refusal;
@@ -470,12 +471,13 @@ ShadowJobCompleted(ShadowJob *job, CURLcode rc)
 			a.error = "malformed_response";
 		}
 		PG_END_TRY();
+		/* canary_shadow and the cache must never hold the key, even if the upstream echoes it */
+		RequestRedactKey(&job->model, &a);
 		MemoryContextSwitchTo(old);
 
 		ShadowJobReleaseCurl(job);
-		/* canary_shadow must never hold the key, even if the upstream echoes it */
-		HttpRedactKey(&job->model, a.text);
 		job->new_text = a.text;
+		job->new_answer = a.answer;
 		job->new_tokens = a.completion_tokens;
 		job->new_provider_refusal = a.provider_refusal;
 		ShadowJobFinish(job, a.error, now);
@@ -845,6 +847,7 @@ ShadowInsertRows(List *jobs)
 			memset(&a, 0, sizeof(a));
 			a.outcome = job->new_provider_refusal ? CANARY_OUTCOME_REFUSAL : CANARY_OUTCOME_OK;
 			a.text = job->new_text;
+			a.answer = job->new_answer; /* a chat hit needs the whole answer */
 			a.prompt_tokens = -1;
 			a.completion_tokens = job->new_tokens;
 			a.provider_refusal = job->new_provider_refusal;

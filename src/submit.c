@@ -60,6 +60,7 @@
 #include "extension.h"
 #include "metrics.h"
 #include "routing.h"
+#include "shadow.h"
 #include "submit.h"
 #include "worker.h"
 
@@ -457,6 +458,8 @@ CanarySubmitWorkerMain(Datum main_arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(WorkerDatabaseName(), NULL, 0);
 	BatchSetSubmitWorkerPid(MyProcPid);
+	/* a call begins in one transaction and ends in a later one */
+	ShadowKeepOpenJobsAtCommit();
 	engine_parent = AllocSetContextCreate(TopMemoryContext, "llm_canary submissions",
 										  ALLOCSET_DEFAULT_SIZES);
 

@@ -53,6 +53,7 @@
 #include "utils/timestamp.h"
 
 #include "extension.h"
+#include "fleet.h"
 #include "metrics.h"
 #include "shadow.h"
 #include "webhook.h"
@@ -350,7 +351,8 @@ typedef enum WorkerJob
 	WORKER_JOB_WRITE,			/* write a batch of metrics */
 	WORKER_JOB_MAINTAIN,		/* canary_maintenance() */
 	WORKER_JOB_CHECK,			/* canary_check() */
-	WORKER_JOB_WEBHOOK			/* deliver pending alerts */
+	WORKER_JOB_WEBHOOK,			/* deliver pending alerts */
+	WORKER_JOB_FLEET			/* fleet heartbeat or member report */
 } WorkerJob;
 
 static WriteResult
@@ -372,6 +374,7 @@ WorkerTransaction(const CanaryMetricRecord *recs, int n, WorkerJob job,
 							   job == WORKER_JOB_MAINTAIN ? "llm_canary: partition maintenance" :
 							   job == WORKER_JOB_CHECK ? "llm_canary: kill-switch check" :
 							   job == WORKER_JOB_WEBHOOK ? "llm_canary: alert webhook" :
+							   job == WORKER_JOB_FLEET ? "llm_canary: fleet heartbeat" :
 							   "llm_canary: writing metrics");
 
 		extoid = get_extension_oid(LLM_CANARY_EXTNAME, true);
@@ -389,6 +392,8 @@ WorkerTransaction(const CanaryMetricRecord *recs, int n, WorkerJob job,
 				WorkerCheck(schema);
 			else if (job == WORKER_JOB_WEBHOOK)
 				WebhookDeliverPending(schema);
+			else if (job == WORKER_JOB_FLEET)
+				FleetWorkerStep(schema);
 			else if (n > 0)
 				WorkerInsertBatch(schema, recs, n);
 		}
@@ -534,6 +539,7 @@ CanaryWorkerMain(Datum main_arg)
 	TimestampTz next_maintenance = 0;
 	TimestampTz next_check = 0;
 	TimestampTz next_webhook = 0;
+	TimestampTz next_fleet = 0;
 	int			backoff_ms = 0;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -626,8 +632,17 @@ CanaryWorkerMain(Datum main_arg)
 															   WORKER_MAINTENANCE_RETRY_MS);
 		}
 
-		/* the kill switch, every llm_canary.check_interval */
-		if (extension_known && canary_check_interval > 0 &&
+		/* the fleet: heartbeat on the control, state report on a member */
+		if (extension_known && FleetWorkerIntervalMs() > 0 &&
+			GetCurrentTimestamp() >= next_fleet)
+		{
+			(void) WorkerTransaction(NULL, 0, WORKER_JOB_FLEET, NULL);
+			next_fleet = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 FleetWorkerIntervalMs());
+		}
+
+		/* the kill switch, every llm_canary.check_interval (not on a fleet member) */
+		if (extension_known && canary_check_interval > 0 && FleetJudgesRollouts() &&
 			GetCurrentTimestamp() >= next_check)
 		{
 			(void) WorkerTransaction(NULL, 0, WORKER_JOB_CHECK, NULL);

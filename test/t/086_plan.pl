@@ -180,7 +180,29 @@ is(sq("SELECT string_agg(gate || '=' || ok, ' ' ORDER BY gate) FROM canary_plan(
 is(sq("SELECT coalesce(due_at::text, 'never') || ' ' || detail FROM canary_plan('plan_stuck', '" . at(24 * 30) . "') WHERE gate = 'next stage'"),
 	'never a gate does not open by itself at the current traffic', 'and the next stage is not due');
 
-my ($ret, $out, $err) = $node->psql('postgres', "SELECT * FROM canary_plan('nope')");
+# --- a plan that fails never takes the kill switch with it ------------------------------
+sq(q{
+CREATE FUNCTION no_advance_alerts() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.kind = 'advance' THEN RAISE EXCEPTION 'no advance alerts today'; END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER no_advance_alerts BEFORE INSERT ON canary_alerts
+    FOR EACH ROW EXECUTE FUNCTION no_advance_alerts();
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, auto_advance)
+  VALUES ('plan_boom', 'ramp_5', 'm-old', 'm-new', now(), true);
+});
+sq("SELECT put('plan_boom', '" . at(1) . "', 'control', 20000, 9500), put('plan_boom', '" . at(1) . "', 'canary', 1000, 500, 100)");
+my ($ret, $out, $err) = $node->psql('postgres', "SELECT canary_check('plan_boom', '" . at(1) . "')");
+like($out, qr/^new-model error_rate=0\.100/, 'the kill switch trips although the plan fails in the same check');
+like($err, qr/WARNING:  could not advance the plans: no advance alerts today/, 'the plan\'s error is a warning');
+is(sq(q{SELECT stage || ' ' || auto_advance || ' ' || kill_switch_armed || ' '
+         || (SELECT string_agg(kind, ',') FROM canary_alerts WHERE canary = 'plan_boom')
+          FROM canary_config WHERE name = 'plan_boom'}),
+	'ramp_5 true false kill_switch', 'the trip and its alert stay; the failed plan step is rolled back alone');
+sq('DROP TRIGGER no_advance_alerts ON canary_alerts');
+
+($ret, $out, $err) = $node->psql('postgres', "SELECT * FROM canary_plan('nope')");
 like($err, qr/rollout "nope" does not exist/, 'canary_plan of an unknown rollout');
 
 $node->stop;

@@ -100,7 +100,7 @@ BEGIN
         -- time is over (the plan runs with every check)
         gate := 'shadow report ready';
         IF p_at < since + dwell THEN
-            ok := false; detail := 'read when the dwell time is over';
+            ok := false; due_at := since + dwell; detail := 'read when the dwell time is over';
             RETURN NEXT;
             RETURN;
         END IF;
