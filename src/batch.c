@@ -681,6 +681,8 @@ BatchPump(BatchEngine *e, long timeout_ms)
 		}
 		if (InterruptPending && (QueryCancelPending || ProcDiePending))
 			AbortForInterrupt(e);
+		/* the rest (a signal barrier, a memory-context log request) at once */
+		CHECK_FOR_INTERRUPTS();
 
 		settle = 0;
 		foreach(lc, e->items)

@@ -1162,7 +1162,9 @@ ReadAnswer(const CanaryModel *model, JsonbContainer *root, JsonbParseState **st,
 
 			if (!JIsObject(blk))
 				return -1;
-			JGet(blk->val.binary.data, "type", &type);
+			/* a block without "type" is skipped, not read from the stack */
+			if (JGet(blk->val.binary.data, "type", &type) == NULL)
+				type.type = jbvNull;
 			if (JStrEq(&type, "text"))
 			{
 				if (!JIsString(JGet(blk->val.binary.data, "text", &t)))

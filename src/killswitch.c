@@ -59,6 +59,7 @@
 #include "utils/timestamp.h"
 
 #include "config.h"
+#include "fleet.h"
 #include "sequential.h"
 
 /* One cohort's window. */
@@ -1124,6 +1125,7 @@ canary_check(PG_FUNCTION_ARGS)
 				 errmsg("at must not be NULL"),
 				 errhint("Omit the argument to check the window ending now.")));
 	at = PG_GETARG_TIMESTAMPTZ(1);
+	FleetRequireJudge("canary_check");
 	schema = ConfigSchemaName();
 
 	/* the thresholds, through the config cache (42704 for an unknown name) */

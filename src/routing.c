@@ -32,6 +32,7 @@
 #include "utils/numeric.h"
 
 #include "extension.h"
+#include "fleet.h"
 #include "routing.h"
 #include "util.h"
 
@@ -228,6 +229,7 @@ RouteDecide(const CanaryRollout *r, const char *user_id, int user_len,
 		RouteBySession(r, user_id, user_len, session_id, decision);
 	else
 		RouteByHash(r, user_id, user_len, decision);
+	FleetRouteOverride(r, decision);
 }
 
 /* Shared argument handling of canary_route and canary_cohort. */

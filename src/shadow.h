@@ -11,7 +11,8 @@
  *	  missing worker: shadow traffic never hurts the user's call.
  *
  *	  Worker side (called by worker.c's loop): ShadowWorkerStep accepts new
- *	  jobs, drives the libcurl multi transfers and writes finished rows.
+ *	  jobs (their transfers run on the worker's multi loop, transfers.h)
+ *	  and writes finished rows.
  *
  *-------------------------------------------------------------------------
  */
@@ -40,13 +41,12 @@ extern void ShadowCompleteOld(const pg_uuid_t *request_id,
 							  const CanaryAttempt *old_attempt);
 
 extern bool ShadowWaitIdle(long timeout_ms);
+extern void ShadowKeepOpenJobsAtCommit(void);
 
 /* worker side */
 extern void ShadowWorkerInit(void);
 extern void ShadowWorkerStep(void);
 extern long ShadowWorkerTimeoutMs(long default_ms);
-extern void ShadowWorkerAddWaitEvents(WaitEventSet *set);
-extern int	ShadowWorkerWaitEventCount(void);
 extern void ShadowWorkerShutdown(void);
 
 #endif							/* LLM_CANARY_SHADOW_H */

@@ -130,7 +130,8 @@ BEGIN
               WHERE canary_prometheus.canary IS NULL OR c.name = canary_prometheus.canary ORDER BY c.name LOOP
         out := out || format(E'llm_canary_percent_new{canary="%s"} %s\n', r.name, r.percent_new);
     END LOOP;
-    RETURN out;
+    -- in a fleet: the fail-safe, the lag from the control database
+    RETURN out || @extschema@.canary_fleet_prometheus();
 END;
 $$;
 COMMENT ON FUNCTION canary_prometheus(text) IS

@@ -116,7 +116,9 @@ BEGIN
         'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
         'samples_new', p_samples_new,
         'samples_old', p_samples_old,
-        'auto_action', format('all traffic routed to %s', cfg.old_model));
+        'auto_action', format('all traffic routed to %s', cfg.old_model))
+        -- in a fleet, the members the evidence came from
+        || @extschema@.canary_fleet_alert_members(p_canary, cfg.window_seconds);
     PERFORM @extschema@.canary_raise_alert(p_canary, p_kind, payload);
     RETURN payload;
 END;

@@ -198,5 +198,14 @@ my ($ret, $out, $err) = $node->psql('postgres',
 like($err, qr/54000.*chat request is too large/s, 'a body over the size cap: 54000');
 is(mock_total(), $before, 'no invalid request reached the mock');
 
+# an Anthropic content block without "type" is skipped (it was read through
+# an uninitialised JsonbValue: after a text block it counted as text)
+mock_profile('t-typeless', '{"status": 200, "body": {"id": "m", "type": "message", "role": "assistant", "model": "t-typeless", "content": [{"type": "text", "text": "kept"}, {"text": " ghost"}], "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}}');
+$node->safe_psql('postgres', qq{INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries)
+	VALUES ('typeless', 'anthropic', '$mock/v1', 't-typeless', 'LLM_CANARY_TEST_KEY', 0);
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('r-typeless', 'full', 'typeless', 'typeless')});
+$r = chat(q{{"messages": [{"role": "user", "content": "hi"}]}}, 'r-typeless');
+is($r->{response} . '|' . $r->{finish_reason}, 'kept|stop', 'a content block without "type" is skipped');
+
 $node->stop;
 done_testing();

@@ -1,9 +1,15 @@
-# The server-wide limit of model requests in flight
-# (llm_canary.max_concurrent_requests) after the submission worker exits
-# with transfers in flight: terminated (SIGTERM) or canceled (an ERROR).
-# The worker must come back, and the slots its transfers held must be free
-# again: before, they stayed taken until the server restarted, so a few such
-# exits left no slot for any canary_batch or submission.
+# Interrupts and exits around the concurrent transport (batch.c):
+#  - canary_batch waiting for its transfers processes every interrupt at
+#    once: a ProcSignalBarrier (DROP DATABASE of another database emits one)
+#    and a memory-context log request were served only when the batch
+#    ended (up to the models' timeout), as canary_call's were before
+#    045_http's fix;
+#  - the server-wide limit of model requests in flight
+#    (llm_canary.max_concurrent_requests) after the submission worker exits
+#    with transfers in flight, terminated (SIGTERM) or canceled (an ERROR):
+#    the worker must come back, and the slots its transfers held must be
+#    free again (they stayed taken until the server restarted, so a few
+#    such exits left no slot for any canary_batch or submission).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -32,6 +38,47 @@ INSERT INTO canary_config (name, stage, old_model, new_model) VALUES
   ('r-good', 'full', 'good', 'good'), ('r-hang', 'full', 'hang', 'hang');
 });
 
+# --- interrupts while a batch waits for its transfers
+$node->safe_psql('postgres', 'CREATE DATABASE doomed');
+mock_profile('sl-hang', '{"hang": true}');
+my $bg = $node->background_psql('postgres', on_error_stop => 0);
+$bg->query_until(qr/started/, q{\echo started
+SELECT count(*) FROM canary_batch(ARRAY['w1', 'w2'], ARRAY['u-wait'], 'r-hang', concurrency => 2);
+});
+ok($node->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT count(*) FROM canary_batch(%'}),
+	'a batch waits for a hanging model (timeout_ms 60000)');
+usleep(300_000);
+my $bpid = $node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT count(*) FROM canary_batch(%'});
+my $log_offset = -s $node->logfile;
+my $t0 = time;
+$node->safe_psql('postgres', "SELECT pg_log_backend_memory_contexts($bpid)");
+my $logged = 0;
+for (1 .. 60)
+{
+	if (slurp_file($node->logfile, $log_offset) =~ /logging memory contexts of PID $bpid/)
+	{
+		$logged = 1;
+		last;
+	}
+	usleep(50_000);
+}
+my $took = time - $t0;
+ok($logged && $took < 3, sprintf('a batch in flight processes interrupts: memory contexts logged after %.2f s', $took));
+$t0 = time;
+$node->safe_psql('postgres', 'DROP DATABASE doomed');
+$took = time - $t0;
+cmp_ok($took, '<', 3, sprintf('DROP DATABASE of another database finishes in %.2f s during the batch', $took));
+is($node->safe_psql('postgres',
+		q{SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT count(*) FROM canary_batch(%'}),
+	'1', 'and the batch is still waiting for its model');
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($bpid)");
+$bg->quit;
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM pg_stat_activity WHERE query LIKE 'SELECT count(*) FROM canary_batch(%'});
+
+# --- the submission worker exits with transfers in flight
 sub worker_pid
 {
 	return $node->safe_psql('postgres',

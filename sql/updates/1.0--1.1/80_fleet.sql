@@ -1,0 +1,1 @@
+../../parts/80_fleet.sql

@@ -1,0 +1,39 @@
+/*-------------------------------------------------------------------------
+ *
+ * fleet.h
+ *	  Many application databases, one rollout: the control database's
+ *	  configuration flows down to the members over logical replication, the
+ *	  members' evidence flows up, and a member that stops hearing from the
+ *	  control database fails safe.  See src/fleet.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef LLM_CANARY_FLEET_H
+#define LLM_CANARY_FLEET_H
+
+#include "routing.h"
+
+typedef enum CanaryFleetRole
+{
+	CANARY_FLEET_STANDALONE,
+	CANARY_FLEET_CONTROL,
+	CANARY_FLEET_MEMBER
+} CanaryFleetRole;
+
+/* llm_canary.c: settings (defined only while preloading) and shared memory */
+extern void FleetInit(void);
+extern void FleetRequestShmem(void);
+extern void FleetInitShmem(void);
+
+/* routing.c: the fail-safe, after every routing decision */
+extern void FleetRouteOverride(const CanaryRollout *r, RouteDecision *d);
+
+/* killswitch.c and worker.c: only a standalone or control database judges */
+extern bool FleetJudgesRollouts(void);
+extern void FleetRequireJudge(const char *what);
+
+/* worker.c: heartbeat (control) or status report (member), SPI connected */
+extern long FleetWorkerIntervalMs(void);
+extern void FleetWorkerStep(const char *schema);
+
+#endif							/* LLM_CANARY_FLEET_H */

@@ -1,0 +1,166 @@
+# Fleet benchmarks (BENCHMARKS.md, "Fleet"), run like a TAP file so that it
+# gets the private PostgreSQL copy and the mock server of test/run_one.sh:
+#   bash test/run_one.sh tap test/bench/fleet.pl
+#
+# 1. Trip propagation: the time from a trip's commit on the control database
+#    (pg_xact_commit_timestamp of the canary_config row) to the last
+#    member's first old-model routing decision, over FLEET_BENCH_TRIPS trips
+#    (default 100).  On each member a long-lived backend routes one user in a
+#    loop (a procedure that commits and sleeps 1 ms between decisions) and
+#    notes the clock when it first sees the old model; all three clusters
+#    run on this machine, so their clocks agree.
+# 2. The control database's check cost with the rollups of 2, 10 and 50
+#    simulated members carrying the same total traffic (1,000 requests/s, a
+#    quarter on the canary, 5-minute window, an hour of rollups retained),
+#    canary_check() timed over 20 runs each.  Skipped where the tree has no
+#    canary_rollups.  FLEET_BENCH_TRIPS=5 runs this part with few trips.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib "$FindBin::Bin/../t";
+use MockLLM;
+use Time::HiRes qw(time usleep);
+
+my $mock = $ENV{LLM_CANARY_MOCK_URL} or plan skip_all => 'LLM_CANARY_MOCK_URL is not set';
+my $trips = $ENV{FLEET_BENCH_TRIPS} // 100;
+
+sub node
+{
+	my ($name, $role, $extra) = @_;
+	my $n = PostgreSQL::Test::Cluster->new("bench_$name");
+	$n->init(allows_streaming => 'logical');
+	$n->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'llm_canary'
+llm_canary.database_name = 'postgres'
+llm_canary.check_interval = 0
+llm_canary.fleet_role = '$role'
+llm_canary.member = '$name'
+max_worker_processes = 16
+$extra
+});
+	$n->start;
+	$n->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
+	return $n;
+}
+
+# --- 1. trip propagation -------------------------------------------------------
+my $control = node('control', 'control', 'track_commit_timestamp = on');
+my @members = (node('m1', 'member', ''), node('m2', 'member', ''));
+$control->safe_psql('postgres', qq{
+INSERT INTO canary_models (name, provider, base_url, model) VALUES
+  ('old', 'openai', '$mock/v1', 'b-old'), ('new', 'openai', '$mock/v1', 'b-new');
+UPDATE canary_config SET old_model = 'old', new_model = 'new', stage = 'full';
+SELECT canary_fleet_publish();
+});
+my $cconn = $control->connstr . ' dbname=postgres';
+my @bg;
+for my $m (@members)
+{
+	my $name = $m->name =~ s/^bench_//r;
+	$m->safe_psql('postgres', qq{
+SELECT canary_fleet_join();
+CREATE SUBSCRIPTION llm_canary_config CONNECTION '$cconn' PUBLICATION llm_canary_config
+  WITH (slot_name = 'llm_canary_config_$name');
+CREATE TABLE bench_seen (trip int PRIMARY KEY, seen timestamptz);
+CREATE PROCEDURE bench_wait(trip int, want text)
+LANGUAGE plpgsql AS \$\$
+BEGIN
+    FOR i IN 1 .. 20000 LOOP
+        IF canary_route('u1') = want THEN
+            INSERT INTO bench_seen VALUES (trip, clock_timestamp());
+            RETURN;
+        END IF;
+        COMMIT;
+        PERFORM pg_sleep(0.001);
+    END LOOP;
+END;
+\$\$;
+});
+	$m->poll_query_until('postgres', q{SELECT canary_route('u1') = 'new'})
+	  or die "$name never routed to the new model";
+	push @bg, $m->background_psql('postgres');
+}
+
+my @delays;
+for my $trip (1 .. $trips)
+{
+	$_->query_until(qr/waiting/, "\\echo waiting\nCALL bench_wait($trip, 'old');\n") for @bg;
+	usleep(20_000);
+	$control->safe_psql('postgres', qq{SELECT canary_trip('default', 'bench trip $trip')});
+	my $commit = $control->safe_psql('postgres',
+		q{SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM canary_config WHERE name = 'default'});
+	my $last = 0;
+	for my $m (@members)
+	{
+		$m->poll_query_until('postgres', "SELECT count(*) = 1 FROM bench_seen WHERE trip = $trip")
+		  or die "trip $trip never seen";
+		my $seen = $m->safe_psql('postgres', "SELECT extract(epoch FROM seen) FROM bench_seen WHERE trip = $trip");
+		$last = $seen if $seen > $last;
+	}
+	push @delays, ($last - $commit) * 1000;
+	$_->query_safe('SELECT 1') for @bg;    # the CALL has returned
+	$control->safe_psql('postgres', q{SELECT canary_rearm('default')});
+	for my $m (@members)
+	{
+		$m->poll_query_until('postgres', q{SELECT canary_route('u1') = 'new'}) or die 'rearm never arrived';
+	}
+}
+$_->quit for @bg;
+my @sorted = sort { $a <=> $b } @delays;
+my $pct = sub { $sorted[ int(($_[0] / 100) * (@sorted - 1) + 0.5) ] };
+diag(sprintf('trip to last member\'s old-model decision over %d trips: p50 %.1f ms, p99 %.1f ms, max %.1f ms',
+	scalar(@sorted), $pct->(50), $pct->(99), $sorted[-1]));
+cmp_ok($pct->(99), '<=', 2000, 'p99 within the goal of 2 s');
+$_->stop for @members;
+
+# --- 2. the control's check cost by number of members -------------------------
+SKIP:
+{
+	skip 'this tree has no canary_rollups', 1
+	  unless $control->safe_psql('postgres', q{SELECT to_regclass('canary_rollups') IS NOT NULL}) eq 't';
+	$control->safe_psql('postgres', q{
+INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows, decision_mode)
+  VALUES ('bench', 'ramp_25', 'old', 'new', 2, 'confirm_windows');
+-- one histogram per cohort and member count, reused by every row
+CREATE TABLE bench_hist AS
+SELECT n.members, c.cohort,
+       (1000 * 30 * CASE c.cohort WHEN 'canary' THEN 0.25 ELSE 0.75 END / n.members)::bigint AS requests,
+       (SELECT canary_hist_agg(40 + (g * 7919) % 400)
+          FROM generate_series(1, (1000 * 30 * CASE c.cohort WHEN 'canary' THEN 0.25 ELSE 0.75 END / n.members)::int) g) AS hist
+  FROM (VALUES (2), (10), (50)) n(members), (VALUES ('canary'), ('control')) c(cohort);
+});
+	my %cost;
+	for my $n (2, 10, 50)
+	{
+		$control->safe_psql('postgres', qq{
+TRUNCATE canary_rollups;
+DELETE FROM canary_window_summaries;
+INSERT INTO canary_rollups (canary, bucket_end, member, stage, cohort, model, fallback, cached,
+                            requests, outcome_ok, outcome_error, latency_count, latency_sum, latency_hist)
+SELECT 'bench', date_trunc('minute', now()) - (b * interval '30 seconds'), 'm' || m, 'ramp_25', h.cohort,
+       CASE h.cohort WHEN 'canary' THEN 'new' ELSE 'old' END, false, false,
+       h.requests, h.requests - h.requests / 100, h.requests / 100, h.requests, h.requests * 200, h.hist
+  FROM generate_series(0, 119) b, generate_series(1, $n) m, bench_hist h
+ WHERE h.members = $n;
+ANALYZE canary_rollups;
+});
+		my $sql = join("\n", map { "SELECT canary_check('bench', date_trunc('minute', now()));" } 1 .. 20);
+		$control->safe_psql('postgres', "SELECT canary_check('bench', date_trunc('minute', now()))");    # warm
+		my $t0 = time;
+		$control->safe_psql('postgres', $sql);
+		$cost{$n} = (time - $t0) / 20 * 1000;
+		my $rows = $control->safe_psql('postgres', 'SELECT count(*) FROM canary_rollups');
+		diag(sprintf('canary_check with %2d members (%6d rollup rows, same total traffic): %.2f ms', $n, $rows, $cost{$n}));
+	}
+	# Not flat (BENCHMARKS.md): the window's rollup rows grow with the
+	# number of members (one row per member, bucket and cohort), and so does
+	# the histogram merging.  Reported, not asserted.
+	diag(sprintf('ratio 10/2 members: %.2f, 50/2 members: %.2f', $cost{10} / $cost{2}, $cost{50} / $cost{2}));
+	is($control->safe_psql('postgres', q{SELECT kill_switch_armed FROM canary_config WHERE name = 'bench'}), 't',
+		'the simulated traffic (1 % errors in both cohorts) does not trip');
+}
+$control->stop;
+done_testing();

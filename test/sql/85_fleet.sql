@@ -1,0 +1,30 @@
+-- The fleet's SQL surface on a standalone database (the default role).  The
+-- fleet itself (three clusters, logical replication) is test/t/100_fleet.pl.
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+
+-- a standalone database: no member name, never fails safe
+SELECT role, member, heard_at, lag_ms, fail_safe, fail_safe_routes FROM canary_fleet_local();
+SELECT canary_fleet_prometheus() = '' AS no_fleet_metrics;
+SELECT * FROM canary_fleet();
+
+-- publishing and joining need a role
+SELECT canary_fleet_publish();
+SELECT canary_fleet_join();
+
+-- the standalone database writes its configuration as always
+UPDATE canary_config SET salt = salt WHERE name = 'default';
+
+-- the fleet's triggers: guards fire for local writes (origin), cache
+-- invalidation and the heartbeat stamp only for rows the subscription
+-- applies (replica)
+SELECT tgrelid::regclass::text AS "table", tgname, tgenabled
+  FROM pg_trigger
+ WHERE tgname LIKE '%fleet%' AND NOT tgisinternal
+ ORDER BY 1, 2;
+
+-- what a member's worker reports, and what canary_fleet makes of it
+SELECT canary_fleet_report('m-test', now(), false, 0);
+SELECT member, fail_safe, routing ? 'default' AS routes_default FROM canary_fleet_members;
+SELECT member, state, reported_at IS NOT NULL AS reported FROM canary_fleet();
+DELETE FROM canary_fleet_members;

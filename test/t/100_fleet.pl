@@ -1,0 +1,312 @@
+# The fleet on real logical replication: one control database and two
+# members, three local clusters, traffic through canary_call on both members
+# (the mock LLM server).  Configuration flows down (a trip on the control
+# stops new-model calls on every member, a member refuses writes of its
+# own), evidence flows up (canary_fleet on the control), a member cut off
+# from the control fails safe after llm_canary.fleet_max_lag, and a member
+# that restarts catches up.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use FindBin;
+use lib $FindBin::Bin;
+use MockLLM;
+use Time::HiRes qw(time usleep);
+
+my $mock = $ENV{LLM_CANARY_MOCK_URL}
+  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
+
+mock_profile('f-old', '{"fixed_text": "old answer", "latency_ms": 2}');
+mock_profile('f-new', '{"fixed_text": "new answer", "latency_ms": 2}');
+
+# --- three clusters ----------------------------------------------------------
+sub fleet_node
+{
+	my ($name, $role) = @_;
+	my $node = PostgreSQL::Test::Cluster->new("fleet_$name");
+	$node->init(allows_streaming => 'logical');
+	$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'llm_canary'
+llm_canary.database_name = 'postgres'
+llm_canary.check_interval = 0
+llm_canary.fleet_role = '$role'
+llm_canary.member = '$name'
+llm_canary.fleet_heartbeat_interval = '200ms'
+llm_canary.fleet_max_lag = '3s'
+max_worker_processes = 16
+});
+	$node->start;
+	$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
+	return $node;
+}
+
+my $control = fleet_node('control', 'control');
+my @members = (fleet_node('m1', 'member'), fleet_node('m2', 'member'));
+my ($m1, $m2) = @members;
+
+$control->safe_psql('postgres', qq{
+INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries) VALUES
+  ('old', 'openai', '$mock/v1', 'f-old', 'LLM_CANARY_TEST_KEY', 0),
+  ('new', 'openai', '$mock/v1', 'f-new', 'LLM_CANARY_TEST_KEY', 0);
+UPDATE canary_config SET old_model = 'old', new_model = 'new', stage = 'full';
+INSERT INTO canary_refusal_patterns (pattern) VALUES ('fleet test refusal');
+});
+is($control->safe_psql('postgres', 'SELECT canary_fleet_publish()'), 'llm_canary_config',
+	'the control publishes llm_canary_config');
+is($control->safe_psql('postgres', q{SELECT string_agg(tablename, ',' ORDER BY tablename)
+	FROM pg_publication_tables WHERE pubname = 'llm_canary_config'}),
+	'canary_config,canary_fleet_heartbeat,canary_models,canary_refusal_patterns',
+	'with the configuration tables and the heartbeat');
+
+my $control_conn = $control->connstr . ' dbname=postgres';
+for my $m (@members)
+{
+	my $name = $m->name =~ s/^fleet_//r;
+	is($m->safe_psql('postgres', 'SELECT canary_fleet_join()'), '11',
+		"$name: canary_fleet_join empties the fresh install's rollout, models and patterns (1 + 0 + 10 rows)");
+	is($m->safe_psql('postgres', 'SELECT canary_fleet_publish()'), 'llm_canary_evidence, llm_canary_requests',
+		"$name publishes llm_canary_evidence and llm_canary_requests");
+	$m->safe_psql('postgres',
+		"CREATE SUBSCRIPTION llm_canary_config CONNECTION '$control_conn' PUBLICATION llm_canary_config"
+		  . " WITH (slot_name = 'llm_canary_config_$name')");
+	my $mconn = $m->connstr . ' dbname=postgres';
+	$control->safe_psql('postgres',
+		"CREATE SUBSCRIPTION llm_canary_from_$name CONNECTION '$mconn' PUBLICATION llm_canary_evidence, llm_canary_requests");
+}
+
+# --- configuration flows down ----------------------------------------------
+for my $m (@members)
+{
+	ok($m->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM canary_config WHERE name = 'default' AND stage = 'full' AND new_model = 'new'}),
+		$m->name . ': the control\'s rollout arrives');
+	# each table has its own initial copy: wait for all of them
+	ok($m->poll_query_until('postgres',
+		q{SELECT count(*) = 0 FROM pg_subscription_rel WHERE srsubstate <> 'r'}),
+		$m->name . ': every configuration table is copied');
+	is($m->safe_psql('postgres', q{SELECT count(*) FROM canary_refusal_patterns WHERE pattern = 'fleet test refusal'}),
+		'1', $m->name . ': with the control\'s refusal patterns');
+	is($m->safe_psql('postgres', q{SELECT canary_call('hi', 'u1') ->> 'response'}), 'new answer',
+		$m->name . ': canary_call is served by the new model at stage full');
+}
+
+# a member refuses writes of its own, naming the control database
+my ($ret, $out, $err) = $m1->psql('postgres', q{UPDATE canary_config SET stage = 'ramp_1'},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/55000: cannot change table "canary_config" on fleet member "m1"/,
+	'a member refuses an UPDATE of canary_config (55000)');
+like($err, qr/replicated from the control database "postgres" \(fleet member "control"\)/,
+	'the error names the control database');
+($ret, $out, $err) = $m2->psql('postgres', q{SELECT canary_trip('default', 'local trip')});
+like($err, qr/cannot change table "canary_config" on fleet member "m2"/,
+	'a trip on a member is refused too');
+($ret, $out, $err) = $m2->psql('postgres', q{SELECT canary_check()});
+like($err, qr/canary_check runs on the fleet's control database, not on member "m2"/,
+	'canary_check on a member is refused');
+($ret, $out, $err) = $m1->psql('postgres', q{DELETE FROM canary_models});
+like($err, qr/cannot change table "canary_models" on fleet member "m1"/, 'so is a DELETE of canary_models');
+
+# --- a trip on the control stops new-model calls on every member -------------
+# Long-lived backends: the trip must reach them through the cache invalidation
+# sent by the applied rows, not through a new connection.
+my @apps = map { $_->background_psql('postgres') } @members;
+for my $i (0, 1)
+{
+	is($apps[$i]->query_safe(q{SELECT canary_call('hi', 'u1') ->> 'model'}), 'new',
+		"member " . ($i + 1) . ": a long-lived backend calls the new model before the trip");
+}
+my $t0 = time;
+$control->safe_psql('postgres', q{SELECT canary_trip('default', 'fleet trip test')});
+my @seen = (0, 0);
+for my $attempt (1 .. 200)
+{
+	for my $i (0, 1)
+	{
+		next if $seen[$i];
+		$seen[$i] = time - $t0
+		  if $apps[$i]->query_safe(q{SELECT canary_route('u1')}) eq 'old';
+	}
+	last if $seen[0] && $seen[1];
+	usleep(25_000);
+}
+ok($seen[0] && $seen[0] < 2, "member 1 routes to the old model ${seen[0]} s after the trip's commit");
+ok($seen[1] && $seen[1] < 2, "member 2 routes to the old model ${seen[1]} s after the trip's commit");
+for my $i (0, 1)
+{
+	is($apps[$i]->query_safe(q{SELECT canary_call('hi', 'u1') ->> 'model'}), 'old',
+		"member " . ($i + 1) . ": the next canary_call in the same backend is served by the old model");
+}
+$control->safe_psql('postgres', q{SELECT canary_rearm('default')});
+for my $i (0, 1)
+{
+	ok(poll_bg($apps[$i], q{SELECT canary_route('u1')}, 'new'),
+		"member " . ($i + 1) . ": the re-arm reaches it too");
+}
+
+# Poll a background session until the query returns the expected value (10 s).
+sub poll_bg
+{
+	my ($bg, $sql, $want) = @_;
+	for (1 .. 400)
+	{
+		return 1 if $bg->query_safe($sql) eq $want;
+		usleep(25_000);
+	}
+	return 0;
+}
+
+# --- evidence flows up: canary_fleet on the control --------------------------
+ok($control->poll_query_until('postgres',
+	q{SELECT string_agg(member || ':' || state, ',' ORDER BY member) = 'm1:ok,m2:ok' FROM canary_fleet()}),
+	'canary_fleet on the control: both members report, routing as the control says');
+cmp_ok($control->safe_psql('postgres',
+	q{SELECT extract(epoch FROM max(config_lag)) FROM canary_fleet()}), '<', 2,
+	'the members\' configuration lag, measured on the control\'s clock, is under 2 s');
+
+# --- a regression that shows only in the fleet's combined traffic -----------
+# Each member alone has fewer canary samples than min_samples; together they
+# have enough, and the control's check trips the rollout for the whole fleet.
+my $have_rollups = $control->safe_psql('postgres',
+	q{SELECT to_regclass('canary_rollups') IS NOT NULL}) eq 't';
+SKIP:
+{
+	skip 'this tree has no canary_rollups yet (issue 12)', 14 unless $have_rollups;
+
+	mock_profile('f-flaky', '{"fixed_text": "flaky answer", "latency_ms": 2, "error_rate": 0.2}');
+	$control->safe_psql('postgres', qq{
+INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries)
+  VALUES ('flaky', 'openai', '$mock/v1', 'f-flaky', 'LLM_CANARY_TEST_KEY', 0);
+INSERT INTO canary_config (name, stage, old_model, new_model, min_samples, confirm_windows)
+  VALUES ('comb', 'full', 'old', 'flaky', 150, 1);
+});
+	is($control->safe_psql('postgres', 'SELECT canary_fleet_publish()'), 'llm_canary_config',
+		'canary_fleet_publish is idempotent');
+	for my $m (@members)
+	{
+		$m->poll_query_until('postgres', q{SELECT count(*) = 1 FROM canary_config WHERE name = 'comb'})
+		  or die 'rollout comb did not reach ' . $m->name;
+	}
+	my %local;
+	my $calls = sub {
+		my ($m, $name) = @_;
+		$m->safe_psql('postgres', qq{
+SELECT count(canary_call('$name prompt ' || i, '$name-user-' || i, 'comb')) FROM generate_series(1, 100) i;
+SELECT canary_flush();});
+		$local{$name} = $m->safe_psql('postgres',
+			q{SELECT sum(requests) FILTER (WHERE NOT fallback) || '/' || sum(outcome_error) FILTER (WHERE NOT fallback)
+			    FROM canary_rollups WHERE canary = 'comb'});
+		ok($control->poll_query_until('postgres',
+			qq{SELECT coalesce(sum(requests) FILTER (WHERE NOT fallback) || '/' || sum(outcome_error) FILTER (WHERE NOT fallback), '')
+			     = '$local{$name}' FROM canary_rollups WHERE canary = 'comb' AND member = '$name'}),
+			"$name: its rollups ($local{$name} new-model attempts/errors) reach the control");
+	};
+	$calls->($m1, 'm1');
+	like($local{m1}, qr{^100/(1[0-9]|2[0-9]|3[0-9])$}, 'member 1: 100 new-model attempts, about 20 % failed');
+	is($control->safe_psql('postgres', q{SELECT canary_check('comb')}), '',
+		'member 1 alone is below min_samples: the control does not trip');
+	$calls->($m2, 'm2');
+	like($control->safe_psql('postgres', q{SELECT canary_check('comb')}),
+		qr/^new-model error_rate=0\.[12][0-9]* > 0\.02/,
+		'with member 2\'s traffic the combined evidence trips the rollout on the control');
+	is($control->safe_psql('postgres',
+		q{SELECT payload -> 'members' FROM canary_alerts WHERE canary = 'comb' ORDER BY id DESC LIMIT 1}),
+		'["m1", "m2"]', 'the alert says which members the evidence came from');
+	is($control->safe_psql('postgres',
+		q{SELECT (payload ->> 'samples_new')::int FROM canary_alerts WHERE canary = 'comb' ORDER BY id DESC LIMIT 1}),
+		'200', 'and counts both members\' samples');
+	is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_requests WHERE canary = 'comb' AND NOT fallback}),
+		'200', 'the members\' raw rows reach the control too (inserts only)');
+	is($control->safe_psql('postgres', q{SELECT sum(requests) FILTER (WHERE NOT fallback) FROM canary_rollups WHERE canary = 'comb'}),
+		'200', 'and are not counted again in the control\'s rollups');
+	$control->safe_psql('postgres', q{
+INSERT INTO canary_csat (user_id, score, request_id)
+SELECT user_id, 2, request_id FROM canary_requests
+ WHERE canary = 'comb' AND user_id = 'm2-user-7' AND NOT fallback});
+	is($control->safe_psql('postgres',
+		q{SELECT cohort || ':' || responses FROM canary_csat_report('comb', 1)}),
+		'canary:1', 'a CSAT score for a member\'s user is attributed on the control (the CSAT check sees the fleet)');
+	for my $m (@members)
+	{
+		ok($m->poll_query_until('postgres', q{SELECT canary_route('anyone', 'comb') = 'old'}),
+			$m->name . ': the fleet-wide trip routes everyone to the old model');
+	}
+	like($control->safe_psql('postgres',
+		q{SELECT string_agg(member || ':' || (last_evidence IS NOT NULL), ',' ORDER BY member) FROM canary_fleet()}),
+		qr/^m1:true,m2:true$/, 'canary_fleet shows each member\'s last evidence');
+}
+
+# --- a member cut off from the control fails safe ----------------------------
+my $log_offset = -s $m2->logfile;
+$m2->safe_psql('postgres', 'ALTER SUBSCRIPTION llm_canary_config DISABLE');
+my $cut = time;
+ok(poll_bg($apps[1], q{SELECT canary_route('u1')}, 'old'), 'member 2, cut off, routes to the old model');
+my $after = time - $cut;
+cmp_ok($after, '>=', 2.5, "not before llm_canary.fleet_max_lag (3 s): after ${after} s");
+cmp_ok($after, '<', 6, 'but soon after it');
+is($apps[0]->query_safe(q{SELECT canary_route('u1')}), 'new', 'member 1, still connected, routes to the new model');
+is($apps[1]->query_safe(q{SELECT canary_call('hi', 'u1') ->> 'model'}), 'old',
+	'member 2 serves canary_call with the old model');
+ok($m2->wait_for_log(qr/llm_canary fleet member "m2" is failing safe: every user is routed to the old model/, $log_offset),
+	'member 2 says so in its log');
+like($m2->safe_psql('postgres', 'SELECT canary_prometheus()'),
+	qr/^llm_canary_fleet_fail_safe\{member="m2",role="member"\} 1$/m,
+	'and in its Prometheus metrics (canary_prometheus)');
+ok($control->poll_query_until('postgres',
+	q{SELECT state = 'fail_safe' FROM canary_fleet() WHERE member = 'm2'}),
+	'canary_fleet on the control shows member 2 failing safe');
+
+# the fail-safe can be switched off
+$m2->safe_psql('postgres', q{ALTER SYSTEM SET llm_canary.fleet_max_lag = 0; SELECT pg_reload_conf()});
+ok(poll_bg($apps[1], q{SELECT canary_route('u1')}, 'new'), 'llm_canary.fleet_max_lag = 0 switches the fail-safe off');
+$m2->safe_psql('postgres', q{ALTER SYSTEM RESET llm_canary.fleet_max_lag; SELECT pg_reload_conf()});
+$m2->safe_psql('postgres', q{ALTER SYSTEM SET llm_canary.fleet_max_lag = '3s'; SELECT pg_reload_conf()});
+ok(poll_bg($apps[1], q{SELECT canary_route('u1')}, 'old'), 'switched on again, it fails safe again');
+
+# reconnected, it follows the control again
+$log_offset = -s $m2->logfile;
+$m2->safe_psql('postgres', 'ALTER SUBSCRIPTION llm_canary_config ENABLE');
+ok(poll_bg($apps[1], q{SELECT canary_route('u1')}, 'new'), 'member 2, reconnected, routes by the rollout again');
+ok($m2->wait_for_log(qr/llm_canary fleet member "m2" hears from the control database again/, $log_offset),
+	'and logs it');
+like($m2->safe_psql('postgres', 'SELECT canary_fleet_prometheus()'),
+	qr/^llm_canary_fleet_fail_safe\{member="m2",role="member"\} 0$/m, 'its fail-safe gauge is 0 again');
+cmp_ok($m2->safe_psql('postgres', 'SELECT fail_safe_routes FROM canary_fleet_local()'), '>=', 2,
+	'the fail-safe routing decisions were counted');
+$_->quit for @apps;
+
+# --- a member that restarts catches up ----------------------------------------
+# Evidence written just before an immediate stop reaches the control once
+# the member is back: nothing lost, nothing counted twice.
+my $evidence_q = q{SELECT coalesce(sum(requests), 0) FROM canary_rollups WHERE member = 'm1'};
+if ($have_rollups)
+{
+	$m1->safe_psql('postgres', q{
+SELECT count(canary_call('late prompt ' || i, 'late-user-' || i)) FROM generate_series(1, 50) i;
+SELECT canary_flush();});
+}
+$m1->stop('immediate');
+$control->safe_psql('postgres', q{UPDATE canary_config SET stage = 'ramp_5'});
+$m1->start;
+ok($m1->poll_query_until('postgres', q{SELECT stage = 'ramp_5' FROM canary_config WHERE name = 'default'}),
+	'member 1 restarted: the stage changed while it was down arrives');
+ok($m1->poll_query_until('postgres', q{SELECT NOT fail_safe FROM canary_fleet_local()}),
+	'and it does not fail safe once it hears from the control');
+is($m1->safe_psql('postgres', q{SELECT count(*) FROM generate_series(1, 2000) i
+	WHERE canary_route('user' || i) = 'new'}),
+	$control->safe_psql('postgres', q{SELECT count(*) FROM generate_series(1, 2000) i
+	WHERE canary_bucket('user' || i, '') < 5}),
+	'member 1 routes the same users to the new model as the control\'s stage says');
+SKIP:
+{
+	skip 'this tree has no canary_rollups yet (issue 12)', 2 unless $have_rollups;
+	my $m1_total = $m1->safe_psql('postgres', $evidence_q);
+	ok($control->poll_query_until('postgres', "SELECT ($evidence_q) = $m1_total"),
+		"member 1's evidence on the control equals its own after the restart ($m1_total requests)");
+	sleep 1;
+	is($control->safe_psql('postgres', $evidence_q), $m1_total, 'and is not counted twice');
+}
+
+$_->stop for ($control, @members);
+done_testing();
