@@ -35,13 +35,21 @@
  *	 probe.c		 canary_probe: one call of a model, nothing recorded
  *	 metrics_queue.c the shared-memory queue of metric records and the
  *					 worker's identity (metrics.h)
- *	 metrics_funcs.c canary_record, canary_flush, canary_stats
+ *	 metrics_funcs.c canary_record, canary_flush, canary_wait_metrics,
+ *					 canary_stats
+ *	 metrics_write.c a batch of metric records as rows of canary_requests
+ *					 (metrics.h)
  *	 shadow.c		 shadow mode, backend side: dispatch to the worker
  *					 (shadow.h, shadow_internal.h)
- *	 shadow_worker.c shadow mode, worker side: transfers and rows
- *	 worker.c		 the background worker's loop and its settings
+ *	 shadow_worker.c shadow mode, worker side: jobs and rows
+ *	 launcher.c		 the launcher: waits for the database, starts and
+ *					 restarts the two workers (worker.h)
+ *	 worker.c		 the metrics worker's loop and the workers' settings
  *					 (worker.h)
- *	 webhook.c		 alert webhook delivery by the worker (webhook.h)
+ *	 transfers.c	 the metrics worker's libcurl multi loop, driven by
+ *					 curl_multi_socket_action (transfers.h)
+ *	 monitor_worker.c the monitor: kill-switch check, webhooks, maintenance
+ *	 webhook.c		 alert webhook delivery by the monitor (webhook.h)
  *	 killswitch.c	 canary_check: window summaries and the kill switch
  *	 fleet.c		 many databases, one rollout: roles, fail-safe, heartbeat
  *	 rollups.c		 the rollups' histograms and their retention setting

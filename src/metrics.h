@@ -124,4 +124,7 @@ extern void MetricsQueueWriteFailed(void);
 extern uint64 MetricsQueueDepth(void);
 extern bool MetricsTakeFlushRequest(void);
 
+/* metrics_write.c: one batch of records as rows of <schema>.canary_requests */
+extern void MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n);
+
 #endif							/* LLM_CANARY_METRICS_H */

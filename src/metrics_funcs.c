@@ -10,6 +10,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -212,6 +213,33 @@ canary_flush(PG_FUNCTION_ARGS)
 				 errhint("canary_shadow_stats() shows the jobs in flight; shadow calls wait up to the new model's timeout_ms.")));
 	(void) MetricsQueueGetStats(&stats);
 	PG_RETURN_INT64((int64) stats.written);
+}
+
+/*
+ * canary_wait_metrics(timeout interval) RETURNS boolean
+ *
+ * Wait at most timeout until every metric record enqueued before the call
+ * was written; unlike canary_flush, never for shadow jobs, and never an
+ * error (but 57014 on cancel): false when the worker did not write them in
+ * time or does not serve this database.  canary_feedback waits with it.
+ */
+PG_FUNCTION_INFO_V1(canary_wait_metrics);
+Datum
+canary_wait_metrics(PG_FUNCTION_ARGS)
+{
+	long		timeout_ms = IntervalMs(PG_GETARG_INTERVAL_P(0));
+	char	   *dbname;
+	uint64		target;
+
+	if (!CanaryLibraryPreloaded())
+		PG_RETURN_BOOL(false);
+	dbname = get_database_name(MyDatabaseId);
+	if (dbname == NULL || WorkerDatabaseName() == NULL ||
+		strcmp(dbname, WorkerDatabaseName()) != 0)
+		PG_RETURN_BOOL(false);
+	target = MetricsEnqueuedSoFar();
+	MetricsRequestFlush();
+	PG_RETURN_BOOL(MetricsWaitWritten(target, timeout_ms));
 }
 
 /*

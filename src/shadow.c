@@ -10,12 +10,13 @@
  * fixed-size facts of a request; the variable-length parts (the whole
  * prompt, up to megabytes, and later the old model's answer) live in a DSA
  * area, so the fixed memory stays small and a big prompt costs only what
- * it needs.  The worker creates the area (a backend finding none knows no
- * worker ever ran and drops the job); backends attach lazily and pin the
- * mapping for their lifetime.  Payload bytes in the area are counted under
- * the lock and capped by llm_canary.shadow_max_bytes, allocations use
- * DSA_ALLOC_NO_OOM: shadow traffic gives way, the user's call never fails
- * because of it.  Every drop is counted in shared memory.
+ * it needs.  Whoever needs the area first (a backend, or the worker)
+ * creates it and pins it for the server's life; the others attach lazily
+ * and pin the mapping for their lifetime.  Payload bytes in the area are
+ * counted under the lock and capped by llm_canary.shadow_max_bytes;
+ * allocations run in a subtransaction of their own (ShadowTryCopy): shadow
+ * traffic gives way, the user's call never fails because of it.  Every
+ * drop is counted in shared memory.
  *
  * A job has two halves.  ShadowMaybeDispatch publishes it before the old
  * model is called and sets the worker's latch; ShadowCompleteOld adds the
@@ -39,6 +40,7 @@
 #include "storage/shmem.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "extension.h"
@@ -54,6 +56,22 @@ int			shadow_max_bytes_mb = 64;
 bool		shadow_store_prompt = true;
 int			shadow_concurrency = 16;
 int			shadow_grace_ms = 300000;
+
+/* llm_canary.debug_fail_shadow_alloc: a fault injection for the tests */
+typedef enum ShadowAllocFault
+{
+	SHADOW_FAULT_OFF,
+	SHADOW_FAULT_PROMPT,		/* the prompt's copy at dispatch raises */
+	SHADOW_FAULT_OLD_ANSWER		/* the old answer's copy raises */
+} ShadowAllocFault;
+
+static const struct config_enum_entry shadow_fault_options[] = {
+	{"off", SHADOW_FAULT_OFF, false},
+	{"prompt", SHADOW_FAULT_PROMPT, false},
+	{"old_answer", SHADOW_FAULT_OLD_ANSWER, false},
+	{NULL, 0, false}
+};
+static int	shadow_debug_fail_alloc = SHADOW_FAULT_OFF;
 
 #define SHADOW_LWLOCK_TRANCHE	"llm_canary_shadow"
 #define SHADOW_DSA_TRANCHE		"llm_canary_shadow_area"
@@ -83,6 +101,7 @@ static int	open_jobs_cap = 0;
 static int	n_open_jobs = 0;
 static bool callbacks_registered = false;
 static bool keep_open_jobs_at_commit = false;
+static bool in_alloc_subxact = false;	/* ShadowTryCopy's own subtransaction */
 
 /*
  * ShadowDefineSettings
@@ -132,6 +151,15 @@ ShadowDefineSettings(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomEnumVariable("llm_canary.debug_fail_shadow_alloc",
+							 "Makes the shadow memory allocations of prompts or old answers raise an error (a fault injection for tests).",
+							 "Simulates dynamic shared memory that cannot grow (/dev/shm full): the job is dropped or its old answer not stored; the call goes on.",
+							 &shadow_debug_fail_alloc,
+							 SHADOW_FAULT_OFF,
+							 shadow_fault_options,
+							 PGC_SUSET,
+							 GUC_NOT_IN_SAMPLE,
+							 NULL, NULL, NULL);
 }
 
 static Size
@@ -187,9 +215,10 @@ ShadowInitShmem(void)
 /*
  * ShadowArea
  *		This process's attachment to the shadow DSA area, or NULL when none
- *		exists yet and create is false.  Only the worker creates it (create
- *		= true).  The mapping is pinned: it lives as long as the process.
- *		May raise ERROR if the DSM segments cannot be mapped.
+ *		exists yet and create is false; with create, the first caller (a
+ *		backend dispatching a job, or the worker) creates it.  The mapping
+ *		is pinned: it lives as long as the process.  May raise ERROR if the
+ *		DSM segments cannot be created or mapped.
  */
 dsa_area *
 ShadowArea(bool create)
@@ -207,7 +236,7 @@ ShadowArea(bool create)
 	handle = ShadowState->dsa;
 	if (handle == DSM_HANDLE_INVALID && create)
 	{
-		/* the area outlives the worker: a restarted worker attaches again */
+		/* the area outlives its creator: it lives until the server stops */
 		shadow_area = dsa_create(ShadowState->dsa_tranche);
 		dsa_pin(shadow_area);
 		dsa_pin_mapping(shadow_area);
@@ -327,8 +356,87 @@ static void
 ShadowSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 					  SubTransactionId parentSubid, void *arg)
 {
-	if (event == SUBXACT_EVENT_ABORT_SUB)
+	if (event == SUBXACT_EVENT_ABORT_SUB && !in_alloc_subxact)
 		CloseOpenJobs(mySubid);
+}
+
+/*
+ * ShadowTryCopy
+ *		Copy len bytes of data and a NUL into a new chunk of the shadow DSA
+ *		area, creating the area or attaching to it first.  Returns
+ *		InvalidDsaPointer when that fails, for any reason.  what names the
+ *		copy for llm_canary.debug_fail_shadow_alloc.
+ *
+ * DSA_ALLOC_NO_OOM does not stop dsm_create from raising (too many
+ * segments, /dev/shm full), and a raise would leave the caller's slot and
+ * byte reservation behind.  So the work runs in an internal subtransaction,
+ * as PL/pgSQL runs an exception block: an ERROR inside is caught, logged,
+ * and its locks and resources are released by the subtransaction's abort;
+ * the user's call goes on (a cancel caught here is raised again at the
+ * caller's next CHECK_FOR_INTERRUPTS, after the slot was given back).  Caller must be in a transaction, not in
+ * parallel mode, and hold no LWLock.
+ */
+static dsa_pointer
+ShadowTryCopy(const char *data, Size len, ShadowAllocFault what)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	volatile dsa_pointer dp = InvalidDsaPointer;
+
+	BeginInternalSubTransaction(NULL);
+	in_alloc_subxact = true;	/* its abort is not the call's */
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		dsa_area   *area = ShadowArea(true);
+		dsa_pointer p;
+
+		if (shadow_debug_fail_alloc == what)
+		{
+			/* as dsm_create raising inside dsa_allocate, under the area's lock */
+			LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+			ereport(ERROR,
+					(errcode(ERRCODE_OUT_OF_MEMORY),
+					 errmsg("could not allocate shadow memory: injected fault"),
+					 errdetail("llm_canary.debug_fail_shadow_alloc is on.")));
+		}
+		p = dsa_allocate_extended(area, len + 1, DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
+		if (DsaPointerIsValid(p))
+		{
+			memcpy(dsa_get_address(area, p), data, len);
+			((char *) dsa_get_address(area, p))[len] = '\0';
+		}
+		dp = p;
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		/* a cancel or termination is not ours to swallow: raise it again soon */
+		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			QueryCancelPending = InterruptPending = true;
+		else if (edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+			ProcDiePending = InterruptPending = true;
+		else
+			ereport(LOG,
+					(errmsg("llm_canary could not store a shadow job in shared memory: %s",
+							edata->message),
+					 edata->detail ? errdetail_internal("%s", edata->detail) : 0));
+		FreeErrorData(edata);
+		dp = InvalidDsaPointer;
+	}
+	PG_END_TRY();
+	in_alloc_subxact = false;
+	return dp;
 }
 
 /* Counted drop; never raises. */
@@ -347,9 +455,12 @@ CountDrop(uint64 *counter)
  *
  * prompt is the prompt, or with is_chat the normalised chat request's
  * JSON text (canary_chat), which the worker sends in the new model's
- * dialect.  Called by canary_call before it calls the old model.  Never raises
- * because the queue is full, the memory budget is spent or no worker runs:
- * those drops are counted.  Allocates nothing in the caller's context.
+ * dialect.  Called by canary_call before it calls the old model.  Never
+ * raises because the queue is full, the memory budget is spent or shared
+ * memory cannot grow: those drops are counted.  While no worker runs (the
+ * seconds after a server start, a worker restart) jobs wait in the queue
+ * like metric records; only a full queue drops them.  Allocates nothing in
+ * the caller's context.
  */
 void
 ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
@@ -361,7 +472,6 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	uint64		seq = 0;
 	Size		prompt_len = strlen(prompt);
 	Size		budget = (Size) shadow_max_bytes_mb * 1024 * 1024;
-	dsa_area   *area;
 	dsa_pointer dp;
 	Latch	   *latch;
 
@@ -372,11 +482,10 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 		   pg_prng_double(&pg_global_prng_state) < rollout->shadow_sample_rate)))
 		return;
 
-	/* no worker ever created the area, or none runs now */
-	area = ShadowArea(false);
-	if (area == NULL || ShadowState->worker_latch == NULL)
+	/* a shadow call needs a subtransaction of its own (ShadowTryCopy) */
+	if (IsInParallelMode())
 	{
-		CountDrop(&ShadowState->dropped_no_worker);
+		CountDrop(&ShadowState->dropped_memory);
 		return;
 	}
 
@@ -407,7 +516,11 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	}
 	if (slotno < 0)
 	{
-		ShadowState->dropped_queue_full++;
+		/* while no worker serves the queue, jobs wait: that is why it is full */
+		if (ShadowState->worker_latch == NULL)
+			ShadowState->dropped_no_worker++;
+		else
+			ShadowState->dropped_queue_full++;
 		LWLockRelease(ShadowState->lock);
 		return;
 	}
@@ -421,12 +534,25 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 
 	/*
 	 * Fill the slot without the lock: nobody else touches a FILLING slot.
-	 * Nothing below can raise (NO_OOM, HUGE: no size error), so the slot is
-	 * never left FILLING.
+	 * Nothing below raises (ShadowTryCopy catches what the DSA raises, and
+	 * if it cannot even start its subtransaction the slot is given back
+	 * before the error goes on), so the slot is never left FILLING.
 	 */
-	dp = dsa_allocate_extended(area, prompt_len + 1, DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
-	if (DsaPointerIsValid(dp))
-		memcpy(dsa_get_address(area, dp), prompt, prompt_len + 1);
+	PG_TRY();
+	{
+		dp = ShadowTryCopy(prompt, prompt_len, SHADOW_FAULT_PROMPT);
+	}
+	PG_CATCH();
+	{
+		/* not even a subtransaction could start: give the slot back */
+		LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+		ShadowState->bytes_in_use -= prompt_len + 1;
+		slot->state = SHADOW_SLOT_FREE;
+		slot->seq = 0;
+		LWLockRelease(ShadowState->lock);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 
 	slot->backend_pid = MyProcPid;
 	slot->request_id = *request_id;
@@ -502,6 +628,41 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 }
 
 /*
+ * ShadowCopyOldAnswer
+ *		ShadowTryCopy of the old answer of the job (slotno, seq), whose
+ *		text_len + 1 bytes the caller reserved and whose entry it took out
+ *		of open_jobs.  If not even a subtransaction could start, give the
+ *		bytes back and reopen the job before the error goes on, so that the
+ *		abort closes its old half as "missing".
+ */
+static dsa_pointer
+ShadowCopyOldAnswer(const char *text, Size text_len, const pg_uuid_t *request_id,
+					int slotno, uint64 seq)
+{
+	dsa_pointer dp = InvalidDsaPointer;
+
+	PG_TRY();
+	{
+		dp = ShadowTryCopy(text, text_len, SHADOW_FAULT_OLD_ANSWER);
+	}
+	PG_CATCH();
+	{
+		LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+		ShadowState->bytes_in_use -= text_len + 1;
+		LWLockRelease(ShadowState->lock);
+		Assert(n_open_jobs < open_jobs_cap);	/* its entry was just freed */
+		open_jobs[n_open_jobs].request_id = *request_id;
+		open_jobs[n_open_jobs].slot = slotno;
+		open_jobs[n_open_jobs].seq = seq;
+		open_jobs[n_open_jobs].subid = GetCurrentSubTransactionId();
+		n_open_jobs++;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return dp;
+}
+
+/*
  * ShadowCompleteOld
  *		Add the old model's answer to the job dispatched for request_id, if
  *		any.  Called by canary_call after the old model answered or failed.
@@ -548,12 +709,7 @@ ShadowCompleteOld(const pg_uuid_t *request_id, const CanaryModel *old_model,
 		}
 		LWLockRelease(ShadowState->lock);
 		if (reserved)
-		{
-			dp = dsa_allocate_extended(shadow_area, text_len + 1,
-									   DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
-			if (DsaPointerIsValid(dp))
-				memcpy(dsa_get_address(shadow_area, dp), old_attempt->text, text_len + 1);
-		}
+			dp = ShadowCopyOldAnswer(old_attempt->text, text_len, request_id, slotno, seq);
 		not_stored = !DsaPointerIsValid(dp);
 		if (reserved && not_stored)
 		{

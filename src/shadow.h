@@ -11,7 +11,8 @@
  *	  missing worker: shadow traffic never hurts the user's call.
  *
  *	  Worker side (called by worker.c's loop): ShadowWorkerStep accepts new
- *	  jobs, drives the libcurl multi transfers and writes finished rows.
+ *	  jobs (their transfers run on the worker's multi loop, transfers.h)
+ *	  and writes finished rows.
  *
  *-------------------------------------------------------------------------
  */
@@ -46,8 +47,6 @@ extern void ShadowKeepOpenJobsAtCommit(void);
 extern void ShadowWorkerInit(void);
 extern void ShadowWorkerStep(void);
 extern long ShadowWorkerTimeoutMs(long default_ms);
-extern void ShadowWorkerAddWaitEvents(WaitEventSet *set);
-extern int	ShadowWorkerWaitEventCount(void);
 extern void ShadowWorkerShutdown(void);
 
 #endif							/* LLM_CANARY_SHADOW_H */

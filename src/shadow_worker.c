@@ -6,17 +6,12 @@
  *	  multi, and writes a row to canary_shadow once both the old and the new
  *	  answer are in.
  *
- * Integration with the worker loop (worker.c).  One curl multi handle
- * drives up to llm_canary.shadow_concurrency transfers.  Its socket
- * callback keeps a table of the sockets libcurl wants watched and its timer
- * callback the next deadline; no other work is done in either (no palloc,
- * no ereport).  The worker loop builds a WaitEventSet each iteration with
- * room for ShadowWorkerWaitEventCount() sockets, lets
- * ShadowWorkerAddWaitEvents() add them, waits at most
- * ShadowWorkerTimeoutMs(), then calls ShadowWorkerStep(), which calls
- * curl_multi_perform: with a few dozen transfers at most, letting libcurl
- * look at all of them is as cheap as dispatching per socket and leaves no
- * socket bookkeeping to get wrong.
+ * Integration with the worker loop (worker.c).  A job's transfers (the new
+ * model's answer, then maybe the embeddings of both answers) run on the
+ * worker's multi loop (transfers.c), up to llm_canary.shadow_concurrency at
+ * once; each transfer's end comes back through ShadowTransferDone.  The
+ * loop calls ShadowWorkerStep once per iteration (take queued jobs, write
+ * finished rows) and bounds its sleep by ShadowWorkerTimeoutMs.
  *
  * Ownership.  Every job has its own memory context; a reset callback on it
  * releases the job's easy handle, header list and response buffer (which
@@ -71,8 +66,8 @@
 #include "provider.h"
 #include "shadow.h"
 #include "shadow_internal.h"
+#include "transfers.h"
 
-#define SHADOW_MAX_SOCKETS	1024
 #define SHADOW_INSERT_COLUMNS 22
 #define SHADOW_LIVENESS_POLL_MS 1000
 
@@ -127,72 +122,13 @@ typedef struct ShadowJob
 	double		similarity;
 } ShadowJob;
 
-typedef struct ShadowSocket
-{
-	curl_socket_t fd;
-	int			events;			/* WL_SOCKET_* */
-} ShadowSocket;
-
-static CURLM *shadow_multi = NULL;
+static bool shadow_worker_ready = false;	/* ShadowWorkerInit ran */
 static MemoryContext ShadowWorkerContext = NULL;
 static dlist_head shadow_jobs = DLIST_STATIC_INIT(shadow_jobs);
 static int	shadow_running = 0;	/* jobs with an easy handle in the multi */
 static int	shadow_scan_from = 0;
 
-/* written by the libcurl callbacks */
-static ShadowSocket shadow_sockets[SHADOW_MAX_SOCKETS];
-static int	shadow_nsockets = 0;
-static bool shadow_sockets_overflow = false;
-static TimestampTz shadow_curl_deadline = 0;	/* 0: no timer */
-
-/* ---------------------------------------------------------------------
- * libcurl callbacks: no palloc, no ereport, no CHECK_FOR_INTERRUPTS
- * ---------------------------------------------------------------------
- */
-
-static int
-ShadowSocketCallback(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
-{
-	int			i;
-
-	for (i = 0; i < shadow_nsockets; i++)
-		if (shadow_sockets[i].fd == fd)
-			break;
-	if (what == CURL_POLL_REMOVE)
-	{
-		if (i < shadow_nsockets)
-			shadow_sockets[i] = shadow_sockets[--shadow_nsockets];
-		return 0;
-	}
-	if (i == shadow_nsockets)
-	{
-		if (shadow_nsockets == SHADOW_MAX_SOCKETS)
-		{
-			shadow_sockets_overflow = true; /* polled on a short timeout */
-			return 0;
-		}
-		shadow_nsockets++;
-	}
-	shadow_sockets[i].fd = fd;
-	shadow_sockets[i].events = 0;
-	if (what == CURL_POLL_IN || what == CURL_POLL_INOUT)
-		shadow_sockets[i].events |= WL_SOCKET_READABLE;
-	if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT)
-		shadow_sockets[i].events |= WL_SOCKET_WRITEABLE;
-	return 0;
-}
-
-static int
-ShadowTimerCallback(CURLM *multi, long timeout_ms, void *userp)
-{
-	if (timeout_ms < 0)
-		shadow_curl_deadline = 0;
-	else
-		shadow_curl_deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-														   timeout_ms);
-	return 0;
-}
-
+static void ShadowTransferDone(CURL *easy, CURLcode rc, void *arg);
 
 /* ---------------------------------------------------------------------
  * jobs
@@ -205,8 +141,7 @@ ShadowJobReleaseCurl(ShadowJob *job)
 {
 	if (job->easy != NULL)
 	{
-		if (shadow_multi != NULL)
-			curl_multi_remove_handle(shadow_multi, job->easy);
+		TransferRemove(job->easy);
 		curl_easy_cleanup(job->easy);
 		job->easy = NULL;
 		shadow_running--;
@@ -343,13 +278,12 @@ ShadowJobStart(ShadowJob *job, const CanaryModel *m)
 
 	if (job->started == 0)
 		job->started = GetCurrentTimestamp();
-	if (!HttpEasySetup(job->easy, &post) ||
-		curl_easy_setopt(job->easy, CURLOPT_PRIVATE, job) != CURLE_OK)
+	if (!HttpEasySetup(job->easy, &post))
 	{
 		ShadowJobReleaseCurl(job);
 		return "out_of_memory";
 	}
-	if (curl_multi_add_handle(shadow_multi, job->easy) != CURLM_OK)
+	if (!TransferAdd(job->easy, ShadowTransferDone, job))
 	{
 		/* not in the multi: release it as a plain easy handle */
 		curl_easy_cleanup(job->easy);
@@ -662,44 +596,24 @@ ShadowTakeJobs(void)
 	list_free(started);
 }
 
-/* Let libcurl move, then collect the transfers that finished. */
+/*
+ * The transfer of a job ended (transfers.c calls this from TransfersRun):
+ * record it, and tell a backend completing the old half that we are
+ * waiting for it.
+ */
 static void
-ShadowDriveTransfers(void)
+ShadowTransferDone(CURL *easy, CURLcode rc, void *arg)
 {
-	int			running;
-	int			left;
-	CURLMsg    *msg;
-	bool		any = false;
-	dlist_iter	it;
+	ShadowJob  *job = (ShadowJob *) arg;
 
-	if (shadow_running == 0)
-		return;
-	curl_multi_perform(shadow_multi, &running);
-	while ((msg = curl_multi_info_read(shadow_multi, &left)) != NULL)
+	Assert(job->easy == easy);
+	ShadowJobCompleted(job, rc);
+	if (job->done)
 	{
-		ShadowJob  *job = NULL;
-
-		if (msg->msg != CURLMSG_DONE)
-			continue;
-		curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **) &job);
-		if (job == NULL)
-			continue;
-		ShadowJobCompleted(job, msg->data.result);
-		any = true;
+		LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
+		ShadowState->slots[job->slotno].new_done = true;
+		LWLockRelease(ShadowState->lock);
 	}
-	if (!any)
-		return;
-
-	/* tell backends completing the old half that we are waiting for it */
-	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
-	dlist_foreach(it, &shadow_jobs)
-	{
-		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
-
-		if (job->done)
-			ShadowState->slots[job->slotno].new_done = true;
-	}
-	LWLockRelease(ShadowState->lock);
 }
 
 /* Add a text (or NULL) to an array being built. */
@@ -771,8 +685,9 @@ ShadowInsertRows(List *jobs)
 				new_text = NULL;
 				new_error = "malformed_response";
 			}
+			/* a provider's refusal may come without any text */
 			new_refusal = new_error == NULL &&
-				CanaryIsRefusal(job->new_provider_refusal, new_text);
+				(job->new_provider_refusal || CanaryIsRefusal(false, new_text));
 
 			st[0] = accumArrayResult(st[0], UUIDPGetDatum(&slot->request_id), false, UUIDOID, CurrentMemoryContext);
 			st[1] = accumArrayResult(st[1], TimestampTzGetDatum(slot->ts), false, TIMESTAMPTZOID, CurrentMemoryContext);
@@ -990,8 +905,9 @@ ShadowWorkerExit(int code, Datum arg)
 
 /*
  * ShadowWorkerInit
- *		Set up the shadow side of the background worker: the curl multi
- *		handle, the DSA area, and our latch in shared memory.  Jobs a
+ *		Set up the shadow side of the background worker: the DSA area and
+ *		our latch in shared memory (the multi loop, transfers.c, is the
+ *		worker's).  Jobs a
  *		previous worker left RUNNING (it died without recording them) are
  *		queued again; jobs it left WRITING may have been written and are
  *		counted as lost rather than risk a duplicate row.  Call once, after
@@ -1003,21 +919,9 @@ ShadowWorkerInit(void)
 	if (ShadowState == NULL)
 		return;
 
-	if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not initialize libcurl")));
 	ShadowWorkerContext = AllocSetContextCreate(TopMemoryContext,
 												"llm_canary shadow worker",
 												ALLOCSET_DEFAULT_SIZES);
-	shadow_multi = curl_multi_init();
-	if (shadow_multi == NULL ||
-		curl_multi_setopt(shadow_multi, CURLMOPT_SOCKETFUNCTION, ShadowSocketCallback) != CURLM_OK ||
-		curl_multi_setopt(shadow_multi, CURLMOPT_TIMERFUNCTION, ShadowTimerCallback) != CURLM_OK)
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("could not create the libcurl multi handle for shadow calls")));
-
 	(void) ShadowArea(true);
 
 	before_shmem_exit(ShadowWorkerExit, (Datum) 0);
@@ -1041,22 +945,24 @@ ShadowWorkerInit(void)
 	ShadowState->worker_latch = MyLatch;
 	ShadowState->worker_pid = MyProcPid;
 	LWLockRelease(ShadowState->lock);
+	shadow_worker_ready = true;
 }
 
 /*
  * ShadowWorkerStep
  *		Do what can be done without waiting: take queued jobs up to
- *		llm_canary.shadow_concurrency, move the transfers, and write the
- *		rows of finished jobs.  Caller must not be in a transaction.
+ *		llm_canary.shadow_concurrency (their transfers start on the worker's
+ *		multi loop, whose completions arrive through ShadowTransferDone),
+ *		and write the rows of finished jobs.  Caller must not be in a
+ *		transaction.
  */
 void
 ShadowWorkerStep(void)
 {
-	if (shadow_multi == NULL)
+	if (!shadow_worker_ready)
 		return;
 	Assert(!IsTransactionState());
 	ShadowTakeJobs();
-	ShadowDriveTransfers();
 	ShadowWriteFinished(false);
 }
 
@@ -1069,22 +975,10 @@ long
 ShadowWorkerTimeoutMs(long default_ms)
 {
 	long		t = default_ms;
-	TimestampTz now;
 	dlist_iter	it;
 
-	if (shadow_multi == NULL)
+	if (!shadow_worker_ready)
 		return t;
-	now = GetCurrentTimestamp();
-	if (shadow_curl_deadline != 0)
-	{
-		long		secs;
-		int			usecs;
-
-		TimestampDifference(now, shadow_curl_deadline, &secs, &usecs);
-		t = Min(t, secs * 1000 + (usecs + 999) / 1000);
-	}
-	if (shadow_sockets_overflow)
-		t = Min(t, 10);
 
 	/*
 	 * Queued jobs and room to start them: do not sleep.  Backends set our
@@ -1109,34 +1003,12 @@ ShadowWorkerTimeoutMs(long default_ms)
 	return Max(t, 0);
 }
 
-/* Number of sockets ShadowWorkerAddWaitEvents adds. */
-int
-ShadowWorkerWaitEventCount(void)
-{
-	return shadow_multi ? shadow_nsockets : 0;
-}
-
-/*
- * ShadowWorkerAddWaitEvents
- *		Add the sockets libcurl waits on to set, which must have room for
- *		ShadowWorkerWaitEventCount() more events.
- */
-void
-ShadowWorkerAddWaitEvents(WaitEventSet *set)
-{
-	if (shadow_multi == NULL)
-		return;
-	for (int i = 0; i < shadow_nsockets; i++)
-		AddWaitEventToSet(set, shadow_sockets[i].events, shadow_sockets[i].fd,
-						  NULL, NULL);
-}
-
 /*
  * ShadowWorkerShutdown
  *		Record every job the worker holds: transfers still running as
  *		new_error "shutdown", queued jobs too (nobody would run them), old
- *		halves not in as "missing"; then release libcurl.  Call from the
- *		worker loop on a shutdown request, outside a transaction.
+ *		halves not in as "missing".  Call from the worker loop on a shutdown
+ *		request, outside a transaction, before TransfersShutdown.
  */
 void
 ShadowWorkerShutdown(void)
@@ -1148,12 +1020,12 @@ ShadowWorkerShutdown(void)
 	uint64	   *seqs;
 	dsa_area   *area;
 
-	if (shadow_multi == NULL)
+	if (!shadow_worker_ready)
 		return;
-	now = GetCurrentTimestamp();
 
 	/* collect what finished meanwhile, then stop the rest */
-	ShadowDriveTransfers();
+	TransfersRun(NULL, 0);
+	now = GetCurrentTimestamp();
 	dlist_foreach(it, &shadow_jobs)
 	{
 		ShadowJob  *job = dlist_container(ShadowJob, node, it.cur);
@@ -1175,7 +1047,7 @@ ShadowWorkerShutdown(void)
 	pending = palloc(sizeof(int) * ShadowState->nslots);
 	seqs = palloc(sizeof(uint64) * ShadowState->nslots);
 	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
-	ShadowState->worker_latch = NULL;	/* dispatch drops from now on */
+	ShadowState->worker_latch = NULL;	/* jobs queue for the next worker */
 	ShadowState->worker_pid = 0;
 	for (int i = 0; i < ShadowState->nslots; i++)
 	{
@@ -1212,15 +1084,11 @@ ShadowWorkerShutdown(void)
 
 	ShadowWriteFinished(true);
 
-	/* every job was written (or lost) and destroyed; release libcurl */
+	/* every job was written (or lost) and destroyed */
 	Assert(dlist_is_empty(&shadow_jobs));
-	curl_multi_cleanup(shadow_multi);
-	shadow_multi = NULL;
-	shadow_nsockets = 0;
-	shadow_curl_deadline = 0;
 	MemoryContextDelete(ShadowWorkerContext);
 	ShadowWorkerContext = NULL;
-	curl_global_cleanup();
+	shadow_worker_ready = false;
 	if (ntaken > 0)
 		elog(LOG, "llm_canary recorded %d queued shadow jobs as \"shutdown\"", ntaken);
 }

@@ -85,13 +85,12 @@ static bool SubmitWakePending = false;
 
 /*
  * SubmitInit
- *		Define the settings and, while preloading, register the worker.
+ *		Define the settings; the launcher (launcher.c) starts the worker.
  *		Caller: _PG_init.
  */
 void
 SubmitInit(void)
 {
-	BackgroundWorker worker;
 
 	DefineCustomIntVariable("llm_canary.submit_concurrency",
 							"Sets how many submitted requests the submission worker answers at once.",
@@ -110,17 +109,7 @@ SubmitInit(void)
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
-	if (!process_shared_preload_libraries_in_progress)
-		return;
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 5;
-	strlcpy(worker.bgw_library_name, LLM_CANARY_EXTNAME, BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "CanarySubmitWorkerMain", BGW_MAXLEN);
-	strlcpy(worker.bgw_name, "llm_canary submissions", BGW_MAXLEN);
-	strlcpy(worker.bgw_type, "llm_canary submissions", BGW_MAXLEN);
-	RegisterBackgroundWorker(&worker);
+	/* the worker is started by the launcher (launcher.c), like the others */
 }
 
 /* ----------------------------------------------------------------------
@@ -463,7 +452,8 @@ CanarySubmitWorkerMain(Datum main_arg)
 	engine_parent = AllocSetContextCreate(TopMemoryContext, "llm_canary submissions",
 										  ALLOCSET_DEFAULT_SIZES);
 
-	while (!ShutdownRequestPending)
+	/* a new launcher starts a new worker: this one must not run twice */
+	while (!ShutdownRequestPending && !WorkerLauncherGone(main_arg))
 	{
 		int			claimed;
 		bool		installed;

@@ -5,11 +5,16 @@
  *	  background worker, after the trip committed.
  *
  * canary_raise_alert() records every alert with webhook_status 'pending';
- * the worker picks pending alerts up about once a second, POSTs each payload
- * (JSON) and records the outcome: 'delivered' on a 2xx answer, otherwise a
- * retry after 2^attempts seconds, up to WEBHOOK_MAX_ATTEMPTS, then 'failed'.
+ * the monitor worker (monitor_worker.c) picks pending alerts up about once a
+ * second, one at a time: it claims one in a short transaction (a lease on
+ * webhook_next_at, no row lock held across the network), POSTs the payload
+ * (JSON) outside any transaction and records the outcome in another:
+ * 'delivered' on a 2xx answer, otherwise a retry after 2^attempts seconds,
+ * up to WEBHOOK_MAX_ATTEMPTS, then 'failed'.  A monitor that dies during
+ * the POST leaves the alert pending; it is tried again when the lease ends.
  * With no webhook configured, pending alerts are marked 'none'.  Delivery
- * never delays or undoes a trip: the trip committed before we run.
+ * never delays or undoes a trip (the trip committed before we run), and it
+ * never delays metric writes or shadow calls (another process).
  *
  *-------------------------------------------------------------------------
  */
@@ -20,16 +25,18 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
+#include "pgstat.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
 #include "http.h"
 #include "webhook.h"
+#include "worker.h"
 
 #define WEBHOOK_MAX_ATTEMPTS	5
-#define WEBHOOK_BATCH			10
 #define WEBHOOK_TIMEOUT_MS		5000
 #define WEBHOOK_CONNECT_TIMEOUT_MS 2000
+#define WEBHOOK_LEASE_S			60	/* a claimed alert waits this long for its outcome */
 
 /* settings */
 static char *canary_webhook_url = NULL;
@@ -95,24 +102,37 @@ WebhookPost(const char *url, const char *payload, char *errbuf)
 	return status;
 }
 
-/*
- * WebhookDeliverPending
- *		Deliver (or settle) the pending alerts of the extension in schema.
- *		Caller must be in a transaction with SPI connected and a snapshot.
- */
-void
-WebhookDeliverPending(const char *schema)
+/* One alert claimed for delivery. */
+typedef struct WebhookClaim
 {
-	StringInfoData sql;
-	int			ret;
-	uint64		n;
-	int64	   *ids;
-	char	  **payloads;
-	int		   *attempts;
-	bool		configured = canary_webhook_url != NULL && canary_webhook_url[0] != '\0';
+	MemoryContext cxt;			/* payload lives here, beyond the transaction */
+	bool		found;
+	int64		id;
+	char	   *payload;
+	int			attempts;		/* before this one */
+	long		status;			/* HTTP status of this attempt, 0: none */
+	char		errbuf[CURL_ERROR_SIZE];
+} WebhookClaim;
 
+/*
+ * Claim the oldest due pending alert: push its webhook_next_at out by
+ * WEBHOOK_LEASE_S, so that no other delivery takes it, and commit; the row
+ * lock ends with this short transaction, never held across the network.
+ * With no webhook configured, settle every pending alert as 'none'.
+ * Runs in a worker transaction (WorkerRunStep).
+ */
+static void
+WebhookClaimStep(const char *schema, void *arg)
+{
+	WebhookClaim *claim = (WebhookClaim *) arg;
+	StringInfoData sql;
+	bool		isnull;
+	char	   *payload;
+	int			ret;
+
+	claim->found = false;
 	initStringInfo(&sql);
-	if (!configured)
+	if (canary_webhook_url == NULL || canary_webhook_url[0] == '\0')
 	{
 		appendStringInfo(&sql,
 						 "UPDATE %s.canary_alerts SET webhook_status = 'none'"
@@ -123,66 +143,96 @@ WebhookDeliverPending(const char *schema)
 	}
 
 	appendStringInfo(&sql,
-					 "SELECT id, payload::text, webhook_attempts FROM %s.canary_alerts"
-					 " WHERE webhook_status = 'pending'"
-					 " AND (webhook_next_at IS NULL OR webhook_next_at <= now())"
-					 " ORDER BY id LIMIT %d FOR UPDATE SKIP LOCKED",
-					 schema, WEBHOOK_BATCH);
+					 "UPDATE %s.canary_alerts a"
+					 " SET webhook_next_at = now() + make_interval(secs => %d)"
+					 " WHERE a.id = (SELECT id FROM %s.canary_alerts"
+					 "   WHERE webhook_status = 'pending'"
+					 "   AND (webhook_next_at IS NULL OR webhook_next_at <= now())"
+					 "   ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)"
+					 " RETURNING a.id, a.payload::text, a.webhook_attempts",
+					 schema, WEBHOOK_LEASE_S, schema);
 	ret = SPI_execute(sql.data, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read canary_alerts: SPI error %d", ret);
-	n = SPI_processed;
-	if (n == 0)
+	if (ret != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not claim an alert of canary_alerts: SPI error %d", ret);
+	if (SPI_processed == 0)
 		return;
-	ids = palloc(sizeof(int64) * n);
-	payloads = palloc(sizeof(char *) * n);
-	attempts = palloc(sizeof(int) * n);
-	for (uint64 i = 0; i < n; i++)
-	{
-		bool		isnull;
+	claim->id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	payload = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	claim->payload = MemoryContextStrdup(claim->cxt, payload ? payload : "{}");
+	claim->attempts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	claim->found = true;
+}
 
-		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull));
-		payloads[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
-		attempts[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3, &isnull));
-	}
+/*
+ * Record the outcome of one attempt: 'delivered' on a 2xx answer, otherwise
+ * a retry after 2^attempts seconds, up to WEBHOOK_MAX_ATTEMPTS, then
+ * 'failed'.  Runs in a worker transaction (WorkerRunStep).
+ */
+static void
+WebhookRecordStep(const char *schema, void *arg)
+{
+	WebhookClaim *claim = (WebhookClaim *) arg;
+	bool		ok = claim->status >= 200 && claim->status < 300;
+	int			tries = claim->attempts + 1;
+	Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
+	Datum		args[3];
+	char	   *error;
+	char	   *sql;
+	int			ret;
 
-	for (uint64 i = 0; i < n; i++)
-	{
-		char		errbuf[CURL_ERROR_SIZE];
-		long		status = WebhookPost(canary_webhook_url, payloads[i], errbuf);
-		bool		ok = status >= 200 && status < 300;
-		int			tries = attempts[i] + 1;
-		Oid			types[3] = {INT8OID, TEXTOID, INT4OID};
-		Datum		args[3];
-		char	   *error;
+	if (ok)
+		error = NULL;
+	else if (claim->status != 0)
+		error = psprintf("HTTP status %ld", claim->status);
+	else
+		error = pstrdup(claim->errbuf);
 
-		if (ok)
-			error = NULL;
-		else if (status != 0)
-			error = psprintf("HTTP status %ld", status);
-		else
-			error = pstrdup(errbuf);
+	sql = psprintf("UPDATE %s.canary_alerts SET webhook_attempts = $3,"
+				   " webhook_status = CASE WHEN $2 IS NULL THEN 'delivered'"
+				   "   WHEN $3 >= %d THEN 'failed' ELSE 'pending' END,"
+				   " delivered_at = CASE WHEN $2 IS NULL THEN now() END,"
+				   " webhook_last_error = $2,"
+				   " webhook_next_at = now() + make_interval(secs => power(2, $3))"
+				   " WHERE id = $1",
+				   schema, WEBHOOK_MAX_ATTEMPTS);
+	args[0] = Int64GetDatum(claim->id);
+	args[1] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	args[2] = Int32GetDatum(tries);
+	ret = SPI_execute_with_args(sql, 3, types, args, error ? "   " : " n ", false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "could not update canary_alerts: SPI error %d", ret);
+	if (!ok)
+		ereport(LOG,
+				(errmsg("llm_canary could not deliver alert %lld to the webhook: %s",
+						(long long) claim->id, error)));
+}
 
-		resetStringInfo(&sql);
-		appendStringInfo(&sql,
-						 "UPDATE %s.canary_alerts SET webhook_attempts = $3,"
-						 " webhook_status = CASE WHEN $2 IS NULL THEN 'delivered'"
-						 "   WHEN $3 >= %d THEN 'failed' ELSE 'pending' END,"
-						 " delivered_at = CASE WHEN $2 IS NULL THEN now() END,"
-						 " webhook_last_error = $2,"
-						 " webhook_next_at = now() + make_interval(secs => power(2, $3))"
-						 " WHERE id = $1",
-						 schema, WEBHOOK_MAX_ATTEMPTS);
-		args[0] = Int64GetDatum(ids[i]);
-		args[1] = error ? CStringGetTextDatum(error) : (Datum) 0;
-		args[2] = Int32GetDatum(tries);
-		ret = SPI_execute_with_args(sql.data, 3, types, args,
-									error ? "   " : " n ", false, 0);
-		if (ret != SPI_OK_UPDATE)
-			elog(ERROR, "could not update canary_alerts: SPI error %d", ret);
-		if (!ok)
-			ereport(LOG,
-					(errmsg("llm_canary could not deliver alert %lld to the webhook: %s",
-							(long long) ids[i], error)));
-	}
+/*
+ * WebhookDeliverNext
+ *		Deliver (or settle) one pending alert: claim it in a short
+ *		transaction, POST it outside any transaction (at most the
+ *		connect and transfer timeouts), record the outcome in another.
+ *		Returns true when an alert was attempted (there may be more).
+ *		Caller: the monitor worker, outside a transaction; allocates in the
+ *		current memory context.
+ */
+bool
+WebhookDeliverNext(void)
+{
+	WebhookClaim claim;
+
+	memset(&claim, 0, sizeof(claim));
+	claim.cxt = CurrentMemoryContext;
+	if (WorkerRunStep("llm_canary: claiming an alert for the webhook",
+					  WebhookClaimStep, &claim) != WORKER_STEP_OK ||
+		!claim.found)
+		return false;
+
+	pgstat_report_activity(STATE_RUNNING, "llm_canary: alert webhook");
+	claim.status = WebhookPost(canary_webhook_url, claim.payload, claim.errbuf);
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	(void) WorkerRunStep("llm_canary: recording an alert delivery",
+						 WebhookRecordStep, &claim);
+	return true;
 }

@@ -2,7 +2,7 @@
  *
  * webhook.h
  *	  Delivery of kill-switch alert payloads to llm_canary.webhook_url by
- *	  the background worker (webhook.c).
+ *	  the monitor worker (webhook.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -12,7 +12,10 @@
 /* Define llm_canary.webhook_url; called from _PG_init. */
 extern void WebhookInit(void);
 
-/* Deliver pending alerts (worker transaction, SPI connected). */
-extern void WebhookDeliverPending(const char *schema);
+/*
+ * Deliver (or settle) one pending alert, outside any transaction; true when
+ * one was attempted (the monitor worker, monitor_worker.c).
+ */
+extern bool WebhookDeliverNext(void);
 
 #endif							/* LLM_CANARY_WEBHOOK_H */

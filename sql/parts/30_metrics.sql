@@ -274,6 +274,13 @@ LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION canary_flush(interval) IS
     'Waits until the worker wrote every metric record queued before the call; returns the records written since server start';
 
+CREATE FUNCTION canary_wait_metrics(timeout interval)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'canary_wait_metrics'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION canary_wait_metrics(interval) IS
+    'Waits at most timeout until the worker wrote every metric record queued before the call (not shadow jobs); false when it did not, never an error';
+
 CREATE FUNCTION canary_record(canary text, user_id text, model text, cohort text, outcome text,
                               latency_ms integer, ts timestamptz DEFAULT now(),
                               refusal boolean DEFAULT false, http_status integer DEFAULT 200,
@@ -317,6 +324,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     req record;
+    written boolean := true;
 BEGIN
     IF canary_feedback.request_id IS NULL OR canary_feedback.thumbs_down IS NULL THEN
         RAISE EXCEPTION '% must not be NULL',
@@ -331,12 +339,9 @@ BEGIN
      ORDER BY r.ts DESC
      LIMIT 1;
     IF NOT FOUND THEN
-        -- a request just made may still be queued: let the worker write it
-        BEGIN
-            PERFORM @extschema@.canary_flush();
-        EXCEPTION WHEN object_not_in_prerequisite_state THEN
-            NULL;               -- no worker for this database: nothing queued here
-        END;
+        -- a request just made may still be queued: let the worker write it,
+        -- waiting briefly and for metric records only (never for shadow jobs)
+        written := @extschema@.canary_wait_metrics(interval '2 seconds');
         SELECT r.user_id, r.canary, r.cohort, r.model INTO req
           FROM @extschema@.canary_requests r
          WHERE r.request_id = canary_feedback.request_id
@@ -346,7 +351,11 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'request "%" does not exist', canary_feedback.request_id
             USING ERRCODE = 'no_data_found',
-                  HINT = 'Pass a request_id returned by canary_call(); requests are kept for llm_canary.retention_days days.';
+                  DETAIL = CASE WHEN written THEN 'No request with this id is recorded.'
+                           ELSE 'The llm_canary worker had not written every queued metric record after 2 seconds.' END,
+                  HINT = CASE WHEN written
+                         THEN 'Pass a request_id returned by canary_call(); requests are kept for llm_canary.retention_days days.'
+                         ELSE 'Try again in a moment; canary_stats() shows the queue.' END;
     END IF;
 
     INSERT INTO @extschema@.canary_feedback (request_id, thumbs_down, user_id, canary, cohort, model)
