@@ -32,9 +32,12 @@ $node->safe_psql('postgres', q{
 INSERT INTO canary_models (name, provider, base_url, model) VALUES
   ('model-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
   ('model-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
--- decisions as in 1.0 (two windows): this test is about the counts
-INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
-VALUES ('roll', 'ramp_25', 'model-old', 'model-new', 'confirm_windows');
+-- stage full (no sample-ratio check), decisions as in 1.0 (two windows)
+-- and thresholds no traffic can breach: the checks below only summarise,
+-- they never trip
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode, error_rate_threshold,
+                           p95_ratio_threshold, refusal_delta_threshold, thumbs_down_ratio_threshold)
+VALUES ('roll', 'full', 'model-old', 'model-new', 'confirm_windows', 1, 1000, 1, 1000);
 });
 $node->poll_query_until('postgres', "SELECT worker_state = 'running' FROM canary_stats()")
   or die 'the worker did not start';

@@ -243,7 +243,10 @@ $m2->safe_psql('postgres', 'ALTER SUBSCRIPTION llm_canary_config DISABLE');
 my $cut = time;
 ok(poll_bg($apps[1], q{SELECT canary_route('u1')}, 'old'), 'member 2, cut off, routes to the old model');
 my $after = time - $cut;
-cmp_ok($after, '>=', 2.5, "not before llm_canary.fleet_max_lag (3 s): after ${after} s");
+# the last heartbeat was applied up to one heartbeat interval (200 ms) plus the
+# apply delay (which reaches a second on a loaded two-core machine running
+# three clusters) before the cut: the fail-safe may engage that much before 3 s
+cmp_ok($after, '>=', 1.5, "not before llm_canary.fleet_max_lag (3 s) less the heartbeat and apply delay (up to 1.5 s on a loaded machine): after ${after} s");
 cmp_ok($after, '<', 6, 'but soon after it');
 is($apps[0]->query_safe(q{SELECT canary_route('u1')}), 'new', 'member 1, still connected, routes to the new model');
 is($apps[1]->query_safe(q{SELECT canary_call('hi', 'u1') ->> 'model'}), 'old',
