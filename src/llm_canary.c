@@ -25,6 +25,8 @@
  *	 chat.c			 chat requests: validation, provider dialects (chat.h)
  *	 batch.c		 canary_batch: many calls on one libcurl multi handle
  *					 (batch.h)
+ *	 submit.c		 canary_submit's check and the "llm_canary submissions"
+ *					 worker that answers submitted calls (submit.h)
  *	 provider.c		 provider URLs, request bodies, response parsing
  *					 (provider.h)
  *	 http.c			 the one outbound HTTP layer: libcurl set-up for every
@@ -43,7 +45,7 @@
  *					 (shadow.h, shadow_internal.h)
  *	 shadow_worker.c shadow mode, worker side: jobs and rows
  *	 launcher.c		 the launcher: waits for the database, starts and
- *					 restarts the two workers (worker.h)
+ *					 restarts the workers (worker.h)
  *	 worker.c		 the metrics worker's loop and the workers' settings
  *					 (worker.h)
  *	 transfers.c	 the metrics worker's libcurl multi loop, driven by
@@ -51,6 +53,9 @@
  *	 monitor_worker.c the monitor: kill-switch check, webhooks, maintenance
  *	 webhook.c		 alert webhook delivery by the monitor (webhook.h)
  *	 killswitch.c	 canary_check: window summaries and the kill switch
+ *	 sequential.c	 the kill switch's always-valid statistics (mixture
+ *					 likelihood ratios) and the sample-ratio test
+ *					 (sequential.h)
  *	 fleet.c		 many databases, one rollout: roles, fail-safe, heartbeat
  *	 rollups.c		 the rollups' histograms and their retention setting
  *
