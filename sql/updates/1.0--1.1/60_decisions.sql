@@ -116,7 +116,7 @@ CREATE TRIGGER canary_config_c_evidence
  * which a canary request counts as slow (p95_ratio_threshold x control
  * p95); 0 when no baseline is known.  Internal: canary_check calls it.
  */
-CREATE FUNCTION canary_collect_evidence(p_canary text, p_at timestamptz, p_since timestamptz,
+CREATE OR REPLACE FUNCTION canary_collect_evidence(p_canary text, p_at timestamptz, p_since timestamptz,
                                         p_slow_over double precision)
 RETURNS void
 LANGUAGE plpgsql
@@ -142,9 +142,13 @@ BEGIN
     SELECT p_canary, date_bin('1 minute', r.ts, origin), r.cohort, count(*),
            count(*) FILTER (WHERE r.outcome IN ('error', 'timeout')),
            count(*) FILTER (WHERE r.refusal),
+           -- a verdict follows its request (f.ts is the start of the verdict's
+           -- transaction, a day of slack): the lower bound prunes the daily
+           -- partitions, so a check probes a day or two of canary_feedback per
+           -- request instead of hashing every retained verdict
            count(*) FILTER (WHERE EXISTS (SELECT 1 FROM @extschema@.canary_feedback f
                                            WHERE f.request_id = r.request_id AND f.thumbs_down
-                                             AND f.ts <= p_at)),
+                                             AND f.ts >= r.ts - interval '1 day' AND f.ts <= p_at)),
            count(*) FILTER (WHERE p_slow_over > 0 AND r.latency_ms > p_slow_over)
       FROM @extschema@.canary_requests r
      WHERE r.canary = p_canary AND r.ts >= from_bucket AND r.ts <= p_at
