@@ -38,11 +38,13 @@ include $(PGXS)
 # changes (structs in shared memory must agree across files).
 $(OBJS): $(wildcard src/*.h)
 
-sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS)
-	cat $^ > $@
+# The folders are prerequisites too: removing or renaming a part changes
+# the folder's time, which a list of the remaining (older) files would miss.
+sql/$(EXTENSION)--$(EXTVERSION).sql: $(SQL_PARTS) sql/parts
+	cat $(SQL_PARTS) > $@
 
-sql/$(EXTENSION)--1.0--1.1.sql: $(UPDATE_1_1)
-	cat $^ > $@
+sql/$(EXTENSION)--1.0--1.1.sql: $(UPDATE_1_1) sql/updates/1.0--1.1
+	cat $(UPDATE_1_1) > $@
 
 # Integration tests (TAP, PostgreSQL::Test::Cluster) live in test/t/.
 PROVE_TESTS = test/t/*.pl
