@@ -46,6 +46,7 @@
 #include "extension.h"
 #include "shadow.h"
 #include "shadow_internal.h"
+#include "subxact.h"
 #include "util.h"
 
 ShadowShared *ShadowState = NULL;
@@ -407,20 +408,12 @@ ShadowTryCopy(const char *data, Size len, ShadowAllocFault what)
 			((char *) dsa_get_address(area, p))[len] = '\0';
 		}
 		dp = p;
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		CanarySubxactCommit(oldcxt, oldowner);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = CanarySubxactAbort(oldcxt, oldowner, oldcxt);
 
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
 		/* a cancel or termination is not ours to swallow: raise it again soon */
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 			QueryCancelPending = InterruptPending = true;
