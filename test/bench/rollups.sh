@@ -4,8 +4,9 @@
 #   1. the metrics writer: records/s of the worker writing 200,000 queued
 #      records, and its CPU per record, with the rollup and sample-ratio
 #      triggers on, the rollup trigger alone, and neither (alternating, 3
-#      rounds; every record a user not seen before, the sample-ratio
-#      trigger's worst case);
+#      rounds; the records' users come from a pool of 20,000 that the first
+#      round brings in), and the sample-ratio trigger's worst case, every
+#      record a user not seen before;
 #   2. canary_call at 8 clients (pgbench against a local nginx upstream),
 #      rollup trigger on and off (alternating, 4 rounds of BENCH_SECONDS);
 #   3. canary_check of one rollout with 1,000 requests/s in its 300 s window,
@@ -74,7 +75,7 @@ END;
 -- the worker writing n queued records: records per second of wall clock,
 -- and microseconds of the worker's CPU (user + system, from /proc) per
 -- record, which other load on the machine does not change
-CREATE FUNCTION bench_writer(n integer, prefix text, OUT per_s numeric, OUT cpu_us numeric)
+CREATE FUNCTION bench_writer(n integer, prefix text, users integer, OUT per_s numeric, OUT cpu_us numeric)
 LANGUAGE plpgsql AS \$\$
 DECLARE
     t timestamptz := clock_timestamp();
@@ -85,7 +86,7 @@ BEGIN
     SELECT f[14]::bigint + f[15]::bigint INTO ticks0
       FROM regexp_split_to_array(split_part(pg_read_file('/proc/' || pid || '/stat'), ') ', 2), ' ') f0,
            LATERAL (SELECT ARRAY['', ''] || f0 AS f) x;
-    PERFORM count(canary_record('bench', prefix || i, 'fast-old', 'control', 'ok', 100 + i % 900,
+    PERFORM count(canary_record('bench', prefix || (i % users), 'fast-old', 'control', 'ok', 100 + i % 900,
                                 completion_tokens => i % 300))
        FROM generate_series(1, n) i;
     PERFORM canary_flush('600 seconds');
@@ -133,10 +134,14 @@ triggers() {	# rollup on|off, srm on|off
 if [[ $parts == *" 1 "* ]]; then
 echo "== 1. metrics writer: records/s writing 200,000 queued records (rollup and sample-ratio triggers)"
 for round in 1 2 3; do
-    for mode in "on on" "on off" "off off"; do
-        [ "$has_srm" = 1 ] || [ "$mode" != "on on" ] || continue
-        triggers $mode
-        r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'w$round${mode// /}_')")
+    for mode in "on on" "on off" "off off" "on new"; do
+        [ "$has_srm" = 1 ] || [ "${mode#* }" = off ] || continue
+        triggers ${mode/new/on}
+        if [ "${mode#* }" = new ]; then   # every record a new user
+            r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'new$round', 200000)")
+        else
+            r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'w', 20000)")
+        fi
         echo "   round $round  rollups ${mode% *}, sample-ratio users ${mode#* }: ${r% *} records/s, ${r#* } us of worker CPU per record"
         echo "writer ${mode// /_} $r" >> "$dir/results"
     done
