@@ -11,6 +11,8 @@
 #    (canary_srm_users, canary_rollups.new_users): each user once per
 #    evidence period, counted without the raw rows, and a new period counts
 #    afresh while the old period's users go.
+#  - request ids are time-ordered (UUID version 7); ids of other origins
+#    still find their requests.
 use strict;
 use warnings;
 
@@ -89,6 +91,26 @@ SELECT r.thumbs_down || ' ' || r.verdicts || ' ' || r.requests
 is($node->safe_psql('postgres', q{
 SELECT string_agg(user_id || ' ' || cohort, ',' ORDER BY user_id) FROM canary_srm_users WHERE canary = 'fb'}),
 	'u1 canary,u2 canary', 'the worker\'s writes record the users of the sample-ratio check');
+
+# --- request ids carry their time (UUID version 7) ------------------------------
+is($node->safe_psql('postgres', qq{
+SELECT substr('$rid', 15, 1) || ' ' || (canary_request_time('$rid') BETWEEN now() - interval '5 minutes' AND now())
+       || ' ' || (canary_request_time('$rid') - interval '1 minute' <= (SELECT ts FROM canary_requests WHERE request_id = '$rid'))}),
+	'7 true true', 'a request id is a version 7 UUID made within a minute of its attempt');
+# ids of other origins are found in any partition: a version 4 id, and a
+# version 7 id whose time is years before its row's
+is($node->safe_psql('postgres', q{
+INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, model, outcome, latency_ms)
+VALUES ('00000000-0000-4000-8000-00000000f001', now(), 'fb', 'ramp_25', 'b1', 'canary', 'm-new', 'ok', 10),
+       ('00100000-0000-7000-8000-00000000f002', now(), 'fb', 'ramp_25', 'b2', 'canary', 'm-new', 'ok', 10);
+SELECT canary_feedback('00000000-0000-4000-8000-00000000f001', true);
+SELECT canary_feedback('00100000-0000-7000-8000-00000000f002', false);
+SELECT canary_request_time('00000000-0000-4000-8000-00000000f001') IS NULL,
+       canary_request_time('00100000-0000-7000-8000-00000000f002') < '2000-01-01',
+       (SELECT string_agg(user_id || ' ' || thumbs_down, ',' ORDER BY user_id) FROM canary_feedback
+         WHERE request_id IN ('00000000-0000-4000-8000-00000000f001', '00100000-0000-7000-8000-00000000f002'))})
+	  =~ s/\n/|/gr,
+	'||t|t|b1 true,b2 false', 'backfilled ids of other origins still get their verdicts');
 
 # --- a verdict given ten minutes after its answer counts -----------------------
 # (simulated time, an hour ahead, on minute boundaries)
