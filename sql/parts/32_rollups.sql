@@ -411,7 +411,9 @@ REVOKE ALL ON FUNCTION canary_feedback_fold() FROM PUBLIC;
  * (since, until] from the raw rows still kept.  For rows written around the
  * triggers (into a partition directly, or with triggers disabled) or
  * deleted.  The totals are counters and stay as they are.  Blocks the
- * writers of the rollups while it runs.
+ * writers of the rollups, and of verdicts, while it runs: the verdicts
+ * still queued are folded first, so that none is counted twice.  The
+ * sample-ratio check's new_users of the range are not recounted (0).
  */
 CREATE FUNCTION canary_rollup_rebuild(since timestamptz, until timestamptz DEFAULT 'infinity')
 RETURNS bigint
@@ -427,7 +429,10 @@ BEGIN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN since IS NULL THEN 'since' ELSE 'until' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- the queue's lock first: a fold in progress holds it, then the rollups'
+    LOCK TABLE @extschema@.canary_feedback_pending IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE @extschema@.canary_rollups IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM @extschema@.canary_feedback_fold();
     DELETE FROM @extschema@.canary_rollups r
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     EXECUTE @extschema@.canary_rollup_statement('requests',

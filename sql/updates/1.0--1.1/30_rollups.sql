@@ -386,7 +386,10 @@ BEGIN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN since IS NULL THEN 'since' ELSE 'until' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- the queue's lock first: a fold in progress holds it, then the rollups'
+    LOCK TABLE @extschema@.canary_feedback_pending IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE @extschema@.canary_rollups IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM @extschema@.canary_feedback_fold();
     DELETE FROM @extschema@.canary_rollups r
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     EXECUTE @extschema@.canary_rollup_statement('requests',
