@@ -397,6 +397,11 @@ ConfigColumnTypeOid(ConfigColumnType type)
  *		Returns false, row untouched, when there is no such row.  Caller must
  *		have made the cache valid (ConfigCacheEnsure) and not be connected to
  *		SPI; an unexpected column type or value raises ERROR.
+ *
+ * Everything that can raise (the types, the stage and provider names) is
+ * checked before the first byte is copied into the cache context, which
+ * lives as long as the backend: a failing lookup, repeated on every call,
+ * must not leave copies behind there.
  */
 static bool
 ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
@@ -444,6 +449,15 @@ ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
+	for (int i = 0; i < t->ncolumns; i++)
+	{
+		const ConfigColumn *c = &t->columns[i];
+
+		if (SPI_gettypeid(desc, i + 1) != ConfigColumnTypeOid(c->type))
+			elog(ERROR, "column \"%s\" of %s has an unexpected type", c->expr, t->table);
+	}
+
+	/* fill row; text points into SPI's memory until the last step */
 	memset(row, 0, rowsize);
 	for (int i = 0; i < t->ncolumns; i++)
 	{
@@ -452,8 +466,6 @@ ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 		bool		isnull;
 		Datum		d = SPI_getbinval(tup, desc, i + 1, &isnull);
 
-		if (SPI_gettypeid(desc, i + 1) != ConfigColumnTypeOid(c->type))
-			elog(ERROR, "column \"%s\" of %s has an unexpected type", c->expr, t->table);
 		if (isnull)
 			continue;			/* stays 0, false or NULL */
 		switch (c->type)
@@ -471,8 +483,7 @@ ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 				*(double *) field = DatumGetFloat8(d);
 				break;
 			case CONFIG_TEXT:
-				*(char **) field = MemoryContextStrdup(ConfigCacheContext,
-													   TextDatumGetCString(d));
+				*(char **) field = TextDatumGetCString(d);
 				break;
 			case CONFIG_STAGE:
 				*(CanaryStage *) field = (CanaryStage)
@@ -485,6 +496,15 @@ ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 									TextDatumGetCString(d), t->table, c->expr);
 				break;
 		}
+	}
+
+	/* the row is good: keep its text */
+	for (int i = 0; i < t->ncolumns; i++)
+	{
+		char	  **text = (char **) ((char *) row + t->columns[i].offset);
+
+		if (t->columns[i].type == CONFIG_TEXT && *text != NULL)
+			*text = MemoryContextStrdup(ConfigCacheContext, *text);
 	}
 	SPI_finish();
 	return true;
