@@ -298,8 +298,33 @@ typedef struct ConfigColumn
 	size_t		offset;			/* of the field in the row's struct */
 } ConfigColumn;
 
-#define ROLLOUT(expr, type, field) {expr, type, offsetof(CanaryRollout, field)}
-#define MODEL(expr, type, field) {expr, type, offsetof(CanaryModel, field)}
+/*
+ * One macro per type, naming the C type its fields have: a field of
+ * another size (an int filled as int8) does not compile.  The offset
+ * carries the check, 0 * sizeof(char[1]), or a negative array size.
+ */
+#define CONFIG_FIELD(rowtype, field, ctype) \
+	(offsetof(rowtype, field) + \
+	 0 * sizeof(char[sizeof(((rowtype *) 0)->field) == sizeof(ctype) ? 1 : -1]))
+#define CONFIG_COLUMN(rowtype, expr, type, ctype, field) \
+	{expr, type, CONFIG_FIELD(rowtype, field, ctype)}
+#define CONFIG_BOOL_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_BOOL, bool, field)
+#define CONFIG_INT4_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_INT4, int32, field)
+#define CONFIG_INT8_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_INT8, int64, field)
+#define CONFIG_FLOAT8_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_FLOAT8, double, field)
+#define CONFIG_TEXT_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_TEXT, char *, field)
+#define CONFIG_STAGE_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_STAGE, CanaryStage, field)
+#define CONFIG_PROVIDER_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_PROVIDER, CanaryProvider, field)
+
+#define ROLLOUT(expr, type, field) type##_COLUMN(CanaryRollout, expr, field)
+#define MODEL(expr, type, field) type##_COLUMN(CanaryModel, expr, field)
 
 static const ConfigColumn RolloutColumns[] = {
 	ROLLOUT("stage", CONFIG_STAGE, stage),
