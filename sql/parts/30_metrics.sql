@@ -144,14 +144,15 @@ COMMENT ON FUNCTION canary_partition_days(text, date, integer) IS
 
 /*
  * canary_maintenance: the daily job (the worker runs it).  Partitions for
- * today .. today + days_ahead; retention: daily partitions of days before
- * today - llm_canary.retention_days are dropped and canary_window_summaries
- * rows of those days deleted; expired session pins and expired answers of
+ * today .. today + days_ahead (today is the UTC day by default: partitions
+ * are UTC days, whatever the session's TimeZone); retention: daily
+ * partitions of days before today - llm_canary.retention_days are dropped
+ * and canary_window_summaries rows of those days deleted; expired session pins and expired answers of
  * the response cache are deleted.  Every delete goes through an index.
  * canary_alerts and canary_stage_history are the audit trail (one row per
  * trip, alert or operator change) and are kept.
  */
-CREATE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT current_date)
+CREATE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT (now() AT TIME ZONE 'UTC')::date)
 RETURNS TABLE (action text, partition text, moved_rows bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp

@@ -456,7 +456,7 @@ REVOKE ALL ON FUNCTION canary_rollup_rebuild(timestamptz, timestamptz) FROM PUBL
  * Retention, called by canary_maintenance(): rollups whose bucket ended
  * before today - llm_canary.rollup_retention_days (UTC days) are deleted.
  */
-CREATE FUNCTION canary_rollup_maintenance(today date DEFAULT current_date)
+CREATE FUNCTION canary_rollup_maintenance(today date DEFAULT (now() AT TIME ZONE 'UTC')::date)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
