@@ -630,9 +630,9 @@ AddCounts(CohortWindow *to, const CohortWindow *from)
  * ReadSegments
  *		Sum canary_evidence per cohort over the stage (every minute since
  *		evidence_since) and over the segments of the change statistic that
- *		start after it: the minutes of the last day are read once, newest
- *		first, and summed backwards.  Returns the number of segments filled
- *		in seg[] (NSEGMENTS at most).
+ *		start after it: the minutes of the last day are read once, into an
+ *		array by minutes before now, and summed backwards from now.
+ *		Returns the number of segments filled in seg[] (NSEGMENTS at most).
  */
 static int
 ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment *seg)
@@ -644,7 +644,7 @@ ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment
 	int			ret;
 	int			nseg = 1;
 	int			stage_minutes;	/* minutes from the stage's start to now's */
-	int			back = 0;		/* minutes before now's summed into sum[] */
+	int			back = 0;		/* minutes before now's summed into sum */
 	int			minutes = 1;	/* the next segment's length */
 	Segment		sum;
 	CohortWindow *per_minute;
