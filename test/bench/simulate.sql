@@ -30,8 +30,12 @@
 -- properties, modes only by the decision.
 --
 -- Traffic: rps requests per simulated second, request i at t0 + i / rps,
--- where t0 is the next UTC midnight (simulated time lies ahead of the real
--- clock, so thumbs-down recorded now count for every request they name).
+-- where t0 is the start of the hour after next.  Thumbs-down given through
+-- canary_feedback() (the trips) carry the real time: simulated time lies an
+-- hour or more ahead of it, and less than a day (the evidence counts a
+-- verdict given up to a day before its request's time), so they count for
+-- every request of a run shorter than 22 simulated hours.  The long runs
+-- (direct) write each verdict a second after its request.
 -- Per cohort:
 --   error with probability err, else refusal with probability ref;
 --   latency_ms = lat * (400 + 600 * Exp(1))  (p95 = lat * 2197 ms);
@@ -144,7 +148,7 @@ CREATE OR REPLACE PROCEDURE sim_run(
 LANGUAGE plpgsql AS $$
 DECLARE
     step constant integer := 30;
-    t0 timestamptz := ((now() AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC';
+    t0 timestamptz := date_trunc('hour', now()) + interval '2 hours';
     wall0 timestamptz := clock_timestamp();
     rname text := scenario || '_' || mode;
     win integer;
@@ -223,8 +227,9 @@ BEGIN
                        outcome = 'refusal', false
                   FROM shaped
             ), feedback AS (
-                INSERT INTO canary_feedback (request_id, thumbs_down, user_id, canary, cohort, model)
-                SELECT rid, true, user_id, rname, CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
+                INSERT INTO canary_feedback (request_id, ts, thumbs_down, user_id, canary, cohort, model)
+                SELECT rid, t0 + make_interval(secs => i::float8 / rps + 1), true, user_id, rname,
+                       CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
                        CASE WHEN is_canary THEN 'sim-new' ELSE 'sim-old' END
                   FROM shaped WHERE td
                 RETURNING 1
