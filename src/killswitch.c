@@ -61,6 +61,7 @@
 
 #include "config.h"
 #include "fleet.h"
+#include "rollups.h"
 #include "sequential.h"
 #include "subxact.h"
 
@@ -1215,6 +1216,9 @@ canary_check(PG_FUNCTION_ARGS)
 	catalog_1_1 = DecisionsCatalog(schema);
 	for (int i = 0; i < nrollouts && catalog_1_1; i++)
 		ReadDecisionSettings(schema, &rules[i]);
+	/* verdicts still queued count too (the worker folds them within a turn) */
+	if (nrollouts > 0)
+		(void) RollupsFoldVerdicts(schema);
 	for (int i = 0; i < nrollouts; i++)
 	{
 		char	   *reason = CheckRollout(schema, &rules[i], at);
