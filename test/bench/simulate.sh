@@ -12,8 +12,9 @@
 # The issue asks for 7 days of A/A per stage: SIM_LONG_SECONDS=604800 does
 # it (about 15 minutes per stage at 20 requests/s on a shared core).
 # SIM_SEED picks another seed (default llm_canary-sim-1); SIM_BUCKETS=true
-# writes the long runs' requests as 30-second rollups only (see the top of
-# simulate.sql: it needs a canary_collect_evidence that counts rollups).
+# writes the long runs' requests as 30-second rollups only (the same draws;
+# see the top of simulate.sql): about 10 minutes a week at 20 requests/s.
+# test/bench/simulate_aa.sh runs only the week-long A/A runs.
 set -euo pipefail
 top="$(cd "$(dirname "$0")/../.." && pwd)"
 dir=/tmp/llm_canary_bench_sim; port=55494

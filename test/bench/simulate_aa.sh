@@ -49,7 +49,6 @@ q -c "SELECT c.name, c.stage,
   JOIN canary_window_summaries w ON w.canary = c.name
   CROSS JOIN LATERAL (SELECT min(w2.at) - make_interval(secs => 30) AS t0 FROM canary_window_summaries w2
                        WHERE w2.canary = c.name AND w2.cohort = 'canary') c_t0
- WHERE c.name LIKE 'aa_%'
  GROUP BY c.name, c.stage, c_t0.t0 ORDER BY c.name"
 q -c "SELECT dropped, write_errors FROM canary_stats()"
 echo "wall clock: $(( $(date +%s) - start )) s"
