@@ -301,6 +301,29 @@ FleetRequireJudge(const char *what)
 				 errhint("Run it on the control database, or set llm_canary.fleet_role to standalone to leave the fleet.")));
 }
 
+/*
+ * The rollups this database judges by: on the control, the fleet's combined
+ * rows (canary_fleet_rollups, maintained as the members' rows are applied:
+ * sql/parts/33_fleet_combined.sql); everywhere else canary_rollups.  The
+ * view canary_rollup_source makes the same choice for SQL.
+ */
+const char *
+FleetRollupsTable(void)
+{
+	return fleet_role == CANARY_FLEET_CONTROL ? "canary_fleet_rollups" : "canary_rollups";
+}
+
+/*
+ * canary_fleet_is_control(): whether this database is the fleet's control
+ * (false without shared_preload_libraries, like every fleet setting).
+ */
+PG_FUNCTION_INFO_V1(canary_fleet_is_control);
+Datum
+canary_fleet_is_control(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(fleet_role == CANARY_FLEET_CONTROL);
+}
+
 /* How often the worker runs FleetWorkerStep; 0: not in a fleet. */
 long
 FleetWorkerIntervalMs(void)

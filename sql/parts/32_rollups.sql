@@ -299,7 +299,12 @@ CREATE TRIGGER canary_feedback_rollup AFTER INSERT ON canary_feedback
  * (since, until] from the raw rows still kept.  For rows written around the
  * triggers (into a partition directly, or with triggers disabled) or
  * deleted.  The totals are counters and stay as they are.  Blocks the
- * writers of the rollups while it runs.
+ * writers of the rollups while it runs.  Only this server's rows (its
+ * member): the rows other fleet members send a control stay as they are.
+ * The rows are set to zero and recounted with UPDATEs, and those left at
+ * zero deleted, so that the fleet's combined rollups (a row trigger that
+ * adds every change and ignores deletes, 33_fleet_combined.sql), here and
+ * on the control a member publishes to, follow the recount.
  */
 CREATE FUNCTION canary_rollup_rebuild(since timestamptz, until timestamptz DEFAULT 'infinity')
 RETURNS bigint
@@ -316,7 +321,10 @@ BEGIN
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
     LOCK TABLE @extschema@.canary_rollups IN SHARE ROW EXCLUSIVE MODE;
-    DELETE FROM @extschema@.canary_rollups r
+    UPDATE @extschema@.canary_rollups r
+       SET requests = 0, outcome_ok = 0, outcome_refusal = 0, outcome_error = 0, outcome_timeout = 0,
+           refusals = 0, thumbs_down = 0, verdicts = 0, prompt_tokens = 0, completion_tokens = 0,
+           completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}'
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     EXECUTE @extschema@.canary_rollup_statement('requests',
         format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
@@ -326,6 +334,9 @@ BEGIN
                ' CROSS JOIN LATERAL (SELECT coalesce((SELECT q.ts FROM @extschema@.canary_requests q'
                '   WHERE q.request_id = f.request_id ORDER BY q.ts LIMIT 1), f.ts) AS ts) k WHERE '
                || in_range || ')', 'k.ts', since, 'k.ts', until), false);
+    DELETE FROM @extschema@.canary_rollups r
+     WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member()
+       AND r.requests = 0 AND r.verdicts = 0;
     SELECT count(*) INTO n FROM @extschema@.canary_rollups r
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     RETURN n;
@@ -352,6 +363,9 @@ BEGIN
         DELETE FROM @extschema@.canary_rollups r
          WHERE r.bucket_end < (today - days)::timestamp AT TIME ZONE 'UTC';
         GET DIAGNOSTICS n = ROW_COUNT;
+        -- and a fleet control's combined rows (33_fleet_combined.sql)
+        DELETE FROM @extschema@.canary_fleet_rollups r
+         WHERE r.bucket_end < (today - days)::timestamp AT TIME ZONE 'UTC';
     END IF;
     RETURN n;
 END;
