@@ -399,6 +399,23 @@ SELECT canary_flush();});
 	is($control->safe_psql('postgres', q{SELECT sum(requests) FROM canary_fleet_rollups}),
 		$m2_total + $m1->safe_psql('postgres', q{SELECT sum(requests) FROM canary_rollups}),
 		'and count every member attempt once');
+
+	# removing a member (RUNBOOK): its traffic stays in the combined rows
+	# until the operator deletes its rows and recomputes them
+	$control->safe_psql('postgres', q{
+DROP SUBSCRIPTION llm_canary_from_m2;
+DELETE FROM canary_fleet_members WHERE member = 'm2';
+DELETE FROM canary_rollups WHERE member = 'm2';
+DELETE FROM canary_rollup_totals WHERE member = 'm2';});
+	is($control->safe_psql('postgres', q{SELECT sum(requests) FROM canary_fleet_rollups}),
+		$m2_total + $m1->safe_psql('postgres', q{SELECT sum(requests) FROM canary_rollups}),
+		'a removed member\'s deleted rows stay in the combined rows');
+	cmp_ok($control->safe_psql('postgres', q{SELECT canary_fleet_combine('-infinity')}), '>', 0,
+		'canary_fleet_combine recomputes them');
+	is($control->safe_psql('postgres', $combined_diff_q), '0', 'from the rows left');
+	is($control->safe_psql('postgres', q{SELECT sum(requests) FROM canary_fleet_rollups}),
+		$m1->safe_psql('postgres', q{SELECT sum(requests) FROM canary_rollups}),
+		'which are member 1\'s alone');
 }
 
 $_->stop for ($control, @members);
