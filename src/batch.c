@@ -51,6 +51,7 @@
 
 #include "batch.h"
 #include "chat.h"
+#include "subxact.h"
 
 /* the longest a pump waits in libcurl before it looks at interrupts */
 #define BATCH_POLL_MS		20
@@ -331,20 +332,13 @@ Guarded(BatchEngine *e, BatchItem *item, ItemStep step, void *arg)
 	PG_TRY();
 	{
 		step(e, item, arg);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		CanarySubxactCommit(oldcxt, oldowner);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		/* kept in the engine's context: a failed row outlives this call */
+		ErrorData  *edata = CanarySubxactAbort(oldcxt, oldowner, e->cxt);
 
-		MemoryContextSwitchTo(e->cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 			ReThrowError(edata);

@@ -50,6 +50,7 @@
 #include "cache.h"
 #include "chat.h"
 #include "extension.h"
+#include "subxact.h"
 #include "util.h"
 
 /* settings */
@@ -190,21 +191,13 @@ CacheRun(const char *what, const char *sql, int nargs, Oid *types,
 			SPI_finish();
 		}
 		CanaryRestoreUser(&save);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		CanarySubxactCommit(oldcxt, oldowner);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
-
 		/* the abort restores the user id, the resource owner and SPI */
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		ErrorData  *edata = CanarySubxactAbort(oldcxt, oldowner, oldcxt);
+
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 			ReThrowError(edata);

@@ -271,57 +271,247 @@ ConfigExtensionOwner(void)
 	return CachedExtensionOwner;
 }
 
-static char *
-CacheStrdupOrNull(HeapTuple tup, TupleDesc desc, int col)
+/*
+ * How a cached row is read: one entry per column, in select-list order,
+ * naming the SQL expression, what it is read as and the field it fills.
+ * A NULL reads as 0, false or a NULL pointer.
+ */
+typedef enum ConfigColumnType
 {
-	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+	CONFIG_BOOL,
+	CONFIG_INT4,
+	CONFIG_INT8,
+	CONFIG_FLOAT8,
+	CONFIG_TEXT,				/* char *, copied into the cache context */
+	CONFIG_STAGE,				/* CanaryStage, by StageNames */
+	CONFIG_PROVIDER				/* CanaryProvider, by ProviderNames */
+} ConfigColumnType;
 
-	if (isnull)
-		return NULL;
-	return MemoryContextStrdup(ConfigCacheContext, TextDatumGetCString(d));
+typedef struct ConfigColumn
+{
+	const char *expr;
+	ConfigColumnType type;
+	size_t		offset;			/* of the field in the row's struct */
+} ConfigColumn;
+
+#define ROLLOUT(expr, type, field) {expr, type, offsetof(CanaryRollout, field)}
+#define MODEL(expr, type, field) {expr, type, offsetof(CanaryModel, field)}
+
+static const ConfigColumn RolloutColumns[] = {
+	ROLLOUT("stage", CONFIG_STAGE, stage),
+	ROLLOUT("(percent_new * 100)::int4", CONFIG_INT4, percent_x100),
+	ROLLOUT("kill_switch_armed", CONFIG_BOOL, armed),
+	ROLLOUT("old_model", CONFIG_TEXT, old_model),
+	ROLLOUT("new_model", CONFIG_TEXT, new_model),
+	ROLLOUT("salt", CONFIG_TEXT, salt),
+	ROLLOUT("shadow_sample_rate::float8", CONFIG_FLOAT8, shadow_sample_rate),
+	ROLLOUT("fallback_to_old", CONFIG_BOOL, fallback_to_old),
+	ROLLOUT("session_ttl::text", CONFIG_TEXT, session_ttl),
+	ROLLOUT("shadow_embedding_model", CONFIG_TEXT, shadow_embedding_model),
+	ROLLOUT("window_seconds", CONFIG_INT4, window_seconds),
+	ROLLOUT("error_rate_threshold::float8", CONFIG_FLOAT8, error_rate_threshold),
+	ROLLOUT("p95_ratio_threshold::float8", CONFIG_FLOAT8, p95_ratio_threshold),
+	ROLLOUT("refusal_delta_threshold::float8", CONFIG_FLOAT8, refusal_delta_threshold),
+	ROLLOUT("thumbs_down_ratio_threshold::float8", CONFIG_FLOAT8, thumbs_down_ratio_threshold),
+	ROLLOUT("min_samples::int8", CONFIG_INT8, min_samples),
+	ROLLOUT("significance::float8", CONFIG_FLOAT8, significance),
+	ROLLOUT("raw_rules", CONFIG_BOOL, raw_rules),
+	ROLLOUT("confirm_windows", CONFIG_INT4, confirm_windows),
+};
+
+static const ConfigColumn ModelColumns[] = {
+	MODEL("provider", CONFIG_PROVIDER, provider),
+	MODEL("base_url", CONFIG_TEXT, base_url),
+	MODEL("model", CONFIG_TEXT, model),
+	MODEL("timeout_ms", CONFIG_INT4, timeout_ms),
+	MODEL("connect_timeout_ms", CONFIG_INT4, connect_timeout_ms),
+	MODEL("max_retries", CONFIG_INT4, max_retries),
+	MODEL("max_tokens", CONFIG_INT4, max_tokens),
+	MODEL("use_max_completion_tokens", CONFIG_BOOL, use_max_completion_tokens),
+	MODEL("temperature IS NOT NULL", CONFIG_BOOL, has_temperature),
+	MODEL("temperature", CONFIG_FLOAT8, temperature),
+	MODEL("system_prompt", CONFIG_TEXT, system_prompt),
+	MODEL("price_input_per_1k::float8", CONFIG_FLOAT8, price_input_per_1k),
+	MODEL("price_output_per_1k::float8", CONFIG_FLOAT8, price_output_per_1k),
+	MODEL("api_key_env", CONFIG_TEXT, api_key_env),
+};
+
+static const char *const ProviderNames[] = {"openai", "anthropic"};
+
+/* The cached tables: where each is read from and kept. */
+typedef struct ConfigTable
+{
+	const char *table;
+	const ConfigColumn *columns;
+	int			ncolumns;
+	HTAB	  **cache;			/* its hash table, replaced by a rebuild */
+} ConfigTable;
+
+static const ConfigTable RolloutTable = {
+	"canary_config", RolloutColumns, lengthof(RolloutColumns), &RolloutCache
+};
+static const ConfigTable ModelTable = {
+	"canary_models", ModelColumns, lengthof(ModelColumns), &ModelCache
+};
+
+/* The index of value in names[n]; ERROR for a value the table may not hold. */
+static int
+ConfigNameIndex(const char *const *names, int n, const char *value,
+				const char *table, const char *column)
+{
+	for (int i = 0; i < n; i++)
+		if (strcmp(value, names[i]) == 0)
+			return i;
+	elog(ERROR, "unexpected %s \"%s\" in %s", column, value, table);
+	return -1;					/* keep compiler quiet */
 }
 
-/* List of existing rollouts for a hint; allocated in the caller's context. */
-static char *
-ListNames(const char *table)
+/* The type a column of type must have in the select list. */
+static Oid
+ConfigColumnTypeOid(ConfigColumnType type)
 {
-	StringInfoData buf;
-	char	   *result;
-	MemoryContext caller = CurrentMemoryContext;
-
-	initStringInfo(&buf);
-	appendStringInfo(&buf, "SELECT coalesce(string_agg(name, ', ' ORDER BY name), '') FROM %s.%s",
-					 CachedSchemaName, table);
-	if (SPI_execute(buf.data, true, 0) != SPI_OK_SELECT || SPI_processed != 1)
-		return pstrdup("");
-	result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
-	return MemoryContextStrdup(caller, result ? result : "");
+	switch (type)
+	{
+		case CONFIG_BOOL:
+			return BOOLOID;
+		case CONFIG_INT4:
+			return INT4OID;
+		case CONFIG_INT8:
+			return INT8OID;
+		case CONFIG_FLOAT8:
+			return FLOAT8OID;
+		case CONFIG_TEXT:
+		case CONFIG_STAGE:
+		case CONFIG_PROVIDER:
+			break;
+	}
+	return TEXTOID;
 }
 
 /*
- * ConfigFetchRow
- *		Connect to SPI and read the columns cols of the row of table (one of
- *		the cached tables) named name, under a fresh snapshot.  Returns with
- *		SPI connected, and whether there was a row (in SPI_tuptable).
+ * ConfigLoadRow
+ *		Read the row of t named name into row (a CanaryRollout or a
+ *		CanaryModel, zeroed first, its name left to the caller; text is
+ *		copied into the cache context), column by column as t says, under a
+ *		fresh snapshot.
+ *		Returns false, row untouched, when there is no such row.  Caller must
+ *		have made the cache valid (ConfigCacheEnsure) and not be connected to
+ *		SPI; an unexpected column type or value raises ERROR.
  */
 static bool
-ConfigFetchRow(const char *table, const char *cols, const char *name)
+ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 {
 	StringInfoData sql;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	HTAB	   *hash;
 	int			ret;
 
-	SPI_connect();
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s FROM %s.%s WHERE name = $1",
-					 cols, CachedSchemaName, table);
 	args[0] = CStringGetTextDatum(name);
-	ret = ConfigQuery(sql.data, 1, argtypes, args, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not read %s: SPI error %d", table, ret);
-	return SPI_processed > 0;
+
+	/*
+	 * An invalidation accepted during the query (while it locked the table)
+	 * came from a commit after this call started: the row may serve this
+	 * call, and the generation it bumped makes the next lookup reload.  Only
+	 * a cache rebuilt meanwhile is not ours to fill: then read again for the
+	 * new one.
+	 */
+	for (;;)
+	{
+		hash = *t->cache;
+		initStringInfo(&sql);
+		appendStringInfoString(&sql, "SELECT ");
+		for (int i = 0; i < t->ncolumns; i++)
+			appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "", t->columns[i].expr);
+		appendStringInfo(&sql, " FROM %s.%s WHERE name = $1",
+						 CachedSchemaName, t->table);
+		SPI_connect();
+		ret = ConfigQuery(sql.data, 1, argtypes, args, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not read %s: SPI error %d", t->table, ret);
+		if (SPI_processed == 0)
+		{
+			SPI_finish();
+			return false;
+		}
+		if (hash == *t->cache)
+			break;
+		SPI_finish();
+		ConfigCacheEnsure();
+	}
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	memset(row, 0, rowsize);
+	for (int i = 0; i < t->ncolumns; i++)
+	{
+		const ConfigColumn *c = &t->columns[i];
+		char	   *field = (char *) row + c->offset;
+		bool		isnull;
+		Datum		d = SPI_getbinval(tup, desc, i + 1, &isnull);
+
+		if (SPI_gettypeid(desc, i + 1) != ConfigColumnTypeOid(c->type))
+			elog(ERROR, "column \"%s\" of %s has an unexpected type", c->expr, t->table);
+		if (isnull)
+			continue;			/* stays 0, false or NULL */
+		switch (c->type)
+		{
+			case CONFIG_BOOL:
+				*(bool *) field = DatumGetBool(d);
+				break;
+			case CONFIG_INT4:
+				*(int32 *) field = DatumGetInt32(d);
+				break;
+			case CONFIG_INT8:
+				*(int64 *) field = DatumGetInt64(d);
+				break;
+			case CONFIG_FLOAT8:
+				*(double *) field = DatumGetFloat8(d);
+				break;
+			case CONFIG_TEXT:
+				*(char **) field = MemoryContextStrdup(ConfigCacheContext,
+													   TextDatumGetCString(d));
+				break;
+			case CONFIG_STAGE:
+				*(CanaryStage *) field = (CanaryStage)
+					ConfigNameIndex(StageNames, lengthof(StageNames),
+									TextDatumGetCString(d), t->table, c->expr);
+				break;
+			case CONFIG_PROVIDER:
+				*(CanaryProvider *) field = (CanaryProvider)
+					ConfigNameIndex(ProviderNames, lengthof(ProviderNames),
+									TextDatumGetCString(d), t->table, c->expr);
+				break;
+		}
+	}
+	SPI_finish();
+	return true;
+}
+
+/*
+ * ConfigNameList
+ *		The names in table, comma-separated in name order ("none" for no
+ *		row), for the hint of a "does not exist" error.  Allocated in the
+ *		caller's memory context.
+ */
+static char *
+ConfigNameList(const char *table)
+{
+	StringInfoData buf;
+	MemoryContext caller = CurrentMemoryContext;
+	char	   *result = NULL;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "SELECT string_agg(name, ', ' ORDER BY name) FROM %s.%s",
+					 CachedSchemaName, table);
+	SPI_connect();
+	if (SPI_execute(buf.data, true, 0) == SPI_OK_SELECT && SPI_processed == 1)
+		result = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	result = MemoryContextStrdup(caller, result ? result : "none");
+	SPI_finish();
+	return result;
 }
 
 /*
@@ -377,98 +567,37 @@ const CanaryRollout *
 ConfigLookupRollout(const char *name, bool missing_ok)
 {
 	RolloutEntry *entry;
-	bool		found;
 	char		key[NAMEDATALEN];
-	HTAB	   *hash;
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	char	   *stage;
 	CanaryRollout row;
-	CanaryRollout *r = &row;
-	int			i;
 
 	ConfigCacheEnsure();
 	if (!ConfigCacheKey("rollout", name, missing_ok, key))
 		return NULL;
-	entry = hash_search(RolloutCache, key, HASH_FIND, &found);
+	entry = hash_search(RolloutCache, key, HASH_FIND, NULL);
 	if (entry != NULL && entry->found)
 		return &entry->rollout;
 
-	hash = RolloutCache;
-	if (!ConfigFetchRow("canary_config",
-						"stage, (percent_new * 100)::int4, kill_switch_armed, old_model, new_model,"
-						" salt, shadow_sample_rate::float8, fallback_to_old, session_ttl::text,"
-						" shadow_embedding_model, window_seconds, error_rate_threshold::float8,"
-						" p95_ratio_threshold::float8, refusal_delta_threshold::float8,"
-						" thumbs_down_ratio_threshold::float8, min_samples::int8,"
-						" significance::float8, raw_rules, confirm_windows", name))
+	/* fill a copy; the entry is entered and marked found last */
+	if (!ConfigLoadRow(&RolloutTable, name, &row, sizeof(row)))
 	{
 		char	   *known;
 
 		if (missing_ok)
-		{
-			SPI_finish();
 			return NULL;
-		}
-		known = ListNames("canary_config");
-		SPI_finish();
+		known = ConfigNameList("canary_config");
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("rollout \"%s\" does not exist", name),
 				 errhint("Existing rollouts: %s. Create one with INSERT INTO canary_config (name, old_model, new_model).",
-						 known[0] ? known : "none")));
+						 known)));
 	}
+	strlcpy(row.name, name, NAMEDATALEN);
+	row.stage_name = StageNames[row.stage];
+	row.salt_len = row.salt ? strlen(row.salt) : 0;
 
-	/*
-	 * An invalidation accepted during the query (while it locked the table)
-	 * came from a commit after this call started: the row may serve this
-	 * call, and the generation it bumped makes the next lookup reload.  Only
-	 * a cache rebuilt meanwhile is not ours to fill.
-	 */
-	if (hash != RolloutCache)
-	{
-		SPI_finish();
-		return ConfigLookupRollout(name, missing_ok);
-	}
-
-	/* fill a copy; the entry is entered and marked found last */
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	stage = SPI_getvalue(tup, desc, 1);
-	memset(r, 0, sizeof(*r));
-	strlcpy(r->name, name, NAMEDATALEN);
-	for (i = 0; i < lengthof(StageNames); i++)
-		if (strcmp(stage, StageNames[i]) == 0)
-			break;
-	if (i == lengthof(StageNames))
-		elog(ERROR, "unexpected stage \"%s\" in canary_config", stage);
-	r->stage = (CanaryStage) i;
-	r->stage_name = StageNames[i];
-	r->percent_x100 = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-	r->armed = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-	r->old_model = CacheStrdupOrNull(tup, desc, 4);
-	r->new_model = CacheStrdupOrNull(tup, desc, 5);
-	r->salt = CacheStrdupOrNull(tup, desc, 6);
-	r->salt_len = r->salt ? strlen(r->salt) : 0;
-	r->shadow_sample_rate = DatumGetFloat8(SPI_getbinval(tup, desc, 7, &isnull));
-	r->fallback_to_old = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
-	r->session_ttl = CacheStrdupOrNull(tup, desc, 9);
-	r->shadow_embedding_model = CacheStrdupOrNull(tup, desc, 10);
-	r->window_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 11, &isnull));
-	r->error_rate_threshold = DatumGetFloat8(SPI_getbinval(tup, desc, 12, &isnull));
-	r->p95_ratio_threshold = DatumGetFloat8(SPI_getbinval(tup, desc, 13, &isnull));
-	r->refusal_delta_threshold = DatumGetFloat8(SPI_getbinval(tup, desc, 14, &isnull));
-	r->thumbs_down_ratio_threshold = DatumGetFloat8(SPI_getbinval(tup, desc, 15, &isnull));
-	r->min_samples = DatumGetInt64(SPI_getbinval(tup, desc, 16, &isnull));
-	r->significance = DatumGetFloat8(SPI_getbinval(tup, desc, 17, &isnull));
-	r->raw_rules = DatumGetBool(SPI_getbinval(tup, desc, 18, &isnull));
-	r->confirm_windows = DatumGetInt32(SPI_getbinval(tup, desc, 19, &isnull));
-
-	entry = hash_search(RolloutCache, key, HASH_ENTER, &found);
+	entry = hash_search(RolloutCache, key, HASH_ENTER, NULL);
 	entry->rollout = row;
 	entry->found = true;
-	SPI_finish();
 	return &entry->rollout;
 }
 
@@ -515,78 +644,33 @@ const CanaryModel *
 ConfigLookupModel(const char *name, bool missing_ok)
 {
 	ModelEntry *entry;
-	bool		found;
 	char		key[NAMEDATALEN];
-	HTAB	   *hash;
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
-	char	   *provider;
 	CanaryModel row;
-	CanaryModel *m = &row;
-	Datum		d;
 
 	ConfigCacheEnsure();
 	if (!ConfigCacheKey("model", name, missing_ok, key))
 		return NULL;
-	entry = hash_search(ModelCache, key, HASH_FIND, &found);
+	entry = hash_search(ModelCache, key, HASH_FIND, NULL);
 	if (entry != NULL && entry->found)
 		return &entry->model;
 
-	hash = ModelCache;
-	if (!ConfigFetchRow("canary_models",
-						"provider, base_url, model, timeout_ms, connect_timeout_ms, max_retries,"
-						" max_tokens, use_max_completion_tokens, temperature, system_prompt,"
-						" price_input_per_1k::float8, price_output_per_1k::float8, api_key_env",
-						name))
+	if (!ConfigLoadRow(&ModelTable, name, &row, sizeof(row)))
 	{
 		char	   *known;
 
 		if (missing_ok)
-		{
-			SPI_finish();
 			return NULL;
-		}
-		known = ListNames("canary_models");
-		SPI_finish();
+		known = ConfigNameList("canary_models");
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", name),
-				 errhint("Known models: %s.", known[0] ? known : "none")));
+				 errhint("Known models: %s.", known)));
 	}
-	if (hash != ModelCache)		/* see ConfigGetRollout */
-	{
-		SPI_finish();
-		return ConfigLookupModel(name, missing_ok);
-	}
+	strlcpy(row.name, name, NAMEDATALEN);
 
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
-	provider = SPI_getvalue(tup, desc, 1);
-	memset(m, 0, sizeof(*m));
-	strlcpy(m->name, name, NAMEDATALEN);
-	m->provider = strcmp(provider, "anthropic") == 0 ?
-		CANARY_PROVIDER_ANTHROPIC : CANARY_PROVIDER_OPENAI;
-	m->base_url = CacheStrdupOrNull(tup, desc, 2);
-	m->model = CacheStrdupOrNull(tup, desc, 3);
-	m->timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-	m->connect_timeout_ms = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-	m->max_retries = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
-	d = SPI_getbinval(tup, desc, 7, &isnull);
-	m->max_tokens = isnull ? 0 : DatumGetInt32(d);
-	m->use_max_completion_tokens = DatumGetBool(SPI_getbinval(tup, desc, 8, &isnull));
-	d = SPI_getbinval(tup, desc, 9, &isnull);
-	m->has_temperature = !isnull;
-	m->temperature = isnull ? 0 : DatumGetFloat8(d);
-	m->system_prompt = CacheStrdupOrNull(tup, desc, 10);
-	m->price_input_per_1k = DatumGetFloat8(SPI_getbinval(tup, desc, 11, &isnull));
-	m->price_output_per_1k = DatumGetFloat8(SPI_getbinval(tup, desc, 12, &isnull));
-	m->api_key_env = CacheStrdupOrNull(tup, desc, 13);
-
-	entry = hash_search(ModelCache, key, HASH_ENTER, &found);
+	entry = hash_search(ModelCache, key, HASH_ENTER, NULL);
 	entry->model = row;
 	entry->found = true;
-	SPI_finish();
 	return &entry->model;
 }
 

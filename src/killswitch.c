@@ -61,6 +61,7 @@
 #include "config.h"
 #include "fleet.h"
 #include "sequential.h"
+#include "subxact.h"
 
 /* One cohort's window. */
 typedef struct CohortWindow
@@ -1074,20 +1075,12 @@ AdvancePlansIsolated(const char *schema, Datum name, bool named, TimestampTz at)
 	PG_TRY();
 	{
 		AdvancePlans(schema, name, named, at);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
+		CanarySubxactCommit(oldcontext, oldowner);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = CanarySubxactAbort(oldcontext, oldowner, oldcontext);
 
-		MemoryContextSwitchTo(oldcontext);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcontext);
-		CurrentResourceOwner = oldowner;
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 			ReThrowError(edata);
 		ereport(WARNING,

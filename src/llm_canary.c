@@ -14,6 +14,8 @@
  *					 running SQL as the owner (extension.h)
  *	 util.c			 SHA-256, hex, prompt hash, request ids, clipping text
  *					 at a character boundary (util.h)
+ *	 subxact.c		 ending an internal subtransaction: commit, or roll
+ *					 back and copy the error (subxact.h)
  *	 config.c		 per-backend cache of canary_config and canary_models
  *					 (config.h)
  *	 routing.c		 which model serves a user: bucket, stage, session pins

@@ -115,6 +115,9 @@ extern uint64 MetricsEnqueuedSoFar(void);
 extern void MetricsRequestFlush(void);
 extern bool MetricsWaitWritten(uint64 target, long timeout_ms);
 
+/* Wake the worker (the one record of its identity is the queue's). */
+extern void MetricsWakeWorker(void);
+
 /* The worker's side of the queue (worker.c).  Only the worker consumes. */
 extern void MetricsWorkerAttach(Oid dboid);
 extern void MetricsWorkerSetState(CanaryWorkerState state);

@@ -418,6 +418,27 @@ MetricsRequestFlush(void)
 }
 
 /*
+ * MetricsWakeWorker
+ *		Set the worker's latch, if a worker is attached; a no-op without
+ *		shared memory (library not preloaded).  The worker's identity is
+ *		kept here only: the shadow queue wakes the worker through this too.
+ *		Caller must hold no lock of ours.
+ */
+void
+MetricsWakeWorker(void)
+{
+	Latch	   *latch;
+
+	if (Shared == NULL)
+		return;
+	LWLockAcquire(Shared->lock, LW_SHARED);
+	latch = Shared->worker_latch;
+	LWLockRelease(Shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
  * MetricsWaitWritten
  *		Wait until at least target records were written and the worker is
  *		running (so that an empty queue also proves a worker serves it), at

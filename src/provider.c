@@ -244,6 +244,105 @@ ProviderBuildRequest(const CanaryModel *model, const CanaryRequest *req,
  * ----------------------------------------------------------------------
  */
 
+/*
+ * Where the parser is in the document, kept by both response parsers (the
+ * chat answer's and the embeddings'): the object keys and array element
+ * numbers from the top down to PARSE_TRACK_DEPTH levels.  The JsonPath*
+ * functions below are pg_parse_json callbacks that keep it, for a semstate
+ * that begins with its JsonPath; JsonPathIs asks whether the path is
+ * exactly a pattern, where "*" is any array element, a number that
+ * element, anything else an object key.
+ */
+typedef struct PathElem
+{
+	const char *key;			/* NULL: an array element */
+	int			index;
+} PathElem;
+
+typedef struct JsonPath
+{
+	int			depth;			/* current path length (may exceed tracked) */
+	PathElem	path[PARSE_TRACK_DEPTH];
+	int			next_index[PARSE_TRACK_DEPTH + 1];	/* per open array */
+} JsonPath;
+
+static void
+JsonPathArrayStart(void *state)
+{
+	JsonPath   *jp = (JsonPath *) state;
+
+	if (jp->depth <= PARSE_TRACK_DEPTH)
+		jp->next_index[jp->depth] = 0;
+}
+
+static void
+JsonPathFieldStart(void *state, char *fname, bool isnull)
+{
+	JsonPath   *jp = (JsonPath *) state;
+
+	if (jp->depth < PARSE_TRACK_DEPTH)
+	{
+		jp->path[jp->depth].key = fname ? fname : "";
+		jp->path[jp->depth].index = -1;
+	}
+	jp->depth++;
+}
+
+static void
+JsonPathElementStart(void *state, bool isnull)
+{
+	JsonPath   *jp = (JsonPath *) state;
+
+	if (jp->depth < PARSE_TRACK_DEPTH)
+	{
+		jp->path[jp->depth].key = NULL;
+		jp->path[jp->depth].index = jp->next_index[jp->depth]++;
+	}
+	jp->depth++;
+}
+
+static void
+JsonPathFieldEnd(void *state, char *fname, bool isnull)
+{
+	((JsonPath *) state)->depth--;
+}
+
+static void
+JsonPathElementEnd(void *state, bool isnull)
+{
+	((JsonPath *) state)->depth--;
+}
+
+/* Is the current path exactly pat (NULL-terminated, or PARSE_TRACK_DEPTH long)? */
+static bool
+JsonPathIs(const JsonPath *jp, const char *const *pat)
+{
+	int			n = 0;
+
+	while (n < PARSE_TRACK_DEPTH && pat[n] != NULL)
+		n++;
+	if (jp->depth != n)
+		return false;
+	for (int i = 0; i < n; i++)
+	{
+		const PathElem *e = &jp->path[i];
+
+		if (strcmp(pat[i], "*") == 0)
+		{
+			if (e->key != NULL)
+				return false;
+		}
+		else if (pat[i][0] >= '0' && pat[i][0] <= '9')
+		{
+			if (e->key != NULL || e->index != atoi(pat[i]))
+				return false;
+		}
+		else if (e->key == NULL || strcmp(e->key, pat[i]) != 0)
+			return false;
+	}
+	return true;
+}
+
 /* What a wanted field turned out to be in the response. */
 typedef enum FieldKind
 {
@@ -309,17 +408,9 @@ static const char *const FieldPaths[F_COUNT][PARSE_TRACK_DEPTH + 1] = {
 	[F_USAGE_OUTPUT] = {"usage", "output_tokens"},
 };
 
-typedef struct PathElem
-{
-	const char *key;			/* NULL: an array element */
-	int			index;
-} PathElem;
-
 typedef struct ParseState
 {
-	int			depth;			/* current path length (may exceed tracked) */
-	PathElem	path[PARSE_TRACK_DEPTH];
-	int			next_index[PARSE_TRACK_DEPTH + 1];	/* per open array */
+	JsonPath	where;			/* first: the JsonPath* callbacks keep it */
 	Field		fields[F_COUNT];
 
 	/* Anthropic content blocks: the current one, and the first text one */
@@ -329,42 +420,18 @@ typedef struct ParseState
 	char	   *first_text;
 } ParseState;
 
-/* Does the current path match the wanted field's path exactly? */
+/* Is the parser at the wanted field's path? */
 static bool
 PathMatches(const ParseState *ps, WantedField f)
 {
-	const char *const *pat = FieldPaths[f];
-	int			n = 0;
-
-	while (n < PARSE_TRACK_DEPTH && pat[n] != NULL)
-		n++;
-	if (ps->depth != n)
-		return false;
-	for (int i = 0; i < n; i++)
-	{
-		const PathElem *e = &ps->path[i];
-
-		if (strcmp(pat[i], "*") == 0)
-		{
-			if (e->key != NULL)
-				return false;
-		}
-		else if (pat[i][0] >= '0' && pat[i][0] <= '9')
-		{
-			if (e->key != NULL || e->index != atoi(pat[i]))
-				return false;
-		}
-		else if (e->key == NULL || strcmp(e->key, pat[i]) != 0)
-			return false;
-	}
-	return true;
+	return JsonPathIs(&ps->where, FieldPaths[f]);
 }
 
 /* Record a value found at the current path, if it is one we want. */
 static void
 NoteValue(ParseState *ps, FieldKind kind, char *str)
 {
-	if (ps->depth > PARSE_TRACK_DEPTH)
+	if (ps->where.depth > PARSE_TRACK_DEPTH)
 		return;
 	for (int f = 0; f < F_COUNT; f++)
 	{
@@ -391,7 +458,7 @@ SemObjectStart(void *state)
 	ParseState *ps = (ParseState *) state;
 
 	NoteValue(ps, FIELD_CONTAINER, NULL);
-	if (ps->depth <= PARSE_TRACK_DEPTH && PathMatches(ps, F_BLOCK))
+	if (PathMatches(ps, F_BLOCK))
 	{
 		ps->block_type.kind = FIELD_MISSING;
 		ps->block_text.kind = FIELD_MISSING;
@@ -404,7 +471,7 @@ SemObjectEnd(void *state)
 	ParseState *ps = (ParseState *) state;
 
 	/* the end of an Anthropic content block: keep the first text block */
-	if (ps->depth <= PARSE_TRACK_DEPTH && PathMatches(ps, F_BLOCK) &&
+	if (PathMatches(ps, F_BLOCK) &&
 		!ps->have_text_block &&
 		ps->block_type.kind == FIELD_STRING &&
 		strcmp(ps->block_type.str, "text") == 0 &&
@@ -421,50 +488,7 @@ SemArrayStart(void *state)
 	ParseState *ps = (ParseState *) state;
 
 	NoteValue(ps, FIELD_CONTAINER, NULL);
-	if (ps->depth <= PARSE_TRACK_DEPTH)
-		ps->next_index[ps->depth] = 0;
-}
-
-static void
-SemFieldStart(void *state, char *fname, bool isnull)
-{
-	ParseState *ps = (ParseState *) state;
-
-	if (ps->depth < PARSE_TRACK_DEPTH)
-	{
-		ps->path[ps->depth].key = fname ? fname : "";
-		ps->path[ps->depth].index = -1;
-	}
-	ps->depth++;
-}
-
-static void
-SemFieldEnd(void *state, char *fname, bool isnull)
-{
-	ParseState *ps = (ParseState *) state;
-
-	ps->depth--;
-}
-
-static void
-SemElementStart(void *state, bool isnull)
-{
-	ParseState *ps = (ParseState *) state;
-
-	if (ps->depth < PARSE_TRACK_DEPTH)
-	{
-		ps->path[ps->depth].key = NULL;
-		ps->path[ps->depth].index = ps->next_index[ps->depth]++;
-	}
-	ps->depth++;
-}
-
-static void
-SemElementEnd(void *state, bool isnull)
-{
-	ParseState *ps = (ParseState *) state;
-
-	ps->depth--;
+	JsonPathArrayStart(state);
 }
 
 static void
@@ -730,10 +754,10 @@ ParseJsonBody(char *body, size_t len, ParseState *ps)
 	sem.object_start = SemObjectStart;
 	sem.object_end = SemObjectEnd;
 	sem.array_start = SemArrayStart;
-	sem.object_field_start = SemFieldStart;
-	sem.object_field_end = SemFieldEnd;
-	sem.array_element_start = SemElementStart;
-	sem.array_element_end = SemElementEnd;
+	sem.object_field_start = JsonPathFieldStart;
+	sem.object_field_end = JsonPathFieldEnd;
+	sem.array_element_start = JsonPathElementStart;
+	sem.array_element_end = JsonPathElementEnd;
 	sem.scalar = SemScalar;
 	return ParseJsonWith(body, len, &sem);
 }
@@ -1007,10 +1031,7 @@ ProviderBuildEmbeddingsRequest(const CanaryModel *model, const char *a,
  */
 typedef struct EmbedParse
 {
-	int			depth;
-	const char *key[4];			/* object keys along the path (NULL: element) */
-	int			elem[4];		/* array element numbers along the path */
-	int			next_elem[5];
+	JsonPath	where;			/* first: the JsonPath* callbacks keep it */
 	int			ndata;			/* elements of data seen */
 	double	   *vec[2];
 	int			len[2];
@@ -1019,60 +1040,26 @@ typedef struct EmbedParse
 	bool		bad;			/* a non-number in an embedding, or too long */
 } EmbedParse;
 
-static void
-EmbedFieldStart(void *state, char *fname, bool isnull)
-{
-	EmbedParse *ep = (EmbedParse *) state;
-
-	if (ep->depth < 4)
-		ep->key[ep->depth] = fname ? fname : "";
-	ep->depth++;
-}
-
-static void
-EmbedFieldEnd(void *state, char *fname, bool isnull)
-{
-	((EmbedParse *) state)->depth--;
-}
-
-static void
-EmbedArrayStart(void *state)
-{
-	EmbedParse *ep = (EmbedParse *) state;
-
-	if (ep->depth <= 4)
-		ep->next_elem[ep->depth] = 0;
-}
+static const char *const EmbedData[] = {"data", "*", NULL};
+static const char *const EmbedIndex[] = {"data", "*", "index", NULL};
+static const char *const EmbedValue[] = {"data", "*", "embedding", "*", NULL};
 
 static void
 EmbedElementStart(void *state, bool isnull)
 {
 	EmbedParse *ep = (EmbedParse *) state;
 
-	if (ep->depth < 4)
-	{
-		ep->key[ep->depth] = NULL;
-		ep->elem[ep->depth] = ep->next_elem[ep->depth]++;
-		/* a new element of the top-level "data" array */
-		if (ep->depth == 1 && ep->key[0] && strcmp(ep->key[0], "data") == 0)
-			ep->ndata++;
-	}
-	ep->depth++;
+	JsonPathElementStart(state, isnull);
+	/* a new element of the top-level "data" array */
+	if (JsonPathIs(&ep->where, EmbedData))
+		ep->ndata++;
 }
 
-static void
-EmbedElementEnd(void *state, bool isnull)
-{
-	((EmbedParse *) state)->depth--;
-}
-
-/* Is the path data[i].<field> so far, with i < 2? */
+/* Is the parser at pat (data[i]...) with i one of the first two elements? */
 static bool
-EmbedInData(const EmbedParse *ep, const char *field)
+EmbedAt(const EmbedParse *ep, const char *const *pat)
 {
-	return ep->key[0] && strcmp(ep->key[0], "data") == 0 &&
-		ep->key[1] == NULL && ep->elem[1] < 2 &&
-		ep->key[2] && strcmp(ep->key[2], field) == 0;
+	return JsonPathIs(&ep->where, pat) && ep->where.path[1].index < 2;
 }
 
 static void
@@ -1081,7 +1068,7 @@ EmbedScalar(void *state, char *token, JsonTokenType tokentype)
 	EmbedParse *ep = (EmbedParse *) state;
 
 	/* data[i].index */
-	if (ep->depth == 3 && EmbedInData(ep, "index"))
+	if (EmbedAt(ep, EmbedIndex))
 	{
 		long		v;
 		char	   *end;
@@ -1090,15 +1077,15 @@ EmbedScalar(void *state, char *token, JsonTokenType tokentype)
 		v = tokentype == JSON_TOKEN_NUMBER ? strtol(token, &end, 10) : -1;
 		if (tokentype == JSON_TOKEN_NUMBER && errno == 0 && *end == '\0' &&
 			v >= 0 && v < 2)
-			ep->index[ep->elem[1]] = (int) v;
+			ep->index[ep->where.path[1].index] = (int) v;
 		else
 			ep->bad = true;
 		return;
 	}
 	/* data[i].embedding[j] */
-	if (ep->depth == 4 && EmbedInData(ep, "embedding") && ep->key[3] == NULL)
+	if (EmbedAt(ep, EmbedValue))
 	{
-		int			i = ep->elem[1];
+		int			i = ep->where.path[1].index;
 		double		v;
 		char	   *end;
 
@@ -1165,11 +1152,11 @@ ProviderParseEmbeddings(int http_status, const char *body, size_t len,
 	ep.index[0] = ep.index[1] = -1;
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = &ep;
-	sem.object_field_start = EmbedFieldStart;
-	sem.object_field_end = EmbedFieldEnd;
-	sem.array_start = EmbedArrayStart;
+	sem.object_field_start = JsonPathFieldStart;
+	sem.object_field_end = JsonPathFieldEnd;
+	sem.array_start = JsonPathArrayStart;
 	sem.array_element_start = EmbedElementStart;
-	sem.array_element_end = EmbedElementEnd;
+	sem.array_element_end = JsonPathElementEnd;
 	sem.scalar = EmbedScalar;
 	copy = pnstrdup(body, len);
 	problem = ParseJsonWith(copy, len, &sem);

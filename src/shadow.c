@@ -44,8 +44,10 @@
 #include "utils/timestamp.h"
 
 #include "extension.h"
+#include "metrics.h"
 #include "shadow.h"
 #include "shadow_internal.h"
+#include "subxact.h"
 #include "util.h"
 
 ShadowShared *ShadowState = NULL;
@@ -289,7 +291,7 @@ ShadowFreeSlot(ShadowSlot *slot)
 static void
 CloseOpenJobs(SubTransactionId from)
 {
-	Latch	   *latch = NULL;
+	bool		wake = false;
 	int			kept = 0;
 
 	if (n_open_jobs == 0 || ShadowState == NULL)
@@ -312,12 +314,12 @@ CloseOpenJobs(SubTransactionId from)
 		slot->old_latency_ms = -1;
 		strlcpy(slot->old_error, SHADOW_OLD_MISSING, sizeof(slot->old_error));
 		if (slot->new_done)
-			latch = ShadowState->worker_latch;
+			wake = true;
 	}
 	LWLockRelease(ShadowState->lock);
 	n_open_jobs = kept;
-	if (latch)
-		SetLatch(latch);
+	if (wake)
+		MetricsWakeWorker();
 }
 
 /*
@@ -407,20 +409,12 @@ ShadowTryCopy(const char *data, Size len, ShadowAllocFault what)
 			((char *) dsa_get_address(area, p))[len] = '\0';
 		}
 		dp = p;
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
+		CanarySubxactCommit(oldcxt, oldowner);
 	}
 	PG_CATCH();
 	{
-		ErrorData  *edata;
+		ErrorData  *edata = CanarySubxactAbort(oldcxt, oldowner, oldcxt);
 
-		MemoryContextSwitchTo(oldcxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(oldcxt);
-		CurrentResourceOwner = oldowner;
 		/* a cancel or termination is not ours to swallow: raise it again soon */
 		if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 			QueryCancelPending = InterruptPending = true;
@@ -473,7 +467,6 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	Size		prompt_len = strlen(prompt);
 	Size		budget = (Size) shadow_max_bytes_mb * 1024 * 1024;
 	dsa_pointer dp;
-	Latch	   *latch;
 
 	if (ShadowState == NULL || rollout->new_model == NULL)
 		return;
@@ -517,7 +510,7 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	if (slotno < 0)
 	{
 		/* while no worker serves the queue, jobs wait: that is why it is full */
-		if (ShadowState->worker_latch == NULL)
+		if (!ShadowState->worker_serving)
 			ShadowState->dropped_no_worker++;
 		else
 			ShadowState->dropped_queue_full++;
@@ -594,7 +587,6 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 	slot->state = SHADOW_SLOT_PENDING;
 	ShadowState->npending++;
 	ShadowState->dispatched++;
-	latch = ShadowState->worker_latch;
 	LWLockRelease(ShadowState->lock);
 
 	if (n_open_jobs == open_jobs_cap && open_jobs_cap < ShadowState->nslots)
@@ -623,8 +615,7 @@ ShadowMaybeDispatch(const CanaryRollout *rollout, const pg_uuid_t *request_id,
 		open_jobs[n_open_jobs].subid = GetCurrentSubTransactionId();
 		n_open_jobs++;
 	}
-	if (latch)
-		SetLatch(latch);
+	MetricsWakeWorker();
 }
 
 /*
@@ -679,7 +670,7 @@ ShadowCompleteOld(const pg_uuid_t *request_id, const CanaryModel *old_model,
 	dsa_pointer dp = InvalidDsaPointer;
 	bool		not_stored = false;
 	ShadowSlot *slot;
-	Latch	   *latch = NULL;
+	bool		wake = false;
 
 	for (int i = 0; i < n_open_jobs; i++)
 	{
@@ -746,10 +737,10 @@ ShadowCompleteOld(const pg_uuid_t *request_id, const CanaryModel *old_model,
 		slot->old_error[0] = '\0';
 	slot->old_done = true;
 	if (slot->new_done)
-		latch = ShadowState->worker_latch;
+		wake = true;
 	LWLockRelease(ShadowState->lock);
-	if (latch)
-		SetLatch(latch);
+	if (wake)
+		MetricsWakeWorker();
 }
 
 /*

@@ -75,8 +75,8 @@ typedef struct ShadowShared
 	LWLock	   *lock;			/* protects everything below */
 	int			dsa_tranche;
 	dsa_handle	dsa;			/* DSM_HANDLE_INVALID until the worker ran */
-	Latch	   *worker_latch;	/* NULL while no worker serves the queue */
-	int			worker_pid;
+	bool		worker_serving; /* a worker takes jobs; who it is and its
+								 * latch: MetricsWakeWorker (metrics.h) */
 	int			nslots;
 	int			next_free;		/* where the next free-slot search starts */
 	int			npending;

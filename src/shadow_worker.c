@@ -894,19 +894,18 @@ ShadowWorkerExit(int code, Datum arg)
 {
 	if (ShadowState == NULL)
 		return;
+	if (!shadow_worker_ready)
+		return;
 	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
-	if (ShadowState->worker_pid == MyProcPid)
-	{
-		ShadowState->worker_latch = NULL;
-		ShadowState->worker_pid = 0;
-	}
+	ShadowState->worker_serving = false;
 	LWLockRelease(ShadowState->lock);
 }
 
 /*
  * ShadowWorkerInit
- *		Set up the shadow side of the background worker: the DSA area and
- *		our latch in shared memory (the multi loop, transfers.c, is the
+ *		Set up the shadow side of the background worker: the DSA area, and
+ *		mark the queue as served (backends wake us through the worker's
+ *		identity in the metrics queue; the multi loop, transfers.c, is the
  *		worker's).  Jobs a
  *		previous worker left RUNNING (it died without recording them) are
  *		queued again; jobs it left WRITING may have been written and are
@@ -942,8 +941,7 @@ ShadowWorkerInit(void)
 			ShadowState->rows_lost++;
 		}
 	}
-	ShadowState->worker_latch = MyLatch;
-	ShadowState->worker_pid = MyProcPid;
+	ShadowState->worker_serving = true;
 	LWLockRelease(ShadowState->lock);
 	shadow_worker_ready = true;
 }
@@ -1047,8 +1045,7 @@ ShadowWorkerShutdown(void)
 	pending = palloc(sizeof(int) * ShadowState->nslots);
 	seqs = palloc(sizeof(uint64) * ShadowState->nslots);
 	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
-	ShadowState->worker_latch = NULL;	/* jobs queue for the next worker */
-	ShadowState->worker_pid = 0;
+	ShadowState->worker_serving = false;	/* jobs queue for the next worker */
 	for (int i = 0; i < ShadowState->nslots; i++)
 	{
 		ShadowSlot *slot = &ShadowState->slots[i];

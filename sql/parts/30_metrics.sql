@@ -164,6 +164,7 @@ DECLARE
     n bigint;
     made record;
     old record;
+    expired record;
 BEGIN
     IF days_ahead IS NULL OR today IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN today IS NULL THEN 'today' ELSE 'days_ahead' END
@@ -175,54 +176,40 @@ BEGIN
                   HINT = 'Create between 0 and 366 days of partitions ahead; the default is 7.';
     END IF;
 
-    -- expired answers of the response cache (created by a later part)
-    IF to_regclass(format('%I.canary_response_cache', nsp)) IS NOT NULL THEN
-        -- the setting reads like '1h' (its unit is seconds): a valid interval;
-        -- off (0) or not loaded, every row is stale
-        EXECUTE format('DELETE FROM %I.canary_response_cache WHERE created_at <= now() - $1', nsp)
-           USING coalesce(nullif(current_setting('llm_canary.response_cache_ttl', true), ''), '0')::interval;
+    -- expired rows: each table, the condition its index serves, and the
+    -- cutoff ($1); a table of a later part is skipped while it does not exist
+    FOR expired IN
+        SELECT * FROM (VALUES
+            -- the cache's TTL reads like '1h' (its unit is seconds): a valid
+            -- interval; off (0) or not loaded, every answer is stale
+            ('canary_response_cache', 'created_at <= $1',
+             now() - coalesce(nullif(current_setting('llm_canary.response_cache_ttl', true), ''), '0')::interval),
+            -- expired session pins: routing decides such a session again
+            ('canary_sessions', 'expires_at < $1', now()),
+            -- window summaries of days before today - retention (none when 0)
+            ('canary_window_summaries', 'at < $1',
+             CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
+            -- finished submissions past llm_canary.submit_retention
+            ('canary_submissions', 'finished_at < $1',
+             now() - coalesce(nullif(current_setting('llm_canary.submit_retention', true), ''), '1d')::interval)
+        ) AS e (relname, condition, cutoff)
+    LOOP
+        CONTINUE WHEN expired.cutoff IS NULL
+                   OR to_regclass(format('%I.%I', nsp, expired.relname)) IS NULL;
+        EXECUTE format('DELETE FROM %I.%I WHERE %s', nsp, expired.relname, expired.condition)
+           USING expired.cutoff;
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n > 0 THEN
-            action := 'expire'; partition := 'canary_response_cache'; moved_rows := n;
+            action := 'expire'; partition := expired.relname; moved_rows := n;
             RETURN NEXT;
         END IF;
-    END IF;
-
-    -- expired session pins: routing decides such a session again
-    DELETE FROM @extschema@.canary_sessions WHERE expires_at < now();
-    GET DIAGNOSTICS n = ROW_COUNT;
-    IF n > 0 THEN
-        action := 'expire'; partition := 'canary_sessions'; moved_rows := n;
-        RETURN NEXT;
-    END IF;
-
-    -- window summaries of days before today - retention (created by a later part)
-    IF retention > 0 AND to_regclass(format('%I.canary_window_summaries', nsp)) IS NOT NULL THEN
-        EXECUTE format('DELETE FROM %I.canary_window_summaries WHERE at < $1', nsp)
-           USING (today - retention)::timestamp AT TIME ZONE 'UTC';
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n > 0 THEN
-            action := 'expire'; partition := 'canary_window_summaries'; moved_rows := n;
-            RETURN NEXT;
-        END IF;
-    END IF;
+    END LOOP;
 
     -- rollups older than llm_canary.rollup_retention_days (created by a later part)
     IF to_regprocedure(format('%I.canary_rollup_maintenance(date)', nsp)) IS NOT NULL THEN
         EXECUTE format('SELECT %I.canary_rollup_maintenance($1)', nsp) INTO n USING today;
         IF n > 0 THEN
             action := 'expire'; partition := 'canary_rollups'; moved_rows := n;
-            RETURN NEXT;
-        END IF;
-    END IF;
-
-    -- finished submissions past llm_canary.submit_retention (created by a later part)
-    IF to_regclass(format('%I.canary_submissions', nsp)) IS NOT NULL THEN
-        EXECUTE format('DELETE FROM %I.canary_submissions WHERE finished_at < now() - $1', nsp)
-           USING coalesce(nullif(current_setting('llm_canary.submit_retention', true), ''), '1d')::interval;
-        GET DIAGNOSTICS n = ROW_COUNT;
-        IF n > 0 THEN
-            action := 'expire'; partition := 'canary_submissions'; moved_rows := n;
             RETURN NEXT;
         END IF;
     END IF;

@@ -606,13 +606,9 @@ BEGIN
                length(r.old_text) AS ol, length(r.new_text) AS nl
           FROM @extschema@.canary_shadow r
          WHERE r.canary = canary_shadow_by_class.canary AND r.ts >= cutoff
-    ), overall AS (
-        SELECT count(*) FILTER (WHERE w.verdict IN ('identical', 'equivalent'))::numeric
-                   / nullif(count(*) FILTER (WHERE w.p), 0) AS agree,
-               (count(*) FILTER (WHERE w.p AND w.new_refusal) - count(*) FILTER (WHERE w.p AND w.old_refusal))::numeric
-                   / nullif(count(*) FILTER (WHERE w.p), 0) AS delta
-          FROM w
     ), per AS (
+        -- per class, and overall: the grand total row, the only one whose
+        -- cls is NULL (a row without a class is '(none)')
         SELECT w.cls, count(*) AS samples, count(*) FILTER (WHERE w.p) AS paired,
                count(*) FILTER (WHERE w.p AND w.verdict IN ('identical', 'equivalent'))::numeric
                    / nullif(count(*) FILTER (WHERE w.p), 0) AS agree,
@@ -620,12 +616,13 @@ BEGIN
                    / nullif(count(*) FILTER (WHERE w.p), 0) AS delta,
                avg(w.nl) FILTER (WHERE w.p) / nullif(avg(w.ol) FILTER (WHERE w.p), 0) AS ratio
           FROM w
-         GROUP BY w.cls
+         GROUP BY GROUPING SETS ((w.cls), ())
     ), judged AS (
         SELECT per.*, o.agree AS o_agree, o.delta AS o_delta,
                coalesce(per.agree < o.agree - 0.10, false) AS low_agree,
                coalesce(per.delta > o.delta + 0.05, false) AS more_refusals
-          FROM per, overall o
+          FROM per JOIN per o ON o.cls IS NULL
+         WHERE per.cls IS NOT NULL
     )
     SELECT j.cls, j.samples, j.paired, round(j.agree, 4), round(j.delta, 4), round(j.ratio, 3),
            j.low_agree OR j.more_refusals,

@@ -5,7 +5,7 @@
  * percentile_cont; thumbs-down verdicts count in the bucket of their
  * request).  The Prometheus export and the timeline are in
  * 46_prometheus.sql, the shadow reports in 35_shadow.sql, the CSAT report
- * in 50_killswitch.sql; all of them call canary_report_window.
+ * in 51_csat.sql; all of them call canary_report_window.
  */
 
 /*

@@ -126,6 +126,26 @@ UPDATE canary_response_cache SET created_at = now() - interval '2 hours' WHERE m
 SELECT action, partition, moved_rows FROM canary_maintenance() WHERE action = 'expire';
 SELECT model, count(*) FROM canary_response_cache GROUP BY 1 ORDER BY 1;
 
+-- a cache that fails is a WARNING, and the call goes on with its own user
+-- and transaction: a write that breaks a constraint (nothing is kept), then
+-- a read of a table that is not there
+ALTER TABLE canary_response_cache ADD CONSTRAINT regress_no_rows CHECK (false) NOT VALID;
+BEGIN;
+SET LOCAL ROLE regress_cache_app;
+SELECT response, cached FROM pg_temp.call('Is the shop open?');
+SELECT current_user;
+COMMIT;
+ALTER TABLE canary_response_cache DROP CONSTRAINT regress_no_rows;
+SELECT count(*) AS cache_rows FROM canary_response_cache
+ WHERE prompt_sha256 = encode(sha256(convert_to('Is the shop open?', 'UTF8')), 'hex');
+ALTER TABLE canary_response_cache RENAME TO regress_cache_away;
+BEGIN;
+SET LOCAL ROLE regress_cache_app;
+SELECT response, cached FROM pg_temp.call('Where is my order?');
+SELECT current_user;
+COMMIT;
+ALTER TABLE regress_cache_away RENAME TO canary_response_cache;
+
 RESET llm_canary.response_cache_ttl;
 DROP OWNED BY regress_cache_app;
 DROP ROLE regress_cache_app;

@@ -1,12 +1,13 @@
 -- The kill switch: the four rules both ways, the noise guard, baselines at
--- full, the trip's effects, manual trip and re-arm, CSAT, pg_cron jobs.
+-- full, the trip's effects, manual trip and re-arm, pg_cron jobs (CSAT:
+-- 51_csat).
 -- Traffic is recorded through the real metrics queue (canary_record) at
 -- fixed times around T0 = 2030-01-01 12:00 UTC; canary_check runs 'at' T0.
 \set SHOW_CONTEXT never
 SET TIME ZONE 'UTC';
 -- the window rules (decision_mode confirm_windows; the default sequential
--- mode is tested in test/t/085_decisions.pl): sections 1-8 test each rule on
--- a single window (confirm_windows = 1); section 9 the confirmation over two
+-- mode is tested in test/t/085_decisions.pl): sections 1-7 test each rule on
+-- a single window (confirm_windows = 1); section 8 the confirmation over two
 CREATE FUNCTION mk(n text) RETURNS void LANGUAGE sql AS $$
     INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows, decision_mode)
     VALUES (n, 'ramp_5', 'model-old', 'model-new', 1, 'confirm_windows')
@@ -137,39 +138,7 @@ SELECT canary_trip('ks_err', '');
 SELECT canary_rearm('nope');
 \echo :LAST_ERROR_SQLSTATE
 
--- 8. CSAT: canary users 1.5 vs control 4.5 on each of the last two days -> pinned at 0
-SELECT mk('ks_csat');
-UPDATE canary_config SET stage = 'ramp_25' WHERE name = 'ks_csat';
-SELECT count(canary_record(canary => 'ks_csat', user_id => c || '_' || i, model => 'm', cohort => c,
-                           outcome => 'ok', latency_ms => 100,
-                           ts => date_trunc('day', now()) - make_interval(days => d) + interval '1 hour'))
-  FROM generate_series(1, 2) d, generate_series(1, 10) i, unnest(ARRAY['canary', 'control']) c;
-SELECT canary_flush() > 0 AS flushed;
-INSERT INTO canary_csat (user_id, score, recorded_at)
-SELECT c || '_' || i, CASE c WHEN 'canary' THEN 1.5 ELSE 4.5 END,
-       date_trunc('day', now()) - make_interval(days => d) + interval '2 hours'
-  FROM generate_series(1, 2) d, generate_series(1, 10) i, unnest(ARRAY['canary', 'control']) c;
-SELECT day = current_date - 2 AS two_days_ago, cohort, responses, mean_csat, delta_vs_control, drop_rule_holds
-  FROM canary_csat_report('ks_csat', 3) WHERE day < current_date ORDER BY day, cohort;
-SELECT canary_csat_check('ks_csat') IS NOT NULL AS pinned;
-SELECT stage, percent_new, csat_pinned_at IS NOT NULL AS pinned FROM canary_config WHERE name = 'ks_csat';
-SELECT payload->>'alert' AS alert FROM canary_alerts WHERE canary = 'ks_csat';
--- a small drop (1 point) does not pin
-SELECT mk('ks_csat_ok');
-UPDATE canary_config SET stage = 'ramp_25' WHERE name = 'ks_csat_ok';
-SELECT count(canary_record(canary => 'ks_csat_ok', user_id => 'ok' || c || '_' || i, model => 'm', cohort => c,
-                           outcome => 'ok', latency_ms => 100,
-                           ts => date_trunc('day', now()) - make_interval(days => d) + interval '1 hour'))
-  FROM generate_series(1, 2) d, generate_series(1, 10) i, unnest(ARRAY['canary', 'control']) c;
-SELECT canary_flush() > 0 AS flushed;
-INSERT INTO canary_csat (user_id, score, recorded_at)
-SELECT 'ok' || c || '_' || i, CASE c WHEN 'canary' THEN 3.5 ELSE 4.5 END,
-       date_trunc('day', now()) - make_interval(days => d) + interval '2 hours'
-  FROM generate_series(1, 2) d, generate_series(1, 10) i, unnest(ARRAY['canary', 'control']) c;
-SELECT canary_csat_check('ks_csat_ok') IS NULL AS not_pinned;
-SELECT percent_new FROM canary_config WHERE name = 'ks_csat_ok';
-
--- 9. confirmation (confirm_windows = 2 by default): a breach must also
+-- 8. confirmation (confirm_windows = 2 by default): a breach must also
 --    hold in the window before, so a single noisy window does not trip
 INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
 VALUES ('ks_confirm', 'ramp_5', 'model-old', 'model-new', 'confirm_windows');
@@ -193,7 +162,7 @@ SELECT canary_check('ks_confirm2', :T0) IS NULL AS different_rules_do_not_confir
 UPDATE canary_config SET confirm_windows = 0 WHERE name = 'ks_confirm2';
 \echo :LAST_ERROR_SQLSTATE
 
--- 10. pg_cron in the same database: scheduling is idempotent
+-- 9. pg_cron in the same database: scheduling is idempotent
 CREATE EXTENSION pg_cron;
 SELECT * FROM canary_schedule();
 SELECT count(*) FROM canary_schedule();

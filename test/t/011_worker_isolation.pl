@@ -15,12 +15,11 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time sleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL};
-plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run test/run_suite.sh)'
-  unless $mock && $ENV{LLM_CANARY_TEST_KEY};
+my $mock = mock_url(need_key => 1);
 
 # A webhook endpoint that accepts connections (the kernel does, up to the
 # backlog) and never answers: every POST runs into its 5 s timeout.
@@ -31,11 +30,7 @@ my $hang = IO::Socket::INET->new(
 	Proto => 'tcp') or die "listen: $!";
 my $hang_port = $hang->sockport;
 
-my $node = PostgreSQL::Test::Cluster->new('isolation');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('isolation', conf => qq{
 llm_canary.queue_size = 512
 llm_canary.queue_full_wait_ms = 0
 llm_canary.flush_interval_ms = 100
@@ -43,8 +38,6 @@ llm_canary.check_interval = 2
 llm_canary.webhook_url = 'http://127.0.0.1:$hang_port/webhook'
 llm_canary.shadow_grace_ms = '60s'
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('iso-old', '{"fixed_text": "old answer", "latency_ms": 5}');
 mock_profile('iso-new', '{"fixed_text": "new answer", "latency_ms": 300}');

@@ -9,13 +9,12 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(sleep);
+use FindBin;
+use lib $FindBin::Bin;
+use CanaryNode;
 
-my $node = PostgreSQL::Test::Cluster->new('launcher');
-$node->init;
-$node->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'later'
-});
+# the database does not exist yet: the node is started here, not by canary_node
+my $node = canary_node('launcher', database => 'later', start => 0);
 $node->start;
 
 sub log_count

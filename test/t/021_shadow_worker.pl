@@ -14,24 +14,17 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time sleep);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL};
-plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run test/run_suite.sh)'
-  unless $mock && $ENV{LLM_CANARY_TEST_KEY};
+my $mock = mock_url(need_key => 1);
 
-my $node = PostgreSQL::Test::Cluster->new('shadow_worker');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('shadow_worker', conf => q{
 llm_canary.check_interval = 0
 llm_canary.flush_interval_ms = 2000
 llm_canary.shadow_grace_ms = '60s'
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('sw-old', '{"fixed_text": "old answer", "latency_ms": 5}');
 mock_profile('sw-new', '{"fixed_text": "new answer", "latency_ms": 300}');

@@ -15,24 +15,18 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use FindBin;
 use lib $FindBin::Bin;
+use CanaryNode;
 use MockLLM;
 use Time::HiRes qw(time);
 
-my $mock = $ENV{LLM_CANARY_MOCK_URL}
-  or plan skip_all => 'LLM_CANARY_MOCK_URL is not set (run through test/run_suite.sh)';
+my $mock = mock_url();
 my $n = $ENV{LLM_CANARY_SHADOW_FUZZ_N} || 400;
 my $seed = $ENV{LLM_CANARY_FUZZ_SEED} // 1;
 
-my $node = PostgreSQL::Test::Cluster->new('fuzz_shadow');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'llm_canary'
-llm_canary.database_name = 'postgres'
+my $node = canary_node('fuzz_shadow', conf => q{
 llm_canary.check_interval = 0
 llm_canary.shadow_grace_ms = '60s'
 });
-$node->start;
-$node->safe_psql('postgres', 'CREATE EXTENSION llm_canary');
 
 mock_profile('fzs-old', '{"fixed_text": "old answer"}');
 mock_profile('fzs-oa', qq({"fuzz_seed": $seed}));

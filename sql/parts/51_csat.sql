@@ -1,0 +1,154 @@
+/*
+ * The slow signal: CSAT.  Scores come from the support system; the daily
+ * check pins a rollout at 0 percent when the canary's CSAT stays below
+ * control (canary_schedule in 50_killswitch.sql runs it with pg_cron).  The
+ * pin is recorded on the rollout and alerted as kind csat_pin.
+ */
+
+ALTER TABLE canary_config
+    ADD COLUMN csat_pinned_at timestamptz,
+    ADD COLUMN csat_pin_reason text;
+
+/*
+ * The scores, loaded by the team from its support system; users are joined
+ * to their cohort through canary_requests of the same day.
+ */
+CREATE TABLE canary_csat (
+    id           bigserial PRIMARY KEY,
+    user_id      text NOT NULL,
+    score        numeric NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    request_id   uuid
+);
+CREATE INDEX canary_csat_recorded_idx ON canary_csat (recorded_at);
+COMMENT ON TABLE canary_csat IS 'Customer satisfaction scores, loaded from the support system';
+SELECT pg_catalog.pg_extension_config_dump('canary_csat', '');
+SELECT pg_catalog.pg_extension_config_dump('canary_csat_id_seq', '');
+
+/*
+ * Cohort of a CSAT score: the cohort of its request when request_id is
+ * given; otherwise the cohorts that served the user on that day (UTC) in the
+ * rollout.  A user served by both cohorts that day (a stage change or a trip
+ * in between) is counted in neither and reported as mixed.
+ */
+CREATE FUNCTION canary_csat_report(canary text DEFAULT 'default', days integer DEFAULT 7)
+RETURNS TABLE (day date, cohort text, responses bigint, mean_csat numeric,
+               delta_vs_control numeric, mixed_users bigint, drop_rule_holds boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg record;
+BEGIN
+    IF days IS NULL OR days < 1 THEN
+        RAISE EXCEPTION 'days must be at least 1'
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'The default report covers 7 days.';
+    END IF;
+    PERFORM @extschema@.canary_report_window(canary_csat_report.canary, make_interval(days => days));
+    SELECT * INTO cfg FROM @extschema@.canary_config c WHERE c.name = canary_csat_report.canary;
+    RETURN QUERY
+    WITH scores AS (
+        SELECT s.user_id, s.score, (s.recorded_at AT TIME ZONE 'UTC')::date AS d, s.request_id
+          FROM @extschema@.canary_csat s
+         WHERE s.recorded_at >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
+    ),
+    by_request AS (
+        SELECT DISTINCT ON (r.request_id) r.request_id, r.cohort
+          FROM @extschema@.canary_requests r
+         WHERE r.canary = canary_csat_report.canary
+           AND r.request_id IN (SELECT request_id FROM scores WHERE request_id IS NOT NULL)
+           AND NOT r.fallback
+    ),
+    user_day AS (
+        SELECT r.user_id, (r.ts AT TIME ZONE 'UTC')::date AS d,
+               CASE WHEN count(DISTINCT r.cohort) > 1 THEN 'mixed' ELSE min(r.cohort) END AS cohort
+          FROM @extschema@.canary_requests r
+         WHERE r.canary = canary_csat_report.canary
+           AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
+           AND NOT r.fallback
+         GROUP BY 1, 2
+    ),
+    tagged AS (
+        SELECT s.d, coalesce(br.cohort, ud.cohort) AS cohort, s.score, s.user_id
+          FROM scores s
+          LEFT JOIN by_request br ON br.request_id = s.request_id
+          LEFT JOIN user_day ud ON s.request_id IS NULL AND ud.user_id = s.user_id AND ud.d = s.d
+    ),
+    agg AS (
+        SELECT t.d, t.cohort, count(*) AS n, round(avg(t.score), 3) AS mean
+          FROM tagged t WHERE t.cohort IN ('canary', 'control') GROUP BY 1, 2
+    ),
+    mixed AS (
+        SELECT t.d, count(DISTINCT t.user_id) AS m FROM tagged t WHERE t.cohort = 'mixed' GROUP BY 1
+    )
+    SELECT a.d, a.cohort, a.n, a.mean,
+           CASE WHEN a.cohort = 'canary' THEN a.mean - c.mean END,
+           coalesce(mx.m, 0),
+           CASE WHEN a.cohort = 'canary' AND c.mean IS NOT NULL
+                THEN c.mean - a.mean >= cfg.csat_drop END
+      FROM agg a
+      LEFT JOIN agg c ON c.d = a.d AND c.cohort = 'control'
+      LEFT JOIN mixed mx ON mx.d = a.d
+     ORDER BY a.d, a.cohort;
+END;
+$$;
+COMMENT ON FUNCTION canary_csat_report(text, integer) IS
+    'Per day and cohort: CSAT responses, mean, delta against control and whether the drop rule holds';
+
+/*
+ * canary_csat_check: the daily job.  When the canary's mean CSAT is at least
+ * csat_drop below control on every day of the last csat_sustain (48 hours:
+ * the last two complete days), pin the rollout at 0 percent and alert.
+ */
+CREATE FUNCTION canary_csat_check(canary text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg record;
+    need_days integer;
+    held_days integer;
+    last_delta numeric;
+    reason text;
+    result text;
+    payload jsonb;
+BEGIN
+    IF canary IS NOT NULL AND NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary) THEN
+        RAISE EXCEPTION 'rollout "%" does not exist', canary
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name FROM canary_config lists the rollouts.';
+    END IF;
+    FOR cfg IN SELECT * FROM @extschema@.canary_config c
+                WHERE (canary IS NULL OR c.name = canary) AND c.percent_new > 0
+                ORDER BY c.name
+    LOOP
+        need_days := greatest(1, ceil(extract(epoch FROM cfg.csat_sustain) / 86400.0)::integer);
+        SELECT count(*) FILTER (WHERE r.drop_rule_holds),
+               (array_agg(r.delta_vs_control ORDER BY r.day DESC))[1]
+          INTO held_days, last_delta
+          FROM @extschema@.canary_csat_report(cfg.name, need_days + 1) r
+         WHERE r.cohort = 'canary'
+           AND r.day BETWEEN (now() AT TIME ZONE 'UTC')::date - need_days
+                         AND (now() AT TIME ZONE 'UTC')::date - 1;
+        IF held_days >= need_days THEN
+            reason := format('csat canary %s vs control for %s days >= drop %s sustained %s',
+                             last_delta, held_days, cfg.csat_drop, cfg.csat_sustain);
+            UPDATE @extschema@.canary_config
+               SET percent_new = 0, csat_pinned_at = now(), csat_pin_reason = reason
+             WHERE name = cfg.name;
+            payload := jsonb_build_object(
+                'alert', 'canary csat drop: pinned at 0 percent',
+                'reason', reason, 'canary', cfg.name, 'stage', cfg.stage,
+                'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                'samples_new', NULL, 'samples_old', NULL,
+                'auto_action', format('canary pinned at 0 percent; all traffic routed to %s', cfg.old_model));
+            PERFORM @extschema@.canary_raise_alert(cfg.name, 'csat_pin', payload);
+            result := concat_ws('; ', result, cfg.name || ': ' || reason);
+        END IF;
+    END LOOP;
+    RETURN result;
+END;
+$$;
+COMMENT ON FUNCTION canary_csat_check(text) IS
+    'Daily slow-signal check: pin the canary at 0 percent when CSAT drops by csat_drop for csat_sustain';
