@@ -17,10 +17,13 @@
  *	   ordinary statement trigger refuses a member's own writes with an
  *	   error that names the control database.
  *	 - Evidence flows up.  Every member publishes its status row in
- *	   canary_fleet_members and its per-minute rollups, keyed by member
- *	   (publication llm_canary_evidence, inserts and updates only, so a
- *	   member's retention never deletes the control's history); the control
- *	   subscribes to every member and its checks read everyone's rows.
+ *	   canary_fleet_members and its rollups, keyed by member (publication
+ *	   llm_canary_evidence, no TRUNCATE); the control subscribes to every
+ *	   member.  There a row trigger adds each applied change into the
+ *	   fleet's combined rollups (sql/parts/33_fleet_combined.sql; a DELETE,
+ *	   a member's retention, takes nothing out), and the checks read those
+ *	   (FleetRollupsTable): one row per bucket and key, whatever the number
+ *	   of members.
  *	 - Fail safe.  The control's worker writes canary_fleet_heartbeat every
  *	   llm_canary.fleet_heartbeat_interval.  On a member, a trigger ENABLEd
  *	   REPLICA on that table stamps the row with the member's own clock and,
