@@ -21,13 +21,7 @@ trap cleanup EXIT
 bash "$top/test/cluster.sh" start "$dir/data" "$port" bench >/dev/null
 flock -u 9 2>/dev/null || true     # the install lock guards the install only
 PSQL="psql -h /tmp -p $port -d bench -X -q -v ON_ERROR_STOP=1"
-$PSQL <<SQL
-INSERT INTO canary_models (name, provider, base_url, model, api_key_env)
-VALUES ('fast-old', 'openai', 'http://127.0.0.1:$nport/v1', 'fast', 'LLM_CANARY_TEST_KEY'),
-       ('fast-new', 'openai', 'http://127.0.0.1:$nport/v1', 'fast', 'LLM_CANARY_TEST_KEY');
-INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('default', 'ramp_25', 'fast-old', 'fast-new')
-ON CONFLICT (name) DO UPDATE SET stage = excluded.stage, old_model = excluded.old_model, new_model = excluded.new_model;
-SQL
+fast_upstream_rollout "$nport" | $PSQL
 # a call must succeed before anything is timed
 $PSQL -At -c "SELECT canary_call('Where is my order?', 'u_1')->>'model'" >/dev/null
 echo "SELECT canary_call('Where is my order?', 'u_' || (random() * 100000)::int);" > "$dir/call.pgbench"
