@@ -274,7 +274,11 @@ ConfigExtensionOwner(void)
 /*
  * How a cached row is read: one entry per column, in select-list order,
  * naming the SQL expression, what it is read as and the field it fills.
- * A NULL reads as 0, false or a NULL pointer.
+ * The loader casts every expression to the type it reads
+ * (ConfigColumnTypeOid), so a column whose type a user changed (salt
+ * varchar(100), window_seconds bigint) is still read; a value the cast
+ * cannot take fails there, with the cast's own error.  A NULL reads as 0,
+ * false or a NULL pointer.
  */
 typedef enum ConfigColumnType
 {
@@ -294,27 +298,52 @@ typedef struct ConfigColumn
 	size_t		offset;			/* of the field in the row's struct */
 } ConfigColumn;
 
-#define ROLLOUT(expr, type, field) {expr, type, offsetof(CanaryRollout, field)}
-#define MODEL(expr, type, field) {expr, type, offsetof(CanaryModel, field)}
+/*
+ * One macro per type, naming the C type its fields have: a field of
+ * another size (an int filled as int8) does not compile.  The offset
+ * carries the check, 0 * sizeof(char[1]), or a negative array size.
+ */
+#define CONFIG_FIELD(rowtype, field, ctype) \
+	(offsetof(rowtype, field) + \
+	 0 * sizeof(char[sizeof(((rowtype *) 0)->field) == sizeof(ctype) ? 1 : -1]))
+#define CONFIG_COLUMN(rowtype, expr, type, ctype, field) \
+	{expr, type, CONFIG_FIELD(rowtype, field, ctype)}
+#define CONFIG_BOOL_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_BOOL, bool, field)
+#define CONFIG_INT4_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_INT4, int32, field)
+#define CONFIG_INT8_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_INT8, int64, field)
+#define CONFIG_FLOAT8_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_FLOAT8, double, field)
+#define CONFIG_TEXT_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_TEXT, char *, field)
+#define CONFIG_STAGE_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_STAGE, CanaryStage, field)
+#define CONFIG_PROVIDER_COLUMN(rowtype, expr, field) \
+	CONFIG_COLUMN(rowtype, expr, CONFIG_PROVIDER, CanaryProvider, field)
+
+#define ROLLOUT(expr, type, field) type##_COLUMN(CanaryRollout, expr, field)
+#define MODEL(expr, type, field) type##_COLUMN(CanaryModel, expr, field)
 
 static const ConfigColumn RolloutColumns[] = {
 	ROLLOUT("stage", CONFIG_STAGE, stage),
-	ROLLOUT("(percent_new * 100)::int4", CONFIG_INT4, percent_x100),
+	ROLLOUT("percent_new * 100", CONFIG_INT4, percent_x100),
 	ROLLOUT("kill_switch_armed", CONFIG_BOOL, armed),
 	ROLLOUT("old_model", CONFIG_TEXT, old_model),
 	ROLLOUT("new_model", CONFIG_TEXT, new_model),
 	ROLLOUT("salt", CONFIG_TEXT, salt),
-	ROLLOUT("shadow_sample_rate::float8", CONFIG_FLOAT8, shadow_sample_rate),
+	ROLLOUT("shadow_sample_rate", CONFIG_FLOAT8, shadow_sample_rate),
 	ROLLOUT("fallback_to_old", CONFIG_BOOL, fallback_to_old),
-	ROLLOUT("session_ttl::text", CONFIG_TEXT, session_ttl),
+	ROLLOUT("session_ttl", CONFIG_TEXT, session_ttl),
 	ROLLOUT("shadow_embedding_model", CONFIG_TEXT, shadow_embedding_model),
 	ROLLOUT("window_seconds", CONFIG_INT4, window_seconds),
-	ROLLOUT("error_rate_threshold::float8", CONFIG_FLOAT8, error_rate_threshold),
-	ROLLOUT("p95_ratio_threshold::float8", CONFIG_FLOAT8, p95_ratio_threshold),
-	ROLLOUT("refusal_delta_threshold::float8", CONFIG_FLOAT8, refusal_delta_threshold),
-	ROLLOUT("thumbs_down_ratio_threshold::float8", CONFIG_FLOAT8, thumbs_down_ratio_threshold),
-	ROLLOUT("min_samples::int8", CONFIG_INT8, min_samples),
-	ROLLOUT("significance::float8", CONFIG_FLOAT8, significance),
+	ROLLOUT("error_rate_threshold", CONFIG_FLOAT8, error_rate_threshold),
+	ROLLOUT("p95_ratio_threshold", CONFIG_FLOAT8, p95_ratio_threshold),
+	ROLLOUT("refusal_delta_threshold", CONFIG_FLOAT8, refusal_delta_threshold),
+	ROLLOUT("thumbs_down_ratio_threshold", CONFIG_FLOAT8, thumbs_down_ratio_threshold),
+	ROLLOUT("min_samples", CONFIG_INT8, min_samples),
+	ROLLOUT("significance", CONFIG_FLOAT8, significance),
 	ROLLOUT("raw_rules", CONFIG_BOOL, raw_rules),
 	ROLLOUT("confirm_windows", CONFIG_INT4, confirm_windows),
 };
@@ -331,8 +360,8 @@ static const ConfigColumn ModelColumns[] = {
 	MODEL("temperature IS NOT NULL", CONFIG_BOOL, has_temperature),
 	MODEL("temperature", CONFIG_FLOAT8, temperature),
 	MODEL("system_prompt", CONFIG_TEXT, system_prompt),
-	MODEL("price_input_per_1k::float8", CONFIG_FLOAT8, price_input_per_1k),
-	MODEL("price_output_per_1k::float8", CONFIG_FLOAT8, price_output_per_1k),
+	MODEL("price_input_per_1k", CONFIG_FLOAT8, price_input_per_1k),
+	MODEL("price_output_per_1k", CONFIG_FLOAT8, price_output_per_1k),
 	MODEL("api_key_env", CONFIG_TEXT, api_key_env),
 };
 
@@ -354,15 +383,27 @@ static const ConfigTable ModelTable = {
 	"canary_models", ModelColumns, lengthof(ModelColumns), &ModelCache
 };
 
-/* The index of value in names[n]; ERROR for a value the table may not hold. */
+/*
+ * The index of value in names[n]; ERROR for a value the table's CHECK
+ * constraint keeps out (dropped, or bypassed by a replica-mode write).
+ */
 static int
 ConfigNameIndex(const char *const *names, int n, const char *value,
-				const char *table, const char *column)
+				const char *table, const char *column, const char *rowname)
 {
+	StringInfoData allowed;
+
 	for (int i = 0; i < n; i++)
 		if (strcmp(value, names[i]) == 0)
 			return i;
-	elog(ERROR, "unexpected %s \"%s\" in %s", column, value, table);
+	initStringInfo(&allowed);
+	for (int i = 0; i < n; i++)
+		appendStringInfo(&allowed, "%s%s", i > 0 ? ", " : "", names[i]);
+	ereport(ERROR,
+			(errcode(ERRCODE_CHECK_VIOLATION),
+			 errmsg("invalid %s \"%s\" in row \"%s\" of %s",
+					column, value, rowname, table),
+			 errhint("Set %s to one of: %s.", column, allowed.data)));
 	return -1;					/* keep compiler quiet */
 }
 
@@ -397,6 +438,11 @@ ConfigColumnTypeOid(ConfigColumnType type)
  *		Returns false, row untouched, when there is no such row.  Caller must
  *		have made the cache valid (ConfigCacheEnsure) and not be connected to
  *		SPI; an unexpected column type or value raises ERROR.
+ *
+ * Everything that can raise (the types, the stage and provider names) is
+ * checked before the first byte is copied into the cache context, which
+ * lives as long as the backend: a failing lookup, repeated on every call,
+ * must not leave copies behind there.
  */
 static bool
 ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
@@ -424,7 +470,9 @@ ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 		initStringInfo(&sql);
 		appendStringInfoString(&sql, "SELECT ");
 		for (int i = 0; i < t->ncolumns; i++)
-			appendStringInfo(&sql, "%s%s", i > 0 ? ", " : "", t->columns[i].expr);
+			appendStringInfo(&sql, "%s(%s)::%s", i > 0 ? ", " : "",
+							 t->columns[i].expr,
+							 format_type_be(ConfigColumnTypeOid(t->columns[i].type)));
 		appendStringInfo(&sql, " FROM %s.%s WHERE name = $1",
 						 CachedSchemaName, t->table);
 		SPI_connect();
@@ -442,8 +490,25 @@ ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 		ConfigCacheEnsure();
 	}
 
+	/* the casts make this hold; it catches a mistake in the column table */
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
+	for (int i = 0; i < t->ncolumns; i++)
+	{
+		const ConfigColumn *c = &t->columns[i];
+		Oid			expected = ConfigColumnTypeOid(c->type);
+		Oid			actual = SPI_gettypeid(desc, i + 1);
+
+		if (actual != expected)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of %s has an unexpected type", c->expr, t->table),
+					 errdetail("llm_canary reads it as %s, but its query returned %s.",
+							   format_type_be(expected), format_type_be(actual)),
+					 errhint("This is a bug in llm_canary; report it with the output of SELECT extversion FROM pg_extension WHERE extname = 'llm_canary'.")));
+	}
+
+	/* fill row; text points into SPI's memory until the last step */
 	memset(row, 0, rowsize);
 	for (int i = 0; i < t->ncolumns; i++)
 	{
@@ -452,8 +517,6 @@ ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 		bool		isnull;
 		Datum		d = SPI_getbinval(tup, desc, i + 1, &isnull);
 
-		if (SPI_gettypeid(desc, i + 1) != ConfigColumnTypeOid(c->type))
-			elog(ERROR, "column \"%s\" of %s has an unexpected type", c->expr, t->table);
 		if (isnull)
 			continue;			/* stays 0, false or NULL */
 		switch (c->type)
@@ -471,20 +534,28 @@ ConfigLoadRow(const ConfigTable *t, const char *name, void *row, Size rowsize)
 				*(double *) field = DatumGetFloat8(d);
 				break;
 			case CONFIG_TEXT:
-				*(char **) field = MemoryContextStrdup(ConfigCacheContext,
-													   TextDatumGetCString(d));
+				*(char **) field = TextDatumGetCString(d);
 				break;
 			case CONFIG_STAGE:
 				*(CanaryStage *) field = (CanaryStage)
 					ConfigNameIndex(StageNames, lengthof(StageNames),
-									TextDatumGetCString(d), t->table, c->expr);
+									TextDatumGetCString(d), t->table, c->expr, name);
 				break;
 			case CONFIG_PROVIDER:
 				*(CanaryProvider *) field = (CanaryProvider)
 					ConfigNameIndex(ProviderNames, lengthof(ProviderNames),
-									TextDatumGetCString(d), t->table, c->expr);
+									TextDatumGetCString(d), t->table, c->expr, name);
 				break;
 		}
+	}
+
+	/* the row is good: keep its text */
+	for (int i = 0; i < t->ncolumns; i++)
+	{
+		char	  **text = (char **) ((char *) row + t->columns[i].offset);
+
+		if (t->columns[i].type == CONFIG_TEXT && *text != NULL)
+			*text = MemoryContextStrdup(ConfigCacheContext, *text);
 	}
 	SPI_finish();
 	return true;

@@ -421,8 +421,12 @@ MetricsRequestFlush(void)
  * MetricsWakeWorker
  *		Set the worker's latch, if a worker is attached; a no-op without
  *		shared memory (library not preloaded).  The worker's identity is
- *		kept here only: the shadow queue wakes the worker through this too.
- *		Caller must hold no lock of ours.
+ *		kept here only: the shadow queue wakes the worker through this too,
+ *		on every dispatch and from transaction callbacks, so it takes no
+ *		lock and allocates nothing.  The pointer is read once, unlocked, as
+ *		PostgreSQL reads walwriterLatch: it is a PGPROC's latch, in shared
+ *		memory for good, so a stale one costs at most a spurious wakeup of
+ *		the process that owns it now.
  */
 void
 MetricsWakeWorker(void)
@@ -431,9 +435,7 @@ MetricsWakeWorker(void)
 
 	if (Shared == NULL)
 		return;
-	LWLockAcquire(Shared->lock, LW_SHARED);
-	latch = Shared->worker_latch;
-	LWLockRelease(Shared->lock);
+	latch = ((volatile MetricsShared *) Shared)->worker_latch;
 	if (latch != NULL)
 		SetLatch(latch);
 }

@@ -247,9 +247,9 @@ ProviderBuildRequest(const CanaryModel *model, const CanaryRequest *req,
 /*
  * Where the parser is in the document, kept by both response parsers (the
  * chat answer's and the embeddings'): the object keys and array element
- * numbers from the top down to PARSE_TRACK_DEPTH levels.  The JsonPath*
+ * numbers from the top down to PARSE_TRACK_DEPTH levels.  The ParsePath*
  * functions below are pg_parse_json callbacks that keep it, for a semstate
- * that begins with its JsonPath; JsonPathIs asks whether the path is
+ * that begins with its ParsePath; ParsePathIs asks whether the path is
  * exactly a pattern, where "*" is any array element, a number that
  * element, anything else an object key.
  */
@@ -259,26 +259,26 @@ typedef struct PathElem
 	int			index;
 } PathElem;
 
-typedef struct JsonPath
+typedef struct ParsePath
 {
 	int			depth;			/* current path length (may exceed tracked) */
 	PathElem	path[PARSE_TRACK_DEPTH];
 	int			next_index[PARSE_TRACK_DEPTH + 1];	/* per open array */
-} JsonPath;
+} ParsePath;
 
 static void
-JsonPathArrayStart(void *state)
+ParsePathArrayStart(void *state)
 {
-	JsonPath   *jp = (JsonPath *) state;
+	ParsePath   *jp = (ParsePath *) state;
 
 	if (jp->depth <= PARSE_TRACK_DEPTH)
 		jp->next_index[jp->depth] = 0;
 }
 
 static void
-JsonPathFieldStart(void *state, char *fname, bool isnull)
+ParsePathFieldStart(void *state, char *fname, bool isnull)
 {
-	JsonPath   *jp = (JsonPath *) state;
+	ParsePath   *jp = (ParsePath *) state;
 
 	if (jp->depth < PARSE_TRACK_DEPTH)
 	{
@@ -289,9 +289,9 @@ JsonPathFieldStart(void *state, char *fname, bool isnull)
 }
 
 static void
-JsonPathElementStart(void *state, bool isnull)
+ParsePathElementStart(void *state, bool isnull)
 {
-	JsonPath   *jp = (JsonPath *) state;
+	ParsePath   *jp = (ParsePath *) state;
 
 	if (jp->depth < PARSE_TRACK_DEPTH)
 	{
@@ -302,20 +302,20 @@ JsonPathElementStart(void *state, bool isnull)
 }
 
 static void
-JsonPathFieldEnd(void *state, char *fname, bool isnull)
+ParsePathFieldEnd(void *state, char *fname, bool isnull)
 {
-	((JsonPath *) state)->depth--;
+	((ParsePath *) state)->depth--;
 }
 
 static void
-JsonPathElementEnd(void *state, bool isnull)
+ParsePathElementEnd(void *state, bool isnull)
 {
-	((JsonPath *) state)->depth--;
+	((ParsePath *) state)->depth--;
 }
 
 /* Is the current path exactly pat (NULL-terminated, or PARSE_TRACK_DEPTH long)? */
 static bool
-JsonPathIs(const JsonPath *jp, const char *const *pat)
+ParsePathIs(const ParsePath *jp, const char *const *pat)
 {
 	int			n = 0;
 
@@ -408,9 +408,9 @@ static const char *const FieldPaths[F_COUNT][PARSE_TRACK_DEPTH + 1] = {
 	[F_USAGE_OUTPUT] = {"usage", "output_tokens"},
 };
 
-typedef struct ParseState
+typedef struct AnswerParse
 {
-	JsonPath	where;			/* first: the JsonPath* callbacks keep it */
+	ParsePath	where;			/* first: the ParsePath* callbacks keep it */
 	Field		fields[F_COUNT];
 
 	/* Anthropic content blocks: the current one, and the first text one */
@@ -418,18 +418,21 @@ typedef struct ParseState
 	Field		block_text;
 	bool		have_text_block;
 	char	   *first_text;
-} ParseState;
+} AnswerParse;
+
+StaticAssertDecl(offsetof(AnswerParse, where) == 0,
+				 "the ParsePath callbacks read the semstate as its path");
 
 /* Is the parser at the wanted field's path? */
 static bool
-PathMatches(const ParseState *ps, WantedField f)
+PathMatches(const AnswerParse *ps, WantedField f)
 {
-	return JsonPathIs(&ps->where, FieldPaths[f]);
+	return ParsePathIs(&ps->where, FieldPaths[f]);
 }
 
 /* Record a value found at the current path, if it is one we want. */
 static void
-NoteValue(ParseState *ps, FieldKind kind, char *str)
+NoteValue(AnswerParse *ps, FieldKind kind, char *str)
 {
 	if (ps->where.depth > PARSE_TRACK_DEPTH)
 		return;
@@ -455,7 +458,7 @@ NoteValue(ParseState *ps, FieldKind kind, char *str)
 static void
 SemObjectStart(void *state)
 {
-	ParseState *ps = (ParseState *) state;
+	AnswerParse *ps = (AnswerParse *) state;
 
 	NoteValue(ps, FIELD_CONTAINER, NULL);
 	if (PathMatches(ps, F_BLOCK))
@@ -468,7 +471,7 @@ SemObjectStart(void *state)
 static void
 SemObjectEnd(void *state)
 {
-	ParseState *ps = (ParseState *) state;
+	AnswerParse *ps = (AnswerParse *) state;
 
 	/* the end of an Anthropic content block: keep the first text block */
 	if (PathMatches(ps, F_BLOCK) &&
@@ -485,16 +488,16 @@ SemObjectEnd(void *state)
 static void
 SemArrayStart(void *state)
 {
-	ParseState *ps = (ParseState *) state;
+	AnswerParse *ps = (AnswerParse *) state;
 
 	NoteValue(ps, FIELD_CONTAINER, NULL);
-	JsonPathArrayStart(state);
+	ParsePathArrayStart(state);
 }
 
 static void
 SemScalar(void *state, char *token, JsonTokenType tokentype)
 {
-	ParseState *ps = (ParseState *) state;
+	AnswerParse *ps = (AnswerParse *) state;
 	FieldKind	kind;
 
 	switch (tokentype)
@@ -745,7 +748,7 @@ ParseJsonWith(char *body, size_t len, JsonSemAction *sem)
 
 /* Parse body into ps: the fields of a chat answer. */
 static const char *
-ParseJsonBody(char *body, size_t len, ParseState *ps)
+ParseJsonBody(char *body, size_t len, AnswerParse *ps)
 {
 	JsonSemAction sem;
 
@@ -754,10 +757,10 @@ ParseJsonBody(char *body, size_t len, ParseState *ps)
 	sem.object_start = SemObjectStart;
 	sem.object_end = SemObjectEnd;
 	sem.array_start = SemArrayStart;
-	sem.object_field_start = JsonPathFieldStart;
-	sem.object_field_end = JsonPathFieldEnd;
-	sem.array_element_start = JsonPathElementStart;
-	sem.array_element_end = JsonPathElementEnd;
+	sem.object_field_start = ParsePathFieldStart;
+	sem.object_field_end = ParsePathFieldEnd;
+	sem.array_element_start = ParsePathElementStart;
+	sem.array_element_end = ParsePathElementEnd;
 	sem.scalar = SemScalar;
 	return ParseJsonWith(body, len, &sem);
 }
@@ -804,7 +807,7 @@ SetMalformed(CanaryAttempt *attempt, const char *detail)
 
 /* The provider's error message ({"error":{"message"}} in both dialects). */
 static char *
-ErrorMessage(const ParseState *ps)
+ErrorMessage(const AnswerParse *ps)
 {
 	const Field *msg = &ps->fields[F_ERROR_MESSAGE];
 	const Field *err = &ps->fields[F_ERROR];
@@ -818,7 +821,7 @@ ErrorMessage(const ParseState *ps)
 }
 
 static void
-ParseOpenAI(const ParseState *ps, CanaryAttempt *attempt)
+ParseOpenAI(const AnswerParse *ps, CanaryAttempt *attempt)
 {
 	const Field *content = &ps->fields[F_CHOICE0_CONTENT];
 	const Field *refusal = &ps->fields[F_CHOICE0_REFUSAL];
@@ -862,7 +865,7 @@ ParseOpenAI(const ParseState *ps, CanaryAttempt *attempt)
 }
 
 static void
-ParseAnthropic(const ParseState *ps, CanaryAttempt *attempt)
+ParseAnthropic(const AnswerParse *ps, CanaryAttempt *attempt)
 {
 	const Field *stop = &ps->fields[F_STOP_REASON];
 
@@ -922,7 +925,7 @@ ProviderParseResponse(const CanaryModel *model, int http_status,
 					  const char *body, size_t len,
 					  CanaryAttempt *attempt)
 {
-	ParseState	ps;
+	AnswerParse	ps;
 	bool		valid_text;
 	const char *json_problem = "The response body is empty.";
 	char	   *copy = NULL;
@@ -1031,7 +1034,7 @@ ProviderBuildEmbeddingsRequest(const CanaryModel *model, const char *a,
  */
 typedef struct EmbedParse
 {
-	JsonPath	where;			/* first: the JsonPath* callbacks keep it */
+	ParsePath	where;			/* first: the ParsePath* callbacks keep it */
 	int			ndata;			/* elements of data seen */
 	double	   *vec[2];
 	int			len[2];
@@ -1039,6 +1042,9 @@ typedef struct EmbedParse
 	int			index[2];		/* data[i].index, -1 if absent */
 	bool		bad;			/* a non-number in an embedding, or too long */
 } EmbedParse;
+
+StaticAssertDecl(offsetof(EmbedParse, where) == 0,
+				 "the ParsePath callbacks read the semstate as its path");
 
 static const char *const EmbedData[] = {"data", "*", NULL};
 static const char *const EmbedIndex[] = {"data", "*", "index", NULL};
@@ -1049,9 +1055,9 @@ EmbedElementStart(void *state, bool isnull)
 {
 	EmbedParse *ep = (EmbedParse *) state;
 
-	JsonPathElementStart(state, isnull);
+	ParsePathElementStart(state, isnull);
 	/* a new element of the top-level "data" array */
-	if (JsonPathIs(&ep->where, EmbedData))
+	if (ParsePathIs(&ep->where, EmbedData))
 		ep->ndata++;
 }
 
@@ -1059,7 +1065,7 @@ EmbedElementStart(void *state, bool isnull)
 static bool
 EmbedAt(const EmbedParse *ep, const char *const *pat)
 {
-	return JsonPathIs(&ep->where, pat) && ep->where.path[1].index < 2;
+	return ParsePathIs(&ep->where, pat) && ep->where.path[1].index < 2;
 }
 
 static void
@@ -1152,11 +1158,11 @@ ProviderParseEmbeddings(int http_status, const char *body, size_t len,
 	ep.index[0] = ep.index[1] = -1;
 	memset(&sem, 0, sizeof(sem));
 	sem.semstate = &ep;
-	sem.object_field_start = JsonPathFieldStart;
-	sem.object_field_end = JsonPathFieldEnd;
-	sem.array_start = JsonPathArrayStart;
+	sem.object_field_start = ParsePathFieldStart;
+	sem.object_field_end = ParsePathFieldEnd;
+	sem.array_start = ParsePathArrayStart;
 	sem.array_element_start = EmbedElementStart;
-	sem.array_element_end = JsonPathElementEnd;
+	sem.array_element_end = ParsePathElementEnd;
 	sem.scalar = EmbedScalar;
 	copy = pnstrdup(body, len);
 	problem = ParseJsonWith(copy, len, &sem);

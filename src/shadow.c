@@ -337,8 +337,9 @@ ShadowKeepOpenJobsAtCommit(void)
 /*
  * Any end of a (sub)transaction with open jobs means the call that opened
  * them was interrupted: canary_call completes its job before it returns.
- * Runs in abort processing, after LWLockReleaseAll; takes the queue lock
- * briefly and allocates nothing.
+ * Runs in abort processing, after LWLockReleaseAll; takes the shadow
+ * queue's lock briefly, allocates nothing, and wakes the worker without a
+ * lock (MetricsWakeWorker).
  */
 static void
 ShadowXactCallback(XactEvent event, void *arg)

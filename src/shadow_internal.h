@@ -77,6 +77,7 @@ typedef struct ShadowShared
 	dsa_handle	dsa;			/* DSM_HANDLE_INVALID until the worker ran */
 	bool		worker_serving; /* a worker takes jobs; who it is and its
 								 * latch: MetricsWakeWorker (metrics.h) */
+	int			serving_pid;	/* who set worker_serving, for its exit */
 	int			nslots;
 	int			next_free;		/* where the next free-slot search starts */
 	int			npending;

@@ -888,7 +888,10 @@ ShadowWriteFinished(bool final)
  * ---------------------------------------------------------------------
  */
 
-/* Process exit: nobody serves the queue any more. */
+/*
+ * Process exit: nobody serves the queue any more, unless a newer worker
+ * already does (then the flag is its, not ours to clear).
+ */
 static void
 ShadowWorkerExit(int code, Datum arg)
 {
@@ -897,7 +900,11 @@ ShadowWorkerExit(int code, Datum arg)
 	if (!shadow_worker_ready)
 		return;
 	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
-	ShadowState->worker_serving = false;
+	if (ShadowState->serving_pid == MyProcPid)
+	{
+		ShadowState->worker_serving = false;
+		ShadowState->serving_pid = 0;
+	}
 	LWLockRelease(ShadowState->lock);
 }
 
@@ -942,6 +949,7 @@ ShadowWorkerInit(void)
 		}
 	}
 	ShadowState->worker_serving = true;
+	ShadowState->serving_pid = MyProcPid;
 	LWLockRelease(ShadowState->lock);
 	shadow_worker_ready = true;
 }
@@ -1046,6 +1054,7 @@ ShadowWorkerShutdown(void)
 	seqs = palloc(sizeof(uint64) * ShadowState->nslots);
 	LWLockAcquire(ShadowState->lock, LW_EXCLUSIVE);
 	ShadowState->worker_serving = false;	/* jobs queue for the next worker */
+	ShadowState->serving_pid = 0;
 	for (int i = 0; i < ShadowState->nslots; i++)
 	{
 		ShadowSlot *slot = &ShadowState->slots[i];

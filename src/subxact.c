@@ -13,6 +13,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "utils/memutils.h"
 
 #include "subxact.h"
 
@@ -37,7 +38,10 @@ CanarySubxactCommit(MemoryContext oldcxt, ResourceOwner oldowner)
  *		buffers, SPI and user id go with it) and return to oldcxt and
  *		oldowner.  Returns the copy, which the caller raises again
  *		(ReThrowError), keeps or frees (FreeErrorData).  errcxt must outlive
- *		the subtransaction: the caller's context or a longer one.
+ *		the subtransaction: the caller's context or a longer one, never
+ *		ErrorContext (FlushErrorState resets it).  Call only from the
+ *		PG_CATCH of the step, with the caller's internal subtransaction
+ *		still the current one: this rolls back whatever is current.
  */
 ErrorData *
 CanarySubxactAbort(MemoryContext oldcxt, ResourceOwner oldowner,
@@ -45,6 +49,7 @@ CanarySubxactAbort(MemoryContext oldcxt, ResourceOwner oldowner,
 {
 	ErrorData  *edata;
 
+	Assert(errcxt != ErrorContext);
 	MemoryContextSwitchTo(errcxt);
 	edata = CopyErrorData();
 	FlushErrorState();

@@ -7,12 +7,19 @@
  *	  What follows an error (raise it again, set the interrupt pending,
  *	  keep it as a failed row) stays with the caller.
  *
+ *	  Precondition of CanarySubxactAbort: call it only in the PG_CATCH of
+ *	  the step, with the caller's own internal subtransaction still the
+ *	  current one (nothing else begun or ended since), and with an errcxt
+ *	  that outlives the subtransaction and is not ErrorContext (which
+ *	  FlushErrorState resets, freeing the copy).
+ *
+ *	  Like PostgreSQL's own headers, this one expects postgres.h to have
+ *	  been included first, by the .c file.
+ *
  *-------------------------------------------------------------------------
  */
 #ifndef LLM_CANARY_SUBXACT_H
 #define LLM_CANARY_SUBXACT_H
-
-#include "postgres.h"
 
 #include "utils/elog.h"
 #include "utils/resowner.h"

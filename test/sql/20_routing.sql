@@ -102,3 +102,27 @@ INSERT INTO canary_config (name) VALUES ('unconfigured');
 SELECT canary_route('u_1', 'unconfigured');
 \echo :LAST_ERROR_SQLSTATE
 DELETE FROM canary_config WHERE name = 'unconfigured';
+
+-- the cache reads every column cast to the type it needs: a column type a
+-- user changed (salt varchar(100), window_seconds bigint) routes as before,
+-- and repeated lookups leave the cache's memory as it was
+CREATE TEMP TABLE routed AS
+SELECT g, canary_route('u_' || g) AS m, canary_route('u_' || g, 'second') AS m2
+  FROM generate_series(1, 2000) g;
+ALTER TABLE canary_config ALTER salt TYPE varchar(100), ALTER window_seconds TYPE bigint;
+SELECT count(*) FILTER (WHERE m2 = 'model-new') AS second_new,
+       count(*) FILTER (WHERE canary_route('u_' || g) IS DISTINCT FROM m
+                           OR canary_route('u_' || g, 'second') IS DISTINCT FROM m2) AS changed
+  FROM routed;
+SELECT sum(total_bytes) <= 8192 AS cache_small
+  FROM pg_backend_memory_contexts WHERE name = 'llm_canary config cache';
+ALTER TABLE canary_config ALTER salt TYPE text, ALTER window_seconds TYPE integer;
+-- a stage the table's CHECK constraint would keep out is refused, named
+BEGIN;
+ALTER TABLE canary_config DROP CONSTRAINT canary_config_stage_check;
+SET LOCAL session_replication_role = replica;
+UPDATE canary_config SET stage = 'ramp_50' WHERE name = 'second';
+SELECT canary_route('u_1', 'second');
+\echo :LAST_ERROR_SQLSTATE
+ROLLBACK;
+DROP TABLE routed;

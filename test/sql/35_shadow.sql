@@ -236,3 +236,21 @@ SELECT * FROM canary_shadow_lengths('shadowtest', '7 days', 0);
 \echo :LAST_ERROR_SQLSTATE
 SELECT * FROM canary_shadow_lengths('shadowtest', '7 days', NULL);
 \echo :LAST_ERROR_SQLSTATE
+
+/*
+ * A row whose verdict is set although an answer is missing (a replica-mode
+ * write skips the trigger that fills the verdict) counts in neither a
+ * class's agreement nor the overall one, which use the same formula: class
+ * a (1 of 2 pairs agree) is not worse than overall (1 of 2); counting the
+ * stray verdict overall, as before, read overall as 1.0 and flagged a.
+ */
+INSERT INTO canary_config (name, old_model, new_model) VALUES ('shadowrepl', 'model-old', 'model-new');
+SET session_replication_role = replica;
+INSERT INTO canary_shadow (request_id, canary, prompt_class, old_text, new_text, verdict)
+VALUES (md5('shadowrepl1')::uuid, 'shadowrepl', 'a', 'Yes.', 'Yes.', 'identical'),
+       (md5('shadowrepl2')::uuid, 'shadowrepl', 'a', 'Yes.', 'No, never.', 'different'),
+       (md5('shadowrepl3')::uuid, 'shadowrepl', 'b', 'Yes.', NULL, 'identical');
+RESET session_replication_role;
+SELECT * FROM canary_shadow_by_class('shadowrepl');
+DELETE FROM canary_shadow WHERE canary = 'shadowrepl';
+DELETE FROM canary_config WHERE name = 'shadowrepl';

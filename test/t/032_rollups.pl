@@ -148,10 +148,17 @@ my $rows = $node->safe_psql('postgres', 'SELECT count(*) FROM canary_rollups');
 is($node->safe_psql('postgres', q{
 SELECT action || ' ' || partition || ' ' || moved_rows FROM canary_maintenance(0, current_date + 400)
  WHERE partition = 'canary_rollups'}), '', 'rollups of the last 400 days are kept');
+# with a finished submission to expire too: rollups come before submissions,
+# as they did before the expiries became one loop
+$node->safe_psql('postgres', q{
+INSERT INTO canary_submissions (request_id, canary, user_id, request, state, finished_at)
+VALUES (gen_random_uuid(), 'roll', 'u-ret', '"p"', 'done', now() - interval '2 days')});
 is($node->safe_psql('postgres', q{
-SELECT action || ' ' || partition || ' ' || moved_rows FROM canary_maintenance(0, current_date + 402)
- WHERE partition = 'canary_rollups'}), "expire canary_rollups $rows",
-	'canary_maintenance deletes rollups older than llm_canary.rollup_retention_days (400)');
+SELECT string_agg(action || ' ' || partition || ' ' || moved_rows, ', ')
+  FROM canary_maintenance(0, current_date + 402)
+ WHERE partition IN ('canary_rollups', 'canary_submissions')}),
+	"expire canary_rollups $rows, expire canary_submissions 1",
+	'canary_maintenance deletes rollups older than llm_canary.rollup_retention_days (400), then submissions');
 is($node->safe_psql('postgres', 'SELECT sum(requests) FROM canary_rollup_totals'), $n2,
 	'the totals outlive the rollups');
 

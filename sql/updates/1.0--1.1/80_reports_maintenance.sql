@@ -595,7 +595,9 @@ BEGIN
     END IF;
 
     -- expired rows: each table, the condition its index serves, and the
-    -- cutoff ($1); a table of a later part is skipped while it does not exist
+    -- cutoff ($1); a table of a later part is skipped while it does not
+    -- exist.  Rollups (no condition) expire through their own function,
+    -- after the window summaries and before the submissions.
     FOR expired IN
         SELECT * FROM (VALUES
             -- the cache's TTL reads like '1h' (its unit is seconds): a valid
@@ -607,30 +609,28 @@ BEGIN
             -- window summaries of days before today - retention (none when 0)
             ('canary_window_summaries', 'at < $1',
              CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
+            -- rollups older than llm_canary.rollup_retention_days
+            ('canary_rollups', NULL, NULL),
             -- finished submissions past llm_canary.submit_retention
             ('canary_submissions', 'finished_at < $1',
              now() - coalesce(nullif(current_setting('llm_canary.submit_retention', true), ''), '1d')::interval)
         ) AS e (relname, condition, cutoff)
     LOOP
-        CONTINUE WHEN expired.cutoff IS NULL
-                   OR to_regclass(format('%I.%I', nsp, expired.relname)) IS NULL;
-        EXECUTE format('DELETE FROM %I.%I WHERE %s', nsp, expired.relname, expired.condition)
-           USING expired.cutoff;
-        GET DIAGNOSTICS n = ROW_COUNT;
+        IF expired.condition IS NULL THEN
+            CONTINUE WHEN to_regprocedure(format('%I.canary_rollup_maintenance(date)', nsp)) IS NULL;
+            EXECUTE format('SELECT %I.canary_rollup_maintenance($1)', nsp) INTO n USING today;
+        ELSE
+            CONTINUE WHEN expired.cutoff IS NULL
+                       OR to_regclass(format('%I.%I', nsp, expired.relname)) IS NULL;
+            EXECUTE format('DELETE FROM %I.%I WHERE %s', nsp, expired.relname, expired.condition)
+               USING expired.cutoff;
+            GET DIAGNOSTICS n = ROW_COUNT;
+        END IF;
         IF n > 0 THEN
             action := 'expire'; partition := expired.relname; moved_rows := n;
             RETURN NEXT;
         END IF;
     END LOOP;
-
-    -- rollups older than llm_canary.rollup_retention_days (created by a later part)
-    IF to_regprocedure(format('%I.canary_rollup_maintenance(date)', nsp)) IS NOT NULL THEN
-        EXECUTE format('SELECT %I.canary_rollup_maintenance($1)', nsp) INTO n USING today;
-        IF n > 0 THEN
-            action := 'expire'; partition := 'canary_rollups'; moved_rows := n;
-            RETURN NEXT;
-        END IF;
-    END IF;
 
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         -- canary_shadow is created after this function's first run at install
