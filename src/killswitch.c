@@ -16,7 +16,8 @@
  *	  sequential (the default): the counts since evidence_since go, minute by
  *		minute, into canary_evidence (canary_collect_evidence recounts the
  *		last minutes from canary_requests); each rule is tested over the
- *		stage and over the last 1..512 minutes with the always-valid
+ *		stage and over segments of the last day (every minute start in
+ *		the last hour, sparser before) with the always-valid
  *		mixture likelihood ratios of src/sequential.c (JudgeSequential);
  *	  confirm_windows: a breach of the window must be statistically
  *		credible at the rollout's significance (exact binomial test for the
@@ -60,6 +61,7 @@
 
 #include "config.h"
 #include "fleet.h"
+#include "rollups.h"
 #include "sequential.h"
 #include "subxact.h"
 
@@ -590,10 +592,24 @@ ConfirmWindows(const char *schema, const RolloutRules *rr, TimestampTz at, Decis
 	}
 }
 
-/* The log-spaced segment lengths of the change statistic, in minutes. */
-static const int segment_minutes[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+/*
+ * The segments of the change statistic end now and start at the minute
+ * boundaries 1, 2, ... 60 minutes before the current minute, then every 5
+ * minutes up to 4 hours, then every 30 minutes up to a day: every start in
+ * the last hour, where a fresh regression is, and a step of at most an
+ * eighth of the length beyond.  (The bound on false trips counts every
+ * minute boundary of the day as a start, whichever are used.)
+ */
+#define CHANGE_MAX_MINUTES	1440
 
-#define NSEGMENTS (1 + (int) lengthof(segment_minutes))	/* [0]: the stage */
+static int
+NextSegmentMinutes(int minutes)
+{
+	return minutes < 60 ? minutes + 1 : minutes < 240 ? minutes + 5 : minutes + 30;
+}
+
+/* 1 + the segments of the change statistic: [0] is the stage */
+#define NSEGMENTS (1 + 60 + (240 - 60) / 5 + (CHANGE_MAX_MINUTES - 240) / 30)
 
 /* Counts of both cohorts over one segment of evidence. */
 typedef struct Segment
@@ -603,11 +619,23 @@ typedef struct Segment
 	CohortWindow control;
 } Segment;
 
+static void
+AddCounts(CohortWindow *to, const CohortWindow *from)
+{
+	to->samples += from->samples;
+	to->errors += from->errors;
+	to->refusals += from->refusals;
+	to->thumbs_down += from->thumbs_down;
+	to->slow += from->slow;
+}
+
 /*
  * ReadSegments
  *		Sum canary_evidence per cohort over the stage (every minute since
  *		evidence_since) and over the segments of the change statistic that
- *		start after it.  Returns the number of segments filled in seg[].
+ *		start after it: the minutes of the last day are read once, into an
+ *		array by minutes before now, and summed backwards from now.
+ *		Returns the number of segments filled in seg[] (NSEGMENTS at most).
  */
 static int
 ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment *seg)
@@ -617,24 +645,37 @@ ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment
 	Datum		args[3];
 	char		nulls[3] = {' ', ' ', ' '};
 	int			ret;
-	int			nseg = 0;
+	int			nseg = 1;
+	int			stage_minutes;	/* minutes from the stage's start to now's */
+	int			back = 0;		/* minutes before now's summed into sum */
+	int			minutes = 1;	/* the next segment's length */
+	Segment		sum;
+	CohortWindow *per_minute;
 
 	initStringInfo(&sql);
+	/*
+	 * Row 1 per cohort (minute -1): the stage; then the minutes of the last
+	 * day after the stage's start, by how many minutes before now's.
+	 */
 	appendStringInfo(&sql,
 					 "WITH o(origin) AS (SELECT timestamptz '2000-01-01 00:00:00+00'),"
-					 " s(minutes, start) AS ("
-					 "  SELECT 0, coalesce(date_bin('1 minute', $2, origin), '-infinity') FROM o"
-					 "  UNION ALL"
-					 "  SELECT l, date_bin('1 minute', $3, origin) - make_interval(mins => l)"
-					 "    FROM o, unnest('{1,2,4,8,16,32,64,128,256,512}'::int[]) l"
-					 "   WHERE $2 IS NULL OR date_bin('1 minute', $3, origin) - make_interval(mins => l)"
-					 "         > date_bin('1 minute', $2, origin))"
-					 " SELECT s.minutes, e.cohort, sum(e.samples)::int8, sum(e.errors)::int8,"
-					 "  sum(e.refusals)::int8, sum(e.thumbs_down)::int8, sum(e.slow)::int8"
-					 " FROM s JOIN %s.canary_evidence e"
-					 "   ON e.canary = $1 AND e.bucket >= s.start AND e.bucket <= $3"
-					 " GROUP BY 1, 2 ORDER BY 1, 2",
-					 schema);
+					 " b(now_m, since_m) AS (SELECT date_bin('1 minute', $3, origin),"
+					 "   coalesce(date_bin('1 minute', $2, origin), '-infinity') FROM o)"
+					 " SELECT -1, e.cohort, sum(e.samples)::int8, sum(e.errors)::int8,"
+					 "  sum(e.refusals)::int8, sum(e.thumbs_down)::int8, sum(e.slow)::int8,"
+					 "  (SELECT CASE WHEN since_m = '-infinity' THEN %d"
+					 "     ELSE least(extract(epoch FROM now_m - since_m)::int / 60, %d) END FROM b)"
+					 " FROM %s.canary_evidence e, b"
+					 " WHERE e.canary = $1 AND e.bucket >= b.since_m AND e.bucket <= $3"
+					 " GROUP BY 1, 2"
+					 " UNION ALL"
+					 " SELECT extract(epoch FROM b.now_m - e.bucket)::int / 60, e.cohort, e.samples,"
+					 "  e.errors, e.refusals, e.thumbs_down, e.slow, NULL"
+					 " FROM %s.canary_evidence e, b"
+					 " WHERE e.canary = $1 AND e.bucket > b.since_m"
+					 "   AND e.bucket >= b.now_m - interval '%d minutes' AND e.bucket <= $3",
+					 CHANGE_MAX_MINUTES + 1, CHANGE_MAX_MINUTES + 1, schema, schema,
+					 CHANGE_MAX_MINUTES);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(rr->since);
 	if (!rr->has_since)
@@ -646,28 +687,51 @@ ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment
 		elog(ERROR, "could not read canary_evidence: SPI error %d", ret);
 
 	memset(seg, 0, sizeof(Segment) * NSEGMENTS);
+	per_minute = palloc0(sizeof(CohortWindow) * 2 * (CHANGE_MAX_MINUTES + 1));
+	stage_minutes = 0;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		int			minutes = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		char	   *cohort = SPI_getvalue(tup, desc, 2);
+		int			minute = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		canary = strcmp(SPI_getvalue(tup, desc, 2), "canary") == 0;
 		CohortWindow *w;
 
-		if (nseg == 0 || seg[nseg - 1].minutes != minutes)
+		if (minute < 0)
 		{
-			if (nseg == NSEGMENTS)
-				break;
-			seg[nseg++].minutes = minutes;
+			w = canary ? &seg[0].canary : &seg[0].control;
+			stage_minutes = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
 		}
-		w = strcmp(cohort, "canary") == 0 ? &seg[nseg - 1].canary : &seg[nseg - 1].control;
+		else if (minute <= CHANGE_MAX_MINUTES)
+			w = &per_minute[2 * minute + (canary ? 0 : 1)];
+		else
+			continue;
 		w->samples = GetInt8(tup, desc, 3);
 		w->errors = GetInt8(tup, desc, 4);
 		w->refusals = GetInt8(tup, desc, 5);
 		w->thumbs_down = GetInt8(tup, desc, 6);
 		w->slow = GetInt8(tup, desc, 7);
 	}
+
+	/*
+	 * A segment of m minutes holds now's minute and the m before it; it
+	 * must start after the stage's first minute (else it is the stage).
+	 */
+	memset(&sum, 0, sizeof(sum));
+	while (minutes <= CHANGE_MAX_MINUTES && minutes < stage_minutes && nseg < NSEGMENTS)
+	{
+		for (; back <= minutes; back++)
+		{
+			AddCounts(&sum.canary, &per_minute[2 * back]);
+			AddCounts(&sum.control, &per_minute[2 * back + 1]);
+		}
+		seg[nseg] = sum;
+		seg[nseg].minutes = minutes;
+		nseg++;
+		minutes = NextSegmentMinutes(minutes);
+	}
+	pfree(per_minute);
 	return nseg;
 }
 
@@ -1153,6 +1217,9 @@ canary_check(PG_FUNCTION_ARGS)
 	catalog_1_1 = DecisionsCatalog(schema);
 	for (int i = 0; i < nrollouts && catalog_1_1; i++)
 		ReadDecisionSettings(schema, &rules[i]);
+	/* verdicts still queued count too (the worker folds them within a turn) */
+	if (nrollouts > 0)
+		(void) RollupsFoldVerdicts(schema);
 	for (int i = 0; i < nrollouts; i++)
 	{
 		char	   *reason = CheckRollout(schema, &rules[i], at);

@@ -139,7 +139,9 @@ MaintainStep(const char *schema, void *arg)
 	sql = psprintf("SELECT count(*) FROM %s.canary_maintenance()", schema);
 	if (SPI_execute(sql, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not run canary_maintenance()");
-	if (SPI_execute("SELECT (current_date + 1)::timestamptz", true, 1) != SPI_OK_SELECT ||
+	/* partitions are UTC days: the next run is at the next UTC midnight */
+	if (SPI_execute("SELECT ((now() AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC'",
+					true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "could not compute the next maintenance time");
 	next = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);

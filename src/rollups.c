@@ -3,11 +3,14 @@
  * rollups.c
  *	  Histograms of the rollups (canary_rollups, canary_rollup_totals):
  *	  building them, merging them, reading quantiles and Prometheus
- *	  buckets from them; and the rollups' retention setting.
+ *	  buckets from them; the rollups' retention setting; and the call that
+ *	  folds queued verdicts into the rollups.
  *
  * The rollups themselves are written in SQL (sql/parts/32_rollups.sql), by
- * statement-level triggers on canary_requests and canary_feedback; this
- * file holds what SQL cannot do cheaply.
+ * statement-level triggers on canary_requests and canary_feedback (which
+ * only queues the verdicts: canary_feedback_fold adds them, called by the
+ * worker and by canary_check through RollupsFoldVerdicts); this file holds
+ * what SQL cannot do cheaply.
  *
  * Bucket scheme (log-linear, for non-negative integers: milliseconds,
  * tokens; negative values count as 0, values above 2^31 - 1 cannot occur):
@@ -45,6 +48,7 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "port/pg_bitutils.h"
 #include "utils/array.h"
@@ -462,4 +466,35 @@ canary_hist_cumulative(PG_FUNCTION_ARGS)
 	}
 	PG_RETURN_ARRAYTYPE_P(construct_array(elems, n, INT8OID, 8, FLOAT8PASSBYVAL,
 										  TYPALIGN_DOUBLE));
+}
+
+/*
+ * RollupsFoldVerdicts
+ *		Add the verdicts queued in canary_feedback_pending to the rollups
+ *		(canary_feedback_fold() of sql/parts/32_rollups.sql) when the
+ *		installed catalog has the function (a 1.0 catalog served by this
+ *		library does not); returns the verdicts folded.  Caller: inside SPI,
+ *		in a transaction; schema is quoted.
+ */
+int64
+RollupsFoldVerdicts(const char *schema)
+{
+	char	   *sql;
+	int			ret;
+	bool		isnull;
+	Datum		d;
+
+	sql = psprintf("SELECT to_regprocedure(%s) IS NOT NULL",
+				   quote_literal_cstr(psprintf("%s.canary_feedback_fold()", schema)));
+	ret = SPI_execute(sql, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not look for canary_feedback_fold: SPI error %d", ret);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		return 0;
+	sql = psprintf("SELECT %s.canary_feedback_fold()", schema);
+	ret = SPI_execute(sql, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not fold the queued verdicts: SPI error %d", ret);
+	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	return isnull ? 0 : DatumGetInt64(d);
 }

@@ -2,7 +2,8 @@
  *
  * rollups.h
  *	  The rollups' histograms (log-linear buckets with a bounded relative
- *	  error) and the rollups' settings.  See src/rollups.c.
+ *	  error), the rollups' settings and the fold of queued verdicts.  See
+ *	  src/rollups.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -14,5 +15,8 @@ extern int	canary_rollup_retention_days;
 
 /* Define the rollups' settings; called from _PG_init. */
 extern void RollupsInit(void);
+
+/* Fold the queued verdicts into the rollups (canary_feedback_fold). */
+extern int64 RollupsFoldVerdicts(const char *schema);
 
 #endif							/* LLM_CANARY_ROLLUPS_H */

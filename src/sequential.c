@@ -18,28 +18,38 @@
  * inequality it ever reaches 1/a with probability at most a, however often
  * it is looked at: that is what makes a check every 30 seconds safe.  The
  * mixture here is over p1 = m x p0 for m in {1.25, 1.5, 2, 3, 5} (capped
- * below 1), equal weights: regressions from a quarter above the boundary
- * to five times it are all detected quickly, at a cost of log 5 against
- * knowing the right p1 in advance.
+ * below 1), with weights 0.3, 0.25, 0.2, 0.15, 0.1: tuned to the smallest
+ * regressions a rule guards against, a quarter to a half above its boundary,
+ * which need the most requests; a large regression pays log 10 instead of
+ * log 3.3 for its weight but gains that back within a minute or two.
  *
  * Two statistics per rule, both built from the same ratios:
  *	  stage:  the ratio over all evidence since the last re-arm or change
  *			  of stage, percentage or models; it trips at
- *			  2 x SEQ_RULES / significance (false-trip probability at most
- *			  significance / 8 per rule for the whole stage).
- *	  change: the largest ratio over the segments that end now and start at
- *			  a minute boundary 1, 2, 4, ... 512 minutes ago.  These segments
- *			  are a subset of all minute-started segments, whose ratios sum
- *			  to a Shiryaev-Roberts statistic: under the null it grows by at
- *			  most 1 per start, so it reaches A within a day with probability
- *			  at most 1440 / A.  It trips at 2 x SEQ_RULES x 1440 /
- *			  significance (at most significance / 8 per rule per day).  The
- *			  change statistic notices a regression that begins days into a
- *			  stage, which the stage statistic, diluted by the good days,
- *			  would notice late.
+ *			  SEQ_RULES / (SEQ_STAGE_SHARE x significance) (false-trip
+ *			  probability at most 3/16 x significance per rule for the
+ *			  whole evidence period).  Regressions come with changes (a
+ *			  new stage, a new model), and a change starts the evidence
+ *			  afresh: this statistic catches them, so it gets three
+ *			  quarters of each rule's share.
+ *	  change: the largest ratio over the segments that end now and start
+ *			  at a minute boundary 1, 2, ... 60 minutes ago, then every 5
+ *			  minutes up to 4 hours, then every 30 up to a day (killswitch.c
+ *			  picks them).  Every segment starts at one of the day's 1,440
+ *			  minute boundaries, and the ratio from one start point is a
+ *			  supermartingale from that point on: by Ville and a union
+ *			  bound over the start points, some segment reaches A within a
+ *			  day with probability at most 1440 / A, however many segments
+ *			  end at each check.  It trips at SEQ_RULES x 1440 /
+ *			  ((1 - SEQ_STAGE_SHARE) x significance) (at most 1/16 x
+ *			  significance per rule per day).  It notices a regression that
+ *			  begins days into a stage, which the stage statistic, diluted
+ *			  by the good days, would notice late.
  * Four rules, two statistics each: a canary that meets every rule trips
- * falsely with probability at most significance per rollout-day.
- *
+ * falsely with probability at most significance per rollout-day (with at
+ * most one evidence period a day; each further re-arm or change of stage
+ * that day adds at most 3/4 x significance).
+
  * Pure functions of counts: no SPI, no allocation, never raise.
  *
  *-------------------------------------------------------------------------
@@ -53,8 +63,12 @@
 #include "sequential.h"
 
 static const double mixture_ratios[] = {1.25, 1.5, 2.0, 3.0, 5.0};
+static const double mixture_weights[] = {0.3, 0.25, 0.2, 0.15, 0.1};	/* sum 1 */
 
-#define NRATIOS (sizeof(mixture_ratios) / sizeof(mixture_ratios[0]))
+#define NRATIOS lengthof(mixture_ratios)
+
+StaticAssertDecl(lengthof(mixture_weights) == lengthof(mixture_ratios),
+				 "a weight for each alternative");
 
 /* log LR(p1 vs p0) of k events in n trials; 0 < p0, p1 < 1 */
 static double
@@ -72,9 +86,9 @@ AlternativeAbove(double p0, double m)
 	return p1 < 1.0 ? p1 : (p0 + 1.0) / 2.0;
 }
 
-/* log of the mean of exp(terms[0..n-1]) */
+/* log of the sum of exp(terms[0..n-1]), less log(divisor) */
 static double
-LogMeanExp(const double *terms, int n)
+LogSumExp(const double *terms, int n, double divisor)
 {
 	double		mx = -INFINITY;
 	double		sum = 0.0;
@@ -85,7 +99,7 @@ LogMeanExp(const double *terms, int n)
 		return mx;
 	for (int i = 0; i < n; i++)
 		sum += exp(terms[i] - mx);
-	return mx + log(sum / n);
+	return mx + log(sum / divisor);
 }
 
 /*
@@ -110,15 +124,17 @@ SeqLogMixtureLR(int64 k, int64 n, double p0)
 	if (p0 <= 0.0)
 		return k > 0 ? INFINITY : 0.0;
 	for (int i = 0; i < (int) NRATIOS; i++)
-		terms[i] = LogRatio(k, n, p0, AlternativeAbove(p0, mixture_ratios[i]));
-	return LogMeanExp(terms, NRATIOS);
+		terms[i] = log(mixture_weights[i]) +
+			LogRatio(k, n, p0, AlternativeAbove(p0, mixture_ratios[i]));
+	return LogSumExp(terms, NRATIOS, 1.0);
 }
 
 /*
  * SeqLogMixtureLRTwoSided
  *		log of the mixture likelihood ratio against H0: p = p0, with
- *		alternatives on both sides (half the weight each): the sample-ratio
- *		check, where too few canary users is as wrong as too many.
+ *		alternatives on both sides, equal weights (a mismatch has no
+ *		typical size): the sample-ratio check, where too few canary users
+ *		is as wrong as too many.
  */
 double
 SeqLogMixtureLRTwoSided(int64 k, int64 n, double p0)
@@ -140,7 +156,7 @@ SeqLogMixtureLRTwoSided(int64 k, int64 n, double p0)
 		/* below: the share of the other side grows by m */
 		terms[NRATIOS + i] = LogRatio(n - k, n, q, AlternativeAbove(q, m));
 	}
-	return LogMeanExp(terms, 2 * NRATIOS);
+	return LogSumExp(terms, 2 * NRATIOS, 2.0 * NRATIOS);
 }
 
 /*
@@ -169,14 +185,14 @@ SeqUpperBound(int64 k, int64 n, double z)
 double
 SeqStageThreshold(double significance)
 {
-	return log(2.0 * SEQ_RULES / significance);
+	return log(SEQ_RULES / (SEQ_STAGE_SHARE * significance));
 }
 
 /* log of the threshold of a rule's change statistic */
 double
 SeqChangeThreshold(double significance)
 {
-	return log(2.0 * SEQ_RULES * SEQ_STARTS_PER_DAY / significance);
+	return log(SEQ_RULES * SEQ_STARTS_PER_DAY / ((1.0 - SEQ_STAGE_SHARE) * significance));
 }
 
 /*
@@ -184,7 +200,7 @@ SeqChangeThreshold(double significance)
  *		Requests after which the stage statistic reaches exp(log_threshold)
  *		with probability about 0.8 when the true rate is p1 > p0 (normal
  *		approximation of the log ratio at the best alternative of the
- *		mixture, less the mixture's cost of log 5).  Used by the planner to
+ *		mixture, less the log of its weight).  Used by the planner to
  *		say how much evidence a stage needs.  -1 when p1 <= p0.
  */
 double
@@ -201,7 +217,7 @@ SeqSamplesForPower(double p0, double p1, double log_threshold)
 		double		b = log1p(-q) - log1p(-p0);
 		double		mu = p1 * a + (1.0 - p1) * b;
 		double		sd = sqrt(p1 * (1.0 - p1)) * fabs(a - b);
-		double		c = log_threshold + log((double) NRATIOS);
+		double		c = log_threshold - log(mixture_weights[i]);
 		double		root;
 		double		n;
 
@@ -221,7 +237,7 @@ SeqSamplesForPower(double p0, double p1, double log_threshold)
  *							  two_sided boolean default false)
  *		The log mixture likelihood ratio the kill switch computes, for
  *		checking a decision by hand: it trips a rule's stage statistic at
- *		log(8 / significance).
+ *		log(16 / (3 x significance)).
  */
 PG_FUNCTION_INFO_V1(canary_sequential_evidence);
 Datum

@@ -19,8 +19,11 @@
  */
 #define SEQ_STARTS_PER_DAY	1440
 
-/* Share of the significance each rule's two statistics may spend. */
+/* The rules that share the significance, equally. */
 #define SEQ_RULES			4
+
+/* Each rule's share spent on its stage statistic (the rest: change). */
+#define SEQ_STAGE_SHARE		0.75
 
 extern double SeqLogMixtureLR(int64 k, int64 n, double p0);
 extern double SeqLogMixtureLRTwoSided(int64 k, int64 n, double p0);

@@ -11,8 +11,10 @@
 #include "postgres.h"
 
 #include "common/cryptohash.h"
+#include "datatype/timestamp.h"
 #include "mb/pg_wchar.h"
 #include "utils/resowner.h"
+#include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "util.h"
@@ -88,16 +90,26 @@ CanaryPromptHash(const char *prompt, size_t len, char *out17)
 
 /*
  * CanaryNewRequestId
- *		A new random (version 4) UUID: the request_id of a call.
+ *		A new time-ordered (version 7, RFC 9562) UUID: the request_id of a
+ *		call.  Its first 48 bits are the Unix time in milliseconds, the
+ *		other 74 (but version and variant) random; canary_feedback reads
+ *		the time back (canary_request_time) to look the request up in the
+ *		partitions of its day only.
  */
 void
 CanaryNewRequestId(pg_uuid_t *id)
 {
+	uint64		ms = (uint64) (GetCurrentTimestamp() / 1000 +
+							   (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) *
+							   SECS_PER_DAY * 1000);
+
 	if (!pg_strong_random(id->data, UUID_LEN))
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not generate random values")));
-	id->data[6] = (id->data[6] & 0x0f) | 0x40;	/* version 4 */
+	for (int i = 0; i < 6; i++)
+		id->data[i] = (uint8) (ms >> (40 - 8 * i));
+	id->data[6] = (id->data[6] & 0x0f) | 0x70;	/* version 7 */
 	id->data[8] = (id->data[8] & 0x3f) | 0x80;	/* variant 10 */
 }
 

@@ -57,6 +57,7 @@
 #include "extension.h"
 #include "fleet.h"
 #include "metrics.h"
+#include "rollups.h"
 #include "shadow.h"
 #include "transfers.h"
 #include "worker.h"
@@ -85,6 +86,7 @@ static TimestampTz next_write_retry = 0;
 static int	write_backoff_ms = 0;
 static bool flush_requested = false;
 static TimestampTz next_fleet = 0;
+static TimestampTz next_fold = 0;
 
 /*
  * WorkerInit
@@ -345,6 +347,29 @@ WorkerWriteMetrics(void)
 }
 
 static void
+FoldStep(const char *schema, void *arg)
+{
+	(void) RollupsFoldVerdicts(schema);
+}
+
+/*
+ * Step: fold the verdicts that canary_feedback and backfills queued into
+ * the rollups (canary_feedback_fold), every llm_canary.flush_interval_ms
+ * or when canary_flush asks: in a transaction of the worker's, so that an
+ * application transaction that gave a verdict and stays open holds no
+ * rollup row the metric writes need.
+ */
+static void
+WorkerFoldVerdicts(void)
+{
+	if (!extension_known ||
+		(GetCurrentTimestamp() < next_fold && !flush_requested))
+		return;
+	(void) WorkerRunStep("llm_canary: folding verdicts", FoldStep, NULL);
+	next_fold = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), canary_flush_interval_ms);
+}
+
+static void
 FleetStep(const char *schema, void *arg)
 {
 	FleetWorkerStep(schema);
@@ -488,6 +513,7 @@ CanaryWorkerMain(Datum main_arg)
 	{
 		WorkerBeginIteration();
 		WorkerLookForExtension();
+		WorkerFoldVerdicts();
 		WorkerWriteMetrics();
 		WorkerFleetHeartbeat();
 		WorkerRunTransfers();

@@ -144,14 +144,15 @@ COMMENT ON FUNCTION canary_partition_days(text, date, integer) IS
 
 /*
  * canary_maintenance: the daily job (the worker runs it).  Partitions for
- * today .. today + days_ahead; retention: daily partitions of days before
- * today - llm_canary.retention_days are dropped and canary_window_summaries
- * rows of those days deleted; expired session pins and expired answers of
+ * today .. today + days_ahead (today is the UTC day by default: partitions
+ * are UTC days, whatever the session's TimeZone); retention: daily
+ * partitions of days before today - llm_canary.retention_days are dropped
+ * and canary_window_summaries rows of those days deleted; expired session pins and expired answers of
  * the response cache are deleted.  Every delete goes through an index.
  * canary_alerts and canary_stage_history are the audit trail (one row per
  * trip, alert or operator change) and are kept.
  */
-CREATE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT current_date)
+CREATE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT (now() AT TIME ZONE 'UTC')::date)
 RETURNS TABLE (action text, partition text, moved_rows bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -300,8 +301,24 @@ COMMENT ON FUNCTION canary_backend_stats() IS
     'Calls recorded by each connected backend';
 
 /*
+ * The time a request id of canary_call carries: its first 48 bits when it
+ * is a version 7 UUID (src/util.c), else NULL (ids of other origins, such as
+ * a backfill's).  Lets a lookup by request id read the partitions of that
+ * day only: the attempts of a call start after its id is made.
+ */
+CREATE FUNCTION canary_request_time(request_id uuid) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN CASE WHEN pg_catalog.substr(request_id::text, 15, 1) = '7'
+            THEN pg_catalog.to_timestamp(('x' || pg_catalog.substr(pg_catalog.replace(request_id::text, '-', ''), 1, 12))
+                                         ::bit(48)::bigint / 1000.0) END;
+COMMENT ON FUNCTION canary_request_time(uuid) IS
+    'The time a time-ordered (version 7) request id was made, to the millisecond; NULL for other ids';
+
+/*
  * Feedback.  SECURITY DEFINER so that an application role needs only
- * EXECUTE on this function, not privileges on the tables.
+ * EXECUTE on this function, not privileges on the tables.  The request is
+ * looked up in the day after the time its id carries (canary_request_time),
+ * then, not found there, in every partition.
  */
 CREATE FUNCTION canary_feedback(request_id uuid, thumbs_down boolean)
 RETURNS void
@@ -312,6 +329,7 @@ AS $$
 DECLARE
     req record;
     written boolean := true;
+    made constant timestamptz := @extschema@.canary_request_time(canary_feedback.request_id);
 BEGIN
     IF canary_feedback.request_id IS NULL OR canary_feedback.thumbs_down IS NULL THEN
         RAISE EXCEPTION '% must not be NULL',
@@ -323,8 +341,16 @@ BEGIN
     SELECT r.user_id, r.canary, r.cohort, r.model INTO req
       FROM @extschema@.canary_requests r
      WHERE r.request_id = canary_feedback.request_id
+       AND r.ts >= made - interval '1 minute' AND r.ts < made + interval '1 day'
      ORDER BY r.ts DESC
      LIMIT 1;
+    IF NOT FOUND THEN
+        SELECT r.user_id, r.canary, r.cohort, r.model INTO req
+          FROM @extschema@.canary_requests r
+         WHERE r.request_id = canary_feedback.request_id
+         ORDER BY r.ts DESC
+         LIMIT 1;
+    END IF;
     IF NOT FOUND THEN
         -- a request just made may still be queued: let the worker write it,
         -- waiting briefly and for metric records only (never for shadow jobs)

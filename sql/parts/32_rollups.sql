@@ -11,10 +11,16 @@
  * since install, per rollout, member, model, cohort and fallback: the
  * Prometheus counters, monotonic and cheap whatever the retention.
  *
- * Both are written by statement-level triggers on canary_requests and
- * canary_feedback, in the transaction that writes the raw rows, so every
- * path that adds rows (the worker's batches, canary_feedback(), a backfill
- * with INSERT or COPY, the simulator) adds to the rollups exactly once.
+ * Requests reach both through a statement-level trigger on canary_requests,
+ * in the transaction that writes the raw rows.  Verdicts take one more
+ * step: the trigger on canary_feedback only queues them, keyed like the
+ * rollups, in canary_feedback_pending (plain inserts), and
+ * canary_feedback_fold() moves them into the rollups and totals, in a
+ * transaction of the worker's (or of canary_check's): an application that
+ * calls canary_feedback() in a transaction it keeps open holds no row that
+ * the worker's next write needs.  So every path that adds rows (the
+ * worker's batches, canary_feedback(), a backfill with INSERT or COPY, the
+ * simulator) adds to the rollups exactly once.
  *
  * Histograms are sparse int8 arrays {bucket, count, bucket, count, ...} in
  * bucket order over a log-linear scheme (src/rollups.c): values 0..64
@@ -47,6 +53,7 @@ CREATE TABLE canary_rollups (
     latency_sum         bigint NOT NULL DEFAULT 0,
     latency_hist        int8[] NOT NULL DEFAULT '{}',
     tokens_hist         int8[] NOT NULL DEFAULT '{}',
+    new_users           bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (canary, bucket_end, member, stage, cohort, model, fallback, cached)
 );
 CREATE INDEX canary_rollups_bucket_end_idx ON canary_rollups (bucket_end);
@@ -81,6 +88,8 @@ COMMENT ON COLUMN canary_rollups.latency_hist IS
     'Histogram of latency_ms: {bucket, count, ...}, log-linear buckets (canary_hist_quantile reads it)';
 COMMENT ON COLUMN canary_rollups.tokens_hist IS
     'Histogram of completion_tokens, same scheme as latency_hist';
+COMMENT ON COLUMN canary_rollups.new_users IS
+    'Users whose first attempt of the rollout''s evidence period is in this row (canary_srm_users): what the sample-ratio check counts';
 
 CREATE TABLE canary_rollup_totals (
     canary              text NOT NULL,
@@ -171,13 +180,19 @@ COMMENT ON FUNCTION canary_rollup_member() IS
 /*
  * canary_rollup_statement: the one statement that adds a set of raw rows to
  * the rollups (and, when totals, to canary_rollup_totals).  kind is
- * requests (rows shaped like canary_requests) or feedback (shaped like
- * canary_feedback); source names a relation or a parenthesised query.
- * A verdict counts in the bucket and under the key of its request's first
- * attempt (the new model's own answer when a fallback followed), or, when
- * that attempt is no longer kept, in the bucket of the verdict with the
- * cohort and model the verdict carries.  Rows go in key order, so that
- * concurrent writers lock the rollup rows in the same order.
+ * requests (rows shaped like canary_requests), feedback (shaped like
+ * canary_feedback) or verdicts (shaped like canary_feedback_pending: verdict
+ * counts already keyed); kind queue adds feedback rows, keyed, to
+ * canary_feedback_pending instead.  source names a relation or a
+ * parenthesised query.  A verdict counts in the bucket and under the key of
+ * its request's first attempt (the new model's own answer when a fallback
+ * followed), or, when that attempt is no longer kept, in the bucket of the
+ * verdict with the cohort and model the verdict carries.  The first
+ * attempt is looked up in the day after the time its request id carries
+ * (canary_request_time), and only when not found there in every partition
+ * (a UNION ALL under LIMIT 1 runs its second branch only then).  Rows go in
+ * key order, so that concurrent writers lock the rollup rows in the same
+ * order.
  */
 CREATE FUNCTION canary_rollup_statement(kind text, source text, totals boolean)
 RETURNS text
@@ -221,7 +236,7 @@ SELECT r.canary, @extschema@.canary_rollup_bucket(r.ts) AS bucket_end,
        @extschema@.canary_hist_agg(r.completion_tokens) AS tokens_hist
   FROM %s r
  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
-    ELSIF kind = 'feedback' THEN
+    ELSIF kind IN ('feedback', 'queue') THEN
         counters := ARRAY['thumbs_down', 'verdicts'];
         agg := format($q$
 SELECT coalesce(a.canary, f.canary) AS canary,
@@ -232,15 +247,35 @@ SELECT coalesce(a.canary, f.canary) AS canary,
        count(*) FILTER (WHERE f.thumbs_down) AS thumbs_down,
        count(*) AS verdicts
   FROM %s f
-  LEFT JOIN LATERAL (SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
-                       FROM @extschema@.canary_requests q
-                      WHERE q.request_id = f.request_id
-                      ORDER BY q.ts LIMIT 1) a ON true
+  LEFT JOIN LATERAL ((SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
+                        FROM @extschema@.canary_requests q
+                       WHERE q.request_id = f.request_id
+                         AND q.ts >= @extschema@.canary_request_time(f.request_id) - interval '1 minute'
+                         AND q.ts < @extschema@.canary_request_time(f.request_id) + interval '1 day'
+                       ORDER BY q.ts LIMIT 1)
+                      UNION ALL
+                      (SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
+                         FROM @extschema@.canary_requests q
+                        WHERE q.request_id = f.request_id
+                        ORDER BY q.ts LIMIT 1)
+                      LIMIT 1) a ON true
  WHERE coalesce(a.canary, f.canary) IS NOT NULL
+ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
+        IF kind = 'queue' THEN
+            RETURN format('INSERT INTO @extschema@.canary_feedback_pending (%s, thumbs_down, verdicts) %s',
+                          keys, agg);
+        END IF;
+    ELSIF kind = 'verdicts' THEN
+        counters := ARRAY['thumbs_down', 'verdicts'];
+        agg := format($q$
+SELECT p.canary, p.bucket_end, p.member, p.stage, p.cohort, p.model, p.fallback, p.cached,
+       sum(p.thumbs_down)::bigint AS thumbs_down, sum(p.verdicts)::bigint AS verdicts
+  FROM %s p
  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
     ELSE
         RAISE EXCEPTION 'rollup kind "%" does not exist', kind
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'The kinds are requests and feedback.';
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The kinds are requests, feedback, verdicts and queue.';
     END IF;
 
     cols := array_to_string(counters || hists, ', ');
@@ -268,11 +303,13 @@ COMMENT ON FUNCTION canary_rollup_statement(text, text, boolean) IS
 REVOKE ALL ON FUNCTION canary_rollup_statement(text, text, boolean) FROM PUBLIC;
 
 /*
- * The triggers: every INSERT or COPY into canary_requests or canary_feedback
- * through the parent table adds its rows to the rollups in the same
- * statement: exactly once, whoever writes the rows (the worker, a
- * backfill, the simulator, canary_feedback).  SECURITY DEFINER: a role that
- * may add raw rows need not be able to write the rollups.
+ * The triggers: every INSERT or COPY into canary_requests through the
+ * parent table adds its rows to the rollups in the same statement; every
+ * INSERT or COPY into canary_feedback queues its verdicts, keyed, in
+ * canary_feedback_pending (canary_feedback_fold adds them): exactly once,
+ * whoever writes the rows (the worker, a backfill, the simulator,
+ * canary_feedback).  SECURITY DEFINER: a role that may add raw rows need
+ * not be able to write the rollups.
  */
 CREATE FUNCTION canary_rollup_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -280,12 +317,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- TG_ARGV[0]: requests or feedback
-    EXECUTE @extschema@.canary_rollup_statement(TG_ARGV[0], 'new_rows', true);
+    EXECUTE @extschema@.canary_rollup_statement(CASE WHEN TG_ARGV[0] = 'feedback' THEN 'queue'
+                                                     ELSE TG_ARGV[0] END, 'new_rows', true);
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION canary_rollup_trigger() IS
-    'Adds the rows an INSERT or COPY wrote to canary_requests or canary_feedback to canary_rollups and canary_rollup_totals';
+    'Adds the rows an INSERT or COPY wrote to canary_requests to canary_rollups and canary_rollup_totals, and queues those written to canary_feedback in canary_feedback_pending';
 REVOKE ALL ON FUNCTION canary_rollup_trigger() FROM PUBLIC;
 CREATE TRIGGER canary_requests_rollup AFTER INSERT ON canary_requests
     REFERENCING NEW TABLE AS new_rows
@@ -295,16 +333,93 @@ CREATE TRIGGER canary_feedback_rollup AFTER INSERT ON canary_feedback
     FOR EACH STATEMENT EXECUTE FUNCTION canary_rollup_trigger('feedback');
 
 /*
+ * Verdicts on their way to the rollups.  canary_feedback_pending: the
+ * verdicts of each statement that wrote canary_feedback, keyed like
+ * canary_rollups (appended, never updated, so that a writer holds no row
+ * another needs).  canary_verdict_marks: per rollout, the oldest bucket
+ * whose thumbs-down a fold changed and the kill switch's evidence has not
+ * recounted yet (canary_collect_evidence recounts from there and deletes
+ * the mark), so that a verdict given long after its answer still counts.
+ */
+CREATE TABLE canary_feedback_pending (
+    canary              text NOT NULL,
+    bucket_end          timestamptz NOT NULL,
+    member              text NOT NULL,
+    stage               text NOT NULL,
+    cohort              text NOT NULL,
+    model               text NOT NULL,
+    fallback            boolean NOT NULL,
+    cached              boolean NOT NULL,
+    thumbs_down         bigint NOT NULL,
+    verdicts            bigint NOT NULL
+);
+COMMENT ON TABLE canary_feedback_pending IS
+    'Verdicts written to canary_feedback and not yet added to canary_rollups and canary_rollup_totals (canary_feedback_fold adds them)';
+
+CREATE TABLE canary_verdict_marks (
+    canary              text PRIMARY KEY,
+    bucket_end          timestamptz NOT NULL
+);
+COMMENT ON TABLE canary_verdict_marks IS
+    'Per rollout, the oldest rollup bucket whose thumbs-down changed since the kill switch''s evidence last recounted it';
+
+/*
+ * canary_feedback_fold: move the pending verdicts into canary_rollups and
+ * canary_rollup_totals, and mark, per rollout, the oldest bucket whose
+ * thumbs-down changed.  Each pending row is added exactly once: it is
+ * deleted in the transaction that adds it, and a concurrent fold skips the
+ * rows another holds (SKIP LOCKED) instead of waiting for them.  Rollup
+ * rows are locked in key order, as the request writer locks them.  At most
+ * 100,000 pending rows a call (a call with more leaves the rest for the
+ * next).  Returns the verdicts folded.  The metrics worker folds at every
+ * turn of its loop and canary_check before it reads the evidence.
+ */
+CREATE FUNCTION canary_feedback_fold()
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    batch @extschema@.canary_feedback_pending[];
+BEGIN
+    WITH moved AS (
+        DELETE FROM @extschema@.canary_feedback_pending p
+         WHERE p.ctid = ANY (ARRAY(SELECT q.ctid FROM @extschema@.canary_feedback_pending q
+                                    LIMIT 100000 FOR UPDATE SKIP LOCKED))
+        RETURNING p.*
+    )
+    SELECT array_agg(ROW(m.*)::@extschema@.canary_feedback_pending) INTO batch FROM moved m;
+    IF batch IS NULL THEN
+        RETURN 0;
+    END IF;
+    EXECUTE @extschema@.canary_rollup_statement('verdicts', '(SELECT * FROM unnest($1))', true)
+        USING batch;
+    INSERT INTO @extschema@.canary_verdict_marks AS m (canary, bucket_end)
+    SELECT b.canary, min(b.bucket_end) FROM unnest(batch) b
+     WHERE b.thumbs_down > 0
+     GROUP BY b.canary ORDER BY b.canary
+    ON CONFLICT (canary) DO UPDATE SET bucket_end = least(m.bucket_end, excluded.bucket_end);
+    RETURN (SELECT sum(b.verdicts) FROM unnest(batch) b);
+END;
+$$;
+COMMENT ON FUNCTION canary_feedback_fold() IS
+    'Adds the verdicts queued in canary_feedback_pending to canary_rollups and canary_rollup_totals, exactly once; returns how many';
+REVOKE ALL ON FUNCTION canary_feedback_fold() FROM PUBLIC;
+
+/*
  * canary_rollup_rebuild: recount this server's rollups of the buckets in
  * (since, until] from the raw rows still kept.  For rows written around the
  * triggers (into a partition directly, or with triggers disabled) or
  * deleted.  The totals are counters and stay as they are.  Blocks the
- * writers of the rollups while it runs.  Only this server's rows (its
- * member): the rows other fleet members send a control stay as they are.
- * The rows are set to zero and recounted with UPDATEs, and those left at
- * zero deleted, so that the fleet's combined rollups (a row trigger that
- * adds every change and ignores deletes, 33_fleet_combined.sql), here and
- * on the control a member publishes to, follow the recount.
+ * writers of the rollups, and of verdicts, while it runs: the verdicts
+ * still queued are folded first, so that none is counted twice.  Only
+ * this server's rows (its member): the rows other fleet members send a
+ * control stay as they are.  The rows are set to zero and recounted with
+ * UPDATEs, and those left at zero deleted, so that the fleet's combined
+ * rollups (a row trigger that adds every change and ignores deletes,
+ * 33_fleet_combined.sql), here and on the control a member publishes to,
+ * follow the recount.  The sample-ratio check's new_users of the range
+ * are not recounted (0).
  */
 CREATE FUNCTION canary_rollup_rebuild(since timestamptz, until timestamptz DEFAULT 'infinity')
 RETURNS bigint
@@ -320,11 +435,15 @@ BEGIN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN since IS NULL THEN 'since' ELSE 'until' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- the queue's lock first: a fold in progress holds it, then the rollups'
+    LOCK TABLE @extschema@.canary_feedback_pending IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE @extschema@.canary_rollups IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM @extschema@.canary_feedback_fold();
     UPDATE @extschema@.canary_rollups r
        SET requests = 0, outcome_ok = 0, outcome_refusal = 0, outcome_error = 0, outcome_timeout = 0,
            refusals = 0, thumbs_down = 0, verdicts = 0, prompt_tokens = 0, completion_tokens = 0,
-           completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}'
+           completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}',
+           new_users = 0
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     EXECUTE @extschema@.canary_rollup_statement('requests',
         format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
@@ -350,7 +469,7 @@ REVOKE ALL ON FUNCTION canary_rollup_rebuild(timestamptz, timestamptz) FROM PUBL
  * Retention, called by canary_maintenance(): rollups whose bucket ended
  * before today - llm_canary.rollup_retention_days (UTC days) are deleted.
  */
-CREATE FUNCTION canary_rollup_maintenance(today date DEFAULT current_date)
+CREATE FUNCTION canary_rollup_maintenance(today date DEFAULT (now() AT TIME ZONE 'UTC')::date)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -376,3 +495,5 @@ REVOKE ALL ON FUNCTION canary_rollup_maintenance(date) FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('canary_rollups', '');
 SELECT pg_catalog.pg_extension_config_dump('canary_rollup_totals', '');
+SELECT pg_catalog.pg_extension_config_dump('canary_feedback_pending', '');
+SELECT pg_catalog.pg_extension_config_dump('canary_verdict_marks', '');

@@ -57,6 +57,7 @@ CREATE TABLE canary_fleet_rollups (
     latency_sum         bigint NOT NULL DEFAULT 0,
     latency_hist        int8[] NOT NULL DEFAULT '{}',
     tokens_hist         int8[] NOT NULL DEFAULT '{}',
+    new_users           bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (canary, bucket_end, stage, cohort, model, fallback, cached)
 );
 CREATE INDEX canary_fleet_rollups_bucket_end_idx ON canary_fleet_rollups (bucket_end);
@@ -98,14 +99,14 @@ CREATE VIEW canary_rollup_source AS
 SELECT canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
        outcome_refusal, outcome_error, outcome_timeout, refusals, thumbs_down, verdicts,
        prompt_tokens, completion_tokens, completions, cost, latency_count, latency_sum,
-       latency_hist, tokens_hist
+       latency_hist, tokens_hist, new_users
   FROM canary_rollups
  WHERE NOT canary_fleet_is_control()
 UNION ALL
 SELECT canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
        outcome_refusal, outcome_error, outcome_timeout, refusals, thumbs_down, verdicts,
        prompt_tokens, completion_tokens, completions, cost, latency_count, latency_sum,
-       latency_hist, tokens_hist
+       latency_hist, tokens_hist, new_users
   FROM canary_fleet_rollups
  WHERE canary_fleet_is_control();
 COMMENT ON VIEW canary_rollup_source IS
@@ -149,7 +150,7 @@ BEGIN
                (canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
                 outcome_refusal, outcome_error, outcome_timeout, refusals, thumbs_down, verdicts,
                 prompt_tokens, completion_tokens, completions, cost, latency_count, latency_sum,
-                latency_hist, tokens_hist)
+                latency_hist, tokens_hist, new_users)
         VALUES (NEW.canary, NEW.bucket_end, NEW.stage, NEW.cohort, NEW.model, NEW.fallback, NEW.cached,
                 NEW.requests - coalesce(o.requests, 0), NEW.outcome_ok - coalesce(o.outcome_ok, 0),
                 NEW.outcome_refusal - coalesce(o.outcome_refusal, 0),
@@ -161,7 +162,8 @@ BEGIN
                 NEW.completions - coalesce(o.completions, 0), NEW.cost - coalesce(o.cost, 0),
                 NEW.latency_count - coalesce(o.latency_count, 0), NEW.latency_sum - coalesce(o.latency_sum, 0),
                 @extschema@.canary_hist_subtract(NEW.latency_hist, o.latency_hist),
-                @extschema@.canary_hist_subtract(NEW.tokens_hist, o.tokens_hist))
+                @extschema@.canary_hist_subtract(NEW.tokens_hist, o.tokens_hist),
+                NEW.new_users - coalesce(o.new_users, 0))
         ON CONFLICT (canary, bucket_end, stage, cohort, model, fallback, cached) DO UPDATE
            SET requests = t.requests + excluded.requests, outcome_ok = t.outcome_ok + excluded.outcome_ok,
                outcome_refusal = t.outcome_refusal + excluded.outcome_refusal,
@@ -176,7 +178,17 @@ BEGIN
                latency_hist = @extschema@.canary_hist_subtract(
                    @extschema@.canary_hist_merge(t.latency_hist, NEW.latency_hist), o.latency_hist),
                tokens_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.tokens_hist, NEW.tokens_hist), o.tokens_hist);
+                   @extschema@.canary_hist_merge(t.tokens_hist, NEW.tokens_hist), o.tokens_hist),
+               new_users = t.new_users + excluded.new_users;
+        -- a change applied late (a member catching up after an outage, a
+        -- late verdict): the kill switch's evidence recounts from its
+        -- bucket (canary_collect_evidence recounts the last two minutes
+        -- anyway)
+        IF NEW.bucket_end < now() - interval '1 minute' THEN
+            INSERT INTO @extschema@.canary_verdict_marks AS m (canary, bucket_end)
+            VALUES (NEW.canary, NEW.bucket_end)
+            ON CONFLICT (canary) DO UPDATE SET bucket_end = least(m.bucket_end, excluded.bucket_end);
+        END IF;
     ELSE
         IF TG_OP = 'UPDATE' AND (OLD.canary, OLD.model, OLD.cohort, OLD.fallback)
                                  = (NEW.canary, NEW.model, NEW.cohort, NEW.fallback) THEN
@@ -266,7 +278,8 @@ BEGIN
            sum(r.outcome_timeout), sum(r.refusals), sum(r.thumbs_down), sum(r.verdicts),
            sum(r.prompt_tokens), sum(r.completion_tokens), sum(r.completions), sum(r.cost),
            sum(r.latency_count), sum(r.latency_sum),
-           @extschema@.canary_hist_sum(r.latency_hist), @extschema@.canary_hist_sum(r.tokens_hist)
+           @extschema@.canary_hist_sum(r.latency_hist), @extschema@.canary_hist_sum(r.tokens_hist),
+           sum(r.new_users)
       FROM @extschema@.canary_rollups r
      WHERE r.bucket_end > since AND r.bucket_end <= until
      GROUP BY 1, 2, 3, 4, 5, 6, 7;

@@ -27,8 +27,10 @@ COMMENT ON COLUMN canary_window_summaries.decision IS
 /*
  * The evidence of the kill switch: per rollout, minute and cohort, the
  * counts the rules test.  canary_check recounts the last few minutes from
- * canary_requests at every check (rows reach canary_requests through the
- * metrics queue a little late) and drops the minutes before evidence_since.
+ * canary_rollups at every check (rows reach the rollups through the metrics
+ * queue a little late), and from further back when a late verdict changed
+ * an older bucket (canary_verdict_marks), and drops the minutes before
+ * evidence_since.
  */
 CREATE TABLE canary_evidence (
     canary          text NOT NULL,
@@ -45,17 +47,22 @@ COMMENT ON TABLE canary_evidence IS
     'Per rollout, minute and cohort since evidence_since: requests, errors, refusals, thumbs-down and requests slower than p95_ratio_threshold x control p95';
 
 /*
- * The sample-ratio check: each user once per evidence period, with the
- * cohort that served it first, and the running counts.
+ * The sample-ratio check: each user once per rollout and evidence period
+ * (period: the evidence_since it was seen under, -infinity for none), with
+ * the cohort that served it first, recorded as the requests are written
+ * (canary_srm_trigger), and the running counts.
  */
 CREATE TABLE canary_srm_users (
     canary          text NOT NULL,
     user_id         text NOT NULL,
     cohort          text NOT NULL,
-    PRIMARY KEY (canary, user_id)
+    period          timestamptz NOT NULL,
+    PRIMARY KEY (canary, period, user_id)
 );
 COMMENT ON TABLE canary_srm_users IS
-    'Users seen per rollout since evidence_since, with their cohort: the sample-ratio check counts each user once';
+    'Users seen per rollout and evidence period (the evidence_since they were seen under), with their cohort: the sample-ratio check counts each user once';
+COMMENT ON COLUMN canary_srm_users.period IS
+    'The rollout''s evidence_since when the user was first seen (-infinity when none); rows of earlier periods are deleted a few thousand at a time by canary_srm_check';
 
 CREATE TABLE canary_srm_state (
     canary          text PRIMARY KEY,
@@ -63,18 +70,26 @@ CREATE TABLE canary_srm_state (
     users_canary    bigint NOT NULL DEFAULT 0,
     users_control   bigint NOT NULL DEFAULT 0,
     evidence        double precision,
-    alerted_at      timestamptz
+    alerted_at      timestamptz,
+    counted_to      timestamptz,
+    settled_canary  bigint NOT NULL DEFAULT 0,
+    settled_control bigint NOT NULL DEFAULT 0
 );
 COMMENT ON TABLE canary_srm_state IS
     'Per rollout: users per cohort since evidence_since, the log evidence of a mismatch, and when it was alerted';
+COMMENT ON COLUMN canary_srm_state.counted_to IS
+    'settled_canary and settled_control count the new users of the rollup buckets ending at or before this (buckets older than two minutes, taken as complete)';
 
 /*
  * decision_mode is valid, and evidence starts afresh when the kill switch
  * is re-armed or what routing does changes (stage, percent_new, models):
  * traffic from before says nothing about the new state.  An UPDATE that
  * sets evidence_since itself keeps its value (the simulator and tests move
- * it along a simulated clock).  The old evidence is deleted.  Fires
- * after canary_config_b_validate.
+ * it along a simulated clock).  The evidence_since this trigger sets is
+ * rounded up to the next 30-second boundary (the end of the current rollup
+ * bucket): evidence is counted from whole rollup buckets that start at or
+ * after evidence_since, so a value on a boundary loses no traffic.  The old
+ * evidence is deleted.  Fires after canary_config_b_validate.
  */
 CREATE FUNCTION canary_config_evidence()
 RETURNS trigger
@@ -91,7 +106,7 @@ BEGIN
           AND ((NEW.kill_switch_armed AND NOT OLD.kill_switch_armed)
                OR (NEW.stage, NEW.percent_new, NEW.old_model, NEW.new_model)
                   IS DISTINCT FROM (OLD.stage, OLD.percent_new, OLD.old_model, OLD.new_model)) THEN
-        NEW.evidence_since := now();
+        NEW.evidence_since := @extschema@.canary_rollup_bucket(now());
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.evidence_since IS DISTINCT FROM OLD.evidence_since THEN
         DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
@@ -105,13 +120,20 @@ CREATE TRIGGER canary_config_c_evidence
     FOR EACH ROW EXECUTE FUNCTION canary_config_evidence();
 
 /*
- * canary_collect_evidence: recount the minutes of canary_evidence from two
- * minutes before p_at (or from the last minute counted, when the checks
- * paused; at most an hour back) up to p_at, counting only requests after
- * p_since, and drop the minutes before p_since or older than 14 days (a
- * stage statistic covers at most the last 14 days).  p_slow_over: the latency (ms) above
+ * canary_collect_evidence: recount the minutes of canary_evidence from
+ * canary_rollups (requests neither fallback nor cached, cohorts canary and
+ * control), from two minutes before p_at (or from the last minute counted,
+ * when the checks paused, at most an hour back; or from the oldest bucket
+ * whose thumbs-down a fold changed since, canary_verdict_marks) up to the
+ * rollup bucket that holds p_at, counting only buckets that start at or
+ * after p_since, and drop the minutes before p_since or older than 14 days
+ * (a stage statistic covers at most the last 14 days).  A 30-second bucket
+ * counts in the minute it starts in.  p_slow_over: the latency (ms) above
  * which a canary request counts as slow (p95_ratio_threshold x control
- * p95); 0 when no baseline is known.  Internal: canary_check calls it.
+ * p95), read from the latency histograms (values within 1/64 of it may be
+ * misplaced); 0 when no baseline is known.  Plain sums over canary_rollups
+ * (a fleet's combined rows sum the same way).  Internal: canary_check calls
+ * it.
  */
 CREATE FUNCTION canary_collect_evidence(p_canary text, p_at timestamptz, p_since timestamptz,
                                         p_slow_over double precision)
@@ -123,12 +145,22 @@ DECLARE
     origin constant timestamptz := '2000-01-01 00:00:00+00';
     from_bucket timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     last_bucket timestamptz;
+    marked timestamptz;
 BEGIN
     SELECT max(e.bucket) INTO last_bucket FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary AND e.bucket <= p_at;
     from_bucket := least(from_bucket,
                          greatest(coalesce(last_bucket, date_bin('1 minute', p_since, origin), from_bucket),
                                   date_bin('1 minute', p_at - interval '1 hour', origin)));
+    -- a late verdict: recount from the minute of the oldest bucket it changed
+    DELETE FROM @extschema@.canary_verdict_marks m WHERE m.canary = p_canary
+    RETURNING m.bucket_end INTO marked;
+    IF marked IS NOT NULL THEN
+        from_bucket := least(from_bucket,
+                             greatest(date_bin('1 minute', marked - interval '30 seconds', origin),
+                                      date_bin('1 minute', p_since, origin),
+                                      date_bin('1 minute', p_at - interval '14 days', origin)));
+    END IF;
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
        AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
@@ -136,20 +168,15 @@ BEGIN
             OR e.bucket < p_at - interval '14 days');
     INSERT INTO @extschema@.canary_evidence
         (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
-    SELECT p_canary, date_bin('1 minute', r.ts, origin), r.cohort, count(*),
-           count(*) FILTER (WHERE r.outcome IN ('error', 'timeout')),
-           count(*) FILTER (WHERE r.refusal),
-           -- a verdict follows its request (f.ts is the start of the verdict's
-           -- transaction, a day of slack): the lower bound prunes the daily
-           -- partitions, so a check probes a day or two of canary_feedback per
-           -- request instead of hashing every retained verdict
-           count(*) FILTER (WHERE EXISTS (SELECT 1 FROM @extschema@.canary_feedback f
-                                           WHERE f.request_id = r.request_id AND f.thumbs_down
-                                             AND f.ts >= r.ts - interval '1 day' AND f.ts <= p_at)),
-           count(*) FILTER (WHERE p_slow_over > 0 AND r.latency_ms > p_slow_over)
-      FROM @extschema@.canary_requests r
-     WHERE r.canary = p_canary AND r.ts >= from_bucket AND r.ts <= p_at
-       AND (p_since IS NULL OR r.ts > p_since)
+    SELECT p_canary, date_bin('1 minute', r.bucket_end - interval '30 seconds', origin), r.cohort,
+           sum(r.requests)::bigint, sum(r.outcome_error + r.outcome_timeout)::bigint,
+           sum(r.refusals)::bigint, sum(r.thumbs_down)::bigint,
+           sum(CASE WHEN p_slow_over > 0
+                    THEN @extschema@.canary_hist_count_over(r.latency_hist, p_slow_over) ELSE 0 END)::bigint
+      FROM @extschema@.canary_rollup_source r
+     WHERE r.canary = p_canary
+       AND r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
+       AND (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
      GROUP BY 2, 3;
 END;
@@ -157,7 +184,8 @@ $$;
 
 /*
  * canary_srm_check: the sample-ratio check of one rollout at p_at.  Counts
- * every user once per evidence period (the cohort that first served it),
+ * every user once per evidence period (the cohort that first served it,
+ * recorded as the requests are written: canary_srm_trigger),
  * and tests the canary's share of users against percent_new with a
  * two-sided mixture likelihood ratio (always valid, like the kill switch's
  * tests): a mismatch is called at evidence log(1 / significance), so a
@@ -180,6 +208,9 @@ DECLARE
     st @extschema@.canary_srm_state;
     added_canary bigint;
     added_control bigint;
+    cur_period timestamptz;
+    lo timestamptz;
+    settle_to timestamptz;
     expected double precision;
     seen double precision;
     total bigint;
@@ -190,41 +221,55 @@ BEGIN
     IF NOT FOUND OR cfg.percent_new <= 0 OR cfg.percent_new >= 100 THEN
         RETURN NULL;
     END IF;
+    cur_period := coalesce(cfg.evidence_since, '-infinity');
     INSERT INTO @extschema@.canary_srm_state (canary, since) VALUES (p_canary, cfg.evidence_since)
         ON CONFLICT (canary) DO NOTHING;
     SELECT * INTO st FROM @extschema@.canary_srm_state WHERE canary = p_canary FOR UPDATE;
     IF st.since IS DISTINCT FROM cfg.evidence_since THEN
-        DELETE FROM @extschema@.canary_srm_users WHERE canary = p_canary;
         UPDATE @extschema@.canary_srm_state
            SET since = cfg.evidence_since, users_canary = 0, users_control = 0,
-               evidence = NULL, alerted_at = NULL
+               evidence = NULL, alerted_at = NULL, counted_to = NULL,
+               settled_canary = 0, settled_control = 0
          WHERE canary = p_canary
         RETURNING * INTO st;
     END IF;
+    -- the users of earlier evidence periods go a few thousand at a time
+    DELETE FROM @extschema@.canary_srm_users u
+     WHERE u.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_srm_users o
+                                WHERE o.canary = p_canary AND (o.period < cur_period OR o.period > cur_period)
+                                LIMIT 5000));
 
-    WITH seen_users AS (
-        SELECT DISTINCT ON (r.user_id) r.user_id, r.cohort
-          FROM @extschema@.canary_requests r
-         WHERE r.canary = p_canary AND r.ts > p_at - interval '150 seconds' AND r.ts <= p_at
-           AND (cfg.evidence_since IS NULL OR r.ts > cfg.evidence_since)
-           AND r.user_id IS NOT NULL AND r.cohort IN ('canary', 'control')
-         ORDER BY r.user_id, r.ts
-    ), added AS (
-        INSERT INTO @extschema@.canary_srm_users (canary, user_id, cohort)
-        SELECT p_canary, s.user_id, s.cohort FROM seen_users s
-        ON CONFLICT DO NOTHING
-        RETURNING cohort
-    )
-    SELECT count(*) FILTER (WHERE cohort = 'canary'), count(*) FILTER (WHERE cohort = 'control')
-      INTO added_canary, added_control FROM added;
+    -- the users first seen in this period, counted into the rollups as the
+    -- requests were written (canary_srm_trigger): the buckets that ended two
+    -- minutes before p_at are added up once, the later ones at each check
+    lo := greatest(coalesce(st.counted_to, '-infinity'), cur_period);
+    settle_to := date_bin('30 seconds', p_at - interval '2 minutes', timestamptz '2000-01-01 00:00:00+00');
+    IF settle_to > lo THEN
+        SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
+               coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
+          INTO added_canary, added_control
+          FROM @extschema@.canary_rollup_source r
+         WHERE r.canary = p_canary AND r.bucket_end > lo AND r.bucket_end <= settle_to;
+        UPDATE @extschema@.canary_srm_state
+           SET settled_canary = settled_canary + added_canary,
+               settled_control = settled_control + added_control, counted_to = settle_to
+         WHERE canary = p_canary
+        RETURNING * INTO st;
+        lo := settle_to;
+    END IF;
+    SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
+           coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
+      INTO added_canary, added_control
+      FROM @extschema@.canary_rollup_source r
+     WHERE r.canary = p_canary AND r.bucket_end > lo AND r.bucket_end < p_at + interval '30 seconds';
 
-    total := st.users_canary + added_canary + st.users_control + added_control;
+    total := st.settled_canary + added_canary + st.settled_control + added_control;
     expected := cfg.percent_new / 100.0;
-    seen := CASE WHEN total > 0 THEN (st.users_canary + added_canary)::float8 / total END;
+    seen := CASE WHEN total > 0 THEN (st.settled_canary + added_canary)::float8 / total END;
     UPDATE @extschema@.canary_srm_state
-       SET users_canary = users_canary + added_canary,
-           users_control = users_control + added_control,
-           evidence = @extschema@.canary_sequential_evidence(users_canary + added_canary, total,
+       SET users_canary = settled_canary + added_canary,
+           users_control = settled_control + added_control,
+           evidence = @extschema@.canary_sequential_evidence(settled_canary + added_canary, total,
                                                              expected, true)
      WHERE canary = p_canary
     RETURNING * INTO st;
@@ -252,6 +297,64 @@ BEGIN
     RETURN reason;
 END;
 $$;
+
+/*
+ * canary_srm_trigger: the users of the sample-ratio check, recorded as the
+ * requests are written (AFTER INSERT on canary_requests, per statement,
+ * after canary_requests_rollup): for each armed rollout with
+ * 0 < percent_new < 100, the users of the statement's rows after its
+ * evidence_since go into canary_srm_users under that period (the cohort
+ * of their first row), and those not seen before in the period are counted
+ * into the new_users of the rollup row of that first row.  Primary-key
+ * probes, one per user of the statement; nothing is scanned, and a change
+ * of period deletes nothing here (canary_srm_check does, in small steps).
+ * SECURITY DEFINER like canary_rollup_trigger.  enable_nestloop off: the
+ * planner does not know how many rows a statement wrote and would join the
+ * new users back to their first rows with a nested loop (minutes for a
+ * batch of 10,000 users, instead of a hash join's milliseconds).
+ */
+CREATE FUNCTION canary_srm_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET enable_nestloop = off
+AS $$
+BEGIN
+    WITH firsts AS (
+        SELECT DISTINCT ON (r.canary, r.user_id)
+               r.canary, r.user_id, r.cohort, coalesce(c.evidence_since, '-infinity') AS period,
+               @extschema@.canary_rollup_bucket(r.ts) AS bucket_end, coalesce(r.stage, '') AS stage,
+               coalesce(r.model, '') AS model, r.fallback, r.cached
+          FROM new_rows r
+          JOIN @extschema@.canary_config c ON c.name = r.canary
+         WHERE r.user_id IS NOT NULL AND r.cohort IN ('canary', 'control')
+           AND c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100
+           AND (c.evidence_since IS NULL OR r.ts > c.evidence_since)
+         ORDER BY r.canary, r.user_id, r.ts
+    ), added AS (
+        INSERT INTO @extschema@.canary_srm_users AS u (canary, user_id, cohort, period)
+        SELECT f.canary, f.user_id, f.cohort, f.period FROM firsts f
+         ORDER BY f.canary, f.period, f.user_id
+        ON CONFLICT DO NOTHING
+        RETURNING u.canary, u.user_id
+    )
+    INSERT INTO @extschema@.canary_rollups AS t
+        (canary, bucket_end, member, stage, cohort, model, fallback, cached, new_users)
+    SELECT f.canary, f.bucket_end, @extschema@.canary_rollup_member(), f.stage, f.cohort, f.model,
+           f.fallback, f.cached, count(*)
+      FROM added a JOIN firsts f ON f.canary = a.canary AND f.user_id = a.user_id
+     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+    ON CONFLICT (canary, bucket_end, member, stage, cohort, model, fallback, cached)
+       DO UPDATE SET new_users = t.new_users + excluded.new_users;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION canary_srm_trigger() IS
+    'Records the users of the rows an INSERT or COPY wrote to canary_requests for the sample-ratio check (canary_srm_users, canary_rollups.new_users)';
+REVOKE ALL ON FUNCTION canary_srm_trigger() FROM PUBLIC;
+CREATE TRIGGER canary_requests_srm AFTER INSERT ON canary_requests
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_srm_trigger();
 
 CREATE FUNCTION canary_sequential_evidence(events bigint, trials bigint, boundary double precision,
                                            two_sided boolean DEFAULT false)

@@ -251,12 +251,36 @@ COMMENT ON FUNCTION canary_plan(text, timestamptz) IS
     'Where a rollout stands in its plan: each gate of its stage, the samples still needed, and when the next stage is due';
 
 /*
+ * canary_advance_lock: lock a rollout's row for the plan, without waiting,
+ * if it is still as the plan judged it (auto_advance on, the same stage,
+ * evidence period, kill switch and CSAT pin); false when an operator or a
+ * trip holds the row, or changed it meanwhile.  Internal to canary_advance.
+ */
+CREATE FUNCTION canary_advance_lock(p_canary text, p_stage text, p_since timestamptz,
+                                    p_armed boolean, p_pinned_at timestamptz)
+RETURNS boolean
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT EXISTS (SELECT 1 FROM @extschema@.canary_config c
+                    WHERE c.name = p_canary AND c.auto_advance AND c.stage = p_stage
+                      AND c.evidence_since IS NOT DISTINCT FROM p_since
+                      AND c.kill_switch_armed = p_armed
+                      AND c.csat_pinned_at IS NOT DISTINCT FROM p_pinned_at
+                      FOR UPDATE SKIP LOCKED)
+$$;
+
+/*
  * canary_advance: for every rollout with auto_advance (or the named one),
  * at p_at: stop the plan on a trip or a CSAT pin; when every gate of the
  * stage is open, advance to the next stage (a canary_stage_history row
  * whose reason lists the gates, an alert of kind advance) or, at full, say
  * once that the old model can be decommissioned (alert kind
  * decommission).  Returns what it did.  canary_check calls it.
+ * The rows are read without a lock and the gates computed on that reading
+ * (the shadow report can take a while); a row is locked only when the plan
+ * acts on it, with SKIP LOCKED and only if it is still what the gates saw:
+ * a row an operator holds, or changed meanwhile, waits for the next check.
  */
 CREATE FUNCTION canary_advance(p_canary text DEFAULT NULL, p_at timestamptz DEFAULT now())
 RETURNS text
@@ -274,7 +298,7 @@ DECLARE
 BEGIN
     FOR cfg IN SELECT * FROM @extschema@.canary_config c
                 WHERE c.auto_advance AND (p_canary IS NULL OR c.name = p_canary)
-                ORDER BY c.name FOR UPDATE
+                ORDER BY c.name
     LOOP
         payload := jsonb_build_object('canary', cfg.name, 'stage', cfg.stage,
             'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
@@ -282,6 +306,8 @@ BEGIN
         IF NOT cfg.kill_switch_armed OR cfg.csat_pinned_at IS NOT NULL THEN
             why := CASE WHEN NOT cfg.kill_switch_armed THEN 'the kill switch tripped: ' || coalesce(cfg.trip_reason, '')
                            ELSE 'the CSAT pin: ' || coalesce(cfg.csat_pin_reason, '') END;
+            CONTINUE WHEN NOT @extschema@.canary_advance_lock(cfg.name, cfg.stage, cfg.evidence_since,
+                                                          cfg.kill_switch_armed, cfg.csat_pinned_at);
             UPDATE @extschema@.canary_config SET auto_advance = false WHERE name = cfg.name;
             PERFORM @extschema@.canary_raise_alert(cfg.name, 'advance', payload || jsonb_build_object(
                 'alert', 'canary auto-advance stopped', 'reason', why,
@@ -297,11 +323,14 @@ BEGIN
                WITH ORDINALITY AS g(gate, ok, detail, samples_needed, due_at, n);
         CONTINUE WHEN NOT all_ok;
         next_stage_name := @extschema@.canary_plan_next_stage(cfg.stage);
-        IF next_stage_name IS NULL THEN
-            -- full, after its dwell time: say it once per stage period
-            CONTINUE WHEN EXISTS (SELECT 1 FROM @extschema@.canary_alerts a
+        -- full, after its dwell time: say it once per stage period
+        CONTINUE WHEN next_stage_name IS NULL
+                      AND EXISTS (SELECT 1 FROM @extschema@.canary_alerts a
                                    WHERE a.canary = cfg.name AND a.kind = 'decommission'
                                      AND a.payload->>'since' IS NOT DISTINCT FROM cfg.evidence_since::text);
+        CONTINUE WHEN NOT @extschema@.canary_advance_lock(cfg.name, cfg.stage, cfg.evidence_since,
+                                                          cfg.kill_switch_armed, cfg.csat_pinned_at);
+        IF next_stage_name IS NULL THEN
             PERFORM @extschema@.canary_raise_alert(cfg.name, 'decommission', payload || jsonb_build_object(
                 'alert', 'canary old model can be decommissioned', 'reason', why, 'gates', gates,
                 'since', cfg.evidence_since::text,

@@ -140,6 +140,9 @@ DECLARE
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',
         'canary_stats', 'canary_shadow_stats', 'canary_prometheus', 'canary_timeline',
         'canary_shadow_is_private', 'canary_report_window',
+        -- where a rollout stands in its plan (read-only), and what it calls
+        'canary_plan', 'canary_plan_gates', 'canary_plan_dwell', 'canary_plan_next_stage',
+        'canary_sequential_samples',
         -- the fleet's state, for the Prometheus export
         'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus', 'canary_fleet_evidence',
         'canary_fleet_is_control',

@@ -2,8 +2,11 @@
 # Monitoring at constant cost (issue 12), side by side in one run on one
 # throwaway cluster:
 #   1. the metrics writer: records/s of the worker writing 200,000 queued
-#      records, and its CPU per record, with the rollup trigger on and off
-#      (alternating, 3 rounds);
+#      records, and its CPU per record, with the rollup and sample-ratio
+#      triggers on, the rollup trigger alone, and neither (alternating, 3
+#      rounds; the records' users come from a pool of 20,000 that the first
+#      round brings in), and the sample-ratio trigger's worst case, every
+#      record a user not seen before;
 #   2. canary_call at 8 clients (pgbench against a local nginx upstream),
 #      rollup trigger on and off (alternating, 4 rounds of BENCH_SECONDS);
 #   3. canary_check of one rollout with 1,000 requests/s in its 300 s window,
@@ -13,11 +16,14 @@
 #      the trigger, the rollups) to BENCH_ROWS rows over the previous 7 days.
 # Run as postgres with the extension installed: test/bench/run.sh rollups
 # (or PGBIN=<a private PostgreSQL with the build installed>).
-# BENCH_ROWS (default 20000000), BENCH_SECONDS (default 10).
+# BENCH_ROWS (default 20000000), BENCH_SECONDS (default 10), BENCH_PARTS
+# (default "1 2 3": which of the three to run), BENCH_PORT (default 55490;
+# the upstream takes the next port).
 set -euo pipefail
 top="$(cd "$(dirname "$0")/../.." && pwd)"
 BIN=${PGBIN:-/usr/lib/postgresql/15/bin}
-dir=/tmp/llm_canary_bench_rollups; port=55490; nport=55491
+port=${BENCH_PORT:-55490}; nport=$(( port + 1 )); dir=/tmp/llm_canary_bench_rollups.$port
+parts=" ${BENCH_PARTS:-1 2 3} "
 rows=${BENCH_ROWS:-20000000}; secs=${BENCH_SECONDS:-10}
 rm -rf "$dir"; mkdir -p "$dir"
 . "$top/test/bench/fast_upstream.sh"
@@ -69,7 +75,7 @@ END;
 -- the worker writing n queued records: records per second of wall clock,
 -- and microseconds of the worker's CPU (user + system, from /proc) per
 -- record, which other load on the machine does not change
-CREATE FUNCTION bench_writer(n integer, OUT per_s numeric, OUT cpu_us numeric)
+CREATE FUNCTION bench_writer(n integer, prefix text, users integer, OUT per_s numeric, OUT cpu_us numeric)
 LANGUAGE plpgsql AS \$\$
 DECLARE
     t timestamptz := clock_timestamp();
@@ -80,7 +86,7 @@ BEGIN
     SELECT f[14]::bigint + f[15]::bigint INTO ticks0
       FROM regexp_split_to_array(split_part(pg_read_file('/proc/' || pid || '/stat'), ') ', 2), ' ') f0,
            LATERAL (SELECT ARRAY['', ''] || f0 AS f) x;
-    PERFORM count(canary_record('bench', 'w' || i, 'fast-old', 'control', 'ok', 100 + i % 900,
+    PERFORM count(canary_record('bench', prefix || (i % users), 'fast-old', 'control', 'ok', 100 + i % 900,
                                 completion_tokens => i % 300))
        FROM generate_series(1, n) i;
     PERFORM canary_flush('600 seconds');
@@ -117,23 +123,39 @@ PY
 )
 nq=$($PSQL -At -c "SELECT cardinality($scrape)")
 
-echo "== 1. metrics writer: records/s writing 200,000 queued records (rollup trigger on / off)"
+# the sample-ratio trigger (1.1 after issue 13's users moved to write time)
+has_srm=$($PSQL -At -c "SELECT count(*) FROM pg_trigger WHERE tgname = 'canary_requests_srm'")
+triggers() {	# rollup on|off, srm on|off
+    $PSQL -c "ALTER TABLE canary_requests $( [ "$1" = on ] && echo ENABLE || echo DISABLE ) TRIGGER canary_requests_rollup"
+    if [ "$has_srm" = 1 ]; then
+        $PSQL -c "ALTER TABLE canary_requests $( [ "$2" = on ] && echo ENABLE || echo DISABLE ) TRIGGER canary_requests_srm"
+    fi
+}
+if [[ $parts == *" 1 "* ]]; then
+echo "== 1. metrics writer: records/s writing 200,000 queued records (rollup and sample-ratio triggers)"
 for round in 1 2 3; do
-    for mode in ENABLE DISABLE; do
-        $PSQL -c "ALTER TABLE canary_requests $mode TRIGGER canary_requests_rollup"
-        r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000)")
-        echo "   round $round  rollups $( [ $mode = ENABLE ] && echo on || echo off ): ${r% *} records/s, ${r#* } us of worker CPU per record"
-        echo "writer $mode $r" >> "$dir/results"
+    for mode in "on on" "on off" "off off" "on new"; do
+        [ "$has_srm" = 1 ] || [ "${mode#* }" = off ] || continue
+        triggers ${mode/new/on}
+        if [ "${mode#* }" = new ]; then   # every record a new user
+            r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'new$round', 200000)")
+        else
+            r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'w', 20000)")
+        fi
+        echo "   round $round  rollups ${mode% *}, sample-ratio users ${mode#* }: ${r% *} records/s, ${r#* } us of worker CPU per record"
+        echo "writer ${mode// /_} $r" >> "$dir/results"
     done
 done
-$PSQL -c "ALTER TABLE canary_requests ENABLE TRIGGER canary_requests_rollup"
+triggers on on
+fi
 
+if [[ $parts == *" 2 "* ]]; then
 echo "== 2. canary_call at 8 clients, ${secs} s each (rollup trigger on / off)"
 echo "SELECT canary_call('Where is my order?', 'u_' || (random() * 100000)::int);" > "$dir/call.pgbench"
 $PSQL -At -c "SELECT canary_call('Where is my order?', 'u_1')->>'model'" >/dev/null
 for round in 1 2 3 4; do
     for mode in ENABLE DISABLE; do
-        $PSQL -c "ALTER TABLE canary_requests $mode TRIGGER canary_requests_rollup"
+        if [ $mode = ENABLE ]; then triggers on on; else triggers off off; fi
         "$BIN/pgbench" -h /tmp -p "$port" -n -c 8 -j 2 -T "$secs" -f "$dir/call.pgbench" bench > "$dir/pgbench.out" 2>&1
         $PSQL -c "SELECT canary_flush('120 seconds')" >/dev/null
         tps=$(awk '/^tps/ {printf "%.0f", $3; exit}' "$dir/pgbench.out")
@@ -141,7 +163,8 @@ for round in 1 2 3 4; do
         echo "call $mode $tps" >> "$dir/results"
     done
 done
-$PSQL -c "ALTER TABLE canary_requests ENABLE TRIGGER canary_requests_rollup"
+triggers on on
+fi
 $PSQL -c "DELETE FROM canary_requests; DELETE FROM canary_rollups; DELETE FROM canary_feedback" -c "VACUUM ANALYZE"
 
 measure() {	# label
@@ -156,6 +179,7 @@ measure() {	# label
         "$1" "$n" "$rr" "$check" "$nq" "$scr" "$(cat "$dir/reason")"
     echo "check $1 $n $rr $check $scr" >> "$dir/results"
 }
+[[ $parts == *" 3 "* ]] || exit 0
 echo "== 3. canary_check (1,000 requests/s in its 300 s window) and a full scrape"
 $PSQL -c "SELECT bench_rows(300000, now(), 1000)"
 measure small

@@ -9,6 +9,18 @@
 -- what the worker would have written (several times faster; the decision
 -- reads only those tables).
 --
+-- A third path, for the week-long runs (buckets => true): the same requests
+-- (the same draws as direct) are never stored one by one; each step's rows
+-- go into a temporary table and from there into canary_rollups through the
+-- extension's own rollup statement (canary_rollup_statement, what the
+-- trigger on canary_requests runs), thumbs-down into the same buckets.  The
+-- kill switch reads only aggregated counts (the window summaries and the
+-- sequential evidence come from canary_rollups), so its decisions are the
+-- ones the rows would give, at a fraction of the cost; a run stops with an
+-- error if the evidence stays empty (a canary_collect_evidence that still
+-- recounts raw rows).  The sample-ratio check counts users in raw rows: it
+-- sees none in this mode.
+--
 -- Every outcome is a pure function of (seed, request number): a user id,
 -- an outcome (error / refusal / ok), a latency and a thumbs-down verdict
 -- come from hashtext() of the seed and the request number, and the cohort
@@ -18,8 +30,12 @@
 -- properties, modes only by the decision.
 --
 -- Traffic: rps requests per simulated second, request i at t0 + i / rps,
--- where t0 is the next UTC midnight (simulated time lies ahead of the real
--- clock, so thumbs-down recorded now count for every request they name).
+-- where t0 is the start of the hour after next.  Thumbs-down given through
+-- canary_feedback() (the trips) carry the real time: simulated time lies an
+-- hour or more ahead of it, and less than a day (the evidence counts a
+-- verdict given up to a day before its request's time), so they count for
+-- every request of a run shorter than 22 simulated hours.  The long runs
+-- (direct) write each verdict a second after its request.
 -- Per cohort:
 --   error with probability err, else refusal with probability ref;
 --   latency_ms = lat * (400 + 600 * Exp(1))  (p95 = lat * 2197 ms);
@@ -34,7 +50,8 @@
 --   modes      comma-separated decision modes (default: sequential)
 --   aa_seconds (604800), slight_seconds (86400), trip_seconds (3600),
 --   aa_rps (100), direct (true for the A/A and slight runs),
---   tag (appended to the scenario names in sim_results)
+--   buckets (false; true: the A/A and slight runs write rollups only),
+--   seed (llm_canary-sim-1), tag (appended to the scenario names in sim_results)
 --   define=false skips the definitions (for sessions running side by side).
 -- Results: table sim_results, one row per scenario and mode.
 -- Run it with llm_canary.check_interval = 0: the worker's own periodic check
@@ -81,6 +98,37 @@ RETURNS float8 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$ SELECT (hashtext(seed || ':' || i || ':' || tag)::bigint + 2147483648) / 4294967296.0 $$;
 
 /*
+ * sim_draw: the requests of step s of a scenario (rps per second, step
+ * seconds each): request number, user, cohort (canary_route of the user),
+ * outcome, latency and thumbs-down, each a pure function of the seed and
+ * the request number (see the top of this file).
+ */
+CREATE OR REPLACE FUNCTION sim_draw(
+    seed text, rname text, s integer, step integer, rps integer,
+    err_canary float8, err_control float8, ref_canary float8, ref_control float8,
+    lat_canary float8, lat_control float8, td_canary float8, td_control float8)
+RETURNS TABLE (i bigint, user_id text, is_canary boolean, outcome text, latency_ms integer, td boolean)
+LANGUAGE sql VOLATILE AS $$
+    WITH req AS (
+        SELECT i, 'u' || ((hashtext(seed || ':u:' || i) & 2147483647) % 20000) AS user_id
+          FROM generate_series(s::bigint * step * rps, (s + 1)::bigint * step * rps - 1) i
+    ), drawn AS (
+        SELECT i, user_id, canary_route(user_id, rname) = 'sim-new' AS is_canary,
+               sim_u(seed, i, 'o') AS uo, sim_u(seed, i, 'l') AS ul, sim_u(seed, i, 't') AS ut
+          FROM req
+    )
+    SELECT i, user_id, is_canary,
+           CASE WHEN uo < CASE WHEN is_canary THEN err_canary ELSE err_control END THEN 'error'
+                WHEN uo < CASE WHEN is_canary THEN err_canary + ref_canary ELSE err_control + ref_control END
+                     THEN 'refusal'
+                ELSE 'ok' END,
+           round(CASE WHEN is_canary THEN lat_canary ELSE lat_control END
+                 * (400 + 600 * -ln(1 - ul)))::integer,
+           ut < CASE WHEN is_canary THEN td_canary ELSE td_control END
+      FROM drawn
+$$;
+
+/*
  * sim_run: one scenario in one decision mode on a rollout of its own
  * (named scenario_mode).  Per 30 s step: record the step's requests and
  * thumbs-down, canary_check(name, end of the step), COMMIT.  After a trip:
@@ -95,11 +143,12 @@ CREATE OR REPLACE PROCEDURE sim_run(
     ref_canary float8, ref_control float8,
     lat_canary float8, lat_control float8,
     td_canary float8, td_control float8,
-    stop_at_trip boolean, direct boolean, seed text DEFAULT 'llm_canary-sim-1')
+    stop_at_trip boolean, direct boolean, seed text DEFAULT 'llm_canary-sim-1',
+    buckets boolean DEFAULT false)
 LANGUAGE plpgsql AS $$
 DECLARE
     step constant integer := 30;
-    t0 timestamptz := ((now() AT TIME ZONE 'UTC')::date + 1)::timestamp AT TIME ZONE 'UTC';
+    t0 timestamptz := date_trunc('hour', now()) + interval '2 hours';
     wall0 timestamptz := clock_timestamp();
     rname text := scenario || '_' || mode;
     win integer;
@@ -117,6 +166,9 @@ BEGIN
     DELETE FROM canary_rollups r WHERE r.canary = rname;
     DELETE FROM canary_window_summaries w WHERE w.canary = rname;
     DELETE FROM canary_evidence e WHERE e.canary = rname;
+    DELETE FROM canary_srm_users u WHERE u.canary = rname;
+    DELETE FROM canary_srm_state u WHERE u.canary = rname;
+    DELETE FROM canary_verdict_marks m WHERE m.canary = rname;
     DELETE FROM canary_alerts a WHERE a.canary = rname;
     INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode, evidence_since)
     VALUES (rname, stage, 'sim-old', 'sim-new', mode, t0)
@@ -132,25 +184,42 @@ BEGIN
     END IF;
     COMMIT;
 
+    IF buckets THEN
+        CREATE TEMP TABLE IF NOT EXISTS sim_step (LIKE canary_requests, td boolean);
+    END IF;
     FOR s IN 0 .. seconds / step - 1 LOOP
-        IF direct THEN
-            WITH req AS (
-                SELECT i, 'u' || ((hashtext(seed || ':u:' || i) & 2147483647) % 20000) AS user_id
-                  FROM generate_series(s::bigint * step * rps, (s + 1)::bigint * step * rps - 1) i
-            ), drawn AS (
-                SELECT i, user_id, canary_route(user_id, rname) = 'sim-new' AS is_canary,
-                       sim_u(seed, i, 'o') AS uo, sim_u(seed, i, 'l') AS ul, sim_u(seed, i, 't') AS ut
-                  FROM req
-            ), shaped AS (
-                SELECT i, user_id, is_canary, gen_random_uuid() AS rid,
-                       CASE WHEN uo < CASE WHEN is_canary THEN err_canary ELSE err_control END THEN 'error'
-                            WHEN uo < CASE WHEN is_canary THEN err_canary + ref_canary ELSE err_control + ref_control END
-                                 THEN 'refusal'
-                            ELSE 'ok' END AS outcome,
-                       round(CASE WHEN is_canary THEN lat_canary ELSE lat_control END
-                             * (400 + 600 * -ln(1 - ul)))::integer AS latency_ms,
-                       ut < CASE WHEN is_canary THEN td_canary ELSE td_control END AS td
-                  FROM drawn
+        IF buckets THEN
+            TRUNCATE sim_step;
+            INSERT INTO sim_step (request_id, ts, canary, stage, user_id, cohort, model, outcome,
+                                  http_status, latency_ms, refusal, fallback, cached, td)
+            WITH shaped AS (
+                SELECT d.* FROM sim_draw(seed, rname, s, step, rps, err_canary, err_control, ref_canary,
+                                       ref_control, lat_canary, lat_control, td_canary, td_control) d
+            )
+            SELECT '00000000-0000-0000-0000-000000000000', t0 + make_interval(secs => i::float8 / rps), rname,
+                   stage, user_id, CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
+                   CASE WHEN is_canary THEN 'sim-new' ELSE 'sim-old' END,
+                   outcome, CASE WHEN outcome = 'error' THEN 500 ELSE 200 END, latency_ms,
+                   outcome = 'refusal', false, false, td
+              FROM shaped;
+            EXECUTE canary_rollup_statement('requests', 'pg_temp.sim_step', false);
+            -- each verdict in its request's bucket, as the feedback trigger counts it
+            INSERT INTO canary_rollups AS t (canary, bucket_end, member, stage, cohort, model, fallback, cached,
+                                             thumbs_down, verdicts)
+            SELECT q.canary, canary_rollup_bucket(q.ts), canary_rollup_member(), q.stage, q.cohort, q.model,
+                   false, false, count(*), count(*)
+              FROM sim_step q WHERE q.td GROUP BY 1, 2, 3, 4, 5, 6 ORDER BY 1, 2, 3, 4, 5, 6
+            ON CONFLICT ON CONSTRAINT canary_rollups_pkey
+            DO UPDATE SET thumbs_down = t.thumbs_down + excluded.thumbs_down,
+                          verdicts = t.verdicts + excluded.verdicts;
+            SELECT count(*), count(*) FILTER (WHERE q.cohort = 'canary'), 0, count(*) FILTER (WHERE q.td)
+              INTO n, ncanary, ndrop, ntd_direct
+              FROM sim_step q;
+            tottd := tottd + ntd_direct;
+        ELSIF direct THEN
+            WITH shaped AS (
+                SELECT d.*, gen_random_uuid() AS rid FROM sim_draw(seed, rname, s, step, rps, err_canary, err_control, ref_canary,
+                                       ref_control, lat_canary, lat_control, td_canary, td_control) d
             ), recorded AS (
                 INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, model, outcome,
                                              http_status, latency_ms, refusal, fallback)
@@ -161,8 +230,9 @@ BEGIN
                        outcome = 'refusal', false
                   FROM shaped
             ), feedback AS (
-                INSERT INTO canary_feedback (request_id, thumbs_down, user_id, canary, cohort, model)
-                SELECT rid, true, user_id, rname, CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
+                INSERT INTO canary_feedback (request_id, ts, thumbs_down, user_id, canary, cohort, model)
+                SELECT rid, t0 + make_interval(secs => i::float8 / rps + 1), true, user_id, rname,
+                       CASE WHEN is_canary THEN 'canary' ELSE 'control' END,
                        CASE WHEN is_canary THEN 'sim-new' ELSE 'sim-old' END
                   FROM shaped WHERE td
                 RETURNING 1
@@ -172,23 +242,9 @@ BEGIN
               FROM shaped;
             tottd := tottd + ntd_direct;
         ELSE
-            WITH req AS (
-                SELECT i, 'u' || ((hashtext(seed || ':u:' || i) & 2147483647) % 20000) AS user_id
-                  FROM generate_series(s::bigint * step * rps, (s + 1)::bigint * step * rps - 1) i
-            ), drawn AS (
-                SELECT i, user_id, canary_route(user_id, rname) = 'sim-new' AS is_canary,
-                       sim_u(seed, i, 'o') AS uo, sim_u(seed, i, 'l') AS ul, sim_u(seed, i, 't') AS ut
-                  FROM req
-            ), shaped AS (
-                SELECT i, user_id, is_canary,
-                       CASE WHEN uo < CASE WHEN is_canary THEN err_canary ELSE err_control END THEN 'error'
-                            WHEN uo < CASE WHEN is_canary THEN err_canary + ref_canary ELSE err_control + ref_control END
-                                 THEN 'refusal'
-                            ELSE 'ok' END AS outcome,
-                       round(CASE WHEN is_canary THEN lat_canary ELSE lat_control END
-                             * (400 + 600 * -ln(1 - ul)))::integer AS latency_ms,
-                       ut < CASE WHEN is_canary THEN td_canary ELSE td_control END AS td
-                  FROM drawn
+            WITH shaped AS (
+                SELECT d.* FROM sim_draw(seed, rname, s, step, rps, err_canary, err_control, ref_canary,
+                                       ref_control, lat_canary, lat_control, td_canary, td_control) d
             ), recorded AS (
                 SELECT is_canary, td,
                        canary_record(rname, user_id,
@@ -217,6 +273,10 @@ BEGIN
         at := t0 + make_interval(secs => (s + 1) * step);
         reason := canary_check(rname, at);
         nchecks := nchecks + 1;
+        IF buckets AND s = 3 AND NOT EXISTS (SELECT 1 FROM canary_evidence e WHERE e.canary = rname) THEN
+            RAISE EXCEPTION 'buckets: no sequential evidence from canary_rollups'
+                USING HINT = 'This canary_collect_evidence recounts canary_requests; run with buckets = false.';
+        END IF;
         IF reason IS NOT NULL THEN
             ntrips := ntrips + 1;
             IF first_s IS NULL THEN
@@ -274,7 +334,8 @@ INSERT INTO sim_scenarios VALUES
 
 CREATE OR REPLACE PROCEDURE sim_all(scenarios text, modes text, aa_seconds integer, trip_seconds integer,
                                     slight_seconds integer, aa_rps integer, direct_long boolean,
-                                    tag text DEFAULT '')
+                                    tag text DEFAULT '', seed text DEFAULT 'llm_canary-sim-1',
+                                    buckets_long boolean DEFAULT false)
 LANGUAGE plpgsql AS $$
 DECLARE
     sc record;
@@ -288,7 +349,8 @@ BEGIN
                                              ELSE slight_seconds END,
                          coalesce(sc.rps, aa_rps),
                          sc.err_canary, 0.01, sc.ref_canary, 0.011, sc.lat_canary, 1, sc.td_canary, 0.02,
-                         sc.stop_at_trip, direct_long AND NOT sc.stop_at_trip);
+                         sc.stop_at_trip, direct_long AND NOT sc.stop_at_trip, seed,
+                         buckets_long AND NOT sc.stop_at_trip);
         END LOOP;
     END LOOP;
 END;
@@ -297,7 +359,10 @@ $$;
 \endif
 \if :{?direct} \else \set direct true \endif
 \if :{?tag} \else \set tag '' \endif
-CALL sim_all(:'scenarios', :'modes', :aa_seconds, :trip_seconds, :slight_seconds, :aa_rps, :direct, :'tag');
+\if :{?seed} \else \set seed 'llm_canary-sim-1' \endif
+\if :{?buckets} \else \set buckets false \endif
+CALL sim_all(:'scenarios', :'modes', :aa_seconds, :trip_seconds, :slight_seconds, :aa_rps, :direct, :'tag',
+             :'seed', :buckets);
 
 \set QUIET off
 \pset footer off

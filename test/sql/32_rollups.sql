@@ -81,6 +81,11 @@ COPY canary_requests (request_id, ts, canary, cohort, model, outcome, latency_ms
 INSERT INTO canary_feedback (request_id, ts, thumbs_down, user_id, canary, cohort, model)
 SELECT request_id, now(), user_id <> 'u8', user_id, canary, cohort, model
   FROM canary_requests WHERE canary = 'rolls' AND user_id IN ('u4', 'u8', 'u12', 'u30');
+-- the trigger queued them, keyed like the rollups; canary_feedback_fold (the
+-- worker's, canary_check's or this one) moves them into the rollups, once
+SELECT canary_feedback_fold() >= 0 AS folded;
+DO $$ BEGIN FOR i IN 1 .. 200 LOOP EXIT WHEN NOT EXISTS (SELECT 1 FROM canary_feedback_pending); PERFORM pg_sleep(0.05); END LOOP; END $$;
+SELECT count(*) AS pending FROM canary_feedback_pending;
 SELECT bucket_end, stage, cohort, model, fallback, requests, outcome_ok, outcome_error, outcome_timeout, refusals,
        thumbs_down, verdicts, completions, latency_count, latency_sum
   FROM canary_rollups WHERE canary = 'rolls' AND bucket_end <= '2026-01-01 00:01:00+00'

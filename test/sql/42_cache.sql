@@ -111,6 +111,9 @@ RESET ROLE;
 -- the kill switch counts only fresh attempts: three canary calls of one
 -- prompt, one of them reached the new model
 UPDATE canary_config SET percent_new = 100 WHERE name = 'cachetest';
+-- (the change started the evidence at the next 30-second boundary; the
+-- calls below count from the bucket before it)
+UPDATE canary_config SET evidence_since = evidence_since - interval '30 seconds' WHERE name = 'cachetest';
 \! python3 test/mock_ctl.py clear
 SELECT model, cached FROM pg_temp.call('Where is my parcel?', 'u_kill');
 SELECT model, cached FROM pg_temp.call('Where is my parcel?', 'u_kill');

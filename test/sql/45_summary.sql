@@ -18,6 +18,9 @@ SELECT count(canary_record(canary => 'prom', user_id => 'n' || i, model => 'mode
 SELECT canary_flush() > 0 AS flushed;
 SELECT count(canary_feedback(request_id, true)) AS thumbs_down
   FROM canary_requests WHERE canary = 'prom' AND user_id IN ('n1', 'c1');
+-- verdicts reach the rollups once folded (by the worker within flush_interval_ms)
+SELECT canary_feedback_fold() >= 0 AS folded;
+DO $$ BEGIN FOR i IN 1 .. 200 LOOP EXIT WHEN NOT EXISTS (SELECT 1 FROM canary_feedback_pending); PERFORM pg_sleep(0.05); END LOOP; END $$;
 
 SELECT * FROM canary_summary('prom', '1 hour');
 

@@ -140,7 +140,8 @@ SELECT canary_schedule();
 SELECT canary_set_shadow_private(false);
 \echo :LAST_ERROR_SQLSTATE
 \set VERBOSITY default
--- reports
+-- reports (verdicts reach the rollups once the worker folded them)
+DO $$ BEGIN FOR i IN 1 .. 200 LOOP EXIT WHEN NOT EXISTS (SELECT 1 FROM canary_feedback_pending); PERFORM pg_sleep(0.05); END LOOP; END $$;
 SELECT cohort, model, requests, thumbs_down_rate FROM canary_summary('roles');
 SELECT samples, paired, different_share, ready FROM canary_shadow_report('roles');
 SELECT bucket, old_count, new_count FROM canary_shadow_lengths('roles', buckets => 2);

@@ -10,7 +10,9 @@
 #  - A/A (identical cohorts) for 30 simulated minutes at ramp_1, ramp_5,
 #    ramp_25 and full in the default mode, and at ramp_1 in the other two
 #    (the raw rules trip on noise);
-#  - errors 1.5 % vs 1 % at ramp_1 for 30 simulated minutes.
+#  - errors 1.5 % vs 1 % at ramp_1 for 30 simulated minutes;
+#  - A/A on seeds 2 and 3, 2 simulated hours at 20 requests/s per stage;
+#  - the bucket mode of the long runs writes the rollups the rows would.
 # test/bench/simulate.sh runs the full-size version (7 days of A/A per
 # stage, 24 hours of the slightly worse canary); BENCHMARKS.md has its table.
 use strict;
@@ -35,14 +37,15 @@ my $first = 1;
 
 sub simulate
 {
-	my ($scenarios, $modes) = @_;
+	my ($scenarios, $modes, @vars) = @_;
 	my ($ret, $out, $err) = $node->psql(
 		'postgres', undef,
 		extra_params => [
 			'-f', $script,
 			'-v', 'aa_seconds=1800', '-v', 'slight_seconds=1800',
 			'-v', 'trip_seconds=1200', '-v', "scenarios=$scenarios",
-			'-v', "modes=$modes", '-v', 'define=' . ($first ? 'true' : 'false')
+			'-v', "modes=$modes", '-v', 'define=' . ($first ? 'true' : 'false'),
+			map { ('-v', $_) } @vars
 		],
 		on_error_stop => 1);
 	$first = 0;
@@ -53,6 +56,12 @@ sub simulate
 simulate('article,errors,p95,thumbs', 'sequential,confirm_windows,raw');
 simulate('aa_ramp_1,aa_ramp_5,aa_ramp_25,aa_full,slight', 'sequential');
 simulate('aa_ramp_1,slight', 'confirm_windows,raw');
+# A/A on two more seeds, 2 simulated hours at 20 requests/s per stage
+for my $seed (2, 3)
+{
+	simulate('aa_ramp_1,aa_ramp_5,aa_ramp_25,aa_full', 'sequential', 'aa_seconds=7200', 'aa_rps=20',
+		"seed=llm_canary-sim-$seed", "tag=_s$seed");
+}
 
 sub result
 {
@@ -97,6 +106,38 @@ for my $k (sort keys %expect)
 	my ($scenario, $mode) = split / /, $k;
 	is(result($scenario, $mode), $expect{$k}, "$scenario in mode $mode");
 }
+
+# requests|dropped|checks|trips|first trip (s)|sample_ratio alerts (A/A: no trip on any seed)
+for my $seed (2, 3)
+{
+	for my $stage ('ramp_1', 'ramp_5', 'ramp_25', 'full')
+	{
+		is(result("aa_${stage}_s$seed", 'sequential'), '144000|0|240|0|0',
+			"A/A at $stage, seed $seed, 2 hours: no trip");
+	}
+}
+
+# The bucket mode of the long runs writes exactly the rollups the rows
+# would: 90 s of A/A at ramp_5 as rows, then as rollups only, same seed
+# (the same rollout name: the cohorts come from canary_route of the name)
+simulate('aa_ramp_5', 'sequential', 'aa_seconds=90', 'tag=_eq');
+$node->safe_psql('postgres', q{
+CREATE TABLE rows_rollups AS
+SELECT bucket_end, cohort, requests, outcome_ok, outcome_refusal, outcome_error, refusals, thumbs_down,
+       verdicts, latency_count, latency_sum, latency_hist
+  FROM canary_rollups WHERE canary = 'aa_ramp_5_eq_sequential';
+});
+simulate('aa_ramp_5', 'sequential', 'aa_seconds=90', 'tag=_eq', 'buckets=true');
+is($node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM rows_rollups) || ' ' || count(*) || ' ' || sum(requests) || ' ' || sum(thumbs_down)
+  FROM (SELECT bucket_end, cohort, requests, outcome_ok, outcome_refusal, outcome_error, refusals, thumbs_down,
+               verdicts, latency_count, latency_sum, latency_hist
+          FROM canary_rollups WHERE canary = 'aa_ramp_5_eq_sequential'
+        INTERSECT SELECT * FROM rows_rollups) s}),
+	'7 7 9000 169', 'buckets: the same seven rollup rows (counts, latency histograms, 169 thumbs-down) as the rows give');
+is($node->safe_psql('postgres', q{
+SELECT count(*) FROM canary_requests WHERE canary = 'aa_ramp_5_eq_sequential'}),
+	'0', 'buckets: no request row written');
 
 is($node->safe_psql('postgres', 'SELECT dropped FROM canary_stats()'),
 	'0', 'no metric record dropped');

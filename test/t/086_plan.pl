@@ -202,6 +202,36 @@ is(sq(q{SELECT stage || ' ' || auto_advance || ' ' || kill_switch_armed || ' '
 	'ramp_5 true false kill_switch', 'the trip and its alert stay; the failed plan step is rolled back alone');
 sq('DROP TRIGGER no_advance_alerts ON canary_alerts');
 
+# --- the plan never waits for a row an operator holds ------------------------------------
+# gates open (dwell over, evidence there) while an operator's transaction holds
+# the row: the check neither waits nor warns, and the plan advances at the next
+# check after the operator is done (the plan locks a row only to act on it,
+# with SKIP LOCKED)
+sq(q{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, auto_advance)
+  VALUES ('plan_held', 'ramp_5', 'm-old', 'm-new', now(), true);
+});
+sq("SELECT put('plan_held', '" . at(1) . "', 'control', 40000, 9500), put('plan_held', '" . at(1) . "', 'canary', 10000, 500)");
+is(check('plan_held', 1), 'no trip', 'held: a healthy canary');
+my $holder = $node->background_psql('postgres');
+$holder->query_safe("BEGIN; SELECT 1 FROM canary_config WHERE name = 'plan_held' FOR UPDATE");
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '2s'; SELECT coalesce(canary_check('plan_held', '" . at(24 * 3) . "'), 'no trip')");
+is($out . '|' . $err, 'no trip|', 'held by an operator: the check does not wait for the row and does not warn');
+is(stage('plan_held'), 'ramp_5 true', 'held by an operator: no advance yet');
+$holder->query_safe('COMMIT');
+$holder->quit;
+check('plan_held', 24 * 3 + 0.01);
+is(stage('plan_held'), 'ramp_25 true', 'released: the next check advances');
+
+# --- canary_plan is a report: the application (monitoring) role reads it ------------------
+sq(q{CREATE ROLE plan_reader LOGIN; GRANT llm_canary_app TO plan_reader;});
+is($node->safe_psql('postgres', "SET ROLE plan_reader; SELECT stage || ' ' || count(*) FROM canary_plan('plan_held', '"
+	. at(24 * 3) . "') GROUP BY stage"),
+	'ramp_25 10', 'llm_canary_app reads canary_plan');
+($ret, $out, $err) = $node->psql('postgres', "SET ROLE plan_reader; SELECT canary_advance('plan_held')");
+like($err, qr/permission denied for function canary_advance/, 'but cannot run canary_advance');
+
 ($ret, $out, $err) = $node->psql('postgres', "SELECT * FROM canary_plan('nope')");
 like($err, qr/rollout "nope" does not exist/, 'canary_plan of an unknown rollout');
 

@@ -1,11 +1,10 @@
 # The kill switch's evidence (canary_collect_evidence, sql/parts/52_decisions.sql)
-# must cost the traffic of the minutes it recounts, not the retention: the
-# thumbs-down lookup for the requests of the last minutes must not read the
-# daily partitions of canary_feedback from days before.  Without a lower
-# time bound the planner hashed every retained thumbs-down verdict (a full
-# scan of canary_feedback at every check) or probed every partition per
-# request.  Counted with the transaction's own scan counters of an old
-# partition and of its indexes.
+# must cost the buckets of the minutes it recounts, not the retention: it
+# must not read the daily partitions of canary_feedback from days before.
+# It reads canary_rollups, where verdicts were folded (canary_feedback_fold);
+# an older version recounted raw rows and hashed every retained thumbs-down
+# verdict or probed every partition per request.  Counted with the
+# transaction's own scan counters of an old partition and of its indexes.
 use strict;
 use warnings;
 use FindBin;
@@ -41,6 +40,7 @@ $old = (split /\n/, $old)[-1];
 like($old, qr/^canary_feedback_\d{8}$/, 'old feedback partition made');
 
 my $out = $node->safe_psql('postgres', qq{
+SELECT canary_feedback_fold() >= 0;
 SELECT pg_stat_force_next_flush();
 BEGIN;
 SELECT canary_collect_evidence('default', now(), NULL, 0);

@@ -168,7 +168,7 @@ WITH s AS (
          sum(thumbs_down)::bigint, sum(verdicts)::bigint, sum(prompt_tokens)::bigint,
          sum(completion_tokens)::bigint, sum(completions)::bigint, sum(cost),
          sum(latency_count)::bigint, sum(latency_sum)::bigint,
-         canary_hist_sum(latency_hist), canary_hist_sum(tokens_hist)
+         canary_hist_sum(latency_hist), canary_hist_sum(tokens_hist), sum(new_users)::bigint
     FROM canary_rollups GROUP BY 1, 2, 3, 4, 5, 6, 7),
 t AS (
   SELECT canary, model, cohort, fallback,

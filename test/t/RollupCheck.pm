@@ -11,7 +11,9 @@ our @EXPORT = qw(rollup_recount_query);
 
 # A query returning the number of rollup rows that differ from a recount of
 # the raw rows (in either direction): 0 when they agree.  The verdicts count
-# under the key of their request's first attempt, as the trigger does.
+# under the key of their request's first attempt, as the trigger does; those
+# still queued in canary_feedback_pending (not yet folded) count with the
+# rollups, so that the query holds at any moment.
 sub rollup_recount_query
 {
 	return q{
@@ -50,12 +52,19 @@ recount AS (
          coalesce(req.cost, 0), coalesce(req.latency_count, 0), coalesce(req.latency_sum, 0),
          coalesce(req.latency_hist, '{}'), coalesce(req.tokens_hist, '{}')
     FROM req FULL JOIN fb USING (canary, bucket_end, stage, cohort, model, fallback, cached)),
+pending AS (
+  SELECT canary, bucket_end, stage, cohort, model, fallback, cached,
+         sum(thumbs_down) AS thumbs_down, sum(verdicts) AS verdicts
+    FROM canary_feedback_pending GROUP BY 1, 2, 3, 4, 5, 6, 7),
 rolled AS (
-  SELECT canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
-         outcome_refusal, outcome_error, outcome_timeout, refusals, thumbs_down, verdicts,
-         prompt_tokens, completion_tokens, completions, cost, latency_count, latency_sum,
-         latency_hist, tokens_hist
-    FROM canary_rollups)
+  SELECT canary, bucket_end, stage, cohort, model, fallback, cached, coalesce(r.requests, 0),
+         coalesce(r.outcome_ok, 0), coalesce(r.outcome_refusal, 0), coalesce(r.outcome_error, 0),
+         coalesce(r.outcome_timeout, 0), coalesce(r.refusals, 0),
+         coalesce(r.thumbs_down, 0) + coalesce(p.thumbs_down, 0), coalesce(r.verdicts, 0) + coalesce(p.verdicts, 0),
+         coalesce(r.prompt_tokens, 0), coalesce(r.completion_tokens, 0), coalesce(r.completions, 0),
+         coalesce(r.cost, 0), coalesce(r.latency_count, 0), coalesce(r.latency_sum, 0),
+         coalesce(r.latency_hist, '{}'), coalesce(r.tokens_hist, '{}')
+    FROM canary_rollups r FULL JOIN pending p USING (canary, bucket_end, stage, cohort, model, fallback, cached))
 SELECT (SELECT count(*) FROM (SELECT * FROM recount EXCEPT ALL SELECT * FROM rolled) a)
      + (SELECT count(*) FROM (SELECT * FROM rolled EXCEPT ALL SELECT * FROM recount) b)};
 }

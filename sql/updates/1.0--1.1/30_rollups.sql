@@ -30,6 +30,7 @@ CREATE TABLE canary_rollups (
     latency_sum         bigint NOT NULL DEFAULT 0,
     latency_hist        int8[] NOT NULL DEFAULT '{}',
     tokens_hist         int8[] NOT NULL DEFAULT '{}',
+    new_users           bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (canary, bucket_end, member, stage, cohort, model, fallback, cached)
 );
 CREATE INDEX canary_rollups_bucket_end_idx ON canary_rollups (bucket_end);
@@ -64,6 +65,8 @@ COMMENT ON COLUMN canary_rollups.latency_hist IS
     'Histogram of latency_ms: {bucket, count, ...}, log-linear buckets (canary_hist_quantile reads it)';
 COMMENT ON COLUMN canary_rollups.tokens_hist IS
     'Histogram of completion_tokens, same scheme as latency_hist';
+COMMENT ON COLUMN canary_rollups.new_users IS
+    'Users whose first attempt of the rollout''s evidence period is in this row (canary_srm_users): what the sample-ratio check counts';
 
 CREATE TABLE canary_rollup_totals (
     canary              text NOT NULL,
@@ -145,6 +148,16 @@ COMMENT ON FUNCTION canary_rollup_bucket(timestamptz) IS
     'The rollup bucket of a timestamp: the end of the 30-second bucket (bucket_end - 30 s, bucket_end] that holds it';
 
 /* The member column of the rows this server writes ('' on a single server). */
+CREATE FUNCTION canary_request_time(request_id uuid) RETURNS timestamptz
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+RETURN CASE WHEN pg_catalog.substr(request_id::text, 15, 1) = '7'
+            THEN pg_catalog.to_timestamp(('x' || pg_catalog.substr(pg_catalog.replace(request_id::text, '-', ''), 1, 12))
+                                         ::bit(48)::bigint / 1000.0) END;
+COMMENT ON FUNCTION canary_request_time(uuid) IS
+    'The time a time-ordered (version 7) request id was made, to the millisecond; NULL for other ids';
+REVOKE ALL ON FUNCTION canary_request_time(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION canary_request_time(uuid) TO llm_canary_admin;
+
 CREATE FUNCTION canary_rollup_member() RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN coalesce(pg_catalog.current_setting('llm_canary.member', true), '');
@@ -204,7 +217,7 @@ SELECT r.canary, @extschema@.canary_rollup_bucket(r.ts) AS bucket_end,
        @extschema@.canary_hist_agg(r.completion_tokens) AS tokens_hist
   FROM %s r
  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
-    ELSIF kind = 'feedback' THEN
+    ELSIF kind IN ('feedback', 'queue') THEN
         counters := ARRAY['thumbs_down', 'verdicts'];
         agg := format($q$
 SELECT coalesce(a.canary, f.canary) AS canary,
@@ -215,15 +228,35 @@ SELECT coalesce(a.canary, f.canary) AS canary,
        count(*) FILTER (WHERE f.thumbs_down) AS thumbs_down,
        count(*) AS verdicts
   FROM %s f
-  LEFT JOIN LATERAL (SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
-                       FROM @extschema@.canary_requests q
-                      WHERE q.request_id = f.request_id
-                      ORDER BY q.ts LIMIT 1) a ON true
+  LEFT JOIN LATERAL ((SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
+                        FROM @extschema@.canary_requests q
+                       WHERE q.request_id = f.request_id
+                         AND q.ts >= @extschema@.canary_request_time(f.request_id) - interval '1 minute'
+                         AND q.ts < @extschema@.canary_request_time(f.request_id) + interval '1 day'
+                       ORDER BY q.ts LIMIT 1)
+                      UNION ALL
+                      (SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
+                         FROM @extschema@.canary_requests q
+                        WHERE q.request_id = f.request_id
+                        ORDER BY q.ts LIMIT 1)
+                      LIMIT 1) a ON true
  WHERE coalesce(a.canary, f.canary) IS NOT NULL
+ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
+        IF kind = 'queue' THEN
+            RETURN format('INSERT INTO @extschema@.canary_feedback_pending (%s, thumbs_down, verdicts) %s',
+                          keys, agg);
+        END IF;
+    ELSIF kind = 'verdicts' THEN
+        counters := ARRAY['thumbs_down', 'verdicts'];
+        agg := format($q$
+SELECT p.canary, p.bucket_end, p.member, p.stage, p.cohort, p.model, p.fallback, p.cached,
+       sum(p.thumbs_down)::bigint AS thumbs_down, sum(p.verdicts)::bigint AS verdicts
+  FROM %s p
  GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
     ELSE
         RAISE EXCEPTION 'rollup kind "%" does not exist', kind
-            USING ERRCODE = 'invalid_parameter_value', HINT = 'The kinds are requests and feedback.';
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The kinds are requests, feedback, verdicts and queue.';
     END IF;
 
     cols := array_to_string(counters || hists, ', ');
@@ -263,12 +296,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     -- TG_ARGV[0]: requests or feedback
-    EXECUTE @extschema@.canary_rollup_statement(TG_ARGV[0], 'new_rows', true);
+    EXECUTE @extschema@.canary_rollup_statement(CASE WHEN TG_ARGV[0] = 'feedback' THEN 'queue'
+                                                     ELSE TG_ARGV[0] END, 'new_rows', true);
     RETURN NULL;
 END;
 $$;
 COMMENT ON FUNCTION canary_rollup_trigger() IS
-    'Adds the rows an INSERT or COPY wrote to canary_requests or canary_feedback to canary_rollups and canary_rollup_totals';
+    'Adds the rows an INSERT or COPY wrote to canary_requests to canary_rollups and canary_rollup_totals, and queues those written to canary_feedback in canary_feedback_pending';
 REVOKE ALL ON FUNCTION canary_rollup_trigger() FROM PUBLIC;
 CREATE TRIGGER canary_requests_rollup AFTER INSERT ON canary_requests
     REFERENCING NEW TABLE AS new_rows
@@ -276,6 +310,60 @@ CREATE TRIGGER canary_requests_rollup AFTER INSERT ON canary_requests
 CREATE TRIGGER canary_feedback_rollup AFTER INSERT ON canary_feedback
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION canary_rollup_trigger('feedback');
+
+CREATE TABLE canary_feedback_pending (
+    canary              text NOT NULL,
+    bucket_end          timestamptz NOT NULL,
+    member              text NOT NULL,
+    stage               text NOT NULL,
+    cohort              text NOT NULL,
+    model               text NOT NULL,
+    fallback            boolean NOT NULL,
+    cached              boolean NOT NULL,
+    thumbs_down         bigint NOT NULL,
+    verdicts            bigint NOT NULL
+);
+COMMENT ON TABLE canary_feedback_pending IS
+    'Verdicts written to canary_feedback and not yet added to canary_rollups and canary_rollup_totals (canary_feedback_fold adds them)';
+
+CREATE TABLE canary_verdict_marks (
+    canary              text PRIMARY KEY,
+    bucket_end          timestamptz NOT NULL
+);
+COMMENT ON TABLE canary_verdict_marks IS
+    'Per rollout, the oldest rollup bucket whose thumbs-down changed since the kill switch''s evidence last recounted it';
+
+CREATE FUNCTION canary_feedback_fold()
+RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    batch @extschema@.canary_feedback_pending[];
+BEGIN
+    WITH moved AS (
+        DELETE FROM @extschema@.canary_feedback_pending p
+         WHERE p.ctid = ANY (ARRAY(SELECT q.ctid FROM @extschema@.canary_feedback_pending q
+                                    LIMIT 100000 FOR UPDATE SKIP LOCKED))
+        RETURNING p.*
+    )
+    SELECT array_agg(ROW(m.*)::@extschema@.canary_feedback_pending) INTO batch FROM moved m;
+    IF batch IS NULL THEN
+        RETURN 0;
+    END IF;
+    EXECUTE @extschema@.canary_rollup_statement('verdicts', '(SELECT * FROM unnest($1))', true)
+        USING batch;
+    INSERT INTO @extschema@.canary_verdict_marks AS m (canary, bucket_end)
+    SELECT b.canary, min(b.bucket_end) FROM unnest(batch) b
+     WHERE b.thumbs_down > 0
+     GROUP BY b.canary ORDER BY b.canary
+    ON CONFLICT (canary) DO UPDATE SET bucket_end = least(m.bucket_end, excluded.bucket_end);
+    RETURN (SELECT sum(b.verdicts) FROM unnest(batch) b);
+END;
+$$;
+COMMENT ON FUNCTION canary_feedback_fold() IS
+    'Adds the verdicts queued in canary_feedback_pending to canary_rollups and canary_rollup_totals, exactly once; returns how many';
+REVOKE ALL ON FUNCTION canary_feedback_fold() FROM PUBLIC;
 
 /*
  * canary_rollup_rebuild: recount this server's rollups of the buckets in
@@ -298,11 +386,15 @@ BEGIN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN since IS NULL THEN 'since' ELSE 'until' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- the queue's lock first: a fold in progress holds it, then the rollups'
+    LOCK TABLE @extschema@.canary_feedback_pending IN SHARE ROW EXCLUSIVE MODE;
     LOCK TABLE @extschema@.canary_rollups IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM @extschema@.canary_feedback_fold();
     UPDATE @extschema@.canary_rollups r
        SET requests = 0, outcome_ok = 0, outcome_refusal = 0, outcome_error = 0, outcome_timeout = 0,
            refusals = 0, thumbs_down = 0, verdicts = 0, prompt_tokens = 0, completion_tokens = 0,
-           completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}'
+           completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}',
+           new_users = 0
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     EXECUTE @extschema@.canary_rollup_statement('requests',
         format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
@@ -328,7 +420,7 @@ REVOKE ALL ON FUNCTION canary_rollup_rebuild(timestamptz, timestamptz) FROM PUBL
  * Retention, called by canary_maintenance(): rollups whose bucket ended
  * before today - llm_canary.rollup_retention_days (UTC days) are deleted.
  */
-CREATE FUNCTION canary_rollup_maintenance(today date DEFAULT current_date)
+CREATE FUNCTION canary_rollup_maintenance(today date DEFAULT (now() AT TIME ZONE 'UTC')::date)
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
@@ -354,6 +446,8 @@ REVOKE ALL ON FUNCTION canary_rollup_maintenance(date) FROM PUBLIC;
 
 SELECT pg_catalog.pg_extension_config_dump('canary_rollups', '');
 SELECT pg_catalog.pg_extension_config_dump('canary_rollup_totals', '');
+SELECT pg_catalog.pg_extension_config_dump('canary_feedback_pending', '');
+SELECT pg_catalog.pg_extension_config_dump('canary_verdict_marks', '');
 
 COMMENT ON FUNCTION canary_maintenance(integer, date) IS
     'Creates daily partitions of canary_requests, canary_feedback and canary_shadow from today through today + days_ahead (moving rows out of the DEFAULT partition), drops those older than llm_canary.retention_days, deletes answers of canary_response_cache older than llm_canary.response_cache_ttl and canary_rollups older than llm_canary.rollup_retention_days';
@@ -373,8 +467,11 @@ COMMENT ON FUNCTION canary_prometheus(text) IS
     'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total (counters since install, from canary_rollup_totals) and the extension''s health';
 
 /* grants, as sql/parts/90_roles.sql gives them */
-GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE canary_rollups, canary_rollup_totals TO llm_canary_admin;
-GRANT SELECT ON TABLE canary_rollups, canary_rollup_totals TO llm_canary_app;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE
+    ON TABLE canary_rollups, canary_rollup_totals, canary_feedback_pending, canary_verdict_marks TO llm_canary_admin;
+GRANT SELECT ON TABLE canary_rollups, canary_rollup_totals, canary_feedback_pending, canary_verdict_marks
+    TO llm_canary_app;
+GRANT EXECUTE ON FUNCTION canary_feedback_fold() TO llm_canary_admin;
 DO $$
 DECLARE
     fn regprocedure;

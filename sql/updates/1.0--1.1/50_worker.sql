@@ -21,6 +21,7 @@ AS $$
 DECLARE
     req record;
     written boolean := true;
+    made constant timestamptz := @extschema@.canary_request_time(canary_feedback.request_id);
 BEGIN
     IF canary_feedback.request_id IS NULL OR canary_feedback.thumbs_down IS NULL THEN
         RAISE EXCEPTION '% must not be NULL',
@@ -32,8 +33,16 @@ BEGIN
     SELECT r.user_id, r.canary, r.cohort, r.model INTO req
       FROM @extschema@.canary_requests r
      WHERE r.request_id = canary_feedback.request_id
+       AND r.ts >= made - interval '1 minute' AND r.ts < made + interval '1 day'
      ORDER BY r.ts DESC
      LIMIT 1;
+    IF NOT FOUND THEN
+        SELECT r.user_id, r.canary, r.cohort, r.model INTO req
+          FROM @extschema@.canary_requests r
+         WHERE r.request_id = canary_feedback.request_id
+         ORDER BY r.ts DESC
+         LIMIT 1;
+    END IF;
     IF NOT FOUND THEN
         -- a request just made may still be queued: let the worker write it,
         -- waiting briefly and for metric records only (never for shadow jobs)

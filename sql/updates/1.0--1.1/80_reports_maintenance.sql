@@ -569,7 +569,7 @@ COMMENT ON FUNCTION canary_partition_days(text, date, integer) IS
 REVOKE ALL ON FUNCTION canary_partition_days(text, date, integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION canary_partition_days(text, date, integer) TO llm_canary_admin;
 
-CREATE OR REPLACE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT current_date)
+CREATE OR REPLACE FUNCTION canary_maintenance(days_ahead integer DEFAULT 7, today date DEFAULT (now() AT TIME ZONE 'UTC')::date)
 RETURNS TABLE (action text, partition text, moved_rows bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
