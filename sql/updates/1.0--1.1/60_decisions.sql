@@ -162,7 +162,7 @@ BEGIN
            sum(r.refusals)::bigint, sum(r.thumbs_down)::bigint,
            sum(CASE WHEN p_slow_over > 0
                     THEN @extschema@.canary_hist_count_over(r.latency_hist, p_slow_over) ELSE 0 END)::bigint
-      FROM @extschema@.canary_rollups r
+      FROM @extschema@.canary_rollup_source r
      WHERE r.canary = p_canary
        AND r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
        AND (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
@@ -236,7 +236,7 @@ BEGIN
         SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
                coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
           INTO added_canary, added_control
-          FROM @extschema@.canary_rollups r
+          FROM @extschema@.canary_rollup_source r
          WHERE r.canary = p_canary AND r.bucket_end > lo AND r.bucket_end <= settle_to;
         UPDATE @extschema@.canary_srm_state
            SET settled_canary = settled_canary + added_canary,
@@ -248,7 +248,7 @@ BEGIN
     SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
            coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
       INTO added_canary, added_control
-      FROM @extschema@.canary_rollups r
+      FROM @extschema@.canary_rollup_source r
      WHERE r.canary = p_canary AND r.bucket_end > lo AND r.bucket_end < p_at + interval '30 seconds';
 
     total := st.settled_canary + added_canary + st.settled_control + added_control;
