@@ -17,10 +17,13 @@
  *	   ordinary statement trigger refuses a member's own writes with an
  *	   error that names the control database.
  *	 - Evidence flows up.  Every member publishes its status row in
- *	   canary_fleet_members and its per-minute rollups, keyed by member
- *	   (publication llm_canary_evidence, inserts and updates only, so a
- *	   member's retention never deletes the control's history); the control
- *	   subscribes to every member and its checks read everyone's rows.
+ *	   canary_fleet_members and its rollups, keyed by member (publication
+ *	   llm_canary_evidence, no TRUNCATE); the control subscribes to every
+ *	   member.  There a row trigger adds each applied change into the
+ *	   fleet's combined rollups (sql/parts/33_fleet_combined.sql; a DELETE,
+ *	   a member's retention, takes nothing out), and the checks read those
+ *	   (FleetRollupsTable): one row per bucket and key, whatever the number
+ *	   of members.
  *	 - Fail safe.  The control's worker writes canary_fleet_heartbeat every
  *	   llm_canary.fleet_heartbeat_interval.  On a member, a trigger ENABLEd
  *	   REPLICA on that table stamps the row with the member's own clock and,
@@ -299,6 +302,29 @@ FleetRequireJudge(const char *what)
 						what, FleetMemberName()),
 				 errdetail("The control database judges the rollout on the whole fleet's evidence."),
 				 errhint("Run it on the control database, or set llm_canary.fleet_role to standalone to leave the fleet.")));
+}
+
+/*
+ * The rollups this database judges by: on the control, the fleet's combined
+ * rows (canary_fleet_rollups, maintained as the members' rows are applied:
+ * sql/parts/33_fleet_combined.sql); everywhere else canary_rollups.  The
+ * view canary_rollup_source makes the same choice for SQL.
+ */
+const char *
+FleetRollupsTable(void)
+{
+	return fleet_role == CANARY_FLEET_CONTROL ? "canary_fleet_rollups" : "canary_rollups";
+}
+
+/*
+ * canary_fleet_is_control(): whether this database is the fleet's control
+ * (false without shared_preload_libraries, like every fleet setting).
+ */
+PG_FUNCTION_INFO_V1(canary_fleet_is_control);
+Datum
+canary_fleet_is_control(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(fleet_role == CANARY_FLEET_CONTROL);
 }
 
 /* How often the worker runs FleetWorkerStep; 0: not in a fleet. */

@@ -32,6 +32,9 @@ extern void FleetRouteOverride(const CanaryRollout *r, RouteDecision *d);
 extern bool FleetJudgesRollouts(void);
 extern void FleetRequireJudge(const char *what);
 
+/* killswitch.c: canary_fleet_rollups on the control, else canary_rollups */
+extern const char *FleetRollupsTable(void);
+
 /* worker.c: heartbeat (control) or status report (member), SPI connected */
 extern long FleetWorkerIntervalMs(void);
 extern void FleetWorkerStep(const char *schema);

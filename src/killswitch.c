@@ -197,7 +197,8 @@ GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
 }
 
 /*
- * Summarise one cohort over (at - window, at] from canary_rollups: the
+ * Summarise one cohort over (at - window, at] from the rollups (the
+ * fleet's combined rows on a control database, FleetRollupsTable): the
  * 30-second buckets that overlap it (exactly the window when at and the
  * window are multiples of 30 s; otherwise widened to the bucket boundaries
  * around it, so that the bucket still filling counts), so the cost depends
@@ -238,12 +239,12 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 					 " CASE WHEN $5 > 0 THEN %s.canary_hist_count_over(%s.canary_hist_sum(r.latency_hist), $5)"
 					 "  ELSE 0 END::int8,"
 					 " %s.canary_hist_quantile(%s.canary_hist_sum(r.latency_hist), 0.95)"
-					 " FROM %s.canary_rollups r"
+					 " FROM %s.%s r"
 					 " WHERE r.canary = $1 AND r.bucket_end > $2 - make_interval(secs => $3)"
 					 " AND r.bucket_end < $2 + interval '30 seconds'"
 					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached"
 					 " AND ($6::timestamptz IS NULL OR r.bucket_end > $6)",
-					 queued, schema, schema, schema, schema, schema);
+					 queued, schema, schema, schema, schema, schema, FleetRollupsTable());
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int32GetDatum(rr->window_seconds);

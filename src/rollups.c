@@ -328,6 +328,31 @@ canary_hist_merge(PG_FUNCTION_ARGS)
 	PG_RETURN_ARRAYTYPE_P(DenseHistToSparse(h));
 }
 
+/*
+ * canary_hist_subtract(a int8[], b int8[]): the values of a less those of b,
+ * bucket by bucket, no bucket below zero (a NULL is empty).  The fleet's
+ * combined rollups take an applied row's old histogram out with it
+ * (sql/parts/33_fleet_combined.sql); clamping rather than raising keeps a
+ * replication apply worker from stopping on an inconsistent row.
+ */
+PG_FUNCTION_INFO_V1(canary_hist_subtract);
+Datum
+canary_hist_subtract(PG_FUNCTION_ARGS)
+{
+	DenseHist  *h = DenseHistNew(CurrentMemoryContext);
+
+	if (!PG_ARGISNULL(0))
+		DenseHistAddSparse(h, PG_GETARG_ARRAYTYPE_P(0));
+	if (!PG_ARGISNULL(1))
+	{
+		DenseHist  *b = DenseHistFromSparse(PG_GETARG_ARRAYTYPE_P(1));
+
+		for (int i = 0; i < b->nused && i < h->nused; i++)
+			h->counts[i] -= Min(b->counts[i], h->counts[i]);
+	}
+	PG_RETURN_ARRAYTYPE_P(DenseHistToSparse(h));
+}
+
 /* The bucket value of the rank-th smallest value (0-based) of h. */
 static double
 HistValueAtRank(const DenseHist *h, int64 rank)

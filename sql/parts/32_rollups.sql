@@ -420,8 +420,14 @@ REVOKE ALL ON FUNCTION canary_feedback_fold() FROM PUBLIC;
  * triggers (into a partition directly, or with triggers disabled) or
  * deleted.  The totals are counters and stay as they are.  Blocks the
  * writers of the rollups, and of verdicts, while it runs: the verdicts
- * still queued are folded first, so that none is counted twice.  The
- * sample-ratio check's new_users of the range are not recounted (0).
+ * still queued are folded first, so that none is counted twice.  Only
+ * this server's rows (its member): the rows other fleet members send a
+ * control stay as they are.  The rows are set to zero and recounted with
+ * UPDATEs, and those left at zero deleted, so that the fleet's combined
+ * rollups (a row trigger that adds every change and ignores deletes,
+ * 33_fleet_combined.sql), here and on the control a member publishes to,
+ * follow the recount.  The sample-ratio check's new_users of the range
+ * are not recounted (0).
  */
 CREATE FUNCTION canary_rollup_rebuild(since timestamptz, until timestamptz DEFAULT 'infinity')
 RETURNS bigint
@@ -446,7 +452,11 @@ BEGIN
     LOOP
         EXIT WHEN @extschema@.canary_feedback_fold() = 0;
     END LOOP;
-    DELETE FROM @extschema@.canary_rollups r
+    UPDATE @extschema@.canary_rollups r
+       SET requests = 0, outcome_ok = 0, outcome_refusal = 0, outcome_error = 0, outcome_timeout = 0,
+           refusals = 0, thumbs_down = 0, verdicts = 0, prompt_tokens = 0, completion_tokens = 0,
+           completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}',
+           new_users = 0
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     EXECUTE @extschema@.canary_rollup_statement('requests',
         format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
@@ -456,6 +466,9 @@ BEGIN
                ' CROSS JOIN LATERAL (SELECT coalesce((SELECT q.ts FROM @extschema@.canary_requests q'
                '   WHERE q.request_id = f.request_id ORDER BY q.ts LIMIT 1), f.ts) AS ts) k WHERE '
                || in_range || ')', 'k.ts', since, 'k.ts', until), false);
+    DELETE FROM @extschema@.canary_rollups r
+     WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member()
+       AND r.requests = 0 AND r.verdicts = 0;
     SELECT count(*) INTO n FROM @extschema@.canary_rollups r
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     RETURN n;
@@ -482,6 +495,9 @@ BEGIN
         DELETE FROM @extschema@.canary_rollups r
          WHERE r.bucket_end < (today - days)::timestamp AT TIME ZONE 'UTC';
         GET DIAGNOSTICS n = ROW_COUNT;
+        -- and a fleet control's combined rows (33_fleet_combined.sql)
+        DELETE FROM @extschema@.canary_fleet_rollups r
+         WHERE r.bucket_end < (today - days)::timestamp AT TIME ZONE 'UTC';
     END IF;
     RETURN n;
 END;

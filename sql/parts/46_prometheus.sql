@@ -4,7 +4,8 @@
  */
 
 /*
- * The series, from canary_rollup_totals: counters summed since install,
+ * The series, from canary_rollup_totals (through canary_rollup_totals_source:
+ * the fleet's combined totals on a control database): counters summed since install,
  * monotonic (retention never touches them) and as cheap to read at any
  * retention (one row per rollout, member, model, cohort and fallback).
  * Labels: canary, model and cohort, where fallback attempts carry the
@@ -20,7 +21,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT t.canary, t.model, t.cohort || CASE WHEN t.fallback THEN '_fallback' ELSE '' END,
            o.outcome, sum(o.n)::bigint
-      FROM @extschema@.canary_rollup_totals t
+      FROM @extschema@.canary_rollup_totals_source t
      CROSS JOIN LATERAL (VALUES ('error', t.outcome_error), ('ok', t.outcome_ok),
                                 ('refusal', t.outcome_refusal), ('timeout', t.outcome_timeout)) o (outcome, n)
      WHERE $1 IS NULL OR t.canary = $1
@@ -46,7 +47,7 @@ AS $$
            @extschema@.canary_hist_le(),
            @extschema@.canary_hist_cumulative(@extschema@.canary_hist_sum(t.tokens_hist)),
            sum(t.completion_tokens)::float8, sum(t.completions)::bigint
-      FROM @extschema@.canary_rollup_totals t
+      FROM @extschema@.canary_rollup_totals_source t
      WHERE $1 IS NULL OR t.canary = $1
      GROUP BY 1, 2, 3
      ORDER BY 1, 2, 3

@@ -186,7 +186,7 @@ BEGIN
                     THEN @extschema@.canary_hist_count_over(r.latency_hist, p_slow_over) ELSE 0 END)::bigint
       FROM (SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM @extschema@.canary_rollups r
+              FROM @extschema@.canary_rollup_source r
              WHERE r.canary = p_canary
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
@@ -272,7 +272,7 @@ BEGIN
         SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
                coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
           INTO added_canary, added_control
-          FROM @extschema@.canary_rollups r
+          FROM @extschema@.canary_rollup_source r
          WHERE r.canary = p_canary AND r.bucket_end > lo AND r.bucket_end <= settle_to;
         UPDATE @extschema@.canary_srm_state
            SET settled_canary = settled_canary + added_canary,
@@ -284,7 +284,7 @@ BEGIN
     SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
            coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
       INTO added_canary, added_control
-      FROM @extschema@.canary_rollups r
+      FROM @extschema@.canary_rollup_source r
      WHERE r.canary = p_canary AND r.bucket_end > lo AND r.bucket_end < p_at + interval '30 seconds';
 
     total := st.settled_canary + added_canary + st.settled_control + added_control;

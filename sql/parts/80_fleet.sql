@@ -7,8 +7,8 @@
  *            subscribes to every member's llm_canary_evidence.
  *   member   subscribes to llm_canary_config; publishes llm_canary_evidence
  *            (canary_fleet_members and the rollups, keyed by member; no
- *            TRUNCATE) and llm_canary_requests (the raw canary_requests
- *            and canary_feedback rows, inserts only).
+ *            TRUNCATE).  Raw rows stay on the member: the control judges
+ *            by the rollups it combines (33_fleet_combined.sql).
  *
  * The role is the setting llm_canary.fleet_role; the publications are made
  * by canary_fleet_publish(), since a publication is not a member of the
@@ -217,24 +217,26 @@ BEGIN
     END IF;
     IF role = 'member' THEN
         /*
-         * The raw rows too, inserts only: the kill switch's sequential
-         * evidence, the sample-ratio check and the CSAT report count
-         * requests and users.  Rows that reach the control this way fire no
-         * rollup trigger there (the apply worker runs as a replica), so the
-         * members' rollups are counted once, from their own rollups.
+         * Raw rows are no longer published: the control judges by the
+         * rollups.  A publication llm_canary_requests made by an earlier
+         * build is emptied rather than dropped, so that a control whose
+         * subscription still lists it keeps receiving the evidence (RUNBOOK
+         * §12 has the steps that drop it).
          */
-        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_publication p WHERE p.pubname = 'llm_canary_requests') THEN
-            CREATE PUBLICATION llm_canary_requests
-                FOR TABLE @extschema@.canary_requests, @extschema@.canary_feedback
-                WITH (publish = 'insert', publish_via_partition_root = true);
-        END IF;
-        pub := pub || ', llm_canary_requests';
+        FOR tables IN
+            SELECT r.prrelid::pg_catalog.regclass::text
+              FROM pg_catalog.pg_publication_rel r
+              JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+             WHERE p.pubname = 'llm_canary_requests'
+        LOOP
+            EXECUTE format('ALTER PUBLICATION llm_canary_requests DROP TABLE %s', tables);
+        END LOOP;
     END IF;
     RETURN pub;
 END;
 $$;
 COMMENT ON FUNCTION canary_fleet_publish() IS
-    'Create this database''s fleet publications for its role: llm_canary_config on the control; llm_canary_evidence and llm_canary_requests on a member';
+    'Create this database''s fleet publication for its role: llm_canary_config on the control; llm_canary_evidence on a member';
 
 /*
  * canary_fleet_join: on a new member, before CREATE SUBSCRIPTION, empty the

@@ -145,6 +145,7 @@ DECLARE
         'canary_sequential_samples',
         -- the fleet's state, for the Prometheus export
         'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus', 'canary_fleet_evidence',
+        'canary_fleet_is_control',
         -- what the reports call: the rollups' histograms, the Prometheus series
         'canary_hist_accum_hist', 'canary_hist_final', 'canary_hist_sum', 'canary_hist_quantile',
         'canary_hist_le', 'canary_hist_cumulative', 'canary_prometheus_requests',

@@ -28,3 +28,17 @@ SELECT canary_fleet_report('m-test', now(), false, 0);
 SELECT member, fail_safe, routing ? 'default' AS routes_default FROM canary_fleet_members;
 SELECT member, state, reported_at IS NOT NULL AS reported FROM canary_fleet();
 DELETE FROM canary_fleet_members;
+
+-- the combined rollups: a standalone database is no control, reads
+-- canary_rollups through the views and keeps no combined rows
+SELECT canary_fleet_is_control();
+INSERT INTO canary_rollups (canary, bucket_end, stage, cohort, model, fallback, cached, requests, latency_hist)
+VALUES ('default', '2026-01-01 00:00:30+00', 'ramp_1', 'canary', 'n', false, false, 3, '{5,3}');
+SELECT canary, requests, latency_hist FROM canary_rollup_source WHERE bucket_end = '2026-01-01 00:00:30+00';
+SELECT count(*) AS combined_rows FROM canary_fleet_rollups;
+DELETE FROM canary_rollups WHERE bucket_end = '2026-01-01 00:00:30+00';
+SELECT canary_fleet_combine('-infinity');
+-- the old histogram taken out of a row, never below zero
+SELECT canary_hist_subtract('{5,3,70,4}', '{5,1,70,9,80,2}') AS less,
+       canary_hist_subtract('{5,3}', NULL) AS less_nothing,
+       canary_hist_subtract(NULL, '{5,3}') AS from_nothing;

@@ -66,15 +66,22 @@ for my $m (@members)
 	my $name = $m->name =~ s/^fleet_//r;
 	is($m->safe_psql('postgres', 'SELECT canary_fleet_join()'), '11',
 		"$name: canary_fleet_join empties the fresh install's rollout, models and patterns (1 + 0 + 10 rows)");
-	is($m->safe_psql('postgres', 'SELECT canary_fleet_publish()'), 'llm_canary_evidence, llm_canary_requests',
-		"$name publishes llm_canary_evidence and llm_canary_requests");
+	# m1 was set up by an earlier build, which published the raw rows too
+	$m->safe_psql('postgres', q{
+CREATE PUBLICATION llm_canary_requests FOR TABLE canary_requests, canary_feedback
+  WITH (publish = 'insert', publish_via_partition_root = true);}) if $name eq 'm1';
+	is($m->safe_psql('postgres', 'SELECT canary_fleet_publish()'), 'llm_canary_evidence',
+		"$name publishes llm_canary_evidence");
 	$m->safe_psql('postgres',
 		"CREATE SUBSCRIPTION llm_canary_config CONNECTION '$control_conn' PUBLICATION llm_canary_config"
 		  . " WITH (slot_name = 'llm_canary_config_$name')");
 	my $mconn = $m->connstr . ' dbname=postgres';
 	$control->safe_psql('postgres',
-		"CREATE SUBSCRIPTION llm_canary_from_$name CONNECTION '$mconn' PUBLICATION llm_canary_evidence, llm_canary_requests");
+		"CREATE SUBSCRIPTION llm_canary_from_$name CONNECTION '$mconn' PUBLICATION llm_canary_evidence"
+		  . ($name eq 'm1' ? ', llm_canary_requests' : ''));
 }
+is($m1->safe_psql('postgres', q{SELECT count(*) FROM pg_publication_tables WHERE pubname = 'llm_canary_requests'}),
+	'0', 'the raw rows\' publication of an earlier build is emptied, not dropped (the control still lists it)');
 
 # --- configuration flows down ----------------------------------------------
 for my $m (@members)
@@ -157,6 +164,33 @@ sub poll_bg
 	return 0;
 }
 
+# The control's combined rollups against the members' rows it holds: the
+# number of rows (combined rollups and combined totals) that differ from
+# the sum over members, in either direction; 0 when they agree exactly.
+my $combined_diff_q = q{
+WITH s AS (
+  SELECT canary, bucket_end, stage, cohort, model, fallback, cached,
+         sum(requests)::bigint, sum(outcome_ok)::bigint, sum(outcome_refusal)::bigint,
+         sum(outcome_error)::bigint, sum(outcome_timeout)::bigint, sum(refusals)::bigint,
+         sum(thumbs_down)::bigint, sum(verdicts)::bigint, sum(prompt_tokens)::bigint,
+         sum(completion_tokens)::bigint, sum(completions)::bigint, sum(cost),
+         sum(latency_count)::bigint, sum(latency_sum)::bigint,
+         canary_hist_sum(latency_hist), canary_hist_sum(tokens_hist), sum(new_users)::bigint
+    FROM canary_rollups GROUP BY 1, 2, 3, 4, 5, 6, 7),
+t AS (
+  SELECT canary, model, cohort, fallback,
+         sum(requests)::bigint, sum(outcome_ok)::bigint, sum(outcome_refusal)::bigint,
+         sum(outcome_error)::bigint, sum(outcome_timeout)::bigint, sum(refusals)::bigint,
+         sum(thumbs_down)::bigint, sum(verdicts)::bigint, sum(prompt_tokens)::bigint,
+         sum(completion_tokens)::bigint, sum(completions)::bigint, sum(cost),
+         sum(latency_count)::bigint, sum(latency_sum)::bigint,
+         canary_hist_sum(latency_hist), canary_hist_sum(tokens_hist)
+    FROM canary_rollup_totals GROUP BY 1, 2, 3, 4)
+SELECT (SELECT count(*) FROM (SELECT * FROM s EXCEPT ALL SELECT * FROM canary_fleet_rollups) a)
+     + (SELECT count(*) FROM (SELECT * FROM canary_fleet_rollups EXCEPT ALL SELECT * FROM s) b)
+     + (SELECT count(*) FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM canary_fleet_rollup_totals) c)
+     + (SELECT count(*) FROM (SELECT * FROM canary_fleet_rollup_totals EXCEPT ALL SELECT * FROM t) d)};
+
 # --- evidence flows up: canary_fleet on the control --------------------------
 ok($control->poll_query_until('postgres',
 	q{SELECT string_agg(member || ':' || state, ',' ORDER BY member) = 'm1:ok,m2:ok' FROM canary_fleet()}),
@@ -216,17 +250,25 @@ SELECT canary_flush();});
 	is($control->safe_psql('postgres',
 		q{SELECT (payload ->> 'samples_new')::int FROM canary_alerts WHERE canary = 'comb' ORDER BY id DESC LIMIT 1}),
 		'200', 'and counts both members\' samples');
-	is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_requests WHERE canary = 'comb' AND NOT fallback}),
-		'200', 'the members\' raw rows reach the control too (inserts only)');
-	is($control->safe_psql('postgres', q{SELECT sum(requests) FILTER (WHERE NOT fallback) FROM canary_rollups WHERE canary = 'comb'}),
-		'200', 'and are not counted again in the control\'s rollups');
-	$control->safe_psql('postgres', q{
-INSERT INTO canary_csat (user_id, score, request_id)
-SELECT user_id, 2, request_id FROM canary_requests
- WHERE canary = 'comb' AND user_id = 'm2-user-7' AND NOT fallback});
+	is($control->safe_psql('postgres', $combined_diff_q), '0',
+		'the control\'s combined rollups and totals equal the sum of both members\' rows exactly');
 	is($control->safe_psql('postgres',
-		q{SELECT cohort || ':' || responses FROM canary_csat_report('comb', 1)}),
-		'canary:1', 'a CSAT score for a member\'s user is attributed on the control (the CSAT check sees the fleet)');
+		q{SELECT sum(requests) FILTER (WHERE NOT fallback) FROM canary_fleet_rollups WHERE canary = 'comb'}),
+		'200', 'one combined count of the 200 new-model attempts');
+	# the summaries read the combined rows only: without the members' rows
+	# (deleted in a transaction rolled back) they do not change
+	is($control->safe_psql('postgres', q{
+BEGIN;
+DELETE FROM canary_rollups WHERE canary = 'comb';
+SELECT cohort || ':' || requests FROM canary_summary('comb');
+ROLLBACK;}), 'canary:200',
+		'canary_summary on the control reads the combined rows; a member\'s DELETE takes nothing out of them');
+	my $member_total = 0;
+	$member_total += $_->safe_psql('postgres', q{SELECT sum(total) FROM canary_prometheus_requests('comb')}) for @members;
+	is($control->safe_psql('postgres', q{SELECT sum(total) FROM canary_prometheus_requests('comb')}),
+		$member_total, "the control's Prometheus counters are the members' summed ($member_total attempts)");
+	is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_requests WHERE canary = 'comb'}),
+		'0', 'the members\' raw rows stay on the members');
 	for my $m (@members)
 	{
 		ok($m->poll_query_until('postgres', q{SELECT canary_route('anyone', 'comb') = 'old'}),
@@ -235,6 +277,29 @@ SELECT user_id, 2, request_id FROM canary_requests
 	like($control->safe_psql('postgres',
 		q{SELECT string_agg(member || ':' || (last_evidence IS NOT NULL), ',' ORDER BY member) FROM canary_fleet()}),
 		qr/^m1:true,m2:true$/, 'canary_fleet shows each member\'s last evidence');
+
+	# a member's rebuild reaches the control as UPDATEs: the combined rows follow
+	my $m1_comb_q = q{SELECT sum(requests) || '/' || sum(outcome_error) FROM canary_rollups WHERE canary = 'comb' AND member = 'm1'};
+	my $before = $m1->safe_psql('postgres', $m1_comb_q);
+	$m1->safe_psql('postgres', q{UPDATE canary_rollups SET requests = requests + 1000 WHERE canary = 'comb'});
+	ok($control->poll_query_until('postgres', "SELECT ($m1_comb_q) = '"
+		  . $m1->safe_psql('postgres', $m1_comb_q) . "'"), 'member 1\'s damaged rollups reach the control');
+	cmp_ok($m1->safe_psql('postgres', q{SELECT canary_rollup_rebuild(now() - interval '1 hour')}), '>', 0,
+		'member 1 rebuilds its rollups from its raw rows');
+	is($m1->safe_psql('postgres', $m1_comb_q), $before, 'the rebuild recounts member 1\'s rows');
+	ok($control->poll_query_until('postgres', "SELECT ($m1_comb_q) = '$before'"),
+		'the rebuilt rows reach the control');
+	is($control->safe_psql('postgres', $combined_diff_q), '0',
+		'and the combined rows follow the rebuild exactly (zeroed, then recounted)');
+	is($control->safe_psql('postgres',
+		q{SELECT sum(requests) FILTER (WHERE NOT fallback) FROM canary_fleet_rollups WHERE canary = 'comb'}),
+		'200', 'still one count of the 200 new-model attempts');
+	# the control's own rebuild recounts only its own raw rows
+	is($control->safe_psql('postgres', q{SELECT canary_rollup_rebuild(now() - interval '1 hour')}), '0',
+		'a rebuild on the control recounts only its own (no) traffic');
+	is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_rollups WHERE member NOT IN ('m1', 'm2')}),
+		'0', 'it counts no member\'s raw rows as its own');
+	is($control->safe_psql('postgres', $combined_diff_q), '0', 'and leaves the combined rows equal to the members\' sum');
 }
 
 # --- a member cut off from the control fails safe ----------------------------
@@ -260,12 +325,19 @@ ok($control->poll_query_until('postgres',
 	q{SELECT state = 'fail_safe' FROM canary_fleet() WHERE member = 'm2'}),
 	'canary_fleet on the control shows member 2 failing safe');
 
-# the fail-safe can be switched off
+# the fail-safe can be switched off (the worker logs each change at its next
+# step: wait for it, so that it sees every state of the test)
+$log_offset = -s $m2->logfile;
 $m2->safe_psql('postgres', q{ALTER SYSTEM SET llm_canary.fleet_max_lag = 0; SELECT pg_reload_conf()});
 ok(poll_bg($apps[1], q{SELECT canary_route('u1')}, 'new'), 'llm_canary.fleet_max_lag = 0 switches the fail-safe off');
+ok($m2->wait_for_log(qr/llm_canary fleet member "m2" hears from the control database again/, $log_offset),
+	'its worker logs the change');
 $m2->safe_psql('postgres', q{ALTER SYSTEM RESET llm_canary.fleet_max_lag; SELECT pg_reload_conf()});
+$log_offset = -s $m2->logfile;
 $m2->safe_psql('postgres', q{ALTER SYSTEM SET llm_canary.fleet_max_lag = '3s'; SELECT pg_reload_conf()});
 ok(poll_bg($apps[1], q{SELECT canary_route('u1')}, 'old'), 'switched on again, it fails safe again');
+ok($m2->wait_for_log(qr/llm_canary fleet member "m2" is failing safe/, $log_offset),
+	'its worker logs the fail-safe again');
 
 # reconnected, it follows the control again
 $log_offset = -s $m2->logfile;
@@ -303,12 +375,51 @@ is($m1->safe_psql('postgres', q{SELECT count(*) FROM generate_series(1, 2000) i
 	'member 1 routes the same users to the new model as the control\'s stage says');
 SKIP:
 {
-	skip 'this tree has no canary_rollups yet (issue 12)', 2 unless $have_rollups;
+	skip 'this tree has no canary_rollups yet (issue 12)', 7 unless $have_rollups;
 	my $m1_total = $m1->safe_psql('postgres', $evidence_q);
 	ok($control->poll_query_until('postgres', "SELECT ($evidence_q) = $m1_total"),
 		"member 1's evidence on the control equals its own after the restart ($m1_total requests)");
 	sleep 1;
 	is($control->safe_psql('postgres', $evidence_q), $m1_total, 'and is not counted twice');
+	is($control->safe_psql('postgres', $combined_diff_q), '0',
+		'the combined rows still equal the members\' sum after member 1\'s restart');
+
+	# the control restarts in the middle of a member's stream: the apply
+	# worker replays from the subscription's origin, each change once
+	$m2->safe_psql('postgres', q{
+SELECT count(canary_call('restart prompt ' || i, 'restart-user-' || i)) FROM generate_series(1, 60) i;
+SELECT canary_flush();});
+	$control->stop('immediate');
+	$m2->safe_psql('postgres', q{
+SELECT count(canary_call('down prompt ' || i, 'down-user-' || i)) FROM generate_series(1, 40) i;
+SELECT canary_flush();});
+	$control->start;
+	my $m2_q = q{SELECT coalesce(sum(requests), 0) FROM canary_rollups WHERE member = 'm2'};
+	my $m2_total = $m2->safe_psql('postgres', $m2_q);
+	ok($control->poll_query_until('postgres', "SELECT ($m2_q) = $m2_total"),
+		"the control restarted: member 2's evidence catches up ($m2_total requests)");
+	is($control->safe_psql('postgres', $combined_diff_q), '0',
+		'the combined rows equal the members\' sum exactly after the control\'s restart');
+	is($control->safe_psql('postgres', q{SELECT sum(requests) FROM canary_fleet_rollups}),
+		$m2_total + $m1->safe_psql('postgres', q{SELECT sum(requests) FROM canary_rollups}),
+		'and count every member attempt once');
+
+	# removing a member (RUNBOOK): its traffic stays in the combined rows
+	# until the operator deletes its rows and recomputes them
+	$control->safe_psql('postgres', q{
+DROP SUBSCRIPTION llm_canary_from_m2;
+DELETE FROM canary_fleet_members WHERE member = 'm2';
+DELETE FROM canary_rollups WHERE member = 'm2';
+DELETE FROM canary_rollup_totals WHERE member = 'm2';});
+	is($control->safe_psql('postgres', q{SELECT sum(requests) FROM canary_fleet_rollups}),
+		$m2_total + $m1->safe_psql('postgres', q{SELECT sum(requests) FROM canary_rollups}),
+		'a removed member\'s deleted rows stay in the combined rows');
+	cmp_ok($control->safe_psql('postgres', q{SELECT canary_fleet_combine('-infinity')}), '>', 0,
+		'canary_fleet_combine recomputes them');
+	is($control->safe_psql('postgres', $combined_diff_q), '0', 'from the rows left');
+	is($control->safe_psql('postgres', q{SELECT sum(requests) FROM canary_fleet_rollups}),
+		$m1->safe_psql('postgres', q{SELECT sum(requests) FROM canary_rollups}),
+		'which are member 1\'s alone');
 }
 
 $_->stop for ($control, @members);

@@ -400,7 +400,11 @@ BEGIN
     LOOP
         EXIT WHEN @extschema@.canary_feedback_fold() = 0;
     END LOOP;
-    DELETE FROM @extschema@.canary_rollups r
+    UPDATE @extschema@.canary_rollups r
+       SET requests = 0, outcome_ok = 0, outcome_refusal = 0, outcome_error = 0, outcome_timeout = 0,
+           refusals = 0, thumbs_down = 0, verdicts = 0, prompt_tokens = 0, completion_tokens = 0,
+           completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}',
+           new_users = 0
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     EXECUTE @extschema@.canary_rollup_statement('requests',
         format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
@@ -410,6 +414,9 @@ BEGIN
                ' CROSS JOIN LATERAL (SELECT coalesce((SELECT q.ts FROM @extschema@.canary_requests q'
                '   WHERE q.request_id = f.request_id ORDER BY q.ts LIMIT 1), f.ts) AS ts) k WHERE '
                || in_range || ')', 'k.ts', since, 'k.ts', until), false);
+    DELETE FROM @extschema@.canary_rollups r
+     WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member()
+       AND r.requests = 0 AND r.verdicts = 0;
     SELECT count(*) INTO n FROM @extschema@.canary_rollups r
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
     RETURN n;
@@ -436,6 +443,9 @@ BEGIN
         DELETE FROM @extschema@.canary_rollups r
          WHERE r.bucket_end < (today - days)::timestamp AT TIME ZONE 'UTC';
         GET DIAGNOSTICS n = ROW_COUNT;
+        -- and a fleet control's combined rows (33_fleet_combined.sql)
+        DELETE FROM @extschema@.canary_fleet_rollups r
+         WHERE r.bucket_end < (today - days)::timestamp AT TIME ZONE 'UTC';
     END IF;
     RETURN n;
 END;
@@ -457,46 +467,11 @@ ALTER FUNCTION canary_maintenance(integer, date) SECURITY DEFINER;
 COMMENT ON FUNCTION canary_summary(text, interval) IS
     'Per cohort, from canary_rollups: requests, error and refusal rates, p50/p95 latency, mean completion tokens, thumbs-down rate, cost';
 
-CREATE FUNCTION canary_prometheus_requests(canary text DEFAULT NULL)
-RETURNS TABLE (canary text, model text, cohort text, outcome text, total bigint)
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT t.canary, t.model, t.cohort || CASE WHEN t.fallback THEN '_fallback' ELSE '' END,
-           o.outcome, sum(o.n)::bigint
-      FROM @extschema@.canary_rollup_totals t
-     CROSS JOIN LATERAL (VALUES ('error', t.outcome_error), ('ok', t.outcome_ok),
-                                ('refusal', t.outcome_refusal), ('timeout', t.outcome_timeout)) o (outcome, n)
-     WHERE $1 IS NULL OR t.canary = $1
-     GROUP BY 1, 2, 3, 4
-     ORDER BY 1, 2, 3, 4
-$$;
-COMMENT ON FUNCTION canary_prometheus_requests(text) IS
-    'llm_requests_total: model attempts since install by rollout, model, cohort and outcome (from canary_rollup_totals)';
-
-CREATE FUNCTION canary_prometheus_series(canary text DEFAULT NULL)
-RETURNS TABLE (canary text, model text, cohort text, refusals_total bigint, thumbs_down_total bigint,
-               latency_ms float8[], latency_ms_bucket int8[], latency_ms_sum float8, latency_ms_count bigint,
-               completion_tokens float8[], completion_tokens_bucket int8[], completion_tokens_sum float8,
-               completion_tokens_count bigint)
-LANGUAGE sql STABLE
-SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT t.canary, t.model, t.cohort || CASE WHEN t.fallback THEN '_fallback' ELSE '' END,
-           sum(t.refusals)::bigint, sum(t.thumbs_down)::bigint,
-           @extschema@.canary_hist_le(),
-           @extschema@.canary_hist_cumulative(@extschema@.canary_hist_sum(t.latency_hist)),
-           sum(t.latency_sum)::float8, sum(t.latency_count)::bigint,
-           @extschema@.canary_hist_le(),
-           @extschema@.canary_hist_cumulative(@extschema@.canary_hist_sum(t.tokens_hist)),
-           sum(t.completion_tokens)::float8, sum(t.completions)::bigint
-      FROM @extschema@.canary_rollup_totals t
-     WHERE $1 IS NULL OR t.canary = $1
-     GROUP BY 1, 2, 3
-     ORDER BY 1, 2, 3
-$$;
-COMMENT ON FUNCTION canary_prometheus_series(text) IS
-    'Refusals, thumbs-down and the latency and completion-token histograms since install by rollout, model and cohort (from canary_rollup_totals), shaped for postgres_exporter';
+/*
+ * canary_prometheus_requests and canary_prometheus_series read the view
+ * canary_rollup_totals_source: 84_fleet_combined_readers.sql creates them,
+ * after the view.
+ */
 
 COMMENT ON FUNCTION canary_prometheus(text) IS
     'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total (counters since install, from canary_rollup_totals) and the extension''s health';

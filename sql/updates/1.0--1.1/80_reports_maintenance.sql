@@ -93,7 +93,7 @@ BEGIN
            round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
                  / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
            round(sum(r.cost), 6)
-      FROM @extschema@.canary_rollups r
+      FROM @extschema@.canary_rollup_source r
      WHERE r.canary = canary_summary.canary AND r.bucket_end > cutoff
      GROUP BY r.cohort
     HAVING sum(r.requests) > 0

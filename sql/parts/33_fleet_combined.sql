@@ -1,0 +1,302 @@
+/*
+ * The fleet's combined rollups, on the control database (src/fleet.c has
+ * the fleet; sql/parts/80_fleet.sql its publications).
+ *
+ * Every member publishes its rows of canary_rollups and
+ * canary_rollup_totals, keyed by member.  On the control, a row trigger
+ * ENABLEd ALWAYS (it fires in the subscription's apply worker, which runs
+ * as a replica, and for the control's own writes) adds each applied row's
+ * change, NEW less OLD, histograms included, into one row per key without
+ * the member: canary_fleet_rollups and canary_fleet_rollup_totals.  The
+ * trigger runs in the apply transaction, which also advances the
+ * subscription's origin: a change replayed after an apply worker or server
+ * restart was either committed with its delta or not at all, so each is
+ * counted exactly once.  A DELETE (a member's retention, a removed
+ * member's rows) takes nothing out: the combined rows are the fleet's
+ * history.  A member's canary_rollup_rebuild rewrites its rows with UPDATEs
+ * (to zero, then to the recount), so the control follows it.
+ *
+ * Every reader picks its source by role: canary_check reads
+ * FleetRollupsTable(), SQL reads the views canary_rollup_source and
+ * canary_rollup_totals_source.  On the control they read the combined rows
+ * once (a check costs the same with 2 or 50 members); elsewhere
+ * canary_rollups, exactly as a standalone database always did.
+ */
+
+CREATE FUNCTION canary_fleet_is_control() RETURNS boolean
+AS 'MODULE_PATHNAME', 'canary_fleet_is_control' LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_fleet_is_control() IS
+    'Whether this database is the fleet''s control database (llm_canary.fleet_role = control, preloaded)';
+
+CREATE FUNCTION canary_hist_subtract(int8[], int8[]) RETURNS int8[]
+AS 'MODULE_PATHNAME', 'canary_hist_subtract' LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_hist_subtract(int8[], int8[]) IS
+    'The values of the first histogram less those of the second, bucket by bucket, never below zero';
+
+CREATE TABLE canary_fleet_rollups (
+    canary              text NOT NULL,
+    bucket_end          timestamptz NOT NULL,
+    stage               text NOT NULL,
+    cohort              text NOT NULL,
+    model               text NOT NULL,
+    fallback            boolean NOT NULL,
+    cached              boolean NOT NULL,
+    requests            bigint NOT NULL DEFAULT 0,
+    outcome_ok          bigint NOT NULL DEFAULT 0,
+    outcome_refusal     bigint NOT NULL DEFAULT 0,
+    outcome_error       bigint NOT NULL DEFAULT 0,
+    outcome_timeout     bigint NOT NULL DEFAULT 0,
+    refusals            bigint NOT NULL DEFAULT 0,
+    thumbs_down         bigint NOT NULL DEFAULT 0,
+    verdicts            bigint NOT NULL DEFAULT 0,
+    prompt_tokens       bigint NOT NULL DEFAULT 0,
+    completion_tokens   bigint NOT NULL DEFAULT 0,
+    completions         bigint NOT NULL DEFAULT 0,
+    cost                numeric NOT NULL DEFAULT 0,
+    latency_count       bigint NOT NULL DEFAULT 0,
+    latency_sum         bigint NOT NULL DEFAULT 0,
+    latency_hist        int8[] NOT NULL DEFAULT '{}',
+    tokens_hist         int8[] NOT NULL DEFAULT '{}',
+    new_users           bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (canary, bucket_end, stage, cohort, model, fallback, cached)
+);
+CREATE INDEX canary_fleet_rollups_bucket_end_idx ON canary_fleet_rollups (bucket_end);
+COMMENT ON TABLE canary_fleet_rollups IS
+    'On the fleet''s control database: canary_rollups summed over every member (the columns of canary_rollups but member), maintained as the members'' rows are applied';
+
+CREATE TABLE canary_fleet_rollup_totals (
+    canary              text NOT NULL,
+    model               text NOT NULL,
+    cohort              text NOT NULL,
+    fallback            boolean NOT NULL,
+    requests            bigint NOT NULL DEFAULT 0,
+    outcome_ok          bigint NOT NULL DEFAULT 0,
+    outcome_refusal     bigint NOT NULL DEFAULT 0,
+    outcome_error       bigint NOT NULL DEFAULT 0,
+    outcome_timeout     bigint NOT NULL DEFAULT 0,
+    refusals            bigint NOT NULL DEFAULT 0,
+    thumbs_down         bigint NOT NULL DEFAULT 0,
+    verdicts            bigint NOT NULL DEFAULT 0,
+    prompt_tokens       bigint NOT NULL DEFAULT 0,
+    completion_tokens   bigint NOT NULL DEFAULT 0,
+    completions         bigint NOT NULL DEFAULT 0,
+    cost                numeric NOT NULL DEFAULT 0,
+    latency_count       bigint NOT NULL DEFAULT 0,
+    latency_sum         bigint NOT NULL DEFAULT 0,
+    latency_hist        int8[] NOT NULL DEFAULT '{}',
+    tokens_hist         int8[] NOT NULL DEFAULT '{}',
+    PRIMARY KEY (canary, model, cohort, fallback)
+);
+COMMENT ON TABLE canary_fleet_rollup_totals IS
+    'On the fleet''s control database: canary_rollup_totals summed over every member, maintained as the members'' rows are applied';
+
+/*
+ * The sources every summary reads: the combined rows on the control, the
+ * rows of canary_rollups elsewhere.  The condition has no column, so each
+ * branch is planned behind a one-time filter and only one of them is read.
+ */
+CREATE VIEW canary_rollup_source AS
+SELECT canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
+       outcome_refusal, outcome_error, outcome_timeout, refusals, thumbs_down, verdicts,
+       prompt_tokens, completion_tokens, completions, cost, latency_count, latency_sum,
+       latency_hist, tokens_hist, new_users
+  FROM canary_rollups
+ WHERE NOT canary_fleet_is_control()
+UNION ALL
+SELECT canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
+       outcome_refusal, outcome_error, outcome_timeout, refusals, thumbs_down, verdicts,
+       prompt_tokens, completion_tokens, completions, cost, latency_count, latency_sum,
+       latency_hist, tokens_hist, new_users
+  FROM canary_fleet_rollups
+ WHERE canary_fleet_is_control();
+COMMENT ON VIEW canary_rollup_source IS
+    'The rollups this database''s summaries read: the fleet''s combined rows on a control database, canary_rollups (every member''s rows) elsewhere';
+
+CREATE VIEW canary_rollup_totals_source AS
+SELECT canary, model, cohort, fallback, requests, outcome_ok, outcome_refusal, outcome_error,
+       outcome_timeout, refusals, thumbs_down, verdicts, prompt_tokens, completion_tokens,
+       completions, cost, latency_count, latency_sum, latency_hist, tokens_hist
+  FROM canary_rollup_totals
+ WHERE NOT canary_fleet_is_control()
+UNION ALL
+SELECT canary, model, cohort, fallback, requests, outcome_ok, outcome_refusal, outcome_error,
+       outcome_timeout, refusals, thumbs_down, verdicts, prompt_tokens, completion_tokens,
+       completions, cost, latency_count, latency_sum, latency_hist, tokens_hist
+  FROM canary_fleet_rollup_totals
+ WHERE canary_fleet_is_control();
+COMMENT ON VIEW canary_rollup_totals_source IS
+    'The counters the Prometheus export reads: the fleet''s combined totals on a control database, canary_rollup_totals elsewhere';
+
+/*
+ * The trigger: adds NEW less OLD of a row of canary_rollups or
+ * canary_rollup_totals into its combined row.  An UPDATE that changes the
+ * key counts as a DELETE (nothing taken out) and an INSERT.  SECURITY
+ * DEFINER: whoever may write the rollups need not write the combined rows.
+ */
+CREATE FUNCTION canary_fleet_combine_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    o  @extschema@.canary_rollups;
+    ot @extschema@.canary_rollup_totals;
+BEGIN
+    IF TG_TABLE_NAME = 'canary_rollups' THEN
+        IF TG_OP = 'UPDATE' AND (OLD.canary, OLD.bucket_end, OLD.stage, OLD.cohort, OLD.model, OLD.fallback, OLD.cached)
+                                 = (NEW.canary, NEW.bucket_end, NEW.stage, NEW.cohort, NEW.model, NEW.fallback, NEW.cached) THEN
+            o := OLD;
+        END IF;
+        INSERT INTO @extschema@.canary_fleet_rollups AS t
+               (canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
+                outcome_refusal, outcome_error, outcome_timeout, refusals, thumbs_down, verdicts,
+                prompt_tokens, completion_tokens, completions, cost, latency_count, latency_sum,
+                latency_hist, tokens_hist, new_users)
+        VALUES (NEW.canary, NEW.bucket_end, NEW.stage, NEW.cohort, NEW.model, NEW.fallback, NEW.cached,
+                NEW.requests - coalesce(o.requests, 0), NEW.outcome_ok - coalesce(o.outcome_ok, 0),
+                NEW.outcome_refusal - coalesce(o.outcome_refusal, 0),
+                NEW.outcome_error - coalesce(o.outcome_error, 0),
+                NEW.outcome_timeout - coalesce(o.outcome_timeout, 0),
+                NEW.refusals - coalesce(o.refusals, 0), NEW.thumbs_down - coalesce(o.thumbs_down, 0),
+                NEW.verdicts - coalesce(o.verdicts, 0), NEW.prompt_tokens - coalesce(o.prompt_tokens, 0),
+                NEW.completion_tokens - coalesce(o.completion_tokens, 0),
+                NEW.completions - coalesce(o.completions, 0), NEW.cost - coalesce(o.cost, 0),
+                NEW.latency_count - coalesce(o.latency_count, 0), NEW.latency_sum - coalesce(o.latency_sum, 0),
+                @extschema@.canary_hist_subtract(NEW.latency_hist, o.latency_hist),
+                @extschema@.canary_hist_subtract(NEW.tokens_hist, o.tokens_hist),
+                NEW.new_users - coalesce(o.new_users, 0))
+        ON CONFLICT (canary, bucket_end, stage, cohort, model, fallback, cached) DO UPDATE
+           SET requests = t.requests + excluded.requests, outcome_ok = t.outcome_ok + excluded.outcome_ok,
+               outcome_refusal = t.outcome_refusal + excluded.outcome_refusal,
+               outcome_error = t.outcome_error + excluded.outcome_error,
+               outcome_timeout = t.outcome_timeout + excluded.outcome_timeout,
+               refusals = t.refusals + excluded.refusals, thumbs_down = t.thumbs_down + excluded.thumbs_down,
+               verdicts = t.verdicts + excluded.verdicts, prompt_tokens = t.prompt_tokens + excluded.prompt_tokens,
+               completion_tokens = t.completion_tokens + excluded.completion_tokens,
+               completions = t.completions + excluded.completions, cost = t.cost + excluded.cost,
+               latency_count = t.latency_count + excluded.latency_count,
+               latency_sum = t.latency_sum + excluded.latency_sum,
+               latency_hist = @extschema@.canary_hist_subtract(
+                   @extschema@.canary_hist_merge(t.latency_hist, NEW.latency_hist), o.latency_hist),
+               tokens_hist = @extschema@.canary_hist_subtract(
+                   @extschema@.canary_hist_merge(t.tokens_hist, NEW.tokens_hist), o.tokens_hist),
+               new_users = t.new_users + excluded.new_users;
+        -- a change applied late (a member catching up after an outage, a
+        -- late verdict): the kill switch's evidence recounts from its
+        -- bucket (canary_collect_evidence recounts the last two minutes
+        -- anyway)
+        IF NEW.bucket_end < now() - interval '1 minute' THEN
+            -- (appended: a check consumes marks with SKIP LOCKED, never waits)
+            INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
+            VALUES (NEW.canary, NEW.bucket_end);
+        END IF;
+    ELSE
+        IF TG_OP = 'UPDATE' AND (OLD.canary, OLD.model, OLD.cohort, OLD.fallback)
+                                 = (NEW.canary, NEW.model, NEW.cohort, NEW.fallback) THEN
+            ot := OLD;
+        END IF;
+        INSERT INTO @extschema@.canary_fleet_rollup_totals AS t
+               (canary, model, cohort, fallback, requests, outcome_ok, outcome_refusal, outcome_error,
+                outcome_timeout, refusals, thumbs_down, verdicts, prompt_tokens, completion_tokens,
+                completions, cost, latency_count, latency_sum, latency_hist, tokens_hist)
+        VALUES (NEW.canary, NEW.model, NEW.cohort, NEW.fallback,
+                NEW.requests - coalesce(ot.requests, 0), NEW.outcome_ok - coalesce(ot.outcome_ok, 0),
+                NEW.outcome_refusal - coalesce(ot.outcome_refusal, 0),
+                NEW.outcome_error - coalesce(ot.outcome_error, 0),
+                NEW.outcome_timeout - coalesce(ot.outcome_timeout, 0),
+                NEW.refusals - coalesce(ot.refusals, 0), NEW.thumbs_down - coalesce(ot.thumbs_down, 0),
+                NEW.verdicts - coalesce(ot.verdicts, 0), NEW.prompt_tokens - coalesce(ot.prompt_tokens, 0),
+                NEW.completion_tokens - coalesce(ot.completion_tokens, 0),
+                NEW.completions - coalesce(ot.completions, 0), NEW.cost - coalesce(ot.cost, 0),
+                NEW.latency_count - coalesce(ot.latency_count, 0), NEW.latency_sum - coalesce(ot.latency_sum, 0),
+                @extschema@.canary_hist_subtract(NEW.latency_hist, ot.latency_hist),
+                @extschema@.canary_hist_subtract(NEW.tokens_hist, ot.tokens_hist))
+        ON CONFLICT (canary, model, cohort, fallback) DO UPDATE
+           SET requests = t.requests + excluded.requests, outcome_ok = t.outcome_ok + excluded.outcome_ok,
+               outcome_refusal = t.outcome_refusal + excluded.outcome_refusal,
+               outcome_error = t.outcome_error + excluded.outcome_error,
+               outcome_timeout = t.outcome_timeout + excluded.outcome_timeout,
+               refusals = t.refusals + excluded.refusals, thumbs_down = t.thumbs_down + excluded.thumbs_down,
+               verdicts = t.verdicts + excluded.verdicts, prompt_tokens = t.prompt_tokens + excluded.prompt_tokens,
+               completion_tokens = t.completion_tokens + excluded.completion_tokens,
+               completions = t.completions + excluded.completions, cost = t.cost + excluded.cost,
+               latency_count = t.latency_count + excluded.latency_count,
+               latency_sum = t.latency_sum + excluded.latency_sum,
+               latency_hist = @extschema@.canary_hist_subtract(
+                   @extschema@.canary_hist_merge(t.latency_hist, NEW.latency_hist), ot.latency_hist),
+               tokens_hist = @extschema@.canary_hist_subtract(
+                   @extschema@.canary_hist_merge(t.tokens_hist, NEW.tokens_hist), ot.tokens_hist);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION canary_fleet_combine_trigger() IS
+    'On the fleet''s control database: adds the change of a row of canary_rollups or canary_rollup_totals (NEW less OLD) to its combined row';
+REVOKE ALL ON FUNCTION canary_fleet_combine_trigger() FROM PUBLIC;
+
+CREATE TRIGGER canary_rollups_fleet_combine AFTER INSERT OR UPDATE ON canary_rollups
+    FOR EACH ROW WHEN (canary_fleet_is_control())
+    EXECUTE FUNCTION canary_fleet_combine_trigger();
+CREATE TRIGGER canary_rollup_totals_fleet_combine AFTER INSERT OR UPDATE ON canary_rollup_totals
+    FOR EACH ROW WHEN (canary_fleet_is_control())
+    EXECUTE FUNCTION canary_fleet_combine_trigger();
+ALTER TABLE canary_rollups ENABLE ALWAYS TRIGGER canary_rollups_fleet_combine;
+ALTER TABLE canary_rollup_totals ENABLE ALWAYS TRIGGER canary_rollup_totals_fleet_combine;
+
+/*
+ * canary_fleet_combine: recompute the combined rows of the buckets in
+ * (since, until] from the rows canary_rollups holds now, and all the
+ * combined totals from canary_rollup_totals.  For a database that becomes
+ * the control with rollups already in it, after a restore, or to take a
+ * removed member's rows out (delete them first).  Contributions of rows
+ * no longer in canary_rollups (a member's retention deleted them) are lost
+ * from the range.  Blocks the writers of the rollups while it runs.
+ * Returns the combined rows of the range.
+ */
+CREATE FUNCTION canary_fleet_combine(since timestamptz, until timestamptz DEFAULT 'infinity')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF NOT @extschema@.canary_fleet_is_control() THEN
+        RAISE EXCEPTION 'canary_fleet_combine runs on the fleet''s control database'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'Only a control database reads the combined rollups.',
+                  HINT = 'Set llm_canary.fleet_role to control first.';
+    END IF;
+    IF since IS NULL OR until IS NULL THEN
+        RAISE EXCEPTION '% must not be NULL', CASE WHEN since IS NULL THEN 'since' ELSE 'until' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    LOCK TABLE @extschema@.canary_rollups, @extschema@.canary_rollup_totals IN SHARE ROW EXCLUSIVE MODE;
+    DELETE FROM @extschema@.canary_fleet_rollups r WHERE r.bucket_end > since AND r.bucket_end <= until;
+    INSERT INTO @extschema@.canary_fleet_rollups
+    SELECT r.canary, r.bucket_end, r.stage, r.cohort, r.model, r.fallback, r.cached,
+           sum(r.requests), sum(r.outcome_ok), sum(r.outcome_refusal), sum(r.outcome_error),
+           sum(r.outcome_timeout), sum(r.refusals), sum(r.thumbs_down), sum(r.verdicts),
+           sum(r.prompt_tokens), sum(r.completion_tokens), sum(r.completions), sum(r.cost),
+           sum(r.latency_count), sum(r.latency_sum),
+           @extschema@.canary_hist_sum(r.latency_hist), @extschema@.canary_hist_sum(r.tokens_hist),
+           sum(r.new_users)
+      FROM @extschema@.canary_rollups r
+     WHERE r.bucket_end > since AND r.bucket_end <= until
+     GROUP BY 1, 2, 3, 4, 5, 6, 7;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    DELETE FROM @extschema@.canary_fleet_rollup_totals;
+    INSERT INTO @extschema@.canary_fleet_rollup_totals
+    SELECT t.canary, t.model, t.cohort, t.fallback,
+           sum(t.requests), sum(t.outcome_ok), sum(t.outcome_refusal), sum(t.outcome_error),
+           sum(t.outcome_timeout), sum(t.refusals), sum(t.thumbs_down), sum(t.verdicts),
+           sum(t.prompt_tokens), sum(t.completion_tokens), sum(t.completions), sum(t.cost),
+           sum(t.latency_count), sum(t.latency_sum),
+           @extschema@.canary_hist_sum(t.latency_hist), @extschema@.canary_hist_sum(t.tokens_hist)
+      FROM @extschema@.canary_rollup_totals t
+     GROUP BY 1, 2, 3, 4;
+    RETURN n;
+END;
+$$;
+COMMENT ON FUNCTION canary_fleet_combine(timestamptz, timestamptz) IS
+    'On the fleet''s control database: recompute the combined rollups of the buckets in (since, until] and the combined totals from every member''s rows; returns the combined rows of the range';
+REVOKE ALL ON FUNCTION canary_fleet_combine(timestamptz, timestamptz) FROM PUBLIC;

@@ -1,0 +1,1 @@
+../../parts/33_fleet_combined.sql
