@@ -355,6 +355,12 @@ RETURN CASE WHEN pg_catalog.substr(request_id::text, 15, 1) = '7'
 COMMENT ON FUNCTION canary_request_time(uuid) IS
     'The time a time-ordered (version 7) request id was made, to the millisecond; NULL for other ids';
 
+/* A new request id as canary_call makes them (version 7: canary_submit). */
+CREATE FUNCTION canary_new_request_id() RETURNS uuid
+AS 'MODULE_PATHNAME', 'canary_new_request_id' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_new_request_id() IS
+    'A new time-ordered (version 7) request id, as canary_call makes them';
+
 /*
  * Feedback.  SECURITY DEFINER so that an application role needs only
  * EXECUTE on this function, not privileges on the tables.  The request is

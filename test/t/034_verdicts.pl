@@ -142,6 +142,12 @@ is($node->safe_psql('postgres', qq{
 SELECT substr('$rid', 15, 1) || ' ' || (canary_request_time('$rid') BETWEEN now() - interval '5 minutes' AND now())
        || ' ' || (canary_request_time('$rid') - interval '1 minute' <= (SELECT ts FROM canary_requests WHERE request_id = '$rid'))}),
 	'7 true true', 'a request id is a version 7 UUID made within a minute of its attempt');
+is($node->safe_psql('postgres', q{
+SELECT substr(canary_new_request_id()::text, 15, 1)
+       || ' ' || (canary_request_time(canary_new_request_id()) BETWEEN now() - interval '1 minute' AND clock_timestamp())
+       || ' ' || (SELECT bool_or(prosrc ~ 'canary_new_request_id\(\)') AND NOT bool_or(prosrc ~ 'gen_random_uuid')
+                    FROM pg_proc WHERE proname = 'canary_submit')}),
+	'7 true true', 'canary_new_request_id makes the same version 7 ids, and canary_submit uses it');
 # ids of other origins are found in any partition: a version 4 id, and a
 # version 7 id whose time is years before its row's
 is($node->safe_psql('postgres', q{

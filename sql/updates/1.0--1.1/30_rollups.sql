@@ -158,6 +158,14 @@ COMMENT ON FUNCTION canary_request_time(uuid) IS
 REVOKE ALL ON FUNCTION canary_request_time(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION canary_request_time(uuid) TO llm_canary_admin;
 
+/* A new request id as canary_call makes them (version 7: canary_submit). */
+CREATE FUNCTION canary_new_request_id() RETURNS uuid
+AS 'MODULE_PATHNAME', 'canary_new_request_id' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_new_request_id() IS
+    'A new time-ordered (version 7) request id, as canary_call makes them';
+REVOKE ALL ON FUNCTION canary_new_request_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION canary_new_request_id() TO llm_canary_admin;
+
 CREATE FUNCTION canary_rollup_member() RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN coalesce(pg_catalog.current_setting('llm_canary.member', true), '');
