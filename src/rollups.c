@@ -9,7 +9,7 @@
  * The rollups themselves are written in SQL (sql/parts/32_rollups.sql), by
  * statement-level triggers on canary_requests and canary_feedback (which
  * only queues the verdicts: canary_feedback_fold adds them, called by the
- * worker and by canary_check through RollupsFoldVerdicts); this file holds
+ * worker through RollupsFoldVerdicts); this file holds
  * what SQL cannot do cheaply.
  *
  * Bucket scheme (log-linear, for non-negative integers: milliseconds,

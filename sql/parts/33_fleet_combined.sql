@@ -244,9 +244,9 @@ BEGIN
         -- bucket (canary_collect_evidence recounts the last two minutes
         -- anyway)
         IF NEW.bucket_end < now() - interval '1 minute' THEN
-            INSERT INTO @extschema@.canary_verdict_marks AS m (canary, bucket_end)
-            VALUES (NEW.canary, NEW.bucket_end)
-            ON CONFLICT (canary) DO UPDATE SET bucket_end = least(m.bucket_end, excluded.bucket_end);
+            -- (appended: a check consumes marks with SKIP LOCKED, never waits)
+            INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
+            VALUES (NEW.canary, NEW.bucket_end);
         END IF;
     ELSE
         IF TG_OP = 'UPDATE' AND (OLD.canary, OLD.model, OLD.cohort, OLD.fallback)
