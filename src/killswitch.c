@@ -220,13 +220,22 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
+	const char *queued = "0";
 
+	/* verdicts still queued (1.1: canary_feedback_pending), read without a lock */
+	if (rr->catalog_1_1)
+		queued = psprintf("(SELECT coalesce(sum(q.thumbs_down), 0)::int8"
+						  " FROM %s.canary_feedback_pending q"
+						  " WHERE q.canary = $1 AND q.bucket_end > $2 - make_interval(secs => $3)"
+						  " AND q.bucket_end < $2 + interval '30 seconds'"
+						  " AND q.cohort = $4 AND NOT q.fallback AND NOT q.cached"
+						  " AND ($6::timestamptz IS NULL OR q.bucket_end > $6))", schema);
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT coalesce(sum(r.requests), 0)::int8,"
 					 " coalesce(sum(r.outcome_error + r.outcome_timeout), 0)::int8,"
 					 " coalesce(sum(r.refusals), 0)::int8,"
-					 " coalesce(sum(r.thumbs_down), 0)::int8,"
+					 " coalesce(sum(r.thumbs_down), 0)::int8 + %s,"
 					 " CASE WHEN $5 > 0 THEN %s.canary_hist_count_over(%s.canary_hist_sum(r.latency_hist), $5)"
 					 "  ELSE 0 END::int8,"
 					 " %s.canary_hist_quantile(%s.canary_hist_sum(r.latency_hist), 0.95)"
@@ -235,7 +244,7 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 					 " AND r.bucket_end < $2 + interval '30 seconds'"
 					 " AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached"
 					 " AND ($6::timestamptz IS NULL OR r.bucket_end > $6)",
-					 schema, schema, schema, schema, schema, FleetRollupsTable());
+					 queued, schema, schema, schema, schema, schema, FleetRollupsTable());
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int32GetDatum(rr->window_seconds);
@@ -1217,9 +1226,11 @@ canary_check(PG_FUNCTION_ARGS)
 	catalog_1_1 = DecisionsCatalog(schema);
 	for (int i = 0; i < nrollouts && catalog_1_1; i++)
 		ReadDecisionSettings(schema, &rules[i]);
-	/* verdicts still queued count too (the worker folds them within a turn) */
-	if (nrollouts > 0)
-		(void) RollupsFoldVerdicts(schema);
+	/*
+	 * Verdicts still queued count too: the evidence reads the queue (no
+	 * fold here, so that a check left open in a transaction holds no
+	 * rollup row the metric writes need).
+	 */
 	for (int i = 0; i < nrollouts; i++)
 	{
 		char	   *reason = CheckRollout(schema, &rules[i], at);

@@ -9,7 +9,7 @@
  * The rollups themselves are written in SQL (sql/parts/32_rollups.sql), by
  * statement-level triggers on canary_requests and canary_feedback (which
  * only queues the verdicts: canary_feedback_fold adds them, called by the
- * worker and by canary_check through RollupsFoldVerdicts); this file holds
+ * worker through RollupsFoldVerdicts); this file holds
  * what SQL cannot do cheaply.
  *
  * Bucket scheme (log-linear, for non-negative integers: milliseconds,
@@ -48,6 +48,7 @@
 #include <math.h>
 
 #include "catalog/pg_type.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "port/pg_bitutils.h"
@@ -159,6 +160,10 @@ DenseHistNew(MemoryContext cxt)
 	return h;
 }
 
+/*
+ * Add n to a bucket, saturating at PG_INT64_MAX rather than wrapping: a
+ * sum of hostile counts must not turn negative.
+ */
 static void
 DenseHistAdd(DenseHist *h, int bucket, int64 n)
 {
@@ -170,58 +175,82 @@ DenseHistAdd(DenseHist *h, int bucket, int64 n)
 		memset(h->counts + h->nalloc, 0, sizeof(int64) * (newalloc - h->nalloc));
 		h->nalloc = newalloc;
 	}
-	h->counts[bucket] += n;
+	if (pg_add_s64_overflow(h->counts[bucket], n, &h->counts[bucket]))
+		h->counts[bucket] = PG_INT64_MAX;
 	if (bucket >= h->nused)
 		h->nused = bucket + 1;
 }
 
 /*
- * Add a sparse histogram from SQL to h.  Raises 22023 for anything but a
- * one-dimensional int8[] without NULLs of (bucket, count) pairs with valid
- * buckets and non-negative counts.
+ * Deconstruct a sparse histogram from SQL into *elems and *n.  Returns
+ * NULL when it is one: a one-dimensional int8[] without NULLs of (bucket,
+ * count) pairs with valid buckets and non-negative counts; otherwise why
+ * not (an errdetail).
  */
-static void
-DenseHistAddSparse(DenseHist *h, ArrayType *a)
+static char *
+HistSparseDeconstruct(ArrayType *a, Datum **elems, int *n)
 {
-	Datum	   *elems;
 	bool	   *nulls;
-	int			n;
 
+	*elems = NULL;
+	*n = 0;
 	if (ARR_NDIM(a) == 0)
-		return;
+		return NULL;
 	if (ARR_NDIM(a) != 1 || ARR_ELEMTYPE(a) != INT8OID)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid histogram"),
-				 errdetail("A histogram is a one-dimensional int8[] of bucket and count pairs.")));
-	deconstruct_array(a, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, &elems, &nulls, &n);
-	if (n % 2 != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid histogram"),
-				 errdetail("A histogram has an even number of elements, not %d.", n)));
-	for (int i = 0; i < n; i += 2)
+		return pstrdup("A histogram is a one-dimensional int8[] of bucket and count pairs.");
+	deconstruct_array(a, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE, elems, &nulls, n);
+	if (*n % 2 != 0)
+		return psprintf("A histogram has an even number of elements, not %d.", *n);
+	for (int i = 0; i < *n; i += 2)
 	{
 		int64		bucket,
 					count;
 
 		if (nulls[i] || nulls[i + 1])
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid histogram"),
-					 errdetail("A histogram contains no NULL.")));
-		bucket = DatumGetInt64(elems[i]);
-		count = DatumGetInt64(elems[i + 1]);
+			return pstrdup("A histogram contains no NULL.");
+		bucket = DatumGetInt64((*elems)[i]);
+		count = DatumGetInt64((*elems)[i + 1]);
 		if (bucket < 0 || bucket >= HIST_NBUCKETS || count < 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid histogram"),
-					 errdetail("Bucket %lld with count %lld is out of range.",
-							   (long long) bucket, (long long) count)));
-		DenseHistAdd(h, (int) bucket, count);
+			return psprintf("Bucket %lld with count %lld is out of range.",
+							(long long) bucket, (long long) count);
 	}
-	pfree(elems);
 	pfree(nulls);
+	return NULL;
+}
+
+/* Add a sparse histogram from SQL to h.  Raises 22023 for an invalid one. */
+static void
+DenseHistAddSparse(DenseHist *h, ArrayType *a)
+{
+	Datum	   *elems;
+	int			n;
+	char	   *problem = HistSparseDeconstruct(a, &elems, &n);
+
+	if (problem != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid histogram"),
+				 errdetail_internal("%s", problem)));
+	for (int i = 0; i < n; i += 2)
+		DenseHistAdd(h, (int) DatumGetInt64(elems[i]), DatumGetInt64(elems[i + 1]));
+	if (elems != NULL)
+		pfree(elems);
+}
+
+/*
+ * canary_hist_valid(h int8[]): whether h is a histogram the functions
+ * below accept (the CHECK of canary_rollups and canary_rollup_totals, so
+ * that a bad row is refused where it is written, not where it is read or
+ * replicated).
+ */
+PG_FUNCTION_INFO_V1(canary_hist_valid);
+Datum
+canary_hist_valid(PG_FUNCTION_ARGS)
+{
+	Datum	   *elems;
+	int			n;
+
+	PG_RETURN_BOOL(HistSparseDeconstruct(PG_GETARG_ARRAYTYPE_P(0), &elems, &n) == NULL);
 }
 
 /* The sparse int8[] of h, in the current memory context. */

@@ -11,6 +11,7 @@
 #include "postgres.h"
 
 #include "common/cryptohash.h"
+#include "fmgr.h"
 #include "datatype/timestamp.h"
 #include "mb/pg_wchar.h"
 #include "utils/resowner.h"
@@ -111,6 +112,18 @@ CanaryNewRequestId(pg_uuid_t *id)
 		id->data[i] = (uint8) (ms >> (40 - 8 * i));
 	id->data[6] = (id->data[6] & 0x0f) | 0x70;	/* version 7 */
 	id->data[8] = (id->data[8] & 0x3f) | 0x80;	/* variant 10 */
+}
+
+PG_FUNCTION_INFO_V1(canary_new_request_id);
+
+/* canary_new_request_id(): CanaryNewRequestId for SQL (canary_submit). */
+Datum
+canary_new_request_id(PG_FUNCTION_ARGS)
+{
+	pg_uuid_t  *id = palloc(sizeof(pg_uuid_t));
+
+	CanaryNewRequestId(id);
+	PG_RETURN_UUID_P(id);
 }
 
 /*

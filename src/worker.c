@@ -349,6 +349,9 @@ WorkerWriteMetrics(void)
 static void
 FoldStep(const char *schema, void *arg)
 {
+	/* the fold holds hot rollup rows: it never waits long for another lock */
+	if (SPI_execute("SET LOCAL lock_timeout = '1s'", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not set lock_timeout");
 	(void) RollupsFoldVerdicts(schema);
 }
 

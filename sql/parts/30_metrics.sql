@@ -215,6 +215,47 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- (both created by a later part than this function's first run)
+    -- the sample-ratio users of deleted rollouts (those of other evidence
+    -- periods go at each check), found through the primary key (one probe
+    -- per rollout), and the verdict marks no check will use (rollouts
+    -- deleted, disarmed or not sequential; all but the oldest of each);
+    -- at most 100,000 rows each a day, rows another transaction holds skipped
+    IF to_regclass(format('%I.canary_srm_users', nsp)) IS NOT NULL THEN
+        EXECUTE format($q$
+            WITH RECURSIVE r (canary) AS (
+                (SELECT u.canary FROM %1$I.canary_srm_users u ORDER BY u.canary LIMIT 1)
+                UNION ALL
+                SELECT (SELECT u.canary FROM %1$I.canary_srm_users u
+                         WHERE u.canary > r.canary ORDER BY u.canary LIMIT 1)
+                  FROM r WHERE r.canary IS NOT NULL
+            )
+            DELETE FROM %1$I.canary_srm_users u
+             WHERE u.ctid = ANY (ARRAY(
+                   SELECT o.ctid FROM r JOIN %1$I.canary_srm_users o ON o.canary = r.canary
+                    WHERE NOT EXISTS (SELECT 1 FROM %1$I.canary_config c WHERE c.name = r.canary)
+                    LIMIT 100000 FOR UPDATE OF o SKIP LOCKED))$q$, nsp);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_srm_users'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+        EXECUTE format($q$
+            DELETE FROM %1$I.canary_verdict_marks m
+             WHERE m.ctid = ANY (ARRAY(
+                   SELECT o.ctid FROM %1$I.canary_verdict_marks o
+                     LEFT JOIN %1$I.canary_config c ON c.name = o.canary
+                    WHERE c.name IS NULL OR NOT c.kill_switch_armed OR c.decision_mode <> 'sequential'
+                       OR EXISTS (SELECT 1 FROM %1$I.canary_verdict_marks e
+                                   WHERE e.canary = o.canary AND (e.bucket_end, e.ctid) < (o.bucket_end, o.ctid))
+                    LIMIT 100000 FOR UPDATE OF o SKIP LOCKED))$q$, nsp);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_verdict_marks'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
+
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         -- canary_shadow is created after this function's first run at install
         CONTINUE WHEN to_regclass(format('%I.%I', nsp, parent)) IS NULL;
@@ -313,6 +354,12 @@ RETURN CASE WHEN pg_catalog.substr(request_id::text, 15, 1) = '7'
                                          ::bit(48)::bigint / 1000.0) END;
 COMMENT ON FUNCTION canary_request_time(uuid) IS
     'The time a time-ordered (version 7) request id was made, to the millisecond; NULL for other ids';
+
+/* A new request id as canary_call makes them (version 7: canary_submit). */
+CREATE FUNCTION canary_new_request_id() RETURNS uuid
+AS 'MODULE_PATHNAME', 'canary_new_request_id' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_new_request_id() IS
+    'A new time-ordered (version 7) request id, as canary_call makes them';
 
 /*
  * Feedback.  SECURITY DEFINER so that an application role needs only

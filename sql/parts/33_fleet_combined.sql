@@ -32,6 +32,23 @@ CREATE FUNCTION canary_hist_subtract(int8[], int8[]) RETURNS int8[]
 AS 'MODULE_PATHNAME', 'canary_hist_subtract' LANGUAGE C CALLED ON NULL INPUT IMMUTABLE PARALLEL SAFE;
 COMMENT ON FUNCTION canary_hist_subtract(int8[], int8[]) IS
     'The values of the first histogram less those of the second, bucket by bucket, never below zero';
+CREATE FUNCTION canary_hist_valid(int8[]) RETURNS boolean
+AS 'MODULE_PATHNAME', 'canary_hist_valid' LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION canary_hist_valid(int8[]) IS
+    'Whether the array is a histogram: a one-dimensional int8[] without NULLs of (bucket, count) pairs, valid buckets, non-negative counts';
+
+/*
+ * A row of the rollups with a histogram the histogram functions refuse
+ * is refused where it is written (an administrator's backfill or COPY),
+ * not where it is read.  Not on the control: it must take whatever its
+ * apply worker brings (a member's constraint dropped, another version),
+ * since an error there stalls the fleet's replication; the combine
+ * trigger below skips such histograms with a WARNING.
+ */
+ALTER TABLE canary_rollups ADD CONSTRAINT canary_rollups_hist_check
+    CHECK (canary_fleet_is_control() OR (canary_hist_valid(latency_hist) AND canary_hist_valid(tokens_hist)));
+ALTER TABLE canary_rollup_totals ADD CONSTRAINT canary_rollup_totals_hist_check
+    CHECK (canary_fleet_is_control() OR (canary_hist_valid(latency_hist) AND canary_hist_valid(tokens_hist)));
 
 CREATE TABLE canary_fleet_rollups (
     canary              text NOT NULL,
@@ -130,8 +147,11 @@ COMMENT ON VIEW canary_rollup_totals_source IS
 /*
  * The trigger: adds NEW less OLD of a row of canary_rollups or
  * canary_rollup_totals into its combined row.  An UPDATE that changes the
- * key counts as a DELETE (nothing taken out) and an INSERT.  SECURITY
- * DEFINER: whoever may write the rollups need not write the combined rows.
+ * key takes OLD out of the old key's combined row and adds NEW to the new
+ * key's.  A histogram the histogram functions would refuse (see the CHECKs
+ * above) is skipped, both NEW's and OLD's, with a WARNING: raising here
+ * would stop the apply worker on every retry.  SECURITY DEFINER: whoever
+ * may write the rollups need not write the combined rows.
  */
 CREATE FUNCTION canary_fleet_combine_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -140,11 +160,50 @@ AS $$
 DECLARE
     o  @extschema@.canary_rollups;
     ot @extschema@.canary_rollup_totals;
+    nlh int8[] := NEW.latency_hist;
+    nth int8[] := NEW.tokens_hist;
+    olh int8[];
+    oth int8[];
 BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        olh := OLD.latency_hist;
+        oth := OLD.tokens_hist;
+    END IF;
+    IF NOT (@extschema@.canary_hist_valid(coalesce(nlh, '{}')) AND @extschema@.canary_hist_valid(coalesce(nth, '{}'))
+            AND @extschema@.canary_hist_valid(coalesce(olh, '{}')) AND @extschema@.canary_hist_valid(coalesce(oth, '{}'))) THEN
+        RAISE WARNING 'skipping the histograms of a row of % with an invalid histogram', TG_TABLE_NAME
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Rollout %s, member %s: its counters are combined, its histograms are not.',
+                                  NEW.canary, NEW.member),
+                  HINT = 'Fix the row where it was written; canary_hist_valid tells a valid histogram.';
+        nlh := NULL;
+        nth := NULL;
+        olh := NULL;
+        oth := NULL;
+    END IF;
     IF TG_TABLE_NAME = 'canary_rollups' THEN
         IF TG_OP = 'UPDATE' AND (OLD.canary, OLD.bucket_end, OLD.stage, OLD.cohort, OLD.model, OLD.fallback, OLD.cached)
                                  = (NEW.canary, NEW.bucket_end, NEW.stage, NEW.cohort, NEW.model, NEW.fallback, NEW.cached) THEN
             o := OLD;
+        ELSIF TG_OP = 'UPDATE' THEN
+            UPDATE @extschema@.canary_fleet_rollups t
+               SET requests = t.requests - OLD.requests, outcome_ok = t.outcome_ok - OLD.outcome_ok,
+                   outcome_refusal = t.outcome_refusal - OLD.outcome_refusal,
+                   outcome_error = t.outcome_error - OLD.outcome_error,
+                   outcome_timeout = t.outcome_timeout - OLD.outcome_timeout,
+                   refusals = t.refusals - OLD.refusals, thumbs_down = t.thumbs_down - OLD.thumbs_down,
+                   verdicts = t.verdicts - OLD.verdicts, prompt_tokens = t.prompt_tokens - OLD.prompt_tokens,
+                   completion_tokens = t.completion_tokens - OLD.completion_tokens,
+                   completions = t.completions - OLD.completions, cost = t.cost - OLD.cost,
+                   latency_count = t.latency_count - OLD.latency_count,
+                   latency_sum = t.latency_sum - OLD.latency_sum,
+                   latency_hist = @extschema@.canary_hist_subtract(t.latency_hist, olh),
+                   tokens_hist = @extschema@.canary_hist_subtract(t.tokens_hist, oth),
+                   new_users = t.new_users - OLD.new_users
+             WHERE (t.canary, t.bucket_end, t.stage, t.cohort, t.model, t.fallback, t.cached)
+                   = (OLD.canary, OLD.bucket_end, OLD.stage, OLD.cohort, OLD.model, OLD.fallback, OLD.cached);
+            olh := NULL;
+            oth := NULL;
         END IF;
         INSERT INTO @extschema@.canary_fleet_rollups AS t
                (canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
@@ -161,8 +220,8 @@ BEGIN
                 NEW.completion_tokens - coalesce(o.completion_tokens, 0),
                 NEW.completions - coalesce(o.completions, 0), NEW.cost - coalesce(o.cost, 0),
                 NEW.latency_count - coalesce(o.latency_count, 0), NEW.latency_sum - coalesce(o.latency_sum, 0),
-                @extschema@.canary_hist_subtract(NEW.latency_hist, o.latency_hist),
-                @extschema@.canary_hist_subtract(NEW.tokens_hist, o.tokens_hist),
+                @extschema@.canary_hist_subtract(nlh, olh),
+                @extschema@.canary_hist_subtract(nth, oth),
                 NEW.new_users - coalesce(o.new_users, 0))
         ON CONFLICT (canary, bucket_end, stage, cohort, model, fallback, cached) DO UPDATE
            SET requests = t.requests + excluded.requests, outcome_ok = t.outcome_ok + excluded.outcome_ok,
@@ -176,23 +235,40 @@ BEGIN
                latency_count = t.latency_count + excluded.latency_count,
                latency_sum = t.latency_sum + excluded.latency_sum,
                latency_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.latency_hist, NEW.latency_hist), o.latency_hist),
+                   @extschema@.canary_hist_merge(t.latency_hist, nlh), olh),
                tokens_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.tokens_hist, NEW.tokens_hist), o.tokens_hist),
+                   @extschema@.canary_hist_merge(t.tokens_hist, nth), oth),
                new_users = t.new_users + excluded.new_users;
         -- a change applied late (a member catching up after an outage, a
         -- late verdict): the kill switch's evidence recounts from its
         -- bucket (canary_collect_evidence recounts the last two minutes
         -- anyway)
         IF NEW.bucket_end < now() - interval '1 minute' THEN
-            INSERT INTO @extschema@.canary_verdict_marks AS m (canary, bucket_end)
-            VALUES (NEW.canary, NEW.bucket_end)
-            ON CONFLICT (canary) DO UPDATE SET bucket_end = least(m.bucket_end, excluded.bucket_end);
+            -- (appended: a check consumes marks with SKIP LOCKED, never waits)
+            INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
+            VALUES (NEW.canary, NEW.bucket_end);
         END IF;
     ELSE
         IF TG_OP = 'UPDATE' AND (OLD.canary, OLD.model, OLD.cohort, OLD.fallback)
                                  = (NEW.canary, NEW.model, NEW.cohort, NEW.fallback) THEN
             ot := OLD;
+        ELSIF TG_OP = 'UPDATE' THEN
+            UPDATE @extschema@.canary_fleet_rollup_totals t
+               SET requests = t.requests - OLD.requests, outcome_ok = t.outcome_ok - OLD.outcome_ok,
+                   outcome_refusal = t.outcome_refusal - OLD.outcome_refusal,
+                   outcome_error = t.outcome_error - OLD.outcome_error,
+                   outcome_timeout = t.outcome_timeout - OLD.outcome_timeout,
+                   refusals = t.refusals - OLD.refusals, thumbs_down = t.thumbs_down - OLD.thumbs_down,
+                   verdicts = t.verdicts - OLD.verdicts, prompt_tokens = t.prompt_tokens - OLD.prompt_tokens,
+                   completion_tokens = t.completion_tokens - OLD.completion_tokens,
+                   completions = t.completions - OLD.completions, cost = t.cost - OLD.cost,
+                   latency_count = t.latency_count - OLD.latency_count,
+                   latency_sum = t.latency_sum - OLD.latency_sum,
+                   latency_hist = @extschema@.canary_hist_subtract(t.latency_hist, olh),
+                   tokens_hist = @extschema@.canary_hist_subtract(t.tokens_hist, oth)
+             WHERE (t.canary, t.model, t.cohort, t.fallback) = (OLD.canary, OLD.model, OLD.cohort, OLD.fallback);
+            olh := NULL;
+            oth := NULL;
         END IF;
         INSERT INTO @extschema@.canary_fleet_rollup_totals AS t
                (canary, model, cohort, fallback, requests, outcome_ok, outcome_refusal, outcome_error,
@@ -208,8 +284,8 @@ BEGIN
                 NEW.completion_tokens - coalesce(ot.completion_tokens, 0),
                 NEW.completions - coalesce(ot.completions, 0), NEW.cost - coalesce(ot.cost, 0),
                 NEW.latency_count - coalesce(ot.latency_count, 0), NEW.latency_sum - coalesce(ot.latency_sum, 0),
-                @extschema@.canary_hist_subtract(NEW.latency_hist, ot.latency_hist),
-                @extschema@.canary_hist_subtract(NEW.tokens_hist, ot.tokens_hist))
+                @extschema@.canary_hist_subtract(nlh, olh),
+                @extschema@.canary_hist_subtract(nth, oth))
         ON CONFLICT (canary, model, cohort, fallback) DO UPDATE
            SET requests = t.requests + excluded.requests, outcome_ok = t.outcome_ok + excluded.outcome_ok,
                outcome_refusal = t.outcome_refusal + excluded.outcome_refusal,
@@ -222,9 +298,9 @@ BEGIN
                latency_count = t.latency_count + excluded.latency_count,
                latency_sum = t.latency_sum + excluded.latency_sum,
                latency_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.latency_hist, NEW.latency_hist), ot.latency_hist),
+                   @extschema@.canary_hist_merge(t.latency_hist, nlh), olh),
                tokens_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.tokens_hist, NEW.tokens_hist), ot.tokens_hist);
+                   @extschema@.canary_hist_merge(t.tokens_hist, nth), oth);
     END IF;
     RETURN NULL;
 END;

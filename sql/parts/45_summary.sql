@@ -61,29 +61,34 @@ AS $$
 DECLARE
     cutoff timestamptz := @extschema@.canary_report_window(canary_summary.canary, since);
 BEGIN
-    RETURN QUERY
-    SELECT r.cohort,
-           string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback AND r.requests > 0),
-           coalesce(sum(r.requests) FILTER (WHERE NOT r.fallback), 0)::bigint,
-           coalesce(sum(r.requests) FILTER (WHERE r.fallback), 0)::bigint,
-           round(sum(r.outcome_error + r.outcome_timeout) FILTER (WHERE NOT r.fallback)
-                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
-           round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
-                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
-           round(@extschema@.canary_hist_quantile(
-                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
-           round(@extschema@.canary_hist_quantile(
-                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
-           round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
-                 / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
-           round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
-                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
-           round(sum(r.cost), 6)
-      FROM @extschema@.canary_rollup_source r
-     WHERE r.canary = canary_summary.canary AND r.bucket_end > cutoff
-     GROUP BY r.cohort
-    HAVING sum(r.requests) > 0
-     ORDER BY r.cohort;
+    -- the one table this database reads, chosen here rather than in the
+    -- view canary_rollup_source, whose other branch the planner would cost
+    -- too (and at millions of rows pick a parallel plan for)
+    RETURN QUERY EXECUTE format($q$
+        SELECT r.cohort,
+               string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback AND r.requests > 0),
+               coalesce(sum(r.requests) FILTER (WHERE NOT r.fallback), 0)::bigint,
+               coalesce(sum(r.requests) FILTER (WHERE r.fallback), 0)::bigint,
+               round(sum(r.outcome_error + r.outcome_timeout) FILTER (WHERE NOT r.fallback)
+                     / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+               round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
+                     / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+               round(@extschema@.canary_hist_quantile(
+                         @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
+               round(@extschema@.canary_hist_quantile(
+                         @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
+               round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
+                     / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
+               round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
+                     / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+               round(sum(r.cost), 6)
+          FROM @extschema@.%I r
+         WHERE r.canary = $1 AND r.bucket_end > $2
+         GROUP BY r.cohort
+        HAVING sum(r.requests) > 0
+         ORDER BY r.cohort$q$,
+        CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
+    USING canary_summary.canary, cutoff;
 END;
 $$;
 COMMENT ON FUNCTION canary_summary(text, interval) IS

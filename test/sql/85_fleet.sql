@@ -42,3 +42,28 @@ SELECT canary_fleet_combine('-infinity');
 SELECT canary_hist_subtract('{5,3,70,4}', '{5,1,70,9,80,2}') AS less,
        canary_hist_subtract('{5,3}', NULL) AS less_nothing,
        canary_hist_subtract(NULL, '{5,3}') AS from_nothing;
+-- a histogram the histogram functions refuse is refused where it is
+-- written (23514), so it never reaches the control's combine trigger
+SELECT canary_hist_valid('{}') AS empty, canary_hist_valid('{5,3,70,4}') AS valid,
+       canary_hist_valid('{5}') AS odd, canary_hist_valid('{5,-1}') AS negative,
+       canary_hist_valid('{-1,1}') AS bucket_low, canary_hist_valid('{100000,1}') AS bucket_high,
+       canary_hist_valid('{5,NULL}') AS null_count, canary_hist_valid('{{5,1},{6,1}}') AS two_dims;
+DO $$
+BEGIN
+    INSERT INTO canary_rollups (canary, bucket_end, stage, cohort, model, fallback, cached, requests, latency_hist)
+    VALUES ('default', '2026-01-01 00:00:30+00', 'ramp_1', 'canary', 'n', false, false, 3, '{5,-3}');
+    RAISE NOTICE 'not refused';
+EXCEPTION WHEN check_violation THEN
+    RAISE NOTICE 'canary_rollups refused: %', SQLERRM;
+END $$;
+DO $$
+BEGIN
+    INSERT INTO canary_rollup_totals (canary, model, cohort, fallback, tokens_hist)
+    VALUES ('default', 'n', 'canary', false, '{5,3,6}');
+    RAISE NOTICE 'not refused';
+EXCEPTION WHEN check_violation THEN
+    RAISE NOTICE 'canary_rollup_totals refused: %', SQLERRM;
+END $$;
+-- counts saturate instead of wrapping
+SELECT canary_hist_subtract('{1,9223372036854775807,1,5}', '{}') AS saturated,
+       canary_hist_merge('{1,9223372036854775807}', '{1,1,2,1}') AS merged;

@@ -11,6 +11,9 @@
 #    (canary_srm_users, canary_rollups.new_users): each user once per
 #    evidence period, counted without the raw rows, and a new period counts
 #    afresh while the old period's users go.
+#  - a canary_check left open in a transaction does not stall the worker's
+#    fold nor the metric writes behind it (marks are appended, consumed
+#    with SKIP LOCKED; the check reads queued verdicts without folding);
 #  - request ids are time-ordered (UUID version 7); ids of other origins
 #    still find their requests.
 use strict;
@@ -92,11 +95,59 @@ is($node->safe_psql('postgres', q{
 SELECT string_agg(user_id || ' ' || cohort, ',' ORDER BY user_id) FROM canary_srm_users WHERE canary = 'fb'}),
 	'u1 canary,u2 canary', 'the worker\'s writes record the users of the sample-ratio check');
 
+# --- a check left open in a transaction does not stall the worker ----------------
+# (the check consumes the rollout's verdict marks; the fold appends marks and
+# never waits for that transaction, so the metric writes go on)
+$node->safe_psql('postgres', q{
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode)
+  VALUES ('stall', 'ramp_25', 'm-old', 'm-new', 'sequential')});
+my ($s1, $s2) = split /\n/, $node->safe_psql('postgres', q{
+SELECT canary_record('stall', 's1', 'm-new', 'canary', 'ok', 100, stage => 'ramp_25');
+SELECT canary_record('stall', 's2', 'm-new', 'canary', 'ok', 100, stage => 'ramp_25');
+SELECT canary_flush('10 seconds')});
+$node->safe_psql('postgres', "SELECT canary_feedback('$s1', true)");
+ok($node->poll_query_until('postgres', q{
+SELECT NOT EXISTS (SELECT 1 FROM canary_feedback_pending)
+   AND EXISTS (SELECT 1 FROM canary_verdict_marks WHERE canary = 'stall')}),
+	'a folded thumbs-down leaves a mark');
+my $adm = $node->background_psql('postgres');
+$adm->query_safe('BEGIN');
+$adm->query_safe("SELECT canary_check('stall')");
+$t0 = time;
+($ret, $stdout, $stderr) = $node->psql('postgres', qq{
+SELECT canary_feedback('$s2', true);
+SELECT pg_sleep(0.3);
+SELECT canary_record('stall', 's3', 'm-new', 'canary', 'ok', 200, stage => 'ramp_25') IS NOT NULL;
+SELECT canary_flush('5 seconds') > 0;
+SELECT count(*) FROM canary_requests WHERE canary = 'stall'});
+$took = time - $t0;
+is("$ret|" . ($stdout =~ s/^[^\n]*\n[^\n]*\n//r), "0|t\nt\n3",
+	'with canary_check open in a transaction, a second verdict is folded and the worker writes the next record');
+cmp_ok($took, '<', 4, sprintf('without waiting for that transaction (%.2f s)', $took));
+ok($node->poll_query_until('postgres', q{
+SELECT NOT EXISTS (SELECT 1 FROM canary_feedback_pending)
+   AND (SELECT sum(thumbs_down) FROM canary_rollup_totals WHERE canary = 'stall') = 2}),
+	'the second verdict reaches the totals while the check is open');
+$adm->query_safe('COMMIT');
+$adm->quit;
+is($node->safe_psql('postgres', q{
+SELECT count(*) FROM canary_verdict_marks WHERE canary = 'stall';
+SELECT canary_check('stall') IS NULL;
+SELECT count(*) FROM canary_verdict_marks WHERE canary = 'stall';
+SELECT sum(thumbs_down) FROM canary_evidence WHERE canary = 'stall'}) =~ s/\n/|/gr,
+	'1|t|0|2', 'the open check used the first mark; the next check uses the second and counts both verdicts');
+
 # --- request ids carry their time (UUID version 7) ------------------------------
 is($node->safe_psql('postgres', qq{
 SELECT substr('$rid', 15, 1) || ' ' || (canary_request_time('$rid') BETWEEN now() - interval '5 minutes' AND now())
        || ' ' || (canary_request_time('$rid') - interval '1 minute' <= (SELECT ts FROM canary_requests WHERE request_id = '$rid'))}),
 	'7 true true', 'a request id is a version 7 UUID made within a minute of its attempt');
+is($node->safe_psql('postgres', q{
+SELECT substr(canary_new_request_id()::text, 15, 1)
+       || ' ' || (canary_request_time(canary_new_request_id()) BETWEEN now() - interval '1 minute' AND clock_timestamp())
+       || ' ' || (SELECT bool_or(prosrc ~ 'canary_new_request_id\(\)') AND NOT bool_or(prosrc ~ 'gen_random_uuid')
+                    FROM pg_proc WHERE proname = 'canary_submit')}),
+	'7 true true', 'canary_new_request_id makes the same version 7 ids, and canary_submit uses it');
 # ids of other origins are found in any partition: a version 4 id, and a
 # version 7 id whose time is years before its row's
 is($node->safe_psql('postgres', q{
@@ -134,6 +185,10 @@ is($node->safe_psql('postgres', q{
 SELECT count(canary_feedback(request_id, true))
   FROM (SELECT request_id FROM canary_requests WHERE canary = 'late' AND cohort = 'canary'
          ORDER BY ts LIMIT 100) s}), '100', '100 late verdicts');
+# the worker folds them (each fold appends a mark); waiting for the queue to
+# empty makes the number of marks the check finds independent of timing
+$node->poll_query_until('postgres', 'SELECT NOT EXISTS (SELECT 1 FROM canary_feedback_pending)')
+  or die 'the worker did not fold the late verdicts';
 like($node->safe_psql('postgres', "SELECT canary_check('late', @{[at(630)]})"),
 	qr/^thumbs_down_rate=0\.100 > 2x baseline/, 'ten minutes late, they trip the switch');
 is($node->safe_psql('postgres', q{
@@ -181,6 +236,19 @@ SELECT users_canary || ' ' || users_control FROM canary_srm_state WHERE canary =
 SELECT count(*) FILTER (WHERE period = @{[at(600)]}) || ' ' || count(*) FILTER (WHERE period <> @{[at(600)]})
   FROM canary_srm_users WHERE canary = 'users'}) =~ s/\n/|/gr,
 	'no trip|5 15|20 0', 'a new period counts its users afresh; the check deleted the old period\'s');
+
+# --- canary_maintenance: users and marks of deleted rollouts -----------------------
+is($node->safe_psql('postgres', q{
+INSERT INTO canary_srm_users (canary, user_id, cohort, period)
+SELECT 'gone', 'g' || g, 'canary', '-infinity' FROM generate_series(1, 30) g;
+INSERT INTO canary_verdict_marks VALUES ('gone', now()), ('stall', now()), ('stall', now() - interval '1 minute');
+SELECT string_agg(partition || ' ' || moved_rows, ',' ORDER BY partition)
+  FROM canary_maintenance() WHERE action = 'expire' AND partition IN ('canary_srm_users', 'canary_verdict_marks');
+SELECT (SELECT count(*) FROM canary_srm_users WHERE canary = 'gone') || ' '
+       || (SELECT count(*) FROM canary_srm_users WHERE canary = 'users') || ' '
+       || (SELECT string_agg(canary || ' ' || (bucket_end < now()), ',' ORDER BY canary) FROM canary_verdict_marks)}) =~ s/\n/|/gr,
+	'canary_srm_users 30,canary_verdict_marks 3|0 20 fb false,stall true',
+	'canary_maintenance deletes the users and marks of a deleted rollout, and all but the oldest mark of each (fb\'s two verdicts left two)');
 
 $node->stop;
 done_testing();

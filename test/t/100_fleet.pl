@@ -300,6 +300,59 @@ ROLLBACK;}), 'canary:200',
 	is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_rollups WHERE member NOT IN ('m1', 'm2')}),
 		'0', 'it counts no member\'s raw rows as its own');
 	is($control->safe_psql('postgres', $combined_diff_q), '0', 'and leaves the combined rows equal to the members\' sum');
+
+	# an UPDATE that changes a key takes OLD out of the old key's combined row
+	my $m1_sync = sub {
+		my ($q) = @_;
+		my $v = $m1->safe_psql('postgres', $q);
+		ok($control->poll_query_until('postgres', "SELECT ($q) = '$v'"), "member 1's change reaches the control ($v)");
+	};
+	my $m1_moved_q = q{SELECT count(*) || '/' || coalesce(sum(requests), 0) FROM canary_rollups
+	                   WHERE member = 'm1' AND canary = 'comb' AND stage LIKE '%~moved'};
+	$m1->safe_psql('postgres', q{UPDATE canary_rollups SET stage = stage || '~moved' WHERE canary = 'comb'});
+	$m1_sync->($m1_moved_q);
+	my $m1_totals_q = q{SELECT count(*) || '/' || coalesce(sum(requests), 0) FROM canary_rollup_totals
+	                    WHERE member = 'm1' AND canary = 'comb' AND cohort LIKE '%~moved'};
+	$m1->safe_psql('postgres', q{UPDATE canary_rollup_totals SET cohort = cohort || '~moved' WHERE canary = 'comb'});
+	$m1_sync->($m1_totals_q);
+	is($control->safe_psql('postgres', $combined_diff_q), '0',
+		'key-changing UPDATEs: the combined rows and totals still equal the members\' sum (counted once)');
+	is($control->safe_psql('postgres',
+		q{SELECT sum(requests) FILTER (WHERE NOT fallback) FROM canary_fleet_rollups WHERE canary = 'comb'}),
+		'200', 'still one count of the 200 new-model attempts');
+	$m1->safe_psql('postgres', q{UPDATE canary_rollups SET stage = left(stage, -6) WHERE canary = 'comb' AND stage LIKE '%~moved'});
+	$m1->safe_psql('postgres', q{UPDATE canary_rollup_totals SET cohort = left(cohort, -6) WHERE canary = 'comb' AND cohort LIKE '%~moved'});
+	$m1_sync->($m1_moved_q);
+	$m1_sync->($m1_totals_q);
+	is($control->safe_psql('postgres', q{
+SELECT (SELECT coalesce(sum(requests + latency_count), -1) || '/' || bool_and(latency_hist = '{}')
+          FROM canary_fleet_rollups WHERE stage LIKE '%~moved')
+    || ' ' || (SELECT coalesce(sum(requests + latency_count), -1) || '/' || bool_and(latency_hist = '{}')
+                 FROM canary_fleet_rollup_totals WHERE cohort LIKE '%~moved')}),
+		'0/true 0/true', 'moved back: the moved keys\' combined rows and totals are empty again');
+	$control->safe_psql('postgres', q{DELETE FROM canary_fleet_rollups WHERE stage LIKE '%~moved';
+DELETE FROM canary_fleet_rollup_totals WHERE cohort LIKE '%~moved';});
+	is($control->safe_psql('postgres', $combined_diff_q), '0', 'and the others equal the members\' sum');
+
+	# a member without the CHECK (dropped, another version) sends a row with a
+	# bad histogram: the control's trigger combines its counters, skips its
+	# histograms with a WARNING, and replication goes on
+	my $ctl_log = -s $control->logfile;
+	$m1->safe_psql('postgres', q{
+ALTER TABLE canary_rollups DROP CONSTRAINT canary_rollups_hist_check;
+INSERT INTO canary_rollups (canary, bucket_end, member, stage, cohort, model, fallback, cached, requests, latency_hist)
+VALUES ('badhist', '2026-01-01 00:00:30+00', 'm1', 'ramp_1', 'canary', 'n', false, false, 7, '{5,-3,9}');});
+	ok($control->poll_query_until('postgres',
+		q{SELECT requests = 7 AND latency_hist = '{}' FROM canary_fleet_rollups WHERE canary = 'badhist'}),
+		'a row with an invalid histogram is applied on the control: counters combined, histogram skipped');
+	ok($control->wait_for_log(qr/WARNING:  skipping the histograms of a row of canary_rollups with an invalid histogram/, $ctl_log),
+		'with a WARNING, not an error that would stall the apply worker');
+	$m1->safe_psql('postgres', q{DELETE FROM canary_rollups WHERE canary = 'badhist';
+ALTER TABLE canary_rollups ADD CONSTRAINT canary_rollups_hist_check
+    CHECK (canary_fleet_is_control() OR (canary_hist_valid(latency_hist) AND canary_hist_valid(tokens_hist)));});
+	ok($control->poll_query_until('postgres', q{SELECT count(*) = 0 FROM canary_rollups WHERE canary = 'badhist'}),
+		'replication goes on after it');
+	$control->safe_psql('postgres', q{DELETE FROM canary_fleet_rollups WHERE canary = 'badhist'});
 }
 
 # --- a member cut off from the control fails safe ----------------------------

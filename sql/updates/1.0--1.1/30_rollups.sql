@@ -158,6 +158,14 @@ COMMENT ON FUNCTION canary_request_time(uuid) IS
 REVOKE ALL ON FUNCTION canary_request_time(uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION canary_request_time(uuid) TO llm_canary_admin;
 
+/* A new request id as canary_call makes them (version 7: canary_submit). */
+CREATE FUNCTION canary_new_request_id() RETURNS uuid
+AS 'MODULE_PATHNAME', 'canary_new_request_id' LANGUAGE C VOLATILE PARALLEL SAFE;
+COMMENT ON FUNCTION canary_new_request_id() IS
+    'A new time-ordered (version 7) request id, as canary_call makes them';
+REVOKE ALL ON FUNCTION canary_new_request_id() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION canary_new_request_id() TO llm_canary_admin;
+
 CREATE FUNCTION canary_rollup_member() RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 RETURN coalesce(pg_catalog.current_setting('llm_canary.member', true), '');
@@ -327,11 +335,12 @@ COMMENT ON TABLE canary_feedback_pending IS
     'Verdicts written to canary_feedback and not yet added to canary_rollups and canary_rollup_totals (canary_feedback_fold adds them)';
 
 CREATE TABLE canary_verdict_marks (
-    canary              text PRIMARY KEY,
+    canary              text NOT NULL,
     bucket_end          timestamptz NOT NULL
 );
+CREATE INDEX canary_verdict_marks_canary ON canary_verdict_marks (canary);
 COMMENT ON TABLE canary_verdict_marks IS
-    'Per rollout, the oldest rollup bucket whose thumbs-down changed since the kill switch''s evidence last recounted it';
+    'Per rollout and fold, the oldest rollup bucket whose thumbs-down the fold changed and the kill switch''s evidence has not recounted yet (appended, consumed by canary_check)';
 
 CREATE FUNCTION canary_feedback_fold()
 RETURNS bigint
@@ -341,6 +350,8 @@ AS $$
 DECLARE
     batch @extschema@.canary_feedback_pending[];
 BEGIN
+    -- the rollups' lock before the queue's rows, as canary_rollup_rebuild
+    LOCK TABLE @extschema@.canary_rollups IN ROW EXCLUSIVE MODE;
     WITH moved AS (
         DELETE FROM @extschema@.canary_feedback_pending p
          WHERE p.ctid = ANY (ARRAY(SELECT q.ctid FROM @extschema@.canary_feedback_pending q
@@ -353,11 +364,13 @@ BEGIN
     END IF;
     EXECUTE @extschema@.canary_rollup_statement('verdicts', '(SELECT * FROM unnest($1))', true)
         USING batch;
-    INSERT INTO @extschema@.canary_verdict_marks AS m (canary, bucket_end)
+    -- appended, never updated: a check that consumes marks holds none of
+    -- these; only for the rollouts whose check recounts evidence
+    INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
     SELECT b.canary, min(b.bucket_end) FROM unnest(batch) b
-     WHERE b.thumbs_down > 0
-     GROUP BY b.canary ORDER BY b.canary
-    ON CONFLICT (canary) DO UPDATE SET bucket_end = least(m.bucket_end, excluded.bucket_end);
+      JOIN @extschema@.canary_config c ON c.name = b.canary
+     WHERE b.thumbs_down > 0 AND c.kill_switch_armed AND c.decision_mode = 'sequential'
+     GROUP BY b.canary;
     RETURN (SELECT sum(b.verdicts) FROM unnest(batch) b);
 END;
 $$;
@@ -386,16 +399,27 @@ BEGIN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN since IS NULL THEN 'since' ELSE 'until' END
             USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    -- the queue's lock first: a fold in progress holds it, then the rollups'
-    LOCK TABLE @extschema@.canary_feedback_pending IN SHARE ROW EXCLUSIVE MODE;
+    -- the rollups' lock first, then the queue's (the order of a backfill
+    -- that writes requests then verdicts, and of the fold); a fold in
+    -- progress finishes before.  Every queued verdict is folded (the fold
+    -- takes at most 100,000 rows a call), so none is counted twice.
     LOCK TABLE @extschema@.canary_rollups IN SHARE ROW EXCLUSIVE MODE;
-    PERFORM @extschema@.canary_feedback_fold();
+    LOCK TABLE @extschema@.canary_feedback_pending IN SHARE ROW EXCLUSIVE MODE;
+    LOOP
+        EXIT WHEN @extschema@.canary_feedback_fold() = 0;
+    END LOOP;
+    -- rows locked in key order, as every batch locks them: no deadlock
+    WITH k AS (
+        SELECT r.ctid FROM @extschema@.canary_rollups r
+         WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member()
+         ORDER BY r.canary, r.bucket_end, r.member, r.stage, r.cohort, r.model, r.fallback, r.cached
+           FOR UPDATE)
     UPDATE @extschema@.canary_rollups r
        SET requests = 0, outcome_ok = 0, outcome_refusal = 0, outcome_error = 0, outcome_timeout = 0,
            refusals = 0, thumbs_down = 0, verdicts = 0, prompt_tokens = 0, completion_tokens = 0,
            completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}',
            new_users = 0
-     WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member();
+      FROM k WHERE r.ctid = k.ctid;
     EXECUTE @extschema@.canary_rollup_statement('requests',
         format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
                'ts', since, 'ts', until), false);

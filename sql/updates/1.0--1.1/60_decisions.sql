@@ -141,9 +141,18 @@ BEGIN
     from_bucket := least(from_bucket,
                          greatest(coalesce(last_bucket, date_bin('1 minute', p_since, origin), from_bucket),
                                   date_bin('1 minute', p_at - interval '1 hour', origin)));
-    -- a late verdict: recount from the minute of the oldest bucket it changed
-    DELETE FROM @extschema@.canary_verdict_marks m WHERE m.canary = p_canary
-    RETURNING m.bucket_end INTO marked;
+    -- a late verdict: recount from the minute of the oldest bucket it
+    -- changed (marks another transaction holds are left to it: never waits)
+    WITH used AS (
+        DELETE FROM @extschema@.canary_verdict_marks m
+         WHERE m.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_verdict_marks o
+                                    WHERE o.canary = p_canary FOR UPDATE SKIP LOCKED))
+        RETURNING m.bucket_end
+    )
+    SELECT min(u.bucket_end) INTO marked FROM used u;
+    -- verdicts still queued are counted from the queue: from their oldest bucket
+    SELECT least(marked, min(q.bucket_end)) INTO marked FROM @extschema@.canary_feedback_pending q
+     WHERE q.canary = p_canary AND q.thumbs_down > 0;
     IF marked IS NOT NULL THEN
         from_bucket := least(from_bucket,
                              greatest(date_bin('1 minute', marked - interval '30 seconds', origin),
@@ -162,9 +171,16 @@ BEGIN
            sum(r.refusals)::bigint, sum(r.thumbs_down)::bigint,
            sum(CASE WHEN p_slow_over > 0
                     THEN @extschema@.canary_hist_count_over(r.latency_hist, p_slow_over) ELSE 0 END)::bigint
-      FROM @extschema@.canary_rollup_source r
-     WHERE r.canary = p_canary
-       AND r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
+      FROM (SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
+                   r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
+              FROM @extschema@.canary_rollup_source r
+             WHERE r.canary = p_canary
+            UNION ALL
+            -- verdicts queued and not folded yet (read without a lock)
+            SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
+              FROM @extschema@.canary_feedback_pending q
+             WHERE q.canary = p_canary) r
+     WHERE r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
        AND (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
      GROUP BY 2, 3;
@@ -206,10 +222,21 @@ DECLARE
     payload jsonb;
 BEGIN
     SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary;
-    IF NOT FOUND OR cfg.percent_new <= 0 OR cfg.percent_new >= 100 THEN
-        RETURN NULL;
+    IF NOT FOUND THEN
+        RETURN NULL;    -- canary_maintenance deletes the users of a deleted rollout
     END IF;
     cur_period := coalesce(cfg.evidence_since, '-infinity');
+    -- the users of other evidence periods go a few thousand at a time, by
+    -- two ranges of the primary key (also while the check is off)
+    DELETE FROM @extschema@.canary_srm_users u
+     WHERE u.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_srm_users o
+                                WHERE o.canary = p_canary AND o.period < cur_period LIMIT 5000));
+    DELETE FROM @extschema@.canary_srm_users u
+     WHERE u.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_srm_users o
+                                WHERE o.canary = p_canary AND o.period > cur_period LIMIT 5000));
+    IF cfg.percent_new <= 0 OR cfg.percent_new >= 100 THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO @extschema@.canary_srm_state (canary, since) VALUES (p_canary, cfg.evidence_since)
         ON CONFLICT (canary) DO NOTHING;
     SELECT * INTO st FROM @extschema@.canary_srm_state WHERE canary = p_canary FOR UPDATE;
@@ -221,11 +248,6 @@ BEGIN
          WHERE canary = p_canary
         RETURNING * INTO st;
     END IF;
-    -- the users of earlier evidence periods go a few thousand at a time
-    DELETE FROM @extschema@.canary_srm_users u
-     WHERE u.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_srm_users o
-                                WHERE o.canary = p_canary AND (o.period < cur_period OR o.period > cur_period)
-                                LIMIT 5000));
 
     -- the users first seen in this period, counted into the rollups as the
     -- requests were written (canary_srm_trigger): the buckets that ended two

@@ -112,7 +112,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    id uuid := gen_random_uuid();
+    id uuid := @extschema@.canary_new_request_id();
 BEGIN
     PERFORM @extschema@.canary_submit_check(request, user_id, canary);
     INSERT INTO @extschema@.canary_submissions

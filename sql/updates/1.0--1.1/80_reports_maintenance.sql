@@ -75,29 +75,34 @@ AS $$
 DECLARE
     cutoff timestamptz := @extschema@.canary_report_window(canary_summary.canary, since);
 BEGIN
-    RETURN QUERY
-    SELECT r.cohort,
-           string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback AND r.requests > 0),
-           coalesce(sum(r.requests) FILTER (WHERE NOT r.fallback), 0)::bigint,
-           coalesce(sum(r.requests) FILTER (WHERE r.fallback), 0)::bigint,
-           round(sum(r.outcome_error + r.outcome_timeout) FILTER (WHERE NOT r.fallback)
-                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
-           round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
-                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
-           round(@extschema@.canary_hist_quantile(
-                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
-           round(@extschema@.canary_hist_quantile(
-                     @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
-           round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
-                 / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
-           round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
-                 / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
-           round(sum(r.cost), 6)
-      FROM @extschema@.canary_rollup_source r
-     WHERE r.canary = canary_summary.canary AND r.bucket_end > cutoff
-     GROUP BY r.cohort
-    HAVING sum(r.requests) > 0
-     ORDER BY r.cohort;
+    -- the one table this database reads, chosen here rather than in the
+    -- view canary_rollup_source, whose other branch the planner would cost
+    -- too (and at millions of rows pick a parallel plan for)
+    RETURN QUERY EXECUTE format($q$
+        SELECT r.cohort,
+               string_agg(DISTINCT r.model, ', ') FILTER (WHERE NOT r.fallback AND r.requests > 0),
+               coalesce(sum(r.requests) FILTER (WHERE NOT r.fallback), 0)::bigint,
+               coalesce(sum(r.requests) FILTER (WHERE r.fallback), 0)::bigint,
+               round(sum(r.outcome_error + r.outcome_timeout) FILTER (WHERE NOT r.fallback)
+                     / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+               round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
+                     / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+               round(@extschema@.canary_hist_quantile(
+                         @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
+               round(@extschema@.canary_hist_quantile(
+                         @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
+               round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
+                     / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
+               round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
+                     / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
+               round(sum(r.cost), 6)
+          FROM @extschema@.%I r
+         WHERE r.canary = $1 AND r.bucket_end > $2
+         GROUP BY r.cohort
+        HAVING sum(r.requests) > 0
+         ORDER BY r.cohort$q$,
+        CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
+    USING canary_summary.canary, cutoff;
 END;
 $$;
 
@@ -631,6 +636,47 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+
+    -- (both created by a later part than this function's first run)
+    -- the sample-ratio users of deleted rollouts (those of other evidence
+    -- periods go at each check), found through the primary key (one probe
+    -- per rollout), and the verdict marks no check will use (rollouts
+    -- deleted, disarmed or not sequential; all but the oldest of each);
+    -- at most 100,000 rows each a day, rows another transaction holds skipped
+    IF to_regclass(format('%I.canary_srm_users', nsp)) IS NOT NULL THEN
+        EXECUTE format($q$
+            WITH RECURSIVE r (canary) AS (
+                (SELECT u.canary FROM %1$I.canary_srm_users u ORDER BY u.canary LIMIT 1)
+                UNION ALL
+                SELECT (SELECT u.canary FROM %1$I.canary_srm_users u
+                         WHERE u.canary > r.canary ORDER BY u.canary LIMIT 1)
+                  FROM r WHERE r.canary IS NOT NULL
+            )
+            DELETE FROM %1$I.canary_srm_users u
+             WHERE u.ctid = ANY (ARRAY(
+                   SELECT o.ctid FROM r JOIN %1$I.canary_srm_users o ON o.canary = r.canary
+                    WHERE NOT EXISTS (SELECT 1 FROM %1$I.canary_config c WHERE c.name = r.canary)
+                    LIMIT 100000 FOR UPDATE OF o SKIP LOCKED))$q$, nsp);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_srm_users'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+        EXECUTE format($q$
+            DELETE FROM %1$I.canary_verdict_marks m
+             WHERE m.ctid = ANY (ARRAY(
+                   SELECT o.ctid FROM %1$I.canary_verdict_marks o
+                     LEFT JOIN %1$I.canary_config c ON c.name = o.canary
+                    WHERE c.name IS NULL OR NOT c.kill_switch_armed OR c.decision_mode <> 'sequential'
+                       OR EXISTS (SELECT 1 FROM %1$I.canary_verdict_marks e
+                                   WHERE e.canary = o.canary AND (e.bucket_end, e.ctid) < (o.bucket_end, o.ctid))
+                    LIMIT 100000 FOR UPDATE OF o SKIP LOCKED))$q$, nsp);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        IF n > 0 THEN
+            action := 'expire'; partition := 'canary_verdict_marks'; moved_rows := n;
+            RETURN NEXT;
+        END IF;
+    END IF;
 
     FOREACH parent IN ARRAY ARRAY['canary_requests', 'canary_feedback', 'canary_shadow'] LOOP
         -- canary_shadow is created after this function's first run at install

@@ -59,6 +59,7 @@ DECLARE
 BEGIN
     FOREACH fn IN ARRAY ARRAY['@extschema@.canary_fleet_is_control()'::regprocedure,
                               '@extschema@.canary_hist_subtract(int8[], int8[])'::regprocedure,
+                              '@extschema@.canary_hist_valid(int8[])'::regprocedure,
                               '@extschema@.canary_fleet_combine_trigger()'::regprocedure,
                               '@extschema@.canary_fleet_combine(timestamptz, timestamptz)'::regprocedure,
                               '@extschema@.canary_prometheus_requests(text)'::regprocedure,
