@@ -130,12 +130,13 @@ SELECT NOT EXISTS (SELECT 1 FROM canary_feedback_pending)
 	'the second verdict reaches the totals while the check is open');
 $adm->query_safe('COMMIT');
 $adm->quit;
+# (the monitor's own check may consume the second mark first: only what is
+# left after a check is asserted)
 is($node->safe_psql('postgres', q{
-SELECT count(*) FROM canary_verdict_marks WHERE canary = 'stall';
 SELECT canary_check('stall') IS NULL;
 SELECT count(*) FROM canary_verdict_marks WHERE canary = 'stall';
 SELECT sum(thumbs_down) FROM canary_evidence WHERE canary = 'stall'}) =~ s/\n/|/gr,
-	'1|t|0|2', 'the open check used the first mark; the next check uses the second and counts both verdicts');
+	't|0|2', 'after the open check, the next check has used every mark and counts both verdicts');
 
 # --- request ids carry their time (UUID version 7) ------------------------------
 is($node->safe_psql('postgres', qq{
