@@ -121,6 +121,9 @@ for my $seed (2, 3)
 # would: 90 s of A/A at ramp_5 as rows, then as rollups only, same seed
 # (the same rollout name: the cohorts come from canary_route of the name)
 simulate('aa_ramp_5', 'sequential', 'aa_seconds=90', 'tag=_eq');
+# verdicts reach the rollups when the worker folds them
+$node->poll_query_until('postgres', 'SELECT NOT EXISTS (SELECT 1 FROM canary_feedback_pending)')
+  or die 'the worker did not fold the verdicts';
 $node->safe_psql('postgres', q{
 CREATE TABLE rows_rollups AS
 SELECT bucket_end, cohort, requests, outcome_ok, outcome_refusal, outcome_error, refusals, thumbs_down,
