@@ -19,6 +19,7 @@
 #include "utils/uuid.h"
 
 #include "metrics.h"
+#include "srm_writer.h"
 
 #define CANARY_REQUESTS_COLUMNS \
 	"request_id, ts, canary, stage, user_id, cohort, model, outcome, " \
@@ -28,8 +29,8 @@
 #define CANARY_REQUESTS_NCOLUMNS 20
 
 /* A one-dimensional array of n elements of type elemtype. */
-static Datum
-MakeArray(Oid elemtype, Datum *values, bool *nulls, int n)
+Datum
+MetricsMakeArray(Oid elemtype, Datum *values, bool *nulls, int n)
 {
 	int16		typlen;
 	bool		typbyval;
@@ -62,7 +63,8 @@ SetInt(Datum *value, bool *isnull, int32 v, bool null_cond)
  * MetricsWriteBatch
  *		INSERT n records into <schema>.canary_requests with one statement:
  *		one parameterised INSERT ... SELECT FROM unnest($1, ..., $20), one
- *		array per column.  Caller (the worker's metric-write step) must be in
+ *		array per column; then the batch's sample-ratio users
+ *		(srm_writer.c).  Caller (the worker's metric-write step) must be in
  *		a transaction with SPI connected and a snapshot; allocates in the
  *		current (transaction) memory context.
  */
@@ -86,6 +88,7 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 	Datum		args[CANARY_REQUESTS_NCOLUMNS];
 	char	   *sql;
 	int			ret;
+	bool		srm;
 
 	for (int c = 0; c < CANARY_REQUESTS_NCOLUMNS; c++)
 	{
@@ -120,7 +123,7 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 		values[19][i] = BoolGetDatum(r->cached);
 	}
 	for (int c = 0; c < CANARY_REQUESTS_NCOLUMNS; c++)
-		args[c] = MakeArray(elemtypes[c], values[c], nulls[c], n);
+		args[c] = MetricsMakeArray(elemtypes[c], values[c], nulls[c], n);
 
 	sql = psprintf("INSERT INTO %s.canary_requests (" CANARY_REQUESTS_COLUMNS ")"
 				   " SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[],"
@@ -129,9 +132,12 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 				   " $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],"
 				   " $19::float8[], $20::bool[])",
 				   schema);
+	srm = SrmWriterBegin(schema);
 	ret = SPI_execute_with_args(sql, CANARY_REQUESTS_NCOLUMNS, (Oid *) argtypes,
 								args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not write metrics: SPI_execute_with_args returned %s",
 			 SPI_result_code_string(ret));
+	if (srm)
+		SrmWriterRecord(schema, recs, n);
 }

@@ -325,17 +325,13 @@ $$;
 /*
  * canary_srm_trigger: the users of the sample-ratio check, recorded as the
  * requests are written (AFTER INSERT on canary_requests, per statement,
- * after canary_requests_rollup): for each armed rollout with
- * 0 < percent_new < 100, the users of the statement's rows after its
- * evidence_since go into canary_srm_users under that period (the cohort
- * of their first row), and those not seen before in the period are counted
- * into the new_users of the rollup row of that first row.  Primary-key
- * probes, one per user of the statement; nothing is scanned, and a change
- * of period deletes nothing here (canary_srm_check does, in small steps).
- * SECURITY DEFINER like canary_rollup_trigger.  enable_nestloop off: the
- * planner does not know how many rows a statement wrote and would join the
- * new users back to their first rows with a nested loop (minutes for a
- * batch of 10,000 users, instead of a hash join's milliseconds).
+ * after canary_requests_rollup) by canary_srm_statement
+ * (53_srm_writer.sql), except in the metrics worker's own batches, whose
+ * users the worker records (canary_srm_worker_batch).  SECURITY DEFINER
+ * like canary_rollup_trigger.  enable_nestloop off: the planner does not
+ * know how many rows a statement wrote and would join the new users back
+ * to their first rows with a nested loop (minutes for a batch of 10,000
+ * users, instead of a hash join's milliseconds).
  */
 CREATE FUNCTION canary_srm_trigger() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -343,33 +339,9 @@ SET search_path = pg_catalog, pg_temp
 SET enable_nestloop = off
 AS $$
 BEGIN
-    WITH firsts AS (
-        SELECT DISTINCT ON (r.canary, r.user_id)
-               r.canary, r.user_id, r.cohort, coalesce(c.evidence_since, '-infinity') AS period,
-               @extschema@.canary_rollup_bucket(r.ts) AS bucket_end, coalesce(r.stage, '') AS stage,
-               coalesce(r.model, '') AS model, r.fallback, r.cached
-          FROM new_rows r
-          JOIN @extschema@.canary_config c ON c.name = r.canary
-         WHERE r.user_id IS NOT NULL AND r.cohort IN ('canary', 'control')
-           AND c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100
-           AND (c.evidence_since IS NULL OR r.ts > c.evidence_since)
-         ORDER BY r.canary, r.user_id, r.ts
-    ), added AS (
-        INSERT INTO @extschema@.canary_srm_users AS u (canary, user_id, cohort, period)
-        SELECT f.canary, f.user_id, f.cohort, f.period FROM firsts f
-         ORDER BY f.canary, f.period, f.user_id
-        ON CONFLICT DO NOTHING
-        RETURNING u.canary, u.user_id
-    )
-    INSERT INTO @extschema@.canary_rollups AS t
-        (canary, bucket_end, member, stage, cohort, model, fallback, cached, new_users)
-    SELECT f.canary, f.bucket_end, @extschema@.canary_rollup_member(), f.stage, f.cohort, f.model,
-           f.fallback, f.cached, count(*)
-      FROM added a JOIN firsts f ON f.canary = a.canary AND f.user_id = a.user_id
-     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
-    ON CONFLICT (canary, bucket_end, member, stage, cohort, model, fallback, cached)
-       DO UPDATE SET new_users = t.new_users + excluded.new_users;
+    IF NOT @extschema@.canary_srm_worker_batch() THEN
+        EXECUTE @extschema@.canary_srm_statement('new_rows', NULL);
+    END IF;
     RETURN NULL;
 END;
 $$;

@@ -314,33 +314,9 @@ SET search_path = pg_catalog, pg_temp
 SET enable_nestloop = off
 AS $$
 BEGIN
-    WITH firsts AS (
-        SELECT DISTINCT ON (r.canary, r.user_id)
-               r.canary, r.user_id, r.cohort, coalesce(c.evidence_since, '-infinity') AS period,
-               @extschema@.canary_rollup_bucket(r.ts) AS bucket_end, coalesce(r.stage, '') AS stage,
-               coalesce(r.model, '') AS model, r.fallback, r.cached
-          FROM new_rows r
-          JOIN @extschema@.canary_config c ON c.name = r.canary
-         WHERE r.user_id IS NOT NULL AND r.cohort IN ('canary', 'control')
-           AND c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100
-           AND (c.evidence_since IS NULL OR r.ts > c.evidence_since)
-         ORDER BY r.canary, r.user_id, r.ts
-    ), added AS (
-        INSERT INTO @extschema@.canary_srm_users AS u (canary, user_id, cohort, period)
-        SELECT f.canary, f.user_id, f.cohort, f.period FROM firsts f
-         ORDER BY f.canary, f.period, f.user_id
-        ON CONFLICT DO NOTHING
-        RETURNING u.canary, u.user_id
-    )
-    INSERT INTO @extschema@.canary_rollups AS t
-        (canary, bucket_end, member, stage, cohort, model, fallback, cached, new_users)
-    SELECT f.canary, f.bucket_end, @extschema@.canary_rollup_member(), f.stage, f.cohort, f.model,
-           f.fallback, f.cached, count(*)
-      FROM added a JOIN firsts f ON f.canary = a.canary AND f.user_id = a.user_id
-     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
-    ON CONFLICT (canary, bucket_end, member, stage, cohort, model, fallback, cached)
-       DO UPDATE SET new_users = t.new_users + excluded.new_users;
+    IF NOT @extschema@.canary_srm_worker_batch() THEN
+        EXECUTE @extschema@.canary_srm_statement('new_rows', NULL);
+    END IF;
     RETURN NULL;
 END;
 $$;
