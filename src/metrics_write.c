@@ -132,7 +132,7 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 				   " $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],"
 				   " $19::float8[], $20::bool[])",
 				   schema);
-	srm = SrmWriterBegin(schema);
+	srm = SrmWriterBegin(schema, recs, n);
 	ret = SPI_execute_with_args(sql, CANARY_REQUESTS_NCOLUMNS, (Oid *) argtypes,
 								args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)

@@ -109,6 +109,10 @@ static List *Pending = NIL;
 /* canary_srm_worker_batch(): true during the INSERT of a batch we record. */
 static bool InWorkerBatch = false;
 
+/* The batch's rows to send, and those skipped (transaction memory). */
+static bool *Send = NULL;
+static bool *Skipped = NULL;
+
 PG_FUNCTION_INFO_V1(canary_srm_worker_batch);
 Datum
 canary_srm_worker_batch(PG_FUNCTION_ARGS)
@@ -183,41 +187,6 @@ SrmRolloutGet(const char *name)
 	return &Rollouts[last = NumRollouts++];
 }
 
-/*
- * SrmWriterBegin
- *		Whether the worker records this batch's users: the catalog has
- *		canary_srm_record (not a 1.0 catalog) and the trigger
- *		canary_requests_srm is enabled (the benchmark and an operator may
- *		disable it).  When it does, canary_srm_worker_batch() is true until
- *		SrmWriterRecord or SrmWriterEndBatch.
- */
-bool
-SrmWriterBegin(const char *schema)
-{
-	char	   *sql;
-	bool		isnull;
-
-	InWorkerBatch = false;
-	if (PendingContext == NULL)
-		PendingContext = AllocSetContextCreate(TopMemoryContext,
-											   "llm_canary sample-ratio users of a batch",
-											   ALLOCSET_SMALL_SIZES);
-	MemoryContextReset(PendingContext);
-	Pending = NIL;
-
-	sql = psprintf("SELECT to_regprocedure(%s) IS NOT NULL AND EXISTS ("
-				   " SELECT 1 FROM pg_catalog.pg_trigger t"
-				   "  WHERE t.tgrelid = to_regclass(%s) AND t.tgname = 'canary_requests_srm'"
-				   "    AND t.tgenabled IN ('O', 'A'))",
-				   quote_literal_cstr(psprintf("%s." SRM_RECORD_SIGNATURE, schema)),
-				   quote_literal_cstr(psprintf("%s.canary_requests", schema)));
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not look for canary_srm_record");
-	InWorkerBatch = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-											   1, &isnull));
-	return InWorkerBatch;
-}
-
 static bool
 SrmCohortCounted(const char *cohort)
 {
@@ -233,10 +202,57 @@ SrmText(const char *s, bool empty_is_null, bool *isnull)
 }
 
 /*
+ * Read the answer of canary_srm_record (or of the state query, which has
+ * the same columns): the rollouts' states first (a changed state gets a
+ * new id, and is marked resend when rows were skipped on the old one),
+ * then the users recorded, in their rollout's current state, to
+ * PendingContext.
+ */
+static void
+SrmReadAnswer(void)
+{
+	for (int pass = 0; pass < 2; pass++)
+	{
+		for (uint64 row = 0; row < SPI_processed; row++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[row];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			char	   *name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
+			char	   *version = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+			bool		recording = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+			Datum		user = SPI_getbinval(tup, desc, 4, &isnull);
+			SrmRollout *ro = SrmRolloutGet(name);
+
+			if (ro == NULL)
+				continue;
+			if (pass == 0 && isnull)
+			{
+				if (ro->id != 0 && strcmp(ro->version, version) == 0 && ro->recording == recording)
+					continue;
+				if (ro->skipped)
+					ro->resend = true;
+				strlcpy(ro->version, version, SRM_VERSION_MAX);
+				ro->recording = recording;
+				ro->id = NextRolloutId++;
+			}
+			else if (pass == 1 && !isnull && ro->id != 0 && strcmp(ro->version, version) == 0)
+			{
+				MemoryContext oldcxt = MemoryContextSwitchTo(PendingContext);
+				SrmUserKey *key = palloc(sizeof(SrmUserKey));
+
+				key->rollout = ro->id;
+				key->user_id = TextDatumGetCString(user);
+				Pending = lappend(Pending, key);
+				MemoryContextSwitchTo(oldcxt);
+			}
+		}
+	}
+}
+
+/*
  * Call canary_srm_record with the rows of recs whose send[] is set and the
- * rollout names[0 .. nnames - 1]; read its answer: the rollouts' states
- * (a changed state gets a new id, and is marked resend when rows were
- * skipped on the old one) and the users recorded (to PendingContext).
+ * rollout names[0 .. nnames - 1], and read its answer.
  */
 static void
 SrmRecordCall(const char *schema, const CanaryMetricRecord *recs, int n, const bool *send,
@@ -255,7 +271,6 @@ SrmRecordCall(const char *schema, const CanaryMetricRecord *recs, int n, const b
 	int			counts[SRM_RECORD_ARGS];
 	int			m = 0;
 	char	   *sql;
-	MemoryContext oldcxt;
 
 	for (int c = 0; c < SRM_RECORD_ARGS; c++)
 	{
@@ -290,70 +305,104 @@ SrmRecordCall(const char *schema, const CanaryMetricRecord *recs, int n, const b
 	if (SPI_execute_with_args(sql, SRM_RECORD_ARGS, (Oid *) argtypes, args, NULL, false, 0)
 		!= SPI_OK_SELECT)
 		elog(ERROR, "could not record the sample-ratio users");
-
-	/* the rollouts' states first, then the users, recorded in their current state */
-	for (int pass = 0; pass < 2; pass++)
-	{
-		for (uint64 row = 0; row < SPI_processed; row++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[row];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			char	   *name = TextDatumGetCString(SPI_getbinval(tup, desc, 1, &isnull));
-			char	   *version = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-			bool		recording = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-			Datum		user = SPI_getbinval(tup, desc, 4, &isnull);
-			SrmRollout *ro = SrmRolloutGet(name);
-
-			if (ro == NULL)
-				continue;
-			if (pass == 0 && isnull)
-			{
-				if (ro->id != 0 && strcmp(ro->version, version) == 0 && ro->recording == recording)
-					continue;
-				if (ro->skipped)
-					ro->resend = true;
-				strlcpy(ro->version, version, SRM_VERSION_MAX);
-				ro->recording = recording;
-				ro->id = NextRolloutId++;
-			}
-			else if (pass == 1 && !isnull && ro->id != 0 && strcmp(ro->version, version) == 0)
-			{
-				SrmUserKey *key;
-
-				oldcxt = MemoryContextSwitchTo(PendingContext);
-				key = palloc(sizeof(SrmUserKey));
-				key->rollout = ro->id;
-				key->user_id = TextDatumGetCString(user);
-				Pending = lappend(Pending, key);
-				MemoryContextSwitchTo(oldcxt);
-			}
-		}
-	}
+	SrmReadAnswer();
 }
 
 /*
- * SrmWriterRecord
- *		Record the users of the batch recs[0 .. n - 1], just inserted into
- *		canary_requests: skip the rows the cache knows about, send the rest
- *		(and, when a skip assumed a state that is no longer current, the
- *		rows skipped on it).  Caller: the worker's batch transaction, SPI
- *		connected, after SrmWriterBegin returned true; allocates in the
- *		current (transaction) memory context.
+ * The distinct rollouts of the rows of recs where pick[] is set (or of every
+ * row with a counted cohort, when pick is NULL), into names; returns how
+ * many.
  */
-void
-SrmWriterRecord(const char *schema, const CanaryMetricRecord *recs, int n)
+static int
+SrmRolloutNames(const CanaryMetricRecord *recs, int n, const bool *pick, const char **names)
 {
-	bool	   *send = palloc0(sizeof(bool) * n);
-	bool	   *skipped = palloc0(sizeof(bool) * n);
-	const char **names = palloc(sizeof(char *) * n);
 	int			nnames = 0;
-	int			nresend = 0;
+
+	for (int i = 0; i < n; i++)
+	{
+		bool		seen = false;
+
+		if (pick != NULL ? !pick[i] : !SrmCohortCounted(recs[i].cohort))
+			continue;
+		for (int j = nnames - 1; j >= 0 && !seen; j--)
+			seen = strcmp(names[j], recs[i].canary) == 0;
+		if (!seen)
+			names[nnames++] = recs[i].canary;
+	}
+	return nnames;
+}
+
+/*
+ * Read the current state of the rollouts names[0 .. nnames - 1] (their
+ * canary_config rows) into Rollouts: a changed state gets a new id.
+ */
+static void
+SrmReadStates(const char *schema, const char **names, int nnames)
+{
+	Datum	   *elems = palloc(sizeof(Datum) * nnames);
+	Oid			argtypes[1] = {TEXTARRAYOID};
+	Datum		args[1];
+	char	   *sql;
+
+	for (int i = 0; i < nnames; i++)
+		elems[i] = CStringGetTextDatum(names[i]);
+	args[0] = MetricsMakeArray(TEXTOID, elems, NULL, nnames);
+	sql = psprintf("SELECT n.name, coalesce(c.xmin::text, ''),"
+				   " coalesce(c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100, false), NULL::text"
+				   " FROM unnest($1::text[]) n(name) LEFT JOIN %s.canary_config c ON c.name = n.name",
+				   schema);
+	if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the rollouts' sample-ratio states");
+	SrmReadAnswer();
+}
+
+/*
+ * SrmWriterBegin
+ *		Before the INSERT of the batch recs[0 .. n - 1]: whether the worker
+ *		records its users itself (the catalog has canary_srm_record, not a
+ *		1.0 catalog, and the trigger canary_requests_srm is enabled: the
+ *		benchmark and an operator may disable it).  If so, reads the states
+ *		of the batch's rollouts and decides which rows to send (the others
+ *		are skipped: their rollout is not recorded, or their user is known
+ *		recorded in the rollout's state); canary_srm_worker_batch() is then
+ *		true until SrmWriterRecord or SrmWriterEndBatch.  Caller: the
+ *		worker's batch transaction, SPI connected; allocates in the current
+ *		(transaction) memory context.
+ */
+bool
+SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n)
+{
+	char	   *sql;
+	bool		isnull;
+	const char **names;
+	int			nnames;
 
 	InWorkerBatch = false;
-	for (int i = 0; i < NumRollouts; i++)
-		Rollouts[i].skipped = Rollouts[i].resend = false;
+	Send = Skipped = NULL;
+	if (PendingContext == NULL)
+		PendingContext = AllocSetContextCreate(TopMemoryContext,
+											   "llm_canary sample-ratio users of a batch",
+											   ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(PendingContext);
+	Pending = NIL;
 
+	sql = psprintf("SELECT to_regprocedure(%s) IS NOT NULL AND EXISTS ("
+				   " SELECT 1 FROM pg_catalog.pg_trigger t"
+				   "  WHERE t.tgrelid = to_regclass(%s) AND t.tgname = 'canary_requests_srm'"
+				   "    AND t.tgenabled IN ('O', 'A'))",
+				   quote_literal_cstr(psprintf("%s." SRM_RECORD_SIGNATURE, schema)),
+				   quote_literal_cstr(psprintf("%s.canary_requests", schema)));
+	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not look for canary_srm_record");
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		return false;
+
+	Send = palloc0(sizeof(bool) * n);
+	Skipped = palloc0(sizeof(bool) * n);
+	names = palloc(sizeof(char *) * n);
+	nnames = SrmRolloutNames(recs, n, NULL, names);
+	if (nnames > 0)
+		SrmReadStates(schema, names, nnames);
 	for (int i = 0; i < n; i++)
 	{
 		const CanaryMetricRecord *r = &recs[i];
@@ -363,50 +412,63 @@ SrmWriterRecord(const char *schema, const CanaryMetricRecord *recs, int n)
 			continue;			/* never recorded */
 		ro = SrmRolloutGet(r->canary);
 		if (ro == NULL || ro->id == 0)
-		{
-			send[i] = true;
-			if (ro != NULL)
-				ro->id = 0;		/* a new name: sent once below */
-		}
+			Send[i] = true;		/* no room to remember it */
 		else if (!ro->recording || SrmCacheHas(ro->id, r->user_id))
-			skipped[i] = ro->skipped = true;
+			Skipped[i] = true;
 		else
-			send[i] = true;
+			Send[i] = true;
 	}
-	/* every rollout of the batch, once: the states to confirm */
+	InWorkerBatch = true;
+	return true;
+}
+
+/*
+ * SrmWriterRecord
+ *		After the INSERT of the batch: send the rows SrmWriterBegin chose to
+ *		canary_srm_record, and, when it saw another state than the one a
+ *		skip assumed, the rows skipped in that rollout.  Same caller and
+ *		context as SrmWriterBegin.
+ */
+void
+SrmWriterRecord(const char *schema, const CanaryMetricRecord *recs, int n)
+{
+	const char **names = palloc(sizeof(char *) * n);
+	bool	   *resend = palloc0(sizeof(bool) * n);
+	bool	   *either = palloc0(sizeof(bool) * n);
+	int			nsend = 0;
+	int			nresend = 0;
+
+	InWorkerBatch = false;
 	for (int i = 0; i < n; i++)
 	{
-		bool		seen = false;
-
-		if (!send[i] && !skipped[i])
-			continue;
-		for (int j = nnames - 1; j >= 0 && !seen; j--)
-			seen = strcmp(names[j], recs[i].canary) == 0;
-		if (!seen)
-			names[nnames++] = recs[i].canary;
+		either[i] = Send[i] || Skipped[i];
+		nsend += Send[i];
 	}
-	if (nnames == 0)
-		return;
-	SrmRecordCall(schema, recs, n, send, names, nnames);
-
-	/* rows skipped on a state that was not current: send them now */
-	nnames = 0;
+	if (nsend == 0)
+		return;					/* every skip stands on the states read in this transaction */
+	for (int i = 0; i < NumRollouts; i++)
+		Rollouts[i].skipped = Rollouts[i].resend = false;
 	for (int i = 0; i < n; i++)
 	{
 		SrmRollout *ro;
 
-		send[i] = false;
-		if (!skipped[i] || (ro = SrmRolloutGet(recs[i].canary)) == NULL || !ro->resend)
-			continue;
-		send[i] = true;
-		nresend++;
-		if (nnames == 0 || strcmp(names[nnames - 1], recs[i].canary) != 0)
-			names[nnames++] = recs[i].canary;
+		if (Skipped[i] && (ro = SrmRolloutGet(recs[i].canary)) != NULL)
+			ro->skipped = true;
+	}
+	SrmRecordCall(schema, recs, n, Send, names, SrmRolloutNames(recs, n, either, names));
+
+	/* rows skipped on a state that was no longer current: send them now */
+	for (int i = 0; i < n; i++)
+	{
+		SrmRollout *ro;
+
+		if (Skipped[i] && (ro = SrmRolloutGet(recs[i].canary)) != NULL && ro->resend)
+			resend[i] = true, nresend++;
 	}
 	for (int i = 0; i < NumRollouts; i++)
 		Rollouts[i].skipped = false;
 	if (nresend > 0)
-		SrmRecordCall(schema, recs, n, send, names, nnames);
+		SrmRecordCall(schema, recs, n, resend, names, SrmRolloutNames(recs, n, resend, names));
 }
 
 /*
@@ -420,6 +482,7 @@ SrmWriterEndBatch(bool committed)
 	ListCell   *lc;
 
 	InWorkerBatch = false;
+	Send = Skipped = NULL;
 	if (committed)
 	{
 		foreach(lc, Pending)

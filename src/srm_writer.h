@@ -19,7 +19,7 @@
  * INSERT until SrmWriterRecord.  Inside the batch's transaction, SPI
  * connected.
  */
-extern bool SrmWriterBegin(const char *schema);
+extern bool SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n);
 
 /* After the INSERT: record the users of recs[0 .. n - 1] (SrmWriterBegin said so). */
 extern void SrmWriterRecord(const char *schema, const CanaryMetricRecord *recs, int n);

@@ -8,6 +8,8 @@
 #    the first batch after the change (the cache assumed the old state);
 #  - a rollout whose users were not recorded (disarmed) is recorded again
 #    as soon as it is armed;
+#  - a state that changes while the worker writes a batch (after it read
+#    the state it skipped users on) makes it send the skipped users;
 #  - a batch whose transaction fails after the users were recorded leaves
 #    no user in the cache: the retry records them;
 #  - after a worker restart (empty cache) and after rows written by a
@@ -90,6 +92,33 @@ $node->safe_psql('postgres',
 	"UPDATE canary_config SET kill_switch_armed = true, evidence_since = clock_timestamp() WHERE name = 'w'");
 is(flush_and_count("SELECT send('q', 20, 20)"), '10/10 60/60', 're-armed: the next batch records its users');
 
+# --- the rollout's state changes while the worker writes the batch ------------
+# (a trigger of the test moves evidence_since in the batch's own transaction,
+# after the worker read the state it skips the known users on, and before
+# it records the new user q20: the worker learns the new state from that
+# call and sends the skipped users too; q20 is queued first, so whatever
+# the batches, every user after it is written after the change)
+$node->safe_psql('postgres', q{
+CREATE TABLE bump (x int);
+INSERT INTO bump VALUES (1);
+CREATE FUNCTION bump() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM bump) AND EXISTS (SELECT 1 FROM new_rows WHERE user_id = 'q20') THEN
+        UPDATE canary_config SET evidence_since = evidence_since + interval '1 microsecond' WHERE name = 'w';
+        DELETE FROM bump;
+    END IF;
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER bump AFTER INSERT ON canary_requests REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION bump();
+});
+is(flush_and_count(q{SELECT canary_record('w', 'q20', 'm-new', 'canary', 'ok', 100, stage => 'ramp_25');
+SELECT send('q', 20, 20)}), '11/10 71/70',
+	'a state changed during the batch: the users skipped on the old state are counted in the new one');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM bump'), '0', 'the state did change during a batch');
+$node->safe_psql('postgres', 'DROP TRIGGER bump ON canary_requests');
+
 # --- a batch that fails after recording its users -----------------------------
 # (a deferred check makes the batch's commit fail while fail_srm has a row;
 # the records stay queued and are retried; a cache filled before the commit
@@ -116,7 +145,7 @@ is($node->safe_psql('postgres', q{
 SELECT count(*) FROM canary_srm_users WHERE user_id LIKE 'f%';
 SELECT count(*) FROM canary_requests WHERE user_id LIKE 'f%'}) =~ s/\n/ /r, '0 0', 'and wrote nothing');
 $node->safe_psql('postgres', 'DELETE FROM fail_srm');
-is(flush_and_count('SELECT 1'), '15/15 65/65', 'once it commits, the retried batch counts its 10 users');
+is(flush_and_count('SELECT 1'), '16/15 76/75', 'once it commits, the retried batch counts its 10 users');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM canary_requests WHERE user_id LIKE 'f%'}), '10',
 	'each record written once');
 $node->safe_psql('postgres', 'DROP TRIGGER fail_srm ON canary_srm_users');
@@ -127,7 +156,7 @@ $node->safe_psql('postgres', 'SELECT pg_terminate_backend(worker_pid) FROM canar
 $node->poll_query_until('postgres',
 	"SELECT worker_state = 'running' AND worker_pid <> $old_pid FROM canary_stats()")
   or die 'the worker did not restart';
-is(flush_and_count("SELECT send('q', 20, 20); SELECT send('f', 10, 10)"), '15/15 65/65',
+is(flush_and_count("SELECT send('q', 20, 20); SELECT send('f', 10, 10)"), '16/15 76/75',
 	'after a worker restart (empty cache): the known users are not counted again');
 # rows a backfill writes (the trigger records their users), then the worker
 $node->safe_psql('postgres', q{
@@ -135,15 +164,15 @@ INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, mod
 SELECT gen_random_uuid(), clock_timestamp(), 'w', 'ramp_5', 'b' || g, CASE WHEN g % 2 = 0 THEN 'canary' ELSE 'control' END,
        'm-new', 'ok', 10
   FROM generate_series(0, 3) g});
-is(flush_and_count("SELECT send('b', 8, 8)"), '19/19 69/69',
+is(flush_and_count("SELECT send('b', 8, 8)"), '20/19 80/79',
 	'users of a backfill are counted by the trigger, and the worker does not count them again (4 + 4 new)');
 
 # --- the trigger disabled: the worker records nothing either -----------------------
 $node->safe_psql('postgres', 'ALTER TABLE canary_requests DISABLE TRIGGER canary_requests_srm');
-is(flush_and_count("SELECT send('d', 10, 10)"), '19/19 69/69',
+is(flush_and_count("SELECT send('d', 10, 10)"), '20/19 80/79',
 	'with canary_requests_srm disabled, no user is recorded');
 $node->safe_psql('postgres', 'ALTER TABLE canary_requests ENABLE TRIGGER canary_requests_srm');
-is(flush_and_count("SELECT send('d', 10, 10)"), '24/24 74/74', 'enabled again: recorded');
+is(flush_and_count("SELECT send('d', 10, 10)"), '25/24 85/84', 'enabled again: recorded');
 
 $node->stop;
 done_testing();
