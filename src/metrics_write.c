@@ -19,6 +19,7 @@
 #include "utils/uuid.h"
 
 #include "metrics.h"
+#include "rollups_writer.h"
 #include "srm_writer.h"
 
 #define CANARY_REQUESTS_COLUMNS \
@@ -27,6 +28,55 @@
 	"response_chars, refusal, prompt_class, prompt_hash, fallback, error, cost, " \
 	"cached"
 #define CANARY_REQUESTS_NCOLUMNS 20
+
+/*
+ * The triggers of canary_requests whose work the worker does for the batch
+ * it is inserting: canary_worker_batch(name) is true for them, and only
+ * during that INSERT.
+ */
+static bool BatchRollups = false;
+static bool BatchUsers = false;
+static bool InBatchInsert = false;
+
+PG_FUNCTION_INFO_V1(canary_worker_batch);
+Datum
+canary_worker_batch(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_BOOL(InBatchInsert &&
+				   ((BatchRollups && strcmp(name, "canary_requests_rollup") == 0) ||
+					(BatchUsers && strcmp(name, "canary_requests_srm") == 0)));
+}
+
+/*
+ * Which triggers' work the worker does for a batch: those enabled (the
+ * benchmark and an operator may disable them), when the catalog has
+ * canary_worker_batch (not a 1.0 catalog).  Sets BatchRollups, BatchUsers.
+ */
+static void
+MetricsBatchTriggers(const char *schema)
+{
+	char	   *sql;
+	bool		isnull;
+	HeapTuple	tup;
+
+	BatchRollups = BatchUsers = InBatchInsert = false;
+	sql = psprintf("SELECT to_regprocedure(%s) IS NOT NULL,"
+				   " coalesce(pg_catalog.bool_or(t.tgname = 'canary_requests_rollup'), false),"
+				   " coalesce(pg_catalog.bool_or(t.tgname = 'canary_requests_srm'), false)"
+				   " FROM pg_catalog.pg_trigger t"
+				   " WHERE t.tgrelid = to_regclass(%s) AND t.tgenabled IN ('O', 'A')",
+				   quote_literal_cstr(psprintf("%s.canary_worker_batch(text)", schema)),
+				   quote_literal_cstr(psprintf("%s.canary_requests", schema)));
+	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the triggers of canary_requests");
+	tup = SPI_tuptable->vals[0];
+	if (!DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)))
+		return;
+	BatchRollups = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+	BatchUsers = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+}
 
 /* A one-dimensional array of n elements of type elemtype. */
 Datum
@@ -63,8 +113,8 @@ SetInt(Datum *value, bool *isnull, int32 v, bool null_cond)
  * MetricsWriteBatch
  *		INSERT n records into <schema>.canary_requests with one statement:
  *		one parameterised INSERT ... SELECT FROM unnest($1, ..., $20), one
- *		array per column; then the batch's sample-ratio users
- *		(srm_writer.c).  Caller (the worker's metric-write step) must be in
+ *		array per column; then the batch's rollups and sample-ratio users,
+ *		when their triggers are enabled.  Caller (the worker's metric-write step) must be in
  *		a transaction with SPI connected and a snapshot; allocates in the
  *		current (transaction) memory context.
  */
@@ -87,8 +137,7 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 	bool	   *nulls[CANARY_REQUESTS_NCOLUMNS];
 	Datum		args[CANARY_REQUESTS_NCOLUMNS];
 	char	   *sql;
-	int			ret;
-	bool		srm;
+	volatile int ret = 0;
 
 	for (int c = 0; c < CANARY_REQUESTS_NCOLUMNS; c++)
 	{
@@ -132,12 +181,25 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 				   " $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],"
 				   " $19::float8[], $20::bool[])",
 				   schema);
-	srm = SrmWriterBegin(schema, recs, n);
-	ret = SPI_execute_with_args(sql, CANARY_REQUESTS_NCOLUMNS, (Oid *) argtypes,
-								args, NULL, false, 0);
+	MetricsBatchTriggers(schema);
+	if (BatchUsers)
+		SrmWriterBegin(schema, recs, n);
+	InBatchInsert = true;
+	PG_TRY();
+	{
+		ret = SPI_execute_with_args(sql, CANARY_REQUESTS_NCOLUMNS, (Oid *) argtypes,
+									args, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		InBatchInsert = false;
+	}
+	PG_END_TRY();
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not write metrics: SPI_execute_with_args returned %s",
 			 SPI_result_code_string(ret));
-	if (srm)
+	if (BatchRollups)
+		RollupsWriterAdd(schema, recs, n);
+	if (BatchUsers)
 		SrmWriterRecord(schema, recs, n);
 }

@@ -7,8 +7,8 @@
  *
  * The trigger canary_requests_srm records the users of every INSERT into
  * canary_requests (sql/parts/52_decisions.sql, 53_srm_writer.sql); for the
- * worker's own batches it does nothing (canary_srm_worker_batch is true
- * during their INSERT) and the worker calls canary_srm_record with the rows
+ * worker's own batches it does nothing (canary_worker_batch is true
+ * during their INSERT, metrics_write.c) and the worker calls canary_srm_record with the rows
  * of the batch it cannot skip.  A row can be skipped when its rollout's
  * users are not recorded at all (not armed, percent_new 0 or 100), or when
  * its user is in the cache: recorded in the rollout's current state.
@@ -47,8 +47,6 @@
 #define SRM_GENERATION_BYTES	(4 * 1024 * 1024)
 
 #define SRM_RECORD_ARGS			9
-#define SRM_RECORD_SIGNATURE \
-	"canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[])"
 
 /* One rollout as the last canary_srm_record saw it. */
 typedef struct SrmRollout
@@ -106,19 +104,9 @@ static SrmGeneration Older = {NULL, NULL};
 static MemoryContext PendingContext = NULL;
 static List *Pending = NIL;
 
-/* canary_srm_worker_batch(): true during the INSERT of a batch we record. */
-static bool InWorkerBatch = false;
-
 /* The batch's rows to send, and those skipped (transaction memory). */
 static bool *Send = NULL;
 static bool *Skipped = NULL;
-
-PG_FUNCTION_INFO_V1(canary_srm_worker_batch);
-Datum
-canary_srm_worker_batch(PG_FUNCTION_ARGS)
-{
-	PG_RETURN_BOOL(InWorkerBatch);
-}
 
 /* A new, empty generation. */
 static void
@@ -358,44 +346,25 @@ SrmReadStates(const char *schema, const char **names, int nnames)
 
 /*
  * SrmWriterBegin
- *		Before the INSERT of the batch recs[0 .. n - 1]: whether the worker
- *		records its users itself (the catalog has canary_srm_record, not a
- *		1.0 catalog, and the trigger canary_requests_srm is enabled: the
- *		benchmark and an operator may disable it).  If so, reads the states
- *		of the batch's rollouts and decides which rows to send (the others
- *		are skipped: their rollout is not recorded, or their user is known
- *		recorded in the rollout's state); canary_srm_worker_batch() is then
- *		true until SrmWriterRecord or SrmWriterEndBatch.  Caller: the
- *		worker's batch transaction, SPI connected; allocates in the current
- *		(transaction) memory context.
+ *		Before the INSERT of the batch recs[0 .. n - 1], whose users the
+ *		worker records (metrics_write.c): read the states of the batch's
+ *		rollouts and decide which rows to send (the others are skipped:
+ *		their rollout is not recorded, or their user is known recorded in
+ *		the rollout's state).  Caller: the worker's batch transaction, SPI
+ *		connected; allocates in the current (transaction) memory context.
  */
-bool
+void
 SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n)
 {
-	char	   *sql;
-	bool		isnull;
 	const char **names;
 	int			nnames;
 
-	InWorkerBatch = false;
-	Send = Skipped = NULL;
 	if (PendingContext == NULL)
 		PendingContext = AllocSetContextCreate(TopMemoryContext,
 											   "llm_canary sample-ratio users of a batch",
 											   ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(PendingContext);
 	Pending = NIL;
-
-	sql = psprintf("SELECT to_regprocedure(%s) IS NOT NULL AND EXISTS ("
-				   " SELECT 1 FROM pg_catalog.pg_trigger t"
-				   "  WHERE t.tgrelid = to_regclass(%s) AND t.tgname = 'canary_requests_srm'"
-				   "    AND t.tgenabled IN ('O', 'A'))",
-				   quote_literal_cstr(psprintf("%s." SRM_RECORD_SIGNATURE, schema)),
-				   quote_literal_cstr(psprintf("%s.canary_requests", schema)));
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not look for canary_srm_record");
-	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
-		return false;
 
 	Send = palloc0(sizeof(bool) * n);
 	Skipped = palloc0(sizeof(bool) * n);
@@ -418,8 +387,6 @@ SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n)
 		else
 			Send[i] = true;
 	}
-	InWorkerBatch = true;
-	return true;
 }
 
 /*
@@ -438,7 +405,6 @@ SrmWriterRecord(const char *schema, const CanaryMetricRecord *recs, int n)
 	int			nsend = 0;
 	int			nresend = 0;
 
-	InWorkerBatch = false;
 	for (int i = 0; i < n; i++)
 	{
 		either[i] = Send[i] || Skipped[i];
@@ -481,7 +447,6 @@ SrmWriterEndBatch(bool committed)
 {
 	ListCell   *lc;
 
-	InWorkerBatch = false;
 	Send = Skipped = NULL;
 	if (committed)
 	{

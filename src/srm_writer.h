@@ -13,15 +13,14 @@
 #include "metrics.h"
 
 /*
- * Before the INSERT of a batch: whether the worker records the batch's
- * users itself (the catalog has canary_srm_record and the trigger
- * canary_requests_srm would fire); when it does, the trigger skips the
- * INSERT until SrmWriterRecord.  Inside the batch's transaction, SPI
+ * Before the INSERT of a batch whose users the worker records (the trigger
+ * canary_requests_srm is enabled; it skips the batch): read the rollouts'
+ * states, choose the rows to send.  Inside the batch's transaction, SPI
  * connected.
  */
-extern bool SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n);
+extern void SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n);
 
-/* After the INSERT: record the users of recs[0 .. n - 1] (SrmWriterBegin said so). */
+/* After the INSERT: record the users of the rows chosen (and of those to send again). */
 extern void SrmWriterRecord(const char *schema, const CanaryMetricRecord *recs, int n);
 
 /* After the batch's transaction ended: committed or not. */

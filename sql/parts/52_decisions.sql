@@ -327,7 +327,7 @@ $$;
  * requests are written (AFTER INSERT on canary_requests, per statement,
  * after canary_requests_rollup) by canary_srm_statement
  * (53_srm_writer.sql), except in the metrics worker's own batches, whose
- * users the worker records (canary_srm_worker_batch).  SECURITY DEFINER
+ * users the worker records (canary_worker_batch).  SECURITY DEFINER
  * like canary_rollup_trigger.  enable_nestloop off: the planner does not
  * know how many rows a statement wrote and would join the new users back
  * to their first rows with a nested loop (minutes for a batch of 10,000
@@ -339,7 +339,7 @@ SET search_path = pg_catalog, pg_temp
 SET enable_nestloop = off
 AS $$
 BEGIN
-    IF NOT @extschema@.canary_srm_worker_batch() THEN
+    IF NOT @extschema@.canary_worker_batch(TG_NAME) THEN
         EXECUTE @extschema@.canary_srm_statement('new_rows', NULL);
     END IF;
     RETURN NULL;

@@ -314,7 +314,7 @@ SET search_path = pg_catalog, pg_temp
 SET enable_nestloop = off
 AS $$
 BEGIN
-    IF NOT @extschema@.canary_srm_worker_batch() THEN
+    IF NOT @extschema@.canary_worker_batch(TG_NAME) THEN
         EXECUTE @extschema@.canary_srm_statement('new_rows', NULL);
     END IF;
     RETURN NULL;

@@ -5,12 +5,17 @@
  * canary_requests_srm keeps recording every other INSERT, through the
  * same statement (its new body is in 60_decisions.sql).
  */
-/* True only in the metrics worker, during the INSERT of a batch whose users it records itself. */
-CREATE FUNCTION canary_srm_worker_batch() RETURNS boolean
-AS 'MODULE_PATHNAME', 'canary_srm_worker_batch'
-LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION canary_srm_worker_batch() IS
-    'True only in the metrics worker while it inserts a batch whose sample-ratio users it records itself (canary_srm_record)';
+/*
+ * True only in the metrics worker, during the INSERT of one of its batches,
+ * when it does the work of that trigger of canary_requests itself
+ * (canary_requests_rollup: src/rollups_writer.c; canary_requests_srm:
+ * src/srm_writer.c).
+ */
+CREATE FUNCTION canary_worker_batch(trigger_name text) RETURNS boolean
+AS 'MODULE_PATHNAME', 'canary_worker_batch'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION canary_worker_batch(text) IS
+    'True only in the metrics worker while it inserts a batch whose work for that trigger of canary_requests it does itself';
 
 /*
  * canary_srm_statement: the statement that records the users of source (a
@@ -98,9 +103,9 @@ COMMENT ON FUNCTION canary_srm_record(text[], text[], text[], text[], timestampt
     'Records the sample-ratio users of the metrics worker''s rows; answers with the users found recorded and the state of the rollouts named';
 
 -- privileges, as sql/parts/90_roles.sql gives them in a fresh install
-REVOKE ALL ON FUNCTION canary_srm_worker_batch(), canary_srm_statement(text, text),
+REVOKE ALL ON FUNCTION canary_worker_batch(text), canary_srm_statement(text, text),
     canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[])
     FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION canary_srm_worker_batch(), canary_srm_statement(text, text),
+GRANT EXECUTE ON FUNCTION canary_worker_batch(text), canary_srm_statement(text, text),
     canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[])
     TO llm_canary_admin;

@@ -16,16 +16,21 @@
  * an insert that is known to have been done (ON CONFLICT DO NOTHING would
  * have skipped it), and a user enters it only after its batch committed.
  * While the worker writes its own batch, the trigger does nothing
- * (canary_srm_worker_batch).  Rows deleted from canary_srm_users by hand
+ * (canary_worker_batch).  Rows deleted from canary_srm_users by hand
  * for the current period are not seen by a running worker (restart it).
  */
 
-/* True only in the metrics worker, during the INSERT of a batch whose users it records itself. */
-CREATE FUNCTION canary_srm_worker_batch() RETURNS boolean
-AS 'MODULE_PATHNAME', 'canary_srm_worker_batch'
-LANGUAGE C VOLATILE;
-COMMENT ON FUNCTION canary_srm_worker_batch() IS
-    'True only in the metrics worker while it inserts a batch whose sample-ratio users it records itself (canary_srm_record)';
+/*
+ * True only in the metrics worker, during the INSERT of one of its batches,
+ * when it does the work of that trigger of canary_requests itself
+ * (canary_requests_rollup: src/rollups_writer.c; canary_requests_srm:
+ * src/srm_writer.c).
+ */
+CREATE FUNCTION canary_worker_batch(trigger_name text) RETURNS boolean
+AS 'MODULE_PATHNAME', 'canary_worker_batch'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION canary_worker_batch(text) IS
+    'True only in the metrics worker while it inserts a batch whose work for that trigger of canary_requests it does itself';
 
 /*
  * canary_srm_statement: the statement that records the users of source (a
