@@ -26,6 +26,7 @@
 #include "utils/fmgrprotos.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/numeric.h"
 #include "utils/syscache.h"
@@ -75,6 +76,27 @@ typedef struct RollupGroup
 /* key: 7 arrays, counters, cost, 2 histograms (as text) */
 #define RW_NARGS		(7 + RC_NCOUNTERS + 3)
 
+/* The element type of each array the statement takes, in order. */
+static void
+RollupsWriterTypes(Oid *types)
+{
+	int			a = 0;
+
+	types[a++] = TEXTOID;		/* canary */
+	types[a++] = TIMESTAMPTZOID;	/* bucket_end */
+	types[a++] = TEXTOID;		/* stage */
+	types[a++] = TEXTOID;		/* cohort */
+	types[a++] = TEXTOID;		/* model */
+	types[a++] = BOOLOID;		/* fallback */
+	types[a++] = BOOLOID;		/* cached */
+	for (int c = 0; c < RC_NCOUNTERS; c++)
+		types[a++] = INT8OID;
+	types[a++] = NUMERICOID;	/* cost */
+	types[a++] = TEXTOID;		/* latency_hist, as text */
+	types[a++] = TEXTOID;		/* tokens_hist, as text */
+	Assert(a == RW_NARGS);
+}
+
 /* The kept plan of the statement, for one schema. */
 static SPIPlanPtr KeptPlan = NULL;
 static char *KeptSchema = NULL;
@@ -112,7 +134,6 @@ RollupsWriterPlan(const char *schema)
 	StringInfoData cols;
 	char	   *sql;
 	bool		isnull;
-	int			a = 0;
 
 	if (!CallbackRegistered)
 	{
@@ -132,23 +153,12 @@ RollupsWriterPlan(const char *schema)
 	/* the source: one row per key, the columns named as in canary_rollups */
 	initStringInfo(&cols);
 	appendStringInfoString(&cols, "canary, bucket_end, stage, cohort, model, fallback, cached");
-	argtypes[a++] = TEXTARRAYOID;
-	argtypes[a++] = TIMESTAMPTZARRAYOID;
-	argtypes[a++] = TEXTARRAYOID;
-	argtypes[a++] = TEXTARRAYOID;
-	argtypes[a++] = TEXTARRAYOID;
-	argtypes[a++] = BOOLARRAYOID;
-	argtypes[a++] = BOOLARRAYOID;
 	for (int c = 0; c < RC_NCOUNTERS; c++)
-	{
 		appendStringInfo(&cols, ", %s", RollupCounterNames[c]);
-		argtypes[a++] = INT8ARRAYOID;
-	}
 	appendStringInfoString(&cols, ", cost, latency_text, tokens_text");
-	argtypes[a++] = NUMERICARRAYOID;
-	argtypes[a++] = TEXTARRAYOID;
-	argtypes[a++] = TEXTARRAYOID;
-	Assert(a == RW_NARGS);
+	RollupsWriterTypes(argtypes);
+	for (int a = 0; a < RW_NARGS; a++)
+		argtypes[a] = get_array_type(argtypes[a]);
 
 	initStringInfo(&src);
 	appendStringInfoString(&src, "(SELECT u.*, u.latency_text::int8[] AS latency_hist,"
@@ -279,22 +289,7 @@ RollupsWriterAdd(const char *schema, const CanaryMetricRecord *recs, int n)
 		k++;
 	}
 
-	{
-		int			a = 0;
-
-		elemtypes[a++] = TEXTOID;
-		elemtypes[a++] = TIMESTAMPTZOID;
-		elemtypes[a++] = TEXTOID;
-		elemtypes[a++] = TEXTOID;
-		elemtypes[a++] = TEXTOID;
-		elemtypes[a++] = BOOLOID;
-		elemtypes[a++] = BOOLOID;
-		for (int c = 0; c < RC_NCOUNTERS; c++)
-			elemtypes[a++] = INT8OID;
-		elemtypes[a++] = NUMERICOID;
-		elemtypes[a++] = TEXTOID;
-		elemtypes[a++] = TEXTOID;
-	}
+	RollupsWriterTypes(elemtypes);
 	for (int c = 0; c < RW_NARGS; c++)
 		args[c] = MetricsMakeArray(elemtypes[c], values[c], NULL, ngroups);
 	if (SPI_execute_plan(plan, args, NULL, false, 0) != SPI_OK_INSERT)

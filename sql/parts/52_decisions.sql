@@ -123,19 +123,20 @@ CREATE TRIGGER canary_config_c_evidence
  * canary_collect_evidence: recount the minutes of canary_evidence from
  * canary_rollups (requests neither fallback nor cached, cohorts canary and
  * control), from two minutes before p_at (or from the last minute counted,
- * when the checks paused, at most an hour back; or from the oldest bucket
- * whose thumbs-down a fold changed since, canary_verdict_marks, or that a
- * verdict still queued in canary_feedback_pending belongs to: the queue's
- * verdicts are counted too, read without a lock) up to the
- * rollup bucket that holds p_at, counting only buckets that start at or
- * after p_since, and drop the minutes before p_since or older than 14 days
- * (a stage statistic covers at most the last 14 days).  A 30-second bucket
- * counts in the minute it starts in.  p_slow_over: the latency (ms) above
- * which a canary request counts as slow (p95_ratio_threshold x control
- * p95), read from the latency histograms (values within 1/64 of it may be
- * misplaced); 0 when no baseline is known.  Plain sums over canary_rollups
- * (a fleet's combined rows sum the same way).  Internal: canary_check calls
- * it.
+ * when the checks paused, at most an hour back) up to the rollup bucket
+ * that holds p_at; and, before that, only the minutes of the buckets whose
+ * thumbs-down a fold changed since (canary_verdict_marks) or that a
+ * verdict still queued in canary_feedback_pending belongs to (the queue's
+ * verdicts are counted too, read without a lock), each minute alone: a
+ * late verdict costs its minute, not a recount of the days since.  Counts
+ * only buckets that start at or after p_since, and drops the minutes
+ * before p_since or older than 14 days (a stage statistic covers at most
+ * the last 14 days).  A 30-second bucket counts in the minute it starts
+ * in.  p_slow_over: the latency (ms) above which a canary request counts
+ * as slow (p95_ratio_threshold x control p95), read from the latency
+ * histograms (values within 1/64 of it may be misplaced); 0 when no
+ * baseline is known.  Plain sums over canary_rollups (a fleet's combined
+ * rows sum the same way).  Internal: canary_check calls it.
  */
 CREATE FUNCTION canary_collect_evidence(p_canary text, p_at timestamptz, p_since timestamptz,
                                         p_slow_over double precision)
@@ -147,34 +148,35 @@ DECLARE
     origin constant timestamptz := '2000-01-01 00:00:00+00';
     from_bucket timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     last_bucket timestamptz;
-    marked timestamptz;
+    oldest constant timestamptz := greatest(date_bin('1 minute', p_at - interval '14 days', origin),
+                                            date_bin('1 minute', p_since, origin));
+    marked timestamptz[];
 BEGIN
     SELECT max(e.bucket) INTO last_bucket FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary AND e.bucket <= p_at;
     from_bucket := least(from_bucket,
                          greatest(coalesce(last_bucket, date_bin('1 minute', p_since, origin), from_bucket),
                                   date_bin('1 minute', p_at - interval '1 hour', origin)));
-    -- a late verdict: recount from the minute of the oldest bucket it
-    -- changed (marks another transaction holds are left to it: never waits)
+    -- late verdicts: the minutes, before from_bucket, of the buckets a fold
+    -- changed (marks another transaction holds are left to it: never
+    -- waits) and of the verdicts still queued
     WITH used AS (
         DELETE FROM @extschema@.canary_verdict_marks m
          WHERE m.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_verdict_marks o
                                     WHERE o.canary = p_canary FOR UPDATE SKIP LOCKED))
         RETURNING m.bucket_end
     )
-    SELECT min(u.bucket_end) INTO marked FROM used u;
-    -- verdicts still queued are counted from the queue: from their oldest bucket
-    SELECT least(marked, min(q.bucket_end)) INTO marked FROM @extschema@.canary_feedback_pending q
-     WHERE q.canary = p_canary AND q.thumbs_down > 0;
-    IF marked IS NOT NULL THEN
-        from_bucket := least(from_bucket,
-                             greatest(date_bin('1 minute', marked - interval '30 seconds', origin),
-                                      date_bin('1 minute', p_since, origin),
-                                      date_bin('1 minute', p_at - interval '14 days', origin)));
-    END IF;
+    SELECT array_agg(DISTINCT k.minute) INTO marked
+      FROM (SELECT u.bucket_end FROM used u
+            UNION ALL
+            SELECT q.bucket_end FROM @extschema@.canary_feedback_pending q
+             WHERE q.canary = p_canary AND q.thumbs_down > 0) b
+     CROSS JOIN LATERAL (SELECT date_bin('1 minute', b.bucket_end - interval '30 seconds', origin) AS minute) k
+     WHERE k.minute < from_bucket AND k.minute >= oldest;
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
        AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
+            OR e.bucket = ANY (marked)
             OR e.bucket < date_bin('1 minute', p_since, origin)
             OR e.bucket < p_at - interval '14 days');
     INSERT INTO @extschema@.canary_evidence
@@ -188,13 +190,23 @@ BEGIN
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
               FROM @extschema@.canary_rollup_source r
              WHERE r.canary = p_canary
+               AND r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
+            UNION ALL
+            -- the marked minutes, each alone (its two buckets)
+            SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
+                   r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
+              FROM unnest(marked) m(minute)
+             CROSS JOIN LATERAL (SELECT * FROM @extschema@.canary_rollup_source r
+                                  WHERE r.canary = p_canary AND r.bucket_end > m.minute
+                                    AND r.bucket_end <= m.minute + interval '1 minute') r
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
             SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
               FROM @extschema@.canary_feedback_pending q
-             WHERE q.canary = p_canary) r
-     WHERE r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
-       AND (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
+             WHERE q.canary = p_canary
+               AND ((q.bucket_end > from_bucket AND q.bucket_end < p_at + interval '30 seconds')
+                    OR date_bin('1 minute', q.bucket_end - interval '30 seconds', origin) = ANY (marked))) r
+     WHERE (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
      GROUP BY 2, 3;
 END;

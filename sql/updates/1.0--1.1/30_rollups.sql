@@ -351,7 +351,7 @@ CREATE TABLE canary_verdict_marks (
 );
 CREATE INDEX canary_verdict_marks_canary ON canary_verdict_marks (canary);
 COMMENT ON TABLE canary_verdict_marks IS
-    'Per rollout and fold, the oldest rollup bucket whose thumbs-down the fold changed and the kill switch''s evidence has not recounted yet (appended, consumed by canary_check)';
+    'Per rollout and fold, the rollup buckets whose thumbs-down the fold changed and the kill switch''s evidence has not recounted yet (appended, consumed by canary_check)';
 
 CREATE FUNCTION canary_feedback_fold()
 RETURNS bigint
@@ -376,12 +376,12 @@ BEGIN
     EXECUTE @extschema@.canary_rollup_statement('verdicts', '(SELECT * FROM unnest($1))', true)
         USING batch;
     -- appended, never updated: a check that consumes marks holds none of
-    -- these; only for the rollouts whose check recounts evidence
+    -- these; only for the rollouts whose check recounts evidence; one per
+    -- bucket changed (the check recounts the minutes marked, alone)
     INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
-    SELECT b.canary, min(b.bucket_end) FROM unnest(batch) b
+    SELECT DISTINCT b.canary, b.bucket_end FROM unnest(batch) b
       JOIN @extschema@.canary_config c ON c.name = b.canary
-     WHERE b.thumbs_down > 0 AND c.kill_switch_armed AND c.decision_mode = 'sequential'
-     GROUP BY b.canary;
+     WHERE b.thumbs_down > 0 AND c.kill_switch_armed AND c.decision_mode = 'sequential';
     RETURN (SELECT sum(b.verdicts) FROM unnest(batch) b);
 END;
 $$;

@@ -134,34 +134,35 @@ DECLARE
     origin constant timestamptz := '2000-01-01 00:00:00+00';
     from_bucket timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     last_bucket timestamptz;
-    marked timestamptz;
+    oldest constant timestamptz := greatest(date_bin('1 minute', p_at - interval '14 days', origin),
+                                            date_bin('1 minute', p_since, origin));
+    marked timestamptz[];
 BEGIN
     SELECT max(e.bucket) INTO last_bucket FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary AND e.bucket <= p_at;
     from_bucket := least(from_bucket,
                          greatest(coalesce(last_bucket, date_bin('1 minute', p_since, origin), from_bucket),
                                   date_bin('1 minute', p_at - interval '1 hour', origin)));
-    -- a late verdict: recount from the minute of the oldest bucket it
-    -- changed (marks another transaction holds are left to it: never waits)
+    -- late verdicts: the minutes, before from_bucket, of the buckets a fold
+    -- changed (marks another transaction holds are left to it: never
+    -- waits) and of the verdicts still queued
     WITH used AS (
         DELETE FROM @extschema@.canary_verdict_marks m
          WHERE m.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_verdict_marks o
                                     WHERE o.canary = p_canary FOR UPDATE SKIP LOCKED))
         RETURNING m.bucket_end
     )
-    SELECT min(u.bucket_end) INTO marked FROM used u;
-    -- verdicts still queued are counted from the queue: from their oldest bucket
-    SELECT least(marked, min(q.bucket_end)) INTO marked FROM @extschema@.canary_feedback_pending q
-     WHERE q.canary = p_canary AND q.thumbs_down > 0;
-    IF marked IS NOT NULL THEN
-        from_bucket := least(from_bucket,
-                             greatest(date_bin('1 minute', marked - interval '30 seconds', origin),
-                                      date_bin('1 minute', p_since, origin),
-                                      date_bin('1 minute', p_at - interval '14 days', origin)));
-    END IF;
+    SELECT array_agg(DISTINCT k.minute) INTO marked
+      FROM (SELECT u.bucket_end FROM used u
+            UNION ALL
+            SELECT q.bucket_end FROM @extschema@.canary_feedback_pending q
+             WHERE q.canary = p_canary AND q.thumbs_down > 0) b
+     CROSS JOIN LATERAL (SELECT date_bin('1 minute', b.bucket_end - interval '30 seconds', origin) AS minute) k
+     WHERE k.minute < from_bucket AND k.minute >= oldest;
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
        AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
+            OR e.bucket = ANY (marked)
             OR e.bucket < date_bin('1 minute', p_since, origin)
             OR e.bucket < p_at - interval '14 days');
     INSERT INTO @extschema@.canary_evidence
@@ -175,13 +176,23 @@ BEGIN
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
               FROM @extschema@.canary_rollup_source r
              WHERE r.canary = p_canary
+               AND r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
+            UNION ALL
+            -- the marked minutes, each alone (its two buckets)
+            SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
+                   r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
+              FROM unnest(marked) m(minute)
+             CROSS JOIN LATERAL (SELECT * FROM @extschema@.canary_rollup_source r
+                                  WHERE r.canary = p_canary AND r.bucket_end > m.minute
+                                    AND r.bucket_end <= m.minute + interval '1 minute') r
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
             SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
               FROM @extschema@.canary_feedback_pending q
-             WHERE q.canary = p_canary) r
-     WHERE r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
-       AND (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
+             WHERE q.canary = p_canary
+               AND ((q.bucket_end > from_bucket AND q.bucket_end < p_at + interval '30 seconds')
+                    OR date_bin('1 minute', q.bucket_end - interval '30 seconds', origin) = ANY (marked))) r
+     WHERE (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
      GROUP BY 2, 3;
 END;
