@@ -180,10 +180,13 @@ DECLARE
              WHERE ({t_keys}) = ({old_keys});
         END IF;
         INSERT INTO @extschema@.{combined} AS t ({keys}, {cols})
-        VALUES ({new_keys}, {delta})
+        VALUES ({new_keys},
+                {delta})
         ON CONFLICT ({keys}) DO UPDATE
            SET {add};$t$;
     nh constant text := 'CASE WHEN hists_ok THEN NEW.%1$s END';
+    -- one counter a line in the function's text
+    nl constant text := ',' || chr(10) || repeat(' ', 16);
     body text := $t$
 DECLARE
     o  @extschema@.canary_rollups;
@@ -222,17 +225,18 @@ BEGIN
         b := replace(b, '{t_keys}', regexp_replace(t.keys, '(\w+)', 't.\1', 'g'));
         b := replace(b, '{hists_valid}', @extschema@.canary_rollup_counter_list(
             NULL, '@extschema@.canary_hist_valid(coalesce(NEW.%1$s, ''{}''))'
-                  ' AND @extschema@.canary_hist_valid(coalesce(OLD.%1$s, ''{}''))', t.totals, ' AND '));
+                  ' AND @extschema@.canary_hist_valid(coalesce(OLD.%1$s, ''{}''))', t.totals,
+            chr(10) || repeat(' ', 12) || 'AND '));
         b := replace(b, '{take}', @extschema@.canary_rollup_counter_list(
             '%1$s = t.%1$s - OLD.%1$s',
-            '%1$s = @extschema@.canary_hist_subtract(t.%1$s, CASE WHEN hists_ok THEN OLD.%1$s END)', t.totals));
+            '%1$s = @extschema@.canary_hist_subtract(t.%1$s, CASE WHEN hists_ok THEN OLD.%1$s END)', t.totals, nl));
         b := replace(b, '{delta}', @extschema@.canary_rollup_counter_list(
             'NEW.%1$s - coalesce(' || t.r || '.%1$s, 0)',
-            '@extschema@.canary_hist_subtract(' || nh || ', ' || oh || ')', t.totals));
+            '@extschema@.canary_hist_subtract(' || nh || ', ' || oh || ')', t.totals, nl));
         b := replace(b, '{add}', @extschema@.canary_rollup_counter_list(
             '%1$s = t.%1$s + excluded.%1$s',
             '%1$s = @extschema@.canary_hist_subtract(@extschema@.canary_hist_merge(t.%1$s, ' || nh || '), ' || oh || ')',
-            t.totals));
+            t.totals, nl));
         body := replace(body, '{' || t.tab || '}', b);
     END LOOP;
     EXECUTE format($f$
