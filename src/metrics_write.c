@@ -10,11 +10,18 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/regproc.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
@@ -53,29 +60,37 @@ canary_worker_batch(PG_FUNCTION_ARGS)
  * Which triggers' work the worker does for a batch: those enabled (the
  * benchmark and an operator may disable them), when the catalog has
  * canary_worker_batch (not a 1.0 catalog).  Sets BatchRollups, BatchUsers.
+ * Read from the relation cache and the catalog caches, without a query.
  */
 static void
 MetricsBatchTriggers(const char *schema)
 {
-	char	   *sql;
-	bool		isnull;
-	HeapTuple	tup;
+	Oid			textoid = TEXTOID;
+	Oid			relid;
+	Relation	rel;
 
 	BatchRollups = BatchUsers = InBatchInsert = false;
-	sql = psprintf("SELECT to_regprocedure(%s) IS NOT NULL,"
-				   " coalesce(pg_catalog.bool_or(t.tgname = 'canary_requests_rollup'), false),"
-				   " coalesce(pg_catalog.bool_or(t.tgname = 'canary_requests_srm'), false)"
-				   " FROM pg_catalog.pg_trigger t"
-				   " WHERE t.tgrelid = to_regclass(%s) AND t.tgenabled IN ('O', 'A')",
-				   quote_literal_cstr(psprintf("%s.canary_worker_batch(text)", schema)),
-				   quote_literal_cstr(psprintf("%s.canary_requests", schema)));
-	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the triggers of canary_requests");
-	tup = SPI_tuptable->vals[0];
-	if (!DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull)))
+	if (!OidIsValid(LookupFuncName(stringToQualifiedNameList(psprintf("%s.canary_worker_batch", schema)),
+								   1, &textoid, true)))
 		return;
-	BatchRollups = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-	BatchUsers = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+	relid = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(psprintf("%s.canary_requests",
+																						   schema))),
+							 AccessShareLock, true);
+	if (!OidIsValid(relid))
+		return;
+	rel = table_open(relid, NoLock);
+	for (int i = 0; rel->trigdesc != NULL && i < rel->trigdesc->numtriggers; i++)
+	{
+		const Trigger *t = &rel->trigdesc->triggers[i];
+
+		if (t->tgenabled != TRIGGER_FIRES_ON_ORIGIN && t->tgenabled != TRIGGER_FIRES_ALWAYS)
+			continue;
+		if (strcmp(t->tgname, "canary_requests_rollup") == 0)
+			BatchRollups = true;
+		else if (strcmp(t->tgname, "canary_requests_srm") == 0)
+			BatchUsers = true;
+	}
+	table_close(rel, NoLock);
 }
 
 /* A one-dimensional array of n elements of type elemtype. */

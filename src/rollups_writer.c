@@ -134,6 +134,7 @@ RollupsWriterPlan(const char *schema)
 	StringInfoData cols;
 	char	   *sql;
 	bool		isnull;
+	SPIPlanPtr	plan;
 
 	if (!CallbackRegistered)
 	{
@@ -147,6 +148,7 @@ RollupsWriterPlan(const char *schema)
 		SPI_freeplan(KeptPlan);
 		KeptPlan = NULL;
 		pfree(KeptSchema);
+		KeptSchema = NULL;
 	}
 	PlanStale = false;
 
@@ -172,13 +174,12 @@ RollupsWriterPlan(const char *schema)
 	if (SPI_execute(sql, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not build the rollups statement");
 	sql = TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	KeptPlan = SPI_prepare(sql, RW_NARGS, argtypes);
-	if (KeptPlan == NULL)
+	plan = SPI_prepare(sql, RW_NARGS, argtypes);
+	if (plan == NULL || SPI_keepplan(plan) != 0)
 		elog(ERROR, "could not prepare the rollups statement: %s",
 			 SPI_result_code_string(SPI_result));
-	if (SPI_keepplan(KeptPlan) != 0)
-		elog(ERROR, "could not keep the rollups statement");
 	KeptSchema = MemoryContextStrdup(TopMemoryContext, schema);
+	KeptPlan = plan;
 	return KeptPlan;
 }
 

@@ -327,19 +327,37 @@ SrmRolloutNames(const CanaryMetricRecord *recs, int n, const bool *pick, const c
 static void
 SrmReadStates(const char *schema, const char **names, int nnames)
 {
+	static SPIPlanPtr plan = NULL;
+	static char *plan_schema = NULL;
 	Datum	   *elems = palloc(sizeof(Datum) * nnames);
-	Oid			argtypes[1] = {TEXTARRAYOID};
 	Datum		args[1];
-	char	   *sql;
 
+	if (plan == NULL || strcmp(plan_schema, schema) != 0)
+	{
+		Oid			argtypes[1] = {TEXTARRAYOID};
+		SPIPlanPtr	p;
+
+		if (plan != NULL)
+		{
+			SPI_freeplan(plan);
+			pfree(plan_schema);
+			plan = NULL;
+		}
+		p = SPI_prepare(psprintf("SELECT n.name, coalesce(c.xmin::text, ''),"
+									" coalesce(c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100, false),"
+									" NULL::text"
+									" FROM unnest($1::text[]) n(name) LEFT JOIN %s.canary_config c ON c.name = n.name",
+									schema), 1, argtypes);
+		if (p == NULL || SPI_keepplan(p) != 0)
+			elog(ERROR, "could not prepare the rollouts' sample-ratio states: %s",
+				 SPI_result_code_string(SPI_result));
+		plan_schema = MemoryContextStrdup(TopMemoryContext, schema);
+		plan = p;
+	}
 	for (int i = 0; i < nnames; i++)
 		elems[i] = CStringGetTextDatum(names[i]);
 	args[0] = MetricsMakeArray(TEXTOID, elems, NULL, nnames);
-	sql = psprintf("SELECT n.name, coalesce(c.xmin::text, ''),"
-				   " coalesce(c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100, false), NULL::text"
-				   " FROM unnest($1::text[]) n(name) LEFT JOIN %s.canary_config c ON c.name = n.name",
-				   schema);
-	if (SPI_execute_with_args(sql, 1, argtypes, args, NULL, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the rollouts' sample-ratio states");
 	SrmReadAnswer();
 }

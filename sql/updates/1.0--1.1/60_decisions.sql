@@ -178,13 +178,14 @@ BEGIN
              WHERE r.canary = p_canary
                AND r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
             UNION ALL
-            -- the marked minutes, each alone (its two buckets)
+            -- the marked minutes, each alone: their two buckets (a list of
+            -- keys, which the view's branches each look up in their index)
             SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM unnest(marked) m(minute)
-             CROSS JOIN LATERAL (SELECT * FROM @extschema@.canary_rollup_source r
-                                  WHERE r.canary = p_canary AND r.bucket_end > m.minute
-                                    AND r.bucket_end <= m.minute + interval '1 minute') r
+              FROM @extschema@.canary_rollup_source r
+             WHERE r.canary = p_canary
+               AND r.bucket_end = ANY (ARRAY(SELECT m + d FROM unnest(marked) m,
+                                                  unnest(ARRAY[interval '30 seconds', interval '1 minute']) d))
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
             SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
