@@ -157,7 +157,10 @@ SrmCacheHas(uint32 rollout, const char *user_id)
 	return true;
 }
 
-/* The rollout of that name; a new unknown one (id 0) when missing; NULL when full. */
+/*
+ * The rollout of that name; a new unknown one (id 0) when missing; NULL
+ * when the table is full (its rows are then always sent, never cached).
+ */
 static SrmRollout *
 SrmRolloutGet(const char *name)
 {
@@ -384,6 +387,9 @@ SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n)
 	MemoryContextReset(PendingContext);
 	Pending = NIL;
 
+	/* names of rollouts deleted long ago fill the table: start it afresh */
+	if (NumRollouts == SRM_MAX_ROLLOUTS)
+		NumRollouts = 0;
 	Send = palloc0(sizeof(bool) * n);
 	Skipped = palloc0(sizeof(bool) * n);
 	names = palloc(sizeof(char *) * n);
