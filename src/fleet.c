@@ -251,12 +251,16 @@ FleetLagMs(void)
 }
 
 /*
- * Is this member cut off from the control database for too long?  Until the
- * worker has loaded heard_at after a start (its first step, within a
- * heartbeat interval), the answer is no: routing itself never reads tables
- * for the fail-safe.
+ * FleetFailSafeActive
+ *		Is this member cut off from the control database for too long?
+ *		Until the worker has loaded heard_at after a start (its first step,
+ *		within a heartbeat interval), the answer is no: routing itself never
+ *		reads tables for the fail-safe.  While it is, no user is routed to
+ *		the new model (FleetRouteOverride) and no shadow call goes to it
+ *		(call.c does not queue one, shadow_worker.c does not start one
+ *		queued before).  One atomic read and a clock read.
  */
-static bool
+bool
 FleetFailSafeActive(void)
 {
 	int64		lag;

@@ -1,0 +1,53 @@
+/*
+ * The fleet's CSAT feed (sql/parts/51_csat.sql): canary_csat_user_days and
+ * the trigger that fills it on a member.  canary_csat_report (which reads
+ * it on the control) and canary_maintenance (which expires it) are
+ * replaced where 80_reports_maintenance creates them; canary_fleet_publish
+ * (which publishes it) in 80_fleet, the part itself.  Then the grants
+ * sql/parts/90_roles.sql gives the new objects on a fresh install.
+ */
+CREATE TABLE canary_csat_user_days (
+    day             date NOT NULL,
+    canary          text NOT NULL,
+    member          text NOT NULL,
+    user_id         text NOT NULL,
+    cohort          text NOT NULL,
+    PRIMARY KEY (day, canary, member, user_id)
+);
+COMMENT ON TABLE canary_csat_user_days IS
+    'On a fleet member: the users it served per rollout and UTC day with their cohort (or mixed), published to the control database for its CSAT check';
+COMMENT ON COLUMN canary_csat_user_days.member IS 'Fleet member that served the user (llm_canary.member)';
+COMMENT ON COLUMN canary_csat_user_days.cohort IS
+    'The cohort that served the user that day on this member (requests that were not fallbacks), mixed when more than one did';
+
+CREATE FUNCTION canary_csat_feed_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF coalesce(current_setting('llm_canary.fleet_role', true), '') <> 'member' THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO @extschema@.canary_csat_user_days AS u (day, canary, member, user_id, cohort)
+    SELECT (r.ts AT TIME ZONE 'UTC')::date, r.canary, @extschema@.canary_rollup_member(), r.user_id,
+           CASE WHEN count(DISTINCT r.cohort) > 1 THEN 'mixed' ELSE min(r.cohort) END
+      FROM new_rows r
+      JOIN @extschema@.canary_config c ON c.name = r.canary
+     WHERE NOT r.fallback AND r.user_id IS NOT NULL AND r.cohort IS NOT NULL
+       AND c.percent_new > 0 AND c.percent_new < 100
+     GROUP BY 1, 2, 4
+     ORDER BY 1, 2, 4
+    ON CONFLICT (day, canary, member, user_id) DO UPDATE SET cohort = 'mixed'
+     WHERE u.cohort <> excluded.cohort AND u.cohort <> 'mixed';
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION canary_csat_feed_trigger() IS
+    'On a fleet member: records the users of the rows an INSERT or COPY wrote to canary_requests, per rollout and day, with their cohort (canary_csat_user_days)';
+REVOKE ALL ON FUNCTION canary_csat_feed_trigger() FROM PUBLIC;
+CREATE TRIGGER canary_requests_csat_feed AFTER INSERT ON canary_requests
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_csat_feed_trigger();
+GRANT EXECUTE ON FUNCTION canary_csat_feed_trigger() TO llm_canary_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE canary_csat_user_days TO llm_canary_admin;
+GRANT SELECT ON TABLE canary_csat_user_days TO llm_canary_app;
