@@ -204,14 +204,21 @@ BEGIN
     IF coalesce(current_setting('llm_canary.fleet_role', true), '') <> 'member' THEN
         RETURN NULL;
     END IF;
+    -- users already recorded with this cohort (or mixed) are only probed:
+    -- no row lock, no WAL
     INSERT INTO @extschema@.canary_csat_user_days AS u (day, canary, member, user_id, cohort)
-    SELECT (r.ts AT TIME ZONE 'UTC')::date, r.canary, @extschema@.canary_rollup_member(), r.user_id,
-           CASE WHEN count(DISTINCT r.cohort) > 1 THEN 'mixed' ELSE min(r.cohort) END
-      FROM new_rows r
-      JOIN @extschema@.canary_config c ON c.name = r.canary
-     WHERE NOT r.fallback AND r.user_id IS NOT NULL AND r.cohort IS NOT NULL
-       AND c.percent_new > 0 AND c.percent_new < 100
-     GROUP BY 1, 2, 4
+    SELECT s.day, s.canary, s.member, s.user_id, s.cohort
+      FROM (SELECT (r.ts AT TIME ZONE 'UTC')::date AS day, r.canary,
+                   @extschema@.canary_rollup_member() AS member, r.user_id,
+                   CASE WHEN min(r.cohort) <> max(r.cohort) THEN 'mixed' ELSE min(r.cohort) END AS cohort
+              FROM new_rows r
+              JOIN @extschema@.canary_config c ON c.name = r.canary
+             WHERE NOT r.fallback AND r.user_id IS NOT NULL AND r.cohort IS NOT NULL
+               AND c.percent_new > 0 AND c.percent_new < 100
+             GROUP BY 1, 2, 4) s
+     WHERE NOT EXISTS (SELECT 1 FROM @extschema@.canary_csat_user_days o
+                        WHERE (o.day, o.canary, o.member, o.user_id) = (s.day, s.canary, s.member, s.user_id)
+                          AND o.cohort IN (s.cohort, 'mixed'))
      ORDER BY 1, 2, 4
     ON CONFLICT (day, canary, member, user_id) DO UPDATE SET cohort = 'mixed'
      WHERE u.cohort <> excluded.cohort AND u.cohort <> 'mixed';
