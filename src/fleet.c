@@ -23,7 +23,9 @@
  *	   fleet's combined rollups (sql/parts/33_fleet_combined.sql; a DELETE,
  *	   a member's retention, takes nothing out), and the checks read those
  *	   (FleetRollupsTable): one row per bucket and key, whatever the number
- *	   of members.
+ *	   of members.  The CSAT check joins scores to users, so each member
+ *	   also publishes canary_csat_user_days, the cohort that served each of
+ *	   its users per rollout and day (sql/parts/51_csat.sql).
  *	 - Fail safe.  The control's worker writes canary_fleet_heartbeat every
  *	   llm_canary.fleet_heartbeat_interval.  On a member, a trigger ENABLEd
  *	   REPLICA on that table stamps the row with the member's own clock and,
@@ -31,7 +33,7 @@
  *	   memory.  Routing compares it with the member's clock (one atomic
  *	   read, no clock skew between servers involved): after
  *	   llm_canary.fleet_max_lag without a heartbeat, every user is routed
- *	   to the old model.  The member's worker logs each change of that
+ *	   to the old model and no shadow call goes to the new one.  The member's worker logs each change of that
  *	   state and reports it up in canary_fleet_members; canary_prometheus
  *	   and canary_fleet() show it.
  *

@@ -157,6 +157,24 @@ BEGIN
                 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                 'samples_new', NULL, 'samples_old', NULL,
                 'auto_action', format('canary pinned at 0 percent; all traffic routed to %s', cfg.old_model));
+            -- on the fleet's control, the members whose users the days hold
+            -- (their CSAT feeds; the control itself when its raw rows have any)
+            IF @extschema@.canary_fleet_is_control() THEN
+                payload := payload || jsonb_build_object('members', coalesce((
+                    SELECT jsonb_agg(m.member ORDER BY m.member)
+                      FROM (SELECT DISTINCT f.member
+                              FROM @extschema@.canary_csat_user_days f
+                             WHERE f.canary = cfg.name
+                               AND f.day BETWEEN (now() AT TIME ZONE 'UTC')::date - need_days
+                                             AND (now() AT TIME ZONE 'UTC')::date - 1
+                            UNION
+                            SELECT @extschema@.canary_rollup_member()
+                             WHERE EXISTS (SELECT 1 FROM @extschema@.canary_requests r
+                                            WHERE r.canary = cfg.name
+                                              AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - need_days)::timestamp AT TIME ZONE 'UTC'
+                                              AND r.ts < ((now() AT TIME ZONE 'UTC')::date)::timestamp AT TIME ZONE 'UTC')) m),
+                    '[]'::jsonb));
+            END IF;
             PERFORM @extschema@.canary_raise_alert(cfg.name, 'csat_pin', payload);
             result := concat_ws('; ', result, cfg.name || ': ' || reason);
         END IF;

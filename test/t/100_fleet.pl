@@ -459,6 +459,9 @@ is($control->safe_psql('postgres', q{
 SELECT percent_new || '/' || (csat_pinned_at IS NOT NULL) || '/'
        || (SELECT count(*) FROM canary_alerts a WHERE a.canary = 'csat' AND a.kind = 'csat_pin')
   FROM canary_config WHERE name = 'csat'}), '0.00/true/1', 'at 0 percent, with one csat_pin alert');
+is($control->safe_psql('postgres',
+	q{SELECT payload -> 'members' FROM canary_alerts WHERE canary = 'csat' AND kind = 'csat_pin'}),
+	'["m1", "m2"]', 'the alert says which members the users came from');
 for my $m (@members)
 {
 	ok($m->poll_query_until('postgres', q{SELECT percent_new = 0 FROM canary_config WHERE name = 'csat'}),

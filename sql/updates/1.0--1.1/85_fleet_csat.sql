@@ -55,6 +55,75 @@ REVOKE ALL ON FUNCTION canary_csat_feed_trigger() FROM PUBLIC;
 CREATE TRIGGER canary_requests_csat_feed AFTER INSERT ON canary_requests
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION canary_csat_feed_trigger();
+-- the CSAT pin's alert lists the members on a control (as the kill switch's do)
+CREATE OR REPLACE FUNCTION canary_csat_check(canary text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg record;
+    need_days integer;
+    held_days integer;
+    last_delta numeric;
+    reason text;
+    result text;
+    payload jsonb;
+BEGIN
+    IF canary IS NOT NULL AND NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary) THEN
+        RAISE EXCEPTION 'rollout "%" does not exist', canary
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name FROM canary_config lists the rollouts.';
+    END IF;
+    FOR cfg IN SELECT * FROM @extschema@.canary_config c
+                WHERE (canary IS NULL OR c.name = canary) AND c.percent_new > 0
+                ORDER BY c.name
+    LOOP
+        need_days := greatest(1, ceil(extract(epoch FROM cfg.csat_sustain) / 86400.0)::integer);
+        SELECT count(*) FILTER (WHERE r.drop_rule_holds),
+               (array_agg(r.delta_vs_control ORDER BY r.day DESC))[1]
+          INTO held_days, last_delta
+          FROM @extschema@.canary_csat_report(cfg.name, need_days + 1) r
+         WHERE r.cohort = 'canary'
+           AND r.day BETWEEN (now() AT TIME ZONE 'UTC')::date - need_days
+                         AND (now() AT TIME ZONE 'UTC')::date - 1;
+        IF held_days >= need_days THEN
+            reason := format('csat canary %s vs control for %s days >= drop %s sustained %s',
+                             last_delta, held_days, cfg.csat_drop, cfg.csat_sustain);
+            UPDATE @extschema@.canary_config
+               SET percent_new = 0, csat_pinned_at = now(), csat_pin_reason = reason
+             WHERE name = cfg.name;
+            payload := jsonb_build_object(
+                'alert', 'canary csat drop: pinned at 0 percent',
+                'reason', reason, 'canary', cfg.name, 'stage', cfg.stage,
+                'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                'samples_new', NULL, 'samples_old', NULL,
+                'auto_action', format('canary pinned at 0 percent; all traffic routed to %s', cfg.old_model));
+            -- on the fleet's control, the members whose users the days hold
+            -- (their CSAT feeds; the control itself when its raw rows have any)
+            IF @extschema@.canary_fleet_is_control() THEN
+                payload := payload || jsonb_build_object('members', coalesce((
+                    SELECT jsonb_agg(m.member ORDER BY m.member)
+                      FROM (SELECT DISTINCT f.member
+                              FROM @extschema@.canary_csat_user_days f
+                             WHERE f.canary = cfg.name
+                               AND f.day BETWEEN (now() AT TIME ZONE 'UTC')::date - need_days
+                                             AND (now() AT TIME ZONE 'UTC')::date - 1
+                            UNION
+                            SELECT @extschema@.canary_rollup_member()
+                             WHERE EXISTS (SELECT 1 FROM @extschema@.canary_requests r
+                                            WHERE r.canary = cfg.name
+                                              AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - need_days)::timestamp AT TIME ZONE 'UTC'
+                                              AND r.ts < ((now() AT TIME ZONE 'UTC')::date)::timestamp AT TIME ZONE 'UTC')) m),
+                    '[]'::jsonb));
+            END IF;
+            PERFORM @extschema@.canary_raise_alert(cfg.name, 'csat_pin', payload);
+            result := concat_ws('; ', result, cfg.name || ': ' || reason);
+        END IF;
+    END LOOP;
+    RETURN result;
+END;
+$$;
 GRANT EXECUTE ON FUNCTION canary_csat_feed_trigger() TO llm_canary_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE canary_csat_user_days TO llm_canary_admin;
 GRANT SELECT ON TABLE canary_csat_user_days TO llm_canary_app;
