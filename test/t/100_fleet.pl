@@ -596,8 +596,11 @@ SELECT canary_flush();});
 	$control->safe_psql('postgres', q{
 DROP SUBSCRIPTION llm_canary_from_m2;
 DELETE FROM canary_fleet_members WHERE member = 'm2';
+DELETE FROM canary_csat_user_days WHERE member = 'm2';
 DELETE FROM canary_rollups WHERE member = 'm2';
 DELETE FROM canary_rollup_totals WHERE member = 'm2';});
+	is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_csat_report('csat', 3) WHERE cohort = 'control'}),
+		'0', 'without its CSAT feed, its users (all of control\'s) leave the CSAT report');
 	is($control->safe_psql('postgres', q{SELECT sum(requests) FROM canary_fleet_rollups}),
 		$m2_total + $m1->safe_psql('postgres', q{SELECT sum(requests) FROM canary_rollups}),
 		'a removed member\'s deleted rows stay in the combined rows');
