@@ -33,9 +33,9 @@
  *	   memory.  Routing compares it with the member's clock (one atomic
  *	   read, no clock skew between servers involved): after
  *	   llm_canary.fleet_max_lag without a heartbeat, every user is routed
- *	   to the old model and no shadow call goes to the new one.  The member's worker logs each change of that
- *	   state and reports it up in canary_fleet_members; canary_prometheus
- *	   and canary_fleet() show it.
+ *	   to the old model and no shadow call goes to the new one.  The
+ *	   member's worker logs each change of that state and reports it up in
+ *	   canary_fleet_members; canary_prometheus and canary_fleet() show it.
  *
  * Everything here needs shared_preload_libraries: without it the settings
  * are not defined and the database is standalone.

@@ -282,7 +282,7 @@ BEGIN
     lo := greatest(coalesce(st.counted_to, '-infinity'), cur_period);
     settle_to := date_bin('30 seconds', p_at - interval '2 minutes', timestamptz '2000-01-01 00:00:00+00');
     IF settle_to > lo THEN
-        EXECUTE format(users_q, rollups) INTO added_canary, added_control
+        EXECUTE format(users_q, rollups) INTO added_canary, added_control    -- up to settle_to included
           USING p_canary, lo, settle_to + interval '1 microsecond';
         UPDATE @extschema@.canary_srm_state
            SET settled_canary = settled_canary + added_canary,
