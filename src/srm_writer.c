@@ -28,16 +28,31 @@
  * skipped rows of that rollout are sent in a second call, in the same
  * transaction.  A restart (or a crash) starts with an empty cache.
  *
+ * Users deleted from canary_srm_users: a DELETE of rows of a rollout's
+ * current period, and a TRUNCATE, send a relcache invalidation of the
+ * table (canary_srm_users_changed); on it the worker forgets every user
+ * (SrmForget), at the start of its next batch.  One received while a batch
+ * runs (at the latest when the batch records its users, which locks the
+ * table) makes that batch send the rows it skipped, as for a changed
+ * state; the users of that batch enter the cache and are dropped at the
+ * next one.  Rows of other periods (which every check deletes) are never
+ * matched by the cache, which holds the users of the current states only.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "srm_writer.h"
@@ -107,6 +122,33 @@ static List *Pending = NIL;
 /* The batch's rows to send, and those skipped (transaction memory). */
 static bool *Send = NULL;
 static bool *Skipped = NULL;
+
+/*
+ * canary_srm_users (its oid in the schema of the last batch) lost rows the
+ * cache may hold: forget them all.  Set by the relcache callback.
+ */
+static Oid	SrmUsersRelid = InvalidOid;
+static bool SrmForget = false;
+static bool SrmCallbackRegistered = false;
+
+static void
+SrmRelcacheCallback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == SrmUsersRelid)
+		SrmForget = true;
+}
+
+/* Empty the cache of users (the rollouts' states stay). */
+static void
+SrmCacheDrop(void)
+{
+	if (Newer.cxt != NULL)
+		MemoryContextDelete(Newer.cxt);
+	if (Older.cxt != NULL)
+		MemoryContextDelete(Older.cxt);
+	Newer.cxt = Older.cxt = NULL;
+	Newer.users = Older.users = NULL;
+}
 
 /* A new, empty generation. */
 static void
@@ -386,6 +428,17 @@ SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n)
 											   ALLOCSET_SMALL_SIZES);
 	MemoryContextReset(PendingContext);
 	Pending = NIL;
+	if (!SrmCallbackRegistered)
+	{
+		CacheRegisterRelcacheCallback(SrmRelcacheCallback, (Datum) 0);
+		SrmCallbackRegistered = true;
+	}
+	SrmUsersRelid = get_relname_relid("canary_srm_users", get_namespace_oid(schema, false));
+	if (SrmForget || !OidIsValid(SrmUsersRelid))
+	{
+		SrmForget = false;
+		SrmCacheDrop();
+	}
 
 	/* names of rollouts deleted long ago fill the table: start it afresh */
 	if (NumRollouts == SRM_MAX_ROLLOUTS)
@@ -434,25 +487,32 @@ SrmWriterRecord(const char *schema, const CanaryMetricRecord *recs, int n)
 		either[i] = Send[i] || Skipped[i];
 		nsend += Send[i];
 	}
-	if (nsend == 0)
-		return;					/* every skip stands on the states read in this transaction */
 	for (int i = 0; i < NumRollouts; i++)
 		Rollouts[i].skipped = Rollouts[i].resend = false;
-	for (int i = 0; i < n; i++)
+	if (nsend > 0)
 	{
-		SrmRollout *ro;
+		for (int i = 0; i < n; i++)
+		{
+			SrmRollout *ro;
 
-		if (Skipped[i] && (ro = SrmRolloutGet(recs[i].canary)) != NULL)
-			ro->skipped = true;
+			if (Skipped[i] && (ro = SrmRolloutGet(recs[i].canary)) != NULL)
+				ro->skipped = true;
+		}
+		SrmRecordCall(schema, recs, n, Send, names, SrmRolloutNames(recs, n, either, names));
 	}
-	SrmRecordCall(schema, recs, n, Send, names, SrmRolloutNames(recs, n, either, names));
+	/* (otherwise every skip stands on the states read in this transaction) */
 
-	/* rows skipped on a state that was no longer current: send them now */
+	/*
+	 * rows skipped on a state that was no longer current, or on users that
+	 * may have been deleted since SrmWriterBegin: send them now
+	 */
+	AcceptInvalidationMessages();
 	for (int i = 0; i < n; i++)
 	{
 		SrmRollout *ro;
 
-		if (Skipped[i] && (ro = SrmRolloutGet(recs[i].canary)) != NULL && ro->resend)
+		if (Skipped[i] && (ro = SrmRolloutGet(recs[i].canary)) != NULL &&
+			(ro->resend || (SrmForget && ro->recording)))
 			resend[i] = true, nresend++;
 	}
 	for (int i = 0; i < NumRollouts; i++)
@@ -480,4 +540,46 @@ SrmWriterEndBatch(bool committed)
 	Pending = NIL;
 	if (PendingContext != NULL)
 		MemoryContextReset(PendingContext);
+}
+
+/*
+ * canary_srm_users_changed
+ *		Statement trigger on canary_srm_users, after DELETE (the deleted
+ *		rows as the transition table canary_srm_deleted) and after
+ *		TRUNCATE: when rows of a rollout's current period may be gone,
+ *		send a relcache invalidation of the table, on which the metrics
+ *		worker forgets the users it knows recorded (SrmRelcacheCallback).
+ */
+PG_FUNCTION_INFO_V1(canary_srm_users_changed);
+Datum
+canary_srm_users_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	Relation	rel;
+	bool		current = true;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("canary_srm_users_changed() must be called as a trigger")));
+	rel = trigdata->tg_relation;
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event) && trigdata->tg_oldtable != NULL)
+	{
+		bool		isnull;
+
+		SPI_connect();
+		if (SPI_register_trigger_data(trigdata) != SPI_OK_TD_REGISTER)
+			elog(ERROR, "could not register the deleted sample-ratio users");
+		if (SPI_execute(psprintf("SELECT EXISTS (SELECT 1 FROM canary_srm_deleted o"
+								 " JOIN %s.canary_config c ON c.name = o.canary"
+								 " WHERE o.period = coalesce(c.evidence_since, '-infinity'))",
+								 quote_identifier(get_namespace_name(RelationGetNamespace(rel)))),
+						true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "could not read the deleted sample-ratio users");
+		current = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		SPI_finish();
+	}
+	if (current)
+		CacheInvalidateRelcacheByRelid(RelationGetRelid(rel));
+	return PointerGetDatum(NULL);
 }

@@ -16,8 +16,9 @@
  * an insert that is known to have been done (ON CONFLICT DO NOTHING would
  * have skipped it), and a user enters it only after its batch committed.
  * While the worker writes its own batch, the trigger does nothing
- * (canary_worker_batch).  Rows deleted from canary_srm_users by hand
- * for the current period are not seen by a running worker (restart it).
+ * (canary_worker_batch).  Rows of a rollout's current period deleted from
+ * canary_srm_users (or a TRUNCATE) empty the worker's cache
+ * (canary_srm_users_changed); deleting other periods' rows does not.
  */
 
 /*
@@ -116,3 +117,26 @@ END;
 $$;
 COMMENT ON FUNCTION canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[]) IS
     'Records the sample-ratio users of the metrics worker''s rows; answers with the users found recorded and the state of the rollouts named';
+
+/*
+ * canary_srm_users_changed: statement trigger on canary_srm_users, after a
+ * DELETE that removed rows of a rollout's current evidence period, and after
+ * every TRUNCATE: a relcache invalidation of the table, on which the metrics
+ * worker empties its cache of recorded users (src/srm_writer.c).  The rows
+ * of other periods, which every check deletes, leave the cache alone: it
+ * holds only users of the rollouts' current state.
+ */
+CREATE FUNCTION canary_srm_users_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'canary_srm_users_changed'
+LANGUAGE C
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION canary_srm_users_changed() IS
+    'Trigger: makes the metrics worker forget the sample-ratio users it knows recorded, after a DELETE of a current period''s rows or a TRUNCATE of canary_srm_users';
+
+CREATE TRIGGER canary_srm_users_deleted
+    AFTER DELETE ON canary_srm_users REFERENCING OLD TABLE AS canary_srm_deleted
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_srm_users_changed();
+CREATE TRIGGER canary_srm_users_truncated
+    AFTER TRUNCATE ON canary_srm_users
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_srm_users_changed();

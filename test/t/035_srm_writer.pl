@@ -15,7 +15,9 @@
 #  - after a worker restart (empty cache) and after rows written by a
 #    backfill (the trigger's path), no user is counted twice;
 #  - with the trigger canary_requests_srm disabled, the worker records
-#    nothing either.
+#    nothing either;
+#  - users deleted from canary_srm_users (DELETE of the current period,
+#    TRUNCATE) are recorded and counted again by the next batch.
 use strict;
 use warnings;
 
@@ -173,6 +175,22 @@ is(flush_and_count("SELECT send('d', 10, 10)"), '20/19 80/79',
 	'with canary_requests_srm disabled, no user is recorded');
 $node->safe_psql('postgres', 'ALTER TABLE canary_requests ENABLE TRIGGER canary_requests_srm');
 is(flush_and_count("SELECT send('d', 10, 10)"), '25/24 85/84', 'enabled again: recorded');
+
+# --- users deleted from canary_srm_users ---------------------------------------------
+# (the worker knows d0 .. d9 recorded; an administrator deletes the current
+# period's users, or truncates the table: the worker must record them again)
+$node->safe_psql('postgres', q{DELETE FROM canary_srm_users WHERE canary = 'w'});
+is(flush_and_count("SELECT send('d', 10, 10)"), '5/5 90/89',
+	'after a DELETE of the current period, the known users are recorded and counted again');
+is(flush_and_count("SELECT send('d', 10, 10)"), '5/5 90/89', 'and only once');
+$node->safe_psql('postgres', 'TRUNCATE canary_srm_users');
+is(flush_and_count("SELECT send('d', 10, 10)"), '5/5 95/94', 'after a TRUNCATE, the same');
+# deleting another period's rows keeps the cache: seen as no invalidation
+is($node->safe_psql('postgres', q{
+INSERT INTO canary_srm_users (canary, user_id, cohort, period) VALUES ('w', 'old', 'canary', '-infinity');
+DELETE FROM canary_srm_users WHERE canary = 'w' AND period = '-infinity';
+SELECT send('d', 10, 10); SELECT canary_flush('20 seconds') > 0; SELECT counted()}) =~ s/^.*\n//sr,
+	'5/5 95/94', 'a DELETE of an old period: nothing counted twice');
 
 $node->stop;
 done_testing();

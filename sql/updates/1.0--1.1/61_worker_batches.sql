@@ -102,10 +102,35 @@ $$;
 COMMENT ON FUNCTION canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[]) IS
     'Records the sample-ratio users of the metrics worker''s rows; answers with the users found recorded and the state of the rollouts named';
 
+/*
+ * canary_srm_users_changed: statement trigger on canary_srm_users, after a
+ * DELETE that removed rows of a rollout's current evidence period, and after
+ * every TRUNCATE: a relcache invalidation of the table, on which the metrics
+ * worker empties its cache of recorded users (src/srm_writer.c).  The rows
+ * of other periods, which every check deletes, leave the cache alone: it
+ * holds only users of the rollouts' current state.
+ */
+CREATE FUNCTION canary_srm_users_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'canary_srm_users_changed'
+LANGUAGE C
+SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION canary_srm_users_changed() IS
+    'Trigger: makes the metrics worker forget the sample-ratio users it knows recorded, after a DELETE of a current period''s rows or a TRUNCATE of canary_srm_users';
+
+CREATE TRIGGER canary_srm_users_deleted
+    AFTER DELETE ON canary_srm_users REFERENCING OLD TABLE AS canary_srm_deleted
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_srm_users_changed();
+CREATE TRIGGER canary_srm_users_truncated
+    AFTER TRUNCATE ON canary_srm_users
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_srm_users_changed();
+
 -- privileges, as sql/parts/90_roles.sql gives them in a fresh install
 REVOKE ALL ON FUNCTION canary_worker_batch(text), canary_srm_statement(text, text),
-    canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[])
+    canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[]),
+    canary_srm_users_changed()
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION canary_worker_batch(text), canary_srm_statement(text, text),
-    canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[])
+    canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[]),
+    canary_srm_users_changed()
     TO llm_canary_admin;
