@@ -13,7 +13,9 @@
  * Adding a counter takes, besides its line here: its column at the end of
  * canary_rollups, canary_fleet_rollups and (if in the totals)
  * canary_rollup_totals and canary_fleet_rollup_totals; counting it in
- * canary_rollup_statement (32_rollups.sql); the views canary_rollup_source
+ * canary_rollup_statement (32_rollups.sql) and, for a request counter, in
+ * src/rollups_writer.c (RollupCounterNames: the metrics worker's batches;
+ * 032_rollups.pl compares the two lists); the views canary_rollup_source
  * and canary_rollup_totals_source (33), which list the columns by hand;
  * and recreating the combine trigger's function, whose text is generated
  * once: the update script includes 34_fleet_combine_trigger.sql (linked,

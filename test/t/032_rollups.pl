@@ -173,5 +173,21 @@ SELECT string_agg(action || ' ' || partition || ' ' || moved_rows, ', ')
 is($node->safe_psql('postgres', 'SELECT sum(requests) FROM canary_rollup_totals'), $n2,
 	'the totals outlive the rollups');
 
+# --- the worker's counters (src/rollups_writer.c) are those of the SQL ------------
+# (canary_rollup_statement's request counters: a counter added on one side
+# only makes every batch of the worker fail, or go uncounted)
+{
+	my $c = slurp_file("$FindBin::Bin/../../src/rollups_writer.c");
+	my ($names) = $c =~ /RollupCounterNames\[RC_NCOUNTERS\]\s*=\s*\{(.*?)\};/s
+	  or die 'RollupCounterNames not found in src/rollups_writer.c';
+	my @c_cols = (($names =~ /"([a-z_]+)"/g), 'cost', 'latency_hist', 'tokens_hist');
+	my $stmt = $node->safe_psql('postgres',
+		q{SELECT canary_rollup_statement('request_counts', 'src', false)});
+	my ($cols) = $stmt =~ /p\.cached, (.*?) FROM src p/s
+	  or die "no counters in the statement of kind request_counts: $stmt";
+	is(join(' ', sort(split /, /, $cols)), join(' ', sort @c_cols),
+		'the counters of src/rollups_writer.c are those of canary_rollup_statement (request_counts)');
+}
+
 $node->stop;
 done_testing();
