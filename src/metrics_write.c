@@ -57,9 +57,11 @@ canary_worker_batch(PG_FUNCTION_ARGS)
 }
 
 /*
- * Which triggers' work the worker does for a batch: those enabled (the
- * benchmark and an operator may disable them), when the catalog has
- * canary_worker_batch (not a 1.0 catalog).  Sets BatchRollups, BatchUsers.
+ * Which triggers' work the worker does for a batch: those that fire in
+ * its session (the benchmark and an operator may disable them; with
+ * session_replication_role replica, those enabled REPLICA or ALWAYS fire),
+ * when the catalog has canary_worker_batch (not a 1.0 catalog).  Sets
+ * BatchRollups, BatchUsers.
  * Read from the relation cache and the catalog caches, without a query.
  */
 static void
@@ -83,7 +85,10 @@ MetricsBatchTriggers(const char *schema)
 	{
 		const Trigger *t = &rel->trigdesc->triggers[i];
 
-		if (t->tgenabled != TRIGGER_FIRES_ON_ORIGIN && t->tgenabled != TRIGGER_FIRES_ALWAYS)
+		/* whether it fires in this session, as trigger.c decides */
+		if (t->tgenabled == TRIGGER_DISABLED ||
+			t->tgenabled == (SessionReplicationRole == SESSION_REPLICATION_ROLE_REPLICA ?
+							 TRIGGER_FIRES_ON_ORIGIN : TRIGGER_FIRES_ON_REPLICA))
 			continue;
 		if (strcmp(t->tgname, "canary_requests_rollup") == 0)
 			BatchRollups = true;

@@ -17,7 +17,9 @@
 #  - with the trigger canary_requests_srm disabled, the worker records
 #    nothing either;
 #  - users deleted from canary_srm_users (DELETE of the current period,
-#    TRUNCATE) are recorded and counted again by the next batch.
+#    TRUNCATE) are recorded and counted again by the next batch;
+#  - with session_replication_role replica, the worker does the work of
+#    the triggers that fire there (REPLICA, ALWAYS) only.
 use strict;
 use warnings;
 
@@ -67,6 +69,15 @@ sub flush_and_count
 	my ($sql) = @_;
 	return $node->safe_psql('postgres', "$sql; SELECT canary_flush('20 seconds') > 0; SELECT counted()")
 	  =~ s/^.*\n//sr;
+}
+
+sub restart_worker
+{
+	my $pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM canary_stats()');
+	$node->safe_psql('postgres', 'SELECT pg_terminate_backend(worker_pid) FROM canary_stats()');
+	$node->poll_query_until('postgres',
+		"SELECT worker_state = 'running' AND worker_pid <> $pid FROM canary_stats()")
+	  or die 'the worker did not restart';
 }
 
 # --- known users are counted once ------------------------------------------
@@ -153,11 +164,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM canary_requests WHERE use
 $node->safe_psql('postgres', 'DROP TRIGGER fail_srm ON canary_srm_users');
 
 # --- a worker restart, and a backfill --------------------------------------------
-my $old_pid = $node->safe_psql('postgres', 'SELECT worker_pid FROM canary_stats()');
-$node->safe_psql('postgres', 'SELECT pg_terminate_backend(worker_pid) FROM canary_stats()');
-$node->poll_query_until('postgres',
-	"SELECT worker_state = 'running' AND worker_pid <> $old_pid FROM canary_stats()")
-  or die 'the worker did not restart';
+restart_worker();
 is(flush_and_count("SELECT send('q', 20, 20); SELECT send('f', 10, 10)"), '16/15 76/75',
 	'after a worker restart (empty cache): the known users are not counted again');
 # rows a backfill writes (the trigger records their users), then the worker
@@ -191,6 +198,19 @@ INSERT INTO canary_srm_users (canary, user_id, cohort, period) VALUES ('w', 'old
 DELETE FROM canary_srm_users WHERE canary = 'w' AND period = '-infinity';
 SELECT send('d', 10, 10); SELECT canary_flush('20 seconds') > 0; SELECT counted()}) =~ s/^.*\n//sr,
 	'5/5 95/94', 'a DELETE of an old period: nothing counted twice');
+
+# --- session_replication_role replica in the worker ------------------------------------
+# (the triggers enabled on origin do not fire there: the worker must not do
+# their work either; one enabled REPLICA does fire)
+$node->safe_psql('postgres', 'ALTER DATABASE postgres SET session_replication_role = replica');
+restart_worker();
+is(flush_and_count("SELECT send('r', 10, 10)"), '5/5 95/94',
+	'replica role: canary_requests_srm (enabled on origin) does not fire, and the worker records nothing');
+$node->safe_psql('postgres', 'ALTER TABLE canary_requests ENABLE REPLICA TRIGGER canary_requests_srm');
+is(flush_and_count("SELECT send('s', 10, 10)"), '10/10 100/99',
+	'replica role, the trigger enabled REPLICA: recorded');
+$node->safe_psql('postgres', q{ALTER DATABASE postgres RESET session_replication_role;
+ALTER TABLE canary_requests ENABLE TRIGGER canary_requests_srm});
 
 $node->stop;
 done_testing();
