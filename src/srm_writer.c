@@ -13,7 +13,9 @@
  * users are not recorded at all (not armed, percent_new 0 or 100), or when
  * its user is in the cache: recorded in the rollout's current state.
  *
- * The cache: per rollout (at most SRM_MAX_ROLLOUTS names), the version of
+ * The cache: per rollout (at most SRM_MAX_ROLLOUTS names; when the table is
+ * full, a new name replaces the one least recently used, never one the
+ * batch in progress uses), the version of
  * its canary_config row (xmin, '' when the row does not exist) and whether
  * its users are recorded, as the last canary_srm_record saw them; and one
  * set of (rollout state id, user id), in two generations so that it stays
@@ -72,6 +74,7 @@ typedef struct SrmRollout
 	uint32		id;				/* its users' key in the cache */
 	bool		skipped;		/* this call skipped rows on that state */
 	bool		resend;			/* ... and the state was not current */
+	uint64		used;			/* the last batch that used it (SrmBatch) */
 } SrmRollout;
 
 typedef struct SrmUserKey
@@ -112,6 +115,7 @@ typedef struct SrmGeneration
 static SrmRollout Rollouts[SRM_MAX_ROLLOUTS];
 static int	NumRollouts = 0;
 static uint32 NextRolloutId = 1;
+static uint64 SrmBatch = 0;		/* the batch in progress, counted from 1 */
 static SrmGeneration Newer = {NULL, NULL};
 static SrmGeneration Older = {NULL, NULL};
 
@@ -200,24 +204,44 @@ SrmCacheHas(uint32 rollout, const char *user_id)
 }
 
 /*
- * The rollout of that name; a new unknown one (id 0) when missing; NULL
- * when the table is full (its rows are then always sent, never cached).
+ * The rollout of that name; a new unknown one (id 0) when missing, in place
+ * of the least recently used when the table is full; NULL when every entry
+ * is used by the batch in progress (its rows are then always sent, never
+ * cached).  The users of a replaced rollout stay in the cache under its
+ * id, never matched again, until their generation is dropped.
  */
 static SrmRollout *
 SrmRolloutGet(const char *name)
 {
 	static int	last = 0;
+	int			victim = -1;
 
 	if (last < NumRollouts && strcmp(Rollouts[last].name, name) == 0)
+	{
+		Rollouts[last].used = SrmBatch;
 		return &Rollouts[last];
+	}
 	for (int i = 0; i < NumRollouts; i++)
 		if (strcmp(Rollouts[i].name, name) == 0)
+		{
+			Rollouts[i].used = SrmBatch;
 			return &Rollouts[last = i];
-	if (NumRollouts == SRM_MAX_ROLLOUTS)
-		return NULL;
-	MemSet(&Rollouts[NumRollouts], 0, sizeof(SrmRollout));
-	strlcpy(Rollouts[NumRollouts].name, name, NAMEDATALEN);
-	return &Rollouts[last = NumRollouts++];
+		}
+	if (NumRollouts < SRM_MAX_ROLLOUTS)
+		victim = NumRollouts++;
+	else
+	{
+		for (int i = 0; i < NumRollouts; i++)
+			if (Rollouts[i].used < SrmBatch &&
+				(victim < 0 || Rollouts[i].used < Rollouts[victim].used))
+				victim = i;
+		if (victim < 0)
+			return NULL;
+	}
+	MemSet(&Rollouts[victim], 0, sizeof(SrmRollout));
+	strlcpy(Rollouts[victim].name, name, NAMEDATALEN);
+	Rollouts[victim].used = SrmBatch;
+	return &Rollouts[last = victim];
 }
 
 static bool
@@ -440,9 +464,7 @@ SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n)
 		SrmCacheDrop();
 	}
 
-	/* names of rollouts deleted long ago fill the table: start it afresh */
-	if (NumRollouts == SRM_MAX_ROLLOUTS)
-		NumRollouts = 0;
+	SrmBatch++;
 	Send = palloc0(sizeof(bool) * n);
 	Skipped = palloc0(sizeof(bool) * n);
 	names = palloc(sizeof(char *) * n);

@@ -18,6 +18,7 @@
 #    nothing either;
 #  - users deleted from canary_srm_users (DELETE of the current period,
 #    TRUNCATE) are recorded and counted again by the next batch;
+#  - more rollouts than the worker keeps states for: counted once;
 #  - with session_replication_role replica, the worker does the work of
 #    the triggers that fire there (REPLICA, ALWAYS) only.
 use strict;
@@ -198,6 +199,37 @@ INSERT INTO canary_srm_users (canary, user_id, cohort, period) VALUES ('w', 'old
 DELETE FROM canary_srm_users WHERE canary = 'w' AND period = '-infinity';
 SELECT send('d', 10, 10); SELECT canary_flush('20 seconds') > 0; SELECT counted()}) =~ s/^.*\n//sr,
 	'5/5 95/94', 'a DELETE of an old period: nothing counted twice');
+
+# --- more rollouts than the worker's table of states (64) ------------------------------
+# (70 rollouts, users a (canary) and b (control) in each, four records per
+# rollout, sent twice: full batches send the rows of the rollouts without
+# room, the next ones replace the least recently used states)
+$node->safe_psql('postgres', q{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+SELECT 'many' || g, 'ramp_25', 'm-old', 'm-new', now() - interval '1 hour' FROM generate_series(1, 70) g;
+CREATE FUNCTION send_many() RETURNS bigint LANGUAGE sql AS $$
+    SELECT count(canary_record('many' || (g % 70 + 1), CASE WHEN g / 70 % 2 = 0 THEN 'a' ELSE 'b' END,
+                               CASE WHEN g / 70 % 2 = 0 THEN 'm-new' ELSE 'm-old' END,
+                               CASE WHEN g / 70 % 2 = 0 THEN 'canary' ELSE 'control' END,
+                               'ok', 100, stage => 'ramp_25'))
+      FROM generate_series(0, 279) g;
+$$;
+CREATE FUNCTION counted_many() RETURNS text LANGUAGE sql AS $$
+    SELECT (SELECT count(*) FILTER (WHERE u.cohort = 'canary') || '/' || count(*) FILTER (WHERE u.cohort = 'control')
+              FROM canary_srm_users u JOIN canary_config c ON c.name = u.canary
+             WHERE u.canary LIKE 'many%' AND u.period = c.evidence_since)
+           || ' ' ||
+           (SELECT sum(r.new_users) FILTER (WHERE r.cohort = 'canary') || '/'
+                   || sum(r.new_users) FILTER (WHERE r.cohort = 'control')
+              FROM canary_rollups r WHERE r.canary LIKE 'many%');
+$$;
+});
+for my $round (1 .. 3)
+{
+	is($node->safe_psql('postgres',
+			'SELECT send_many(); SELECT canary_flush(\'20 seconds\') > 0; SELECT counted_many()') =~ s/^.*\n//sr,
+		'70/70 70/70', "70 rollouts, round $round: every user counted once");
+}
 
 # --- session_replication_role replica in the worker ------------------------------------
 # (the triggers enabled on origin do not fire there: the worker must not do
