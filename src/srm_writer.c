@@ -457,7 +457,7 @@ SrmWriterBegin(const char *schema, const CanaryMetricRecord *recs, int n)
 		CacheRegisterRelcacheCallback(SrmRelcacheCallback, (Datum) 0);
 		SrmCallbackRegistered = true;
 	}
-	SrmUsersRelid = get_relname_relid("canary_srm_users", get_namespace_oid(schema, false));
+	SrmUsersRelid = get_relname_relid("canary_srm_users", get_namespace_oid(schema, true));
 	if (SrmForget || !OidIsValid(SrmUsersRelid))
 	{
 		SrmForget = false;
