@@ -65,20 +65,26 @@ BEGIN
            AND r.request_id IN (SELECT request_id FROM scores WHERE request_id IS NOT NULL)
            AND NOT r.fallback
     ),
+    -- only the users a score needs: each is a primary-key probe of the feed
+    scored AS (
+        SELECT DISTINCT s.user_id, s.d FROM scores s
+    ),
     user_day AS (
         SELECT u.user_id, u.d,
-               CASE WHEN count(DISTINCT u.cohort) > 1 THEN 'mixed' ELSE min(u.cohort) END AS cohort
+               CASE WHEN min(u.cohort) <> max(u.cohort) THEN 'mixed' ELSE min(u.cohort) END AS cohort
           FROM (SELECT r.user_id, (r.ts AT TIME ZONE 'UTC')::date AS d, r.cohort
                   FROM @extschema@.canary_requests r
                  WHERE r.canary = canary_csat_report.canary
                    AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
                    AND NOT r.fallback
+                   AND (r.user_id, (r.ts AT TIME ZONE 'UTC')::date) IN (SELECT sc.user_id, sc.d FROM scored sc)
                 UNION ALL
                 -- on the control: the members' users (their own cohort or mixed)
                 SELECT f.user_id, f.day, f.cohort
-                  FROM @extschema@.canary_csat_user_days f
-                 WHERE on_control AND f.canary = canary_csat_report.canary
-                   AND f.day >= (now() AT TIME ZONE 'UTC')::date - (days - 1)) u
+                  FROM scored sc
+                  JOIN @extschema@.canary_csat_user_days f
+                    ON f.day = sc.d AND f.canary = canary_csat_report.canary AND f.user_id = sc.user_id
+                 WHERE on_control) u
          GROUP BY 1, 2
     ),
     tagged AS (
@@ -206,7 +212,7 @@ CREATE TABLE canary_csat_user_days (
     member          text NOT NULL,
     user_id         text NOT NULL,
     cohort          text NOT NULL,
-    PRIMARY KEY (day, canary, member, user_id)
+    PRIMARY KEY (day, canary, user_id, member)
 );
 COMMENT ON TABLE canary_csat_user_days IS
     'On a fleet member: the users it served per rollout and UTC day with their cohort (or mixed), published to the control database for its CSAT check';

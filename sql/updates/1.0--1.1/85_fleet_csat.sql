@@ -12,7 +12,7 @@ CREATE TABLE canary_csat_user_days (
     member          text NOT NULL,
     user_id         text NOT NULL,
     cohort          text NOT NULL,
-    PRIMARY KEY (day, canary, member, user_id)
+    PRIMARY KEY (day, canary, user_id, member)
 );
 COMMENT ON TABLE canary_csat_user_days IS
     'On a fleet member: the users it served per rollout and UTC day with their cohort (or mixed), published to the control database for its CSAT check';
