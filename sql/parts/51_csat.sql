@@ -195,8 +195,10 @@ COMMENT ON FUNCTION canary_csat_check(text) IS
  * The fleet's CSAT feed.  Raw rows stay on the members, so the control's
  * CSAT check cannot join a score to the cohort that served its user from
  * them.  Each member keeps, instead, one row per rollout, UTC day and user
- * it served while the rollout split the traffic (0 < percent_new < 100:
- * the stages where the rule compares the cohorts), with the cohort that
+ * it served while the rollout split the traffic (requests routed in a
+ * ramp stage, armed above 0 percent: the stages where the rule compares the
+ * cohorts), and on a day that holds such users every later request too (the
+ * day a rollout goes to full or to 0 percent), with the cohort that
  * served the user that day, or mixed; canary_fleet_publish() publishes it
  * with the rollups, keyed by member, and canary_csat_report on the control
  * reads it.  The rule joins scores to users, so the user id is kept; no
@@ -228,7 +230,13 @@ BEGIN
     IF coalesce(current_setting('llm_canary.fleet_role', true), '') <> 'member' THEN
         RETURN NULL;
     END IF;
-    -- users already recorded with this cohort (or mixed) are only probed:
+    -- a row counts when its own stage split the traffic (the stage it was
+    -- routed in, the rollout's when it has none), and the rollout is armed
+    -- above 0 percent; or, at any stage, when its day already has users of
+    -- the rollout (one probe per rollout and day of the statement): on the
+    -- day a rollout goes to full or to 0 percent, a user served by both
+    -- cohorts is mixed, and whole days at full or at 0 percent cost nothing.
+    -- Users already recorded with this cohort (or mixed) are only probed:
     -- no row lock, no WAL
     INSERT INTO @extschema@.canary_csat_user_days AS u (day, canary, member, user_id, cohort)
     SELECT s.day, s.canary, s.member, s.user_id, s.cohort
@@ -237,8 +245,16 @@ BEGIN
                    CASE WHEN min(r.cohort) <> max(r.cohort) THEN 'mixed' ELSE min(r.cohort) END AS cohort
               FROM new_rows r
               JOIN @extschema@.canary_config c ON c.name = r.canary
+              JOIN (SELECT d.day, d.canary,
+                           EXISTS (SELECT 1 FROM @extschema@.canary_csat_user_days o
+                                    WHERE o.day = d.day AND o.canary = d.canary) AS recorded
+                      FROM (SELECT DISTINCT (n.ts AT TIME ZONE 'UTC')::date AS day, n.canary
+                              FROM new_rows n) d) k
+                ON k.day = (r.ts AT TIME ZONE 'UTC')::date AND k.canary = r.canary
              WHERE NOT r.fallback AND r.user_id IS NOT NULL AND r.cohort IS NOT NULL
-               AND c.percent_new > 0 AND c.percent_new < 100
+               AND (k.recorded
+                    OR (coalesce(nullif(r.stage, ''), c.stage) IN ('ramp_1', 'ramp_5', 'ramp_25')
+                        AND c.kill_switch_armed AND c.percent_new > 0))
              GROUP BY 1, 2, 4) s
      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.canary_csat_user_days o
                         WHERE (o.day, o.canary, o.member, o.user_id) = (s.day, s.canary, s.member, s.user_id)

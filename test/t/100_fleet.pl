@@ -544,6 +544,48 @@ for my $m (@members)
 		$m->name . ': the pin reaches the member');
 }
 
+# The day a rollout goes to full: a user served by control and then, after
+# the stage change, by the canary is mixed on the control as on a standalone
+# database.  Each request counts by the stage it was routed in (a ramp_25
+# row flushed after the change still counts) and, once its day holds users
+# of the rollout, at any stage; a day at full alone writes no feed row.
+$control->safe_psql('postgres',
+	q{INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('csatfull', 'ramp_25', 'old', 'new')});
+ok($m2->poll_query_until('postgres', q{SELECT percent_new = 25 FROM canary_config WHERE name = 'csatfull'}),
+	'rollout csatfull (ramp_25) reaches member 2');
+my $record_stage = sub {
+	my ($user, $cohort, $stage, $d) = @_;
+	$m2->safe_psql('postgres', qq{
+SELECT canary_record(canary => 'csatfull', user_id => '$user', model => 'm', cohort => '$cohort', outcome => 'ok',
+                     latency_ms => 100, ts => ${\ $csat_ts->($d)}, stage => '$stage');
+SELECT canary_flush();});
+};
+$record_stage->('w', 'control', 'ramp_25', 0);
+$control->safe_psql('postgres', q{UPDATE canary_config SET stage = 'full' WHERE name = 'csatfull'});
+ok($m2->poll_query_until('postgres', q{SELECT percent_new = 100 FROM canary_config WHERE name = 'csatfull'}),
+	'the stage change to full reaches member 2');
+$record_stage->('w', 'canary', 'full', 0);
+$record_stage->('v', 'control', 'ramp_25', 0);
+$record_stage->('f', 'canary', 'full', 1);
+ok($control->poll_query_until('postgres', q{
+SELECT string_agg(((now() AT TIME ZONE 'UTC')::date - day) || ':' || user_id || ':' || cohort, ',' ORDER BY day, user_id)
+       = '0:v:control,0:w:mixed'
+  FROM canary_csat_user_days WHERE canary = 'csatfull'}),
+	'member 2\'s feed on the control: w (control, then the canary at full) mixed, v routed at ramp_25 recorded after the change, no row for a day at full alone');
+# the same scores on the control and on member 2, whose report reads its
+# own raw rows as a standalone database does
+for my $node ($control, $m2)
+{
+	$node->safe_psql('postgres', q{
+INSERT INTO canary_csat (user_id, score, recorded_at)
+SELECT u, 4, (date_trunc('day', now() AT TIME ZONE 'UTC') + interval '2 hours') AT TIME ZONE 'UTC'
+  FROM unnest(ARRAY['w', 'v']) u;});
+	is($node->safe_psql('postgres', q{
+SELECT string_agg(cohort || '/' || responses || '/' || mixed_users, ' ' ORDER BY cohort)
+  FROM canary_csat_report('csatfull', 1)}), 'control/1/1',
+		$node->name . ': canary_csat_report counts v in control and w as mixed');
+}
+
 # --- a member cut off from the control fails safe ----------------------------
 # (and calls no new model at all: a rollout in shadow stops its shadow calls)
 mock_profile('f-shadow', '{"fixed_text": "shadow answer", "latency_ms": 2}');
