@@ -586,6 +586,36 @@ SELECT string_agg(cohort || '/' || responses || '/' || mixed_users, ' ' ORDER BY
 		$node->name . ': canary_csat_report counts v in control and w as mixed');
 }
 
+# The feed's retention (llm_canary.retention_days, 30): a member deletes its
+# own rows, and the delete reaches the control through replication; the
+# control deletes only rows of members no longer in canary_fleet_members,
+# and a member's two days later.
+is($control->safe_psql('postgres', q{SELECT string_agg(member, ',' ORDER BY member) FROM canary_fleet_members}),
+	'm1,m2', 'the control knows members m1 and m2');
+$m2->safe_psql('postgres', q{
+INSERT INTO canary_csat_user_days (day, canary, member, user_id, cohort)
+VALUES ((now() AT TIME ZONE 'UTC')::date - 31, 'csatexp', 'm2', 'old', 'canary');});
+ok($control->poll_query_until('postgres', q{SELECT count(*) = 1 FROM canary_csat_user_days WHERE canary = 'csatexp'}),
+	'member 2\'s row of 31 days ago reaches the control');
+$control->safe_psql('postgres', q{
+INSERT INTO canary_csat_user_days (day, canary, member, user_id, cohort)
+SELECT (now() AT TIME ZONE 'UTC')::date - d, 'csatexp', m, 'u' || d, 'control'
+  FROM (VALUES ('gone', 30), ('gone', 31), ('m1', 31), ('m1', 32), ('m1', 33)) v (m, d);});
+is($control->safe_psql('postgres', q{
+SELECT moved_rows FROM canary_maintenance(0) WHERE partition = 'canary_csat_user_days'}), '2',
+	'canary_maintenance on the control deletes 2 feed rows');
+is($control->safe_psql('postgres', q{
+SELECT string_agg(member || ':' || ((now() AT TIME ZONE 'UTC')::date - day), ',' ORDER BY member, day DESC)
+  FROM canary_csat_user_days WHERE canary = 'csatexp'}), 'gone:30,m1:31,m1:32,m2:31',
+	'a departed member\'s row older than 30 days and a member\'s older than 32; a member\'s own are left to it');
+is($m2->safe_psql('postgres', q{
+SELECT moved_rows FROM canary_maintenance(0) WHERE partition = 'canary_csat_user_days'}), '1',
+	'canary_maintenance on member 2 deletes its row of 31 days ago');
+ok($control->poll_query_until('postgres', q{
+SELECT count(*) = 0 FROM canary_csat_user_days WHERE canary = 'csatexp' AND member = 'm2'}),
+	'and the delete reaches the control');
+$control->safe_psql('postgres', q{DELETE FROM canary_csat_user_days WHERE canary = 'csatexp'});
+
 # --- a member cut off from the control fails safe ----------------------------
 # (and calls no new model at all: a rollout in shadow stops its shadow calls)
 mock_profile('f-shadow', '{"fixed_text": "shadow answer", "latency_ms": 2}');
