@@ -615,6 +615,18 @@ ok($control->poll_query_until('postgres', q{
 SELECT count(*) = 0 FROM canary_csat_user_days WHERE canary = 'csatexp' AND member = 'm2'}),
 	'and the delete reaches the control');
 $control->safe_psql('postgres', q{DELETE FROM canary_csat_user_days WHERE canary = 'csatexp'});
+# a member refuses TRUNCATE of its feed (the control keeps the rows: the
+# users recorded again would stop its subscription on a duplicate key)
+{
+	my ($ret, $out, $err) = $m2->psql('postgres', q{\set VERBOSITY verbose
+TRUNCATE canary_csat_user_days});
+	like($err, qr/ERROR:  55000: cannot truncate table "canary_csat_user_days" on fleet member "m2"/,
+		'member 2 refuses TRUNCATE of its CSAT feed (SQLSTATE 55000)');
+	like($err, qr/HINT:  Delete the rows instead/, 'and says to delete the rows instead');
+}
+is($m2->safe_psql('postgres', q{
+SELECT 'canary_csat_user_days'::regclass = ANY (extconfig) FROM pg_extension WHERE extname = 'llm_canary'}), 't',
+	'the feed is dumped with the extension (pg_dump keeps a member\'s rows)');
 
 # --- a member cut off from the control fails safe ----------------------------
 # (and calls no new model at all: a rollout in shadow stops its shadow calls)

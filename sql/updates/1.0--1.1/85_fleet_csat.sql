@@ -69,6 +69,36 @@ REVOKE ALL ON FUNCTION canary_csat_feed_trigger() FROM PUBLIC;
 CREATE TRIGGER canary_requests_csat_feed AFTER INSERT ON canary_requests
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION canary_csat_feed_trigger();
+
+/*
+ * A member's feed is replicated to the control (inserts, updates, deletes;
+ * not TRUNCATE): the rows a member truncated stay on the control, and the
+ * same users recorded again would stop the control's subscription on a
+ * duplicate key.  A member refuses TRUNCATE; its rows are dumped with the
+ * extension's (pg_dump), so a restored member does not record them again
+ * either.
+ */
+SELECT pg_catalog.pg_extension_config_dump('canary_csat_user_days', '');
+CREATE FUNCTION canary_csat_feed_truncate_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF coalesce(current_setting('llm_canary.fleet_role', true), '') = 'member' THEN
+        RAISE EXCEPTION 'cannot truncate table "%" on fleet member "%"',
+                        TG_TABLE_NAME, current_setting('llm_canary.member', true)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The control database keeps the rows of this member''s CSAT feed: a TRUNCATE does not reach it, and the users recorded again would stop its subscription on a duplicate key.',
+                  HINT = 'Delete the rows instead (DELETE reaches the control database), or let canary_maintenance() expire them.';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION canary_csat_feed_truncate_guard() IS
+    'On a fleet member: refuses TRUNCATE of canary_csat_user_days (the control database keeps its rows)';
+REVOKE ALL ON FUNCTION canary_csat_feed_truncate_guard() FROM PUBLIC;
+CREATE TRIGGER canary_csat_user_days_no_truncate BEFORE TRUNCATE ON canary_csat_user_days
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_csat_feed_truncate_guard();
 -- the CSAT pin's alert lists the members on a control (as the kill switch's do)
 CREATE OR REPLACE FUNCTION canary_csat_check(canary text DEFAULT NULL)
 RETURNS text
@@ -139,5 +169,6 @@ BEGIN
 END;
 $$;
 GRANT EXECUTE ON FUNCTION canary_csat_feed_trigger() TO llm_canary_admin;
+GRANT EXECUTE ON FUNCTION canary_csat_feed_truncate_guard() TO llm_canary_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE canary_csat_user_days TO llm_canary_admin;
 GRANT SELECT ON TABLE canary_csat_user_days TO llm_canary_app;
