@@ -251,10 +251,12 @@ BEGIN
            percentile_disc(0.5) WITHIN GROUP (ORDER BY length(new_text)) FILTER (WHERE p) AS new_p50,
            percentile_disc(0.95) WITHIN GROUP (ORDER BY length(old_text)) FILTER (WHERE p) AS old_p95,
            percentile_disc(0.95) WITHIN GROUP (ORDER BY length(new_text)) FILTER (WHERE p) AS new_p95,
-           count(*) FILTER (WHERE new_error IS NOT NULL) AS errors,
+           count(*) FILTER (WHERE sent) AS sent,
+           count(*) FILTER (WHERE sent AND new_error IS NOT NULL) AS errors,
            count(*) FILTER (WHERE new_error = 'timeout') AS timeouts
       INTO s
-      FROM (SELECT r.*, r.old_text IS NOT NULL AND r.new_text IS NOT NULL AS p
+      FROM (SELECT r.*, r.old_text IS NOT NULL AND r.new_text IS NOT NULL AS p,
+                   r.new_error IS NULL OR r.new_error NOT IN ('fail_safe', 'shutdown') AS sent
               FROM @extschema@.canary_shadow r
              WHERE r.canary = canary_shadow_report.canary AND r.ts >= cutoff) x;
 
@@ -311,8 +313,8 @@ BEGIN
         round(s.old_mean, 1), round(s.new_mean, 1), round(ratio, 3),
         s.old_p50, s.new_p50, round(s.new_p50::numeric / nullif(s.old_p50, 0), 3),
         s.old_p95, s.new_p95, round(s.new_p95::numeric / nullif(s.old_p95, 0), 3),
-        round(s.errors::numeric / nullif(s.samples, 0), 4),
-        round(s.timeouts::numeric / nullif(s.samples, 0), 4),
+        round(s.errors::numeric / nullif(s.sent, 0), 4),
+        round(s.timeouts::numeric / nullif(s.sent, 0), 4),
         cardinality(why) = 0, why;
 END;
 $$;
