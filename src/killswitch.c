@@ -744,10 +744,18 @@ ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment
 	return nseg;
 }
 
+/* The rules whose boundary is made of the control's rate. */
+static bool
+TwoSample(CanaryRule rule)
+{
+	return rule == RULE_REFUSAL || rule == RULE_THUMBS_DOWN;
+}
+
 /*
  * The boundary a rule tests the canary's rate against over one segment,
  * from the segment's control counts (or, without any, the stored baseline),
- * taken at their upper confidence bound; false when there is no baseline.
+ * the control's rate taken at the upper end of its time-uniform confidence
+ * sequence (src/sequential.c); false when there is no baseline.
  */
 static bool
 SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
@@ -757,7 +765,7 @@ SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
 	const CohortWindow *base = s->control.samples > 0 ? &s->control :
 		(w->has_base ? &w->baseline : NULL);
 	const CohortWindow *cw = &s->canary;
-	double		z = 3.0;
+	double		z = SeqControlThreshold(rr->significance, s->minutes > 0);
 
 	switch (rule)
 	{
@@ -776,14 +784,14 @@ SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
 				return false;
 			*events = cw->refusals;
 			*plain_limit = Rate(base->refusals, base->samples) + rr->refusal_delta;
-			*boundary = SeqUpperBound(base->refusals, base->samples, z) + rr->refusal_delta;
+			*boundary = SeqUpperConfidence(base->refusals, base->samples, z) + rr->refusal_delta;
 			break;
 		case RULE_THUMBS_DOWN:
 			if (base == NULL || base->samples == 0)
 				return false;
 			*events = cw->thumbs_down;
 			*plain_limit = Rate(base->thumbs_down, base->samples) * rr->thumbs_ratio;
-			*boundary = SeqUpperBound(base->thumbs_down, base->samples, z) * rr->thumbs_ratio;
+			*boundary = SeqUpperConfidence(base->thumbs_down, base->samples, z) * rr->thumbs_ratio;
 			break;
 		default:
 			return false;
@@ -883,8 +891,9 @@ JudgeSequential(const char *schema, const RolloutRules *rr, TimestampTz at,
 			breach = observed > limit;
 			SetResult(&cand, breach ? VERDICT_NOT_CREDIBLE : VERDICT_BELOW,
 					  observed, limit, seg[s].canary.samples);
-			cand.needed = seg[s].minutes == 0 ? SeqStageThreshold(rr->significance) :
-				SeqChangeThreshold(rr->significance);
+			cand.needed = seg[s].minutes == 0 ?
+				SeqStageThreshold(rr->significance, TwoSample((CanaryRule) i)) :
+				SeqChangeThreshold(rr->significance, TwoSample((CanaryRule) i));
 			cand.evidence = SeqLogMixtureLR(events, seg[s].canary.samples, boundary);
 			cand.minutes = seg[s].minutes;
 			if (breach && cand.evidence >= cand.needed)

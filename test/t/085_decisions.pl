@@ -95,6 +95,12 @@ is(judge('sequential', 'error_rate', err => 21), 'not_credible|none',
 	'sequential: errors 0.021 breach without the evidence to trip');
 is(judge('sequential', 'error_rate', err => 45), 'trip|new-model',
 	'sequential: errors 0.045 in 1,000 requests trip');
+# at the stage threshold log(16 / (3 x 0.05)) = 4.670: 36 errors in 1,000
+# give evidence 4.198, 37 give 4.754
+is(judge('sequential', 'error_rate', err => 36), 'not_credible|none',
+	'sequential: 36 errors in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'error_rate', err => 37), 'trip|new-model',
+	'sequential: 37 errors in 1,000 pass the stage threshold');
 
 # --- refusal rate > control + 0.05 (control 0.01: limit 0.06) ----------------
 is(judge('raw', 'refusal', ref => 59), 'below_threshold|none',
@@ -109,6 +115,15 @@ is(judge('sequential', 'refusal', ref => 61), 'not_credible|none',
 	'sequential: refusals 0.061 breach without the evidence to trip');
 is(judge('sequential', 'refusal', ref => 130), 'trip|refusal_rate=0.130',
 	'sequential: refusals 0.130 trip');
+# control's 100 refusals in 10,000 enter at the upper end of their
+# confidence sequence at log(64 / 0.05): 0.014673, boundary 0.064673; the
+# stage threshold is log(64 / (11 x 0.05)) = 4.757: 92 refusals in 1,000
+# give 4.453, 93 give 4.822 (against control's rate itself 93 would give
+# far more: the sequence's width is what a two-sample rule pays)
+is(judge('sequential', 'refusal', ref => 92), 'not_credible|none',
+	'sequential: 92 refusals in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'refusal', ref => 93), 'trip|refusal_rate=0.093',
+	'sequential: 93 refusals in 1,000 pass the stage threshold');
 
 # --- p95 > 1.5 x control p95 ------------------------------------------------------
 # The window p95s come from the rollups' latency histograms (32 buckets per
@@ -143,6 +158,12 @@ is(judge('sequential', 'thumbs_down', td => 41), 'not_credible|none',
 	'sequential: thumbs-down 0.041 breach without the evidence to trip');
 is(judge('sequential', 'thumbs_down', td => 100), 'trip|thumbs_down_rate=0.100',
 	'sequential: thumbs-down 0.100 trip');
+# control's 200 in 10,000 at the upper end of their confidence sequence:
+# 0.026239, boundary 0.052479; 78 thumbs-down give 4.669, 79 give 5.057
+is(judge('sequential', 'thumbs_down', td => 78), 'not_credible|none',
+	'sequential: 78 thumbs-down in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'thumbs_down', td => 79), 'trip|thumbs_down_rate=0.079',
+	'sequential: 79 thumbs-down in 1,000 pass the stage threshold');
 
 # --- min_samples holds every rule back ----------------------------------------
 $node->safe_psql('postgres', q{
@@ -179,6 +200,16 @@ SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeri
   FROM (SELECT decision->'rules'->'error_rate' AS d FROM canary_window_summaries
          WHERE canary = 'r9' AND cohort = 'canary') s}),
 	'trip 0 4.670 4.670', 'the stage statistic trips at log(16 / (3 x significance))');
+# the two-sample rules: log(64 / (11 x significance)) (1/16 of the rule's
+# share goes to the control's confidence sequence of the statistic)
+is($node->safe_psql('postgres', q{
+SELECT string_agg(DISTINCT concat_ws(' ', v.r, x.d->>'minutes', round((x.d->>'needed')::numeric, 3)), ', ')
+  FROM canary_window_summaries w
+ CROSS JOIN (VALUES ('refusal'), ('thumbs_down')) v(r)
+ CROSS JOIN LATERAL (SELECT w.decision->'rules'->v.r AS d) x
+ WHERE w.cohort = 'canary' AND w.decision->>'mode' = 'sequential' AND x.d->>'verdict' = 'trip'}),
+	'refusal 0 4.757, thumbs_down 0 4.757',
+	'the refusal and thumbs-down stage statistics trip at log(64 / (11 x significance))');
 
 # --- the change statistic: a regression an hour into the stage -------------------
 # an hour of good traffic (counted by a check then), then a minute of 15 %
@@ -200,6 +231,59 @@ SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeri
          WHERE canary = 'late' AND cohort = 'canary' ORDER BY at DESC LIMIT 1) s}) =~ s/\n/ /r,
 	'new-model trip 2 13.041 13.041',
 	'a regression late in the stage trips the change statistic (the segment of the last 2 minutes) at log(16 x 1440 / significance)');
+
+# at the change threshold: 48 errors in the last minute's 1,000 give
+# evidence 12.400, 49 give 13.253 (threshold 13.041)
+for my $k (48, 49)
+{
+	$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('late$k', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '2 hours');
+SELECT put('late$k', timestamptz '$at' - interval '60 minutes', 'canary', 20000, 0, 0, 0, 1000);
+SELECT canary_check('late$k', timestamptz '$at' - interval '60 minutes');
+SELECT put('late$k', '$at', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('late$k', '$at', 'canary', 1000, $k, 0, 0, 1000);
+});
+}
+is($node->safe_psql('postgres', qq{
+SELECT coalesce(split_part(canary_check('late48', '$at'), ' ', 1), 'none') || ' '
+    || coalesce(split_part(canary_check('late49', '$at'), ' ', 1), 'none');
+SELECT string_agg(concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'evidence')::numeric, 3)), ', '
+                  ORDER BY canary)
+  FROM (SELECT canary, decision->'rules'->'error_rate' AS d FROM canary_window_summaries
+         WHERE canary IN ('late48', 'late49') AND cohort = 'canary' AND at = '$at') s}) =~ s/\n/|/r,
+	'none new-model|not_credible 2 12.400, trip 2 13.253',
+	'the change statistic: 48 errors in the last minute stay below its threshold, 49 pass it');
+
+# the segment grid: a burst of errors m minutes back is caught by the
+# shortest segment that holds it: every minute up to 60, every 5 up to 240,
+# every 30 up to 1,440 (the burst's minute is counted by a collection of
+# the evidence then; the stage, diluted by a day of good traffic, and the
+# last minute's good traffic do not breach)
+for my $back (60, 62, 250, 1430)
+{
+	my $bat = "timestamptz '$at' - interval '$back minutes'";
+	$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('grid$back', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '26 hours');
+SELECT put('grid$back', timestamptz '$at' - interval '25 hours', 'canary', 40000, 0, 0, 0, 1000);
+SELECT canary_collect_evidence('grid$back', timestamptz '$at' - interval '25 hours',
+                               timestamptz '$at' - interval '26 hours', 0);
+SELECT put('grid$back', $bat + interval '100 s', 'canary', 1000, 150, 0, 0, 1000);
+SELECT canary_collect_evidence('grid$back', $bat + interval '100 s',
+                               timestamptz '$at' - interval '26 hours', 0);
+SELECT put('grid$back', '$at', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('grid$back', '$at', 'canary', 1000, 0, 0, 0, 1000);
+});
+}
+is($node->safe_psql('postgres', qq{
+SELECT string_agg(coalesce(split_part(canary_check('grid' || b, '$at'), ' ', 1), 'none'), ' ' ORDER BY b)
+  FROM unnest(ARRAY[60, 62, 250, 1430]) b;
+SELECT string_agg(concat_ws(' ', canary, d->>'verdict', d->>'minutes'), ', ' ORDER BY canary)
+  FROM (SELECT canary, decision->'rules'->'error_rate' AS d FROM canary_window_summaries
+         WHERE canary LIKE 'grid%' AND cohort = 'canary' AND at = '$at') s}) =~ s/\n/|/r,
+	'new-model new-model new-model new-model|grid1430 trip 1440, grid250 trip 270, grid60 trip 60, grid62 trip 65',
+	'the change segments start at every minute up to 60, every 5 up to 240 and every 30 up to 1,440');
 
 # --- re-arm after a fix, and stage changes, start clean --------------------------
 # the broken model's window ends a minute ago; evidence since an hour before
