@@ -641,7 +641,9 @@ AddCounts(CohortWindow *to, const CohortWindow *from)
 /*
  * ReadSegments
  *		Sum canary_evidence per cohort over the stage (every minute since
- *		evidence_since) and over the segments of the change statistic that
+ *		evidence_since: the running totals of the settled minutes and the
+ *		minutes after them, canary_evidence_stage) and over the segments of
+ *		the change statistic that
  *		start after it: the minutes of the last day are read once, into an
  *		array by minutes before now, and summed backwards from now.
  *		Returns the number of segments filled in seg[] (NSEGMENTS at most).
@@ -670,13 +672,10 @@ ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment
 					 "WITH o(origin) AS (SELECT timestamptz '2000-01-01 00:00:00+00'),"
 					 " b(now_m, since_m) AS (SELECT date_bin('1 minute', $3, origin),"
 					 "   coalesce(date_bin('1 minute', $2, origin), '-infinity') FROM o)"
-					 " SELECT -1, e.cohort, sum(e.samples)::int8, sum(e.errors)::int8,"
-					 "  sum(e.refusals)::int8, sum(e.thumbs_down)::int8, sum(e.slow)::int8,"
+					 " SELECT -1, s.cohort, s.samples, s.errors, s.refusals, s.thumbs_down, s.slow,"
 					 "  (SELECT CASE WHEN since_m = '-infinity' THEN %d"
 					 "     ELSE least(extract(epoch FROM now_m - since_m)::int / 60, %d) END FROM b)"
-					 " FROM %s.canary_evidence e, b"
-					 " WHERE e.canary = $1 AND e.bucket >= b.since_m AND e.bucket <= $3"
-					 " GROUP BY 1, 2"
+					 " FROM %s.canary_evidence_stage($1, $2, $3) s"
 					 " UNION ALL"
 					 " SELECT extract(epoch FROM b.now_m - e.bucket)::int / 60, e.cohort, e.samples,"
 					 "  e.errors, e.refusals, e.thumbs_down, e.slow, NULL"

@@ -47,6 +47,31 @@ COMMENT ON TABLE canary_evidence IS
     'Per rollout, minute and cohort since evidence_since: requests, errors, refusals, thumbs-down and requests slower than p95_ratio_threshold x control p95';
 
 /*
+ * The running totals of canary_evidence's settled minutes, per rollout and
+ * cohort: the sums of every minute of the evidence period (since) before
+ * through, the minutes canary_collect_evidence no longer recounts at every
+ * check.  A check then adds up these two rows and the last few minutes
+ * (canary_evidence_stage), not the up to 20,160 minutes of a 14-day stage;
+ * a recount of older minutes (a late verdict) takes them out and puts them
+ * back.  Kept by canary_collect_evidence; dropped with the evidence when
+ * evidence_since changes.
+ */
+CREATE TABLE canary_evidence_settled (
+    canary          text NOT NULL,
+    cohort          text NOT NULL CHECK (cohort IN ('canary', 'control')),
+    since           timestamptz,
+    through         timestamptz NOT NULL,
+    samples         bigint NOT NULL,
+    errors          bigint NOT NULL,
+    refusals        bigint NOT NULL,
+    thumbs_down     bigint NOT NULL,
+    slow            bigint NOT NULL,
+    PRIMARY KEY (canary, cohort)
+);
+COMMENT ON TABLE canary_evidence_settled IS
+    'Per rollout and cohort: the sums of canary_evidence over the minutes of the evidence period (since) before through';
+
+/*
  * The sample-ratio check: each user once per rollout and evidence period
  * (period: the evidence_since it was seen under, -infinity for none), with
  * the cohort that served it first, recorded as the requests are written
@@ -110,6 +135,7 @@ BEGIN
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.evidence_since IS DISTINCT FROM OLD.evidence_since THEN
         DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
+        DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
     END IF;
     RETURN NEW;
 END;
@@ -129,7 +155,11 @@ CREATE TRIGGER canary_config_c_evidence
  * verdicts are counted too, read without a lock) up to the
  * rollup bucket that holds p_at, counting only buckets that start at or
  * after p_since, and drop the minutes before p_since or older than 14 days
- * (a stage statistic covers at most the last 14 days).  A 30-second bucket
+ * (a stage statistic covers at most the last 14 days), keeping the running
+ * totals of the settled minutes (canary_evidence_settled) in step: they
+ * always hold the sums of the minutes before their 'through', the minute
+ * two minutes before p_at, which later checks recount only for a late
+ * verdict or after a pause.  A 30-second bucket
  * counts in the minute it starts in.  p_slow_over: the latency (ms) above
  * which a canary request counts as slow (p95_ratio_threshold x control
  * p95), read from the latency histograms (values within 1/64 of it may be
@@ -148,6 +178,8 @@ DECLARE
     from_bucket timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     last_bucket timestamptz;
     marked timestamptz;
+    settled timestamptz;
+    settle_to timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
 BEGIN
     SELECT max(e.bucket) INTO last_bucket FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary AND e.bucket <= p_at;
@@ -171,6 +203,30 @@ BEGIN
                              greatest(date_bin('1 minute', marked - interval '30 seconds', origin),
                                       date_bin('1 minute', p_since, origin),
                                       date_bin('1 minute', p_at - interval '14 days', origin)));
+    END IF;
+    -- the running totals: the settled minutes about to be recounted or
+    -- dropped leave them (they start over in another evidence period, or
+    -- when the clock went back)
+    SELECT s.through INTO settled FROM @extschema@.canary_evidence_settled s
+     WHERE s.canary = p_canary AND s.since IS NOT DISTINCT FROM p_since
+     ORDER BY s.cohort LIMIT 1 FOR UPDATE;
+    IF settled IS NULL OR settled > settle_to THEN
+        DELETE FROM @extschema@.canary_evidence_settled s WHERE s.canary = p_canary;
+        settled := NULL;
+    ELSE
+        UPDATE @extschema@.canary_evidence_settled s
+           SET samples = s.samples - d.samples, errors = s.errors - d.errors,
+               refusals = s.refusals - d.refusals, thumbs_down = s.thumbs_down - d.thumbs_down,
+               slow = s.slow - d.slow
+          FROM (SELECT e.cohort, sum(e.samples) AS samples, sum(e.errors) AS errors,
+                       sum(e.refusals) AS refusals, sum(e.thumbs_down) AS thumbs_down, sum(e.slow) AS slow
+                  FROM @extschema@.canary_evidence e
+                 WHERE e.canary = p_canary AND e.bucket < settled
+                   AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
+                        OR e.bucket < date_bin('1 minute', p_since, origin)
+                        OR e.bucket < p_at - interval '14 days')
+                 GROUP BY e.cohort) d
+         WHERE s.canary = p_canary AND s.cohort = d.cohort;
     END IF;
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
@@ -197,7 +253,55 @@ BEGIN
        AND (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
      GROUP BY 2, 3;
+    -- ... and come back recounted, with the minutes settled since
+    INSERT INTO @extschema@.canary_evidence_settled AS s
+        (canary, cohort, since, through, samples, errors, refusals, thumbs_down, slow)
+    SELECT p_canary, c.cohort, p_since, settle_to, coalesce(sum(e.samples), 0),
+           coalesce(sum(e.errors), 0), coalesce(sum(e.refusals), 0), coalesce(sum(e.thumbs_down), 0),
+           coalesce(sum(e.slow), 0)
+      FROM (VALUES ('canary'), ('control')) c(cohort)
+      LEFT JOIN @extschema@.canary_evidence e
+             ON e.canary = p_canary AND e.cohort = c.cohort AND e.bucket < settle_to
+            AND (settled IS NULL OR e.bucket >= least(from_bucket, settled))
+     GROUP BY c.cohort
+    ON CONFLICT (canary, cohort) DO UPDATE
+       SET through = excluded.through, samples = s.samples + excluded.samples,
+           errors = s.errors + excluded.errors, refusals = s.refusals + excluded.refusals,
+           thumbs_down = s.thumbs_down + excluded.thumbs_down, slow = s.slow + excluded.slow;
 END;
+$$;
+
+/*
+ * canary_evidence_stage: per cohort, the sums of canary_evidence over the
+ * evidence period p_since up to p_at: the running totals of the settled
+ * minutes (canary_evidence_settled, when they belong to p_since and end by
+ * p_at) and the minutes after them, a few rows; otherwise every minute
+ * since p_since.  Internal: the kill switch's stage statistic and the
+ * plan's evidence gates.
+ */
+CREATE FUNCTION canary_evidence_stage(p_canary text, p_since timestamptz, p_at timestamptz)
+RETURNS TABLE (cohort text, samples bigint, errors bigint, refusals bigint, thumbs_down bigint,
+               slow bigint)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH s AS (
+        SELECT s.* FROM @extschema@.canary_evidence_settled s
+         WHERE s.canary = p_canary AND s.since IS NOT DISTINCT FROM p_since
+           AND s.through <= date_bin('1 minute', p_at, timestamptz '2000-01-01 00:00:00+00')
+    ), lo AS (
+        SELECT coalesce((SELECT min(s.through) FROM s),
+                        date_bin('1 minute', p_since, timestamptz '2000-01-01 00:00:00+00'),
+                        '-infinity') AS bucket
+    )
+    SELECT x.cohort, sum(x.samples)::bigint, sum(x.errors)::bigint, sum(x.refusals)::bigint,
+           sum(x.thumbs_down)::bigint, sum(x.slow)::bigint
+      FROM (SELECT s.cohort, s.samples, s.errors, s.refusals, s.thumbs_down, s.slow FROM s
+            UNION ALL
+            SELECT e.cohort, e.samples, e.errors, e.refusals, e.thumbs_down, e.slow
+              FROM @extschema@.canary_evidence e, lo
+             WHERE e.canary = p_canary AND e.bucket >= lo.bucket AND e.bucket <= p_at) x
+     GROUP BY x.cohort
 $$;
 
 /*

@@ -152,17 +152,18 @@ BEGIN
                    ELSE format('mismatch alerted at %s', srm.alerted_at) END;
     RETURN NEXT;
 
-    -- evidence since the stage began, and the canary traffic of the last hour
+    -- evidence since the stage began (the running totals and the minutes
+    -- after them), and the canary traffic of the last hour
     SELECT coalesce(sum(e.samples) FILTER (WHERE e.cohort = 'canary'), 0) AS n,
            coalesce(sum(e.samples) FILTER (WHERE e.cohort = 'control'), 0) AS nk,
            coalesce(sum(e.refusals) FILTER (WHERE e.cohort = 'control'), 0) AS refk,
-           coalesce(sum(e.thumbs_down) FILTER (WHERE e.cohort = 'control'), 0) AS tdk,
-           coalesce(sum(e.samples) FILTER (WHERE e.cohort = 'canary' AND e.bucket > p_at - interval '1 hour'), 0) AS last_hour
+           coalesce(sum(e.thumbs_down) FILTER (WHERE e.cohort = 'control'), 0) AS tdk
       INTO ev
+      FROM @extschema@.canary_evidence_stage(p_canary, since, p_at) e;
+    SELECT coalesce(sum(e.samples), 0) / 3600.0 INTO per_second
       FROM @extschema@.canary_evidence e
-     WHERE e.canary = p_canary AND e.bucket >= date_bin('1 minute', since, timestamptz '2000-01-01 00:00:00+00')
-       AND e.bucket <= p_at;
-    per_second := ev.last_hour / 3600.0;
+     WHERE e.canary = p_canary AND e.cohort = 'canary' AND e.bucket > p_at - interval '1 hour'
+       AND e.bucket >= date_bin('1 minute', since, timestamptz '2000-01-01 00:00:00+00') AND e.bucket <= p_at;
     FOR rule IN
         SELECT * FROM (VALUES
             ('error_rate', cfg.error_rate_threshold::float8),

@@ -285,6 +285,61 @@ SELECT string_agg(concat_ws(' ', canary, d->>'verdict', d->>'minutes'), ', ' ORD
 	'new-model new-model new-model new-model|grid1430 trip 1440, grid250 trip 270, grid60 trip 60, grid62 trip 65',
 	'the change segments start at every minute up to 60, every 5 up to 240 and every 30 up to 1,440');
 
+# --- the stage's running totals (canary_evidence_settled) -----------------------
+# three days of evidence minutes, written directly (100 canary and 1,000
+# control requests a minute): the first check builds the totals of the
+# settled minutes (its recount drops the last minute, which the rollups do
+# not hold); later checks read them and the minutes after them only; a late
+# verdict's mark a day back recounts from there (from the rollups, which
+# hold none of these minutes: they leave the evidence and the totals alike)
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('totals', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '3 days');
+INSERT INTO canary_evidence (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
+SELECT 'totals', timestamptz '$at' - interval '3 days' + m * interval '1 minute', c.cohort,
+       c.n, m % 2, (m % 3) * c.n / 100, (m % 5) * c.n / 100, 0
+  FROM generate_series(0, 3 * 1440 - 5) m, (VALUES ('canary', 100), ('control', 1000)) c(cohort, n);
+ANALYZE canary_evidence;
+CREATE FUNCTION stage_matches(p_at timestamptz) RETURNS text LANGUAGE sql AS \$\$
+    SELECT ((SELECT string_agg(concat_ws(' ', s.cohort, s.samples, s.errors, s.refusals, s.thumbs_down), ', '
+                               ORDER BY s.cohort)
+               FROM canary_evidence_stage('totals', timestamptz '$at' - interval '3 days', p_at) s)
+            = (SELECT string_agg(concat_ws(' ', e.cohort, e.samples, e.errors, e.refusals, e.thumbs_down), ', '
+                                 ORDER BY e.cohort)
+                 FROM (SELECT cohort, sum(samples) AS samples, sum(errors) AS errors, sum(refusals) AS refusals,
+                              sum(thumbs_down) AS thumbs_down
+                         FROM canary_evidence WHERE canary = 'totals' AND bucket <= p_at GROUP BY 1) e))::text
+        || ' ' || (SELECT samples FROM canary_evidence_settled WHERE canary = 'totals' AND cohort = 'canary')
+        || ' ' || (SELECT (timestamptz '$at' - through)::text FROM canary_evidence_settled
+                    WHERE canary = 'totals' AND cohort = 'canary')
+\$\$;
+});
+is($node->safe_psql('postgres', qq{
+SELECT coalesce(canary_check('totals', '$at'), 'no trip');
+SELECT stage_matches('$at')}) =~ s/\n/|/r,
+	'no trip|true 431500 00:02:00',
+	'the first check builds the totals of the minutes settled two minutes before it; the stage sums match a full count');
+# a later check: the stage reads the two totals and the minutes after them
+is($node->safe_psql('postgres', qq{SELECT coalesce(canary_check('totals', timestamptz '$at' + interval '30 s'), 'no trip')}),
+	'no trip', 'a later check');
+is($node->safe_psql('postgres', qq{
+SELECT count(*) FROM canary_evidence_stage('totals', timestamptz '$at' - interval '3 days',
+                                           timestamptz '$at' + interval '30 s');
+SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables WHERE relname = 'canary_evidence'}) =~ s/\n/|/gr,
+	'2|0', 'the stage statistic reads no evidence row older than the totals');
+is($node->safe_psql('postgres', qq{
+SELECT count(*) FROM canary_evidence_stage('totals', timestamptz '$at' - interval '3 days' - interval '1 s',
+                                           timestamptz '$at' + interval '30 s');
+SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) > 8000 FROM pg_stat_xact_user_tables WHERE relname = 'canary_evidence'}) =~ s/\n/|/r,
+	'2|t', 'without totals of its evidence period (another since) every minute is read');
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_verdict_marks (canary, bucket_end) VALUES ('totals', timestamptz '$at' - interval '1 day');
+SELECT canary_check('totals', timestamptz '$at' + interval '1 minute');
+});
+is($node->safe_psql('postgres', qq{SELECT stage_matches(timestamptz '$at' + interval '1 minute')}),
+	'true 287900 00:01:00',
+	'a late verdict\'s recount of a day ago takes the minutes out of the totals as out of the evidence');
+
 # --- re-arm after a fix, and stage changes, start clean --------------------------
 # the broken model's window ends a minute ago; evidence since an hour before
 for my $mode ('sequential', 'confirm_windows', 'raw')

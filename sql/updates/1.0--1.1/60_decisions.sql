@@ -106,6 +106,7 @@ BEGIN
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.evidence_since IS DISTINCT FROM OLD.evidence_since THEN
         DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
+        DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
     END IF;
     RETURN NEW;
 END;
@@ -135,6 +136,8 @@ DECLARE
     from_bucket timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     last_bucket timestamptz;
     marked timestamptz;
+    settled timestamptz;
+    settle_to timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
 BEGIN
     SELECT max(e.bucket) INTO last_bucket FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary AND e.bucket <= p_at;
@@ -158,6 +161,30 @@ BEGIN
                              greatest(date_bin('1 minute', marked - interval '30 seconds', origin),
                                       date_bin('1 minute', p_since, origin),
                                       date_bin('1 minute', p_at - interval '14 days', origin)));
+    END IF;
+    -- the running totals: the settled minutes about to be recounted or
+    -- dropped leave them (they start over in another evidence period, or
+    -- when the clock went back)
+    SELECT s.through INTO settled FROM @extschema@.canary_evidence_settled s
+     WHERE s.canary = p_canary AND s.since IS NOT DISTINCT FROM p_since
+     ORDER BY s.cohort LIMIT 1 FOR UPDATE;
+    IF settled IS NULL OR settled > settle_to THEN
+        DELETE FROM @extschema@.canary_evidence_settled s WHERE s.canary = p_canary;
+        settled := NULL;
+    ELSE
+        UPDATE @extschema@.canary_evidence_settled s
+           SET samples = s.samples - d.samples, errors = s.errors - d.errors,
+               refusals = s.refusals - d.refusals, thumbs_down = s.thumbs_down - d.thumbs_down,
+               slow = s.slow - d.slow
+          FROM (SELECT e.cohort, sum(e.samples) AS samples, sum(e.errors) AS errors,
+                       sum(e.refusals) AS refusals, sum(e.thumbs_down) AS thumbs_down, sum(e.slow) AS slow
+                  FROM @extschema@.canary_evidence e
+                 WHERE e.canary = p_canary AND e.bucket < settled
+                   AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
+                        OR e.bucket < date_bin('1 minute', p_since, origin)
+                        OR e.bucket < p_at - interval '14 days')
+                 GROUP BY e.cohort) d
+         WHERE s.canary = p_canary AND s.cohort = d.cohort;
     END IF;
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
@@ -184,6 +211,21 @@ BEGIN
        AND (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
      GROUP BY 2, 3;
+    -- ... and come back recounted, with the minutes settled since
+    INSERT INTO @extschema@.canary_evidence_settled AS s
+        (canary, cohort, since, through, samples, errors, refusals, thumbs_down, slow)
+    SELECT p_canary, c.cohort, p_since, settle_to, coalesce(sum(e.samples), 0),
+           coalesce(sum(e.errors), 0), coalesce(sum(e.refusals), 0), coalesce(sum(e.thumbs_down), 0),
+           coalesce(sum(e.slow), 0)
+      FROM (VALUES ('canary'), ('control')) c(cohort)
+      LEFT JOIN @extschema@.canary_evidence e
+             ON e.canary = p_canary AND e.cohort = c.cohort AND e.bucket < settle_to
+            AND (settled IS NULL OR e.bucket >= least(from_bucket, settled))
+     GROUP BY c.cohort
+    ON CONFLICT (canary, cohort) DO UPDATE
+       SET through = excluded.through, samples = s.samples + excluded.samples,
+           errors = s.errors + excluded.errors, refusals = s.refusals + excluded.refusals,
+           thumbs_down = s.thumbs_down + excluded.thumbs_down, slow = s.slow + excluded.slow;
 END;
 $$;
 
