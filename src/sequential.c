@@ -45,12 +45,15 @@
  *			  notices a regression that begins days into a stage, which the
  *			  stage statistic, diluted by the good days, would notice late.
  *
- * The two-sample rules (refusals: control's rate + 0.05; thumbs-down: 2 x
- * control's rate) test against a boundary made of the control's rate,
- * which is itself estimated.  It enters as the upper end of a time-uniform
- * confidence sequence (SeqUpperConfidence): with probability at least
- * 1 - beta the control's true rate lies below it at every check of the
- * evidence period at once.  On that event the boundary used is at least
+ * The refusal rule (control's rate + 0.05) below stage full is the paired
+ * test at the end of this file: it needs no estimate of the control's rate
+ * and has the whole of the rule's share.  The other two-sample tests (the
+ * thumbs-down rule, 2 x control's rate; the refusal rule at full, against
+ * the stored control summary) test against a boundary made of the
+ * control's rate, which is itself estimated.  It enters as the upper end
+ * of a time-uniform confidence sequence (SeqUpperConfidence): with
+ * probability at least 1 - beta the control's true rate lies below it at
+ * every check of the evidence period at once.  On that event the boundary used is at least
  * the true one, the ratio against it is at most the ratio against the true
  * boundary (for a fixed multiplier the ratio falls as the boundary rises,
  * see AlternativeAbove), and Ville applies: a false trip needs either the
@@ -78,7 +81,9 @@
 
 #include <math.h>
 
+#include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "utils/array.h"
 
 #include "sequential.h"
 
@@ -375,4 +380,200 @@ canary_sequential_samples(PG_FUNCTION_ARGS)
 	if (n < 0)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64((int64) n);
+}
+
+/*
+ * The paired test of the refusal rule (H0: canary rate <= control rate +
+ * delta).  Each canary request is paired with one control request of the
+ * same increment of traffic (the requests a check counted that the check
+ * before had not), and the pair's difference X = a - b (a, b: refused or
+ * not) has mean p_canary - p_control <= delta under H0, whatever the
+ * control's rate: the product of 1 + lambda (X - delta) over the pairs is a
+ * nonnegative supermartingale (a bet on each pair, lambda below
+ * 1 / (1 + delta) so no factor is negative), and a mixture over lambda is
+ * one too.  Only counts are known, so the statistic of an increment is the
+ * product's expectation over the pairings the counts allow (which requests
+ * are paired, and with which: hypergeometric draws), a function of the
+ * counts with expectation at most 1 under H0; increments are independent,
+ * so their product over a stage or a segment is again a supermartingale
+ * and Ville applies as to the likelihood ratios.  No nuisance parameter,
+ * no confidence sequence for the control: it costs the control's variance
+ * per pair (about 1/8 more than knowing the control's rate at the
+ * article's rates) instead of the sequence's width.  Terms of the
+ * hypergeometric sums more than e^40 below their largest are left out
+ * (which only lowers the statistic); an increment whose sums would take
+ * more than SEQ_PAIRED_MAX_TERMS terms counts as no evidence.
+ */
+static const double paired_lambdas[SEQ_NPAIRED] = {0.15, 0.3, 0.5, 0.9};
+
+#define SEQ_PAIRED_MAX_TERMS 4000000
+
+/* log C(n, k) */
+static double
+LogChoose(int64 n, int64 k)
+{
+	return lgamma((double) n + 1.0) - lgamma((double) k + 1.0) - lgamma((double) (n - k) + 1.0);
+}
+
+/*
+ * The support of the hypergeometric distribution (draws n from N with K
+ * good, x good drawn) within e^40 of its mode: [*lo, *hi], and the log
+ * probability at *lo.
+ */
+static void
+HyperRange(int64 N, int64 K, int64 n, int64 *lo, int64 *hi, double *logp_lo)
+{
+	int64		smin = Max(0, n - (N - K));
+	int64		smax = Min(n, K);
+	int64		mode = (int64) floor(((double) n + 1.0) * ((double) K + 1.0) / ((double) N + 2.0));
+	double		lm;
+	double		lp;
+	int64		x;
+
+	mode = Max(smin, Min(smax, mode));
+	lm = LogChoose(K, mode) + LogChoose(N - K, n - mode) - LogChoose(N, n);
+	for (x = mode, lp = lm; x > smin; x--)
+	{
+		double		r = log((double) x * (double) (N - K - n + x)) -
+			log((double) (K - x + 1) * (double) (n - x + 1));
+
+		if (lp + r < lm - 40.0)
+			break;
+		lp += r;
+	}
+	*lo = x;
+	*logp_lo = lp;
+	for (x = mode, lp = lm; x < smax; x++)
+	{
+		double		r = log((double) (K - x) * (double) (n - x)) -
+			log((double) (x + 1) * (double) (N - K - n + x + 1));
+
+		if (lp + r < lm - 40.0)
+			break;
+		lp += r;
+	}
+	*hi = x;
+}
+
+/* log P(x + 1) - log P(x) of that distribution */
+static double
+HyperStep(int64 N, int64 K, int64 n, int64 x)
+{
+	return log((double) (K - x) * (double) (n - x)) -
+		log((double) (x + 1) * (double) (N - K - n + x + 1));
+}
+
+/*
+ * SeqPairedLogE
+ *		out[j]: log of the paired statistic with lambda j of one increment:
+ *		nk canary requests with kk events, nc control requests with kc.
+ *		0 (no evidence) without pairs or with counts out of range.
+ */
+void
+SeqPairedLogE(int64 nk, int64 kk, int64 nc, int64 kc, double delta, double *out)
+{
+	int64		n = Min(nk, nc);
+	double		up[SEQ_NPAIRED],
+				same[SEQ_NPAIRED],
+				down[SEQ_NPAIRED],
+				mx[SEQ_NPAIRED],
+				sum[SEQ_NPAIRED];
+	int64		k_lo,
+				k_hi,
+				l_lo,
+				l_hi;
+	double		lp_k,
+				lp_l0;
+	int64		terms = 0;
+
+	for (int j = 0; j < SEQ_NPAIRED; j++)
+		out[j] = 0.0;
+	if (n <= 0 || kk < 0 || kc < 0 || kk > nk || kc > nc || !(delta >= 0.0 && delta < 1.0))
+		return;
+	for (int j = 0; j < SEQ_NPAIRED; j++)
+	{
+		double		lambda = Min(paired_lambdas[j], 0.95 / (1.0 + delta));
+
+		up[j] = log1p(lambda * (1.0 - delta));	/* canary refused, control not */
+		same[j] = log1p(-lambda * delta);	/* both or neither */
+		down[j] = log1p(-lambda * (1.0 + delta));	/* control refused, canary not */
+		mx[j] = -INFINITY;
+		sum[j] = 0.0;
+	}
+	/* which canary requests are paired (all when nk <= nc), how many refused */
+	HyperRange(nk, kk, n, &k_lo, &k_hi, &lp_k);
+	/* the n control requests paired, how many refused */
+	HyperRange(nc, kc, n, &l_lo, &l_hi, &lp_l0);
+	for (int64 k1 = k_lo; k1 <= k_hi; lp_k += (k1 < k_hi ? HyperStep(nk, kk, n, k1) : 0), k1++)
+	{
+		double		lp_l = lp_l0;
+
+		for (int64 l = l_lo; l <= l_hi; lp_l += (l < l_hi ? HyperStep(nc, kc, n, l) : 0), l++)
+		{
+			int64		b_lo,
+						b_hi;
+			double		lp_b;
+
+			/* of the k1 refused canary requests, b are paired with refused controls */
+			HyperRange(n, l, k1, &b_lo, &b_hi, &lp_b);
+			terms += b_hi - b_lo + 1;
+			if (terms > SEQ_PAIRED_MAX_TERMS)
+			{
+				for (int j = 0; j < SEQ_NPAIRED; j++)
+					out[j] = 0.0;
+				return;
+			}
+			for (int64 b = b_lo; b <= b_hi; lp_b += (b < b_hi ? HyperStep(n, l, k1, b) : 0), b++)
+			{
+				double		lp = lp_k + lp_l + lp_b;
+				double		n_up = (double) (k1 - b);
+				double		n_down = (double) (l - b);
+				double		n_same = (double) (n - n_up - n_down);
+
+				for (int j = 0; j < SEQ_NPAIRED; j++)
+				{
+					double		t = lp + n_up * up[j] + n_same * same[j] + n_down * down[j];
+
+					if (t > mx[j])
+					{
+						sum[j] = (isfinite(mx[j]) ? sum[j] * exp(mx[j] - t) : 0.0) + 1.0;
+						mx[j] = t;
+					}
+					else
+						sum[j] += exp(t - mx[j]);
+				}
+			}
+		}
+	}
+	for (int j = 0; j < SEQ_NPAIRED; j++)
+		out[j] = isfinite(mx[j]) ? mx[j] + log(sum[j]) : 0.0;
+}
+
+/* log of the paired statistic's mixture over lambda, equal weights */
+double
+SeqPairedMixture(const double *sums)
+{
+	return LogSumExp(sums, SEQ_NPAIRED, (double) SEQ_NPAIRED);
+}
+
+/*
+ * canary_paired_evidence(canary_samples bigint, canary_events bigint,
+ *						  control_samples bigint, control_events bigint,
+ *						  delta float8)
+ *		The paired statistic of one increment of traffic, log per lambda
+ *		(canary_collect_evidence adds it to the minute's evidence).
+ */
+PG_FUNCTION_INFO_V1(canary_paired_evidence);
+Datum
+canary_paired_evidence(PG_FUNCTION_ARGS)
+{
+	double		out[SEQ_NPAIRED];
+	Datum		elems[SEQ_NPAIRED];
+
+	SeqPairedLogE(PG_GETARG_INT64(0), PG_GETARG_INT64(1), PG_GETARG_INT64(2), PG_GETARG_INT64(3),
+				  PG_GETARG_FLOAT8(4), out);
+	for (int j = 0; j < SEQ_NPAIRED; j++)
+		elems[j] = Float8GetDatum(out[j]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(elems, SEQ_NPAIRED, FLOAT8OID, sizeof(float8),
+										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 }

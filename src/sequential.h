@@ -38,6 +38,11 @@ extern double SeqUpperConfidence(int64 k, int64 n, double log_threshold);
 extern double SeqStageThreshold(double significance, bool two_sample);
 extern double SeqChangeThreshold(double significance, bool two_sample);
 extern double SeqControlThreshold(double significance, bool change);
+/* lambdas of the refusal rule's paired test (src/sequential.c) */
+#define SEQ_NPAIRED			4
+
+extern void SeqPairedLogE(int64 nk, int64 kk, int64 nc, int64 kc, double delta, double *out);
+extern double SeqPairedMixture(const double *sums);
 extern double SeqSamplesForPower(double p0, double p1, double log_threshold);
 
 #endif							/* LLM_CANARY_SEQUENTIAL_H */

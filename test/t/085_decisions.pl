@@ -115,15 +115,14 @@ is(judge('sequential', 'refusal', ref => 61), 'not_credible|none',
 	'sequential: refusals 0.061 breach without the evidence to trip');
 is(judge('sequential', 'refusal', ref => 130), 'trip|refusal_rate=0.130',
 	'sequential: refusals 0.130 trip');
-# control's 100 refusals in 10,000 enter at the upper end of their
-# confidence sequence at log(64 / 0.05): 0.014673, boundary 0.064673; the
-# stage threshold is log(64 / (11 x 0.05)) = 4.757: 92 refusals in 1,000
-# give 4.453, 93 give 4.822 (against control's rate itself 93 would give
-# far more: the sequence's width is what a two-sample rule pays)
-is(judge('sequential', 'refusal', ref => 92), 'not_credible|none',
-	'sequential: 92 refusals in 1,000 stay just below the stage threshold');
-is(judge('sequential', 'refusal', ref => 93), 'trip|refusal_rate=0.093',
-	'sequential: 93 refusals in 1,000 pass the stage threshold');
+# with control traffic the refusal rule is the paired test (each canary
+# request bet on against one control request, src/sequential.c), stage
+# threshold log(16 / (3 x 0.05)) = 4.670 as for errors: against control's
+# 100 refusals in 10,000, 86 refusals in 1,000 give 4.360, 87 give 4.712
+is(judge('sequential', 'refusal', ref => 86), 'not_credible|none',
+	'sequential: 86 refusals in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'refusal', ref => 87), 'trip|refusal_rate=0.087',
+	'sequential: 87 refusals in 1,000 pass the stage threshold');
 
 # --- p95 > 1.5 x control p95 ------------------------------------------------------
 # The window p95s come from the rollups' latency histograms (32 buckets per
@@ -193,6 +192,33 @@ SELECT round(canary_sequential_evidence(45, 1000, 0.02)::numeric, 3) || ' '
 my ($ret, $stdout, $stderr) = $node->psql('postgres',
 	'SELECT canary_sequential_evidence(11, 10, 0.5)');
 like($stderr, qr/events must be between 0 and trials/, 'more events than trials is refused');
+# the paired statistic of one increment, per bet size 0.15, 0.3, 0.5, 0.9
+# (values from an independent implementation of the same sums); nothing
+# to pair, or counts out of range, are no evidence
+is($node->safe_psql('postgres', q{
+SELECT array(SELECT round(x::numeric, 4) FROM unnest(canary_paired_evidence(180, 16, 3400, 37, 0.05)) x)::text
+    || ' ' || array(SELECT round(x::numeric, 4) FROM unnest(canary_paired_evidence(400, 30, 200, 5, 0.05)) x)::text
+    || ' ' || canary_paired_evidence(0, 0, 100, 1, 0.05)::text
+    || ' ' || canary_paired_evidence(10, 11, 100, 1, 0.05)::text}),
+	'{0.6029,0.9437,1.0765,0.5159} {-0.1355,-0.5627,-1.7005,-9.2023} {0,0,0,0} {0,0,0,0}',
+	'canary_paired_evidence: the paired statistic of an increment');
+# a minute counted in two increments (a check between them) holds the sum of
+# the increments' statistics: the requests of each are paired among themselves
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('inc', 'ramp_25', 'm-old', 'm-new');
+SELECT put('inc', '$at', 'control', 5000, 0, 50, 0, 1000);
+SELECT put('inc', '$at', 'canary', 500, 0, 40, 0, 1000);
+SELECT canary_check('inc', '$at');
+SELECT put('inc', '$at', 'control', 3000, 0, 60, 0, 1000);
+SELECT put('inc', '$at', 'canary', 300, 0, 20, 0, 1000);
+SELECT canary_check('inc', '$at');
+});
+is($node->safe_psql('postgres', q{
+SELECT e.samples || ' ' || e.refusals || ' '
+    || (round(e.paired_2::numeric, 6) = round(((canary_paired_evidence(500, 40, 5000, 50, 0.05))[2]
+                                               + (canary_paired_evidence(300, 20, 3000, 60, 0.05))[2])::numeric, 6))::text
+  FROM canary_evidence e WHERE e.canary = 'inc' AND e.cohort = 'canary'}),
+	'800 60 true', 'a minute counted in two increments: the sum of their paired statistics');
 # r9 (errors 0.045) tripped on its stage statistic: evidence 16 / (3 x 0.05)
 is($node->safe_psql('postgres', q{
 SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeric, 3),
@@ -200,16 +226,17 @@ SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeri
   FROM (SELECT decision->'rules'->'error_rate' AS d FROM canary_window_summaries
          WHERE canary = 'r9' AND cohort = 'canary') s}),
 	'trip 0 4.670 4.670', 'the stage statistic trips at log(16 / (3 x significance))');
-# the two-sample rules: log(64 / (11 x significance)) (1/16 of the rule's
-# share goes to the control's confidence sequence of the statistic)
+# the paired refusal test needs log(16 / (3 x significance)); the
+# thumbs-down rule, log(64 / (11 x significance)) (1/16 of the rule's share
+# goes to the control's confidence sequence of the statistic)
 is($node->safe_psql('postgres', q{
 SELECT string_agg(DISTINCT concat_ws(' ', v.r, x.d->>'minutes', round((x.d->>'needed')::numeric, 3)), ', ')
   FROM canary_window_summaries w
  CROSS JOIN (VALUES ('refusal'), ('thumbs_down')) v(r)
  CROSS JOIN LATERAL (SELECT w.decision->'rules'->v.r AS d) x
  WHERE w.cohort = 'canary' AND w.decision->>'mode' = 'sequential' AND x.d->>'verdict' = 'trip'}),
-	'refusal 0 4.757, thumbs_down 0 4.757',
-	'the refusal and thumbs-down stage statistics trip at log(64 / (11 x significance))');
+	'refusal 0 4.670, thumbs_down 0 4.757',
+	'the paired refusal statistic trips at log(16 / (3 x significance)), thumbs-down at log(64 / (11 x significance))');
 
 # --- the change statistic: a regression an hour into the stage -------------------
 # an hour of good traffic (counted by a check then), then a minute of 15 %
