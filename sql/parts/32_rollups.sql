@@ -452,18 +452,17 @@ BEGIN
     LOOP
         EXIT WHEN @extschema@.canary_feedback_fold() = 0;
     END LOOP;
-    -- rows locked in key order, as every batch locks them: no deadlock
+    -- rows locked in key order, as every batch locks them: no deadlock;
+    -- every counter (31_rollup_counters.sql) set to zero
+    EXECUTE format($q$
     WITH k AS (
         SELECT r.ctid FROM @extschema@.canary_rollups r
-         WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member()
+         WHERE r.bucket_end > $1 AND r.bucket_end <= $2 AND r.member = @extschema@.canary_rollup_member()
          ORDER BY r.canary, r.bucket_end, r.member, r.stage, r.cohort, r.model, r.fallback, r.cached
            FOR UPDATE)
-    UPDATE @extschema@.canary_rollups r
-       SET requests = 0, outcome_ok = 0, outcome_refusal = 0, outcome_error = 0, outcome_timeout = 0,
-           refusals = 0, thumbs_down = 0, verdicts = 0, prompt_tokens = 0, completion_tokens = 0,
-           completions = 0, cost = 0, latency_count = 0, latency_sum = 0, latency_hist = '{}', tokens_hist = '{}',
-           new_users = 0
-      FROM k WHERE r.ctid = k.ctid;
+    UPDATE @extschema@.canary_rollups r SET %s FROM k WHERE r.ctid = k.ctid$q$,
+                   @extschema@.canary_rollup_counter_list('%s = 0', '%s = ''{}'''))
+        USING since, until;
     EXECUTE @extschema@.canary_rollup_statement('requests',
         format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
                'ts', since, 'ts', until), false);

@@ -152,93 +152,48 @@ COMMENT ON VIEW canary_rollup_totals_source IS
  * above) is skipped, both NEW's and OLD's, with a WARNING: raising here
  * would stop the apply worker on every retry.  SECURITY DEFINER: whoever
  * may write the rollups need not write the combined rows.
+ *
+ * Its statements name every counter (31_rollup_counters.sql): the function
+ * is created here from a template, one branch per table, with the lists
+ * filled in, so that it runs plain statements whose plans PL/pgSQL keeps
+ * for the session (the apply worker's), as a hand-written one would.
+ * In the branch: {row} holds OLD when an UPDATE keeps the key (NULL
+ * otherwise, so nothing is taken from NEW); hists_ok is false when a
+ * histogram of NEW or OLD is invalid (then none is combined).
  */
-CREATE FUNCTION canary_fleet_combine_trigger() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
+DO $do$
+DECLARE
+    branch constant text := $t$
+        hists_ok := {hists_valid};
+        IF NOT hists_ok THEN
+            RAISE WARNING 'skipping the histograms of a row of % with an invalid histogram', TG_TABLE_NAME
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('Rollout %s, member %s: its counters are combined, its histograms are not.',
+                                      NEW.canary, NEW.member),
+                      HINT = 'Fix the row where it was written; canary_hist_valid tells a valid histogram.';
+        END IF;
+        IF TG_OP = 'UPDATE' AND ({old_keys}) = ({new_keys}) THEN
+            {row} := OLD;
+        ELSIF TG_OP = 'UPDATE' THEN
+            UPDATE @extschema@.{combined} t
+               SET {take}
+             WHERE ({t_keys}) = ({old_keys});
+        END IF;
+        INSERT INTO @extschema@.{combined} AS t ({keys}, {cols})
+        VALUES ({new_keys},
+                {delta})
+        ON CONFLICT ({keys}) DO UPDATE
+           SET {add};$t$;
+    nh constant text := 'CASE WHEN hists_ok THEN NEW.%1$s END';
+    -- one counter a line in the function's text
+    nl constant text := ',' || chr(10) || repeat(' ', 16);
+    body text := $t$
 DECLARE
     o  @extschema@.canary_rollups;
     ot @extschema@.canary_rollup_totals;
-    nlh int8[] := NEW.latency_hist;
-    nth int8[] := NEW.tokens_hist;
-    olh int8[];
-    oth int8[];
+    hists_ok boolean;
 BEGIN
-    IF TG_OP = 'UPDATE' THEN
-        olh := OLD.latency_hist;
-        oth := OLD.tokens_hist;
-    END IF;
-    IF NOT (@extschema@.canary_hist_valid(coalesce(nlh, '{}')) AND @extschema@.canary_hist_valid(coalesce(nth, '{}'))
-            AND @extschema@.canary_hist_valid(coalesce(olh, '{}')) AND @extschema@.canary_hist_valid(coalesce(oth, '{}'))) THEN
-        RAISE WARNING 'skipping the histograms of a row of % with an invalid histogram', TG_TABLE_NAME
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = format('Rollout %s, member %s: its counters are combined, its histograms are not.',
-                                  NEW.canary, NEW.member),
-                  HINT = 'Fix the row where it was written; canary_hist_valid tells a valid histogram.';
-        nlh := NULL;
-        nth := NULL;
-        olh := NULL;
-        oth := NULL;
-    END IF;
-    IF TG_TABLE_NAME = 'canary_rollups' THEN
-        IF TG_OP = 'UPDATE' AND (OLD.canary, OLD.bucket_end, OLD.stage, OLD.cohort, OLD.model, OLD.fallback, OLD.cached)
-                                 = (NEW.canary, NEW.bucket_end, NEW.stage, NEW.cohort, NEW.model, NEW.fallback, NEW.cached) THEN
-            o := OLD;
-        ELSIF TG_OP = 'UPDATE' THEN
-            UPDATE @extschema@.canary_fleet_rollups t
-               SET requests = t.requests - OLD.requests, outcome_ok = t.outcome_ok - OLD.outcome_ok,
-                   outcome_refusal = t.outcome_refusal - OLD.outcome_refusal,
-                   outcome_error = t.outcome_error - OLD.outcome_error,
-                   outcome_timeout = t.outcome_timeout - OLD.outcome_timeout,
-                   refusals = t.refusals - OLD.refusals, thumbs_down = t.thumbs_down - OLD.thumbs_down,
-                   verdicts = t.verdicts - OLD.verdicts, prompt_tokens = t.prompt_tokens - OLD.prompt_tokens,
-                   completion_tokens = t.completion_tokens - OLD.completion_tokens,
-                   completions = t.completions - OLD.completions, cost = t.cost - OLD.cost,
-                   latency_count = t.latency_count - OLD.latency_count,
-                   latency_sum = t.latency_sum - OLD.latency_sum,
-                   latency_hist = @extschema@.canary_hist_subtract(t.latency_hist, olh),
-                   tokens_hist = @extschema@.canary_hist_subtract(t.tokens_hist, oth),
-                   new_users = t.new_users - OLD.new_users
-             WHERE (t.canary, t.bucket_end, t.stage, t.cohort, t.model, t.fallback, t.cached)
-                   = (OLD.canary, OLD.bucket_end, OLD.stage, OLD.cohort, OLD.model, OLD.fallback, OLD.cached);
-            olh := NULL;
-            oth := NULL;
-        END IF;
-        INSERT INTO @extschema@.canary_fleet_rollups AS t
-               (canary, bucket_end, stage, cohort, model, fallback, cached, requests, outcome_ok,
-                outcome_refusal, outcome_error, outcome_timeout, refusals, thumbs_down, verdicts,
-                prompt_tokens, completion_tokens, completions, cost, latency_count, latency_sum,
-                latency_hist, tokens_hist, new_users)
-        VALUES (NEW.canary, NEW.bucket_end, NEW.stage, NEW.cohort, NEW.model, NEW.fallback, NEW.cached,
-                NEW.requests - coalesce(o.requests, 0), NEW.outcome_ok - coalesce(o.outcome_ok, 0),
-                NEW.outcome_refusal - coalesce(o.outcome_refusal, 0),
-                NEW.outcome_error - coalesce(o.outcome_error, 0),
-                NEW.outcome_timeout - coalesce(o.outcome_timeout, 0),
-                NEW.refusals - coalesce(o.refusals, 0), NEW.thumbs_down - coalesce(o.thumbs_down, 0),
-                NEW.verdicts - coalesce(o.verdicts, 0), NEW.prompt_tokens - coalesce(o.prompt_tokens, 0),
-                NEW.completion_tokens - coalesce(o.completion_tokens, 0),
-                NEW.completions - coalesce(o.completions, 0), NEW.cost - coalesce(o.cost, 0),
-                NEW.latency_count - coalesce(o.latency_count, 0), NEW.latency_sum - coalesce(o.latency_sum, 0),
-                @extschema@.canary_hist_subtract(nlh, olh),
-                @extschema@.canary_hist_subtract(nth, oth),
-                NEW.new_users - coalesce(o.new_users, 0))
-        ON CONFLICT (canary, bucket_end, stage, cohort, model, fallback, cached) DO UPDATE
-           SET requests = t.requests + excluded.requests, outcome_ok = t.outcome_ok + excluded.outcome_ok,
-               outcome_refusal = t.outcome_refusal + excluded.outcome_refusal,
-               outcome_error = t.outcome_error + excluded.outcome_error,
-               outcome_timeout = t.outcome_timeout + excluded.outcome_timeout,
-               refusals = t.refusals + excluded.refusals, thumbs_down = t.thumbs_down + excluded.thumbs_down,
-               verdicts = t.verdicts + excluded.verdicts, prompt_tokens = t.prompt_tokens + excluded.prompt_tokens,
-               completion_tokens = t.completion_tokens + excluded.completion_tokens,
-               completions = t.completions + excluded.completions, cost = t.cost + excluded.cost,
-               latency_count = t.latency_count + excluded.latency_count,
-               latency_sum = t.latency_sum + excluded.latency_sum,
-               latency_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.latency_hist, nlh), olh),
-               tokens_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.tokens_hist, nth), oth),
-               new_users = t.new_users + excluded.new_users;
+    IF TG_TABLE_NAME = 'canary_rollups' THEN{canary_rollups}
         -- a change applied late (a member catching up after an outage, a
         -- late verdict): the kill switch's evidence recounts from its
         -- bucket (canary_collect_evidence recounts the last two minutes
@@ -248,63 +203,49 @@ BEGIN
             INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
             VALUES (NEW.canary, NEW.bucket_end);
         END IF;
-    ELSE
-        IF TG_OP = 'UPDATE' AND (OLD.canary, OLD.model, OLD.cohort, OLD.fallback)
-                                 = (NEW.canary, NEW.model, NEW.cohort, NEW.fallback) THEN
-            ot := OLD;
-        ELSIF TG_OP = 'UPDATE' THEN
-            UPDATE @extschema@.canary_fleet_rollup_totals t
-               SET requests = t.requests - OLD.requests, outcome_ok = t.outcome_ok - OLD.outcome_ok,
-                   outcome_refusal = t.outcome_refusal - OLD.outcome_refusal,
-                   outcome_error = t.outcome_error - OLD.outcome_error,
-                   outcome_timeout = t.outcome_timeout - OLD.outcome_timeout,
-                   refusals = t.refusals - OLD.refusals, thumbs_down = t.thumbs_down - OLD.thumbs_down,
-                   verdicts = t.verdicts - OLD.verdicts, prompt_tokens = t.prompt_tokens - OLD.prompt_tokens,
-                   completion_tokens = t.completion_tokens - OLD.completion_tokens,
-                   completions = t.completions - OLD.completions, cost = t.cost - OLD.cost,
-                   latency_count = t.latency_count - OLD.latency_count,
-                   latency_sum = t.latency_sum - OLD.latency_sum,
-                   latency_hist = @extschema@.canary_hist_subtract(t.latency_hist, olh),
-                   tokens_hist = @extschema@.canary_hist_subtract(t.tokens_hist, oth)
-             WHERE (t.canary, t.model, t.cohort, t.fallback) = (OLD.canary, OLD.model, OLD.cohort, OLD.fallback);
-            olh := NULL;
-            oth := NULL;
-        END IF;
-        INSERT INTO @extschema@.canary_fleet_rollup_totals AS t
-               (canary, model, cohort, fallback, requests, outcome_ok, outcome_refusal, outcome_error,
-                outcome_timeout, refusals, thumbs_down, verdicts, prompt_tokens, completion_tokens,
-                completions, cost, latency_count, latency_sum, latency_hist, tokens_hist)
-        VALUES (NEW.canary, NEW.model, NEW.cohort, NEW.fallback,
-                NEW.requests - coalesce(ot.requests, 0), NEW.outcome_ok - coalesce(ot.outcome_ok, 0),
-                NEW.outcome_refusal - coalesce(ot.outcome_refusal, 0),
-                NEW.outcome_error - coalesce(ot.outcome_error, 0),
-                NEW.outcome_timeout - coalesce(ot.outcome_timeout, 0),
-                NEW.refusals - coalesce(ot.refusals, 0), NEW.thumbs_down - coalesce(ot.thumbs_down, 0),
-                NEW.verdicts - coalesce(ot.verdicts, 0), NEW.prompt_tokens - coalesce(ot.prompt_tokens, 0),
-                NEW.completion_tokens - coalesce(ot.completion_tokens, 0),
-                NEW.completions - coalesce(ot.completions, 0), NEW.cost - coalesce(ot.cost, 0),
-                NEW.latency_count - coalesce(ot.latency_count, 0), NEW.latency_sum - coalesce(ot.latency_sum, 0),
-                @extschema@.canary_hist_subtract(nlh, olh),
-                @extschema@.canary_hist_subtract(nth, oth))
-        ON CONFLICT (canary, model, cohort, fallback) DO UPDATE
-           SET requests = t.requests + excluded.requests, outcome_ok = t.outcome_ok + excluded.outcome_ok,
-               outcome_refusal = t.outcome_refusal + excluded.outcome_refusal,
-               outcome_error = t.outcome_error + excluded.outcome_error,
-               outcome_timeout = t.outcome_timeout + excluded.outcome_timeout,
-               refusals = t.refusals + excluded.refusals, thumbs_down = t.thumbs_down + excluded.thumbs_down,
-               verdicts = t.verdicts + excluded.verdicts, prompt_tokens = t.prompt_tokens + excluded.prompt_tokens,
-               completion_tokens = t.completion_tokens + excluded.completion_tokens,
-               completions = t.completions + excluded.completions, cost = t.cost + excluded.cost,
-               latency_count = t.latency_count + excluded.latency_count,
-               latency_sum = t.latency_sum + excluded.latency_sum,
-               latency_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.latency_hist, nlh), olh),
-               tokens_hist = @extschema@.canary_hist_subtract(
-                   @extschema@.canary_hist_merge(t.tokens_hist, nth), oth);
+    ELSE{canary_rollup_totals}
     END IF;
     RETURN NULL;
 END;
-$$;
+$t$;
+    b text;
+    oh text;
+    t record;
+BEGIN
+    FOR t IN SELECT * FROM (VALUES ('canary_rollups', 'canary_fleet_rollups', 'o', false,
+                                    'canary, bucket_end, stage, cohort, model, fallback, cached'),
+                                   ('canary_rollup_totals', 'canary_fleet_rollup_totals', 'ot', true,
+                                    'canary, model, cohort, fallback')) v (tab, combined, r, totals, keys)
+    LOOP
+        oh := 'CASE WHEN hists_ok THEN ' || t.r || '.%1$s END';
+        b := replace(replace(replace(replace(branch, '{row}', t.r), '{combined}', t.combined),
+                             '{keys}', t.keys), '{cols}', @extschema@.canary_rollup_counter_list('%1$s', '%1$s', t.totals));
+        b := replace(b, '{old_keys}', regexp_replace(t.keys, '(\w+)', 'OLD.\1', 'g'));
+        b := replace(b, '{new_keys}', regexp_replace(t.keys, '(\w+)', 'NEW.\1', 'g'));
+        b := replace(b, '{t_keys}', regexp_replace(t.keys, '(\w+)', 't.\1', 'g'));
+        b := replace(b, '{hists_valid}', @extschema@.canary_rollup_counter_list(
+            NULL, '@extschema@.canary_hist_valid(coalesce(NEW.%1$s, ''{}''))'
+                  ' AND @extschema@.canary_hist_valid(coalesce(OLD.%1$s, ''{}''))', t.totals,
+            chr(10) || repeat(' ', 12) || 'AND '));
+        b := replace(b, '{take}', @extschema@.canary_rollup_counter_list(
+            '%1$s = t.%1$s - OLD.%1$s',
+            '%1$s = @extschema@.canary_hist_subtract(t.%1$s, CASE WHEN hists_ok THEN OLD.%1$s END)', t.totals, nl));
+        b := replace(b, '{delta}', @extschema@.canary_rollup_counter_list(
+            'NEW.%1$s - coalesce(' || t.r || '.%1$s, 0)',
+            '@extschema@.canary_hist_subtract(' || nh || ', ' || oh || ')', t.totals, nl));
+        b := replace(b, '{add}', @extschema@.canary_rollup_counter_list(
+            '%1$s = t.%1$s + excluded.%1$s',
+            '%1$s = @extschema@.canary_hist_subtract(@extschema@.canary_hist_merge(t.%1$s, ' || nh || '), ' || oh || ')',
+            t.totals, nl));
+        body := replace(body, '{' || t.tab || '}', b);
+    END LOOP;
+    EXECUTE format($f$
+    CREATE FUNCTION @extschema@.canary_fleet_combine_trigger() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS %L$f$, body);
+END;
+$do$;
 COMMENT ON FUNCTION canary_fleet_combine_trigger() IS
     'On the fleet''s control database: adds the change of a row of canary_rollups or canary_rollup_totals (NEW less OLD) to its combined row';
 REVOKE ALL ON FUNCTION canary_fleet_combine_trigger() FROM PUBLIC;
@@ -348,28 +289,25 @@ BEGIN
     END IF;
     LOCK TABLE @extschema@.canary_rollups, @extschema@.canary_rollup_totals IN SHARE ROW EXCLUSIVE MODE;
     DELETE FROM @extschema@.canary_fleet_rollups r WHERE r.bucket_end > since AND r.bucket_end <= until;
-    INSERT INTO @extschema@.canary_fleet_rollups
-    SELECT r.canary, r.bucket_end, r.stage, r.cohort, r.model, r.fallback, r.cached,
-           sum(r.requests), sum(r.outcome_ok), sum(r.outcome_refusal), sum(r.outcome_error),
-           sum(r.outcome_timeout), sum(r.refusals), sum(r.thumbs_down), sum(r.verdicts),
-           sum(r.prompt_tokens), sum(r.completion_tokens), sum(r.completions), sum(r.cost),
-           sum(r.latency_count), sum(r.latency_sum),
-           @extschema@.canary_hist_sum(r.latency_hist), @extschema@.canary_hist_sum(r.tokens_hist),
-           sum(r.new_users)
+    -- every counter (31_rollup_counters.sql) summed
+    EXECUTE format($q$
+    INSERT INTO @extschema@.canary_fleet_rollups (canary, bucket_end, stage, cohort, model, fallback, cached, %s)
+    SELECT r.canary, r.bucket_end, r.stage, r.cohort, r.model, r.fallback, r.cached, %s
       FROM @extschema@.canary_rollups r
-     WHERE r.bucket_end > since AND r.bucket_end <= until
-     GROUP BY 1, 2, 3, 4, 5, 6, 7;
+     WHERE r.bucket_end > $1 AND r.bucket_end <= $2
+     GROUP BY 1, 2, 3, 4, 5, 6, 7$q$,
+                   @extschema@.canary_rollup_counter_list('%s', '%s'),
+                   @extschema@.canary_rollup_counter_list('sum(r.%s)', '@extschema@.canary_hist_sum(r.%s)'))
+        USING since, until;
     GET DIAGNOSTICS n = ROW_COUNT;
     DELETE FROM @extschema@.canary_fleet_rollup_totals;
-    INSERT INTO @extschema@.canary_fleet_rollup_totals
-    SELECT t.canary, t.model, t.cohort, t.fallback,
-           sum(t.requests), sum(t.outcome_ok), sum(t.outcome_refusal), sum(t.outcome_error),
-           sum(t.outcome_timeout), sum(t.refusals), sum(t.thumbs_down), sum(t.verdicts),
-           sum(t.prompt_tokens), sum(t.completion_tokens), sum(t.completions), sum(t.cost),
-           sum(t.latency_count), sum(t.latency_sum),
-           @extschema@.canary_hist_sum(t.latency_hist), @extschema@.canary_hist_sum(t.tokens_hist)
+    EXECUTE format($q$
+    INSERT INTO @extschema@.canary_fleet_rollup_totals (canary, model, cohort, fallback, %s)
+    SELECT t.canary, t.model, t.cohort, t.fallback, %s
       FROM @extschema@.canary_rollup_totals t
-     GROUP BY 1, 2, 3, 4;
+     GROUP BY 1, 2, 3, 4$q$,
+                   @extschema@.canary_rollup_counter_list('%s', '%s', true),
+                   @extschema@.canary_rollup_counter_list('sum(t.%s)', '@extschema@.canary_hist_sum(t.%s)', true));
     RETURN n;
 END;
 $$;

@@ -35,26 +35,9 @@ $node->safe_psql('postgres', q{
 INSERT INTO canary_models (name, provider, base_url, model) VALUES
     ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
     ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
--- n requests of one cohort in the 100 s before p_at (users: u<g % users>),
--- the first k_td of them with a thumbs-down given at p_at - 5 s
-CREATE FUNCTION put(p_canary text, p_at timestamptz, p_cohort text, n integer, k_td integer,
-                    users integer DEFAULT 0)
-RETURNS void LANGUAGE sql AS $$
-    WITH r AS (
-        INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, model,
-                                     outcome, http_status, latency_ms, refusal, fallback)
-        SELECT gen_random_uuid(), p_at - interval '100 s' + g * interval '1 ms', p_canary, 'ramp_25',
-               CASE WHEN users > 0 THEN p_cohort || (g % users) ELSE 'u' || g END, p_cohort,
-               CASE p_cohort WHEN 'canary' THEN 'm-new' ELSE 'm-old' END, 'ok', 200, 1000, false, false
-          FROM generate_series(0, n - 1) g
-        RETURNING request_id, ts
-    )
-    INSERT INTO canary_feedback (request_id, ts, thumbs_down, canary, cohort)
-    SELECT request_id, p_at - interval '5 s', true, p_canary, p_cohort FROM r
-     ORDER BY ts LIMIT k_td;
-$$;
 INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('fb', 'ramp_25', 'm-old', 'm-new');
 });
+canary_create_put($node);
 $node->poll_query_until('postgres', "SELECT worker_state = 'running' FROM canary_stats()")
   or die 'the worker did not start';
 
@@ -171,8 +154,8 @@ sub at { my ($s) = @_; return "'$at'::timestamptz + interval '$s seconds'"; }
 $node->safe_psql('postgres', qq{
 INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode, evidence_since)
   VALUES ('late', 'ramp_25', 'm-old', 'm-new', 'sequential', '$at'::timestamptz - interval '1 hour');
-SELECT put('late', '$at', 'control', 10000, 200);
-SELECT put('late', '$at', 'canary', 1000, 0);
+SELECT put('late', '$at', 'control', 10000, k_td => 200);
+SELECT put('late', '$at', 'canary', 1000);
 });
 is($node->safe_psql('postgres', qq{
 SELECT coalesce(canary_check('late', '$at'), 'no trip');
@@ -202,10 +185,10 @@ SELECT sum(thumbs_down) FILTER (WHERE cohort = 'canary') || ' ' || sum(thumbs_do
 $node->safe_psql('postgres', qq{
 INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
   VALUES ('users', 'ramp_25', 'm-old', 'm-new', '$at'::timestamptz - interval '1 hour');
-SELECT put('users', @{[at(-600)]}, 'canary', 300, 0, 30);
-SELECT put('users', @{[at(-600)]}, 'control', 900, 0, 90);
-SELECT put('users', @{[at(-300)]}, 'canary', 400, 0, 40);
-SELECT put('users', @{[at(-300)]}, 'control', 900, 0, 90);
+SELECT put('users', @{[at(-600)]}, 'canary', 300, users => 30);
+SELECT put('users', @{[at(-600)]}, 'control', 900, users => 90);
+SELECT put('users', @{[at(-300)]}, 'canary', 400, users => 40);
+SELECT put('users', @{[at(-300)]}, 'control', 900, users => 90);
 });
 is($node->safe_psql('postgres', q{
 SELECT sum(new_users) FILTER (WHERE cohort = 'canary') || ' ' || sum(new_users) FILTER (WHERE cohort = 'control')
@@ -228,8 +211,8 @@ SELECT users_canary || ' ' || users_control || ' ' || counted_to FROM canary_srm
 # a new evidence period: the same users count again, the old period's go
 $node->safe_psql('postgres', qq{
 UPDATE canary_config SET evidence_since = @{[at(600)]} WHERE name = 'users';
-SELECT put('users', @{[at(900)]}, 'canary', 50, 0, 5);
-SELECT put('users', @{[at(900)]}, 'control', 150, 0, 15);
+SELECT put('users', @{[at(900)]}, 'canary', 50, users => 5);
+SELECT put('users', @{[at(900)]}, 'control', 150, users => 15);
 });
 is($node->safe_psql('postgres', qq{
 SELECT coalesce(canary_check('users', @{[at(900)]}), 'no trip');

@@ -26,28 +26,8 @@ $node->safe_psql('postgres', q{
 INSERT INTO canary_models (name, provider, base_url, model) VALUES
     ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
     ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
--- n requests of one cohort in the 90 s before p_at: the first k_err errors,
--- the next k_ref refusals, the first k_td with a thumbs-down, latency lat
-CREATE FUNCTION put(p_canary text, p_at timestamptz, p_cohort text, n integer,
-                    k_err integer, k_ref integer, k_td integer, lat integer,
-                    users integer DEFAULT 0)
-RETURNS void LANGUAGE sql AS $$
-    WITH r AS (
-        INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, model,
-                                     outcome, http_status, latency_ms, refusal, fallback)
-        SELECT gen_random_uuid(), p_at - interval '100 s' + g * interval '1 ms', p_canary, 'ramp_25',
-               CASE WHEN users > 0 THEN p_cohort || (g % users) ELSE 'u' || g END, p_cohort,
-               CASE p_cohort WHEN 'canary' THEN 'm-new' ELSE 'm-old' END,
-               CASE WHEN g < k_err THEN 'error' WHEN g < k_err + k_ref THEN 'refusal' ELSE 'ok' END,
-               200, lat, g >= k_err AND g < k_err + k_ref, false
-          FROM generate_series(0, n - 1) g
-        RETURNING request_id, ts
-    )
-    INSERT INTO canary_feedback (request_id, ts, thumbs_down, canary, cohort)
-    SELECT request_id, p_at - interval '5 s', true, p_canary, p_cohort FROM r
-     ORDER BY ts LIMIT k_td;
-$$;
 });
+canary_create_put($node);
 
 # A window at an hour ahead (after evidence_since, which the INSERT sets to now())
 my $at = $node->safe_psql('postgres',

@@ -167,29 +167,36 @@ sub poll_bg
 # The control's combined rollups against the members' rows it holds: the
 # number of rows (combined rollups and combined totals) that differ from
 # the sum over members, in either direction; 0 when they agree exactly.
-my $combined_diff_q = q{
-WITH s AS (
-  SELECT canary, bucket_end, stage, cohort, model, fallback, cached,
-         sum(requests)::bigint, sum(outcome_ok)::bigint, sum(outcome_refusal)::bigint,
-         sum(outcome_error)::bigint, sum(outcome_timeout)::bigint, sum(refusals)::bigint,
-         sum(thumbs_down)::bigint, sum(verdicts)::bigint, sum(prompt_tokens)::bigint,
-         sum(completion_tokens)::bigint, sum(completions)::bigint, sum(cost),
-         sum(latency_count)::bigint, sum(latency_sum)::bigint,
-         canary_hist_sum(latency_hist), canary_hist_sum(tokens_hist), sum(new_users)::bigint
-    FROM canary_rollups GROUP BY 1, 2, 3, 4, 5, 6, 7),
-t AS (
-  SELECT canary, model, cohort, fallback,
-         sum(requests)::bigint, sum(outcome_ok)::bigint, sum(outcome_refusal)::bigint,
-         sum(outcome_error)::bigint, sum(outcome_timeout)::bigint, sum(refusals)::bigint,
-         sum(thumbs_down)::bigint, sum(verdicts)::bigint, sum(prompt_tokens)::bigint,
-         sum(completion_tokens)::bigint, sum(completions)::bigint, sum(cost),
-         sum(latency_count)::bigint, sum(latency_sum)::bigint,
-         canary_hist_sum(latency_hist), canary_hist_sum(tokens_hist)
-    FROM canary_rollup_totals GROUP BY 1, 2, 3, 4)
+# Every column after the key is summed, read from the catalog: a counter
+# added to the tables is compared without a change here.
+my $sum_q = q{
+SELECT string_agg(a.attname, ', ' ORDER BY a.attnum) FILTER (WHERE a.attnum = ANY (k.conkey))
+       || ', ' || string_agg(CASE a.atttypid WHEN 'int8[]'::regtype THEN format('canary_hist_sum(%I)', a.attname)
+                                             WHEN 'numeric'::regtype THEN format('sum(%I)', a.attname)
+                                             ELSE format('sum(%I)::bigint', a.attname) END,
+                             ', ' ORDER BY a.attnum) FILTER (WHERE a.attnum <> ALL (k.conkey))
+  FROM pg_attribute a JOIN pg_constraint k ON k.conrelid = a.attrelid AND k.contype = 'p'
+ WHERE a.attrelid = '%s'::regclass AND a.attnum > 0 AND NOT a.attisdropped};
+my $combined_diff_q = sprintf(q{
+WITH s AS (SELECT %s FROM canary_rollups GROUP BY 1, 2, 3, 4, 5, 6, 7),
+t AS (SELECT %s FROM canary_rollup_totals GROUP BY 1, 2, 3, 4)
 SELECT (SELECT count(*) FROM (SELECT * FROM s EXCEPT ALL SELECT * FROM canary_fleet_rollups) a)
      + (SELECT count(*) FROM (SELECT * FROM canary_fleet_rollups EXCEPT ALL SELECT * FROM s) b)
      + (SELECT count(*) FROM (SELECT * FROM t EXCEPT ALL SELECT * FROM canary_fleet_rollup_totals) c)
-     + (SELECT count(*) FROM (SELECT * FROM canary_fleet_rollup_totals EXCEPT ALL SELECT * FROM t) d)};
+     + (SELECT count(*) FROM (SELECT * FROM canary_fleet_rollup_totals EXCEPT ALL SELECT * FROM t) d)},
+	map { $control->safe_psql('postgres', sprintf($sum_q, $_)) } qw(canary_fleet_rollups canary_fleet_rollup_totals));
+like($combined_diff_q, qr/sum\(new_users\)::bigint FROM canary_rollups .*canary_hist_sum\(tokens_hist\) FROM canary_rollup_totals/s,
+	'the members\' sums read from the catalog name every counter');
+is($control->safe_psql('postgres', q{
+SELECT string_agg(n, ' ')
+  FROM (SELECT (SELECT string_agg(a.attname, ',' ORDER BY a.attnum)
+                  FROM pg_attribute a JOIN pg_constraint k ON k.conrelid = a.attrelid AND k.contype = 'p'
+                 WHERE a.attrelid = r AND a.attnum > 0 AND NOT a.attisdropped AND a.attnum <> ALL (k.conkey)) n
+          FROM unnest(ARRAY['canary_rollups', 'canary_fleet_rollups',
+                            'canary_rollup_totals', 'canary_fleet_rollup_totals']::regclass[]) r) x}),
+	join(' ', map { $control->safe_psql('postgres', qq{
+SELECT string_agg(counter, ',') FROM canary_rollup_counters() WHERE in_totals OR NOT $_}) } qw(false false true true)),
+	'canary_rollup_counters() lists every column after the key of the rollups, the totals and their combined rows');
 
 # --- evidence flows up: canary_fleet on the control --------------------------
 ok($control->poll_query_until('postgres',
@@ -332,6 +339,75 @@ SELECT (SELECT coalesce(sum(requests + latency_count), -1) || '/' || bool_and(la
 		'0/true 0/true', 'moved back: the moved keys\' combined rows and totals are empty again');
 	$control->safe_psql('postgres', q{DELETE FROM canary_fleet_rollups WHERE stage LIKE '%~moved';
 DELETE FROM canary_fleet_rollup_totals WHERE cohort LIKE '%~moved';});
+	is($control->safe_psql('postgres', $combined_diff_q), '0', 'and the others equal the members\' sum');
+
+	# every counter, each non-zero (the columns from the catalog, so that a
+	# counter added later is covered): a row and a totals row of member 1
+	# added, doubled, moved to another key, recombined and rebuilt away; the
+	# combined rows follow each step exactly
+	my %vals;
+	for my $tab (qw(canary_rollups canary_rollup_totals))
+	{
+		$vals{$tab} = $m1->safe_psql('postgres', qq{
+SELECT string_agg(format('%I', a.attname), ', ' ORDER BY a.attnum) || '|'
+       || string_agg(CASE a.atttypid WHEN 'int8[]'::regtype THEN format('''{%s,2}''', a.attnum)
+                                     WHEN 'numeric'::regtype THEN format('%s.5', a.attnum)
+                                     ELSE a.attnum::text END, ', ' ORDER BY a.attnum) || '|'
+       || string_agg(CASE a.atttypid WHEN 'int8[]'::regtype THEN format('%1\$I = canary_hist_merge(%1\$I, %1\$I)', a.attname)
+                                     ELSE format('%1\$I = %1\$I + %1\$I', a.attname) END, ', ' ORDER BY a.attnum) || '|'
+       || string_agg(CASE a.atttypid WHEN 'int8[]'::regtype THEN format('%I = ''{}''', a.attname)
+                                     ELSE format('%I = 0', a.attname) END, ' AND ' ORDER BY a.attnum)
+  FROM pg_attribute a JOIN pg_constraint k ON k.conrelid = a.attrelid AND k.contype = 'p'
+ WHERE a.attrelid = '$tab'::regclass AND a.attnum > 0 AND NOT a.attisdropped AND a.attnum <> ALL (k.conkey)});
+	}
+	my ($rcols, $rvals, $rdouble, $rzero) = split /\|/, $vals{canary_rollups};
+	my ($tcols, $tvals, $tdouble, $tzero) = split /\|/, $vals{canary_rollup_totals};
+	my $allcols_q = q{SELECT count(*) || '/' || coalesce(sum(requests), 0) || '/' || coalesce(max(stage), '-')
+	                        || (SELECT '/' || count(*) || '/' || coalesce(sum(requests), 0) || '/' || coalesce(max(cohort), '-')
+	                              FROM canary_rollup_totals WHERE canary = 'allcols')
+	                    FROM canary_rollups WHERE canary = 'allcols'};
+	$m1->safe_psql('postgres', qq{
+INSERT INTO canary_rollups (canary, bucket_end, member, stage, cohort, model, fallback, cached, $rcols)
+VALUES ('allcols', '2026-01-01 00:01:00+00', 'm1', 'ramp_1', 'canary', 'n', false, false, $rvals);
+INSERT INTO canary_rollup_totals (canary, member, model, cohort, fallback, $tcols)
+VALUES ('allcols', 'm1', 'n', 'canary', false, $tvals);});
+	$m1_sync->($allcols_q);
+	is($control->safe_psql('postgres', $combined_diff_q), '0',
+		'every counter of an added row reaches the combined row and totals');
+	$m1->safe_psql('postgres', qq{
+UPDATE canary_rollups SET $rdouble WHERE canary = 'allcols';
+UPDATE canary_rollup_totals SET $tdouble WHERE canary = 'allcols';});
+	$m1_sync->($allcols_q);
+	is($control->safe_psql('postgres', $combined_diff_q), '0',
+		'every counter of an updated row: NEW less OLD added');
+	$m1->safe_psql('postgres', q{
+UPDATE canary_rollups SET stage = 'ramp_5' WHERE canary = 'allcols';
+UPDATE canary_rollup_totals SET cohort = 'control' WHERE canary = 'allcols';});
+	$m1_sync->($allcols_q);
+	is($control->safe_psql('postgres', qq{
+SELECT (SELECT count(*) FROM canary_fleet_rollups WHERE canary = 'allcols' AND stage = 'ramp_1' AND $rzero)
+       || '/' || (SELECT count(*) FROM canary_fleet_rollup_totals WHERE canary = 'allcols' AND cohort = 'canary' AND $tzero);
+DELETE FROM canary_fleet_rollups WHERE canary = 'allcols' AND stage = 'ramp_1';
+DELETE FROM canary_fleet_rollup_totals WHERE canary = 'allcols' AND cohort = 'canary';
+$combined_diff_q}), "1/1\n0",
+		'a key-changing UPDATE takes every counter out of the old key\'s rows, adds it to the new key\'s');
+	is($control->safe_psql('postgres', q{
+UPDATE canary_fleet_rollups SET requests = requests + 1 WHERE canary = 'allcols';
+UPDATE canary_fleet_rollup_totals SET requests = requests + 1 WHERE canary = 'allcols';
+SELECT canary_fleet_combine('2026-01-01 00:00:30+00', '2026-01-01 00:01:00+00');}), '1',
+		'canary_fleet_combine recomputes the range\'s one combined row');
+	is($control->safe_psql('postgres', $combined_diff_q), '0',
+		'with every counter, and every counter of the combined totals');
+	is($m1->safe_psql('postgres', q{SELECT canary_rollup_rebuild('2026-01-01 00:00:30+00', '2026-01-01 00:01:00+00')}),
+		'0', 'member 1 rebuilds the range from its (no) raw rows');
+	$m1_sync->($allcols_q);
+	is($control->safe_psql('postgres',
+		qq{SELECT count(*) FROM canary_fleet_rollups WHERE canary = 'allcols' AND $rzero}), '1',
+		'the rebuild set every counter of the row to zero before deleting it: the combined row is empty');
+	$m1->safe_psql('postgres', q{DELETE FROM canary_rollup_totals WHERE canary = 'allcols'});
+	$m1_sync->($allcols_q);
+	$control->safe_psql('postgres', q{DELETE FROM canary_fleet_rollups WHERE canary = 'allcols';
+DELETE FROM canary_fleet_rollup_totals WHERE canary = 'allcols';});
 	is($control->safe_psql('postgres', $combined_diff_q), '0', 'and the others equal the members\' sum');
 
 	# a member without the CHECK (dropped, another version) sends a row with a

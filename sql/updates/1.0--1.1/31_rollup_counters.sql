@@ -1,0 +1,1 @@
+../../parts/31_rollup_counters.sql
