@@ -29,6 +29,7 @@
 #include "call.h"
 #include "chat.h"
 #include "config.h"
+#include "fleet.h"
 #include "metrics.h"
 #include "provider.h"
 #include "routing.h"
@@ -226,9 +227,11 @@ CallBegin(CanaryCall *call, const CanaryRequest *req, text *user_arg,
 
 	/*
 	 * shadow mode: hand the new model's copy to the worker before calling
-	 * (a chat request as its normalised JSON text)
+	 * (a chat request as its normalised JSON text); none while a fleet
+	 * member fails safe, which keeps the new model out of every call
 	 */
-	if (r->stage == CANARY_STAGE_SHADOW && r->armed && r->new_model != NULL)
+	if (r->stage == CANARY_STAGE_SHADOW && r->armed && r->new_model != NULL &&
+		!FleetFailSafeActive())
 	{
 		ShadowMaybeDispatch(r, &call->request_id, call->user_id, call->user_len,
 							identity, req->chat != NULL, call->prompt_class,

@@ -23,7 +23,9 @@
  *	   fleet's combined rollups (sql/parts/33_fleet_combined.sql; a DELETE,
  *	   a member's retention, takes nothing out), and the checks read those
  *	   (FleetRollupsTable): one row per bucket and key, whatever the number
- *	   of members.
+ *	   of members.  The CSAT check joins scores to users, so each member
+ *	   also publishes canary_csat_user_days, the cohort that served each of
+ *	   its users per rollout and day (sql/parts/51_csat.sql).
  *	 - Fail safe.  The control's worker writes canary_fleet_heartbeat every
  *	   llm_canary.fleet_heartbeat_interval.  On a member, a trigger ENABLEd
  *	   REPLICA on that table stamps the row with the member's own clock and,
@@ -31,9 +33,9 @@
  *	   memory.  Routing compares it with the member's clock (one atomic
  *	   read, no clock skew between servers involved): after
  *	   llm_canary.fleet_max_lag without a heartbeat, every user is routed
- *	   to the old model.  The member's worker logs each change of that
- *	   state and reports it up in canary_fleet_members; canary_prometheus
- *	   and canary_fleet() show it.
+ *	   to the old model and no shadow call goes to the new one.  The
+ *	   member's worker logs each change of that state and reports it up in
+ *	   canary_fleet_members; canary_prometheus and canary_fleet() show it.
  *
  * Everything here needs shared_preload_libraries: without it the settings
  * are not defined and the database is standalone.
@@ -251,12 +253,16 @@ FleetLagMs(void)
 }
 
 /*
- * Is this member cut off from the control database for too long?  Until the
- * worker has loaded heard_at after a start (its first step, within a
- * heartbeat interval), the answer is no: routing itself never reads tables
- * for the fail-safe.
+ * FleetFailSafeActive
+ *		Is this member cut off from the control database for too long?
+ *		Until the worker has loaded heard_at after a start (its first step,
+ *		within a heartbeat interval), the answer is no: routing itself never
+ *		reads tables for the fail-safe.  While it is, no user is routed to
+ *		the new model (FleetRouteOverride) and no shadow call goes to it
+ *		(call.c does not queue one, shadow_worker.c does not start one
+ *		queued before).  One atomic read and a clock read.
  */
-static bool
+bool
 FleetFailSafeActive(void)
 {
 	int64		lag;

@@ -28,6 +28,9 @@ extern void FleetInitShmem(void);
 /* routing.c: the fail-safe, after every routing decision */
 extern void FleetRouteOverride(const CanaryRollout *r, RouteDecision *d);
 
+/* call.c, shadow_worker.c: no shadow calls while the fail-safe is on */
+extern bool FleetFailSafeActive(void);
+
 /* killswitch.c and worker.c: only a standalone or control database judges */
 extern bool FleetJudgesRollouts(void);
 extern void FleetRequireJudge(const char *what);

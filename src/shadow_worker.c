@@ -62,6 +62,7 @@
 
 #include "cache.h"
 #include "config.h"
+#include "fleet.h"
 #include "http.h"
 #include "provider.h"
 #include "shadow.h"
@@ -590,7 +591,10 @@ ShadowTakeJobs(void)
 		ShadowJob  *job = (ShadowJob *) lfirst(lc);
 		const char *err;
 
-		if (!job->done && (err = ShadowJobStart(job, &job->model)) != NULL)
+		/* queued before this member started failing safe: not sent */
+		if (!job->done && FleetFailSafeActive())
+			ShadowJobFinish(job, "fail_safe", GetCurrentTimestamp());
+		else if (!job->done && (err = ShadowJobStart(job, &job->model)) != NULL)
 			ShadowJobFinish(job, err, GetCurrentTimestamp());
 	}
 	list_free(started);

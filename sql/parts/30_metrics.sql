@@ -147,7 +147,7 @@ COMMENT ON FUNCTION canary_partition_days(text, date, integer) IS
  * today .. today + days_ahead (today is the UTC day by default: partitions
  * are UTC days, whatever the session's TimeZone); retention: daily
  * partitions of days before today - llm_canary.retention_days are dropped
- * and canary_window_summaries rows of those days deleted; expired session pins and expired answers of
+ * and canary_window_summaries (and canary_csat_user_days) rows of those days deleted; expired session pins and expired answers of
  * the response cache are deleted.  Every delete goes through an index.
  * canary_alerts and canary_stage_history are the audit trail (one row per
  * trip, alert or operator change) and are kept.
@@ -191,6 +191,10 @@ BEGIN
             ('canary_sessions', 'expires_at < $1', now()),
             -- window summaries of days before today - retention (none when 0)
             ('canary_window_summaries', 'at < $1',
+             CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
+            -- the CSAT feed's users of those days (a member's, and on the
+            -- control the members' rows it holds)
+            ('canary_csat_user_days', 'day < ($1 AT TIME ZONE ''UTC'')::date',
              CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
             -- rollups older than llm_canary.rollup_retention_days
             ('canary_rollups', NULL, NULL),

@@ -1,18 +1,32 @@
 /*
  * The counters of the rollups, defined once.  canary_rollups,
  * canary_rollup_totals and their fleet-combined copies
- * (33_fleet_combined.sql) share these columns after their keys; every
- * statement that treats all of them alike (zero them, sum them, add a row's
- * change to a combined row) is built from this list, so that adding a
- * counter is adding its columns and one line here.  A histogram (int8[],
+ * (33_fleet_combined.sql) share these columns after their keys; the
+ * statements that treat all of them alike are built from this list:
+ * canary_rollup_rebuild's zeroing (32_rollups.sql) and canary_fleet_combine's
+ * sums (33) when they run, the fleet combine trigger's function
+ * (34_fleet_combine_trigger.sql) when it is created.  A histogram (int8[],
  * src/rollups.c) adds with canary_hist_merge and sums with canary_hist_sum;
  * the others with + and sum.  Counters only canary_rollups has are not in
- * the totals.  canary_rollup_statement computes each counter from the raw
- * rows (32_rollups.sql): a new counter is counted there.
+ * the totals.
+ *
+ * Adding a counter takes, besides its line here: its column at the end of
+ * canary_rollups, canary_fleet_rollups and (if in the totals)
+ * canary_rollup_totals and canary_fleet_rollup_totals; counting it in
+ * canary_rollup_statement (32_rollups.sql); the views canary_rollup_source
+ * and canary_rollup_totals_source (33), which list the columns by hand;
+ * and recreating the combine trigger's function, whose text is generated
+ * once: the update script includes 34_fleet_combine_trigger.sql (linked,
+ * as sql/updates/1.0--1.1/ does) after this part and the new columns.
+ * Readers of a single counter (the summaries, the Prometheus export,
+ * canary_check in src/) use it where they need it.
+ *
+ * STABLE, not IMMUTABLE: format() is STABLE, and a session must not keep
+ * the list of an older version of these functions folded into a plan.
  */
-CREATE FUNCTION canary_rollup_counters()
+CREATE OR REPLACE FUNCTION canary_rollup_counters()
 RETURNS TABLE (counter text, hist boolean, in_totals boolean)
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT c.counter, c.hist, c.in_totals
@@ -46,10 +60,10 @@ REVOKE ALL ON FUNCTION canary_rollup_counters() FROM PUBLIC;
  * lowercase identifier; a NULL format skips those counters), the totals'
  * counters only when totals.
  */
-CREATE FUNCTION canary_rollup_counter_list(plain text, hist text, totals boolean DEFAULT false,
-                                           sep text DEFAULT ', ')
+CREATE OR REPLACE FUNCTION canary_rollup_counter_list(plain text, hist text, totals boolean DEFAULT false,
+                                                      sep text DEFAULT ', ')
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
     SELECT string_agg(format(CASE WHEN c.hist THEN $2 ELSE $1 END, c.counter),

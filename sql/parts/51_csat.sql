@@ -29,7 +29,12 @@ SELECT pg_catalog.pg_extension_config_dump('canary_csat_id_seq', '');
  * Cohort of a CSAT score: the cohort of its request when request_id is
  * given; otherwise the cohorts that served the user on that day (UTC) in the
  * rollout.  A user served by both cohorts that day (a stage change or a trip
- * in between) is counted in neither and reported as mixed.
+ * in between) is counted in neither and reported as mixed.  On a fleet's
+ * control database the users the members served come from
+ * canary_csat_user_days (below): a user served by the canary on one member
+ * and by control on another that day is mixed too, and a score whose
+ * request the control does not hold (a member served it) takes the user's
+ * cohort of that day.
  */
 CREATE FUNCTION canary_csat_report(canary text DEFAULT 'default', days integer DEFAULT 7)
 RETURNS TABLE (day date, cohort text, responses bigint, mean_csat numeric,
@@ -39,6 +44,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg record;
+    on_control boolean := @extschema@.canary_fleet_is_control();
 BEGIN
     IF days IS NULL OR days < 1 THEN
         RAISE EXCEPTION 'days must be at least 1'
@@ -60,19 +66,27 @@ BEGIN
            AND NOT r.fallback
     ),
     user_day AS (
-        SELECT r.user_id, (r.ts AT TIME ZONE 'UTC')::date AS d,
-               CASE WHEN count(DISTINCT r.cohort) > 1 THEN 'mixed' ELSE min(r.cohort) END AS cohort
-          FROM @extschema@.canary_requests r
-         WHERE r.canary = canary_csat_report.canary
-           AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
-           AND NOT r.fallback
+        SELECT u.user_id, u.d,
+               CASE WHEN count(DISTINCT u.cohort) > 1 THEN 'mixed' ELSE min(u.cohort) END AS cohort
+          FROM (SELECT r.user_id, (r.ts AT TIME ZONE 'UTC')::date AS d, r.cohort
+                  FROM @extschema@.canary_requests r
+                 WHERE r.canary = canary_csat_report.canary
+                   AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
+                   AND NOT r.fallback
+                UNION ALL
+                -- on the control: the members' users (their own cohort or mixed)
+                SELECT f.user_id, f.day, f.cohort
+                  FROM @extschema@.canary_csat_user_days f
+                 WHERE on_control AND f.canary = canary_csat_report.canary
+                   AND f.day >= (now() AT TIME ZONE 'UTC')::date - (days - 1)) u
          GROUP BY 1, 2
     ),
     tagged AS (
         SELECT s.d, coalesce(br.cohort, ud.cohort) AS cohort, s.score, s.user_id
           FROM scores s
           LEFT JOIN by_request br ON br.request_id = s.request_id
-          LEFT JOIN user_day ud ON s.request_id IS NULL AND ud.user_id = s.user_id AND ud.d = s.d
+          LEFT JOIN user_day ud ON (s.request_id IS NULL OR (on_control AND br.request_id IS NULL))
+                               AND ud.user_id = s.user_id AND ud.d = s.d
     ),
     agg AS (
         SELECT t.d, t.cohort, count(*) AS n, round(avg(t.score), 3) AS mean
@@ -143,6 +157,24 @@ BEGIN
                 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                 'samples_new', NULL, 'samples_old', NULL,
                 'auto_action', format('canary pinned at 0 percent; all traffic routed to %s', cfg.old_model));
+            -- on the fleet's control, the members whose users the days hold
+            -- (their CSAT feeds; the control itself when its raw rows have any)
+            IF @extschema@.canary_fleet_is_control() THEN
+                payload := payload || jsonb_build_object('members', coalesce((
+                    SELECT jsonb_agg(m.member ORDER BY m.member)
+                      FROM (SELECT DISTINCT f.member
+                              FROM @extschema@.canary_csat_user_days f
+                             WHERE f.canary = cfg.name
+                               AND f.day BETWEEN (now() AT TIME ZONE 'UTC')::date - need_days
+                                             AND (now() AT TIME ZONE 'UTC')::date - 1
+                            UNION
+                            SELECT @extschema@.canary_rollup_member()
+                             WHERE EXISTS (SELECT 1 FROM @extschema@.canary_requests r
+                                            WHERE r.canary = cfg.name
+                                              AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - need_days)::timestamp AT TIME ZONE 'UTC'
+                                              AND r.ts < ((now() AT TIME ZONE 'UTC')::date)::timestamp AT TIME ZONE 'UTC')) m),
+                    '[]'::jsonb));
+            END IF;
             PERFORM @extschema@.canary_raise_alert(cfg.name, 'csat_pin', payload);
             result := concat_ws('; ', result, cfg.name || ': ' || reason);
         END IF;
@@ -152,3 +184,68 @@ END;
 $$;
 COMMENT ON FUNCTION canary_csat_check(text) IS
     'Daily slow-signal check: pin the canary at 0 percent when CSAT drops by csat_drop for csat_sustain';
+
+/*
+ * The fleet's CSAT feed.  Raw rows stay on the members, so the control's
+ * CSAT check cannot join a score to the cohort that served its user from
+ * them.  Each member keeps, instead, one row per rollout, UTC day and user
+ * it served while the rollout split the traffic (0 < percent_new < 100:
+ * the stages where the rule compares the cohorts), with the cohort that
+ * served the user that day, or mixed; canary_fleet_publish() publishes it
+ * with the rollups, keyed by member, and canary_csat_report on the control
+ * reads it.  The rule joins scores to users, so the user id is kept; no
+ * prompt, answer or request.  The rows are written as the requests are
+ * (AFTER INSERT on canary_requests, per statement, only on a member): one
+ * primary-key probe per user of the statement, an update only when a
+ * second cohort serves the user that day, nothing scanned; rows of days
+ * before llm_canary.retention_days go with canary_maintenance.
+ */
+CREATE TABLE canary_csat_user_days (
+    day             date NOT NULL,
+    canary          text NOT NULL,
+    member          text NOT NULL,
+    user_id         text NOT NULL,
+    cohort          text NOT NULL,
+    PRIMARY KEY (day, canary, member, user_id)
+);
+COMMENT ON TABLE canary_csat_user_days IS
+    'On a fleet member: the users it served per rollout and UTC day with their cohort (or mixed), published to the control database for its CSAT check';
+COMMENT ON COLUMN canary_csat_user_days.member IS 'Fleet member that served the user (llm_canary.member)';
+COMMENT ON COLUMN canary_csat_user_days.cohort IS
+    'The cohort that served the user that day on this member (requests that were not fallbacks), mixed when more than one did';
+
+CREATE FUNCTION canary_csat_feed_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF coalesce(current_setting('llm_canary.fleet_role', true), '') <> 'member' THEN
+        RETURN NULL;
+    END IF;
+    -- users already recorded with this cohort (or mixed) are only probed:
+    -- no row lock, no WAL
+    INSERT INTO @extschema@.canary_csat_user_days AS u (day, canary, member, user_id, cohort)
+    SELECT s.day, s.canary, s.member, s.user_id, s.cohort
+      FROM (SELECT (r.ts AT TIME ZONE 'UTC')::date AS day, r.canary,
+                   @extschema@.canary_rollup_member() AS member, r.user_id,
+                   CASE WHEN min(r.cohort) <> max(r.cohort) THEN 'mixed' ELSE min(r.cohort) END AS cohort
+              FROM new_rows r
+              JOIN @extschema@.canary_config c ON c.name = r.canary
+             WHERE NOT r.fallback AND r.user_id IS NOT NULL AND r.cohort IS NOT NULL
+               AND c.percent_new > 0 AND c.percent_new < 100
+             GROUP BY 1, 2, 4) s
+     WHERE NOT EXISTS (SELECT 1 FROM @extschema@.canary_csat_user_days o
+                        WHERE (o.day, o.canary, o.member, o.user_id) = (s.day, s.canary, s.member, s.user_id)
+                          AND o.cohort IN (s.cohort, 'mixed'))
+     ORDER BY 1, 2, 4
+    ON CONFLICT (day, canary, member, user_id) DO UPDATE SET cohort = 'mixed'
+     WHERE u.cohort <> excluded.cohort AND u.cohort <> 'mixed';
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION canary_csat_feed_trigger() IS
+    'On a fleet member: records the users of the rows an INSERT or COPY wrote to canary_requests, per rollout and day, with their cohort (canary_csat_user_days)';
+REVOKE ALL ON FUNCTION canary_csat_feed_trigger() FROM PUBLIC;
+CREATE TRIGGER canary_requests_csat_feed AFTER INSERT ON canary_requests
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_csat_feed_trigger();

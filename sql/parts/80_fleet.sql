@@ -6,9 +6,10 @@
  *            canary_refusal_patterns, canary_fleet_heartbeat;
  *            subscribes to every member's llm_canary_evidence.
  *   member   subscribes to llm_canary_config; publishes llm_canary_evidence
- *            (canary_fleet_members and the rollups, keyed by member; no
- *            TRUNCATE).  Raw rows stay on the member: the control judges
- *            by the rollups it combines (33_fleet_combined.sql).
+ *            (canary_fleet_members, the rollups and the CSAT feed
+ *            canary_csat_user_days, keyed by member; no TRUNCATE).  Raw
+ *            rows stay on the member: the control judges by the rollups it
+ *            combines (33_fleet_combined.sql) and the CSAT feed.
  *
  * The role is the setting llm_canary.fleet_role; the publications are made
  * by canary_fleet_publish(), since a publication is not a member of the
@@ -193,9 +194,11 @@ BEGIN
                       HINT = 'Give every member a name unique in the fleet: ALTER SYSTEM SET llm_canary.member = ''eu1''; SELECT pg_reload_conf();';
         END IF;
         pub := 'llm_canary_evidence';
-        -- the rollups, where this tree has them (their key holds the member)
+        -- the rollups and the CSAT feed, where this tree has them (their
+        -- key holds the member)
         SELECT string_agg('@extschema@.' || quote_ident(t), ', ' ORDER BY t) INTO tables
-          FROM unnest(ARRAY['canary_fleet_members', 'canary_rollups', 'canary_rollup_totals']) t
+          FROM unnest(ARRAY['canary_fleet_members', 'canary_rollups', 'canary_rollup_totals',
+                            'canary_csat_user_days']) t
          WHERE to_regclass('@extschema@.' || quote_ident(t)) IS NOT NULL;
         -- a member's rollup retention and rebuilds reach the control; a
         -- TRUNCATE on a member does not

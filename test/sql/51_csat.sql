@@ -35,3 +35,12 @@ SELECT 'ok' || c || '_' || i, CASE c WHEN 'canary' THEN 3.5 ELSE 4.5 END,
   FROM generate_series(1, 2) d, generate_series(1, 10) i, unnest(ARRAY['canary', 'control']) c;
 SELECT canary_csat_check('ks_csat_ok') IS NULL AS not_pinned;
 SELECT percent_new FROM canary_config WHERE name = 'ks_csat_ok';
+-- the fleet's CSAT feed: a standalone database keeps none (the rows above
+-- wrote nothing), and canary_maintenance expires its days with the raw
+-- partitions (llm_canary.retention_days, 30 by default)
+SELECT count(*) AS feed_rows FROM canary_csat_user_days;
+INSERT INTO canary_csat_user_days (day, canary, member, user_id, cohort)
+SELECT current_date - d, 'ks_csat', 'm1', 'u' || d, 'canary' FROM unnest(ARRAY[29, 30, 31, 40]) d;
+SELECT action, moved_rows FROM canary_maintenance(0) WHERE partition = 'canary_csat_user_days';
+SELECT current_date - day AS days_ago FROM canary_csat_user_days ORDER BY day;
+DELETE FROM canary_csat_user_days;

@@ -67,3 +67,24 @@ END $$;
 -- counts saturate instead of wrapping
 SELECT canary_hist_subtract('{1,9223372036854775807,1,5}', '{}') AS saturated,
        canary_hist_merge('{1,9223372036854775807}', '{1,1,2,1}') AS merged;
+-- the combine trigger's function is generated from the counter list
+-- (34_fleet_combine_trigger.sql): it compares and writes every key with
+-- OLD., NEW. and t., whatever standard_conforming_strings was at install
+-- (test/t/001_upgrade.pl installs with it off), and reads every counter of
+-- NEW: once for a plain counter, three times for a histogram (the check,
+-- the delta, the sum), in each table's branch
+SELECT s.n, strpos(p.prosrc, s.s) > 0 AS in_trigger, s.s AS text
+  FROM pg_proc p, unnest(ARRAY[
+    'IF TG_OP = ''UPDATE'' AND (OLD.canary, OLD.bucket_end, OLD.stage, OLD.cohort, OLD.model, OLD.fallback, OLD.cached) = (NEW.canary, NEW.bucket_end, NEW.stage, NEW.cohort, NEW.model, NEW.fallback, NEW.cached) THEN',
+    'WHERE (t.canary, t.bucket_end, t.stage, t.cohort, t.model, t.fallback, t.cached) = (OLD.canary, OLD.bucket_end, OLD.stage, OLD.cohort, OLD.model, OLD.fallback, OLD.cached);',
+    'VALUES (NEW.canary, NEW.bucket_end, NEW.stage, NEW.cohort, NEW.model, NEW.fallback, NEW.cached,',
+    'ON CONFLICT (canary, bucket_end, stage, cohort, model, fallback, cached) DO UPDATE',
+    'IF TG_OP = ''UPDATE'' AND (OLD.canary, OLD.model, OLD.cohort, OLD.fallback) = (NEW.canary, NEW.model, NEW.cohort, NEW.fallback) THEN',
+    'WHERE (t.canary, t.model, t.cohort, t.fallback) = (OLD.canary, OLD.model, OLD.cohort, OLD.fallback);',
+    'VALUES (NEW.canary, NEW.model, NEW.cohort, NEW.fallback,',
+    'ON CONFLICT (canary, model, cohort, fallback) DO UPDATE']) WITH ORDINALITY s (s, n)
+ WHERE p.oid = 'canary_fleet_combine_trigger()'::regprocedure
+ ORDER BY s.n;
+SELECT c.counter, c.hist, c.in_totals, regexp_count(p.prosrc, 'NEW[.]' || c.counter || '[^a-z_]') AS new_reads
+  FROM canary_rollup_counters() c, pg_proc p
+ WHERE p.oid = 'canary_fleet_combine_trigger()'::regprocedure;

@@ -222,6 +222,36 @@ my @only_upgraded = grep { !$f{$_} } sort keys %u;
 is(join("\n", @only_fresh), '', 'nothing of a fresh install is missing after the upgrade');
 is(join("\n", @only_upgraded), '', 'the upgrade leaves nothing a fresh install does not have');
 
+# --- standard_conforming_strings = off --------------------------------------
+# A database whose default is standard_conforming_strings = off reads a
+# backslash in a plain literal of the scripts as an escape.  The install
+# generates the fleet combine trigger from text
+# (sql/parts/34_fleet_combine_trigger.sql): both paths there must make the
+# same catalog as the default install, that function's text included.
+my $trigger_src_q = q{SELECT prosrc FROM pg_proc WHERE oid = 'canary_fleet_combine_trigger()'::regprocedure};
+my $trigger_src = $node->safe_psql('fresh', $trigger_src_q);
+my @keys = qw(canary bucket_end stage cohort model fallback cached);
+my $cmp = sprintf("IF TG_OP = 'UPDATE' AND (%s) = (%s) THEN",
+	join(', ', map { "OLD.$_" } @keys), join(', ', map { "NEW.$_" } @keys));
+ok(index($trigger_src, $cmp) >= 0, "the combine trigger compares the keys prefixed: $cmp");
+for my $db (qw(fresh_scs_off upgraded_scs_off))
+{
+	$node->safe_psql('postgres', "CREATE DATABASE $db");
+	$node->safe_psql('postgres', "ALTER DATABASE $db SET standard_conforming_strings = off");
+}
+$node->safe_psql('fresh_scs_off', 'CREATE EXTENSION llm_canary');
+$node->safe_psql('upgraded_scs_off', q{CREATE EXTENSION llm_canary VERSION '1.0'});
+$node->safe_psql('upgraded_scs_off', 'ALTER EXTENSION llm_canary UPDATE');
+for my $db (qw(fresh_scs_off upgraded_scs_off))
+{
+	is($node->safe_psql($db, 'SHOW standard_conforming_strings'), 'off', "$db reads literals with escapes");
+	is($node->safe_psql($db, $trigger_src_q), $trigger_src,
+		"$db: the combine trigger's text is the default install's");
+	my %d = map { $_ => 1 } split /\n/, $node->safe_psql($db, $catalog_q);
+	is(join("\n", grep { !$d{$_} } sort keys %f), '', "$db: nothing of a default install is missing");
+	is(join("\n", grep { !$f{$_} } sort keys %d), '', "$db: nothing a default install does not have");
+}
+
 # Every function of the extension still answers after the upgrade where it
 # needs no arguments and reads only (the config cache, the reports).
 is($node->safe_psql('upgraded', q{SELECT stage || ' ' || percent_new FROM canary_config WHERE name = 'up'}),

@@ -431,7 +431,135 @@ ALTER TABLE canary_rollups ADD CONSTRAINT canary_rollups_hist_check
 	$control->safe_psql('postgres', q{DELETE FROM canary_fleet_rollups WHERE canary = 'badhist'});
 }
 
+# --- CSAT for the whole fleet: the members' users, the control's scores ------
+# The members keep their raw rows; each publishes, per rollout, day and user,
+# the cohort that served the user (canary_csat_user_days).  Member 1 serves
+# the canary's users, member 2 control's: neither alone shows a drop, and a
+# user served by the canary on one member and by control on the other is
+# mixed only in the combination.
+$control->safe_psql('postgres',
+	q{INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('csat', 'ramp_25', 'old', 'new')});
+for my $m (@members)
+{
+	$m->poll_query_until('postgres', q{SELECT count(*) = 1 FROM canary_config WHERE name = 'csat'})
+	  or die 'rollout csat did not reach ' . $m->name;
+}
+# 1 am (UTC) of $d days ago
+my $csat_ts = sub {
+	my ($d) = @_;
+	return "(date_trunc('day', now() AT TIME ZONE 'UTC') - interval '$d days' + interval '1 hour') AT TIME ZONE 'UTC'";
+};
+my $record = sub {
+	my ($m, $users, $cohort, $d) = @_;
+	$m->safe_psql('postgres', qq{
+SELECT count(canary_record(canary => 'csat', user_id => u, model => 'm', cohort => '$cohort', outcome => 'ok',
+                           latency_ms => 100, ts => ${\ $csat_ts->($d)}))
+  FROM unnest(ARRAY[$users]) u;
+SELECT canary_flush();});
+};
+# member 1 publishes as a fleet updated from 1.0 does until the RUNBOOK's
+# upgrade step: without the feed
+$m1->safe_psql('postgres', 'ALTER PUBLICATION llm_canary_evidence DROP TABLE canary_csat_user_days');
+$control->safe_psql('postgres', 'ALTER SUBSCRIPTION llm_canary_from_m1 REFRESH PUBLICATION');
+$record->($m1, q{'c1', 'c2', 'c3'}, 'canary', 2);
+$record->($m1, q{'c1', 'c2', 'c3', 'x', 'y'}, 'canary', 1);
+$record->($m1, q{'y'}, 'control', 1);
+$record->($m1, q{'c1'}, 'canary', 1);
+$record->($m2, q{'k1', 'k2', 'k3'}, 'control', 2);
+$record->($m2, q{'k1', 'k2', 'k3', 'x'}, 'control', 1);
+my $feed_q = q{SELECT string_agg(((now() AT TIME ZONE 'UTC')::date - day) || ':' || user_id || ':' || cohort, ','
+                                 ORDER BY day DESC, user_id)
+                 FROM canary_csat_user_days WHERE canary = 'csat' AND member = '%s'};
+is($m1->safe_psql('postgres', sprintf($feed_q, 'm1')),
+	'1:c1:canary,1:c2:canary,1:c3:canary,1:x:canary,1:y:mixed,2:c1:canary,2:c2:canary,2:c3:canary',
+	'member 1\'s CSAT feed: one row per day and user (8), y served by both cohorts is mixed');
+ok($control->poll_query_until('postgres',
+	q{SELECT count(*) = 7 FROM canary_csat_user_days WHERE canary = 'csat'}),
+	'member 2\'s feed reaches the control (7 rows)');
+is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_csat_user_days WHERE member = 'm1'}), '0',
+	'member 1\'s does not while its publication lacks the table');
+# the RUNBOOK's step after an upgrade ("Upgrading the extension in a fleet")
+is($m1->safe_psql('postgres', 'SELECT canary_fleet_publish()'), 'llm_canary_evidence',
+	'member 1: canary_fleet_publish adds the feed to its publication');
+$control->safe_psql('postgres', 'ALTER SUBSCRIPTION llm_canary_from_m1 REFRESH PUBLICATION');
+ok($control->poll_query_until('postgres',
+	q{SELECT count(*) = 15 AND count(*) FILTER (WHERE cohort = 'mixed') = 1 FROM canary_csat_user_days WHERE canary = 'csat'}),
+	'after REFRESH PUBLICATION on the control, member 1\'s 8 rows are copied too (15, one mixed)');
+# live: a user's first row, then its update to mixed
+$record->($m1, q{'z'}, 'canary', 1);
+ok($control->poll_query_until('postgres',
+	q{SELECT cohort = 'canary' FROM canary_csat_user_days WHERE canary = 'csat' AND member = 'm1' AND user_id = 'z'}),
+	'a new user of member 1 reaches the control as it is served');
+$record->($m1, q{'z'}, 'control', 1);
+ok($control->poll_query_until('postgres',
+	q{SELECT cohort = 'mixed' FROM canary_csat_user_days WHERE canary = 'csat' AND member = 'm1' AND user_id = 'z'}),
+	'and so does its update to mixed when control serves it too');
+is($control->safe_psql('postgres', sprintf($feed_q, 'm2')),
+	'1:k1:control,1:k2:control,1:k3:control,1:x:control,2:k1:control,2:k2:control,2:k3:control',
+	'member 2\'s rows on the control, keyed by member');
+is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_csat_user_days WHERE member NOT IN ('m1', 'm2')}),
+	'0', 'the control writes no feed of its own (its own raw rows serve its users)');
+is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_requests WHERE canary = 'csat'}),
+	'0', 'and holds none of the members\' raw rows');
+# the scores, from the support system, loaded on the control; c1's first
+# names a request the control does not hold (member 1 served it)
+$control->safe_psql('postgres', q{
+INSERT INTO canary_csat (user_id, score, recorded_at, request_id)
+SELECT u, CASE WHEN u LIKE 'c%' THEN 5 WHEN u LIKE 'k%' THEN 9 ELSE 1 END,
+       (date_trunc('day', now() AT TIME ZONE 'UTC') - make_interval(days => d) + interval '2 hours') AT TIME ZONE 'UTC',
+       CASE WHEN u = 'c1' AND d = 2 THEN gen_random_uuid() END
+  FROM (VALUES (2, 'c1'), (2, 'c2'), (2, 'c3'), (2, 'k1'), (2, 'k2'), (2, 'k3'),
+               (1, 'c1'), (1, 'c2'), (1, 'c3'), (1, 'k1'), (1, 'k2'), (1, 'k3'),
+               (1, 'x'), (1, 'y')) s (d, u);});
+my $report_q = q{SELECT string_agg(format('%s/%s/%s/%s/%s/%s/%s', (now() AT TIME ZONE 'UTC')::date - day, cohort,
+                                          responses, mean_csat, coalesce(delta_vs_control::text, '-'), mixed_users,
+                                          coalesce(drop_rule_holds::text, '-')), ' ' ORDER BY day, cohort)
+                   FROM canary_csat_report('csat', 3) WHERE day < (now() AT TIME ZONE 'UTC')::date};
+is($control->safe_psql('postgres', $report_q),
+	'2/canary/3/5.000/-4.000/0/true 2/control/3/9.000/-/0/- 1/canary/3/5.000/-4.000/2/true 1/control/3/9.000/-/2/-',
+	'canary_csat_report on the control: the members\' users, x (both members) and y (member 1) mixed, the drop holds on both days');
+is($control->safe_psql('postgres', q{
+BEGIN;
+DELETE FROM canary_csat_user_days WHERE member = 'm2';
+SELECT coalesce(canary_csat_check('csat'), 'none');
+ROLLBACK;}), 'none', 'without member 2\'s feed (a transaction rolled back) the drop does not hold for 48 hours');
+is($control->safe_psql('postgres', q{
+BEGIN;
+DELETE FROM canary_csat_user_days WHERE member = 'm1';
+SELECT coalesce(canary_csat_check('csat'), 'none');
+ROLLBACK;}), 'none', 'nor without member 1\'s');
+like($control->safe_psql('postgres', q{SELECT canary_csat_check('csat')}),
+	qr/^csat: csat canary -4\.000 vs control for 2 days >= drop 3 sustained /,
+	'with both, the control\'s CSAT check pins the rollout');
+is($control->safe_psql('postgres', q{
+SELECT percent_new || '/' || (csat_pinned_at IS NOT NULL) || '/'
+       || (SELECT count(*) FROM canary_alerts a WHERE a.canary = 'csat' AND a.kind = 'csat_pin')
+  FROM canary_config WHERE name = 'csat'}), '0.00/true/1', 'at 0 percent, with one csat_pin alert');
+is($control->safe_psql('postgres',
+	q{SELECT payload -> 'members' FROM canary_alerts WHERE canary = 'csat' AND kind = 'csat_pin'}),
+	'["m1", "m2"]', 'the alert says which members the users came from');
+for my $m (@members)
+{
+	ok($m->poll_query_until('postgres', q{SELECT percent_new = 0 FROM canary_config WHERE name = 'csat'}),
+		$m->name . ': the pin reaches the member');
+}
+
 # --- a member cut off from the control fails safe ----------------------------
+# (and calls no new model at all: a rollout in shadow stops its shadow calls)
+mock_profile('f-shadow', '{"fixed_text": "shadow answer", "latency_ms": 2}');
+$control->safe_psql('postgres', qq{
+INSERT INTO canary_models (name, provider, base_url, model, api_key_env, max_retries)
+  VALUES ('shadnew', 'openai', '$mock/v1', 'f-shadow', 'LLM_CANARY_TEST_KEY', 0);
+INSERT INTO canary_config (name, stage, old_model, new_model, shadow_sample_rate)
+  VALUES ('shad', 'shadow', 'old', 'shadnew', 1);});
+ok(poll_bg($apps[1], q{SELECT count(*) FROM canary_config WHERE name = 'shad'}, '1'),
+	'rollout shad (stage shadow) reaches member 2');
+my $shadow_requests = sub { mock_get('/_mock/stats')->{models}{'f-shadow'}{requests} // 0 };
+is($apps[1]->query_safe(q{SELECT canary_call('hi', 'u1', 'shad') ->> 'model'}), 'old',
+	'in shadow, member 2 serves the old model');
+for (1 .. 400) { last if $shadow_requests->() >= 1; usleep(25_000); }
+is($shadow_requests->(), 1, 'and shadows the call to the new model (1 request)');
+my $dispatched = $apps[1]->query_safe(q{SELECT dispatched FROM canary_shadow_stats()});
 my $log_offset = -s $m2->logfile;
 $m2->safe_psql('postgres', 'ALTER SUBSCRIPTION llm_canary_config DISABLE');
 my $cut = time;
@@ -445,6 +573,12 @@ cmp_ok($after, '<', 6, 'but soon after it');
 is($apps[0]->query_safe(q{SELECT canary_route('u1')}), 'new', 'member 1, still connected, routes to the new model');
 is($apps[1]->query_safe(q{SELECT canary_call('hi', 'u1') ->> 'model'}), 'old',
 	'member 2 serves canary_call with the old model');
+is($apps[1]->query_safe(q{SELECT count(canary_call('hi ' || i, 'u' || i, 'shad')) FROM generate_series(1, 5) i}),
+	'5', 'member 2 serves 5 calls of the shadowed rollout');
+is($apps[1]->query_safe(q{SELECT dispatched FROM canary_shadow_stats()}), $dispatched,
+	'failing safe, it queues no shadow call');
+usleep(500_000);
+is($shadow_requests->(), 1, 'and the new model gets no shadow request');
 ok($m2->wait_for_log(qr/llm_canary fleet member "m2" is failing safe: every user is routed to the old model/, $log_offset),
 	'member 2 says so in its log');
 like($m2->safe_psql('postgres', 'SELECT canary_prometheus()'),
@@ -538,8 +672,11 @@ SELECT canary_flush();});
 	$control->safe_psql('postgres', q{
 DROP SUBSCRIPTION llm_canary_from_m2;
 DELETE FROM canary_fleet_members WHERE member = 'm2';
+DELETE FROM canary_csat_user_days WHERE member = 'm2';
 DELETE FROM canary_rollups WHERE member = 'm2';
 DELETE FROM canary_rollup_totals WHERE member = 'm2';});
+	is($control->safe_psql('postgres', q{SELECT count(*) FROM canary_csat_report('csat', 3) WHERE cohort = 'control'}),
+		'0', 'without its CSAT feed, its users (all of control\'s) leave the CSAT report');
 	is($control->safe_psql('postgres', q{SELECT sum(requests) FROM canary_fleet_rollups}),
 		$m2_total + $m1->safe_psql('postgres', q{SELECT sum(requests) FROM canary_rollups}),
 		'a removed member\'s deleted rows stay in the combined rows');

@@ -506,8 +506,8 @@ BEGIN
          WHERE d.classid = 'pg_catalog.pg_proc'::regclass AND d.deptype = 'e'
            AND d.refclassid = 'pg_catalog.pg_extension'::regclass
            AND d.refobjid = (SELECT oid FROM pg_catalog.pg_extension WHERE extname = 'llm_canary')
-           AND (p.proname LIKE 'canary\_hist\_%' OR p.proname LIKE 'canary\_rollup\_%'
-                OR p.proname LIKE 'canary\_prometheus\_%')
+           -- (no backslash: the database may have standard_conforming_strings off)
+           AND p.proname ~ '^canary_(hist|rollup|prometheus)_'
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO llm_canary_admin', fn);

@@ -200,26 +200,30 @@ BEGIN
        AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
             OR e.bucket < date_bin('1 minute', p_since, origin)
             OR e.bucket < p_at - interval '14 days');
+    -- the one rollups table of this database's role (canary_summary says why)
+    EXECUTE format($q$
     INSERT INTO @extschema@.canary_evidence
         (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
-    SELECT p_canary, date_bin('1 minute', r.bucket_end - interval '30 seconds', origin), r.cohort,
+    SELECT $1, date_bin('1 minute', r.bucket_end - interval '30 seconds', $6), r.cohort,
            sum(r.requests)::bigint, sum(r.outcome_error + r.outcome_timeout)::bigint,
            sum(r.refusals)::bigint, sum(r.thumbs_down)::bigint,
-           sum(CASE WHEN p_slow_over > 0
-                    THEN @extschema@.canary_hist_count_over(r.latency_hist, p_slow_over) ELSE 0 END)::bigint
+           sum(CASE WHEN $5 > 0
+                    THEN @extschema@.canary_hist_count_over(r.latency_hist, $5) ELSE 0 END)::bigint
       FROM (SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM @extschema@.canary_rollup_source r
-             WHERE r.canary = p_canary
+              FROM @extschema@.%I r
+             WHERE r.canary = $1
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
             SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
               FROM @extschema@.canary_feedback_pending q
-             WHERE q.canary = p_canary) r
-     WHERE r.bucket_end > from_bucket AND r.bucket_end < p_at + interval '30 seconds'
-       AND (p_since IS NULL OR r.bucket_end - interval '30 seconds' >= p_since)
+             WHERE q.canary = $1) r
+     WHERE r.bucket_end > $2 AND r.bucket_end < $3 + interval '30 seconds'
+       AND ($4 IS NULL OR r.bucket_end - interval '30 seconds' >= $4)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
-     GROUP BY 2, 3;
+     GROUP BY 2, 3$q$,
+        CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
+    USING p_canary, from_bucket, p_at, p_since, p_slow_over, origin;
     -- the refusal rule's paired statistic of a minute: as before, plus that
     -- of the requests counted since (paired among themselves)
     SELECT c.refusal_delta_threshold INTO delta FROM @extschema@.canary_config c WHERE c.name = p_canary;
@@ -296,6 +300,15 @@ DECLARE
     total bigint;
     reason text;
     payload jsonb;
+    -- the new users of buckets in ($2, $3), from the one rollups table of
+    -- this database's role (canary_summary says why)
+    users_q constant text := $q$
+        SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
+               coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
+          FROM @extschema@.%I r
+         WHERE r.canary = $1 AND r.bucket_end > $2 AND r.bucket_end < $3$q$;
+    rollups constant text := CASE WHEN @extschema@.canary_fleet_is_control()
+                                  THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END;
 BEGIN
     SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary;
     IF NOT FOUND THEN
@@ -331,11 +344,8 @@ BEGIN
     lo := greatest(coalesce(st.counted_to, '-infinity'), cur_period);
     settle_to := date_bin('30 seconds', p_at - interval '2 minutes', timestamptz '2000-01-01 00:00:00+00');
     IF settle_to > lo THEN
-        SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
-               coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
-          INTO added_canary, added_control
-          FROM @extschema@.canary_rollup_source r
-         WHERE r.canary = p_canary AND r.bucket_end > lo AND r.bucket_end <= settle_to;
+        EXECUTE format(users_q, rollups) INTO added_canary, added_control    -- up to settle_to included
+          USING p_canary, lo, settle_to + interval '1 microsecond';
         UPDATE @extschema@.canary_srm_state
            SET settled_canary = settled_canary + added_canary,
                settled_control = settled_control + added_control, counted_to = settle_to
@@ -343,11 +353,8 @@ BEGIN
         RETURNING * INTO st;
         lo := settle_to;
     END IF;
-    SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
-           coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
-      INTO added_canary, added_control
-      FROM @extschema@.canary_rollup_source r
-     WHERE r.canary = p_canary AND r.bucket_end > lo AND r.bucket_end < p_at + interval '30 seconds';
+    EXECUTE format(users_q, rollups) INTO added_canary, added_control
+      USING p_canary, lo, p_at + interval '30 seconds';
 
     total := st.settled_canary + added_canary + st.settled_control + added_control;
     expected := cfg.percent_new / 100.0;

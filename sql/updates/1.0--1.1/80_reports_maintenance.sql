@@ -144,6 +144,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cfg record;
+    on_control boolean := @extschema@.canary_fleet_is_control();
 BEGIN
     IF days IS NULL OR days < 1 THEN
         RAISE EXCEPTION 'days must be at least 1'
@@ -165,19 +166,27 @@ BEGIN
            AND NOT r.fallback
     ),
     user_day AS (
-        SELECT r.user_id, (r.ts AT TIME ZONE 'UTC')::date AS d,
-               CASE WHEN count(DISTINCT r.cohort) > 1 THEN 'mixed' ELSE min(r.cohort) END AS cohort
-          FROM @extschema@.canary_requests r
-         WHERE r.canary = canary_csat_report.canary
-           AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
-           AND NOT r.fallback
+        SELECT u.user_id, u.d,
+               CASE WHEN count(DISTINCT u.cohort) > 1 THEN 'mixed' ELSE min(u.cohort) END AS cohort
+          FROM (SELECT r.user_id, (r.ts AT TIME ZONE 'UTC')::date AS d, r.cohort
+                  FROM @extschema@.canary_requests r
+                 WHERE r.canary = canary_csat_report.canary
+                   AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
+                   AND NOT r.fallback
+                UNION ALL
+                -- on the control: the members' users (their own cohort or mixed)
+                SELECT f.user_id, f.day, f.cohort
+                  FROM @extschema@.canary_csat_user_days f
+                 WHERE on_control AND f.canary = canary_csat_report.canary
+                   AND f.day >= (now() AT TIME ZONE 'UTC')::date - (days - 1)) u
          GROUP BY 1, 2
     ),
     tagged AS (
         SELECT s.d, coalesce(br.cohort, ud.cohort) AS cohort, s.score, s.user_id
           FROM scores s
           LEFT JOIN by_request br ON br.request_id = s.request_id
-          LEFT JOIN user_day ud ON s.request_id IS NULL AND ud.user_id = s.user_id AND ud.d = s.d
+          LEFT JOIN user_day ud ON (s.request_id IS NULL OR (on_control AND br.request_id IS NULL))
+                               AND ud.user_id = s.user_id AND ud.d = s.d
     ),
     agg AS (
         SELECT t.d, t.cohort, count(*) AS n, round(avg(t.score), 3) AS mean
@@ -613,6 +622,10 @@ BEGIN
             ('canary_sessions', 'expires_at < $1', now()),
             -- window summaries of days before today - retention (none when 0)
             ('canary_window_summaries', 'at < $1',
+             CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
+            -- the CSAT feed's users of those days (a member's, and on the
+            -- control the members' rows it holds)
+            ('canary_csat_user_days', 'day < ($1 AT TIME ZONE ''UTC'')::date',
              CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
             -- rollups older than llm_canary.rollup_retention_days
             ('canary_rollups', NULL, NULL),

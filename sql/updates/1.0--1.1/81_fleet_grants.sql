@@ -9,7 +9,7 @@ DECLARE
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_catalog.pg_proc p
-         WHERE p.pronamespace = '@extschema@'::regnamespace AND p.proname LIKE 'canary\_fleet%'
+         WHERE p.pronamespace = '@extschema@'::regnamespace AND p.proname ~ '^canary_fleet'
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO llm_canary_admin', fn);

@@ -1,6 +1,8 @@
 /*
  * The fleet's combined rollups (83_fleet_combined.sql is the part
- * sql/parts/33_fleet_combined.sql itself, linked).  The readers that pick
+ * sql/parts/33_fleet_combined.sql itself, linked; 83_fleet_combined_trigger
+ * and 83_fleet_combined_trigger_attach the parts 34_fleet_combine_trigger
+ * and 34_fleet_combine_trigger_attach).  The readers that pick
  * their source by role and are plain plpgsql are changed where they are
  * created (canary_rollup_rebuild, canary_rollup_maintenance in 30_rollups,
  * canary_summary in 80_reports_maintenance); the two SQL functions the

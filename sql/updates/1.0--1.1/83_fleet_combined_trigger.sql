@@ -1,0 +1,1 @@
+../../parts/34_fleet_combine_trigger.sql

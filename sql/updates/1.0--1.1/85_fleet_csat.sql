@@ -1,0 +1,129 @@
+/*
+ * The fleet's CSAT feed (sql/parts/51_csat.sql): canary_csat_user_days and
+ * the trigger that fills it on a member.  canary_csat_report (which reads
+ * it on the control) and canary_maintenance (which expires it) are
+ * replaced where 80_reports_maintenance creates them; canary_fleet_publish
+ * (which publishes it) in 80_fleet, the part itself.  Then the grants
+ * sql/parts/90_roles.sql gives the new objects on a fresh install.
+ */
+CREATE TABLE canary_csat_user_days (
+    day             date NOT NULL,
+    canary          text NOT NULL,
+    member          text NOT NULL,
+    user_id         text NOT NULL,
+    cohort          text NOT NULL,
+    PRIMARY KEY (day, canary, member, user_id)
+);
+COMMENT ON TABLE canary_csat_user_days IS
+    'On a fleet member: the users it served per rollout and UTC day with their cohort (or mixed), published to the control database for its CSAT check';
+COMMENT ON COLUMN canary_csat_user_days.member IS 'Fleet member that served the user (llm_canary.member)';
+COMMENT ON COLUMN canary_csat_user_days.cohort IS
+    'The cohort that served the user that day on this member (requests that were not fallbacks), mixed when more than one did';
+
+CREATE FUNCTION canary_csat_feed_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF coalesce(current_setting('llm_canary.fleet_role', true), '') <> 'member' THEN
+        RETURN NULL;
+    END IF;
+    -- users already recorded with this cohort (or mixed) are only probed:
+    -- no row lock, no WAL
+    INSERT INTO @extschema@.canary_csat_user_days AS u (day, canary, member, user_id, cohort)
+    SELECT s.day, s.canary, s.member, s.user_id, s.cohort
+      FROM (SELECT (r.ts AT TIME ZONE 'UTC')::date AS day, r.canary,
+                   @extschema@.canary_rollup_member() AS member, r.user_id,
+                   CASE WHEN min(r.cohort) <> max(r.cohort) THEN 'mixed' ELSE min(r.cohort) END AS cohort
+              FROM new_rows r
+              JOIN @extschema@.canary_config c ON c.name = r.canary
+             WHERE NOT r.fallback AND r.user_id IS NOT NULL AND r.cohort IS NOT NULL
+               AND c.percent_new > 0 AND c.percent_new < 100
+             GROUP BY 1, 2, 4) s
+     WHERE NOT EXISTS (SELECT 1 FROM @extschema@.canary_csat_user_days o
+                        WHERE (o.day, o.canary, o.member, o.user_id) = (s.day, s.canary, s.member, s.user_id)
+                          AND o.cohort IN (s.cohort, 'mixed'))
+     ORDER BY 1, 2, 4
+    ON CONFLICT (day, canary, member, user_id) DO UPDATE SET cohort = 'mixed'
+     WHERE u.cohort <> excluded.cohort AND u.cohort <> 'mixed';
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION canary_csat_feed_trigger() IS
+    'On a fleet member: records the users of the rows an INSERT or COPY wrote to canary_requests, per rollout and day, with their cohort (canary_csat_user_days)';
+REVOKE ALL ON FUNCTION canary_csat_feed_trigger() FROM PUBLIC;
+CREATE TRIGGER canary_requests_csat_feed AFTER INSERT ON canary_requests
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_csat_feed_trigger();
+-- the CSAT pin's alert lists the members on a control (as the kill switch's do)
+CREATE OR REPLACE FUNCTION canary_csat_check(canary text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    cfg record;
+    need_days integer;
+    held_days integer;
+    last_delta numeric;
+    reason text;
+    result text;
+    payload jsonb;
+BEGIN
+    IF canary IS NOT NULL AND NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c WHERE c.name = canary) THEN
+        RAISE EXCEPTION 'rollout "%" does not exist', canary
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT name FROM canary_config lists the rollouts.';
+    END IF;
+    FOR cfg IN SELECT * FROM @extschema@.canary_config c
+                WHERE (canary IS NULL OR c.name = canary) AND c.percent_new > 0
+                ORDER BY c.name
+    LOOP
+        need_days := greatest(1, ceil(extract(epoch FROM cfg.csat_sustain) / 86400.0)::integer);
+        SELECT count(*) FILTER (WHERE r.drop_rule_holds),
+               (array_agg(r.delta_vs_control ORDER BY r.day DESC))[1]
+          INTO held_days, last_delta
+          FROM @extschema@.canary_csat_report(cfg.name, need_days + 1) r
+         WHERE r.cohort = 'canary'
+           AND r.day BETWEEN (now() AT TIME ZONE 'UTC')::date - need_days
+                         AND (now() AT TIME ZONE 'UTC')::date - 1;
+        IF held_days >= need_days THEN
+            reason := format('csat canary %s vs control for %s days >= drop %s sustained %s',
+                             last_delta, held_days, cfg.csat_drop, cfg.csat_sustain);
+            UPDATE @extschema@.canary_config
+               SET percent_new = 0, csat_pinned_at = now(), csat_pin_reason = reason
+             WHERE name = cfg.name;
+            payload := jsonb_build_object(
+                'alert', 'canary csat drop: pinned at 0 percent',
+                'reason', reason, 'canary', cfg.name, 'stage', cfg.stage,
+                'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                'samples_new', NULL, 'samples_old', NULL,
+                'auto_action', format('canary pinned at 0 percent; all traffic routed to %s', cfg.old_model));
+            -- on the fleet's control, the members whose users the days hold
+            -- (their CSAT feeds; the control itself when its raw rows have any)
+            IF @extschema@.canary_fleet_is_control() THEN
+                payload := payload || jsonb_build_object('members', coalesce((
+                    SELECT jsonb_agg(m.member ORDER BY m.member)
+                      FROM (SELECT DISTINCT f.member
+                              FROM @extschema@.canary_csat_user_days f
+                             WHERE f.canary = cfg.name
+                               AND f.day BETWEEN (now() AT TIME ZONE 'UTC')::date - need_days
+                                             AND (now() AT TIME ZONE 'UTC')::date - 1
+                            UNION
+                            SELECT @extschema@.canary_rollup_member()
+                             WHERE EXISTS (SELECT 1 FROM @extschema@.canary_requests r
+                                            WHERE r.canary = cfg.name
+                                              AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - need_days)::timestamp AT TIME ZONE 'UTC'
+                                              AND r.ts < ((now() AT TIME ZONE 'UTC')::date)::timestamp AT TIME ZONE 'UTC')) m),
+                    '[]'::jsonb));
+            END IF;
+            PERFORM @extschema@.canary_raise_alert(cfg.name, 'csat_pin', payload);
+            result := concat_ws('; ', result, cfg.name || ': ' || reason);
+        END IF;
+    END LOOP;
+    RETURN result;
+END;
+$$;
+GRANT EXECUTE ON FUNCTION canary_csat_feed_trigger() TO llm_canary_admin;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON TABLE canary_csat_user_days TO llm_canary_admin;
+GRANT SELECT ON TABLE canary_csat_user_days TO llm_canary_app;
