@@ -128,6 +128,7 @@ extern uint64 MetricsQueueDepth(void);
 extern bool MetricsTakeFlushRequest(void);
 
 /* metrics_write.c: one batch of records as rows of <schema>.canary_requests */
+extern Datum MetricsMakeArray(Oid elemtype, Datum *values, bool *nulls, int n);
 extern void MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n);
 
 #endif							/* LLM_CANARY_METRICS_H */

@@ -10,15 +10,24 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/trigger.h"
 #include "executor/spi.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_func.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/regproc.h"
 #include "utils/timestamp.h"
 #include "utils/uuid.h"
 
 #include "metrics.h"
+#include "rollups_writer.h"
+#include "srm_writer.h"
 
 #define CANARY_REQUESTS_COLUMNS \
 	"request_id, ts, canary, stage, user_id, cohort, model, outcome, " \
@@ -27,9 +36,66 @@
 	"cached"
 #define CANARY_REQUESTS_NCOLUMNS 20
 
+/*
+ * The triggers of canary_requests whose work the worker does for the batch
+ * it is inserting: canary_worker_batch(name) is true for them, and only
+ * during that INSERT.
+ */
+static bool BatchRollups = false;
+static bool BatchUsers = false;
+static bool InBatchInsert = false;
+
+PG_FUNCTION_INFO_V1(canary_worker_batch);
+Datum
+canary_worker_batch(PG_FUNCTION_ARGS)
+{
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	PG_RETURN_BOOL(InBatchInsert &&
+				   ((BatchRollups && strcmp(name, "canary_requests_rollup") == 0) ||
+					(BatchUsers && strcmp(name, "canary_requests_srm") == 0)));
+}
+
+/*
+ * Which triggers' work the worker does for a batch: those enabled (the
+ * benchmark and an operator may disable them), when the catalog has
+ * canary_worker_batch (not a 1.0 catalog).  Sets BatchRollups, BatchUsers.
+ * Read from the relation cache and the catalog caches, without a query.
+ */
+static void
+MetricsBatchTriggers(const char *schema)
+{
+	Oid			textoid = TEXTOID;
+	Oid			relid;
+	Relation	rel;
+
+	BatchRollups = BatchUsers = InBatchInsert = false;
+	if (!OidIsValid(LookupFuncName(stringToQualifiedNameList(psprintf("%s.canary_worker_batch", schema)),
+								   1, &textoid, true)))
+		return;
+	relid = RangeVarGetRelid(makeRangeVarFromNameList(stringToQualifiedNameList(psprintf("%s.canary_requests",
+																						   schema))),
+							 AccessShareLock, true);
+	if (!OidIsValid(relid))
+		return;
+	rel = table_open(relid, NoLock);
+	for (int i = 0; rel->trigdesc != NULL && i < rel->trigdesc->numtriggers; i++)
+	{
+		const Trigger *t = &rel->trigdesc->triggers[i];
+
+		if (t->tgenabled != TRIGGER_FIRES_ON_ORIGIN && t->tgenabled != TRIGGER_FIRES_ALWAYS)
+			continue;
+		if (strcmp(t->tgname, "canary_requests_rollup") == 0)
+			BatchRollups = true;
+		else if (strcmp(t->tgname, "canary_requests_srm") == 0)
+			BatchUsers = true;
+	}
+	table_close(rel, NoLock);
+}
+
 /* A one-dimensional array of n elements of type elemtype. */
-static Datum
-MakeArray(Oid elemtype, Datum *values, bool *nulls, int n)
+Datum
+MetricsMakeArray(Oid elemtype, Datum *values, bool *nulls, int n)
 {
 	int16		typlen;
 	bool		typbyval;
@@ -62,7 +128,8 @@ SetInt(Datum *value, bool *isnull, int32 v, bool null_cond)
  * MetricsWriteBatch
  *		INSERT n records into <schema>.canary_requests with one statement:
  *		one parameterised INSERT ... SELECT FROM unnest($1, ..., $20), one
- *		array per column.  Caller (the worker's metric-write step) must be in
+ *		array per column; then the batch's rollups and sample-ratio users,
+ *		when their triggers are enabled.  Caller (the worker's metric-write step) must be in
  *		a transaction with SPI connected and a snapshot; allocates in the
  *		current (transaction) memory context.
  */
@@ -85,7 +152,7 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 	bool	   *nulls[CANARY_REQUESTS_NCOLUMNS];
 	Datum		args[CANARY_REQUESTS_NCOLUMNS];
 	char	   *sql;
-	int			ret;
+	volatile int ret = 0;
 
 	for (int c = 0; c < CANARY_REQUESTS_NCOLUMNS; c++)
 	{
@@ -120,7 +187,7 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 		values[19][i] = BoolGetDatum(r->cached);
 	}
 	for (int c = 0; c < CANARY_REQUESTS_NCOLUMNS; c++)
-		args[c] = MakeArray(elemtypes[c], values[c], nulls[c], n);
+		args[c] = MetricsMakeArray(elemtypes[c], values[c], nulls[c], n);
 
 	sql = psprintf("INSERT INTO %s.canary_requests (" CANARY_REQUESTS_COLUMNS ")"
 				   " SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[],"
@@ -129,9 +196,25 @@ MetricsWriteBatch(const char *schema, const CanaryMetricRecord *recs, int n)
 				   " $14::bool[], $15::text[], $16::text[], $17::bool[], $18::text[],"
 				   " $19::float8[], $20::bool[])",
 				   schema);
-	ret = SPI_execute_with_args(sql, CANARY_REQUESTS_NCOLUMNS, (Oid *) argtypes,
-								args, NULL, false, 0);
+	MetricsBatchTriggers(schema);
+	if (BatchUsers)
+		SrmWriterBegin(schema, recs, n);
+	InBatchInsert = true;
+	PG_TRY();
+	{
+		ret = SPI_execute_with_args(sql, CANARY_REQUESTS_NCOLUMNS, (Oid *) argtypes,
+									args, NULL, false, 0);
+	}
+	PG_FINALLY();
+	{
+		InBatchInsert = false;
+	}
+	PG_END_TRY();
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "could not write metrics: SPI_execute_with_args returned %s",
 			 SPI_result_code_string(ret));
+	if (BatchRollups)
+		RollupsWriterAdd(schema, recs, n);
+	if (BatchUsers)
+		SrmWriterRecord(schema, recs, n);
 }

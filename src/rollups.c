@@ -498,6 +498,30 @@ canary_hist_cumulative(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Histograms built in C, for the metrics worker's batches
+ * (rollups_writer.c): a new one in the current memory context, a value
+ * added (as canary_hist_agg adds it), the sparse int8[] (as
+ * canary_hist_final makes it).
+ */
+DenseHist *
+RollupsHistNew(void)
+{
+	return DenseHistNew(CurrentMemoryContext);
+}
+
+void
+RollupsHistAdd(DenseHist *h, int64 value)
+{
+	DenseHistAdd(h, HistBucket(value), 1);
+}
+
+ArrayType *
+RollupsHistArray(const DenseHist *h)
+{
+	return DenseHistToSparse(h);
+}
+
+/*
  * RollupsFoldVerdicts
  *		Add the verdicts queued in canary_feedback_pending to the rollups
  *		(canary_feedback_fold() of sql/parts/32_rollups.sql) when the

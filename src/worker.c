@@ -59,6 +59,7 @@
 #include "metrics.h"
 #include "rollups.h"
 #include "shadow.h"
+#include "srm_writer.h"
 #include "transfers.h"
 #include "worker.h"
 
@@ -301,6 +302,7 @@ WorkerWriteQueued(void)
 		if (args.n == 0)
 			return WORKER_STEP_OK;
 		result = WorkerRunStep("llm_canary: writing metrics", WriteBatchStep, &args);
+		SrmWriterEndBatch(result == WORKER_STEP_OK);
 		if (result != WORKER_STEP_OK)
 		{
 			if (result == WORKER_STEP_FAILED)

@@ -180,7 +180,8 @@ COMMENT ON FUNCTION canary_rollup_member() IS
 /*
  * canary_rollup_statement: the one statement that adds a set of raw rows to
  * the rollups (and, when totals, to canary_rollup_totals).  kind is
- * requests (rows shaped like canary_requests), feedback (shaped like
+ * requests (rows shaped like canary_requests), request_counts (requests
+ * already counted per key, shaped like canary_rollups), feedback (shaped like
  * canary_feedback) or verdicts (shaped like canary_feedback_pending: verdict
  * counts already keyed); kind queue adds feedback rows, keyed, to
  * canary_feedback_pending instead.  source names a relation or a
@@ -210,11 +211,19 @@ DECLARE
     sums text;
     rollup text;
 BEGIN
-    IF kind = 'requests' THEN
+    IF kind IN ('requests', 'request_counts') THEN
         counters := ARRAY['requests', 'outcome_ok', 'outcome_refusal', 'outcome_error', 'outcome_timeout',
                           'refusals', 'prompt_tokens', 'completion_tokens', 'completions', 'cost',
                           'latency_count', 'latency_sum'];
         hists := ARRAY['latency_hist', 'tokens_hist'];
+    END IF;
+    IF kind = 'request_counts' THEN
+        -- rows already counted per key, with the columns of canary_rollups
+        -- but member (the metrics worker's batches, src/rollups_writer.c)
+        agg := format('SELECT p.canary, p.bucket_end, @extschema@.canary_rollup_member() AS member, p.stage,'
+                      ' p.cohort, p.model, p.fallback, p.cached, %s FROM %s p',
+                      array_to_string(counters || hists, ', '), source);
+    ELSIF kind = 'requests' THEN
         agg := format($q$
 SELECT r.canary, @extschema@.canary_rollup_bucket(r.ts) AS bucket_end,
        @extschema@.canary_rollup_member() AS member, coalesce(r.stage, '') AS stage,
@@ -275,7 +284,7 @@ SELECT p.canary, p.bucket_end, p.member, p.stage, p.cohort, p.model, p.fallback,
     ELSE
         RAISE EXCEPTION 'rollup kind "%" does not exist', kind
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The kinds are requests, feedback, verdicts and queue.';
+                  HINT = 'The kinds are requests, request_counts, feedback, verdicts and queue.';
     END IF;
 
     cols := array_to_string(counters || hists, ', ');
@@ -316,9 +325,12 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- TG_ARGV[0]: requests or feedback
-    EXECUTE @extschema@.canary_rollup_statement(CASE WHEN TG_ARGV[0] = 'feedback' THEN 'queue'
-                                                     ELSE TG_ARGV[0] END, 'new_rows', true);
+    -- TG_ARGV[0]: requests or feedback; the metrics worker counts its own
+    -- batches (canary_worker_batch)
+    IF NOT @extschema@.canary_worker_batch(TG_NAME) THEN
+        EXECUTE @extschema@.canary_rollup_statement(CASE WHEN TG_ARGV[0] = 'feedback' THEN 'queue'
+                                                         ELSE TG_ARGV[0] END, 'new_rows', true);
+    END IF;
     RETURN NULL;
 END;
 $$;
@@ -336,13 +348,13 @@ CREATE TRIGGER canary_feedback_rollup AFTER INSERT ON canary_feedback
  * Verdicts on their way to the rollups.  canary_feedback_pending: the
  * verdicts of each statement that wrote canary_feedback, keyed like
  * canary_rollups (appended, never updated, so that a writer holds no row
- * another needs).  canary_verdict_marks: per rollout, the oldest bucket
- * whose thumbs-down a fold changed and the kill switch's evidence has not
- * recounted yet (canary_collect_evidence recounts from there and deletes
- * the mark), so that a verdict given long after its answer still counts.
- * Marks are appended (one per rollout and fold), never updated, and
- * consumed with SKIP LOCKED: a check left open in a transaction never
- * makes the fold wait.
+ * another needs).  canary_verdict_marks: the buckets whose thumbs-down a
+ * fold changed and the kill switch's evidence has not recounted yet
+ * (canary_collect_evidence recounts the minutes of those buckets, each
+ * alone, and deletes the marks), so that a verdict given long after its
+ * answer still counts, at the cost of its minute.  Marks are appended (one
+ * per rollout, bucket and fold), never updated, and consumed with SKIP
+ * LOCKED: a check left open in a transaction never makes the fold wait.
  */
 CREATE TABLE canary_feedback_pending (
     canary              text NOT NULL,
@@ -365,12 +377,11 @@ CREATE TABLE canary_verdict_marks (
 );
 CREATE INDEX canary_verdict_marks_canary ON canary_verdict_marks (canary);
 COMMENT ON TABLE canary_verdict_marks IS
-    'Per rollout and fold, the oldest rollup bucket whose thumbs-down the fold changed and the kill switch''s evidence has not recounted yet (appended, consumed by canary_check)';
+    'Per rollout and fold, the rollup buckets whose thumbs-down the fold changed and the kill switch''s evidence has not recounted yet (appended, consumed by canary_check)';
 
 /*
  * canary_feedback_fold: move the pending verdicts into canary_rollups and
- * canary_rollup_totals, and mark, per rollout, the oldest bucket whose
- * thumbs-down changed.  Each pending row is added exactly once: it is
+ * canary_rollup_totals, and mark each bucket whose thumbs-down changed.  Each pending row is added exactly once: it is
  * deleted in the transaction that adds it, and a concurrent fold skips the
  * rows another holds (SKIP LOCKED) instead of waiting for them.  Rollup
  * rows are locked in key order, as the request writer locks them.  At most
@@ -401,12 +412,12 @@ BEGIN
     EXECUTE @extschema@.canary_rollup_statement('verdicts', '(SELECT * FROM unnest($1))', true)
         USING batch;
     -- appended, never updated: a check that consumes marks holds none of
-    -- these; only for the rollouts whose check recounts evidence
+    -- these; only for the rollouts whose check recounts evidence; one per
+    -- bucket changed (the check recounts the minutes marked, alone)
     INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
-    SELECT b.canary, min(b.bucket_end) FROM unnest(batch) b
+    SELECT DISTINCT b.canary, b.bucket_end FROM unnest(batch) b
       JOIN @extschema@.canary_config c ON c.name = b.canary
-     WHERE b.thumbs_down > 0 AND c.kill_switch_armed AND c.decision_mode = 'sequential'
-     GROUP BY b.canary;
+     WHERE b.thumbs_down > 0 AND c.kill_switch_armed AND c.decision_mode = 'sequential';
     RETURN (SELECT sum(b.verdicts) FROM unnest(batch) b);
 END;
 $$;

@@ -3,10 +3,12 @@
 # throwaway cluster:
 #   1. the metrics writer: records/s of the worker writing 200,000 queued
 #      records, and its CPU per record, with the rollup and sample-ratio
-#      triggers on, the rollup trigger alone, and neither (alternating, 3
-#      rounds; the records' users come from a pool of 20,000 that the first
-#      round brings in), and the sample-ratio trigger's worst case, every
-#      record a user not seen before;
+#      triggers on, the rollup trigger alone, and neither (alternating,
+#      BENCH_WRITER_ROUNDS rounds, default 3; the records' users come from a
+#      pool of 20,000 that the first round brings in; with the triggers on,
+#      the worker does their work for its batches), then the sample-ratio
+#      users' worst case, every record a user not seen before (3 rounds),
+#      and the pool once more after that flood;
 #   2. canary_call at 8 clients (pgbench against a local nginx upstream),
 #      rollup trigger on and off (alternating, 4 rounds of BENCH_SECONDS);
 #   3. canary_check of one rollout with 1,000 requests/s in its 300 s window,
@@ -133,19 +135,30 @@ triggers() {	# rollup on|off, srm on|off
 }
 if [[ $parts == *" 1 "* ]]; then
 echo "== 1. metrics writer: records/s writing 200,000 queued records (rollup and sample-ratio triggers)"
-for round in 1 2 3; do
-    for mode in "on on" "on off" "off off" "on new"; do
-        [ "$has_srm" = 1 ] || [ "${mode#* }" = off ] || continue
-        triggers ${mode/new/on}
-        if [ "${mode#* }" = new ]; then   # every record a new user
-            r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'new$round', 200000)")
-        else
-            r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'w', 20000)")
-        fi
-        echo "   round $round  rollups ${mode% *}, sample-ratio users ${mode#* }: ${r% *} records/s, ${r#* } us of worker CPU per record"
-        echo "writer ${mode// /_} $r" >> "$dir/results"
+writer() {	# round, rollups, users (on, off, new: every record a new user)
+    local r
+    [ "$has_srm" = 1 ] || [ "$3" = off ] || return 0
+    triggers "$2" "${3/new/on}"
+    if [ "$3" = new ]; then
+        r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'new$1', 200000)")
+    else
+        r=$($PSQL -At -F ' ' -c "SELECT * FROM bench_writer(200000, 'w', 20000)")
+    fi
+    echo "   round $1  rollups $2, sample-ratio users $3: ${r% *} records/s, ${r#* } us of worker CPU per record"
+    echo "writer $2_$3 $r" >> "$dir/results"
+}
+# the three settings alternate; the worst case (200,000 users never seen)
+# comes after, and then the known users once more (the worker's cache of
+# known users is bounded: the flood of new users pushed them out)
+for round in $(seq 1 "${BENCH_WRITER_ROUNDS:-3}"); do
+    for mode in "on on" "on off" "off off"; do
+        writer "$round" $mode
     done
 done
+for round in 1 2 3; do
+    writer "$round" on new
+done
+writer after-flood on on
 triggers on on
 fi
 

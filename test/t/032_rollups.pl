@@ -29,9 +29,10 @@ restart_after_crash = on
 max_connections = 40
 });
 $node->safe_psql('postgres', q{
-INSERT INTO canary_models (name, provider, base_url, model) VALUES
-  ('model-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
-  ('model-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
+-- prices: the records carry a cost (the worker sums it as numeric, exactly)
+INSERT INTO canary_models (name, provider, base_url, model, price_input_per_1k, price_output_per_1k) VALUES
+  ('model-old', 'openai', 'http://127.0.0.1:9/v1', 'old', 0.5, 1.5),
+  ('model-new', 'openai', 'http://127.0.0.1:9/v1', 'new', 0.25, 2.0);
 -- stage full (no sample-ratio check), decisions as in 1.0 (two windows)
 -- and thresholds no traffic can breach: the checks below only summarise,
 -- they never trip
@@ -51,6 +52,7 @@ SELECT quote_literal(coalesce(canary_record('roll', 'u' || :u, CASE WHEN :u % 4 
                               CASE WHEN :u % 4 = 0 THEN 'canary' ELSE 'control' END,
                               (ARRAY['ok', 'ok', 'error', 'refusal', 'timeout'])[1 + :l % 5], :l,
                               refusal => :l % 5 = 3, completion_tokens => :l % 700,
+                              prompt_tokens => nullif(:u % 60, 0),
                               stage => 'ramp_25')::text, '')) AS rid \gset
 SELECT canary_feedback(nullif(:rid, '')::uuid, :l % 3 = 0) WHERE :rid <> '' AND :l % 7 = 0;
 SQL
@@ -100,8 +102,10 @@ sub check_exact
 	is($node->safe_psql('postgres', q{
 SELECT (SELECT count(*) FROM canary_requests) = (SELECT sum(requests) FROM canary_rollup_totals)
    AND (SELECT count(*) FROM canary_feedback) = (SELECT sum(verdicts) FROM canary_rollup_totals)
-   AND (SELECT sum(latency_sum) FROM canary_rollups) = (SELECT sum(latency_sum) FROM canary_rollup_totals)}),
-		't', "$when: canary_rollup_totals count every raw row once");
+   AND (SELECT sum(latency_sum) FROM canary_rollups) = (SELECT sum(latency_sum) FROM canary_rollup_totals)
+   AND (SELECT sum(cost) FROM canary_requests) = (SELECT sum(cost) FROM canary_rollup_totals)
+   AND (SELECT sum(cost) FROM canary_rollup_totals) > 0}),
+		't', "$when: canary_rollup_totals count every raw row once (and its cost)");
 }
 
 # --- concurrent writers, and a worker restart in the middle ----------------

@@ -225,14 +225,17 @@ SELECT count(*) FILTER (WHERE period = @{[at(600)]}) || ' ' || count(*) FILTER (
 is($node->safe_psql('postgres', q{
 INSERT INTO canary_srm_users (canary, user_id, cohort, period)
 SELECT 'gone', 'g' || g, 'canary', '-infinity' FROM generate_series(1, 30) g;
-INSERT INTO canary_verdict_marks VALUES ('gone', now()), ('stall', now()), ('stall', now() - interval '1 minute');
+DELETE FROM canary_verdict_marks;
+INSERT INTO canary_verdict_marks VALUES ('gone', now()), ('stall', now() + interval '1 minute'), ('stall', now() + interval '1 minute'),
+    ('stall', now() - interval '1 minute'),
+    ('stall', now() - interval '16 days');
 SELECT string_agg(partition || ' ' || moved_rows, ',' ORDER BY partition)
   FROM canary_maintenance() WHERE action = 'expire' AND partition IN ('canary_srm_users', 'canary_verdict_marks');
 SELECT (SELECT count(*) FROM canary_srm_users WHERE canary = 'gone') || ' '
        || (SELECT count(*) FROM canary_srm_users WHERE canary = 'users') || ' '
-       || (SELECT string_agg(canary || ' ' || (bucket_end < now()), ',' ORDER BY canary) FROM canary_verdict_marks)}) =~ s/\n/|/gr,
-	'canary_srm_users 30,canary_verdict_marks 3|0 20 fb false,stall true',
-	'canary_maintenance deletes the users and marks of a deleted rollout, and all but the oldest mark of each (fb\'s two verdicts left two)');
+       || (SELECT string_agg(canary || ' ' || (bucket_end < now()), ',' ORDER BY canary, bucket_end) FROM canary_verdict_marks)}) =~ s/\n/|/gr,
+	'canary_srm_users 30,canary_verdict_marks 3|0 20 stall true,stall false',
+	'canary_maintenance deletes the users and marks of a deleted rollout, marks older than 15 days, and all but one mark of a bucket');
 
 $node->stop;
 done_testing();

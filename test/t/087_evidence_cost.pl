@@ -54,5 +54,73 @@ my @lines = grep { $_ ne '' } split /\n/, $out;
 is($lines[-2], '0', 'the evidence does not scan the feedback partition of four days ago');
 is($lines[-1], '200|20', 'every request and thumbs-down of the window is counted');
 
+# --- a late verdict recounts its minute, not the days since ----------------
+# A rollout with an hour of rollups (one request per cohort and minute);
+# the evidence counted at p_at; then a thumbs-down on an answer of 50
+# minutes before, folded (canary_verdict_marks).  The next check recounts
+# the minutes of its window and the one marked minute, each alone: the
+# evidence rows it writes (their xmin is its transaction) are those 3
+# minutes' (an older version recounted every minute from the marked one,
+# 51 minutes here, up to 14 days).  Simulated time, an hour ahead, with
+# canary_check's monitor off: nothing else consumes the mark.
+my $at = $node->safe_psql('postgres', "SELECT date_trunc('minute', now()) + interval '1 hour'");
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_models (name, provider, base_url, model) VALUES
+    ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'), ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode, evidence_since)
+  VALUES ('late', 'ramp_25', 'm-old', 'm-new', 'sequential', '$at'::timestamptz - interval '2 hours');
+INSERT INTO canary_requests (request_id, ts, canary, stage, user_id, cohort, model, outcome, latency_ms, refusal)
+SELECT gen_random_uuid(), '$at'::timestamptz - interval '1 hour' + m * interval '1 minute' + interval '10 seconds',
+       'late', 'ramp_25', 'u' || m, c, CASE c WHEN 'canary' THEN 'm-new' ELSE 'm-old' END, 'ok', 100, false
+  FROM generate_series(0, 59) m, unnest(ARRAY['canary', 'control']) c;
+SELECT canary_collect_evidence('late', '$at', '$at'::timestamptz - interval '2 hours', 0);
+});
+is($node->safe_psql('postgres', q{
+SELECT count(*) || ' ' || sum(samples) || ' ' || sum(thumbs_down) FROM canary_evidence WHERE canary = 'late'}),
+	'120 120 0', 'an hour of evidence: 60 minutes, 2 cohorts');
+$node->safe_psql('postgres', qq{
+SELECT canary_feedback(request_id, true) FROM canary_requests
+ WHERE canary = 'late' AND cohort = 'canary' AND ts = '$at'::timestamptz - interval '50 minutes' + interval '10 seconds';
+SELECT canary_feedback_fold() >= 0;
+});
+is($node->safe_psql('postgres', qq{
+SELECT count(*) FROM canary_verdict_marks WHERE canary = 'late';
+SELECT count(*) FROM canary_feedback_pending WHERE canary = 'late'}) =~ s/\n/ /r, '1 0',
+	'the late verdict is folded, its bucket marked');
+is($node->safe_psql('postgres', qq{
+BEGIN;
+SELECT canary_collect_evidence('late', '$at'::timestamptz + interval '30 seconds',
+                               '$at'::timestamptz - interval '2 hours', 0);
+SELECT string_agg(to_char(bucket - '$at'::timestamptz, 'MI') || ' ' || cohort || ' ' || samples || ' ' || thumbs_down,
+                  ',' ORDER BY bucket, cohort)
+  FROM canary_evidence WHERE canary = 'late' AND xmin = pg_current_xact_id()::xid;
+SELECT count(*) || ' ' || sum(samples) || ' ' || sum(thumbs_down) FROM canary_evidence WHERE canary = 'late';
+SELECT count(*) FROM canary_verdict_marks WHERE canary = 'late';
+COMMIT;
+}) =~ s/^\n//r =~ s/\n/|/gr,
+	'-50 canary 1 1,-50 control 1 0,-02 canary 1 0,-02 control 1 0,-01 canary 1 0,-01 control 1 0|120 120 1|0',
+	'the next check recounts the marked minute and its window (3 minutes), counts the verdict, uses the mark');
+
+# two late verdicts of different minutes, folded together: both minutes
+$node->safe_psql('postgres', qq{
+SELECT canary_feedback(request_id, true) FROM canary_requests
+ WHERE canary = 'late' AND cohort = 'canary'
+   AND ts IN ('$at'::timestamptz - interval '40 minutes' + interval '10 seconds',
+              '$at'::timestamptz - interval '20 minutes' + interval '10 seconds');
+SELECT canary_feedback_fold() >= 0;
+});
+is($node->safe_psql('postgres', qq{
+BEGIN;
+SELECT canary_collect_evidence('late', '$at'::timestamptz + interval '60 seconds',
+                               '$at'::timestamptz - interval '2 hours', 0);
+SELECT string_agg(to_char(bucket - '$at'::timestamptz, 'MI') || ' ' || cohort || ' ' || thumbs_down,
+                  ',' ORDER BY bucket, cohort)
+  FROM canary_evidence WHERE canary = 'late' AND xmin = pg_current_xact_id()::xid AND bucket < '$at'::timestamptz - interval '2 minutes';
+SELECT sum(thumbs_down) FROM canary_evidence WHERE canary = 'late';
+COMMIT;
+}) =~ s/^\n//r =~ s/\n/|/gr,
+	'-40 canary 1,-40 control 0,-20 canary 1,-20 control 0|3',
+	'two late verdicts folded together: each marks its bucket, the check recounts both minutes alone');
+
 $node->stop;
 done_testing();

@@ -199,11 +199,19 @@ DECLARE
     sums text;
     rollup text;
 BEGIN
-    IF kind = 'requests' THEN
+    IF kind IN ('requests', 'request_counts') THEN
         counters := ARRAY['requests', 'outcome_ok', 'outcome_refusal', 'outcome_error', 'outcome_timeout',
                           'refusals', 'prompt_tokens', 'completion_tokens', 'completions', 'cost',
                           'latency_count', 'latency_sum'];
         hists := ARRAY['latency_hist', 'tokens_hist'];
+    END IF;
+    IF kind = 'request_counts' THEN
+        -- rows already counted per key, with the columns of canary_rollups
+        -- but member (the metrics worker's batches, src/rollups_writer.c)
+        agg := format('SELECT p.canary, p.bucket_end, @extschema@.canary_rollup_member() AS member, p.stage,'
+                      ' p.cohort, p.model, p.fallback, p.cached, %s FROM %s p',
+                      array_to_string(counters || hists, ', '), source);
+    ELSIF kind = 'requests' THEN
         agg := format($q$
 SELECT r.canary, @extschema@.canary_rollup_bucket(r.ts) AS bucket_end,
        @extschema@.canary_rollup_member() AS member, coalesce(r.stage, '') AS stage,
@@ -264,7 +272,7 @@ SELECT p.canary, p.bucket_end, p.member, p.stage, p.cohort, p.model, p.fallback,
     ELSE
         RAISE EXCEPTION 'rollup kind "%" does not exist', kind
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'The kinds are requests, feedback, verdicts and queue.';
+                  HINT = 'The kinds are requests, request_counts, feedback, verdicts and queue.';
     END IF;
 
     cols := array_to_string(counters || hists, ', ');
@@ -303,9 +311,12 @@ LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- TG_ARGV[0]: requests or feedback
-    EXECUTE @extschema@.canary_rollup_statement(CASE WHEN TG_ARGV[0] = 'feedback' THEN 'queue'
-                                                     ELSE TG_ARGV[0] END, 'new_rows', true);
+    -- TG_ARGV[0]: requests or feedback; the metrics worker counts its own
+    -- batches (canary_worker_batch)
+    IF NOT @extschema@.canary_worker_batch(TG_NAME) THEN
+        EXECUTE @extschema@.canary_rollup_statement(CASE WHEN TG_ARGV[0] = 'feedback' THEN 'queue'
+                                                         ELSE TG_ARGV[0] END, 'new_rows', true);
+    END IF;
     RETURN NULL;
 END;
 $$;
@@ -340,7 +351,7 @@ CREATE TABLE canary_verdict_marks (
 );
 CREATE INDEX canary_verdict_marks_canary ON canary_verdict_marks (canary);
 COMMENT ON TABLE canary_verdict_marks IS
-    'Per rollout and fold, the oldest rollup bucket whose thumbs-down the fold changed and the kill switch''s evidence has not recounted yet (appended, consumed by canary_check)';
+    'Per rollout and fold, the rollup buckets whose thumbs-down the fold changed and the kill switch''s evidence has not recounted yet (appended, consumed by canary_check)';
 
 CREATE FUNCTION canary_feedback_fold()
 RETURNS bigint
@@ -365,12 +376,12 @@ BEGIN
     EXECUTE @extschema@.canary_rollup_statement('verdicts', '(SELECT * FROM unnest($1))', true)
         USING batch;
     -- appended, never updated: a check that consumes marks holds none of
-    -- these; only for the rollouts whose check recounts evidence
+    -- these; only for the rollouts whose check recounts evidence; one per
+    -- bucket changed (the check recounts the minutes marked, alone)
     INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
-    SELECT b.canary, min(b.bucket_end) FROM unnest(batch) b
+    SELECT DISTINCT b.canary, b.bucket_end FROM unnest(batch) b
       JOIN @extschema@.canary_config c ON c.name = b.canary
-     WHERE b.thumbs_down > 0 AND c.kill_switch_armed AND c.decision_mode = 'sequential'
-     GROUP BY b.canary;
+     WHERE b.thumbs_down > 0 AND c.kill_switch_armed AND c.decision_mode = 'sequential';
     RETURN (SELECT sum(b.verdicts) FROM unnest(batch) b);
 END;
 $$;

@@ -135,9 +135,11 @@ DECLARE
     origin constant timestamptz := '2000-01-01 00:00:00+00';
     from_bucket timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     last_bucket timestamptz;
-    marked timestamptz;
+    oldest constant timestamptz := greatest(date_bin('1 minute', p_at - interval '14 days', origin),
+                                            date_bin('1 minute', p_since, origin));
+    marked timestamptz[];
     settled timestamptz;
-    settle_to timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
+    settle_to constant timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     old_rows @extschema@.canary_evidence[];
     delta double precision;
 BEGIN
@@ -146,24 +148,22 @@ BEGIN
     from_bucket := least(from_bucket,
                          greatest(coalesce(last_bucket, date_bin('1 minute', p_since, origin), from_bucket),
                                   date_bin('1 minute', p_at - interval '1 hour', origin)));
-    -- a late verdict: recount from the minute of the oldest bucket it
-    -- changed (marks another transaction holds are left to it: never waits)
+    -- late verdicts: the minutes, before from_bucket, of the buckets a fold
+    -- changed (marks another transaction holds are left to it: never
+    -- waits) and of the verdicts still queued
     WITH used AS (
         DELETE FROM @extschema@.canary_verdict_marks m
          WHERE m.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_verdict_marks o
                                     WHERE o.canary = p_canary FOR UPDATE SKIP LOCKED))
         RETURNING m.bucket_end
     )
-    SELECT min(u.bucket_end) INTO marked FROM used u;
-    -- verdicts still queued are counted from the queue: from their oldest bucket
-    SELECT least(marked, min(q.bucket_end)) INTO marked FROM @extschema@.canary_feedback_pending q
-     WHERE q.canary = p_canary AND q.thumbs_down > 0;
-    IF marked IS NOT NULL THEN
-        from_bucket := least(from_bucket,
-                             greatest(date_bin('1 minute', marked - interval '30 seconds', origin),
-                                      date_bin('1 minute', p_since, origin),
-                                      date_bin('1 minute', p_at - interval '14 days', origin)));
-    END IF;
+    SELECT array_agg(DISTINCT k.minute) INTO marked
+      FROM (SELECT u.bucket_end FROM used u
+            UNION ALL
+            SELECT q.bucket_end FROM @extschema@.canary_feedback_pending q
+             WHERE q.canary = p_canary AND q.thumbs_down > 0) b
+     CROSS JOIN LATERAL (SELECT date_bin('1 minute', b.bucket_end - interval '30 seconds', origin) AS minute) k
+     WHERE k.minute < from_bucket AND k.minute >= oldest;
     -- the running totals: the settled minutes about to be recounted or
     -- dropped leave them (they start over in another evidence period, or
     -- when the clock went back)
@@ -186,6 +186,7 @@ BEGIN
                   FROM @extschema@.canary_evidence e
                  WHERE e.canary = p_canary AND e.bucket < settled
                    AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
+                        OR e.bucket = ANY (marked)
                         OR e.bucket < date_bin('1 minute', p_since, origin)
                         OR e.bucket < p_at - interval '14 days')
                  GROUP BY e.cohort) d
@@ -194,10 +195,12 @@ BEGIN
     -- the minutes about to be recounted, as counted before (the paired
     -- statistic adds the requests counted since)
     SELECT array_agg(e) INTO old_rows FROM @extschema@.canary_evidence e
-     WHERE e.canary = p_canary AND e.bucket >= from_bucket AND e.bucket <= p_at;
+     WHERE e.canary = p_canary
+       AND ((e.bucket >= from_bucket AND e.bucket <= p_at) OR e.bucket = ANY (marked));
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
        AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
+            OR e.bucket = ANY (marked)
             OR e.bucket < date_bin('1 minute', p_since, origin)
             OR e.bucket < p_at - interval '14 days');
     -- the one rollups table of this database's role (canary_summary says why)
@@ -211,21 +214,30 @@ BEGIN
                     THEN @extschema@.canary_hist_count_over(r.latency_hist, $5) ELSE 0 END)::bigint
       FROM (SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM @extschema@.%I r
+              FROM @extschema@.%1$I r
+             WHERE r.canary = $1 AND r.bucket_end > $2 AND r.bucket_end < $3 + interval '30 seconds'
+            UNION ALL
+            -- the marked minutes, each alone: their two buckets, looked up by key
+            SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
+                   r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
+              FROM @extschema@.%1$I r
              WHERE r.canary = $1
+               AND r.bucket_end = ANY (ARRAY(SELECT m + d FROM unnest($7::timestamptz[]) m,
+                                                  unnest(ARRAY[interval '30 seconds', interval '1 minute']) d))
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
             SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
               FROM @extschema@.canary_feedback_pending q
-             WHERE q.canary = $1) r
-     WHERE r.bucket_end > $2 AND r.bucket_end < $3 + interval '30 seconds'
-       AND ($4 IS NULL OR r.bucket_end - interval '30 seconds' >= $4)
+             WHERE q.canary = $1
+               AND ((q.bucket_end > $2 AND q.bucket_end < $3 + interval '30 seconds')
+                    OR date_bin('1 minute', q.bucket_end - interval '30 seconds', $6) = ANY ($7))) r
+     WHERE ($4 IS NULL OR r.bucket_end - interval '30 seconds' >= $4)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
      GROUP BY 2, 3$q$,
         CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
-    USING p_canary, from_bucket, p_at, p_since, p_slow_over, origin;
-    -- the refusal rule's paired statistic of a minute: as before, plus that
-    -- of the requests counted since (paired among themselves)
+    USING p_canary, from_bucket, p_at, p_since, p_slow_over, origin, marked;
+    -- the refusal rule's paired statistic of a recounted minute: as before,
+    -- plus that of the requests counted since (paired among themselves)
     SELECT c.refusal_delta_threshold INTO delta FROM @extschema@.canary_config c WHERE c.name = p_canary;
     UPDATE @extschema@.canary_evidence c
        SET paired_1 = x.p1 + coalesce(x.e[1], 0), paired_2 = x.p2 + coalesce(x.e[2], 0),
@@ -243,9 +255,10 @@ BEGIN
               LEFT JOIN unnest(old_rows) oc ON oc.bucket = n.bucket AND oc.cohort = 'canary'
               LEFT JOIN unnest(old_rows) ok ON ok.bucket = n.bucket AND ok.cohort = 'control'
              WHERE n.canary = p_canary AND n.cohort = 'canary'
-               AND n.bucket >= from_bucket AND n.bucket <= p_at) x
+               AND ((n.bucket >= from_bucket AND n.bucket <= p_at) OR n.bucket = ANY (marked))) x
      WHERE c.canary = p_canary AND c.cohort = 'canary' AND c.bucket = x.bucket;
-    -- ... and come back recounted, with the minutes settled since
+    -- ... and the recounted minutes come back into the totals, with the
+    -- minutes settled since
     INSERT INTO @extschema@.canary_evidence_settled AS s
         (canary, cohort, since, through, samples, errors, refusals, thumbs_down, slow,
          paired_1, paired_2, paired_3, paired_4)
@@ -256,7 +269,8 @@ BEGIN
       FROM (VALUES ('canary'), ('control')) c(cohort)
       LEFT JOIN @extschema@.canary_evidence e
              ON e.canary = p_canary AND e.cohort = c.cohort AND e.bucket < settle_to
-            AND (settled IS NULL OR e.bucket >= least(from_bucket, settled))
+            AND (settled IS NULL OR e.bucket >= settled OR e.bucket >= from_bucket
+                 OR e.bucket = ANY (marked))
      GROUP BY c.cohort
     ON CONFLICT (canary, cohort) DO UPDATE
        SET through = excluded.through, samples = s.samples + excluded.samples,
@@ -397,33 +411,9 @@ SET search_path = pg_catalog, pg_temp
 SET enable_nestloop = off
 AS $$
 BEGIN
-    WITH firsts AS (
-        SELECT DISTINCT ON (r.canary, r.user_id)
-               r.canary, r.user_id, r.cohort, coalesce(c.evidence_since, '-infinity') AS period,
-               @extschema@.canary_rollup_bucket(r.ts) AS bucket_end, coalesce(r.stage, '') AS stage,
-               coalesce(r.model, '') AS model, r.fallback, r.cached
-          FROM new_rows r
-          JOIN @extschema@.canary_config c ON c.name = r.canary
-         WHERE r.user_id IS NOT NULL AND r.cohort IN ('canary', 'control')
-           AND c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100
-           AND (c.evidence_since IS NULL OR r.ts > c.evidence_since)
-         ORDER BY r.canary, r.user_id, r.ts
-    ), added AS (
-        INSERT INTO @extschema@.canary_srm_users AS u (canary, user_id, cohort, period)
-        SELECT f.canary, f.user_id, f.cohort, f.period FROM firsts f
-         ORDER BY f.canary, f.period, f.user_id
-        ON CONFLICT DO NOTHING
-        RETURNING u.canary, u.user_id
-    )
-    INSERT INTO @extschema@.canary_rollups AS t
-        (canary, bucket_end, member, stage, cohort, model, fallback, cached, new_users)
-    SELECT f.canary, f.bucket_end, @extschema@.canary_rollup_member(), f.stage, f.cohort, f.model,
-           f.fallback, f.cached, count(*)
-      FROM added a JOIN firsts f ON f.canary = a.canary AND f.user_id = a.user_id
-     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
-     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
-    ON CONFLICT (canary, bucket_end, member, stage, cohort, model, fallback, cached)
-       DO UPDATE SET new_users = t.new_users + excluded.new_users;
+    IF NOT @extschema@.canary_worker_batch(TG_NAME) THEN
+        EXECUTE @extschema@.canary_srm_statement('new_rows', NULL);
+    END IF;
     RETURN NULL;
 END;
 $$;

@@ -654,7 +654,8 @@ BEGIN
     -- the sample-ratio users of deleted rollouts (those of other evidence
     -- periods go at each check), found through the primary key (one probe
     -- per rollout), and the verdict marks no check will use (rollouts
-    -- deleted, disarmed or not sequential; all but the oldest of each);
+    -- deleted, disarmed or not sequential; older than 15 days, past the
+    -- 14 days a check recounts; all but one of a rollout and bucket);
     -- at most 100,000 rows each a day, rows another transaction holds skipped
     IF to_regclass(format('%I.canary_srm_users', nsp)) IS NOT NULL THEN
         EXECUTE format($q$
@@ -681,8 +682,9 @@ BEGIN
                    SELECT o.ctid FROM %1$I.canary_verdict_marks o
                      LEFT JOIN %1$I.canary_config c ON c.name = o.canary
                     WHERE c.name IS NULL OR NOT c.kill_switch_armed OR c.decision_mode <> 'sequential'
+                       OR o.bucket_end < now() - interval '15 days'
                        OR EXISTS (SELECT 1 FROM %1$I.canary_verdict_marks e
-                                   WHERE e.canary = o.canary AND (e.bucket_end, e.ctid) < (o.bucket_end, o.ctid))
+                                   WHERE e.canary = o.canary AND e.bucket_end = o.bucket_end AND e.ctid < o.ctid)
                     LIMIT 100000 FOR UPDATE OF o SKIP LOCKED))$q$, nsp);
         GET DIAGNOSTICS n = ROW_COUNT;
         IF n > 0 THEN

@@ -1,0 +1,111 @@
+/*
+ * 1.1: the metrics worker records the sample-ratio users of its own
+ * batches, with a cache of the users already recorded
+ * (sql/parts/53_srm_writer.sql, src/srm_writer.c); the trigger
+ * canary_requests_srm keeps recording every other INSERT, through the
+ * same statement (its new body is in 60_decisions.sql).
+ */
+/*
+ * True only in the metrics worker, during the INSERT of one of its batches,
+ * when it does the work of that trigger of canary_requests itself
+ * (canary_requests_rollup: src/rollups_writer.c; canary_requests_srm:
+ * src/srm_writer.c).
+ */
+CREATE FUNCTION canary_worker_batch(trigger_name text) RETURNS boolean
+AS 'MODULE_PATHNAME', 'canary_worker_batch'
+LANGUAGE C STRICT VOLATILE;
+COMMENT ON FUNCTION canary_worker_batch(text) IS
+    'True only in the metrics worker while it inserts a batch whose work for that trigger of canary_requests it does itself';
+
+/*
+ * canary_srm_statement: the statement that records the users of source (a
+ * relation or parenthesised query with the columns canary, user_id,
+ * cohort, ts, stage, model, fallback, cached): for each armed rollout with
+ * 0 < percent_new < 100, the users of its rows after evidence_since go into
+ * canary_srm_users under that period (the cohort of their first row), and
+ * those not seen before in the period are counted into the new_users of
+ * the rollup row of that first row.  Primary-key probes, one per user;
+ * nothing is scanned.  canaries: NULL, and the statement answers with one
+ * row, the users added; or an expression of a text[] of rollout names, and
+ * it answers with each user of source it found recorded (canary, the
+ * version of the rollout's canary_config row, true, user_id) and, for each
+ * name of canaries, (canary, version, whether its users are recorded,
+ * NULL); version is '' for a rollout that does not exist.
+ */
+CREATE FUNCTION canary_srm_statement(source text, canaries text)
+RETURNS text
+LANGUAGE sql IMMUTABLE
+RETURN format($q$
+WITH firsts AS (
+    SELECT DISTINCT ON (r.canary, r.user_id)
+           r.canary, r.user_id, r.cohort, coalesce(c.evidence_since, '-infinity') AS period,
+           c.xmin::text AS version,
+           @extschema@.canary_rollup_bucket(r.ts) AS bucket_end, coalesce(r.stage, '') AS stage,
+           coalesce(r.model, '') AS model, r.fallback, r.cached
+      FROM %1$s r
+      JOIN @extschema@.canary_config c ON c.name = r.canary
+     WHERE r.user_id IS NOT NULL AND r.cohort IN ('canary', 'control')
+       AND c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100
+       AND (c.evidence_since IS NULL OR r.ts > c.evidence_since)
+     ORDER BY r.canary, r.user_id, r.ts
+), added AS (
+    INSERT INTO @extschema@.canary_srm_users AS u (canary, user_id, cohort, period)
+    SELECT f.canary, f.user_id, f.cohort, f.period FROM firsts f
+     ORDER BY f.canary, f.period, f.user_id
+    ON CONFLICT DO NOTHING
+    RETURNING u.canary, u.user_id
+), counted AS (
+    INSERT INTO @extschema@.canary_rollups AS t
+        (canary, bucket_end, member, stage, cohort, model, fallback, cached, new_users)
+    SELECT f.canary, f.bucket_end, @extschema@.canary_rollup_member(), f.stage, f.cohort, f.model,
+           f.fallback, f.cached, count(*)
+      FROM added a JOIN firsts f ON f.canary = a.canary AND f.user_id = a.user_id
+     GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
+     ORDER BY 1, 2, 3, 4, 5, 6, 7, 8
+    ON CONFLICT (canary, bucket_end, member, stage, cohort, model, fallback, cached)
+       DO UPDATE SET new_users = t.new_users + excluded.new_users
+    RETURNING 1
+)
+%2$s$q$,
+    source,
+    CASE WHEN canaries IS NULL THEN 'SELECT count(*) FROM added'
+         ELSE format($a$SELECT f.canary, f.version, true, f.user_id FROM firsts f
+UNION ALL
+SELECT n.name, coalesce(c.xmin::text, ''),
+       coalesce(c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100, false), NULL
+  FROM unnest(%s::text[]) n(name)
+  LEFT JOIN @extschema@.canary_config c ON c.name = n.name$a$, canaries) END);
+COMMENT ON FUNCTION canary_srm_statement(text, text) IS
+    'The statement that records the sample-ratio users of source (canary_srm_users, canary_rollups.new_users)';
+
+/*
+ * canary_srm_record: the metrics worker's call (src/srm_writer.c): records
+ * the users of the rows given as arrays, one element per row, and answers
+ * as canary_srm_statement does for the rollouts p_canaries.
+ * enable_nestloop off: see canary_srm_trigger.
+ */
+CREATE FUNCTION canary_srm_record(p_canaries text[], p_canary text[], p_user_id text[], p_cohort text[],
+                                  p_ts timestamptz[], p_stage text[], p_model text[],
+                                  p_fallback boolean[], p_cached boolean[])
+RETURNS TABLE (canary text, version text, recording boolean, user_id text)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET enable_nestloop = off
+AS $$
+BEGIN
+    RETURN QUERY EXECUTE @extschema@.canary_srm_statement(
+        '(SELECT * FROM unnest($2, $3, $4, $5, $6, $7, $8, $9)'
+        ' AS r(canary, user_id, cohort, ts, stage, model, fallback, cached))', '$1')
+        USING p_canaries, p_canary, p_user_id, p_cohort, p_ts, p_stage, p_model, p_fallback, p_cached;
+END;
+$$;
+COMMENT ON FUNCTION canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[]) IS
+    'Records the sample-ratio users of the metrics worker''s rows; answers with the users found recorded and the state of the rollouts named';
+
+-- privileges, as sql/parts/90_roles.sql gives them in a fresh install
+REVOKE ALL ON FUNCTION canary_worker_batch(text), canary_srm_statement(text, text),
+    canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[])
+    FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION canary_worker_batch(text), canary_srm_statement(text, text),
+    canary_srm_record(text[], text[], text[], text[], timestamptz[], text[], text[], boolean[], boolean[])
+    TO llm_canary_admin;
