@@ -295,10 +295,12 @@ SELECT string_agg(concat_ws(' ', canary, d->>'verdict', d->>'minutes'), ', ' ORD
 # --- the stage's running totals (canary_evidence_settled) -----------------------
 # three days of evidence minutes, written directly (100 canary and 1,000
 # control requests a minute): the first check builds the totals of the
-# settled minutes (its recount drops the last minute, which the rollups do
-# not hold); later checks read them and the minutes after them only; a late
-# verdict's mark a day back recounts from there (from the rollups, which
-# hold none of these minutes: they leave the evidence and the totals alike)
+# settled minutes (each check's recount drops the last minute counted,
+# which the rollups do not hold); later checks read them and the minutes
+# after them only; a late verdict's mark a day back recounts that minute
+# alone (from the rollups, which hold none of these minutes: it leaves the
+# evidence and the totals alike).  Minutes left after three checks: 4,316
+# less the three last ones and the marked one.
 $node->safe_psql('postgres', qq{
 INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
   VALUES ('totals', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '3 days');
@@ -344,8 +346,8 @@ INSERT INTO canary_verdict_marks (canary, bucket_end) VALUES ('totals', timestam
 SELECT canary_check('totals', timestamptz '$at' + interval '1 minute');
 });
 is($node->safe_psql('postgres', qq{SELECT stage_matches(timestamptz '$at' + interval '1 minute')}),
-	'true 287900 00:01:00',
-	'a late verdict\'s recount of a day ago takes the minutes out of the totals as out of the evidence');
+	'true 431200 00:01:00',
+	'a late verdict\'s recount of a minute a day ago takes it out of the totals as out of the evidence');
 
 # --- re-arm after a fix, and stage changes, start clean --------------------------
 # the broken model's window ends a minute ago; evidence since an hour before
