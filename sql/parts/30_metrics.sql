@@ -147,7 +147,9 @@ COMMENT ON FUNCTION canary_partition_days(text, date, integer) IS
  * today .. today + days_ahead (today is the UTC day by default: partitions
  * are UTC days, whatever the session's TimeZone); retention: daily
  * partitions of days before today - llm_canary.retention_days are dropped
- * and canary_window_summaries (and canary_csat_user_days) rows of those days deleted; expired session pins and expired answers of
+ * and canary_window_summaries (and canary_csat_user_days: on the control only
+ * those of departed members, and any two days later) rows of those days
+ * deleted; expired session pins and expired answers of
  * the response cache are deleted.  Every delete goes through an index.
  * canary_alerts and canary_stage_history are the audit trail (one row per
  * trip, alert or operator change) and are kept.
@@ -192,10 +194,6 @@ BEGIN
             -- window summaries of days before today - retention (none when 0)
             ('canary_window_summaries', 'at < $1',
              CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
-            -- the CSAT feed's users of those days (a member's, and on the
-            -- control the members' rows it holds)
-            ('canary_csat_user_days', 'day < ($1 AT TIME ZONE ''UTC'')::date',
-             CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
             -- rollups older than llm_canary.rollup_retention_days
             ('canary_rollups', NULL, NULL),
             -- finished submissions past llm_canary.submit_retention
@@ -218,6 +216,37 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+
+    -- the CSAT feed's users of days before today - retention: a member's
+    -- own; on the control only those of members no longer in
+    -- canary_fleet_members, and any two days later (each member's own
+    -- delete reaches the control through replication: the apply worker
+    -- neither waits on this one nor deadlocks with it); batches of 10,000,
+    -- at most 1,000,000 rows a day, rows another transaction holds skipped
+    -- (canary_fleet_members is created by a later part)
+    IF retention > 0 AND to_regclass(format('%I.canary_fleet_members', nsp)) IS NOT NULL THEN
+        moved_rows := 0;
+        LOOP
+            EXECUTE format($q$
+                DELETE FROM %1$I.canary_csat_user_days u
+                 WHERE u.ctid = ANY (ARRAY(
+                       SELECT o.ctid FROM %1$I.canary_csat_user_days o
+                        WHERE o.day < $1
+                          AND (NOT $2 OR o.day < $1 - 2
+                               OR NOT EXISTS (SELECT 1 FROM %1$I.canary_fleet_members m
+                                               WHERE m.member = o.member))
+                        LIMIT 10000 FOR UPDATE OF o SKIP LOCKED))$q$, nsp)
+               USING today - retention,
+                     coalesce(current_setting('llm_canary.fleet_role', true), '') = 'control';
+            GET DIAGNOSTICS n = ROW_COUNT;
+            moved_rows := moved_rows + n;
+            EXIT WHEN n < 10000 OR moved_rows >= 1000000;
+        END LOOP;
+        IF moved_rows > 0 THEN
+            action := 'expire'; partition := 'canary_csat_user_days';
+            RETURN NEXT;
+        END IF;
+    END IF;
 
     -- (both created by a later part than this function's first run)
     -- the sample-ratio users of deleted rollouts (those of other evidence

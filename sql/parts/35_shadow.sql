@@ -325,8 +325,10 @@ CREATE TRIGGER canary_shadow_fill
  *   *_length            length in characters: mean, p50 and p95
  *                       (percentile_disc: an observed length)
  *   *_length_ratio      new / old of the same statistic
- * Over all rows (samples): new_error_rate (new_error not NULL) and
- * new_timeout_rate (new_error = 'timeout').
+ * Over the rows whose new call was made (not new_error fail_safe or
+ * shutdown: the fleet's fail-safe or a shutdown never sent them):
+ * new_error_rate (new_error not NULL) and new_timeout_rate (new_error =
+ * 'timeout').
  * ready: paired > 0, agreement >= shadow_min_agreement,
  * |refusal_delta| <= shadow_max_refusal_delta and
  * 1/shadow_max_length_ratio <= mean_length_ratio <= shadow_max_length_ratio
@@ -372,10 +374,12 @@ BEGIN
            percentile_disc(0.5) WITHIN GROUP (ORDER BY length(new_text)) FILTER (WHERE p) AS new_p50,
            percentile_disc(0.95) WITHIN GROUP (ORDER BY length(old_text)) FILTER (WHERE p) AS old_p95,
            percentile_disc(0.95) WITHIN GROUP (ORDER BY length(new_text)) FILTER (WHERE p) AS new_p95,
-           count(*) FILTER (WHERE new_error IS NOT NULL) AS errors,
+           count(*) FILTER (WHERE sent) AS sent,
+           count(*) FILTER (WHERE sent AND new_error IS NOT NULL) AS errors,
            count(*) FILTER (WHERE new_error = 'timeout') AS timeouts
       INTO s
-      FROM (SELECT r.*, r.old_text IS NOT NULL AND r.new_text IS NOT NULL AS p
+      FROM (SELECT r.*, r.old_text IS NOT NULL AND r.new_text IS NOT NULL AS p,
+                   r.new_error IS NULL OR r.new_error NOT IN ('fail_safe', 'shutdown') AS sent
               FROM @extschema@.canary_shadow r
              WHERE r.canary = canary_shadow_report.canary AND r.ts >= cutoff) x;
 
@@ -432,8 +436,8 @@ BEGIN
         round(s.old_mean, 1), round(s.new_mean, 1), round(ratio, 3),
         s.old_p50, s.new_p50, round(s.new_p50::numeric / nullif(s.old_p50, 0), 3),
         s.old_p95, s.new_p95, round(s.new_p95::numeric / nullif(s.old_p95, 0), 3),
-        round(s.errors::numeric / nullif(s.samples, 0), 4),
-        round(s.timeouts::numeric / nullif(s.samples, 0), 4),
+        round(s.errors::numeric / nullif(s.sent, 0), 4),
+        round(s.timeouts::numeric / nullif(s.sent, 0), 4),
         cardinality(why) = 0, why;
 END;
 $$;

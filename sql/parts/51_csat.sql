@@ -65,20 +65,26 @@ BEGIN
            AND r.request_id IN (SELECT request_id FROM scores WHERE request_id IS NOT NULL)
            AND NOT r.fallback
     ),
+    -- only the users a score needs: each is a primary-key probe of the feed
+    scored AS (
+        SELECT DISTINCT s.user_id, s.d FROM scores s
+    ),
     user_day AS (
         SELECT u.user_id, u.d,
-               CASE WHEN count(DISTINCT u.cohort) > 1 THEN 'mixed' ELSE min(u.cohort) END AS cohort
+               CASE WHEN min(u.cohort) <> max(u.cohort) THEN 'mixed' ELSE min(u.cohort) END AS cohort
           FROM (SELECT r.user_id, (r.ts AT TIME ZONE 'UTC')::date AS d, r.cohort
                   FROM @extschema@.canary_requests r
                  WHERE r.canary = canary_csat_report.canary
                    AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
                    AND NOT r.fallback
+                   AND (r.user_id, (r.ts AT TIME ZONE 'UTC')::date) IN (SELECT sc.user_id, sc.d FROM scored sc)
                 UNION ALL
                 -- on the control: the members' users (their own cohort or mixed)
                 SELECT f.user_id, f.day, f.cohort
-                  FROM @extschema@.canary_csat_user_days f
-                 WHERE on_control AND f.canary = canary_csat_report.canary
-                   AND f.day >= (now() AT TIME ZONE 'UTC')::date - (days - 1)) u
+                  FROM scored sc
+                  JOIN @extschema@.canary_csat_user_days f
+                    ON f.day = sc.d AND f.canary = canary_csat_report.canary AND f.user_id = sc.user_id
+                 WHERE on_control) u
          GROUP BY 1, 2
     ),
     tagged AS (
@@ -189,8 +195,10 @@ COMMENT ON FUNCTION canary_csat_check(text) IS
  * The fleet's CSAT feed.  Raw rows stay on the members, so the control's
  * CSAT check cannot join a score to the cohort that served its user from
  * them.  Each member keeps, instead, one row per rollout, UTC day and user
- * it served while the rollout split the traffic (0 < percent_new < 100:
- * the stages where the rule compares the cohorts), with the cohort that
+ * it served while the rollout split the traffic (requests routed in a
+ * ramp stage, armed above 0 percent: the stages where the rule compares the
+ * cohorts), and on a day that holds such users every later request too (the
+ * day a rollout goes to full or to 0 percent), with the cohort that
  * served the user that day, or mixed; canary_fleet_publish() publishes it
  * with the rollups, keyed by member, and canary_csat_report on the control
  * reads it.  The rule joins scores to users, so the user id is kept; no
@@ -206,7 +214,7 @@ CREATE TABLE canary_csat_user_days (
     member          text NOT NULL,
     user_id         text NOT NULL,
     cohort          text NOT NULL,
-    PRIMARY KEY (day, canary, member, user_id)
+    PRIMARY KEY (day, canary, user_id, member)
 );
 COMMENT ON TABLE canary_csat_user_days IS
     'On a fleet member: the users it served per rollout and UTC day with their cohort (or mixed), published to the control database for its CSAT check';
@@ -222,7 +230,13 @@ BEGIN
     IF coalesce(current_setting('llm_canary.fleet_role', true), '') <> 'member' THEN
         RETURN NULL;
     END IF;
-    -- users already recorded with this cohort (or mixed) are only probed:
+    -- a row counts when its own stage split the traffic (the stage it was
+    -- routed in, the rollout's when it has none), and the rollout is armed
+    -- above 0 percent; or, at any stage, when its day already has users of
+    -- the rollout (one probe per rollout and day of the statement): on the
+    -- day a rollout goes to full or to 0 percent, a user served by both
+    -- cohorts is mixed, and whole days at full or at 0 percent cost nothing.
+    -- Users already recorded with this cohort (or mixed) are only probed:
     -- no row lock, no WAL
     INSERT INTO @extschema@.canary_csat_user_days AS u (day, canary, member, user_id, cohort)
     SELECT s.day, s.canary, s.member, s.user_id, s.cohort
@@ -231,8 +245,16 @@ BEGIN
                    CASE WHEN min(r.cohort) <> max(r.cohort) THEN 'mixed' ELSE min(r.cohort) END AS cohort
               FROM new_rows r
               JOIN @extschema@.canary_config c ON c.name = r.canary
+              JOIN (SELECT d.day, d.canary,
+                           EXISTS (SELECT 1 FROM @extschema@.canary_csat_user_days o
+                                    WHERE o.day = d.day AND o.canary = d.canary) AS recorded
+                      FROM (SELECT DISTINCT (n.ts AT TIME ZONE 'UTC')::date AS day, n.canary
+                              FROM new_rows n) d) k
+                ON k.day = (r.ts AT TIME ZONE 'UTC')::date AND k.canary = r.canary
              WHERE NOT r.fallback AND r.user_id IS NOT NULL AND r.cohort IS NOT NULL
-               AND c.percent_new > 0 AND c.percent_new < 100
+               AND (k.recorded
+                    OR (coalesce(nullif(r.stage, ''), c.stage) IN ('ramp_1', 'ramp_5', 'ramp_25')
+                        AND c.kill_switch_armed AND c.percent_new > 0))
              GROUP BY 1, 2, 4) s
      WHERE NOT EXISTS (SELECT 1 FROM @extschema@.canary_csat_user_days o
                         WHERE (o.day, o.canary, o.member, o.user_id) = (s.day, s.canary, s.member, s.user_id)
@@ -249,3 +271,33 @@ REVOKE ALL ON FUNCTION canary_csat_feed_trigger() FROM PUBLIC;
 CREATE TRIGGER canary_requests_csat_feed AFTER INSERT ON canary_requests
     REFERENCING NEW TABLE AS new_rows
     FOR EACH STATEMENT EXECUTE FUNCTION canary_csat_feed_trigger();
+
+/*
+ * A member's feed is replicated to the control (inserts, updates, deletes;
+ * not TRUNCATE): the rows a member truncated stay on the control, and the
+ * same users recorded again would stop the control's subscription on a
+ * duplicate key.  A member refuses TRUNCATE; its rows are dumped with the
+ * extension's (pg_dump), so a restored member does not record them again
+ * either.
+ */
+SELECT pg_catalog.pg_extension_config_dump('canary_csat_user_days', '');
+CREATE FUNCTION canary_csat_feed_truncate_guard() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF coalesce(current_setting('llm_canary.fleet_role', true), '') = 'member' THEN
+        RAISE EXCEPTION 'cannot truncate table "%" on fleet member "%"',
+                        TG_TABLE_NAME, current_setting('llm_canary.member', true)
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  DETAIL = 'The control database keeps the rows of this member''s CSAT feed: a TRUNCATE does not reach it, and the users recorded again would stop its subscription on a duplicate key.',
+                  HINT = 'Delete the rows instead (DELETE reaches the control database), or let canary_maintenance() expire them.';
+    END IF;
+    RETURN NULL;
+END;
+$$;
+COMMENT ON FUNCTION canary_csat_feed_truncate_guard() IS
+    'On a fleet member: refuses TRUNCATE of canary_csat_user_days (the control database keeps its rows)';
+REVOKE ALL ON FUNCTION canary_csat_feed_truncate_guard() FROM PUBLIC;
+CREATE TRIGGER canary_csat_user_days_no_truncate BEFORE TRUNCATE ON canary_csat_user_days
+    FOR EACH STATEMENT EXECUTE FUNCTION canary_csat_feed_truncate_guard();

@@ -188,6 +188,14 @@ SELECT old_mean_length, new_mean_length, mean_length_ratio, old_p50_length, new_
        p50_length_ratio, old_p95_length, new_p95_length, p95_length_ratio,
        new_error_rate, new_timeout_rate, ready, reasons
   FROM canary_shadow_report('shadowlen');
+-- jobs the new model never received (the fleet's fail-safe, a shutdown)
+-- are samples, but not in the new model's error and timeout rates:
+-- still 1 timeout of 6
+INSERT INTO canary_shadow (request_id, ts, canary, old_text, new_error)
+VALUES (md5('shadowlen7')::uuid, now() - interval '7 minutes', 'shadowlen', 'aaaaa', 'fail_safe'),
+       (md5('shadowlen8')::uuid, now() - interval '8 minutes', 'shadowlen', 'aaaaa', 'shutdown');
+SELECT samples, new_error_rate, new_timeout_rate FROM canary_shadow_report('shadowlen');
+DELETE FROM canary_shadow WHERE request_id IN (md5('shadowlen7')::uuid, md5('shadowlen8')::uuid);
 
 -- new answers much shorter than the old ones
 INSERT INTO canary_config (name, old_model, new_model) VALUES ('shadowshort', 'model-old', 'model-new');

@@ -544,6 +544,90 @@ for my $m (@members)
 		$m->name . ': the pin reaches the member');
 }
 
+# The day a rollout goes to full: a user served by control and then, after
+# the stage change, by the canary is mixed on the control as on a standalone
+# database.  Each request counts by the stage it was routed in (a ramp_25
+# row flushed after the change still counts) and, once its day holds users
+# of the rollout, at any stage; a day at full alone writes no feed row.
+$control->safe_psql('postgres',
+	q{INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('csatfull', 'ramp_25', 'old', 'new')});
+ok($m2->poll_query_until('postgres', q{SELECT percent_new = 25 FROM canary_config WHERE name = 'csatfull'}),
+	'rollout csatfull (ramp_25) reaches member 2');
+my $record_stage = sub {
+	my ($user, $cohort, $stage, $d) = @_;
+	$m2->safe_psql('postgres', qq{
+SELECT canary_record(canary => 'csatfull', user_id => '$user', model => 'm', cohort => '$cohort', outcome => 'ok',
+                     latency_ms => 100, ts => ${\ $csat_ts->($d)}, stage => '$stage');
+SELECT canary_flush();});
+};
+$record_stage->('w', 'control', 'ramp_25', 0);
+$control->safe_psql('postgres', q{UPDATE canary_config SET stage = 'full' WHERE name = 'csatfull'});
+ok($m2->poll_query_until('postgres', q{SELECT percent_new = 100 FROM canary_config WHERE name = 'csatfull'}),
+	'the stage change to full reaches member 2');
+$record_stage->('w', 'canary', 'full', 0);
+$record_stage->('v', 'control', 'ramp_25', 0);
+$record_stage->('f', 'canary', 'full', 1);
+ok($control->poll_query_until('postgres', q{
+SELECT string_agg(((now() AT TIME ZONE 'UTC')::date - day) || ':' || user_id || ':' || cohort, ',' ORDER BY day, user_id)
+       = '0:v:control,0:w:mixed'
+  FROM canary_csat_user_days WHERE canary = 'csatfull'}),
+	'member 2\'s feed on the control: w (control, then the canary at full) mixed, v routed at ramp_25 recorded after the change, no row for a day at full alone');
+# the same scores on the control and on member 2, whose report reads its
+# own raw rows as a standalone database does
+for my $node ($control, $m2)
+{
+	$node->safe_psql('postgres', q{
+INSERT INTO canary_csat (user_id, score, recorded_at)
+SELECT u, 4, (date_trunc('day', now() AT TIME ZONE 'UTC') + interval '2 hours') AT TIME ZONE 'UTC'
+  FROM unnest(ARRAY['w', 'v']) u;});
+	is($node->safe_psql('postgres', q{
+SELECT string_agg(cohort || '/' || responses || '/' || mixed_users, ' ' ORDER BY cohort)
+  FROM canary_csat_report('csatfull', 1)}), 'control/1/1',
+		$node->name . ': canary_csat_report counts v in control and w as mixed');
+}
+
+# The feed's retention (llm_canary.retention_days, 30): a member deletes its
+# own rows, and the delete reaches the control through replication; the
+# control deletes only rows of members no longer in canary_fleet_members,
+# and a member's two days later.
+is($control->safe_psql('postgres', q{SELECT string_agg(member, ',' ORDER BY member) FROM canary_fleet_members}),
+	'm1,m2', 'the control knows members m1 and m2');
+$m2->safe_psql('postgres', q{
+INSERT INTO canary_csat_user_days (day, canary, member, user_id, cohort)
+VALUES ((now() AT TIME ZONE 'UTC')::date - 31, 'csatexp', 'm2', 'old', 'canary');});
+ok($control->poll_query_until('postgres', q{SELECT count(*) = 1 FROM canary_csat_user_days WHERE canary = 'csatexp'}),
+	'member 2\'s row of 31 days ago reaches the control');
+$control->safe_psql('postgres', q{
+INSERT INTO canary_csat_user_days (day, canary, member, user_id, cohort)
+SELECT (now() AT TIME ZONE 'UTC')::date - d, 'csatexp', m, 'u' || d, 'control'
+  FROM (VALUES ('gone', 30), ('gone', 31), ('m1', 31), ('m1', 32), ('m1', 33)) v (m, d);});
+is($control->safe_psql('postgres', q{
+SELECT moved_rows FROM canary_maintenance(0) WHERE partition = 'canary_csat_user_days'}), '2',
+	'canary_maintenance on the control deletes 2 feed rows');
+is($control->safe_psql('postgres', q{
+SELECT string_agg(member || ':' || ((now() AT TIME ZONE 'UTC')::date - day), ',' ORDER BY member, day DESC)
+  FROM canary_csat_user_days WHERE canary = 'csatexp'}), 'gone:30,m1:31,m1:32,m2:31',
+	'a departed member\'s row older than 30 days and a member\'s older than 32; a member\'s own are left to it');
+is($m2->safe_psql('postgres', q{
+SELECT moved_rows FROM canary_maintenance(0) WHERE partition = 'canary_csat_user_days'}), '1',
+	'canary_maintenance on member 2 deletes its row of 31 days ago');
+ok($control->poll_query_until('postgres', q{
+SELECT count(*) = 0 FROM canary_csat_user_days WHERE canary = 'csatexp' AND member = 'm2'}),
+	'and the delete reaches the control');
+$control->safe_psql('postgres', q{DELETE FROM canary_csat_user_days WHERE canary = 'csatexp'});
+# a member refuses TRUNCATE of its feed (the control keeps the rows: the
+# users recorded again would stop its subscription on a duplicate key)
+{
+	my ($ret, $out, $err) = $m2->psql('postgres', q{\set VERBOSITY verbose
+TRUNCATE canary_csat_user_days});
+	like($err, qr/ERROR:  55000: cannot truncate table "canary_csat_user_days" on fleet member "m2"/,
+		'member 2 refuses TRUNCATE of its CSAT feed (SQLSTATE 55000)');
+	like($err, qr/HINT:  Delete the rows instead/, 'and says to delete the rows instead');
+}
+is($m2->safe_psql('postgres', q{
+SELECT 'canary_csat_user_days'::regclass = ANY (extconfig) FROM pg_extension WHERE extname = 'llm_canary'}), 't',
+	'the feed is dumped with the extension (pg_dump keeps a member\'s rows)');
+
 # --- a member cut off from the control fails safe ----------------------------
 # (and calls no new model at all: a rollout in shadow stops its shadow calls)
 mock_profile('f-shadow', '{"fixed_text": "shadow answer", "latency_ms": 2}');

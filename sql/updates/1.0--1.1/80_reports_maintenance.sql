@@ -165,20 +165,26 @@ BEGIN
            AND r.request_id IN (SELECT request_id FROM scores WHERE request_id IS NOT NULL)
            AND NOT r.fallback
     ),
+    -- only the users a score needs: each is a primary-key probe of the feed
+    scored AS (
+        SELECT DISTINCT s.user_id, s.d FROM scores s
+    ),
     user_day AS (
         SELECT u.user_id, u.d,
-               CASE WHEN count(DISTINCT u.cohort) > 1 THEN 'mixed' ELSE min(u.cohort) END AS cohort
+               CASE WHEN min(u.cohort) <> max(u.cohort) THEN 'mixed' ELSE min(u.cohort) END AS cohort
           FROM (SELECT r.user_id, (r.ts AT TIME ZONE 'UTC')::date AS d, r.cohort
                   FROM @extschema@.canary_requests r
                  WHERE r.canary = canary_csat_report.canary
                    AND r.ts >= ((now() AT TIME ZONE 'UTC')::date - (days - 1))::timestamp AT TIME ZONE 'UTC'
                    AND NOT r.fallback
+                   AND (r.user_id, (r.ts AT TIME ZONE 'UTC')::date) IN (SELECT sc.user_id, sc.d FROM scored sc)
                 UNION ALL
                 -- on the control: the members' users (their own cohort or mixed)
                 SELECT f.user_id, f.day, f.cohort
-                  FROM @extschema@.canary_csat_user_days f
-                 WHERE on_control AND f.canary = canary_csat_report.canary
-                   AND f.day >= (now() AT TIME ZONE 'UTC')::date - (days - 1)) u
+                  FROM scored sc
+                  JOIN @extschema@.canary_csat_user_days f
+                    ON f.day = sc.d AND f.canary = canary_csat_report.canary AND f.user_id = sc.user_id
+                 WHERE on_control) u
          GROUP BY 1, 2
     ),
     tagged AS (
@@ -245,10 +251,12 @@ BEGIN
            percentile_disc(0.5) WITHIN GROUP (ORDER BY length(new_text)) FILTER (WHERE p) AS new_p50,
            percentile_disc(0.95) WITHIN GROUP (ORDER BY length(old_text)) FILTER (WHERE p) AS old_p95,
            percentile_disc(0.95) WITHIN GROUP (ORDER BY length(new_text)) FILTER (WHERE p) AS new_p95,
-           count(*) FILTER (WHERE new_error IS NOT NULL) AS errors,
+           count(*) FILTER (WHERE sent) AS sent,
+           count(*) FILTER (WHERE sent AND new_error IS NOT NULL) AS errors,
            count(*) FILTER (WHERE new_error = 'timeout') AS timeouts
       INTO s
-      FROM (SELECT r.*, r.old_text IS NOT NULL AND r.new_text IS NOT NULL AS p
+      FROM (SELECT r.*, r.old_text IS NOT NULL AND r.new_text IS NOT NULL AS p,
+                   r.new_error IS NULL OR r.new_error NOT IN ('fail_safe', 'shutdown') AS sent
               FROM @extschema@.canary_shadow r
              WHERE r.canary = canary_shadow_report.canary AND r.ts >= cutoff) x;
 
@@ -305,8 +313,8 @@ BEGIN
         round(s.old_mean, 1), round(s.new_mean, 1), round(ratio, 3),
         s.old_p50, s.new_p50, round(s.new_p50::numeric / nullif(s.old_p50, 0), 3),
         s.old_p95, s.new_p95, round(s.new_p95::numeric / nullif(s.old_p95, 0), 3),
-        round(s.errors::numeric / nullif(s.samples, 0), 4),
-        round(s.timeouts::numeric / nullif(s.samples, 0), 4),
+        round(s.errors::numeric / nullif(s.sent, 0), 4),
+        round(s.timeouts::numeric / nullif(s.sent, 0), 4),
         cardinality(why) = 0, why;
 END;
 $$;
@@ -623,10 +631,6 @@ BEGIN
             -- window summaries of days before today - retention (none when 0)
             ('canary_window_summaries', 'at < $1',
              CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
-            -- the CSAT feed's users of those days (a member's, and on the
-            -- control the members' rows it holds)
-            ('canary_csat_user_days', 'day < ($1 AT TIME ZONE ''UTC'')::date',
-             CASE WHEN retention > 0 THEN (today - retention)::timestamp AT TIME ZONE 'UTC' END),
             -- rollups older than llm_canary.rollup_retention_days
             ('canary_rollups', NULL, NULL),
             -- finished submissions past llm_canary.submit_retention
@@ -649,6 +653,37 @@ BEGIN
             RETURN NEXT;
         END IF;
     END LOOP;
+
+    -- the CSAT feed's users of days before today - retention: a member's
+    -- own; on the control only those of members no longer in
+    -- canary_fleet_members, and any two days later (each member's own
+    -- delete reaches the control through replication: the apply worker
+    -- neither waits on this one nor deadlocks with it); batches of 10,000,
+    -- at most 1,000,000 rows a day, rows another transaction holds skipped
+    -- (canary_fleet_members is created by a later part)
+    IF retention > 0 AND to_regclass(format('%I.canary_fleet_members', nsp)) IS NOT NULL THEN
+        moved_rows := 0;
+        LOOP
+            EXECUTE format($q$
+                DELETE FROM %1$I.canary_csat_user_days u
+                 WHERE u.ctid = ANY (ARRAY(
+                       SELECT o.ctid FROM %1$I.canary_csat_user_days o
+                        WHERE o.day < $1
+                          AND (NOT $2 OR o.day < $1 - 2
+                               OR NOT EXISTS (SELECT 1 FROM %1$I.canary_fleet_members m
+                                               WHERE m.member = o.member))
+                        LIMIT 10000 FOR UPDATE OF o SKIP LOCKED))$q$, nsp)
+               USING today - retention,
+                     coalesce(current_setting('llm_canary.fleet_role', true), '') = 'control';
+            GET DIAGNOSTICS n = ROW_COUNT;
+            moved_rows := moved_rows + n;
+            EXIT WHEN n < 10000 OR moved_rows >= 1000000;
+        END LOOP;
+        IF moved_rows > 0 THEN
+            action := 'expire'; partition := 'canary_csat_user_days';
+            RETURN NEXT;
+        END IF;
+    END IF;
 
     -- (both created by a later part than this function's first run)
     -- the sample-ratio users of deleted rollouts (those of other evidence
