@@ -75,6 +75,8 @@ typedef struct CohortWindow
 	int64		slow;			/* canary: slower than ratio x baseline p95 */
 	double		p95;			/* NaN when no samples */
 	bool		has_p95;
+	double		paired[SEQ_NPAIRED];	/* sequential, canary: log paired
+										 * statistics of the refusal rule */
 } CohortWindow;
 
 /* canary_config.decision_mode */
@@ -636,12 +638,16 @@ AddCounts(CohortWindow *to, const CohortWindow *from)
 	to->refusals += from->refusals;
 	to->thumbs_down += from->thumbs_down;
 	to->slow += from->slow;
+	for (int j = 0; j < SEQ_NPAIRED; j++)
+		to->paired[j] += from->paired[j];
 }
 
 /*
  * ReadSegments
  *		Sum canary_evidence per cohort over the stage (every minute since
- *		evidence_since) and over the segments of the change statistic that
+ *		evidence_since: the running totals of the settled minutes and the
+ *		minutes after them, canary_evidence_stage) and over the segments of
+ *		the change statistic that
  *		start after it: the minutes of the last day are read once, into an
  *		array by minutes before now, and summed backwards from now.
  *		Returns the number of segments filled in seg[] (NSEGMENTS at most).
@@ -670,16 +676,15 @@ ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment
 					 "WITH o(origin) AS (SELECT timestamptz '2000-01-01 00:00:00+00'),"
 					 " b(now_m, since_m) AS (SELECT date_bin('1 minute', $3, origin),"
 					 "   coalesce(date_bin('1 minute', $2, origin), '-infinity') FROM o)"
-					 " SELECT -1, e.cohort, sum(e.samples)::int8, sum(e.errors)::int8,"
-					 "  sum(e.refusals)::int8, sum(e.thumbs_down)::int8, sum(e.slow)::int8,"
+					 " SELECT -1, s.cohort, s.samples, s.errors, s.refusals, s.thumbs_down, s.slow,"
 					 "  (SELECT CASE WHEN since_m = '-infinity' THEN %d"
-					 "     ELSE least(extract(epoch FROM now_m - since_m)::int / 60, %d) END FROM b)"
-					 " FROM %s.canary_evidence e, b"
-					 " WHERE e.canary = $1 AND e.bucket >= b.since_m AND e.bucket <= $3"
-					 " GROUP BY 1, 2"
+					 "     ELSE least(extract(epoch FROM now_m - since_m)::int / 60, %d) END FROM b),"
+					 "  s.paired_1, s.paired_2, s.paired_3, s.paired_4"
+					 " FROM %s.canary_evidence_stage($1, $2, $3) s"
 					 " UNION ALL"
 					 " SELECT extract(epoch FROM b.now_m - e.bucket)::int / 60, e.cohort, e.samples,"
-					 "  e.errors, e.refusals, e.thumbs_down, e.slow, NULL"
+					 "  e.errors, e.refusals, e.thumbs_down, e.slow, NULL,"
+					 "  e.paired_1, e.paired_2, e.paired_3, e.paired_4"
 					 " FROM %s.canary_evidence e, b"
 					 " WHERE e.canary = $1 AND e.bucket > b.since_m"
 					 "   AND e.bucket >= b.now_m - interval '%d minutes' AND e.bucket <= $3",
@@ -721,6 +726,12 @@ ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment
 		w->refusals = GetInt8(tup, desc, 5);
 		w->thumbs_down = GetInt8(tup, desc, 6);
 		w->slow = GetInt8(tup, desc, 7);
+		for (int j = 0; j < SEQ_NPAIRED; j++)
+		{
+			Datum		v = SPI_getbinval(tup, desc, 9 + j, &isnull);
+
+			w->paired[j] = isnull ? 0.0 : DatumGetFloat8(v);
+		}
 	}
 
 	/*
@@ -744,20 +755,47 @@ ReadSegments(const char *schema, const RolloutRules *rr, TimestampTz at, Segment
 	return nseg;
 }
 
+/* The rules whose boundary is made of the control's rate. */
+static bool
+TwoSample(CanaryRule rule)
+{
+	return rule == RULE_REFUSAL || rule == RULE_THUMBS_DOWN;
+}
+
 /*
  * The boundary a rule tests the canary's rate against over one segment,
  * from the segment's control counts (or, without any, the stored baseline),
- * taken at their upper confidence bound; false when there is no baseline.
+ * the control's rate taken at the upper end of its time-uniform confidence
+ * sequence (src/sequential.c); false when there is no baseline.  *paired:
+ * the refusal rule below full is tested by the paired statistic instead
+ * (src/sequential.c), against the segment's own control traffic; false
+ * when the segment has none.
  */
 static bool
 SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
 				const WindowSummary *w, double *observed, double *plain_limit,
-				double *boundary, int64 *events)
+				double *boundary, int64 *events, bool *paired)
 {
 	const CohortWindow *base = s->control.samples > 0 ? &s->control :
 		(w->has_base ? &w->baseline : NULL);
 	const CohortWindow *cw = &s->canary;
-	double		z = 3.0;
+	double		z = SeqControlThreshold(rr->significance, s->minutes > 0);
+
+	/*
+	 * refusals below full: the paired test (a segment without control
+	 * traffic has no pairs, no evidence); at full, where there is no control
+	 * cohort, against the stored baseline.  One test per evidence period
+	 * (a change of stage starts a new one), so each keeps its share.
+	 */
+	*paired = rule == RULE_REFUSAL && strcmp(rr->stage, "full") != 0;
+	if (*paired)
+	{
+		*events = cw->refusals;
+		*observed = Rate(*events, cw->samples);
+		*plain_limit = *boundary = s->control.samples > 0 ?
+			Rate(s->control.refusals, s->control.samples) + rr->refusal_delta : NAN;
+		return s->control.samples > 0;
+	}
 
 	switch (rule)
 	{
@@ -776,14 +814,14 @@ SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
 				return false;
 			*events = cw->refusals;
 			*plain_limit = Rate(base->refusals, base->samples) + rr->refusal_delta;
-			*boundary = SeqUpperBound(base->refusals, base->samples, z) + rr->refusal_delta;
+			*boundary = SeqUpperConfidence(base->refusals, base->samples, z) + rr->refusal_delta;
 			break;
 		case RULE_THUMBS_DOWN:
 			if (base == NULL || base->samples == 0)
 				return false;
 			*events = cw->thumbs_down;
 			*plain_limit = Rate(base->thumbs_down, base->samples) * rr->thumbs_ratio;
-			*boundary = SeqUpperBound(base->thumbs_down, base->samples, z) * rr->thumbs_ratio;
+			*boundary = SeqUpperConfidence(base->thumbs_down, base->samples, z) * rr->thumbs_ratio;
 			break;
 		default:
 			return false;
@@ -869,10 +907,11 @@ JudgeSequential(const char *schema, const RolloutRules *rr, TimestampTz at,
 						boundary;
 			int64		events;
 			bool		breach;
+			bool		paired;
 
 			if (seg[s].canary.samples == 0 ||
 				!SegmentBoundary(rr, (CanaryRule) i, &seg[s], w, &observed, &limit,
-								 &boundary, &events))
+								 &boundary, &events, &paired))
 				continue;
 			if (seg[s].canary.samples < rr->min_samples)
 			{
@@ -883,9 +922,11 @@ JudgeSequential(const char *schema, const RolloutRules *rr, TimestampTz at,
 			breach = observed > limit;
 			SetResult(&cand, breach ? VERDICT_NOT_CREDIBLE : VERDICT_BELOW,
 					  observed, limit, seg[s].canary.samples);
-			cand.needed = seg[s].minutes == 0 ? SeqStageThreshold(rr->significance) :
-				SeqChangeThreshold(rr->significance);
-			cand.evidence = SeqLogMixtureLR(events, seg[s].canary.samples, boundary);
+			cand.needed = seg[s].minutes == 0 ?
+				SeqStageThreshold(rr->significance, TwoSample((CanaryRule) i) && !paired) :
+				SeqChangeThreshold(rr->significance, TwoSample((CanaryRule) i) && !paired);
+			cand.evidence = paired ? SeqPairedMixture(seg[s].canary.paired) :
+				SeqLogMixtureLR(events, seg[s].canary.samples, boundary);
 			cand.minutes = seg[s].minutes;
 			if (breach && cand.evidence >= cand.needed)
 			{

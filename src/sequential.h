@@ -25,11 +25,24 @@
 /* Each rule's share spent on its stage statistic (the rest: change). */
 #define SEQ_STAGE_SHARE		0.75
 
+/*
+ * Two-sample rules (the control's refusal and thumbs-down rates): the part
+ * of each rule's share spent on the control's confidence sequence of each
+ * statistic, taken from that statistic's part.
+ */
+#define SEQ_CONTROL_SHARE	(1.0 / 16.0)
+
 extern double SeqLogMixtureLR(int64 k, int64 n, double p0);
 extern double SeqLogMixtureLRTwoSided(int64 k, int64 n, double p0);
-extern double SeqUpperBound(int64 k, int64 n, double z);
-extern double SeqStageThreshold(double significance);
-extern double SeqChangeThreshold(double significance);
+extern double SeqUpperConfidence(int64 k, int64 n, double log_threshold);
+extern double SeqStageThreshold(double significance, bool two_sample);
+extern double SeqChangeThreshold(double significance, bool two_sample);
+extern double SeqControlThreshold(double significance, bool change);
+/* lambdas of the refusal rule's paired test (src/sequential.c) */
+#define SEQ_NPAIRED			4
+
+extern void SeqPairedLogE(int64 nk, int64 kk, int64 nc, int64 kc, double delta, double *out);
+extern double SeqPairedMixture(const double *sums);
 extern double SeqSamplesForPower(double p0, double p1, double log_threshold);
 
 #endif							/* LLM_CANARY_SEQUENTIAL_H */

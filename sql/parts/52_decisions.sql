@@ -41,10 +41,45 @@ CREATE TABLE canary_evidence (
     refusals        bigint NOT NULL,
     thumbs_down     bigint NOT NULL,
     slow            bigint NOT NULL,
+    paired_1        double precision NOT NULL DEFAULT 0,
+    paired_2        double precision NOT NULL DEFAULT 0,
+    paired_3        double precision NOT NULL DEFAULT 0,
+    paired_4        double precision NOT NULL DEFAULT 0,
     PRIMARY KEY (canary, bucket, cohort)
 );
 COMMENT ON TABLE canary_evidence IS
     'Per rollout, minute and cohort since evidence_since: requests, errors, refusals, thumbs-down and requests slower than p95_ratio_threshold x control p95';
+COMMENT ON COLUMN canary_evidence.paired_1 IS
+    'canary rows: the log of the refusal rule''s paired statistic for the minute, one column per bet size (src/sequential.c, paired_2 to paired_4 likewise)';
+
+/*
+ * The running totals of canary_evidence's settled minutes, per rollout and
+ * cohort: the sums of every minute of the evidence period (since) before
+ * through, the minutes canary_collect_evidence no longer recounts at every
+ * check.  A check then adds up these two rows and the last few minutes
+ * (canary_evidence_stage), not the up to 20,160 minutes of a 14-day stage;
+ * a recount of older minutes (a late verdict) takes them out and puts them
+ * back.  Kept by canary_collect_evidence; dropped with the evidence when
+ * evidence_since changes.
+ */
+CREATE TABLE canary_evidence_settled (
+    canary          text NOT NULL,
+    cohort          text NOT NULL CHECK (cohort IN ('canary', 'control')),
+    since           timestamptz,
+    through         timestamptz NOT NULL,
+    samples         bigint NOT NULL,
+    errors          bigint NOT NULL,
+    refusals        bigint NOT NULL,
+    thumbs_down     bigint NOT NULL,
+    slow            bigint NOT NULL,
+    paired_1        double precision NOT NULL DEFAULT 0,
+    paired_2        double precision NOT NULL DEFAULT 0,
+    paired_3        double precision NOT NULL DEFAULT 0,
+    paired_4        double precision NOT NULL DEFAULT 0,
+    PRIMARY KEY (canary, cohort)
+);
+COMMENT ON TABLE canary_evidence_settled IS
+    'Per rollout and cohort: the sums of canary_evidence over the minutes of the evidence period (since) before through';
 
 /*
  * The sample-ratio check: each user once per rollout and evidence period
@@ -110,6 +145,7 @@ BEGIN
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.evidence_since IS DISTINCT FROM OLD.evidence_since THEN
         DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
+        DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
     END IF;
     RETURN NEW;
 END;
@@ -131,8 +167,13 @@ CREATE TRIGGER canary_config_c_evidence
  * late verdict costs its minute, not a recount of the days since.  Counts
  * only buckets that start at or after p_since, and drops the minutes
  * before p_since or older than 14 days (a stage statistic covers at most
- * the last 14 days).  A 30-second bucket counts in the minute it starts
- * in.  p_slow_over: the latency (ms) above which a canary request counts
+ * the last 14 days), keeping the running totals of the settled minutes
+ * (canary_evidence_settled) in step: they always hold the sums of the
+ * minutes before their 'through', the minute two minutes before p_at,
+ * which later checks recount only for a late verdict or after a pause; and
+ * adds to each recounted minute's paired statistic (the refusal rule's)
+ * that of the requests counted since its last count.  A 30-second bucket
+ * counts in the minute it starts in.  p_slow_over: the latency (ms) above which a canary request counts
  * as slow (p95_ratio_threshold x control p95), read from the latency
  * histograms (values within 1/64 of it may be misplaced); 0 when no
  * baseline is known.  Plain sums over canary_rollups (a fleet's combined
@@ -151,6 +192,10 @@ DECLARE
     oldest constant timestamptz := greatest(date_bin('1 minute', p_at - interval '14 days', origin),
                                             date_bin('1 minute', p_since, origin));
     marked timestamptz[];
+    settled timestamptz;
+    settle_to constant timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
+    old_rows @extschema@.canary_evidence[];
+    delta double precision;
 BEGIN
     SELECT max(e.bucket) INTO last_bucket FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary AND e.bucket <= p_at;
@@ -173,6 +218,39 @@ BEGIN
              WHERE q.canary = p_canary AND q.thumbs_down > 0) b
      CROSS JOIN LATERAL (SELECT date_bin('1 minute', b.bucket_end - interval '30 seconds', origin) AS minute) k
      WHERE k.minute < from_bucket AND k.minute >= oldest;
+    -- the running totals: the settled minutes about to be recounted or
+    -- dropped leave them (they start over in another evidence period, or
+    -- when the clock went back)
+    SELECT s.through INTO settled FROM @extschema@.canary_evidence_settled s
+     WHERE s.canary = p_canary AND s.since IS NOT DISTINCT FROM p_since
+     ORDER BY s.cohort LIMIT 1 FOR UPDATE;
+    IF settled IS NULL OR settled > settle_to THEN
+        DELETE FROM @extschema@.canary_evidence_settled s WHERE s.canary = p_canary;
+        settled := NULL;
+    ELSE
+        UPDATE @extschema@.canary_evidence_settled s
+           SET samples = s.samples - d.samples, errors = s.errors - d.errors,
+               refusals = s.refusals - d.refusals, thumbs_down = s.thumbs_down - d.thumbs_down,
+               slow = s.slow - d.slow, paired_1 = s.paired_1 - d.paired_1, paired_2 = s.paired_2 - d.paired_2,
+               paired_3 = s.paired_3 - d.paired_3, paired_4 = s.paired_4 - d.paired_4
+          FROM (SELECT e.cohort, sum(e.samples) AS samples, sum(e.errors) AS errors,
+                       sum(e.refusals) AS refusals, sum(e.thumbs_down) AS thumbs_down, sum(e.slow) AS slow,
+                       sum(e.paired_1) AS paired_1, sum(e.paired_2) AS paired_2, sum(e.paired_3) AS paired_3,
+                       sum(e.paired_4) AS paired_4
+                  FROM @extschema@.canary_evidence e
+                 WHERE e.canary = p_canary AND e.bucket < settled
+                   AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
+                        OR e.bucket = ANY (marked)
+                        OR e.bucket < date_bin('1 minute', p_since, origin)
+                        OR e.bucket < p_at - interval '14 days')
+                 GROUP BY e.cohort) d
+         WHERE s.canary = p_canary AND s.cohort = d.cohort;
+    END IF;
+    -- the minutes about to be recounted, as counted before (the paired
+    -- statistic adds the requests counted since)
+    SELECT array_agg(e) INTO old_rows FROM @extschema@.canary_evidence e
+     WHERE e.canary = p_canary
+       AND ((e.bucket >= from_bucket AND e.bucket <= p_at) OR e.bucket = ANY (marked));
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
        AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
@@ -212,7 +290,86 @@ BEGIN
      GROUP BY 2, 3$q$,
         CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
     USING p_canary, from_bucket, p_at, p_since, p_slow_over, origin, marked;
+    -- the refusal rule's paired statistic of a recounted minute: as before,
+    -- plus that of the requests counted since (paired among themselves)
+    SELECT c.refusal_delta_threshold INTO delta FROM @extschema@.canary_config c WHERE c.name = p_canary;
+    UPDATE @extschema@.canary_evidence c
+       SET paired_1 = x.p1 + coalesce(x.e[1], 0), paired_2 = x.p2 + coalesce(x.e[2], 0),
+           paired_3 = x.p3 + coalesce(x.e[3], 0), paired_4 = x.p4 + coalesce(x.e[4], 0)
+      FROM (SELECT n.bucket, coalesce(oc.paired_1, 0) AS p1, coalesce(oc.paired_2, 0) AS p2,
+                   coalesce(oc.paired_3, 0) AS p3, coalesce(oc.paired_4, 0) AS p4,
+                   @extschema@.canary_paired_evidence(n.samples - coalesce(oc.samples, 0),
+                                                      n.refusals - coalesce(oc.refusals, 0),
+                                                      coalesce(k.samples, 0) - coalesce(ok.samples, 0),
+                                                      coalesce(k.refusals, 0) - coalesce(ok.refusals, 0),
+                                                      coalesce(delta, 0.05)) AS e
+              FROM @extschema@.canary_evidence n
+              LEFT JOIN @extschema@.canary_evidence k
+                     ON k.canary = n.canary AND k.bucket = n.bucket AND k.cohort = 'control'
+              LEFT JOIN unnest(old_rows) oc ON oc.bucket = n.bucket AND oc.cohort = 'canary'
+              LEFT JOIN unnest(old_rows) ok ON ok.bucket = n.bucket AND ok.cohort = 'control'
+             WHERE n.canary = p_canary AND n.cohort = 'canary'
+               AND ((n.bucket >= from_bucket AND n.bucket <= p_at) OR n.bucket = ANY (marked))) x
+     WHERE c.canary = p_canary AND c.cohort = 'canary' AND c.bucket = x.bucket;
+    -- ... and the recounted minutes come back into the totals, with the
+    -- minutes settled since
+    INSERT INTO @extschema@.canary_evidence_settled AS s
+        (canary, cohort, since, through, samples, errors, refusals, thumbs_down, slow,
+         paired_1, paired_2, paired_3, paired_4)
+    SELECT p_canary, c.cohort, p_since, settle_to, coalesce(sum(e.samples), 0),
+           coalesce(sum(e.errors), 0), coalesce(sum(e.refusals), 0), coalesce(sum(e.thumbs_down), 0),
+           coalesce(sum(e.slow), 0), coalesce(sum(e.paired_1), 0), coalesce(sum(e.paired_2), 0),
+           coalesce(sum(e.paired_3), 0), coalesce(sum(e.paired_4), 0)
+      FROM (VALUES ('canary'), ('control')) c(cohort)
+      LEFT JOIN @extschema@.canary_evidence e
+             ON e.canary = p_canary AND e.cohort = c.cohort AND e.bucket < settle_to
+            AND (settled IS NULL OR e.bucket >= settled OR e.bucket >= from_bucket
+                 OR e.bucket = ANY (marked))
+     GROUP BY c.cohort
+    ON CONFLICT (canary, cohort) DO UPDATE
+       SET through = excluded.through, samples = s.samples + excluded.samples,
+           errors = s.errors + excluded.errors, refusals = s.refusals + excluded.refusals,
+           thumbs_down = s.thumbs_down + excluded.thumbs_down, slow = s.slow + excluded.slow,
+           paired_1 = s.paired_1 + excluded.paired_1, paired_2 = s.paired_2 + excluded.paired_2,
+           paired_3 = s.paired_3 + excluded.paired_3, paired_4 = s.paired_4 + excluded.paired_4;
 END;
+$$;
+
+/*
+ * canary_evidence_stage: per cohort, the sums of canary_evidence over the
+ * evidence period p_since up to p_at: the running totals of the settled
+ * minutes (canary_evidence_settled, when they belong to p_since and end by
+ * p_at) and the minutes after them, a few rows; otherwise every minute
+ * since p_since.  Internal: the kill switch's stage statistic and the
+ * plan's evidence gates.
+ */
+CREATE FUNCTION canary_evidence_stage(p_canary text, p_since timestamptz, p_at timestamptz)
+RETURNS TABLE (cohort text, samples bigint, errors bigint, refusals bigint, thumbs_down bigint,
+               slow bigint, paired_1 double precision, paired_2 double precision,
+               paired_3 double precision, paired_4 double precision)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH s AS (
+        SELECT s.* FROM @extschema@.canary_evidence_settled s
+         WHERE s.canary = p_canary AND s.since IS NOT DISTINCT FROM p_since
+           AND s.through <= date_bin('1 minute', p_at, timestamptz '2000-01-01 00:00:00+00')
+    ), lo AS (
+        SELECT coalesce((SELECT min(s.through) FROM s),
+                        date_bin('1 minute', p_since, timestamptz '2000-01-01 00:00:00+00'),
+                        '-infinity') AS bucket
+    )
+    SELECT x.cohort, sum(x.samples)::bigint, sum(x.errors)::bigint, sum(x.refusals)::bigint,
+           sum(x.thumbs_down)::bigint, sum(x.slow)::bigint, sum(x.paired_1), sum(x.paired_2),
+           sum(x.paired_3), sum(x.paired_4)
+      FROM (SELECT s.cohort, s.samples, s.errors, s.refusals, s.thumbs_down, s.slow, s.paired_1,
+                   s.paired_2, s.paired_3, s.paired_4 FROM s
+            UNION ALL
+            SELECT e.cohort, e.samples, e.errors, e.refusals, e.thumbs_down, e.slow, e.paired_1,
+                   e.paired_2, e.paired_3, e.paired_4
+              FROM @extschema@.canary_evidence e, lo
+             WHERE e.canary = p_canary AND e.bucket >= lo.bucket AND e.bucket <= p_at) x
+     GROUP BY x.cohort
 $$;
 
 /*
@@ -377,3 +534,11 @@ AS 'MODULE_PATHNAME', 'canary_sequential_evidence'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 COMMENT ON FUNCTION canary_sequential_evidence(bigint, bigint, double precision, boolean) IS
     'log mixture likelihood ratio of events in trials against rate <= boundary (two-sided: = boundary), as the kill switch computes it';
+
+CREATE FUNCTION canary_paired_evidence(canary_samples bigint, canary_events bigint, control_samples bigint,
+                                       control_events bigint, delta double precision)
+RETURNS double precision[]
+AS 'MODULE_PATHNAME', 'canary_paired_evidence'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION canary_paired_evidence(bigint, bigint, bigint, bigint, double precision) IS
+    'log of the refusal rule''s paired statistic (canary events <= control events + delta) of one increment of traffic, per bet size';

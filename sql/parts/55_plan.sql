@@ -152,17 +152,18 @@ BEGIN
                    ELSE format('mismatch alerted at %s', srm.alerted_at) END;
     RETURN NEXT;
 
-    -- evidence since the stage began, and the canary traffic of the last hour
+    -- evidence since the stage began (the running totals and the minutes
+    -- after them), and the canary traffic of the last hour
     SELECT coalesce(sum(e.samples) FILTER (WHERE e.cohort = 'canary'), 0) AS n,
            coalesce(sum(e.samples) FILTER (WHERE e.cohort = 'control'), 0) AS nk,
            coalesce(sum(e.refusals) FILTER (WHERE e.cohort = 'control'), 0) AS refk,
-           coalesce(sum(e.thumbs_down) FILTER (WHERE e.cohort = 'control'), 0) AS tdk,
-           coalesce(sum(e.samples) FILTER (WHERE e.cohort = 'canary' AND e.bucket > p_at - interval '1 hour'), 0) AS last_hour
+           coalesce(sum(e.thumbs_down) FILTER (WHERE e.cohort = 'control'), 0) AS tdk
       INTO ev
+      FROM @extschema@.canary_evidence_stage(p_canary, since, p_at) e;
+    SELECT coalesce(sum(e.samples), 0) / 3600.0 INTO per_second
       FROM @extschema@.canary_evidence e
-     WHERE e.canary = p_canary AND e.bucket >= date_bin('1 minute', since, timestamptz '2000-01-01 00:00:00+00')
-       AND e.bucket <= p_at;
-    per_second := ev.last_hour / 3600.0;
+     WHERE e.canary = p_canary AND e.cohort = 'canary' AND e.bucket > p_at - interval '1 hour'
+       AND e.bucket >= date_bin('1 minute', since, timestamptz '2000-01-01 00:00:00+00') AND e.bucket <= p_at;
     FOR rule IN
         SELECT * FROM (VALUES
             ('error_rate', cfg.error_rate_threshold::float8),
@@ -277,10 +278,14 @@ $$;
  * whose reason lists the gates, an alert of kind advance) or, at full, say
  * once that the old model can be decommissioned (alert kind
  * decommission).  Returns what it did.  canary_check calls it.
- * The rows are read without a lock and the gates computed on that reading
- * (the shadow report can take a while); a row is locked only when the plan
- * acts on it, with SKIP LOCKED and only if it is still what the gates saw:
- * a row an operator holds, or changed meanwhile, waits for the next check.
+ * Two passes: first every rollout's gates are computed on rows read
+ * without a lock (the shadow report can take a while); then each rollout
+ * the plan acts on is locked, with SKIP LOCKED and only if it is still what
+ * the gates saw, and acted on: no row stays locked while other rollouts'
+ * gates are computed, and a row an operator holds, or changed meanwhile,
+ * waits for the next check.  Whether the decommission alert was raised
+ * already is asked under the lock (another monitor's alert committed
+ * before it is seen).
  */
 CREATE FUNCTION canary_advance(p_canary text DEFAULT NULL, p_at timestamptz DEFAULT now())
 RETURNS text
@@ -295,24 +300,20 @@ DECLARE
     next_stage_name text;
     payload jsonb;
     result text;
+    todo jsonb := '[]';
+    act jsonb;
 BEGIN
     FOR cfg IN SELECT * FROM @extschema@.canary_config c
                 WHERE c.auto_advance AND (p_canary IS NULL OR c.name = p_canary)
                 ORDER BY c.name
     LOOP
-        payload := jsonb_build_object('canary', cfg.name, 'stage', cfg.stage,
-            'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-            'at', to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'));
+        act := jsonb_build_object('name', cfg.name, 'stage', cfg.stage, 'since', cfg.evidence_since,
+                                  'armed', cfg.kill_switch_armed, 'pinned_at', cfg.csat_pinned_at,
+                                  'old_model', cfg.old_model, 'new_model', cfg.new_model);
         IF NOT cfg.kill_switch_armed OR cfg.csat_pinned_at IS NOT NULL THEN
             why := CASE WHEN NOT cfg.kill_switch_armed THEN 'the kill switch tripped: ' || coalesce(cfg.trip_reason, '')
                            ELSE 'the CSAT pin: ' || coalesce(cfg.csat_pin_reason, '') END;
-            CONTINUE WHEN NOT @extschema@.canary_advance_lock(cfg.name, cfg.stage, cfg.evidence_since,
-                                                          cfg.kill_switch_armed, cfg.csat_pinned_at);
-            UPDATE @extschema@.canary_config SET auto_advance = false WHERE name = cfg.name;
-            PERFORM @extschema@.canary_raise_alert(cfg.name, 'advance', payload || jsonb_build_object(
-                'alert', 'canary auto-advance stopped', 'reason', why,
-                'auto_action', 'auto_advance set to false; the rollout stays where it is'));
-            result := concat_ws('; ', result, cfg.name || ': stopped by ' || why);
+            todo := todo || jsonb_build_array(act || jsonb_build_object('action', 'stop', 'why', why));
             CONTINUE;
         END IF;
         SELECT bool_and(g.ok),
@@ -322,30 +323,50 @@ BEGIN
           FROM @extschema@.canary_plan_gates(cfg.name, p_at)
                WITH ORDINALITY AS g(gate, ok, detail, samples_needed, due_at, n);
         CONTINUE WHEN NOT all_ok;
-        next_stage_name := @extschema@.canary_plan_next_stage(cfg.stage);
-        -- full, after its dwell time: say it once per stage period
-        CONTINUE WHEN next_stage_name IS NULL
-                      AND EXISTS (SELECT 1 FROM @extschema@.canary_alerts a
-                                   WHERE a.canary = cfg.name AND a.kind = 'decommission'
-                                     AND a.payload->>'since' IS NOT DISTINCT FROM cfg.evidence_since::text);
-        CONTINUE WHEN NOT @extschema@.canary_advance_lock(cfg.name, cfg.stage, cfg.evidence_since,
-                                                          cfg.kill_switch_armed, cfg.csat_pinned_at);
-        IF next_stage_name IS NULL THEN
-            PERFORM @extschema@.canary_raise_alert(cfg.name, 'decommission', payload || jsonb_build_object(
-                'alert', 'canary old model can be decommissioned', 'reason', why, 'gates', gates,
-                'since', cfg.evidence_since::text,
-                'auto_action', format('none: %s serves everyone; %s can be retired', cfg.new_model, cfg.old_model)));
-            result := concat_ws('; ', result, cfg.name || ': ' || cfg.old_model || ' can be decommissioned');
-            CONTINUE;
+        todo := todo || jsonb_build_array(act || jsonb_build_object(
+            'action', 'advance', 'why', why, 'gates', gates,
+            'next', @extschema@.canary_plan_next_stage(cfg.stage)));
+    END LOOP;
+
+    FOR act IN SELECT a.value FROM jsonb_array_elements(todo) a LOOP
+        CONTINUE WHEN NOT @extschema@.canary_advance_lock(act->>'name', act->>'stage',
+                                                          (act->>'since')::timestamptz, (act->>'armed')::boolean,
+                                                          (act->>'pinned_at')::timestamptz);
+        why := act->>'why';
+        next_stage_name := act->>'next';
+        payload := jsonb_build_object('canary', act->>'name', 'stage', act->>'stage',
+            'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+            'at', to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'));
+        IF act->>'action' = 'stop' THEN
+            UPDATE @extschema@.canary_config SET auto_advance = false WHERE name = act->>'name';
+            PERFORM @extschema@.canary_raise_alert(act->>'name', 'advance', payload || jsonb_build_object(
+                'alert', 'canary auto-advance stopped', 'reason', why,
+                'auto_action', 'auto_advance set to false; the rollout stays where it is'));
+            result := concat_ws('; ', result, (act->>'name') || ': stopped by ' || why);
+        ELSIF next_stage_name IS NULL THEN
+            -- full, after its dwell time: say it once per stage period
+            CONTINUE WHEN EXISTS (SELECT 1 FROM @extschema@.canary_alerts a
+                                   WHERE a.canary = act->>'name' AND a.kind = 'decommission'
+                                     AND a.payload->>'since' IS NOT DISTINCT FROM
+                                         ((act->>'since')::timestamptz)::text);
+            PERFORM @extschema@.canary_raise_alert(act->>'name', 'decommission', payload || jsonb_build_object(
+                'alert', 'canary old model can be decommissioned', 'reason', why, 'gates', act->'gates',
+                'since', ((act->>'since')::timestamptz)::text,
+                'auto_action', format('none: %s serves everyone; %s can be retired',
+                                      act->>'new_model', act->>'old_model')));
+            result := concat_ws('; ', result, (act->>'name') || ': ' || (act->>'old_model') || ' can be decommissioned');
+        ELSE
+            UPDATE @extschema@.canary_config SET stage = next_stage_name, evidence_since = p_at
+             WHERE name = act->>'name';
+            UPDATE @extschema@.canary_stage_history h SET reason = 'auto_advance: ' || why
+             WHERE h.id = (SELECT max(h2.id) FROM @extschema@.canary_stage_history h2
+                            WHERE h2.canary = act->>'name');
+            PERFORM @extschema@.canary_raise_alert(act->>'name', 'advance', payload || jsonb_build_object(
+                'alert', 'canary advanced', 'reason', why, 'gates', act->'gates', 'new_stage', next_stage_name,
+                'auto_action', format('%s percent of users routed to %s',
+                                      @extschema@.canary_stage_percent(next_stage_name), act->>'new_model')));
+            result := concat_ws('; ', result, format('%s: %s -> %s', act->>'name', act->>'stage', next_stage_name));
         END IF;
-        UPDATE @extschema@.canary_config SET stage = next_stage_name, evidence_since = p_at WHERE name = cfg.name;
-        UPDATE @extschema@.canary_stage_history h SET reason = 'auto_advance: ' || why
-         WHERE h.id = (SELECT max(h2.id) FROM @extschema@.canary_stage_history h2 WHERE h2.canary = cfg.name);
-        PERFORM @extschema@.canary_raise_alert(cfg.name, 'advance', payload || jsonb_build_object(
-            'alert', 'canary advanced', 'reason', why, 'gates', gates, 'new_stage', next_stage_name,
-            'auto_action', format('%s percent of users routed to %s',
-                                  @extschema@.canary_stage_percent(next_stage_name), cfg.new_model)));
-        result := concat_ws('; ', result, format('%s: %s -> %s', cfg.name, cfg.stage, next_stage_name));
     END LOOP;
     RETURN result;
 END;

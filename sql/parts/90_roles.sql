@@ -142,7 +142,7 @@ DECLARE
         'canary_shadow_is_private', 'canary_report_window',
         -- where a rollout stands in its plan (read-only), and what it calls
         'canary_plan', 'canary_plan_gates', 'canary_plan_dwell', 'canary_plan_next_stage',
-        'canary_sequential_samples',
+        'canary_sequential_samples', 'canary_evidence_stage',
         -- the fleet's state, for the Prometheus export
         'canary_fleet', 'canary_fleet_local', 'canary_fleet_prometheus', 'canary_fleet_evidence',
         'canary_fleet_is_control',

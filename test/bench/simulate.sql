@@ -166,6 +166,7 @@ BEGIN
     DELETE FROM canary_rollups r WHERE r.canary = rname;
     DELETE FROM canary_window_summaries w WHERE w.canary = rname;
     DELETE FROM canary_evidence e WHERE e.canary = rname;
+    DELETE FROM canary_evidence_settled e WHERE e.canary = rname;
     DELETE FROM canary_srm_users u WHERE u.canary = rname;
     DELETE FROM canary_srm_state u WHERE u.canary = rname;
     DELETE FROM canary_verdict_marks m WHERE m.canary = rname;

@@ -76,7 +76,7 @@ my $aa = '180000|0|60|0|0';
 # (the window p95s come from the rollups' latency histograms, within 1/64)
 my %expect = (
 	# the default mode
-	'article sequential' => '54000|0|15|1|450|0|refusal_rate=0.081 vs baseline 0.012',
+	'article sequential' => '39600|0|11|1|330|0|refusal_rate=0.081 vs baseline 0.012',
 	'errors sequential' => '22500|0|15|1|450|0|new-model error_rate=0.060 > 0.02',
 	'p95 sequential' => '3000|0|1|1|30|0|new-model p95 > 1.5x baseline (2208):'
 	  . ' 13.6% of requests slower than 3313 ms',

@@ -75,6 +75,12 @@ is(judge('sequential', 'error_rate', err => 21), 'not_credible|none',
 	'sequential: errors 0.021 breach without the evidence to trip');
 is(judge('sequential', 'error_rate', err => 45), 'trip|new-model',
 	'sequential: errors 0.045 in 1,000 requests trip');
+# at the stage threshold log(16 / (3 x 0.05)) = 4.670: 36 errors in 1,000
+# give evidence 4.198, 37 give 4.754
+is(judge('sequential', 'error_rate', err => 36), 'not_credible|none',
+	'sequential: 36 errors in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'error_rate', err => 37), 'trip|new-model',
+	'sequential: 37 errors in 1,000 pass the stage threshold');
 
 # --- refusal rate > control + 0.05 (control 0.01: limit 0.06) ----------------
 is(judge('raw', 'refusal', ref => 59), 'below_threshold|none',
@@ -89,6 +95,14 @@ is(judge('sequential', 'refusal', ref => 61), 'not_credible|none',
 	'sequential: refusals 0.061 breach without the evidence to trip');
 is(judge('sequential', 'refusal', ref => 130), 'trip|refusal_rate=0.130',
 	'sequential: refusals 0.130 trip');
+# with control traffic the refusal rule is the paired test (each canary
+# request bet on against one control request, src/sequential.c), stage
+# threshold log(16 / (3 x 0.05)) = 4.670 as for errors: against control's
+# 100 refusals in 10,000, 86 refusals in 1,000 give 4.360, 87 give 4.712
+is(judge('sequential', 'refusal', ref => 86), 'not_credible|none',
+	'sequential: 86 refusals in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'refusal', ref => 87), 'trip|refusal_rate=0.087',
+	'sequential: 87 refusals in 1,000 pass the stage threshold');
 
 # --- p95 > 1.5 x control p95 ------------------------------------------------------
 # The window p95s come from the rollups' latency histograms (32 buckets per
@@ -123,6 +137,12 @@ is(judge('sequential', 'thumbs_down', td => 41), 'not_credible|none',
 	'sequential: thumbs-down 0.041 breach without the evidence to trip');
 is(judge('sequential', 'thumbs_down', td => 100), 'trip|thumbs_down_rate=0.100',
 	'sequential: thumbs-down 0.100 trip');
+# control's 200 in 10,000 at the upper end of their confidence sequence:
+# 0.026239, boundary 0.052479; 78 thumbs-down give 4.669, 79 give 5.057
+is(judge('sequential', 'thumbs_down', td => 78), 'not_credible|none',
+	'sequential: 78 thumbs-down in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'thumbs_down', td => 79), 'trip|thumbs_down_rate=0.079',
+	'sequential: 79 thumbs-down in 1,000 pass the stage threshold');
 
 # --- min_samples holds every rule back ----------------------------------------
 $node->safe_psql('postgres', q{
@@ -152,6 +172,33 @@ SELECT round(canary_sequential_evidence(45, 1000, 0.02)::numeric, 3) || ' '
 my ($ret, $stdout, $stderr) = $node->psql('postgres',
 	'SELECT canary_sequential_evidence(11, 10, 0.5)');
 like($stderr, qr/events must be between 0 and trials/, 'more events than trials is refused');
+# the paired statistic of one increment, per bet size 0.15, 0.3, 0.5, 0.9
+# (values from an independent implementation of the same sums); nothing
+# to pair, or counts out of range, are no evidence
+is($node->safe_psql('postgres', q{
+SELECT array(SELECT round(x::numeric, 4) FROM unnest(canary_paired_evidence(180, 16, 3400, 37, 0.05)) x)::text
+    || ' ' || array(SELECT round(x::numeric, 4) FROM unnest(canary_paired_evidence(400, 30, 200, 5, 0.05)) x)::text
+    || ' ' || canary_paired_evidence(0, 0, 100, 1, 0.05)::text
+    || ' ' || canary_paired_evidence(10, 11, 100, 1, 0.05)::text}),
+	'{0.6029,0.9437,1.0765,0.5159} {-0.1355,-0.5627,-1.7005,-9.2023} {0,0,0,0} {0,0,0,0}',
+	'canary_paired_evidence: the paired statistic of an increment');
+# a minute counted in two increments (a check between them) holds the sum of
+# the increments' statistics: the requests of each are paired among themselves
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('inc', 'ramp_25', 'm-old', 'm-new');
+SELECT put('inc', '$at', 'control', 5000, 0, 50, 0, 1000);
+SELECT put('inc', '$at', 'canary', 500, 0, 40, 0, 1000);
+SELECT canary_check('inc', '$at');
+SELECT put('inc', '$at', 'control', 3000, 0, 60, 0, 1000);
+SELECT put('inc', '$at', 'canary', 300, 0, 20, 0, 1000);
+SELECT canary_check('inc', '$at');
+});
+is($node->safe_psql('postgres', q{
+SELECT e.samples || ' ' || e.refusals || ' '
+    || (round(e.paired_2::numeric, 6) = round(((canary_paired_evidence(500, 40, 5000, 50, 0.05))[2]
+                                               + (canary_paired_evidence(300, 20, 3000, 60, 0.05))[2])::numeric, 6))::text
+  FROM canary_evidence e WHERE e.canary = 'inc' AND e.cohort = 'canary'}),
+	'800 60 true', 'a minute counted in two increments: the sum of their paired statistics');
 # r9 (errors 0.045) tripped on its stage statistic: evidence 16 / (3 x 0.05)
 is($node->safe_psql('postgres', q{
 SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeric, 3),
@@ -159,6 +206,17 @@ SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeri
   FROM (SELECT decision->'rules'->'error_rate' AS d FROM canary_window_summaries
          WHERE canary = 'r9' AND cohort = 'canary') s}),
 	'trip 0 4.670 4.670', 'the stage statistic trips at log(16 / (3 x significance))');
+# the paired refusal test needs log(16 / (3 x significance)); the
+# thumbs-down rule, log(64 / (11 x significance)) (1/16 of the rule's share
+# goes to the control's confidence sequence of the statistic)
+is($node->safe_psql('postgres', q{
+SELECT string_agg(DISTINCT concat_ws(' ', v.r, x.d->>'minutes', round((x.d->>'needed')::numeric, 3)), ', ')
+  FROM canary_window_summaries w
+ CROSS JOIN (VALUES ('refusal'), ('thumbs_down')) v(r)
+ CROSS JOIN LATERAL (SELECT w.decision->'rules'->v.r AS d) x
+ WHERE w.cohort = 'canary' AND w.decision->>'mode' = 'sequential' AND x.d->>'verdict' = 'trip'}),
+	'refusal 0 4.670, thumbs_down 0 4.757',
+	'the paired refusal statistic trips at log(16 / (3 x significance)), thumbs-down at log(64 / (11 x significance))');
 
 # --- the change statistic: a regression an hour into the stage -------------------
 # an hour of good traffic (counted by a check then), then a minute of 15 %
@@ -180,6 +238,116 @@ SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeri
          WHERE canary = 'late' AND cohort = 'canary' ORDER BY at DESC LIMIT 1) s}) =~ s/\n/ /r,
 	'new-model trip 2 13.041 13.041',
 	'a regression late in the stage trips the change statistic (the segment of the last 2 minutes) at log(16 x 1440 / significance)');
+
+# at the change threshold: 48 errors in the last minute's 1,000 give
+# evidence 12.400, 49 give 13.253 (threshold 13.041)
+for my $k (48, 49)
+{
+	$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('late$k', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '2 hours');
+SELECT put('late$k', timestamptz '$at' - interval '60 minutes', 'canary', 20000, 0, 0, 0, 1000);
+SELECT canary_check('late$k', timestamptz '$at' - interval '60 minutes');
+SELECT put('late$k', '$at', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('late$k', '$at', 'canary', 1000, $k, 0, 0, 1000);
+});
+}
+is($node->safe_psql('postgres', qq{
+SELECT coalesce(split_part(canary_check('late48', '$at'), ' ', 1), 'none') || ' '
+    || coalesce(split_part(canary_check('late49', '$at'), ' ', 1), 'none');
+SELECT string_agg(concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'evidence')::numeric, 3)), ', '
+                  ORDER BY canary)
+  FROM (SELECT canary, decision->'rules'->'error_rate' AS d FROM canary_window_summaries
+         WHERE canary IN ('late48', 'late49') AND cohort = 'canary' AND at = '$at') s}) =~ s/\n/|/r,
+	'none new-model|not_credible 2 12.400, trip 2 13.253',
+	'the change statistic: 48 errors in the last minute stay below its threshold, 49 pass it');
+
+# the segment grid: a burst of errors m minutes back is caught by the
+# shortest segment that holds it: every minute up to 60, every 5 up to 240,
+# every 30 up to 1,440 (the burst's minute is counted by a collection of
+# the evidence then; the stage, diluted by a day of good traffic, and the
+# last minute's good traffic do not breach)
+for my $back (60, 62, 250, 1430)
+{
+	my $bat = "timestamptz '$at' - interval '$back minutes'";
+	$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('grid$back', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '26 hours');
+SELECT put('grid$back', timestamptz '$at' - interval '25 hours', 'canary', 40000, 0, 0, 0, 1000);
+SELECT canary_collect_evidence('grid$back', timestamptz '$at' - interval '25 hours',
+                               timestamptz '$at' - interval '26 hours', 0);
+SELECT put('grid$back', $bat + interval '100 s', 'canary', 1000, 150, 0, 0, 1000);
+SELECT canary_collect_evidence('grid$back', $bat + interval '100 s',
+                               timestamptz '$at' - interval '26 hours', 0);
+SELECT put('grid$back', '$at', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('grid$back', '$at', 'canary', 1000, 0, 0, 0, 1000);
+});
+}
+is($node->safe_psql('postgres', qq{
+SELECT string_agg(coalesce(split_part(canary_check('grid' || b, '$at'), ' ', 1), 'none'), ' ' ORDER BY b)
+  FROM unnest(ARRAY[60, 62, 250, 1430]) b;
+SELECT string_agg(concat_ws(' ', canary, d->>'verdict', d->>'minutes'), ', ' ORDER BY canary)
+  FROM (SELECT canary, decision->'rules'->'error_rate' AS d FROM canary_window_summaries
+         WHERE canary LIKE 'grid%' AND cohort = 'canary' AND at = '$at') s}) =~ s/\n/|/r,
+	'new-model new-model new-model new-model|grid1430 trip 1440, grid250 trip 270, grid60 trip 60, grid62 trip 65',
+	'the change segments start at every minute up to 60, every 5 up to 240 and every 30 up to 1,440');
+
+# --- the stage's running totals (canary_evidence_settled) -----------------------
+# three days of evidence minutes, written directly (100 canary and 1,000
+# control requests a minute): the first check builds the totals of the
+# settled minutes (each check's recount drops the last minute counted,
+# which the rollups do not hold); later checks read them and the minutes
+# after them only; a late verdict's mark a day back recounts that minute
+# alone (from the rollups, which hold none of these minutes: it leaves the
+# evidence and the totals alike).  Minutes left after three checks: 4,316
+# less the three last ones and the marked one.
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('totals', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '3 days');
+INSERT INTO canary_evidence (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
+SELECT 'totals', timestamptz '$at' - interval '3 days' + m * interval '1 minute', c.cohort,
+       c.n, m % 2, (m % 3) * c.n / 100, (m % 5) * c.n / 100, 0
+  FROM generate_series(0, 3 * 1440 - 5) m, (VALUES ('canary', 100), ('control', 1000)) c(cohort, n);
+ANALYZE canary_evidence;
+CREATE FUNCTION stage_matches(p_at timestamptz) RETURNS text LANGUAGE sql AS \$\$
+    SELECT ((SELECT string_agg(concat_ws(' ', s.cohort, s.samples, s.errors, s.refusals, s.thumbs_down), ', '
+                               ORDER BY s.cohort)
+               FROM canary_evidence_stage('totals', timestamptz '$at' - interval '3 days', p_at) s)
+            = (SELECT string_agg(concat_ws(' ', e.cohort, e.samples, e.errors, e.refusals, e.thumbs_down), ', '
+                                 ORDER BY e.cohort)
+                 FROM (SELECT cohort, sum(samples) AS samples, sum(errors) AS errors, sum(refusals) AS refusals,
+                              sum(thumbs_down) AS thumbs_down
+                         FROM canary_evidence WHERE canary = 'totals' AND bucket <= p_at GROUP BY 1) e))::text
+        || ' ' || (SELECT samples FROM canary_evidence_settled WHERE canary = 'totals' AND cohort = 'canary')
+        || ' ' || (SELECT (timestamptz '$at' - through)::text FROM canary_evidence_settled
+                    WHERE canary = 'totals' AND cohort = 'canary')
+\$\$;
+});
+is($node->safe_psql('postgres', qq{
+SELECT coalesce(canary_check('totals', '$at'), 'no trip');
+SELECT stage_matches('$at')}) =~ s/\n/|/r,
+	'no trip|true 431500 00:02:00',
+	'the first check builds the totals of the minutes settled two minutes before it; the stage sums match a full count');
+# a later check: the stage reads the two totals and the minutes after them
+is($node->safe_psql('postgres', qq{SELECT coalesce(canary_check('totals', timestamptz '$at' + interval '30 s'), 'no trip')}),
+	'no trip', 'a later check');
+is($node->safe_psql('postgres', qq{
+SELECT count(*) FROM canary_evidence_stage('totals', timestamptz '$at' - interval '3 days',
+                                           timestamptz '$at' + interval '30 s');
+SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables WHERE relname = 'canary_evidence'}) =~ s/\n/|/gr,
+	'2|0', 'the stage statistic reads no evidence row older than the totals');
+is($node->safe_psql('postgres', qq{
+SELECT count(*) FROM canary_evidence_stage('totals', timestamptz '$at' - interval '3 days' - interval '1 s',
+                                           timestamptz '$at' + interval '30 s');
+SELECT seq_tup_read + coalesce(idx_tup_fetch, 0) > 8000 FROM pg_stat_xact_user_tables WHERE relname = 'canary_evidence'}) =~ s/\n/|/r,
+	'2|t', 'without totals of its evidence period (another since) every minute is read');
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_verdict_marks (canary, bucket_end) VALUES ('totals', timestamptz '$at' - interval '1 day');
+SELECT canary_check('totals', timestamptz '$at' + interval '1 minute');
+});
+is($node->safe_psql('postgres', qq{SELECT stage_matches(timestamptz '$at' + interval '1 minute')}),
+	'true 431200 00:01:00',
+	'a late verdict\'s recount of a minute a day ago takes it out of the totals as out of the evidence');
 
 # --- re-arm after a fix, and stage changes, start clean --------------------------
 # the broken model's window ends a minute ago; evidence since an hour before

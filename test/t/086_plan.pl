@@ -235,5 +235,41 @@ like($err, qr/permission denied for function canary_advance/, 'but cannot run ca
 ($ret, $out, $err) = $node->psql('postgres', "SELECT * FROM canary_plan('nope')");
 like($err, qr/rollout "nope" does not exist/, 'canary_plan of an unknown rollout');
 
+# --- two monitors: no row stays locked while other gates are computed, and one
+# decommission alert -------------------------------------------------------------
+# a_dup (full, dwell 0) is due for its decommission alert; b_dup (shadow, dwell
+# 0) makes the plan read the shadow report, which a transaction holding
+# canary_shadow keeps waiting: one monitor's canary_advance waits in its gates
+# pass after it judged a_dup.  Meanwhile an operator updates a_dup without
+# waiting, and a second monitor raises a_dup's alert and commits; the first,
+# released, locks a_dup, sees that alert and raises none.
+my $at1 = at(1);
+sq(q{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, auto_advance) VALUES
+    ('a_dup', 'full', 'm-old', 'm-new', now(), true), ('b_dup', 'shadow', 'm-old', 'm-new', now(), true);
+INSERT INTO canary_plan_stages (canary, stage, min_dwell) VALUES ('a_dup', 'full', '0'), ('b_dup', 'shadow', '0');
+});
+my $shadow_lock = $node->background_psql('postgres');
+$shadow_lock->query_safe('BEGIN; LOCK TABLE canary_shadow IN ACCESS EXCLUSIVE MODE');
+my $monitor = $node->background_psql('postgres');
+$monitor->query_until(qr/started/, "\\echo started\nSELECT canary_advance(NULL, '$at1');\n");
+ok($node->poll_query_until('postgres', q{
+SELECT count(*) = 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%canary_advance(NULL%'}),
+	'the first monitor waits in the gates of b_dup');
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '1s'; UPDATE canary_config SET min_samples = 101 WHERE name = 'a_dup'");
+is($ret . '|' . $err, '0|', 'an operator updates a_dup meanwhile: the plan holds no lock on it');
+is(sq("SELECT canary_advance('a_dup', '$at1')"), 'a_dup: m-old can be decommissioned',
+	'a second monitor raises the decommission alert');
+$shadow_lock->query_safe('COMMIT');
+ok($node->poll_query_until('postgres', q{
+SELECT count(*) = 0 FROM pg_stat_activity
+ WHERE pid <> pg_backend_pid() AND state <> 'idle' AND query LIKE '%canary_advance(NULL%'}),
+	'the first monitor finishes');
+is(sq(q{SELECT count(*) FROM canary_alerts WHERE canary = 'a_dup' AND kind = 'decommission'}), '1',
+	'one decommission alert: the first monitor asks under the lock whether it was raised');
+$monitor->quit;
+$shadow_lock->quit;
+
 $node->stop;
 done_testing();
