@@ -93,6 +93,7 @@ typedef struct RolloutRules
 {
 	char		name[NAMEDATALEN];
 	char		stage[16];
+	int32		percent_x100;	/* percent_new * 100 */
 	int			window_seconds;
 	double		error_rate;
 	double		p95_ratio;
@@ -767,9 +768,9 @@ TwoSample(CanaryRule rule)
  * from the segment's control counts (or, without any, the stored baseline),
  * the control's rate taken at the upper end of its time-uniform confidence
  * sequence (src/sequential.c); false when there is no baseline.  *paired:
- * the refusal rule below full is tested by the paired statistic instead
- * (src/sequential.c), against the segment's own control traffic; false
- * when the segment has none.
+ * the refusal rule while both cohorts get traffic (0 < percent_new < 100)
+ * is tested by the paired statistic instead (src/sequential.c), against
+ * the segment's own control traffic; false when the segment has none.
  */
 static bool
 SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
@@ -782,12 +783,14 @@ SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
 	double		z = SeqControlThreshold(rr->significance, s->minutes > 0);
 
 	/*
-	 * refusals below full: the paired test (a segment without control
-	 * traffic has no pairs, no evidence); at full, where there is no control
-	 * cohort, against the stored baseline.  One test per evidence period
-	 * (a change of stage starts a new one), so each keeps its share.
+	 * refusals while both cohorts get traffic (0 < percent_new < 100): the
+	 * paired test (a segment without control traffic has no pairs, no
+	 * evidence); otherwise, where there is no control cohort (full, or a
+	 * ramp stage set to 100 %), against the stored baseline.  One test per
+	 * evidence period (a change of stage or percentage starts a new one),
+	 * so each keeps its share.
 	 */
-	*paired = rule == RULE_REFUSAL && strcmp(rr->stage, "full") != 0;
+	*paired = rule == RULE_REFUSAL && rr->percent_x100 > 0 && rr->percent_x100 < 10000;
 	if (*paired)
 	{
 		*events = cw->refusals;
@@ -1250,6 +1253,7 @@ canary_check(PG_FUNCTION_ARGS)
 			continue;
 		strlcpy(rr->name, r->name, NAMEDATALEN);
 		strlcpy(rr->stage, r->stage_name, sizeof(rr->stage));
+		rr->percent_x100 = r->percent_x100;
 		rr->window_seconds = r->window_seconds;
 		rr->error_rate = r->error_rate_threshold;
 		rr->p95_ratio = r->p95_ratio_threshold;

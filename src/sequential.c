@@ -83,6 +83,7 @@
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 
 #include "sequential.h"
@@ -402,11 +403,16 @@ canary_sequential_samples(PG_FUNCTION_ARGS)
  * article's rates) instead of the sequence's width.  Terms of the
  * hypergeometric sums more than e^40 below their largest are left out
  * (which only lowers the statistic); an increment whose sums would take
- * more than SEQ_PAIRED_MAX_TERMS terms counts as no evidence.
+ * more than SEQ_PAIRED_MAX_TERMS terms, or whose walks to the ends of its
+ * hypergeometric supports would take more than SEQ_PAIRED_MAX_STEPS steps
+ * (counts in the billions: the walks grow with the square root of the
+ * counts), counts as no evidence.
  */
 static const double paired_lambdas[SEQ_NPAIRED] = {0.15, 0.3, 0.5, 0.9};
 
 #define SEQ_PAIRED_MAX_TERMS 4000000
+/* above any walk a sum within SEQ_PAIRED_MAX_TERMS terms takes */
+#define SEQ_PAIRED_MAX_STEPS (8 * (int64) SEQ_PAIRED_MAX_TERMS)
 
 /* log C(n, k) */
 static double
@@ -418,10 +424,11 @@ LogChoose(int64 n, int64 k)
 /*
  * The support of the hypergeometric distribution (draws n from N with K
  * good, x good drawn) within e^40 of its mode: [*lo, *hi], and the log
- * probability at *lo.
+ * probability at *lo.  Counts its steps in *steps; false when they pass
+ * SEQ_PAIRED_MAX_STEPS (the range is then not set).
  */
-static void
-HyperRange(int64 N, int64 K, int64 n, int64 *lo, int64 *hi, double *logp_lo)
+static bool
+HyperRange(int64 N, int64 K, int64 n, int64 *lo, int64 *hi, double *logp_lo, int64 *steps)
 {
 	int64		smin = Max(0, n - (N - K));
 	int64		smax = Min(n, K);
@@ -439,6 +446,8 @@ HyperRange(int64 N, int64 K, int64 n, int64 *lo, int64 *hi, double *logp_lo)
 
 		if (lp + r < lm - 40.0)
 			break;
+		if (++*steps > SEQ_PAIRED_MAX_STEPS)
+			return false;
 		lp += r;
 	}
 	*lo = x;
@@ -450,9 +459,12 @@ HyperRange(int64 N, int64 K, int64 n, int64 *lo, int64 *hi, double *logp_lo)
 
 		if (lp + r < lm - 40.0)
 			break;
+		if (++*steps > SEQ_PAIRED_MAX_STEPS)
+			return false;
 		lp += r;
 	}
 	*hi = x;
+	return true;
 }
 
 /* log P(x + 1) - log P(x) of that distribution */
@@ -485,6 +497,7 @@ SeqPairedLogE(int64 nk, int64 kk, int64 nc, int64 kc, double delta, double *out)
 	double		lp_k,
 				lp_l0;
 	int64		terms = 0;
+	int64		steps = 0;
 
 	for (int j = 0; j < SEQ_NPAIRED; j++)
 		out[j] = 0.0;
@@ -501,12 +514,16 @@ SeqPairedLogE(int64 nk, int64 kk, int64 nc, int64 kc, double delta, double *out)
 		sum[j] = 0.0;
 	}
 	/* which canary requests are paired (all when nk <= nc), how many refused */
-	HyperRange(nk, kk, n, &k_lo, &k_hi, &lp_k);
+	if (!HyperRange(nk, kk, n, &k_lo, &k_hi, &lp_k, &steps))
+		return;
 	/* the n control requests paired, how many refused */
-	HyperRange(nc, kc, n, &l_lo, &l_hi, &lp_l0);
+	if (!HyperRange(nc, kc, n, &l_lo, &l_hi, &lp_l0, &steps))
+		return;
 	for (int64 k1 = k_lo; k1 <= k_hi; lp_k += (k1 < k_hi ? HyperStep(nk, kk, n, k1) : 0), k1++)
 	{
 		double		lp_l = lp_l0;
+
+		CHECK_FOR_INTERRUPTS();
 
 		for (int64 l = l_lo; l <= l_hi; lp_l += (l < l_hi ? HyperStep(nc, kc, n, l) : 0), l++)
 		{
@@ -515,14 +532,11 @@ SeqPairedLogE(int64 nk, int64 kk, int64 nc, int64 kc, double delta, double *out)
 			double		lp_b;
 
 			/* of the k1 refused canary requests, b are paired with refused controls */
-			HyperRange(n, l, k1, &b_lo, &b_hi, &lp_b);
+			if (!HyperRange(n, l, k1, &b_lo, &b_hi, &lp_b, &steps))
+				return;			/* out[] is still 0 */
 			terms += b_hi - b_lo + 1;
 			if (terms > SEQ_PAIRED_MAX_TERMS)
-			{
-				for (int j = 0; j < SEQ_NPAIRED; j++)
-					out[j] = 0.0;
 				return;
-			}
 			for (int64 b = b_lo; b <= b_hi; lp_b += (b < b_hi ? HyperStep(n, l, k1, b) : 0), b++)
 			{
 				double		lp = lp_k + lp_l + lp_b;

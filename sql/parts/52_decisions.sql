@@ -139,8 +139,9 @@ BEGIN
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.evidence_since IS NOT DISTINCT FROM OLD.evidence_since
           AND ((NEW.kill_switch_armed AND NOT OLD.kill_switch_armed)
-               OR (NEW.stage, NEW.percent_new, NEW.old_model, NEW.new_model)
-                  IS DISTINCT FROM (OLD.stage, OLD.percent_new, OLD.old_model, OLD.new_model)) THEN
+               OR (NEW.stage, NEW.percent_new, NEW.old_model, NEW.new_model, NEW.refusal_delta_threshold)
+                  IS DISTINCT FROM (OLD.stage, OLD.percent_new, OLD.old_model, OLD.new_model,
+                                    OLD.refusal_delta_threshold)) THEN
         NEW.evidence_since := @extschema@.canary_rollup_bucket(now());
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.evidence_since IS DISTINCT FROM OLD.evidence_since THEN
@@ -197,6 +198,19 @@ DECLARE
     old_rows @extschema@.canary_evidence[];
     delta double precision;
 BEGIN
+    -- one collection of a rollout at a time (two would both add their sums
+    -- to the running totals); a check that finds another one collecting
+    -- judges on what is committed rather than wait for it (a check left
+    -- open in a transaction must not stall the monitor)
+    IF NOT pg_try_advisory_xact_lock(1819043683, hashtext(p_canary)) THEN
+        RETURN;
+    END IF;
+    -- the evidence period changed since the caller read it (or the rollout
+    -- is gone): the next check collects for the new one
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c
+                    WHERE c.name = p_canary AND c.evidence_since IS NOT DISTINCT FROM p_since) THEN
+        RETURN;
+    END IF;
     SELECT max(e.bucket) INTO last_bucket FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary AND e.bucket <= p_at;
     from_bucket := least(from_bucket,
@@ -291,13 +305,21 @@ BEGIN
         CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
     USING p_canary, from_bucket, p_at, p_since, p_slow_over, origin, marked;
     -- the refusal rule's paired statistic of a recounted minute: as before,
-    -- plus that of the requests counted since (paired among themselves)
+    -- plus that of the requests counted since (paired among themselves); a
+    -- recount that found fewer requests than before (counts that shrank)
+    -- leaves the minute no paired evidence: the requests counted again
+    -- later must not be paired twice
     SELECT c.refusal_delta_threshold INTO delta FROM @extschema@.canary_config c WHERE c.name = p_canary;
     UPDATE @extschema@.canary_evidence c
-       SET paired_1 = x.p1 + coalesce(x.e[1], 0), paired_2 = x.p2 + coalesce(x.e[2], 0),
-           paired_3 = x.p3 + coalesce(x.e[3], 0), paired_4 = x.p4 + coalesce(x.e[4], 0)
+       SET paired_1 = CASE WHEN x.shrank THEN 0 ELSE x.p1 + coalesce(x.e[1], 0) END,
+           paired_2 = CASE WHEN x.shrank THEN 0 ELSE x.p2 + coalesce(x.e[2], 0) END,
+           paired_3 = CASE WHEN x.shrank THEN 0 ELSE x.p3 + coalesce(x.e[3], 0) END,
+           paired_4 = CASE WHEN x.shrank THEN 0 ELSE x.p4 + coalesce(x.e[4], 0) END
       FROM (SELECT n.bucket, coalesce(oc.paired_1, 0) AS p1, coalesce(oc.paired_2, 0) AS p2,
                    coalesce(oc.paired_3, 0) AS p3, coalesce(oc.paired_4, 0) AS p4,
+                   (n.samples < coalesce(oc.samples, 0) OR n.refusals < coalesce(oc.refusals, 0)
+                    OR coalesce(k.samples, 0) < coalesce(ok.samples, 0)
+                    OR coalesce(k.refusals, 0) < coalesce(ok.refusals, 0)) AS shrank,
                    @extschema@.canary_paired_evidence(n.samples - coalesce(oc.samples, 0),
                                                       n.refusals - coalesce(oc.refusals, 0),
                                                       coalesce(k.samples, 0) - coalesce(ok.samples, 0),

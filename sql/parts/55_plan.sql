@@ -285,7 +285,9 @@ $$;
  * gates are computed, and a row an operator holds, or changed meanwhile,
  * waits for the next check.  Whether the decommission alert was raised
  * already is asked under the lock (another monitor's alert committed
- * before it is seen).
+ * before it is seen; its 'since', the stage period's start in UTC, is
+ * compared as a timestamp).  Each rollout's action runs alone: one that
+ * raises is reported as a WARNING with its SQLSTATE and the others' stand.
  */
 CREATE FUNCTION canary_advance(p_canary text DEFAULT NULL, p_at timestamptz DEFAULT now())
 RETURNS text
@@ -329,44 +331,52 @@ BEGIN
     END LOOP;
 
     FOR act IN SELECT a.value FROM jsonb_array_elements(todo) a LOOP
-        CONTINUE WHEN NOT @extschema@.canary_advance_lock(act->>'name', act->>'stage',
-                                                          (act->>'since')::timestamptz, (act->>'armed')::boolean,
-                                                          (act->>'pinned_at')::timestamptz);
-        why := act->>'why';
-        next_stage_name := act->>'next';
-        payload := jsonb_build_object('canary', act->>'name', 'stage', act->>'stage',
-            'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-            'at', to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'));
-        IF act->>'action' = 'stop' THEN
-            UPDATE @extschema@.canary_config SET auto_advance = false WHERE name = act->>'name';
-            PERFORM @extschema@.canary_raise_alert(act->>'name', 'advance', payload || jsonb_build_object(
-                'alert', 'canary auto-advance stopped', 'reason', why,
-                'auto_action', 'auto_advance set to false; the rollout stays where it is'));
-            result := concat_ws('; ', result, (act->>'name') || ': stopped by ' || why);
-        ELSIF next_stage_name IS NULL THEN
-            -- full, after its dwell time: say it once per stage period
-            CONTINUE WHEN EXISTS (SELECT 1 FROM @extschema@.canary_alerts a
-                                   WHERE a.canary = act->>'name' AND a.kind = 'decommission'
-                                     AND a.payload->>'since' IS NOT DISTINCT FROM
-                                         ((act->>'since')::timestamptz)::text);
-            PERFORM @extschema@.canary_raise_alert(act->>'name', 'decommission', payload || jsonb_build_object(
-                'alert', 'canary old model can be decommissioned', 'reason', why, 'gates', act->'gates',
-                'since', ((act->>'since')::timestamptz)::text,
-                'auto_action', format('none: %s serves everyone; %s can be retired',
-                                      act->>'new_model', act->>'old_model')));
-            result := concat_ws('; ', result, (act->>'name') || ': ' || (act->>'old_model') || ' can be decommissioned');
-        ELSE
-            UPDATE @extschema@.canary_config SET stage = next_stage_name, evidence_since = p_at
-             WHERE name = act->>'name';
-            UPDATE @extschema@.canary_stage_history h SET reason = 'auto_advance: ' || why
-             WHERE h.id = (SELECT max(h2.id) FROM @extschema@.canary_stage_history h2
-                            WHERE h2.canary = act->>'name');
-            PERFORM @extschema@.canary_raise_alert(act->>'name', 'advance', payload || jsonb_build_object(
-                'alert', 'canary advanced', 'reason', why, 'gates', act->'gates', 'new_stage', next_stage_name,
-                'auto_action', format('%s percent of users routed to %s',
-                                      @extschema@.canary_stage_percent(next_stage_name), act->>'new_model')));
-            result := concat_ws('; ', result, format('%s: %s -> %s', act->>'name', act->>'stage', next_stage_name));
-        END IF;
+        -- each rollout's action alone: one that raises (a trigger of the
+        -- application's, a lock timeout) leaves the others' done
+        BEGIN
+            CONTINUE WHEN NOT @extschema@.canary_advance_lock(act->>'name', act->>'stage',
+                                                              (act->>'since')::timestamptz, (act->>'armed')::boolean,
+                                                              (act->>'pinned_at')::timestamptz);
+            why := act->>'why';
+            next_stage_name := act->>'next';
+            payload := jsonb_build_object('canary', act->>'name', 'stage', act->>'stage',
+                'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                'at', to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'));
+            IF act->>'action' = 'stop' THEN
+                UPDATE @extschema@.canary_config SET auto_advance = false WHERE name = act->>'name';
+                PERFORM @extschema@.canary_raise_alert(act->>'name', 'advance', payload || jsonb_build_object(
+                    'alert', 'canary auto-advance stopped', 'reason', why,
+                    'auto_action', 'auto_advance set to false; the rollout stays where it is'));
+                result := concat_ws('; ', result, (act->>'name') || ': stopped by ' || why);
+            ELSIF next_stage_name IS NULL THEN
+                -- full, after its dwell time: say it once per stage period
+                CONTINUE WHEN EXISTS (SELECT 1 FROM @extschema@.canary_alerts a
+                                       WHERE a.canary = act->>'name' AND a.kind = 'decommission'
+                                         AND (a.payload->>'since')::timestamptz IS NOT DISTINCT FROM
+                                             (act->>'since')::timestamptz);
+                PERFORM @extschema@.canary_raise_alert(act->>'name', 'decommission', payload || jsonb_build_object(
+                    'alert', 'canary old model can be decommissioned', 'reason', why, 'gates', act->'gates',
+                    'since', to_char((act->>'since')::timestamptz AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                    'auto_action', format('none: %s serves everyone; %s can be retired',
+                                          act->>'new_model', act->>'old_model')));
+                result := concat_ws('; ', result, (act->>'name') || ': ' || (act->>'old_model') || ' can be decommissioned');
+            ELSE
+                UPDATE @extschema@.canary_config SET stage = next_stage_name, evidence_since = p_at
+                 WHERE name = act->>'name';
+                UPDATE @extschema@.canary_stage_history h SET reason = 'auto_advance: ' || why
+                 WHERE h.id = (SELECT max(h2.id) FROM @extschema@.canary_stage_history h2
+                                WHERE h2.canary = act->>'name');
+                PERFORM @extschema@.canary_raise_alert(act->>'name', 'advance', payload || jsonb_build_object(
+                    'alert', 'canary advanced', 'reason', why, 'gates', act->'gates', 'new_stage', next_stage_name,
+                    'auto_action', format('%s percent of users routed to %s',
+                                          @extschema@.canary_stage_percent(next_stage_name), act->>'new_model')));
+                result := concat_ws('; ', result, format('%s: %s -> %s', act->>'name', act->>'stage', next_stage_name));
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'auto-advance of rollout "%" failed: %', act->>'name', SQLERRM
+                USING ERRCODE = SQLSTATE,
+                      DETAIL = format('SQLSTATE %s; the next check tries again.', SQLSTATE);
+        END;
     END LOOP;
     RETURN result;
 END;

@@ -199,6 +199,49 @@ SELECT e.samples || ' ' || e.refusals || ' '
                                                + (canary_paired_evidence(300, 20, 3000, 60, 0.05))[2])::numeric, 6))::text
   FROM canary_evidence e WHERE e.canary = 'inc' AND e.cohort = 'canary'}),
 	'800 60 true', 'a minute counted in two increments: the sum of their paired statistics');
+# a recount that finds fewer requests than the minute's last count (counts
+# that shrank: here the stored count is raised as if a count had seen more)
+# leaves the minute no paired evidence: the requests counted again later
+# must not be paired twice
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('shrink', 'ramp_25', 'm-old', 'm-new');
+SELECT put('shrink', '$at', 'control', 5000, 0, 50, 0, 1000);
+SELECT put('shrink', '$at', 'canary', 500, 0, 40, 0, 1000);
+SELECT canary_collect_evidence('shrink', '$at', NULL, 0);
+});
+is($node->safe_psql('postgres', q{
+SELECT samples || ' ' || (paired_1 <> 0 AND paired_2 <> 0)::text FROM canary_evidence
+ WHERE canary = 'shrink' AND cohort = 'canary'}), '500 true', 'a minute counted once has paired evidence');
+$node->safe_psql('postgres', qq{
+UPDATE canary_evidence SET samples = samples + 100 WHERE canary = 'shrink' AND cohort = 'canary';
+SELECT canary_collect_evidence('shrink', '$at', NULL, 0);
+});
+is($node->safe_psql('postgres', q{
+SELECT concat_ws(' ', samples, paired_1, paired_2, paired_3, paired_4) FROM canary_evidence
+ WHERE canary = 'shrink' AND cohort = 'canary'}), '500 0 0 0 0',
+	'a recount that found fewer requests leaves the minute no paired evidence');
+# the refusal margin is part of the paired statistic: changing it starts the
+# evidence afresh; a collection for an evidence period that is no longer
+# the rollout's collects nothing
+$node->safe_psql('postgres', qq{
+UPDATE canary_config SET refusal_delta_threshold = 0.04 WHERE name = 'shrink';
+SELECT canary_collect_evidence('shrink', '$at', NULL, 0);
+});
+is($node->safe_psql('postgres', q{
+SELECT (evidence_since IS NOT NULL)::text || ' ' || (SELECT count(*) FROM canary_evidence WHERE canary = 'shrink')
+  FROM canary_config WHERE name = 'shrink'}), 'true 0',
+	'a change of refusal_delta_threshold starts the evidence afresh; a stale evidence period collects nothing');
+
+# counts in the billions: no evidence, computed promptly (the walks of the
+# hypergeometric supports are bounded too)
+my $t_paired = time;
+is($node->safe_psql('postgres', q{
+SET statement_timeout = '20s';
+SELECT canary_paired_evidence(4000000000000000000, 2000000000000000000, 4000000000000000000,
+                              2000000000000000000, 0.05)::text}), '{0,0,0,0}',
+	'canary_paired_evidence of counts in the billions is no evidence');
+ok(time - $t_paired < 10, 'and returns promptly');
+
 # r9 (errors 0.045) tripped on its stage statistic: evidence 16 / (3 x 0.05)
 is($node->safe_psql('postgres', q{
 SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeric, 3),
@@ -349,6 +392,45 @@ is($node->safe_psql('postgres', qq{SELECT stage_matches(timestamptz '$at' + inte
 	'true 431200 00:01:00',
 	'a late verdict\'s recount of a minute a day ago takes it out of the totals as out of the evidence');
 
+# --- two checks collecting the same rollout at once -----------------------------
+# the totals of a former evidence period are still there (as after an
+# upgrade or a mismatch: both checks would rebuild them); the first
+# collects in a transaction left open, the second meanwhile does not wait
+# for it and skips collecting (it would add its full sums to the first's
+# totals once that commits): the totals equal a full count
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('conc', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '3 hours');
+SELECT put('conc', timestamptz '$at' - interval '30 minutes', 'control', 1000, 0, 10, 0, 1000);
+SELECT put('conc', timestamptz '$at' - interval '30 minutes', 'canary', 100, 0, 5, 0, 1000);
+INSERT INTO canary_evidence_settled (canary, cohort, since, through, samples, errors, refusals, thumbs_down, slow)
+SELECT 'conc', c, timestamptz '$at' - interval '1 day', timestamptz '$at' - interval '23 hours', 7, 0, 0, 0, 0
+  FROM unnest(ARRAY['canary', 'control']) c;
+});
+my $collect = "SELECT canary_collect_evidence('conc', '$at', timestamptz '$at' - interval '3 hours', 0)";
+my $first = $node->background_psql('postgres');
+$first->query_safe("BEGIN; $collect");
+my $second = $node->background_psql('postgres');
+$second->query_until(qr/started/, "\\echo started\n$collect;\n");
+ok($node->poll_query_until('postgres', q{
+SELECT count(*) = 1 FROM pg_stat_activity
+ WHERE query LIKE 'SELECT canary_collect_evidence(''conc''%' AND (state = 'idle' OR wait_event_type = 'Lock')}),
+	'the second collection is done or waits');
+$first->query_safe('COMMIT');
+$second->query_safe('SELECT 1');
+is($node->safe_psql('postgres', qq{
+SELECT (SELECT string_agg(concat_ws(' ', s.cohort, s.samples, s.refusals), ', ' ORDER BY s.cohort)
+          FROM canary_evidence_stage('conc', timestamptz '$at' - interval '3 hours', '$at') s)
+    || '|' || (SELECT string_agg(concat_ws(' ', s.cohort, s.samples, s.refusals), ', ' ORDER BY s.cohort)
+                 FROM canary_evidence_settled s WHERE s.canary = 'conc')
+    || '|' || (SELECT string_agg(concat_ws(' ', e.cohort, e.samples, e.refusals), ', ' ORDER BY e.cohort)
+                 FROM (SELECT cohort, sum(samples) AS samples, sum(refusals) AS refusals FROM canary_evidence
+                        WHERE canary = 'conc' GROUP BY cohort) e)}),
+	'canary 100 5, control 1000 10|canary 100 5, control 1000 10|canary 100 5, control 1000 10',
+	'two checks collecting at once: the running totals equal a full count');
+$first->quit;
+$second->quit;
+
 # --- re-arm after a fix, and stage changes, start clean --------------------------
 # the broken model's window ends a minute ago; evidence since an hour before
 for my $mode ('sequential', 'confirm_windows', 'raw')
@@ -443,6 +525,24 @@ is($node->safe_psql('postgres', q{
 SELECT kind || ' ' || (payload->>'alert') || ' ' || NOT (SELECT kill_switch_armed FROM canary_config WHERE name = 'srm_trip')
   FROM canary_alerts WHERE canary = 'srm_trip'}),
 	'sample_ratio canary kill-switch tripped true', 'the trip is alerted as kind sample_ratio');
+
+# a ramp stage set to 100 %: no control traffic to pair with, so the refusal
+# rule tests against the stored baseline (the control's last window)
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('all_new', 'ramp_25', 'm-old', 'm-new');
+SELECT put('all_new', timestamptz '$at' - interval '30 minutes', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('all_new', timestamptz '$at' - interval '30 minutes', 'canary', 1000, 0, 10, 20, 1000);
+SELECT canary_check('all_new', timestamptz '$at' - interval '30 minutes');
+UPDATE canary_config SET percent_new = 100, evidence_since = timestamptz '$at' - interval '10 minutes'
+ WHERE name = 'all_new';
+SELECT put('all_new', '$at', 'canary', 1000, 0, 300, 0, 1000);
+});
+like($node->safe_psql('postgres', qq{
+SELECT coalesce(canary_check('all_new', '$at'), 'none');
+SELECT decision->'rules'->'refusal'->>'verdict' FROM canary_window_summaries
+ WHERE canary = 'all_new' AND cohort = 'canary' AND at = '$at'}) =~ s/\n/|/r,
+	qr/^refusal_rate=0\.300 vs baseline 0\.0\d+\|trip$/,
+	'percent_new 100 at a ramp stage: the refusal rule is tested against the baseline and trips');
 
 $node->stop;
 done_testing();

@@ -195,7 +195,7 @@ INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, au
 sq("SELECT put('plan_boom', '" . at(1) . "', 'control', 20000, 9500), put('plan_boom', '" . at(1) . "', 'canary', 1000, 500, 100)");
 my ($ret, $out, $err) = $node->psql('postgres', "SELECT canary_check('plan_boom', '" . at(1) . "')");
 like($out, qr/^new-model error_rate=0\.100/, 'the kill switch trips although the plan fails in the same check');
-like($err, qr/WARNING:  could not advance the plans: no advance alerts today/, 'the plan\'s error is a warning');
+like($err, qr/WARNING:  auto-advance of rollout "plan_boom" failed: no advance alerts today/, 'the plan\'s error is a warning');
 is(sq(q{SELECT stage || ' ' || auto_advance || ' ' || kill_switch_armed || ' '
          || (SELECT string_agg(kind, ',') FROM canary_alerts WHERE canary = 'plan_boom')
           FROM canary_config WHERE name = 'plan_boom'}),
@@ -270,6 +270,37 @@ is(sq(q{SELECT count(*) FROM canary_alerts WHERE canary = 'a_dup' AND kind = 'de
 	'one decommission alert: the first monitor asks under the lock whether it was raised');
 $monitor->quit;
 $shadow_lock->quit;
+
+# the alert's 'since' is the stage period's start in UTC, compared as a
+# timestamp: a monitor with another TimeZone and DateStyle sees it raised
+is(sq(q{SELECT (a.payload->>'since') = to_char(c.evidence_since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+          FROM canary_alerts a, canary_config c WHERE a.canary = 'a_dup' AND a.kind = 'decommission' AND c.name = 'a_dup'}),
+	't', 'the decommission alert\'s since is UTC ISO text');
+is(sq("SET TimeZone = 'America/New_York'; SET DateStyle = 'SQL, DMY'; SELECT coalesce(canary_advance('a_dup', '$at1'), 'nothing')"),
+	'nothing', 'another TimeZone and DateStyle: the decommission alert is not raised twice');
+
+# each rollout's action alone: one that raises (here an application's
+# trigger on the alerts) is a warning with its SQLSTATE, the other's stands
+sq(q{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since, auto_advance) VALUES
+    ('e_a', 'full', 'm-old', 'm-new', now(), true), ('e_b', 'full', 'm-old', 'm-new', now(), true);
+INSERT INTO canary_plan_stages (canary, stage, min_dwell) VALUES ('e_a', 'full', '0'), ('e_b', 'full', '0');
+CREATE FUNCTION refuse_e_a() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'no alerts for e_a' USING ERRCODE = 'check_violation';
+END;
+$$;
+CREATE TRIGGER refuse_e_a BEFORE INSERT ON canary_alerts FOR EACH ROW
+    WHEN (NEW.canary = 'e_a') EXECUTE FUNCTION refuse_e_a();
+});
+($ret, $out, $err) = $node->psql('postgres', "SELECT canary_advance(NULL, '$at1')");
+like($out, qr/e_b: m-old can be decommissioned/, 'one rollout\'s action raising: the other\'s is done');
+unlike($out, qr/e_a/, 'and the one that raised reports nothing done');
+like($err, qr/WARNING:  auto-advance of rollout "e_a" failed: no alerts for e_a\nDETAIL:  SQLSTATE 23514; the next check tries again\./,
+	'the failure is a warning with its SQLSTATE');
+is(sq(q{SELECT string_agg(canary, ' ' ORDER BY canary) FROM canary_alerts WHERE canary IN ('e_a', 'e_b')}),
+	'e_b', 'the other rollout\'s alert is committed');
+sq('DROP TRIGGER refuse_e_a ON canary_alerts');
 
 $node->stop;
 done_testing();
