@@ -124,7 +124,9 @@ COMMENT ON COLUMN canary_srm_state.counted_to IS
  * rounded up to the next 30-second boundary (the end of the current rollup
  * bucket): evidence is counted from whole rollup buckets that start at or
  * after evidence_since, so a value on a boundary loses no traffic.  The old
- * evidence is deleted.  Fires after canary_config_b_validate.
+ * evidence is deleted.  The evidence of a rollout deleted or renamed is
+ * deleted with it, and a rollout created or renamed under a name starts
+ * with none of an earlier one's.  Fires after canary_config_b_validate.
  */
 CREATE FUNCTION canary_config_evidence()
 RETURNS trigger
@@ -132,6 +134,21 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- the evidence of a rollout deleted or renamed goes with it, and a
+    -- rollout created (or renamed) under a name starts with none
+    IF TG_OP <> 'INSERT' THEN
+        IF TG_OP = 'DELETE' OR NEW.name IS DISTINCT FROM OLD.name THEN
+            DELETE FROM @extschema@.canary_evidence WHERE canary = OLD.name;
+            DELETE FROM @extschema@.canary_evidence_settled WHERE canary = OLD.name;
+        END IF;
+        IF TG_OP = 'DELETE' THEN
+            RETURN OLD;
+        END IF;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.name IS DISTINCT FROM OLD.name THEN
+        DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
+        DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
+    END IF;
     IF NEW.decision_mode IS NULL OR NEW.decision_mode NOT IN ('sequential', 'confirm_windows', 'raw') THEN
         RAISE EXCEPTION 'invalid decision_mode "%" for rollout "%"', NEW.decision_mode, NEW.name
             USING ERRCODE = 'invalid_parameter_value',
@@ -153,7 +170,7 @@ END;
 $$;
 
 CREATE TRIGGER canary_config_c_evidence
-    BEFORE INSERT OR UPDATE ON canary_config
+    BEFORE INSERT OR UPDATE OR DELETE ON canary_config
     FOR EACH ROW EXECUTE FUNCTION canary_config_evidence();
 
 /*

@@ -431,6 +431,30 @@ SELECT (SELECT string_agg(concat_ws(' ', s.cohort, s.samples, s.refusals), ', ' 
 $first->quit;
 $second->quit;
 
+# a deleted rollout's evidence goes with it, and a rollout created under its
+# name starts with none (rows left by an earlier one are dropped)
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('gone', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '3 hours');
+SELECT put('gone', timestamptz '$at' - interval '30 minutes', 'canary', 100, 0, 5, 0, 1000);
+SELECT canary_collect_evidence('gone', '$at', timestamptz '$at' - interval '3 hours', 0);
+});
+is($node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM canary_evidence WHERE canary = 'gone') || ' '
+    || (SELECT count(*) FROM canary_evidence_settled WHERE canary = 'gone')}), '1 2', 'a rollout\'s evidence');
+$node->safe_psql('postgres', q{DELETE FROM canary_config WHERE name = 'gone'});
+is($node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM canary_evidence WHERE canary = 'gone') || ' '
+    || (SELECT count(*) FROM canary_evidence_settled WHERE canary = 'gone')}), '0 0',
+	'deleting the rollout deletes its evidence');
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_evidence (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
+  VALUES ('gone', '$at', 'canary', 5, 5, 5, 5, 5);
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('gone', 'ramp_25', 'm-old', 'm-new');
+});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM canary_evidence WHERE canary = 'gone'}), '0',
+	'a rollout created under an old name starts with no evidence');
+
 # --- re-arm after a fix, and stage changes, start clean --------------------------
 # the broken model's window ends a minute ago; evidence since an hour before
 for my $mode ('sequential', 'confirm_windows', 'raw')

@@ -93,6 +93,21 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+    -- the evidence of a rollout deleted or renamed goes with it, and a
+    -- rollout created (or renamed) under a name starts with none
+    IF TG_OP <> 'INSERT' THEN
+        IF TG_OP = 'DELETE' OR NEW.name IS DISTINCT FROM OLD.name THEN
+            DELETE FROM @extschema@.canary_evidence WHERE canary = OLD.name;
+            DELETE FROM @extschema@.canary_evidence_settled WHERE canary = OLD.name;
+        END IF;
+        IF TG_OP = 'DELETE' THEN
+            RETURN OLD;
+        END IF;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.name IS DISTINCT FROM OLD.name THEN
+        DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
+        DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
+    END IF;
     IF NEW.decision_mode IS NULL OR NEW.decision_mode NOT IN ('sequential', 'confirm_windows', 'raw') THEN
         RAISE EXCEPTION 'invalid decision_mode "%" for rollout "%"', NEW.decision_mode, NEW.name
             USING ERRCODE = 'invalid_parameter_value',
@@ -114,7 +129,7 @@ END;
 $$;
 
 CREATE TRIGGER canary_config_c_evidence
-    BEFORE INSERT OR UPDATE ON canary_config
+    BEFORE INSERT OR UPDATE OR DELETE ON canary_config
     FOR EACH ROW EXECUTE FUNCTION canary_config_evidence();
 
 /*
