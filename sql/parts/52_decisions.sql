@@ -214,6 +214,7 @@ DECLARE
     settle_to constant timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     old_rows @extschema@.canary_evidence[];
     delta double precision;
+    nsp constant name := '@extschema@';   -- in the EXECUTE below: a parameter of format, not its template
 BEGIN
     -- one collection of a rollout at a time (two would both add their sums
     -- to the running totals); a check that finds another one collecting
@@ -271,7 +272,7 @@ BEGIN
                   FROM @extschema@.canary_evidence e
                  WHERE e.canary = p_canary AND e.bucket < settled
                    AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
-                        OR e.bucket = ANY (marked)
+                        OR e.bucket IN (SELECT unnest(marked))
                         OR e.bucket < date_bin('1 minute', p_since, origin)
                         OR e.bucket < p_at - interval '14 days')
                  GROUP BY e.cohort) d
@@ -281,45 +282,45 @@ BEGIN
     -- statistic adds the requests counted since)
     SELECT array_agg(e) INTO old_rows FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
-       AND ((e.bucket >= from_bucket AND e.bucket <= p_at) OR e.bucket = ANY (marked));
+       AND ((e.bucket >= from_bucket AND e.bucket <= p_at) OR e.bucket IN (SELECT unnest(marked)));
     DELETE FROM @extschema@.canary_evidence e
      WHERE e.canary = p_canary
        AND ((e.bucket >= from_bucket AND e.bucket <= p_at)
-            OR e.bucket = ANY (marked)
+            OR e.bucket IN (SELECT unnest(marked))
             OR e.bucket < date_bin('1 minute', p_since, origin)
             OR e.bucket < p_at - interval '14 days');
     -- the one rollups table of this database's role (canary_summary says why)
     EXECUTE format($q$
-    INSERT INTO @extschema@.canary_evidence
+    INSERT INTO %2$I.canary_evidence
         (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
     SELECT $1, date_bin('1 minute', r.bucket_end - interval '30 seconds', $6), r.cohort,
            sum(r.requests)::bigint, sum(r.outcome_error + r.outcome_timeout)::bigint,
            sum(r.refusals)::bigint, sum(r.thumbs_down)::bigint,
            sum(CASE WHEN $5 > 0
-                    THEN @extschema@.canary_hist_count_over(r.latency_hist, $5) ELSE 0 END)::bigint
+                    THEN %2$I.canary_hist_count_over(r.latency_hist, $5) ELSE 0 END)::bigint
       FROM (SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM @extschema@.%1$I r
+              FROM %2$I.%1$I r
              WHERE r.canary = $1 AND r.bucket_end > $2 AND r.bucket_end < $3 + interval '30 seconds'
             UNION ALL
             -- the marked minutes, each alone: their two buckets, looked up by key
             SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM @extschema@.%1$I r
+              FROM %2$I.%1$I r
              WHERE r.canary = $1
                AND r.bucket_end = ANY (ARRAY(SELECT m + d FROM unnest($7::timestamptz[]) m,
                                                   unnest(ARRAY[interval '30 seconds', interval '1 minute']) d))
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
             SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
-              FROM @extschema@.canary_feedback_pending q
+              FROM %2$I.canary_feedback_pending q
              WHERE q.canary = $1
                AND ((q.bucket_end > $2 AND q.bucket_end < $3 + interval '30 seconds')
                     OR date_bin('1 minute', q.bucket_end - interval '30 seconds', $6) = ANY ($7))) r
      WHERE ($4 IS NULL OR r.bucket_end - interval '30 seconds' >= $4)
        AND r.cohort IN ('canary', 'control') AND NOT r.fallback AND NOT r.cached
      GROUP BY 2, 3$q$,
-        CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
+        CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END, nsp)
     USING p_canary, from_bucket, p_at, p_since, p_slow_over, origin, marked;
     -- the refusal rule's paired statistic of a recounted minute: as before,
     -- plus that of the requests counted since (paired among themselves); a
@@ -348,7 +349,7 @@ BEGIN
               LEFT JOIN unnest(old_rows) oc ON oc.bucket = n.bucket AND oc.cohort = 'canary'
               LEFT JOIN unnest(old_rows) ok ON ok.bucket = n.bucket AND ok.cohort = 'control'
              WHERE n.canary = p_canary AND n.cohort = 'canary'
-               AND ((n.bucket >= from_bucket AND n.bucket <= p_at) OR n.bucket = ANY (marked))) x
+               AND ((n.bucket >= from_bucket AND n.bucket <= p_at) OR n.bucket IN (SELECT unnest(marked)))) x
      WHERE c.canary = p_canary AND c.cohort = 'canary' AND c.bucket = x.bucket;
     -- ... and the recounted minutes come back into the totals, with the
     -- minutes settled since
@@ -363,7 +364,7 @@ BEGIN
       LEFT JOIN @extschema@.canary_evidence e
              ON e.canary = p_canary AND e.cohort = c.cohort AND e.bucket < settle_to
             AND (settled IS NULL OR e.bucket >= settled OR e.bucket >= from_bucket
-                 OR e.bucket = ANY (marked))
+                 OR e.bucket IN (SELECT unnest(marked)))
      GROUP BY c.cohort
     ON CONFLICT (canary, cohort) DO UPDATE
        SET through = excluded.through, samples = s.samples + excluded.samples,
