@@ -455,6 +455,38 @@ INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('gone', 'r
 is($node->safe_psql('postgres', q{SELECT count(*) FROM canary_evidence WHERE canary = 'gone'}), '0',
 	'a rollout created under an old name starts with no evidence');
 
+# an upsert that meets the existing rollout (a deploy script's "make sure it
+# exists") keeps its evidence: the clean-up runs AFTER INSERT, which an
+# INSERT ... ON CONFLICT that takes the conflict path does not fire
+$node->safe_psql('postgres', qq{
+UPDATE canary_config SET evidence_since = timestamptz '$at' - interval '3 hours' WHERE name = 'gone';
+SELECT put('gone', timestamptz '$at' - interval '30 minutes', 'canary', 100, 0, 5, 0, 1000);
+SELECT canary_collect_evidence('gone', '$at', timestamptz '$at' - interval '3 hours', 0);
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('gone', 'ramp_25', 'm-old', 'm-new')
+  ON CONFLICT (name) DO NOTHING;
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('gone', 'ramp_25', 'm-old', 'm-new')
+  ON CONFLICT (name) DO UPDATE SET min_samples = 101;
+});
+is($node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM canary_evidence WHERE canary = 'gone') || ' '
+    || (SELECT count(*) FROM canary_evidence_settled WHERE canary = 'gone')}), '1 2',
+	'an upsert meeting the existing rollout keeps its evidence');
+
+# the evidence statement names the extension's schema as CREATE EXTENSION
+# wrote it (quoted when it must be): a schema that needs quotes works
+$node->safe_psql('postgres', q{CREATE DATABASE odd_schema});
+$node->safe_psql('odd_schema', q{CREATE SCHEMA "Odd Canary"; CREATE EXTENSION llm_canary SCHEMA "Odd Canary"});
+is($node->safe_psql('odd_schema', qq{
+SET search_path = "Odd Canary", public;
+INSERT INTO canary_models (name, provider, base_url, model) VALUES
+    ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
+    ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('odd', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '3 hours');
+SELECT canary_collect_evidence('odd', '$at', timestamptz '$at' - interval '3 hours', 0);
+SELECT count(*) FROM canary_evidence_settled WHERE canary = 'odd';}), "\n2",
+	'evidence collected with the extension in a schema whose name needs quotes');
+
 # --- re-arm after a fix, and stage changes, start clean --------------------------
 # the broken model's window ends a minute ago; evidence since an hour before
 for my $mode ('sequential', 'confirm_windows', 'raw')

@@ -93,20 +93,24 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    -- the evidence of a rollout deleted or renamed goes with it, and a
-    -- rollout created (or renamed) under a name starts with none
-    IF TG_OP <> 'INSERT' THEN
-        IF TG_OP = 'DELETE' OR NEW.name IS DISTINCT FROM OLD.name THEN
+    -- AFTER (canary_config_d_evidence_gone): the evidence of a rollout
+    -- deleted or renamed goes with it, and a rollout created (or renamed)
+    -- under a name starts with none.  After the row is written, not before:
+    -- an INSERT ... ON CONFLICT that meets the existing rollout fires no
+    -- AFTER INSERT, so an upsert keeps the rollout's evidence.
+    IF TG_WHEN = 'AFTER' THEN
+        IF TG_OP = 'UPDATE' AND NEW.name = OLD.name THEN
+            RETURN NULL;
+        END IF;
+        IF TG_OP <> 'INSERT' THEN
             DELETE FROM @extschema@.canary_evidence WHERE canary = OLD.name;
             DELETE FROM @extschema@.canary_evidence_settled WHERE canary = OLD.name;
         END IF;
-        IF TG_OP = 'DELETE' THEN
-            RETURN OLD;
+        IF TG_OP <> 'DELETE' THEN
+            DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
+            DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
         END IF;
-    END IF;
-    IF TG_OP = 'INSERT' OR NEW.name IS DISTINCT FROM OLD.name THEN
-        DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
-        DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
+        RETURN NULL;
     END IF;
     IF NEW.decision_mode IS NULL OR NEW.decision_mode NOT IN ('sequential', 'confirm_windows', 'raw') THEN
         RAISE EXCEPTION 'invalid decision_mode "%" for rollout "%"', NEW.decision_mode, NEW.name
@@ -129,7 +133,10 @@ END;
 $$;
 
 CREATE TRIGGER canary_config_c_evidence
-    BEFORE INSERT OR UPDATE OR DELETE ON canary_config
+    BEFORE INSERT OR UPDATE ON canary_config
+    FOR EACH ROW EXECUTE FUNCTION canary_config_evidence();
+CREATE TRIGGER canary_config_d_evidence_gone
+    AFTER INSERT OR DELETE OR UPDATE OF name ON canary_config
     FOR EACH ROW EXECUTE FUNCTION canary_config_evidence();
 
 /*
@@ -158,7 +165,7 @@ DECLARE
     settle_to constant timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     old_rows @extschema@.canary_evidence[];
     delta double precision;
-    nsp constant name := '@extschema@';   -- in the EXECUTE below: a parameter of format, not its template
+    nsp constant text := '@extschema@';   -- already quoted where needed: %s in the EXECUTE below, a parameter of format, not its template
 BEGIN
     -- one collection of a rollout at a time (two would both add their sums
     -- to the running totals); a check that finds another one collecting
@@ -235,29 +242,29 @@ BEGIN
             OR e.bucket < p_at - interval '14 days');
     -- the one rollups table of this database's role (canary_summary says why)
     EXECUTE format($q$
-    INSERT INTO %2$I.canary_evidence
+    INSERT INTO %2$s.canary_evidence
         (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
     SELECT $1, date_bin('1 minute', r.bucket_end - interval '30 seconds', $6), r.cohort,
            sum(r.requests)::bigint, sum(r.outcome_error + r.outcome_timeout)::bigint,
            sum(r.refusals)::bigint, sum(r.thumbs_down)::bigint,
            sum(CASE WHEN $5 > 0
-                    THEN %2$I.canary_hist_count_over(r.latency_hist, $5) ELSE 0 END)::bigint
+                    THEN %2$s.canary_hist_count_over(r.latency_hist, $5) ELSE 0 END)::bigint
       FROM (SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM %2$I.%1$I r
+              FROM %2$s.%1$I r
              WHERE r.canary = $1 AND r.bucket_end > $2 AND r.bucket_end < $3 + interval '30 seconds'
             UNION ALL
             -- the marked minutes, each alone: their two buckets, looked up by key
             SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM %2$I.%1$I r
+              FROM %2$s.%1$I r
              WHERE r.canary = $1
                AND r.bucket_end = ANY (ARRAY(SELECT m + d FROM unnest($7::timestamptz[]) m,
                                                   unnest(ARRAY[interval '30 seconds', interval '1 minute']) d))
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
             SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
-              FROM %2$I.canary_feedback_pending q
+              FROM %2$s.canary_feedback_pending q
              WHERE q.canary = $1
                AND ((q.bucket_end > $2 AND q.bucket_end < $3 + interval '30 seconds')
                     OR date_bin('1 minute', q.bucket_end - interval '30 seconds', $6) = ANY ($7))) r
