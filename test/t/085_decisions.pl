@@ -486,6 +486,13 @@ INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
 SELECT canary_collect_evidence('odd', '$at', timestamptz '$at' - interval '3 hours', 0);
 SELECT count(*) FROM canary_evidence_settled WHERE canary = 'odd';}), "\n2",
 	'evidence collected with the extension in a schema whose name needs quotes');
+is($node->safe_psql('odd_schema', q{SET search_path = "Odd Canary", public;
+SELECT count(*) FROM canary_maintenance(20)
+ WHERE action = 'create' AND partition = 'canary_requests_' || to_char((now() AT TIME ZONE 'UTC')::date + 20, 'YYYYMMDD')}), '1',
+	'maintenance creates partitions with the extension in a schema whose name needs quotes');
+is($node->safe_psql('odd_schema', q{SELECT count(*) FROM pg_tables WHERE schemaname = 'Odd Canary'
+    AND tablename = 'canary_requests_' || to_char((now() AT TIME ZONE 'UTC')::date + 20, 'YYYYMMDD')}), '1',
+	'the partition twenty days ahead exists in that schema');
 
 # --- re-arm after a fix, and stage changes, start clean --------------------------
 # the broken model's window ends a minute ago; evidence since an hour before
