@@ -165,7 +165,7 @@ DECLARE
     settle_to constant timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     old_rows @extschema@.canary_evidence[];
     delta double precision;
-    nsp constant text := '@extschema@';   -- already quoted where needed: %s in the EXECUTE below, a parameter of format, not its template
+    nsp constant name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
 BEGIN
     -- one collection of a rollout at a time (two would both add their sums
     -- to the running totals); a check that finds another one collecting
@@ -242,29 +242,29 @@ BEGIN
             OR e.bucket < p_at - interval '14 days');
     -- the one rollups table of this database's role (canary_summary says why)
     EXECUTE format($q$
-    INSERT INTO %2$s.canary_evidence
+    INSERT INTO %2$I.canary_evidence
         (canary, bucket, cohort, samples, errors, refusals, thumbs_down, slow)
     SELECT $1, date_bin('1 minute', r.bucket_end - interval '30 seconds', $6), r.cohort,
            sum(r.requests)::bigint, sum(r.outcome_error + r.outcome_timeout)::bigint,
            sum(r.refusals)::bigint, sum(r.thumbs_down)::bigint,
            sum(CASE WHEN $5 > 0
-                    THEN %2$s.canary_hist_count_over(r.latency_hist, $5) ELSE 0 END)::bigint
+                    THEN %2$I.canary_hist_count_over(r.latency_hist, $5) ELSE 0 END)::bigint
       FROM (SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM %2$s.%1$I r
+              FROM %2$I.%1$I r
              WHERE r.canary = $1 AND r.bucket_end > $2 AND r.bucket_end < $3 + interval '30 seconds'
             UNION ALL
             -- the marked minutes, each alone: their two buckets, looked up by key
             SELECT r.bucket_end, r.cohort, r.fallback, r.cached, r.requests, r.outcome_error,
                    r.outcome_timeout, r.refusals, r.thumbs_down, r.latency_hist
-              FROM %2$s.%1$I r
+              FROM %2$I.%1$I r
              WHERE r.canary = $1
                AND r.bucket_end = ANY (ARRAY(SELECT m + d FROM unnest($7::timestamptz[]) m,
                                                   unnest(ARRAY[interval '30 seconds', interval '1 minute']) d))
             UNION ALL
             -- verdicts queued and not folded yet (read without a lock)
             SELECT q.bucket_end, q.cohort, q.fallback, q.cached, 0, 0, 0, 0, q.thumbs_down, '{}'::int8[]
-              FROM %2$s.canary_feedback_pending q
+              FROM %2$I.canary_feedback_pending q
              WHERE q.canary = $1
                AND ((q.bucket_end > $2 AND q.bucket_end < $3 + interval '30 seconds')
                     OR date_bin('1 minute', q.bucket_end - interval '30 seconds', $6) = ANY ($7))) r
