@@ -979,7 +979,8 @@ SampleRatioChecked(const RolloutRules *rr)
 
 /*
  * The decision as the JSON of canary_window_summaries.decision.  locked:
- * this check holds the rollout's check lock; without it (another check
+ * this check holds the rollout's check lock ("check_lock", in every mode:
+ * the plan's 'no breach' gate reads it); without it (another transaction
  * holds it) the decision says that the evidence was not collected (mode
  * sequential) and that the sample-ratio check, which would follow the
  * rules, is skipped: the plan does not advance on such a check.
@@ -995,6 +996,7 @@ DecisionJson(const RolloutRules *rr, const Decision *d, bool locked)
 		appendStringInfoString(&buf, "null");
 	else
 		appendStringInfo(&buf, "\"%s\"", rule_names[d->tripped]);
+	appendStringInfo(&buf, ", \"check_lock\": %s", locked ? "true" : "false");
 	if (rr->mode == MODE_SEQUENTIAL)
 		appendStringInfo(&buf, ", \"evidence_collected\": %s", locked ? "true" : "false");
 	if (!locked && d->tripped == RULE_NONE && SampleRatioChecked(rr))
@@ -1022,8 +1024,16 @@ DecisionJson(const RolloutRules *rr, const Decision *d, bool locked)
 /*
  * Trip through canary_trip_internal, in the caller's transaction.  False
  * when the rollout was tripped meanwhile (by a concurrent trip that
- * committed while we waited for its row): that trip is not ours to report;
- * returning a reason would log a trip that did not happen.
+ * committed before): that trip is not ours to report; returning a reason
+ * would log a trip that did not happen.  Also false, with a WARNING, when
+ * another transaction holds the rollout's row: the check holds check locks
+ * (this rollout's, and those of the rollouts checked before it in the
+ * call), and an operator's transaction that holds the row may be waiting
+ * for one of them (the trigger of canary_config that deletes a rollout's
+ * evidence waits for its check lock), so waiting for the row here could
+ * deadlock.  A check never waits for a row of canary_config while it holds
+ * a check lock: the next check trips, if the rules still say so (after an
+ * operator's change of the evidence period, on the new evidence).
  */
 static bool
 Trip(const char *schema, const char *name, const char *reason, const char *kind,
@@ -1037,8 +1047,28 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT %s.canary_trip_internal($1, $2, $3, $4, $5)", schema);
+					 "SELECT EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1"
+					 " FOR UPDATE SKIP LOCKED),"
+					 " EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1)",
+					 schema, schema);
 	args[0] = CStringGetTextDatum(name);
+	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not lock the rollout to trip: SPI error %d", ret);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+			ereport(WARNING,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("could not trip the kill switch of rollout \"%s\" now", name),
+					 errdetail("Another transaction holds the rollout's row in canary_config."),
+					 errhint("The next check trips it if the rules still say so; end that transaction.")));
+		return false;			/* or deleted meanwhile */
+	}
+
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT %s.canary_trip_internal($1, $2, $3, $4, $5)", schema);
 	args[1] = CStringGetTextDatum(reason);
 	args[2] = CStringGetTextDatum(kind);
 	args[3] = Int64GetDatum(samples_new);
@@ -1141,6 +1171,28 @@ ReadDecisionSettings(const char *schema, RolloutRules *rr)
 }
 
 /*
+ * A check that finds the rollout's check lock taken says so, loudly: while
+ * the holder stays open (an administrator's session idle in a transaction,
+ * a forgotten prepared transaction) every check of the rollout judges on
+ * the evidence committed before the holder began.
+ */
+static void
+WarnCheckLockTaken(const char *rollout)
+{
+	int			holder = CanaryCheckLockHolder(rollout);
+
+	ereport(WARNING,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("rollout \"%s\" was judged on older evidence", rollout),
+			 holder > 0 ?
+			 errdetail("Another transaction (process %d) holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan.", holder) :
+			 holder == 0 ?
+			 errdetail("A prepared transaction holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan.") :
+			 errdetail("Another transaction held the rollout's check lock: this check collected no evidence and skipped the sample-ratio update."),
+			 errhint("End that transaction (pg_stat_activity, pg_prepared_xacts); idle_in_transaction_session_timeout ends forgotten sessions.")));
+}
+
+/*
  * Check one rollout; returns the trip reason or NULL.  Inside SPI.  The
  * evidence and the sample-ratio state are written only under the
  * rollout's check lock (src/private_locks.c), tried without waiting: a
@@ -1156,6 +1208,8 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	char	   *reason = NULL;
 	bool		locked = rr->catalog_1_1 && CanaryTryCheckLock(rr->name);
 
+	if (rr->catalog_1_1 && !locked)
+		WarnCheckLockTaken(rr->name);
 	SummariseWindow(schema, rr, at, &w);
 	if (rr->mode == MODE_SEQUENTIAL)
 		JudgeSequential(schema, rr, at, &w, locked, &d);
