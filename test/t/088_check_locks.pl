@@ -17,6 +17,9 @@
 #  - every decision says whether its check held the lock ("check_lock", in
 #    every mode), and the plan's 'no breach' gate reads it from the latest
 #    decision (ties on 'at' broken by id);
+#  - a check without the lock warns (naming the holder's process); when
+#    no check has collected for 5 minutes (10 x llm_canary.check_interval
+#    if longer), one alert of kind check_blocked per such episode;
 #  - the lock is transaction-level: a savepoint's is released by ROLLBACK
 #    TO, the parent's survives; two checks in one transaction both collect;
 #  - a check that did not collect does not advance the plan (nor raise
@@ -229,6 +232,51 @@ $op->quit;
 like(sq("SELECT coalesce(canary_check('dl', '" . at(30) . "'), 'no trip')") . ' '
 	  . sq("SELECT kill_switch_armed FROM canary_config WHERE name = 'dl'"),
 	qr/^new-model error_rate=0\.300 > 0\.02 f$/, 'deadlock: the next check trips (on the new evidence period)');
+
+# --- a long blind spell: one alert per episode ----------------------------------
+# the checks of 'bl' go without the lock from at(0) (the last that collected);
+# at 5 minutes (llm_canary.check_interval 0 here: the 5-minute floor) one
+# alert of kind check_blocked, not another while the holder stays; after a
+# check that collects, a new episode alerts again
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('bl', 'ramp_25', 'm-old', 'm-new');
+SELECT put('bl', '$at', 'control', 3000, 0, 30, 0, 1000, 750);
+SELECT put('bl', '$at', 'canary', 1000, 0, 10, 0, 1000, 250);
+});
+sub bl_check { my ($s) = @_; sq("SELECT canary_check('bl', '" . at($s) . "')"); return; }
+sub bl_alerts
+{
+	return sq(q{SELECT count(*) || ' ' || coalesce(string_agg(payload->>'holder' || ' since '
+	                 || extract(epoch FROM (payload->>'blind_since')::timestamptz - timestamptz '} . $at . q{'), ', ' ORDER BY id), '')
+	              FROM canary_alerts WHERE canary = 'bl' AND kind = 'check_blocked'});
+}
+bl_check(0);
+$holder = $node->background_psql('postgres');
+$holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('bl')");
+bl_check(60);
+bl_check(270);
+is(bl_alerts(), '0 ', 'blind: no alert before 5 minutes without a check that collected');
+is(sq(q{SELECT (decision->>'blind_since' = to_char(timestamptz '} . $at . q{' AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+                   || ' ' || (decision->>'blind_alerted')
+          FROM canary_window_summaries WHERE canary = 'bl' AND cohort = 'canary' ORDER BY id DESC LIMIT 1}),
+	'true false', 'blind: the decision carries blind_since (the last check that collected) and blind_alerted');
+bl_check(300);
+is(bl_alerts(), "1 process $holder_pid since 0.000000", 'blind: at 5 minutes, one alert naming the holder and the last check that collected');
+bl_check(330);
+bl_check(600);
+is(bl_alerts(), "1 process $holder_pid since 0.000000", 'blind: not another while the same holder stays');
+$holder->query_safe('COMMIT');
+bl_check(630);
+is(check_lock('bl'), 'true', 'blind: the holder gone, the next check collects');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('bl')");
+bl_check(660);
+is(bl_alerts(), "1 process $holder_pid since 0.000000", 'blind: a new episode, not yet 5 minutes');
+bl_check(930);
+is(bl_alerts(), "2 process $holder_pid since 0.000000, process $holder_pid since 630.000000",
+	'blind: a new episode alerts again at 5 minutes');
+$holder->query_safe('COMMIT');
+$holder->quit;
 
 # --- the gate reads check_lock, in every mode ---------------------------------
 # confirm_windows at full (no sample-ratio check: its decision has neither
