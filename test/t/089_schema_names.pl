@@ -46,6 +46,13 @@ for my $db (@dbs)
 	is($rc, 0, "$db: CREATE EXTENSION in schema \"$s\"") or diag($err);
 }
 $node->safe_psql('postgres', 'CREATE EXTENSION pg_cron');
+# (names PostgreSQL refuses to write into an extension's script)
+$node->safe_psql('postgres', q{CREATE DATABASE quote});
+$node->safe_psql('quote', q{CREATE SCHEMA "it's"});
+my ($rc, $out, $err) = $node->psql('quote', q{CREATE EXTENSION llm_canary SCHEMA "it's"},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/22P02: invalid character in extension "llm_canary" schema/,
+	'a schema whose name holds a quote is refused by CREATE EXTENSION itself (22P02)');
 
 # --- every function's text is the default install's, schema aside ----------
 # (pg_get_functiondef with an empty search_path: every name qualified; the
@@ -84,7 +91,7 @@ for my $cmd (split /\n/, $node->safe_psql('postgres', q{SELECT command FROM cron
 	is($rc, 0, "the job's command runs: $cmd") or diag($err);
 }
 # pg_cron lives in another database: the hint names the commands to run there
-my ($rc, $out, $err) = $node->psql('odd', 'SELECT canary_schedule()');
+($rc, $out, $err) = $node->psql('odd', 'SELECT canary_schedule()');
 like($err, qr/pg_cron lives in database "postgres"/, 'odd: canary_schedule points at pg_cron\'s database');
 for my $job (['llm_canary_check', '* * * * *', 'canary_check'],
 	['llm_canary_csat', '15 0 * * *', 'canary_csat_check'],
