@@ -9,10 +9,11 @@
  *
  * No backslash in a plain literal of a function body: with
  * standard_conforming_strings = off in the calling session, 1.0's
- * canary_shadow_compare split words at 'w' and 's' ('[^\w...]' read as
- * '[^w...]') and canary_unschedule's LIKE pattern lost its escapes.  The
- * word classes are spelled [:alnum:]_ and [:space:]; the job names are
- * matched with starts_with.
+ * canary_shadow_compare read '[^\w''’]+' as '[^w''’]+' (its words were
+ * runs of w and apostrophes) and '\s+' as 's+', and canary_unschedule's
+ * LIKE pattern lost its escapes (its _ matched any character: other jobs
+ * were removed).  The classes are spelled [:alnum:]_ and [:space:]; the
+ * job names are matched with starts_with.
  */
 CREATE OR REPLACE FUNCTION canary_schedule(check_schedule text DEFAULT '* * * * *',
                                 csat_schedule text DEFAULT '15 0 * * *',
