@@ -22,7 +22,8 @@
  * comment and privileges), so that an update script that changes the
  * counters includes it, linked, as sql/updates/1.0--1.1/ does.  No
  * backslash in a literal here: the install runs with the database's
- * standard_conforming_strings, which may be off.
+ * standard_conforming_strings, which may be off.  The templates given to
+ * format() name the schema with %I (01_schema_name.sql).
  */
 DO $do$
 DECLARE
@@ -93,26 +94,26 @@ BEGIN
                             FROM unnest(t.keys) WITH ORDINALITY k (k, n)));
         END LOOP;
         b := replace(b, '{hists_valid}', @extschema@.canary_rollup_counter_list(
-            NULL, '@extschema@.canary_hist_valid(coalesce(NEW.%1$s, ''{}''))'
-                  ' AND @extschema@.canary_hist_valid(coalesce(OLD.%1$s, ''{}''))', t.totals,
+            NULL, '%2$I.canary_hist_valid(coalesce(NEW.%1$s, ''{}''))'
+                  ' AND %2$I.canary_hist_valid(coalesce(OLD.%1$s, ''{}''))', t.totals,
             chr(10) || repeat(' ', 12) || 'AND '));
         b := replace(b, '{take}', @extschema@.canary_rollup_counter_list(
             '%1$s = t.%1$s - OLD.%1$s',
-            '%1$s = @extschema@.canary_hist_subtract(t.%1$s, CASE WHEN hists_ok THEN OLD.%1$s END)', t.totals, nl));
+            '%1$s = %2$I.canary_hist_subtract(t.%1$s, CASE WHEN hists_ok THEN OLD.%1$s END)', t.totals, nl));
         b := replace(b, '{delta}', @extschema@.canary_rollup_counter_list(
             'NEW.%1$s - coalesce(' || t.r || '.%1$s, 0)',
-            '@extschema@.canary_hist_subtract(' || nh || ', ' || oh || ')', t.totals, nl));
+            '%2$I.canary_hist_subtract(' || nh || ', ' || oh || ')', t.totals, nl));
         b := replace(b, '{add}', @extschema@.canary_rollup_counter_list(
             '%1$s = t.%1$s + excluded.%1$s',
-            '%1$s = @extschema@.canary_hist_subtract(@extschema@.canary_hist_merge(t.%1$s, ' || nh || '), ' || oh || ')',
+            '%1$s = %2$I.canary_hist_subtract(%2$I.canary_hist_merge(t.%1$s, ' || nh || '), ' || oh || ')',
             t.totals, nl));
         body := replace(body, '{' || t.tab || '}', b);
     END LOOP;
     EXECUTE format($f$
-    CREATE OR REPLACE FUNCTION @extschema@.canary_fleet_combine_trigger() RETURNS trigger
+    CREATE OR REPLACE FUNCTION %1$I.canary_fleet_combine_trigger() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    AS %L$f$, body);
+    AS %2$L$f$, @extschema@.canary_schema_name(), body);
 END;
 $do$;
 COMMENT ON FUNCTION canary_fleet_combine_trigger() IS

@@ -249,7 +249,7 @@ DECLARE
     settle_to constant timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     old_rows @extschema@.canary_evidence[];
     delta double precision;
-    nsp constant name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
+    nsp constant name := @extschema@.canary_schema_name();  -- unquoted: %I below
 BEGIN
     -- one collection of a rollout at a time (two would both add their sums
     -- to the running totals), under the rollout's check lock (canary_check
@@ -487,10 +487,11 @@ DECLARE
     users_q constant text := $q$
         SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
                coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
-          FROM @extschema@.%I r
+          FROM %s r
          WHERE r.canary = $1 AND r.bucket_end > $2 AND r.bucket_end < $3$q$;
-    rollups constant text := CASE WHEN @extschema@.canary_fleet_is_control()
-                                  THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END;
+    rollups constant text := format('%I.%I', @extschema@.canary_schema_name(),
+                                    CASE WHEN @extschema@.canary_fleet_is_control()
+                                         THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END);
 BEGIN
     SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary;
     IF NOT FOUND THEN

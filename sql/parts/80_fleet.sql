@@ -146,19 +146,20 @@ LANGUAGE C;
 DO $$
 DECLARE
     t text;
+    nsp constant name := @extschema@.canary_schema_name();
 BEGIN
     FOREACH t IN ARRAY ARRAY['canary_config', 'canary_models', 'canary_refusal_patterns'] LOOP
-        EXECUTE format('CREATE TRIGGER %1$I BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.%2$I'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.canary_fleet_guard()',
-                       t || '_fleet_guard', t);
-        EXECUTE format('CREATE TRIGGER %1$I AFTER INSERT OR UPDATE OR DELETE ON @extschema@.%2$I'
-                       ' FOR EACH ROW EXECUTE FUNCTION @extschema@.canary_invalidate_cache()',
-                       t || '_fleet_applied', t);
-        EXECUTE format('CREATE TRIGGER %1$I AFTER TRUNCATE ON @extschema@.%2$I'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.canary_invalidate_cache()',
-                       t || '_fleet_truncated', t);
-        EXECUTE format('ALTER TABLE @extschema@.%1$I ENABLE REPLICA TRIGGER %2$I, ENABLE REPLICA TRIGGER %3$I',
-                       t, t || '_fleet_applied', t || '_fleet_truncated');
+        EXECUTE format('CREATE TRIGGER %1$I BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %3$I.%2$I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION %3$I.canary_fleet_guard()',
+                       t || '_fleet_guard', t, nsp);
+        EXECUTE format('CREATE TRIGGER %1$I AFTER INSERT OR UPDATE OR DELETE ON %3$I.%2$I'
+                       ' FOR EACH ROW EXECUTE FUNCTION %3$I.canary_invalidate_cache()',
+                       t || '_fleet_applied', t, nsp);
+        EXECUTE format('CREATE TRIGGER %1$I AFTER TRUNCATE ON %3$I.%2$I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION %3$I.canary_invalidate_cache()',
+                       t || '_fleet_truncated', t, nsp);
+        EXECUTE format('ALTER TABLE %4$I.%1$I ENABLE REPLICA TRIGGER %2$I, ENABLE REPLICA TRIGGER %3$I',
+                       t, t || '_fleet_applied', t || '_fleet_truncated', nsp);
     END LOOP;
 END;
 $$;
