@@ -66,6 +66,7 @@
 #include "rollups.h"
 #include "sequential.h"
 #include "subxact.h"
+#include "worker.h"
 
 /* One cohort's window. */
 typedef struct CohortWindow
@@ -986,9 +987,12 @@ SampleRatioChecked(const RolloutRules *rr)
  * sequential) and that the sample-ratio check, which would follow the
  * rules, is skipped: the plan does not advance on such a check.  blind:
  * such a check's "blind_since" and "blind_alerted" (CheckBlind), or NULL.
+ * trip: what came of a trip the check attempted but did not make ("trip":
+ * "deferred" or "already tripped", and its "trip_kind"), or NULL.
  */
 static char *
-DecisionJson(const RolloutRules *rr, const Decision *d, bool locked, const char *blind)
+DecisionJson(const RolloutRules *rr, const Decision *d, bool locked, const char *blind,
+			 const char *trip)
 {
 	StringInfoData buf;
 
@@ -1001,6 +1005,8 @@ DecisionJson(const RolloutRules *rr, const Decision *d, bool locked, const char 
 	appendStringInfo(&buf, ", \"check_lock\": %s", locked ? "true" : "false");
 	if (blind != NULL)
 		appendStringInfoString(&buf, blind);
+	if (trip != NULL)
+		appendStringInfoString(&buf, trip);
 	if (rr->mode == MODE_SEQUENTIAL)
 		appendStringInfo(&buf, ", \"evidence_collected\": %s", locked ? "true" : "false");
 	if (!locked && d->tripped == RULE_NONE && SampleRatioChecked(rr))
@@ -1025,12 +1031,24 @@ DecisionJson(const RolloutRules *rr, const Decision *d, bool locked, const char 
 	return buf.data;
 }
 
+/* What came of a trip (Trip, CheckSampleRatio) */
+typedef enum TripOutcome
+{
+	TRIP_NONE,					/* none attempted */
+	TRIP_DONE,
+	TRIP_NOT_ARMED,				/* already tripped (or deleted) meanwhile */
+	TRIP_DEFERRED				/* another transaction holds the row */
+} TripOutcome;
+
 /*
- * Trip through canary_trip_internal, in the caller's transaction.  False
- * when the rollout was tripped meanwhile (by a concurrent trip that
- * committed before): that trip is not ours to report; returning a reason
- * would log a trip that did not happen.  Also false, with a WARNING, when
- * another transaction holds the rollout's row: the check holds check locks
+ * Trip through canary_trip_internal, in the caller's transaction.
+ * TRIP_NOT_ARMED when the rollout was tripped meanwhile (by a concurrent
+ * trip that committed before) or deleted: that trip is not ours to report;
+ * returning a reason would log a trip that did not happen.  TRIP_DEFERRED,
+ * with a WARNING, when another transaction holds the rollout's row with a
+ * lock that conflicts with FOR NO KEY UPDATE (an operator's UPDATE or
+ * SELECT ... FOR UPDATE; not the FOR KEY SHARE that an application's new
+ * session pin takes through its foreign key): the check holds check locks
  * (this rollout's, and those of the rollouts checked before it in the
  * call), and an operator's transaction that holds the row may be waiting
  * for one of them (the trigger of canary_config that deletes a rollout's
@@ -1039,7 +1057,7 @@ DecisionJson(const RolloutRules *rr, const Decision *d, bool locked, const char 
  * a check lock: the next check trips, if the rules still say so (after an
  * operator's change of the evidence period, on the new evidence).
  */
-static bool
+static TripOutcome
 Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	 int64 samples_new, int64 samples_old)
 {
@@ -1052,7 +1070,7 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1"
-					 " FOR UPDATE SKIP LOCKED),"
+					 " FOR NO KEY UPDATE SKIP LOCKED),"
 					 " EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1)",
 					 schema, schema);
 	args[0] = CStringGetTextDatum(name);
@@ -1061,13 +1079,14 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 		elog(ERROR, "could not lock the rollout to trip: SPI error %d", ret);
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 	{
-		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-			ereport(WARNING,
-					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-					 errmsg("could not trip the kill switch of rollout \"%s\" now", name),
-					 errdetail("Another transaction holds the rollout's row in canary_config."),
-					 errhint("The next check trips it if the rules still say so; end that transaction.")));
-		return false;			/* or deleted meanwhile */
+		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+			return TRIP_NOT_ARMED;	/* deleted meanwhile */
+		ereport(WARNING,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("could not trip the kill switch of rollout \"%s\" now", name),
+				 errdetail("Another transaction holds the rollout's row in canary_config."),
+				 errhint("The next check trips it if the rules still say so; end that transaction.")));
+		return TRIP_DEFERRED;
 	}
 
 	resetStringInfo(&sql);
@@ -1081,15 +1100,18 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not trip the kill switch: SPI error %d", ret);
 	(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	return !isnull;
+	return isnull ? TRIP_NOT_ARMED : TRIP_DONE;
 }
 
 /*
  * The sample-ratio check (canary_srm_check in SQL); returns its reason when
  * it tripped the switch now, else NULL (an alert alone is not a trip).
+ * *trip: TRIP_DEFERRED when srm_trips is on and the ratio says trip but
+ * the trip waits for the next check (another transaction holds the
+ * rollout's row: canary_srm_check leaves its state unalerted).
  */
 static char *
-CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at)
+CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at, TripOutcome *trip)
 {
 	StringInfoData sql;
 	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
@@ -1106,9 +1128,29 @@ CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at)
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not run the sample-ratio check: SPI error %d", ret);
 	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (isnull || !rr->srm_trips)
+	if (!rr->srm_trips)
 		return NULL;
-	return TextDatumGetCString(d);
+	if (!isnull)
+	{
+		*trip = TRIP_DONE;
+		return TextDatumGetCString(d);
+	}
+	/* no trip: deferred if the evidence suffices and it is not alerted */
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT EXISTS (SELECT 1 FROM %s.canary_srm_state s JOIN %s.canary_config c"
+					 " ON c.name = s.canary WHERE s.canary = $1 AND c.srm_trips AND c.kill_switch_armed"
+					 " AND c.percent_new > 0 AND c.percent_new < 100 AND s.alerted_at IS NULL"
+					 " AND s.since IS NOT DISTINCT FROM c.evidence_since"
+					 " AND s.evidence >= ln(1.0 / c.significance::float8))",
+					 schema, schema);
+	/* not read-only: it must see what canary_srm_check just wrote */
+	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the sample-ratio state: SPI error %d", ret);
+	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+		*trip = TRIP_DEFERRED;
+	return NULL;
 }
 
 /*
@@ -1182,9 +1224,7 @@ ReadDecisionSettings(const char *schema, RolloutRules *rr)
 static int64
 BlindAlertSeconds(void)
 {
-	const char *interval = GetConfigOption("llm_canary.check_interval", true, false);
-
-	return Max((int64) 300, 10 * (int64) (interval != NULL ? atoi(interval) : 0));
+	return Max((int64) 300, 10 * (int64) canary_check_interval);
 }
 
 /*
@@ -1193,8 +1233,11 @@ BlindAlertSeconds(void)
  *		while the holder stays open (an administrator's session idle in a
  *		transaction, a forgotten prepared transaction) every check of the
  *		rollout judges on the evidence committed before the holder began.
- *		A WARNING each time; and once per such episode, when no check has
- *		collected for BlindAlertSeconds, an alert of kind check_blocked
+ *		A NOTICE each time while the episode is short (two monitors, the
+ *		worker and pg_cron's job, overlapping: the other check ends in a
+ *		moment), a WARNING once no check has collected for
+ *		BlindAlertSeconds; and then, once per such episode, an alert of kind
+ *		check_blocked
  *		(row, NOTIFY, webhook).  The episode is carried from decision to
  *		decision, so that this reads one row, the rollout's previous
  *		decision, however long it lasts: "blind_since" (the 'at' of the last
@@ -1214,20 +1257,12 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
 	bool		isnull;
 	char	   *since;
 	bool		alerted;
+	bool		long_spell;
 	bool		due;
 	char	   *holder_text;
 
 	holder_text = holder > 0 ? psprintf("process %d", holder) :
 		holder == 0 ? pstrdup("a prepared transaction") : NULL;
-	ereport(WARNING,
-			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-			 errmsg("rollout \"%s\" was judged on older evidence", rr->name),
-			 holder > 0 ?
-			 errdetail("Another transaction (process %d) holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan.", holder) :
-			 holder == 0 ?
-			 errdetail("A prepared transaction holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan.") :
-			 errdetail("Another transaction held the rollout's check lock: this check collected no evidence and skipped the sample-ratio update."),
-			 errhint("End that transaction (pg_stat_activity, pg_prepared_xacts); idle_in_transaction_session_timeout ends forgotten sessions.")));
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
@@ -1250,8 +1285,18 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
 		elog(ERROR, "could not read the last decision: SPI error %d", ret);
 	since = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	alerted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
-	due = !alerted &&
-		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	long_spell = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	due = !alerted && long_spell;
+
+	ereport(long_spell ? WARNING : NOTICE,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("rollout \"%s\" was judged on older evidence", rr->name),
+			 holder > 0 ?
+			 errdetail("Another transaction (process %d) holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan.", holder) :
+			 holder == 0 ?
+			 errdetail("A prepared transaction holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan.") :
+			 errdetail("Another transaction held the rollout's check lock: this check collected no evidence and skipped the sample-ratio update."),
+			 errhint("End that transaction (pg_stat_activity, pg_prepared_xacts); idle_in_transaction_session_timeout ends forgotten sessions.")));
 
 	if (due)
 	{
@@ -1283,6 +1328,53 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
 }
 
 /*
+ * TripDeferred
+ *		A trip the rules (kind kill_switch) or the sample ratio (kind
+ *		sample_ratio) call for, deferred to the next check because another
+ *		transaction holds the rollout's row (Trip, canary_srm_check): an
+ *		alert of kind check_blocked at once, with "reason" trip_deferred,
+ *		once per such spell (the rollout's previous decision says whether
+ *		its trip was deferred too).  Returns the decision's JSON members.
+ *		Inside SPI; allocates in the current context.
+ */
+static char *
+TripDeferred(const char *schema, const RolloutRules *rr, TimestampTz at, const char *kind,
+			 const char *reason)
+{
+	StringInfoData sql;
+	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			ret;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT %s.canary_raise_alert($1, 'check_blocked', jsonb_build_object("
+					 " 'alert', 'canary kill-switch trip deferred',"
+					 " 'reason', 'trip_deferred', 'trip_kind', $3, 'trip_reason', $5,"
+					 " 'canary', $1, 'stage', $4,"
+					 " 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+					 " 'at', to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+					 " 'auto_action', 'none yet: another transaction holds the rollout''s row in"
+					 " canary_config; the next check trips if the rules still say so'))"
+					 " WHERE (SELECT w.decision->>'trip' FROM %s.canary_window_summaries w"
+					 "         WHERE w.canary = $1 AND w.cohort = 'canary' AND w.at <= $2"
+					 "         ORDER BY w.at DESC, w.id DESC LIMIT 1) IS DISTINCT FROM 'deferred'",
+					 schema, schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	args[2] = CStringGetTextDatum(kind);
+	args[3] = CStringGetTextDatum(rr->stage);
+	args[4] = reason != NULL ? CStringGetTextDatum(reason) : (Datum) 0;
+	if (reason == NULL)
+		nulls[4] = 'n';
+	ret = SPI_execute_with_args(sql.data, 5, types, args, nulls, false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "could not raise the check_blocked alert: SPI error %d", ret);
+	return psprintf(", \"trip\": \"deferred\", \"trip_kind\": \"%s\"", kind);
+}
+
+/*
  * Check one rollout; returns the trip reason or NULL.  Inside SPI.  The
  * evidence and the sample-ratio state are written only under the
  * rollout's check lock (src/private_locks.c), tried without waiting: a
@@ -1298,6 +1390,8 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	char	   *reason = NULL;
 	bool		locked = rr->catalog_1_1 && CanaryTryCheckLock(rr->name);
 	char	   *blind = NULL;
+	TripOutcome trip = TRIP_NONE;
+	const char *trip_json = NULL;
 
 	if (rr->catalog_1_1 && !locked)
 		blind = CheckBlind(schema, rr, at);
@@ -1311,20 +1405,29 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 			ConfirmWindows(schema, rr, at, &d);
 	}
 	d.tripped = FirstTrip(&d);
+
+	/* the trip first, so that the decision stored says what came of it */
 	if (d.tripped != RULE_NONE)
-		reason = d.r[d.tripped].reason;
+	{
+		trip = Trip(schema, rr->name, d.r[d.tripped].reason, "kill_switch",
+					w.canary.samples, w.control.samples);
+		if (trip == TRIP_DONE)
+			reason = d.r[d.tripped].reason;
+		else if (trip == TRIP_DEFERRED)
+			trip_json = TripDeferred(schema, rr, at, "kill_switch", d.r[d.tripped].reason);
+		else
+			trip_json = ", \"trip\": \"already tripped\", \"trip_kind\": \"kill_switch\"";
+	}
+	else if (locked)
+	{
+		reason = CheckSampleRatio(schema, rr, at, &trip);
+		if (trip == TRIP_DEFERRED)
+			trip_json = TripDeferred(schema, rr, at, "sample_ratio", NULL);
+	}
 
 	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0, NULL);
 	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from,
-				 DecisionJson(rr, &d, locked, blind));
-
-	if (reason != NULL)
-	{
-		if (!Trip(schema, rr->name, reason, "kill_switch", w.canary.samples, w.control.samples))
-			reason = NULL;
-	}
-	else if (locked)
-		reason = CheckSampleRatio(schema, rr, at);
+				 DecisionJson(rr, &d, locked, blind, trip_json));
 	return reason;
 }
 

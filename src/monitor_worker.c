@@ -49,7 +49,7 @@
 #define MONITOR_ALERTS_PER_STEP		10
 
 /* settings */
-static int	canary_check_interval = 30;
+int			canary_check_interval = 30;	/* worker.h */
 static int	canary_retention_days = 30;
 
 static MemoryContext LoopContext = NULL;

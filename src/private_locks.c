@@ -105,7 +105,7 @@ CanaryCheckLockHolder(const char *rollout)
 	for (int i = 0; i < n && VirtualTransactionIdIsValid(holders[i]); i++)
 	{
 		PGPROC	   *proc;
-		bool		more;
+		bool		more = false;
 
 		/*
 		 * A prepared transaction keeps the virtual transaction id of the

@@ -38,6 +38,9 @@ extern const char *WorkerDatabaseName(void);
 extern void LauncherRegister(void);
 extern void MonitorDefineSettings(void);
 
+/* llm_canary.check_interval, in seconds (monitor_worker.c) */
+extern int	canary_check_interval;
+
 /* worker.c: what every worker shares */
 typedef enum WorkerStepResult
 {

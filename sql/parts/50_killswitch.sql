@@ -93,7 +93,7 @@ DECLARE
     cfg record;
     payload jsonb;
 BEGIN
-    SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary FOR UPDATE;
+    SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'rollout "%" does not exist', p_canary
             USING ERRCODE = 'undefined_object',

@@ -568,7 +568,7 @@ BEGIN
     -- a trip never waits for the rollout's row while the check lock is held
     -- (canary_config_evidence says why): the next check trips
     IF cfg.srm_trips AND NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c
-                                      WHERE c.name = p_canary FOR UPDATE SKIP LOCKED) THEN
+                                      WHERE c.name = p_canary FOR NO KEY UPDATE SKIP LOCKED) THEN
         RAISE WARNING 'could not trip the kill switch of rollout "%" now', p_canary
             USING ERRCODE = 'lock_not_available',
                   DETAIL = 'Another transaction holds the rollout''s row in canary_config.',
@@ -579,8 +579,11 @@ BEGIN
     reason := format('sample ratio mismatch: %s of %s users in the canary cohort (%s %%), percent_new %s %%',
                      st.users_canary, total, round((100 * seen)::numeric, 2), cfg.percent_new);
     IF cfg.srm_trips THEN
-        PERFORM @extschema@.canary_trip_internal(p_canary, reason, 'sample_ratio',
-                                                 st.users_canary, st.users_control);
+        -- NULL: tripped meanwhile by another, whose trip it is to report
+        IF @extschema@.canary_trip_internal(p_canary, reason, 'sample_ratio',
+                                            st.users_canary, st.users_control) IS NULL THEN
+            RETURN NULL;
+        END IF;
         RETURN reason;
     END IF;
     payload := jsonb_build_object(

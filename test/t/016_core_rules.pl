@@ -127,8 +127,10 @@ UPDATE canary_config SET old_model = 'old', new_model = 'new', stage = 'full' WH
 		'the next check finds the rollout tripped');
 	is($node->safe_psql('postgres', q{SELECT trip_reason FROM canary_config WHERE name = 'race'}),
 		'manual trip first', 'the first trip stands');
-	is($node->safe_psql('postgres', q{SELECT count(*) FROM canary_alerts WHERE canary = 'race'}),
-		'1', 'one alert');
+	is($node->safe_psql('postgres', q{SELECT string_agg(kind || ' ' || coalesce(payload->>'reason', ''), ', ' ORDER BY kind)
+	                                     FROM canary_alerts WHERE canary = 'race'}),
+		'check_blocked trip_deferred, manual_trip manual trip first',
+		'one trip alert (the manual one), and the deferred trip\'s check_blocked alert');
 }
 
 $node->stop;

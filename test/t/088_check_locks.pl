@@ -14,6 +14,13 @@
 #    on lock_timeout; a check holding the lock that would trip while the
 #    operator's UPDATE waits for it does not wait for the row (no deadlock):
 #    the next check trips;
+#  - the trip takes the rollout's row FOR NO KEY UPDATE: an application's
+#    open transaction that pinned a new session (FOR KEY SHARE through
+#    canary_sessions' foreign key) does not defer it (rules and sample
+#    ratio); a trip deferred by an operator's lock on the row says so in
+#    the decision ("trip": "deferred") and raises one check_blocked alert
+#    (reason trip_deferred) per spell, at once; a trip that finds the
+#    switch tripped meanwhile reports nothing ("trip": "already tripped");
 #  - every decision says whether its check held the lock ("check_lock", in
 #    every mode), and the plan's 'no breach' gate reads it from the latest
 #    decision (ties on 'at' broken by id);
@@ -68,11 +75,13 @@ SELECT coalesce(decision->>'check_lock', '-')
   FROM canary_window_summaries WHERE canary = '$name' AND cohort = 'canary' ORDER BY id DESC LIMIT 1});
 }
 
-# the WARNING of a check that found the lock taken by process $pid
+# the NOTICE of a check that found the lock taken by process $pid (a short
+# spell: a WARNING once no check has collected for 5 minutes)
 sub blocked_warning
 {
-	my ($name, $pid) = @_;
-	return qr/WARNING:  rollout "$name" was judged on older evidence\nDETAIL:  Another transaction \(process $pid\) holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan\./;
+	my ($name, $pid, $level) = @_;
+	$level //= 'NOTICE';
+	return qr/$level:  rollout "$name" was judged on older evidence\nDETAIL:  Another transaction \(process $pid\) holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan\./;
 }
 
 # --- a check left open in a transaction -----------------------------------------
@@ -127,7 +136,7 @@ $holder = $node->background_psql('postgres');
 $holder->query_safe("BEGIN; SELECT canary_try_check_lock('open'); PREPARE TRANSACTION 'held_open'");
 ($ret, $out, $err) = $node->psql('postgres', "SELECT coalesce(canary_check('open', '" . at(690) . "'), 'no trip')");
 is("$ret|$out", '0|no trip', 'a prepared transaction holds the lock: the check');
-like($err, qr/WARNING:  rollout "open" was judged on older evidence\nDETAIL:  A prepared transaction holds the rollout's check lock/,
+like($err, qr/NOTICE:  rollout "open" was judged on older evidence\nDETAIL:  A prepared transaction holds the rollout's check lock/,
 	'warns that a prepared transaction holds it');
 $holder->query_safe("COMMIT PREPARED 'held_open'");
 $holder->quit;
@@ -169,7 +178,7 @@ is(sq(q{SELECT stage || ' ' || (SELECT count(*) FROM canary_alerts a WHERE a.can
           FROM canary_config WHERE name = 'adv'}),
 	'ramp_5 0', 'plan: no advance and no decommission alert from them');
 is(sq("SELECT ok || ' ' || detail FROM canary_plan('adv', '" . at(60) . "') WHERE gate = 'no breach'"),
-	'false the last check judged on older evidence: another check was collecting it',
+	'false the last check judged on older evidence: another transaction held its check lock (another check, or an operator changing the evidence period)',
 	'plan: canary_plan says why');
 $holder->query_safe('COMMIT');
 $holder->quit;
@@ -233,6 +242,126 @@ like(sq("SELECT coalesce(canary_check('dl', '" . at(30) . "'), 'no trip')") . ' 
 	  . sq("SELECT kill_switch_armed FROM canary_config WHERE name = 'dl'"),
 	qr/^new-model error_rate=0\.300 > 0\.02 f$/, 'deadlock: the next check trips (on the new evidence period)');
 
+# --- the trip and an application's session pin --------------------------------
+# canary_cohort (and canary_call) pins a new session: its row in
+# canary_sessions references the rollout's row in canary_config, and the
+# foreign key's check holds FOR KEY SHARE on it until the application's
+# transaction ends (for canary_call, the whole request).  The trip's probe
+# and canary_trip_internal take FOR NO KEY UPDATE, which does not conflict
+# with it: steady traffic never defers a trip.  Both trips: the rules'
+# ('pin') and the sample ratio's ('pinsr', srm_trips on, 50 % instead of 25 %).
+# two rollouts at ramp_25 that would trip: $rules on the error rate (30 %
+# against 1 %), $srm (srm_trips on) on the sample ratio (50 % of the users
+# in the canary cohort instead of 25 %)
+sub trip_pair
+{
+	my ($rules, $srm) = @_;
+	sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('$rules', 'ramp_25', 'm-old', 'm-new'),
+    ('$srm', 'ramp_25', 'm-old', 'm-new');
+UPDATE canary_config SET srm_trips = true WHERE name = '$srm';
+SELECT put('$rules', '$at', 'control', 6000, 60, 60, 0, 1000, 1500);
+SELECT put('$rules', '$at', 'canary', 2000, 600, 20, 0, 1000, 500);
+SELECT put('$srm', '$at', 'control', 3000, 0, 0, 0, 1000, 1000);
+SELECT put('$srm', '$at', 'canary', 3000, 0, 0, 0, 1000, 1000);
+});
+	return;
+}
+trip_pair('pin', 'pinsr');
+my $appx = $node->background_psql('postgres');
+$appx->query_safe("BEGIN; SELECT canary_cohort('u1', 'pin', 's1'), canary_cohort('u1', 'pinsr', 's1')");
+is(sq(q{SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+         WHERE c.relname = 'canary_config' AND l.pid <> pg_backend_pid() AND l.mode = 'RowShareLock'}), '1',
+	'pin: the application\'s open transaction pinned new sessions (its foreign key checks lock the rows)');
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '2s'; SELECT coalesce(canary_check('pin', '$at'), 'no trip')");
+like("$ret|$out", qr/^0\|new-model error_rate=0\.300 > 0\.02/, 'pin: the check trips meanwhile');
+unlike($err, qr/could not trip/, 'pin: without a deferral');
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '2s'; SELECT coalesce(canary_check('pinsr', '$at'), 'no trip')");
+like("$ret|$out", qr/^0\|sample ratio mismatch: 1000 of 2000 users/, 'pin: the sample-ratio trip too');
+is(sq(q{SELECT string_agg(name || ' ' || kill_switch_armed, ', ' ORDER BY name) FROM canary_config WHERE name LIKE 'pin%'}),
+	'pin false, pinsr false', 'pin: both switches are off');
+$appx->query_safe('COMMIT');
+$appx->quit;
+
+# --- a deferred trip says so -----------------------------------------------------
+# an operator holds the rollout's row (SELECT ... FOR UPDATE, left open):
+# the check's decision says the trip was deferred, an alert of kind
+# check_blocked (reason trip_deferred) at once, once per spell; after the
+# commit the next check trips.  The rules' trip ('df') and the sample
+# ratio's ('dfsr', srm_trips on)
+trip_pair('df', 'dfsr');
+sub df_state
+{
+	my ($name) = @_;
+	return sq(qq{
+SELECT coalesce(w.decision->>'trip', '-') || ' ' || coalesce(w.decision->>'trip_kind', '-') || ' '
+       || (SELECT kill_switch_armed::text FROM canary_config WHERE name = '$name') || ' '
+       || (SELECT coalesce(string_agg(a.kind || ':' || coalesce(a.payload->>'reason', ''), ',' ORDER BY a.id), '')
+             FROM canary_alerts a WHERE a.canary = '$name')
+  FROM canary_window_summaries w WHERE w.canary = '$name' AND w.cohort = 'canary' ORDER BY w.id DESC LIMIT 1});
+}
+$op = $node->background_psql('postgres');
+$op->query_safe(q{BEGIN; SELECT 1 FROM canary_config WHERE name IN ('df', 'dfsr') FOR UPDATE});
+for my $s (0, 30)
+{
+	($ret, $out, $err) = $node->psql('postgres',
+		"SET lock_timeout = '2s'; SELECT coalesce(canary_check('df', '" . at($s) . "'), 'no trip')"
+		  . " || ' ' || coalesce(canary_check('dfsr', '" . at($s) . "'), 'no trip')");
+	is("$ret|$out", '0|no trip no trip', "deferred: the check at ${s} s does not trip while the operator holds the rows");
+	like($err, qr/WARNING:  could not trip the kill switch of rollout "df" now.*WARNING:  could not trip the kill switch of rollout "dfsr" now/s,
+		"deferred: the check at ${s} s says so");
+	is(df_state('df') . ' | ' . df_state('dfsr'),
+		'deferred kill_switch true check_blocked:trip_deferred | deferred sample_ratio true check_blocked:trip_deferred',
+		"deferred: after the check at ${s} s, the decisions say deferred, one alert each");
+}
+is(sq(q{SELECT string_agg(payload->>'trip_kind' || ' ' || (payload->>'trip_reason' IS NOT NULL) || ' ' || (payload->>'alert'), ', ' ORDER BY id)
+          FROM canary_alerts WHERE canary IN ('df', 'dfsr')}),
+	'kill_switch true canary kill-switch trip deferred, sample_ratio false canary kill-switch trip deferred',
+	'deferred: the alerts say which trip waits (and, for the rules, why)');
+$op->query_safe('COMMIT');
+like(sq("SELECT canary_check('df', '" . at(60) . "') || ' | ' || canary_check('dfsr', '" . at(60) . "')"),
+	qr/^new-model error_rate=0\.300 > 0\.02.* \| sample ratio mismatch: 1000 of 2000 users/,
+	'deferred: after the commit, the next checks trip');
+is(df_state('df') . ' | ' . df_state('dfsr'),
+	'- - false check_blocked:trip_deferred,kill_switch:new-model error_rate=0.300 > 0.02 | - - false check_blocked:trip_deferred,sample_ratio:'
+	  . sq(q{SELECT trip_reason FROM canary_config WHERE name = 'dfsr'}),
+	'deferred: their decisions have no trip member, and one trip alert each');
+
+# --- a trip that finds the switch tripped meanwhile -----------------------------
+# the check of 'at1' is held up (a test trigger on canary_evidence waits
+# for an advisory lock) after it read the rollout as armed; meanwhile an
+# operator trips the switch and commits; the check's Trip then finds it
+# tripped: no second alert, no reason, and its decision says so
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('at1', 'ramp_25', 'm-old', 'm-new');
+SELECT put('at1', '$at', 'control', 6000, 60, 60, 0, 1000, 1500);
+SELECT put('at1', '$at', 'canary', 2000, 600, 20, 0, 1000, 500);
+CREATE FUNCTION test_pause() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+    IF NEW.canary = 'at1' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+    RETURN NEW;
+END \$\$;
+CREATE TRIGGER test_pause BEFORE INSERT ON canary_evidence FOR EACH ROW EXECUTE FUNCTION test_pause();
+});
+my $gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(4242)');
+my $checker = $node->background_psql('postgres');
+$checker->query_until(qr/started/, "\\echo started\nSELECT coalesce(canary_check('at1', '$at'), 'no trip') AS at1_result;\n");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted})
+  or die 'the check did not wait at the test trigger';
+sq(q{SELECT canary_trip('at1', 'manual, meanwhile')});
+$gate->query_safe('SELECT pg_advisory_unlock(4242)');
+$gate->quit;
+$out = $checker->query_safe('SELECT 1');
+like($out, qr/no trip/, 'tripped meanwhile: the check returns no reason');
+$checker->quit;
+is(df_state('at1'), 'already tripped kill_switch false manual_trip:manual, meanwhile',
+	'tripped meanwhile: its decision says so, and the manual trip\'s is the only alert');
+sq('DROP TRIGGER test_pause ON canary_evidence; DROP FUNCTION test_pause()');
+
 # --- a long blind spell: one alert per episode ----------------------------------
 # the checks of 'bl' go without the lock from at(0) (the last that collected);
 # at 5 minutes (llm_canary.check_interval 0 here: the 5-minute floor) one
@@ -254,7 +383,9 @@ bl_check(0);
 $holder = $node->background_psql('postgres');
 $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
 $holder->query_safe("BEGIN; SELECT canary_try_check_lock('bl')");
-bl_check(60);
+($ret, $out, $err) = $node->psql('postgres', "SELECT canary_check('bl', '" . at(60) . "')");
+like($err, blocked_warning('bl', $holder_pid, 'NOTICE'), 'blind: a short spell (another check that will end) is a NOTICE');
+unlike($err, qr/WARNING/, 'blind: not a WARNING');
 bl_check(270);
 is(bl_alerts(), '0 ', 'blind: no alert before 5 minutes without a check that collected');
 is(sq(q{SELECT (decision->>'blind_since' = to_char(timestamptz '} . $at . q{' AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
@@ -263,7 +394,8 @@ is(sq(q{SELECT (decision->>'blind_since' = to_char(timestamptz '} . $at . q{' AT
 	'true false', 'blind: the decision carries blind_since (the last check that collected) and blind_alerted');
 bl_check(300);
 is(bl_alerts(), "1 process $holder_pid since 0.000000", 'blind: at 5 minutes, one alert naming the holder and the last check that collected');
-bl_check(330);
+($ret, $out, $err) = $node->psql('postgres', "SELECT canary_check('bl', '" . at(330) . "')");
+like($err, blocked_warning('bl', $holder_pid, 'WARNING'), 'blind: past 5 minutes, a WARNING');
 bl_check(600);
 is(bl_alerts(), "1 process $holder_pid since 0.000000", 'blind: not another while the same holder stays');
 $holder->query_safe('COMMIT');
@@ -296,7 +428,7 @@ is("$ret|$out", '0|no trip', 'confirm_windows: a check while another holds the l
 like($err, blocked_warning('cwf', $holder_pid), 'confirm_windows: warns');
 is(check_lock('cwf') . ' ' . last_decision('cwf'), 'false -|-', 'confirm_windows: its decision: check_lock false (and nothing else says so)');
 is(sq("SELECT ok || ' ' || detail FROM canary_plan('cwf', '" . at(30) . "') WHERE gate = 'no breach'"),
-	'false the last check judged on older evidence: another check was collecting it',
+	'false the last check judged on older evidence: another transaction held its check lock (another check, or an operator changing the evidence period)',
 	'confirm_windows: the gate is closed after it');
 $holder->query_safe('COMMIT');
 $holder->quit;

@@ -6,7 +6,7 @@ ALTER TABLE canary_alerts
     DROP CONSTRAINT canary_alerts_kind_check,
     ADD CONSTRAINT canary_alerts_kind_check
         CHECK (kind IN ('kill_switch', 'manual_trip', 'csat_pin', 'sample_ratio',
-                        'advance', 'decommission'));
+                        'advance', 'decommission', 'check_blocked'));
 
 ALTER TABLE canary_config
     ADD COLUMN decision_mode text NOT NULL DEFAULT 'sequential',
@@ -449,7 +449,7 @@ BEGIN
     -- a trip never waits for the rollout's row while the check lock is held
     -- (canary_config_evidence says why): the next check trips
     IF cfg.srm_trips AND NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c
-                                      WHERE c.name = p_canary FOR UPDATE SKIP LOCKED) THEN
+                                      WHERE c.name = p_canary FOR NO KEY UPDATE SKIP LOCKED) THEN
         RAISE WARNING 'could not trip the kill switch of rollout "%" now', p_canary
             USING ERRCODE = 'lock_not_available',
                   DETAIL = 'Another transaction holds the rollout''s row in canary_config.',
@@ -460,8 +460,11 @@ BEGIN
     reason := format('sample ratio mismatch: %s of %s users in the canary cohort (%s %%), percent_new %s %%',
                      st.users_canary, total, round((100 * seen)::numeric, 2), cfg.percent_new);
     IF cfg.srm_trips THEN
-        PERFORM @extschema@.canary_trip_internal(p_canary, reason, 'sample_ratio',
-                                                 st.users_canary, st.users_control);
+        -- NULL: tripped meanwhile by another, whose trip it is to report
+        IF @extschema@.canary_trip_internal(p_canary, reason, 'sample_ratio',
+                                            st.users_canary, st.users_control) IS NULL THEN
+            RETURN NULL;
+        END IF;
         RETURN reason;
     END IF;
     payload := jsonb_build_object(

@@ -127,7 +127,7 @@ BEGIN
     gate := 'no breach'; ok := breached IS NULL AND NOT stale;
     detail := coalesce('breach: ' || breached,
                        CASE WHEN last_decision IS NULL THEN 'no check yet'
-                            WHEN stale THEN 'the last check judged on older evidence: another check was collecting it'
+                            WHEN stale THEN 'the last check judged on older evidence: another transaction held its check lock (another check, or an operator changing the evidence period)'
                             ELSE 'no rule breached in the last check' END);
     RETURN NEXT;
 
@@ -259,7 +259,7 @@ AS $$
                       AND c.evidence_since IS NOT DISTINCT FROM p_since
                       AND c.kill_switch_armed = p_armed
                       AND c.csat_pinned_at IS NOT DISTINCT FROM p_pinned_at
-                      FOR UPDATE SKIP LOCKED)
+                      FOR NO KEY UPDATE SKIP LOCKED)
 $$;
 
 /*

@@ -7,13 +7,8 @@
  * sql/parts/90_roles.sql gives the new function on a fresh install.
  */
 
--- the alert of checks that judged on older evidence for too long
--- (src/killswitch.c, CheckBlind)
-ALTER TABLE canary_alerts
-    DROP CONSTRAINT canary_alerts_kind_check,
-    ADD CONSTRAINT canary_alerts_kind_check
-        CHECK (kind IN ('kill_switch', 'manual_trip', 'csat_pin', 'sample_ratio',
-                        'advance', 'decommission', 'check_blocked'));
+-- (canary_alerts' kind check_blocked, of CheckBlind and TripDeferred in
+-- src/killswitch.c, is added where 60_decisions.sql rebuilds the kind check)
 
 /*
  * canary_try_check_lock: take the rollout's check lock without waiting
