@@ -187,6 +187,7 @@ SELECT (SELECT sum(requests) || ' ' || sum(thumbs_down) || ' ' || canary_hist_qu
           FROM canary_fleet_rollups WHERE canary = 'sn')
        || ' totals ' || (SELECT sum(requests) FROM canary_fleet_rollup_totals WHERE canary = 'sn')});
 	push @a, $node->safe_psql($db, q{SELECT count(*) FROM canary_srm_users WHERE canary = 'sn'});
+	push @a, $node->safe_psql($db, q{SELECT '[' || member || '] ' || requests FROM canary_fleet_evidence('1 day', 'sn')});
 	push @a, $node->safe_psql($db, q{SELECT cohort, requests, error_rate, refusal_rate, p50_latency_ms, thumbs_down_rate FROM canary_summary('sn', '1 day')});
 	$node->safe_psql($db, qq{SELECT canary_collect_evidence('sn', $at, timestamptz '$t0' - interval '1 hour', 0)});
 	push @a, $node->safe_psql($db, q{
@@ -204,9 +205,10 @@ is($answer{plain}, join("\n",
 	'2',
 	'150 3 1000.5 totals 150',
 	'90',
+	'[] 150',
 	"canary|50|0.0800|0.0000|2000.5|0.0200\ncontrol|100|0.0300|0.0500|1000.5|0.0200",
 	'canary 50 4 0 1, control 100 3 5 2'),
-	'public: rollups, rebuild, combined rollups, sample-ratio users, summary, evidence');
+	'public: rollups, rebuild, combined rollups, sample-ratio users, fleet evidence, summary, evidence');
 is($answer{odd}, $answer{plain}, '"Odd Canary": the same answers');
 is($answer{postgres}, $answer{plain}, '"pct%s canary": the same answers');
 is($answer{braces}, $answer{plain}, '"{keys}": the same answers (the combine trigger fired)');
