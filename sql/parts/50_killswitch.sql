@@ -40,7 +40,7 @@ CREATE TABLE canary_alerts (
     ts                  timestamptz NOT NULL DEFAULT now(),
     kind                text NOT NULL
                         CHECK (kind IN ('kill_switch', 'manual_trip', 'csat_pin', 'sample_ratio',
-                                        'advance', 'decommission')),
+                                        'advance', 'decommission', 'check_blocked')),
     payload             jsonb NOT NULL,
     webhook_status      text NOT NULL DEFAULT 'pending'
                         CHECK (webhook_status IN ('none', 'pending', 'delivered', 'failed')),

@@ -103,10 +103,12 @@ BEGIN
             RETURN NULL;
         END IF;
         IF TG_OP <> 'INSERT' THEN
+            PERFORM @extschema@.canary_try_check_lock(OLD.name, true);
             DELETE FROM @extschema@.canary_evidence WHERE canary = OLD.name;
             DELETE FROM @extschema@.canary_evidence_settled WHERE canary = OLD.name;
         END IF;
         IF TG_OP <> 'DELETE' THEN
+            PERFORM @extschema@.canary_try_check_lock(NEW.name, true);
             DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
             DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
         END IF;
@@ -125,6 +127,7 @@ BEGIN
         NEW.evidence_since := @extschema@.canary_rollup_bucket(now());
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.evidence_since IS DISTINCT FROM OLD.evidence_since THEN
+        PERFORM @extschema@.canary_try_check_lock(NEW.name, true);
         DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
         DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
     END IF;
@@ -381,6 +384,10 @@ BEGIN
     -- leaves them to that one rather than wait for its rows (its state row,
     -- the state row it inserted, the old users it deleted)
     IF NOT @extschema@.canary_try_check_lock(p_canary) THEN
+        RAISE WARNING 'sample-ratio check of rollout "%" skipped', p_canary
+            USING ERRCODE = 'lock_not_available',
+                  DETAIL = 'Another transaction holds the rollout''s check lock.',
+                  HINT = 'The next check after that transaction ends runs it.';
         RETURN NULL;
     END IF;
     cur_period := coalesce(cfg.evidence_since, '-infinity');
@@ -437,6 +444,16 @@ BEGIN
     RETURNING * INTO st;
 
     IF st.alerted_at IS NOT NULL OR st.evidence < ln(1.0 / cfg.significance::float8) THEN
+        RETURN NULL;
+    END IF;
+    -- a trip never waits for the rollout's row while the check lock is held
+    -- (canary_config_evidence says why): the next check trips
+    IF cfg.srm_trips AND NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c
+                                      WHERE c.name = p_canary FOR UPDATE SKIP LOCKED) THEN
+        RAISE WARNING 'could not trip the kill switch of rollout "%" now', p_canary
+            USING ERRCODE = 'lock_not_available',
+                  DETAIL = 'Another transaction holds the rollout''s row in canary_config.',
+                  HINT = 'The next check trips it if the sample ratio still says so; end that transaction.';
         RETURN NULL;
     END IF;
     UPDATE @extschema@.canary_srm_state SET alerted_at = p_at WHERE canary = p_canary;
