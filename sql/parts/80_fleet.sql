@@ -183,11 +183,12 @@ DECLARE
     pub text;
     tables text;
     options text := '';
+    nsp constant name := @extschema@.canary_schema_name();
 BEGIN
     IF role = 'control' THEN
         pub := 'llm_canary_config';
-        tables := '@extschema@.canary_models, @extschema@.canary_config, '
-                  '@extschema@.canary_refusal_patterns, @extschema@.canary_fleet_heartbeat';
+        tables := format('%1$I.canary_models, %1$I.canary_config, '
+                         '%1$I.canary_refusal_patterns, %1$I.canary_fleet_heartbeat', nsp);
     ELSIF role = 'member' THEN
         IF coalesce(current_setting('llm_canary.member', true), '') = '' THEN
             RAISE EXCEPTION 'llm_canary.member is not set'
@@ -197,10 +198,10 @@ BEGIN
         pub := 'llm_canary_evidence';
         -- the rollups and the CSAT feed, where this tree has them (their
         -- key holds the member)
-        SELECT string_agg('@extschema@.' || quote_ident(t), ', ' ORDER BY t) INTO tables
+        SELECT string_agg(format('%I.%I', nsp, t), ', ' ORDER BY t) INTO tables
           FROM unnest(ARRAY['canary_fleet_members', 'canary_rollups', 'canary_rollup_totals',
                             'canary_csat_user_days']) t
-         WHERE to_regclass('@extschema@.' || quote_ident(t)) IS NOT NULL;
+         WHERE to_regclass(format('%I.%I', nsp, t)) IS NOT NULL;
         -- a member's rollup retention and rebuilds reach the control; a
         -- TRUNCATE on a member does not
         options := ' WITH (publish = ''insert, update, delete'')';
@@ -289,15 +290,17 @@ RETURNS TABLE (member text, last_evidence timestamptz, requests bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    nsp constant name := @extschema@.canary_schema_name();
 BEGIN
-    IF to_regclass('@extschema@.canary_rollups') IS NULL THEN
+    IF to_regclass(format('%I.canary_rollups', nsp)) IS NULL THEN
         RETURN;
     END IF;
-    RETURN QUERY EXECUTE
+    RETURN QUERY EXECUTE format(
         'SELECT r.member, max(r.bucket_end), sum(r.requests)::bigint'
-        ' FROM @extschema@.canary_rollups r'
+        ' FROM %I.canary_rollups r'
         ' WHERE r.bucket_end > now() - $1 AND ($2 IS NULL OR r.canary = $2)'
-        ' GROUP BY r.member ORDER BY r.member'
+        ' GROUP BY r.member ORDER BY r.member', nsp)
         USING since, canary;
 END;
 $$;

@@ -1,8 +1,10 @@
 # The extension in a schema whose name needs quotes ("Odd Canary") and in
-# one whose name holds a % and a space ("pct%s canary"), against a default
-# install in public: CREATE EXTENSION writes @extschema@ quoted, so SQL a
-# function builds must name the schema with %I of canary_schema_name(),
-# never quote it again, and never put it into a format() template.  The
+# one whose name holds a % and a space ("pct%s canary") and in one named
+# like a placeholder of the fleet combine trigger's template ("{keys}"),
+# against a default install in public: CREATE EXTENSION writes @extschema@
+# quoted, so SQL a function builds must name the schema with %I of
+# canary_schema_name(), never quote it again, never put it into a format()
+# template, and put it into generated text last ({nsp}).  The
 # install itself, the SQL generated at install (the fleet combine
 # trigger), the pg_cron jobs' commands, rollups (trigger, metrics worker,
 # rebuild), the fleet's combined rollups, partitions, evidence, the
@@ -34,8 +36,8 @@ cron.database_name = 'postgres'
 llm_canary.fleet_role = 'control'
 });
 
-my %schema = (plain => 'public', odd => 'Odd Canary', postgres => 'pct%s canary');
-my @dbs = qw(plain odd postgres);
+my %schema = (plain => 'public', odd => 'Odd Canary', postgres => 'pct%s canary', braces => '{keys}');
+my @dbs = qw(plain odd postgres braces);
 for my $db (@dbs)
 {
 	my $s = $schema{$db};
@@ -54,6 +56,22 @@ my ($rc, $out, $err) = $node->psql('quote', q{CREATE EXTENSION llm_canary SCHEMA
 like($err, qr/22P02: invalid character in extension "llm_canary" schema/,
 	'a schema whose name holds a quote is refused by CREATE EXTENSION itself (22P02)');
 
+# canary_schedule in a database without pg_cron: its hint names the
+# commands to run in pg_cron's database, the schema written as $nsp
+sub schedule_hint_is
+{
+	my ($db, $nsp, $label) = @_;
+	my ($rc, $out, $err) = $node->psql($db, 'SELECT canary_schedule()');
+	for my $job (['llm_canary_check', '* * * * *', 'canary_check'],
+		['llm_canary_csat', '15 0 * * *', 'canary_csat_check'],
+		['llm_canary_maintenance', '5 0 * * *', 'canary_maintenance'])
+	{
+		my $line = "SELECT cron.schedule_in_database('$job->[0]', '$job->[1]', "
+		  . "'SELECT $nsp.$job->[2]()', '$db');";
+		like($err, qr/^\Q$line\E$/m, "$label the hint reads $line");
+	}
+}
+
 # --- every function's text is the default install's, schema aside ----------
 # (pg_get_functiondef with an empty search_path: every name qualified; the
 # quoted schema written as public)
@@ -68,11 +86,38 @@ SELECT replace(p.oid::regprocedure::text, quote_ident(n.nspname), 'public') || '
  ORDER BY 1};
 my $defs_plain = $node->safe_psql('plain', $defs_q);
 cmp_ok(scalar(split /\n/, $defs_plain), '>', 100, 'the default install has over 100 functions');
-for my $db (qw(odd postgres))
+for my $db (qw(odd postgres braces))
 {
 	is($node->safe_psql($db, $defs_q), $defs_plain,
 		"$db: every function (the generated combine trigger's too) is the default install's text");
 }
+
+# --- 1.0, updated to 1.1, in a schema other than public ----------------------
+# 1.0 does not install into a schema whose name needs quotes: its install
+# creates the first shadow partitions, naming the schema quoted twice, and
+# stops.  So no 1.0 install (and no pg_cron job of 1.0) exists in such a
+# schema and that upgrade case cannot be tested; the update is tested in a
+# plain schema other than public instead, against a fresh 1.1 install in
+# the same-named schema.
+$node->safe_psql('postgres', q{CREATE DATABASE upodd});
+$node->safe_psql('upodd', q{CREATE SCHEMA "Odd Canary"});
+($rc, $out, $err) = $node->psql('upodd', q{CREATE EXTENSION llm_canary VERSION '1.0' SCHEMA "Odd Canary"});
+like($err, qr/ERROR:  schema ""Odd Canary"" does not exist\n.*\n.*\nQUERY:  CREATE TABLE """Odd Canary""".canary_shadow_/,
+	'upodd: 1.0 does not install in schema "Odd Canary" (it names the schema quoted twice)');
+for my $db (qw(upgraded fresh))
+{
+	$node->safe_psql('postgres', qq{CREATE DATABASE $db});
+	$node->safe_psql('postgres', qq{ALTER DATABASE $db SET search_path = zz_canary, public});
+	$node->safe_psql($db, q{CREATE SCHEMA zz_canary});
+	$node->safe_psql($db, 'CREATE EXTENSION llm_canary SCHEMA zz_canary'
+		  . ($db eq 'upgraded' ? q{ VERSION '1.0'; ALTER EXTENSION llm_canary UPDATE} : ''));
+}
+is($node->safe_psql('upgraded', q{SELECT extversion FROM pg_extension WHERE extname = 'llm_canary'}),
+	$node->safe_psql('fresh', q{SELECT extversion FROM pg_extension WHERE extname = 'llm_canary'}),
+	'zz_canary: 1.0 updated to the default version');
+is($node->safe_psql('upgraded', $defs_q), $node->safe_psql('fresh', $defs_q),
+	'zz_canary: after the update every function is a fresh install\'s');
+schedule_hint_is('upgraded', 'zz_canary', 'zz_canary: after the update');
 
 # --- the pg_cron jobs' commands ---------------------------------------------
 is($node->safe_psql('postgres', q{SELECT jobname || ' ' || command FROM canary_schedule() ORDER BY 1}),
@@ -93,14 +138,7 @@ for my $cmd (split /\n/, $node->safe_psql('postgres', q{SELECT command FROM cron
 # pg_cron lives in another database: the hint names the commands to run there
 ($rc, $out, $err) = $node->psql('odd', 'SELECT canary_schedule()');
 like($err, qr/pg_cron lives in database "postgres"/, 'odd: canary_schedule points at pg_cron\'s database');
-for my $job (['llm_canary_check', '* * * * *', 'canary_check'],
-	['llm_canary_csat', '15 0 * * *', 'canary_csat_check'],
-	['llm_canary_maintenance', '5 0 * * *', 'canary_maintenance'])
-{
-	my $line = "SELECT cron.schedule_in_database('$job->[0]', '$job->[1]', "
-	  . "'SELECT \"Odd Canary\".$job->[2]()', 'odd');";
-	like($err, qr/^\Q$line\E$/m, "odd: the hint reads $line");
-}
+schedule_hint_is('odd', '"Odd Canary"', 'odd:');
 
 # --- canary_unschedule with standard_conforming_strings = off ---------------
 # a job whose name only a LIKE without its escapes would match stays
@@ -149,6 +187,7 @@ SELECT (SELECT sum(requests) || ' ' || sum(thumbs_down) || ' ' || canary_hist_qu
           FROM canary_fleet_rollups WHERE canary = 'sn')
        || ' totals ' || (SELECT sum(requests) FROM canary_fleet_rollup_totals WHERE canary = 'sn')});
 	push @a, $node->safe_psql($db, q{SELECT count(*) FROM canary_srm_users WHERE canary = 'sn'});
+	push @a, $node->safe_psql($db, q{SELECT '[' || member || '] ' || requests FROM canary_fleet_evidence('1 day', 'sn')});
 	push @a, $node->safe_psql($db, q{SELECT cohort, requests, error_rate, refusal_rate, p50_latency_ms, thumbs_down_rate FROM canary_summary('sn', '1 day')});
 	$node->safe_psql($db, qq{SELECT canary_collect_evidence('sn', $at, timestamptz '$t0' - interval '1 hour', 0)});
 	push @a, $node->safe_psql($db, q{
@@ -166,11 +205,13 @@ is($answer{plain}, join("\n",
 	'2',
 	'150 3 1000.5 totals 150',
 	'90',
+	'[] 150',
 	"canary|50|0.0800|0.0000|2000.5|0.0200\ncontrol|100|0.0300|0.0500|1000.5|0.0200",
 	'canary 50 4 0 1, control 100 3 5 2'),
-	'public: rollups, rebuild, combined rollups, sample-ratio users, summary, evidence');
+	'public: rollups, rebuild, combined rollups, sample-ratio users, fleet evidence, summary, evidence');
 is($answer{odd}, $answer{plain}, '"Odd Canary": the same answers');
 is($answer{postgres}, $answer{plain}, '"pct%s canary": the same answers');
+is($answer{braces}, $answer{plain}, '"{keys}": the same answers (the combine trigger fired)');
 
 # --- partitions --------------------------------------------------------------
 for my $db (qw(odd postgres))

@@ -2,9 +2,10 @@
  * Schema names and string literals (sql/parts/01_schema_name.sql, the part
  * itself, linked, makes canary_schema_name for every fragment after it).
  *
- * canary_schedule: 1.0 quoted the already quoted @extschema@ again, so with
- * the extension in a schema whose name needs quotes the jobs' commands
- * named a schema that does not exist.  It names the schema with %I of
+ * canary_schedule: 1.0 quoted the already quoted @extschema@ again, as its
+ * shadow partitions did (so 1.0 did not install into a schema whose name
+ * needs quotes: its install stopped at the first partition, and no job of
+ * 1.0 names such a schema).  It names the schema with %I of
  * canary_schema_name now, as every statement built by a function does.
  *
  * No backslash in a plain literal of a function body: with
