@@ -1413,10 +1413,11 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 					w.canary.samples, w.control.samples);
 		if (trip == TRIP_DONE)
 			reason = d.r[d.tripped].reason;
-		else if (trip == TRIP_DEFERRED)
-			trip_json = TripDeferred(schema, rr, at, "kill_switch", d.r[d.tripped].reason);
-		else
+		else if (trip == TRIP_NOT_ARMED)
 			trip_json = ", \"trip\": \"already tripped\", \"trip_kind\": \"kill_switch\"";
+		else if (rr->catalog_1_1)
+			trip_json = TripDeferred(schema, rr, at, "kill_switch", d.r[d.tripped].reason);
+		/* a 1.0 catalog has neither decisions nor that alert: the WARNING says it */
 	}
 	else if (locked)
 	{
