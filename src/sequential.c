@@ -29,10 +29,11 @@
  *			  1 / (SEQ_STAGE_SHARE x share), share = the rule's part of
  *			  significance (rule_shares: refusal 1/2, errors 1/4, p95 and
  *			  thumbs-down 1/8 each) (false-trip probability at most 3/4
- *			  of the rule's share for the whole evidence period).  Regressions come with
- *			  changes (a new stage, a new model), and a change starts the
- *			  evidence afresh: this statistic catches them, so it gets
- *			  three quarters of each rule's share.
+ *			  of the rule's share for the whole evidence period).
+ *			  Regressions come with changes (a new stage, a new model),
+ *			  and a change starts the evidence afresh: this statistic
+ *			  catches them, so it gets three quarters of each rule's
+ *			  share.
  *	  change: the largest ratio over the segments that end now and start
  *			  at a minute boundary 1, 2, ... 60 minutes ago, then every 5
  *			  minutes up to 4 hours, then every 30 up to a day (killswitch.c
