@@ -41,7 +41,6 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
-#include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/resowner.h"
@@ -50,18 +49,12 @@
 #include "cache.h"
 #include "chat.h"
 #include "extension.h"
+#include "private_locks.h"
 #include "subxact.h"
 #include "util.h"
 
 /* settings */
 int			canary_response_cache_ttl = 0;
-
-/*
- * locktag_field4 of the write locks: advisory locks taken through SQL use 1
- * and 2, so this value keeps ours apart from any application's (pg_locks
- * shows them as advisory locks with objsubid 19523).
- */
-#define CACHE_LOCK_FIELD4	0x4C43
 
 /*
  * CacheDefineSettings
@@ -116,19 +109,12 @@ CacheComputeKey(const CanaryRequest *req, const HttpRequest *http, CacheKey *key
 static bool
 CacheTryWriteLock(const CanaryModel *model, const CacheKey *key)
 {
-	uint8		digest[CANARY_SHA256_LEN];
 	char	   *name = psprintf("%s%c%s", model->name, '\0', key->prompt_sha256);
 	size_t		len = strlen(model->name) + 1 + strlen(key->prompt_sha256);
-	uint32		k1,
-				k2;
-	LOCKTAG		tag;
+	bool		locked = CanaryTryPrivateLock(name, len, CACHE_LOCK_FIELD4);
 
-	CanarySha256(name, len, digest);
 	pfree(name);
-	memcpy(&k1, digest, sizeof(k1));
-	memcpy(&k2, digest + sizeof(k1), sizeof(k2));
-	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, k1, k2, CACHE_LOCK_FIELD4);
-	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+	return locked;
 }
 
 /*

@@ -61,6 +61,7 @@
 
 #include "config.h"
 #include "fleet.h"
+#include "private_locks.h"
 #include "rollups.h"
 #include "sequential.h"
 #include "subxact.h"
@@ -878,11 +879,13 @@ SequentialReason(const RolloutRules *rr, CanaryRule rule, const RuleResult *res,
  *		min_samples canary requests where the plain comparison breaches and
  *		the log evidence reaches its threshold.  The verdict reports the
  *		tripping segment, or else the segment with the most evidence
- *		relative to its threshold.
+ *		relative to its threshold.  collect false: another check holds the
+ *		rollout's check lock (it is collecting): judge on the evidence
+ *		committed.
  */
 static void
 JudgeSequential(const char *schema, const RolloutRules *rr, TimestampTz at,
-				const WindowSummary *w, Decision *d)
+				const WindowSummary *w, bool collect, Decision *d)
 {
 	Segment		seg[NSEGMENTS];
 	int			nseg;
@@ -892,17 +895,20 @@ JudgeSequential(const char *schema, const RolloutRules *rr, TimestampTz at,
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	int			ret;
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s.canary_collect_evidence($1, $2, $3, $4)", schema);
-	args[0] = CStringGetTextDatum(rr->name);
-	args[1] = TimestampTzGetDatum(at);
-	args[2] = TimestampTzGetDatum(rr->since);
-	if (!rr->has_since)
-		nulls[2] = 'n';
-	args[3] = Float8GetDatum(SlowOver(rr, w));
-	ret = SPI_execute_with_args(sql.data, 4, types, args, nulls, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not collect canary_evidence: SPI error %d", ret);
+	if (collect)
+	{
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "SELECT %s.canary_collect_evidence($1, $2, $3, $4)", schema);
+		args[0] = CStringGetTextDatum(rr->name);
+		args[1] = TimestampTzGetDatum(at);
+		args[2] = TimestampTzGetDatum(rr->since);
+		if (!rr->has_since)
+			nulls[2] = 'n';
+		args[3] = Float8GetDatum(SlowOver(rr, w));
+		ret = SPI_execute_with_args(sql.data, 4, types, args, nulls, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not collect canary_evidence: SPI error %d", ret);
+	}
 
 	nseg = ReadSegments(schema, rr, at, seg);
 	memset(d, 0, sizeof(*d));
@@ -975,9 +981,25 @@ AppendJsonNumber(StringInfo buf, const char *key, double v)
 		appendStringInfo(buf, ", \"%s\": null", key);
 }
 
-/* The decision as the JSON of canary_window_summaries.decision. */
+/*
+ * Whether the sample-ratio test applies to the rollout (after rules that
+ * did not trip): in a 1.1 catalog, while both cohorts get users.
+ */
+static bool
+SampleRatioChecked(const RolloutRules *rr)
+{
+	return rr->catalog_1_1 && rr->percent_x100 > 0 && rr->percent_x100 < 10000;
+}
+
+/*
+ * The decision as the JSON of canary_window_summaries.decision.  locked:
+ * this check holds the rollout's check lock; without it (another check
+ * holds it) the decision says that the evidence was not collected (mode
+ * sequential) and that the sample-ratio check, which would follow the
+ * rules, is skipped: the plan does not advance on such a check.
+ */
 static char *
-DecisionJson(const RolloutRules *rr, const Decision *d)
+DecisionJson(const RolloutRules *rr, const Decision *d, bool locked)
 {
 	StringInfoData buf;
 
@@ -987,6 +1009,10 @@ DecisionJson(const RolloutRules *rr, const Decision *d)
 		appendStringInfoString(&buf, "null");
 	else
 		appendStringInfo(&buf, "\"%s\"", rule_names[d->tripped]);
+	if (rr->mode == MODE_SEQUENTIAL)
+		appendStringInfo(&buf, ", \"evidence_collected\": %s", locked ? "true" : "false");
+	if (!locked && d->tripped == RULE_NONE && SampleRatioChecked(rr))
+		appendStringInfoString(&buf, ", \"sample_ratio\": \"skipped: another check holds it\"");
 	appendStringInfoString(&buf, ", \"rules\": {");
 	for (int i = 1; i < NRULES; i++)
 	{
@@ -1128,17 +1154,25 @@ ReadDecisionSettings(const char *schema, RolloutRules *rr)
 	rr->srm_trips = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 }
 
-/* Check one rollout; returns the trip reason or NULL.  Inside SPI. */
+/*
+ * Check one rollout; returns the trip reason or NULL.  Inside SPI.  The
+ * evidence and the sample-ratio state are written only under the
+ * rollout's check lock (src/private_locks.c), tried without waiting: a
+ * check that finds another holding it (one left open in a transaction, or
+ * still running) judges on the evidence committed and leaves the
+ * sample-ratio state to that one, and its decision says so.
+ */
 static char *
 CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 {
 	WindowSummary w;
 	Decision	d;
 	char	   *reason = NULL;
+	bool		locked = rr->catalog_1_1 && CanaryTryCheckLock(rr->name);
 
 	SummariseWindow(schema, rr, at, &w);
 	if (rr->mode == MODE_SEQUENTIAL)
-		JudgeSequential(schema, rr, at, &w, &d);
+		JudgeSequential(schema, rr, at, &w, locked, &d);
 	else
 	{
 		JudgeWindow(rr, &w.canary, &w.baseline, w.has_base, &d);
@@ -1151,14 +1185,14 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 
 	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0, NULL);
 	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from,
-				 DecisionJson(rr, &d));
+				 DecisionJson(rr, &d, locked));
 
 	if (reason != NULL)
 	{
 		if (!Trip(schema, rr->name, reason, "kill_switch", w.canary.samples, w.control.samples))
 			reason = NULL;
 	}
-	else if (rr->catalog_1_1)
+	else if (locked)
 		reason = CheckSampleRatio(schema, rr, at);
 	return reason;
 }

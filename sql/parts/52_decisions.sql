@@ -183,6 +183,20 @@ CREATE TRIGGER canary_config_d_evidence_gone
     FOR EACH ROW EXECUTE FUNCTION canary_config_evidence();
 
 /*
+ * canary_try_check_lock: take the rollout's check lock without waiting
+ * (src/private_locks.c), held to the end of the transaction: the
+ * evidence and the sample-ratio state of a rollout are written by one
+ * check at a time.  An advisory-style lock in a space of its own, apart
+ * from the applications' advisory locks.  Internal.
+ */
+CREATE FUNCTION canary_try_check_lock(canary text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'canary_try_check_lock'
+LANGUAGE C VOLATILE STRICT;
+COMMENT ON FUNCTION canary_try_check_lock(text) IS
+    'Internal: try to take the check lock of a rollout (its evidence and sample-ratio state), without waiting, until the end of the transaction';
+
+/*
  * canary_collect_evidence: recount the minutes of canary_evidence from
  * canary_rollups (requests neither fallback nor cached, cohorts canary and
  * control), from two minutes before p_at (or from the last minute counted,
@@ -226,10 +240,11 @@ DECLARE
     nsp constant name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
 BEGIN
     -- one collection of a rollout at a time (two would both add their sums
-    -- to the running totals); a check that finds another one collecting
-    -- judges on what is committed rather than wait for it (a check left
-    -- open in a transaction must not stall the monitor)
-    IF NOT pg_try_advisory_xact_lock(1819043683, hashtext(p_canary)) THEN
+    -- to the running totals), under the rollout's check lock (canary_check
+    -- took it already); a check that finds another one collecting judges
+    -- on what is committed rather than wait for it (a check left open in a
+    -- transaction must not stall the monitor)
+    IF NOT @extschema@.canary_try_check_lock(p_canary) THEN
         RETURN;
     END IF;
     -- the evidence period changed since the caller read it (or the rollout
@@ -468,6 +483,14 @@ BEGIN
     SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary;
     IF NOT FOUND THEN
         RETURN NULL;    -- canary_maintenance deletes the users of a deleted rollout
+    END IF;
+    -- the users and the state are written by one check at a time, under
+    -- the rollout's check lock (canary_check took it already); a check
+    -- that finds another one holding it (left open in a transaction, say)
+    -- leaves them to that one rather than wait for its rows (its state row,
+    -- the state row it inserted, the old users it deleted)
+    IF NOT @extschema@.canary_try_check_lock(p_canary) THEN
+        RETURN NULL;
     END IF;
     cur_period := coalesce(cfg.evidence_since, '-infinity');
     -- the users of other evidence periods go a few thousand at a time, by

@@ -82,6 +82,7 @@ DECLARE
     per_second double precision;
     last_decision jsonb;
     breached text;
+    stale boolean;
     srm record;
     shadow record;
     rule record;
@@ -128,16 +129,23 @@ BEGIN
         RETURN;
     END IF;
 
-    -- the last check: no rule breached, even without the evidence to trip
+    -- the last check: no rule breached, even without the evidence to trip,
+    -- and it judged on evidence it collected itself: one that found another
+    -- check collecting (left open in a transaction, say) judged on the
+    -- evidence committed before, which may trip but not advance
     SELECT w.decision INTO last_decision FROM @extschema@.canary_window_summaries w
      WHERE w.canary = p_canary AND w.cohort = 'canary' AND w.at <= p_at
      ORDER BY w.at DESC LIMIT 1;
     SELECT string_agg(r.key || ' ' || (r.value->>'verdict'), ', ') INTO breached
       FROM jsonb_each(coalesce(last_decision->'rules', '{}')) r
      WHERE r.value->>'verdict' IN ('trip', 'not_credible', 'unconfirmed');
-    gate := 'no breach'; ok := breached IS NULL;
+    stale := coalesce(last_decision->>'evidence_collected' = 'false'
+                      OR last_decision->>'sample_ratio' LIKE 'skipped%', false);
+    gate := 'no breach'; ok := breached IS NULL AND NOT stale;
     detail := coalesce('breach: ' || breached,
-                       CASE WHEN last_decision IS NULL THEN 'no check yet' ELSE 'no rule breached in the last check' END);
+                       CASE WHEN last_decision IS NULL THEN 'no check yet'
+                            WHEN stale THEN 'the last check judged on older evidence: another check was collecting it'
+                            ELSE 'no rule breached in the last check' END);
     RETURN NEXT;
 
     IF cfg.stage = 'full' THEN

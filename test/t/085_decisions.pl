@@ -22,11 +22,7 @@ use CanaryNode;
 my $node = canary_node('decisions', conf => qq{
 llm_canary.check_interval = 0
 });
-$node->safe_psql('postgres', q{
-INSERT INTO canary_models (name, provider, base_url, model) VALUES
-    ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
-    ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
-});
+canary_create_models($node);
 canary_create_put($node);
 
 # A window at an hour ahead (after evidence_since, which the INSERT sets to now())

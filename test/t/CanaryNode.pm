@@ -19,7 +19,7 @@ use warnings;
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 
-our @EXPORT = qw(canary_node canary_create_put);
+our @EXPORT = qw(canary_node canary_create_models canary_create_put);
 
 sub canary_node
 {
@@ -40,6 +40,20 @@ sub canary_node
 	  if $db ne 'postgres';
 	$node->safe_psql($db, 'CREATE EXTENSION llm_canary CASCADE') if $o{extension} // 1;
 	return $node;
+}
+
+# The two models of the decision tests, m-old and m-new (OpenAI dialect, a
+# loopback port nothing listens on: the tests write requests, they make no
+# calls), in database $db (default postgres) of the node.
+sub canary_create_models
+{
+	my ($node, $db) = @_;
+	$node->safe_psql($db // 'postgres', q{
+INSERT INTO canary_models (name, provider, base_url, model) VALUES
+    ('m-old', 'openai', 'http://127.0.0.1:9/v1', 'old'),
+    ('m-new', 'openai', 'http://127.0.0.1:9/v1', 'new');
+});
+	return;
 }
 
 # put(p_canary, p_at, p_cohort, n, k_err, k_ref, k_td, lat, users): n

@@ -168,10 +168,11 @@ DECLARE
     nsp constant name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
 BEGIN
     -- one collection of a rollout at a time (two would both add their sums
-    -- to the running totals); a check that finds another one collecting
-    -- judges on what is committed rather than wait for it (a check left
-    -- open in a transaction must not stall the monitor)
-    IF NOT pg_try_advisory_xact_lock(1819043683, hashtext(p_canary)) THEN
+    -- to the running totals), under the rollout's check lock (canary_check
+    -- took it already); a check that finds another one collecting judges
+    -- on what is committed rather than wait for it (a check left open in a
+    -- transaction must not stall the monitor)
+    IF NOT @extschema@.canary_try_check_lock(p_canary) THEN
         RETURN;
     END IF;
     -- the evidence period changed since the caller read it (or the rollout
@@ -372,6 +373,14 @@ BEGIN
     SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary;
     IF NOT FOUND THEN
         RETURN NULL;    -- canary_maintenance deletes the users of a deleted rollout
+    END IF;
+    -- the users and the state are written by one check at a time, under
+    -- the rollout's check lock (canary_check took it already); a check
+    -- that finds another one holding it (left open in a transaction, say)
+    -- leaves them to that one rather than wait for its rows (its state row,
+    -- the state row it inserted, the old users it deleted)
+    IF NOT @extschema@.canary_try_check_lock(p_canary) THEN
+        RETURN NULL;
     END IF;
     cur_period := coalesce(cfg.evidence_since, '-infinity');
     -- the users of other evidence periods go a few thousand at a time, by
