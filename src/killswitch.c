@@ -56,6 +56,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 
@@ -993,13 +994,15 @@ SampleRatioChecked(const RolloutRules *rr)
 
 /*
  * The decision as the JSON of canary_window_summaries.decision.  locked:
- * this check holds the rollout's check lock; without it (another check
+ * this check holds the rollout's check lock ("check_lock", in every mode:
+ * the plan's 'no breach' gate reads it); without it (another transaction
  * holds it) the decision says that the evidence was not collected (mode
  * sequential) and that the sample-ratio check, which would follow the
- * rules, is skipped: the plan does not advance on such a check.
+ * rules, is skipped: the plan does not advance on such a check.  blind:
+ * such a check's "blind_since" and "blind_alerted" (CheckBlind), or NULL.
  */
 static char *
-DecisionJson(const RolloutRules *rr, const Decision *d, bool locked)
+DecisionJson(const RolloutRules *rr, const Decision *d, bool locked, const char *blind)
 {
 	StringInfoData buf;
 
@@ -1009,6 +1012,9 @@ DecisionJson(const RolloutRules *rr, const Decision *d, bool locked)
 		appendStringInfoString(&buf, "null");
 	else
 		appendStringInfo(&buf, "\"%s\"", rule_names[d->tripped]);
+	appendStringInfo(&buf, ", \"check_lock\": %s", locked ? "true" : "false");
+	if (blind != NULL)
+		appendStringInfoString(&buf, blind);
 	if (rr->mode == MODE_SEQUENTIAL)
 		appendStringInfo(&buf, ", \"evidence_collected\": %s", locked ? "true" : "false");
 	if (!locked && d->tripped == RULE_NONE && SampleRatioChecked(rr))
@@ -1036,8 +1042,16 @@ DecisionJson(const RolloutRules *rr, const Decision *d, bool locked)
 /*
  * Trip through canary_trip_internal, in the caller's transaction.  False
  * when the rollout was tripped meanwhile (by a concurrent trip that
- * committed while we waited for its row): that trip is not ours to report;
- * returning a reason would log a trip that did not happen.
+ * committed before): that trip is not ours to report; returning a reason
+ * would log a trip that did not happen.  Also false, with a WARNING, when
+ * another transaction holds the rollout's row: the check holds check locks
+ * (this rollout's, and those of the rollouts checked before it in the
+ * call), and an operator's transaction that holds the row may be waiting
+ * for one of them (the trigger of canary_config that deletes a rollout's
+ * evidence waits for its check lock), so waiting for the row here could
+ * deadlock.  A check never waits for a row of canary_config while it holds
+ * a check lock: the next check trips, if the rules still say so (after an
+ * operator's change of the evidence period, on the new evidence).
  */
 static bool
 Trip(const char *schema, const char *name, const char *reason, const char *kind,
@@ -1051,8 +1065,28 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT %s.canary_trip_internal($1, $2, $3, $4, $5)", schema);
+					 "SELECT EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1"
+					 " FOR UPDATE SKIP LOCKED),"
+					 " EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1)",
+					 schema, schema);
 	args[0] = CStringGetTextDatum(name);
+	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, false, 0);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not lock the rollout to trip: SPI error %d", ret);
+	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	{
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
+			ereport(WARNING,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("could not trip the kill switch of rollout \"%s\" now", name),
+					 errdetail("Another transaction holds the rollout's row in canary_config."),
+					 errhint("The next check trips it if the rules still say so; end that transaction.")));
+		return false;			/* or deleted meanwhile */
+	}
+
+	resetStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT %s.canary_trip_internal($1, $2, $3, $4, $5)", schema);
 	args[1] = CStringGetTextDatum(reason);
 	args[2] = CStringGetTextDatum(kind);
 	args[3] = Int64GetDatum(samples_new);
@@ -1155,6 +1189,114 @@ ReadDecisionSettings(const char *schema, RolloutRules *rr)
 }
 
 /*
+ * How long the checks of a rollout may go without collecting evidence
+ * before CheckBlind alerts: ten of the monitor's intervals, at least five
+ * minutes.
+ */
+static int64
+BlindAlertSeconds(void)
+{
+	const char *interval = GetConfigOption("llm_canary.check_interval", true, false);
+
+	return Max((int64) 300, 10 * (int64) (interval != NULL ? atoi(interval) : 0));
+}
+
+/*
+ * CheckBlind
+ *		A check that finds the rollout's check lock taken says so, loudly:
+ *		while the holder stays open (an administrator's session idle in a
+ *		transaction, a forgotten prepared transaction) every check of the
+ *		rollout judges on the evidence committed before the holder began.
+ *		A WARNING each time; and once per such episode, when no check has
+ *		collected for BlindAlertSeconds, an alert of kind check_blocked
+ *		(row, NOTIFY, webhook).  The episode is carried from decision to
+ *		decision, so that this reads one row, the rollout's previous
+ *		decision, however long it lasts: "blind_since" (the 'at' of the last
+ *		check that collected; of the first blind one if none is known) and
+ *		"blind_alerted".  Returns them as JSON members for DecisionJson.
+ *		Inside SPI; allocates in the current context.
+ */
+static char *
+CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
+{
+	int			holder = CanaryCheckLockHolder(rr->name);
+	StringInfoData sql;
+	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, INT8OID, TEXTOID, TEXTOID};
+	Datum		args[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			ret;
+	bool		isnull;
+	char	   *since;
+	bool		alerted;
+	bool		due;
+	char	   *holder_text;
+
+	holder_text = holder > 0 ? psprintf("process %d", holder) :
+		holder == 0 ? pstrdup("a prepared transaction") : NULL;
+	ereport(WARNING,
+			(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+			 errmsg("rollout \"%s\" was judged on older evidence", rr->name),
+			 holder > 0 ?
+			 errdetail("Another transaction (process %d) holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan.", holder) :
+			 holder == 0 ?
+			 errdetail("A prepared transaction holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan.") :
+			 errdetail("Another transaction held the rollout's check lock: this check collected no evidence and skipped the sample-ratio update."),
+			 errhint("End that transaction (pg_stat_activity, pg_prepared_xacts); idle_in_transaction_session_timeout ends forgotten sessions.")));
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT to_char(s.since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
+					 " s.alerted, $2 - s.since >= make_interval(secs => $3)"
+					 " FROM (SELECT CASE WHEN (p.decision->>'check_lock')::boolean IS FALSE"
+					 "                   THEN coalesce((p.decision->>'blind_since')::timestamptz, p.at)"
+					 "                   ELSE coalesce(p.at, $2) END AS since,"
+					 "              coalesce((p.decision->>'check_lock')::boolean IS FALSE"
+					 "                       AND (p.decision->>'blind_alerted')::boolean, false) AS alerted"
+					 "         FROM (SELECT 1) o LEFT JOIN LATERAL"
+					 "              (SELECT w.at, w.decision FROM %s.canary_window_summaries w"
+					 "                WHERE w.canary = $1 AND w.cohort = 'canary' AND w.at <= $2"
+					 "                ORDER BY w.at DESC, w.id DESC LIMIT 1) p ON true) s", schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	args[2] = Int64GetDatum(BlindAlertSeconds());
+	ret = SPI_execute_with_args(sql.data, 3, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the last decision: SPI error %d", ret);
+	since = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	alerted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	due = !alerted &&
+		DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+
+	if (due)
+	{
+		resetStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT %s.canary_raise_alert($1, 'check_blocked', jsonb_build_object("
+						 " 'alert', 'canary checks judge on older evidence',"
+						 " 'reason', format('no check of rollout \"%%s\" has collected evidence since %%s:"
+						 " another transaction holds its check lock', $1, $3),"
+						 " 'canary', $1, 'stage', $4,"
+						 " 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+						 " 'at', to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+						 " 'blind_since', $3, 'holder', $5,"
+						 " 'auto_action', 'none: until that transaction ends, the checks of the rollout"
+						 " collect no evidence, skip the sample-ratio update and do not advance the plan'))",
+						 schema);
+		types[2] = TEXTOID;
+		args[2] = CStringGetTextDatum(since);
+		args[3] = CStringGetTextDatum(rr->stage);
+		args[4] = holder_text ? CStringGetTextDatum(holder_text) : (Datum) 0;
+		if (holder_text == NULL)
+			nulls[4] = 'n';
+		ret = SPI_execute_with_args(sql.data, 5, types, args, nulls, false, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not raise the check_blocked alert: SPI error %d", ret);
+	}
+	return psprintf(", \"blind_since\": \"%s\", \"blind_alerted\": %s", since,
+					alerted || due ? "true" : "false");
+}
+
+/*
  * Check one rollout; returns the trip reason or NULL.  Inside SPI.  The
  * evidence and the sample-ratio state are written only under the
  * rollout's check lock (src/private_locks.c), tried without waiting: a
@@ -1169,7 +1311,10 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	Decision	d;
 	char	   *reason = NULL;
 	bool		locked = rr->catalog_1_1 && CanaryTryCheckLock(rr->name);
+	char	   *blind = NULL;
 
+	if (rr->catalog_1_1 && !locked)
+		blind = CheckBlind(schema, rr, at);
 	SummariseWindow(schema, rr, at, &w);
 	if (rr->mode == MODE_SEQUENTIAL)
 		JudgeSequential(schema, rr, at, &w, locked, &d);
@@ -1185,7 +1330,7 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 
 	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0, NULL);
 	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from,
-				 DecisionJson(rr, &d, locked));
+				 DecisionJson(rr, &d, locked, blind));
 
 	if (reason != NULL)
 	{

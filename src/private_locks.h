@@ -2,7 +2,8 @@
  *
  * private_locks.h
  *	  The extension's own advisory-style locks (private_locks.c): taken
- *	  without waiting, transaction-level, in a lock space of their own.
+ *	  without waiting (or, where said, waiting), transaction-level, in a
+ *	  lock space of their own.
  *
  * Advisory locks taken through SQL (pg_advisory_lock and friends) have
  * locktag_field4 1 (one bigint key) or 2 (two int4 keys).  Ours use the
@@ -26,7 +27,9 @@
 #define CACHE_LOCK_FIELD4	0x4C43
 #define CHECK_LOCK_FIELD4	0x4C45
 
+extern bool CanaryPrivateLock(const void *key, size_t len, uint16 field4, bool wait);
 extern bool CanaryTryPrivateLock(const void *key, size_t len, uint16 field4);
+extern int	CanaryCheckLockHolder(const char *rollout);
 extern bool CanaryTryCheckLock(const char *rollout);
 
 #endif							/* LLM_CANARY_PRIVATE_LOCKS_H */

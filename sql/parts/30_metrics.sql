@@ -90,7 +90,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    nsp      name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
+    nsp      name := @extschema@.canary_schema_name();  -- unquoted: %I below
     columns  text;
     locked   boolean := false;
     day      date;
@@ -161,7 +161,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     retention integer := coalesce(nullif(current_setting('llm_canary.retention_days', true), '')::integer, 30);
-    nsp name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
+    nsp name := @extschema@.canary_schema_name();  -- unquoted: %I below
     parent text;
     locked boolean;
     n bigint;

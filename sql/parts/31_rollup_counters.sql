@@ -57,10 +57,11 @@ REVOKE ALL ON FUNCTION canary_rollup_counters() FROM PUBLIC;
 
 /*
  * canary_rollup_counter_list: one text per counter, joined with sep:
- * format(plain, counter) for a counter, format(hist, counter) for a
- * histogram (%1$s is the name, unquoted: every counter is a plain
- * lowercase identifier; a NULL format skips those counters), the totals'
- * counters only when totals.
+ * format(plain, counter, schema) for a counter, format(hist, counter,
+ * schema) for a histogram (%1$s is the name, unquoted: every counter is a
+ * plain lowercase identifier; %2$I the extension's schema, never written
+ * into a format; a NULL format skips those counters), the totals' counters
+ * only when totals.
  */
 CREATE OR REPLACE FUNCTION canary_rollup_counter_list(plain text, hist text, totals boolean DEFAULT false,
                                                       sep text DEFAULT ', ')
@@ -68,9 +69,10 @@ RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT string_agg(format(CASE WHEN c.hist THEN $2 ELSE $1 END, c.counter),
+    SELECT string_agg(format(CASE WHEN c.hist THEN $2 ELSE $1 END, c.counter, s.nsp),
                       $4 ORDER BY c.o)
-      FROM @extschema@.canary_rollup_counters() WITH ORDINALITY AS c (counter, hist, in_totals, o)
+      FROM @extschema@.canary_rollup_counters() WITH ORDINALITY AS c (counter, hist, in_totals, o),
+           (SELECT @extschema@.canary_schema_name() AS nsp) s
      WHERE c.in_totals OR NOT $3
 $$;
 COMMENT ON FUNCTION canary_rollup_counter_list(text, text, boolean, text) IS

@@ -210,6 +210,7 @@ DECLARE
     sets text;
     sums text;
     rollup text;
+    nsp constant name := @extschema@.canary_schema_name();
 BEGIN
     IF kind IN ('requests', 'request_counts') THEN
         counters := ARRAY['requests', 'outcome_ok', 'outcome_refusal', 'outcome_error', 'outcome_timeout',
@@ -220,13 +221,13 @@ BEGIN
     IF kind = 'request_counts' THEN
         -- rows already counted per key, with the columns of canary_rollups
         -- but member (the metrics worker's batches, src/rollups_writer.c)
-        agg := format('SELECT p.canary, p.bucket_end, @extschema@.canary_rollup_member() AS member, p.stage,'
-                      ' p.cohort, p.model, p.fallback, p.cached, %s FROM %s p',
-                      array_to_string(counters || hists, ', '), source);
+        agg := format('SELECT p.canary, p.bucket_end, %1$I.canary_rollup_member() AS member, p.stage,'
+                      ' p.cohort, p.model, p.fallback, p.cached, %2$s FROM %3$s p',
+                      nsp, array_to_string(counters || hists, ', '), source);
     ELSIF kind = 'requests' THEN
         agg := format($q$
-SELECT r.canary, @extschema@.canary_rollup_bucket(r.ts) AS bucket_end,
-       @extschema@.canary_rollup_member() AS member, coalesce(r.stage, '') AS stage,
+SELECT r.canary, %1$I.canary_rollup_bucket(r.ts) AS bucket_end,
+       %1$I.canary_rollup_member() AS member, coalesce(r.stage, '') AS stage,
        coalesce(r.cohort, '') AS cohort, coalesce(r.model, '') AS model,
        coalesce(r.fallback, false) AS fallback, r.cached,
        count(*) AS requests,
@@ -241,38 +242,38 @@ SELECT r.canary, @extschema@.canary_rollup_bucket(r.ts) AS bucket_end,
        coalesce(sum(r.cost), 0) AS cost,
        count(r.latency_ms) AS latency_count,
        coalesce(sum(r.latency_ms), 0)::bigint AS latency_sum,
-       @extschema@.canary_hist_agg(r.latency_ms) AS latency_hist,
-       @extschema@.canary_hist_agg(r.completion_tokens) AS tokens_hist
-  FROM %s r
- GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
+       %1$I.canary_hist_agg(r.latency_ms) AS latency_hist,
+       %1$I.canary_hist_agg(r.completion_tokens) AS tokens_hist
+  FROM %2$s r
+ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, nsp, source);
     ELSIF kind IN ('feedback', 'queue') THEN
         counters := ARRAY['thumbs_down', 'verdicts'];
         agg := format($q$
 SELECT coalesce(a.canary, f.canary) AS canary,
-       @extschema@.canary_rollup_bucket(coalesce(a.ts, f.ts)) AS bucket_end,
-       @extschema@.canary_rollup_member() AS member, coalesce(a.stage, '') AS stage,
+       %1$I.canary_rollup_bucket(coalesce(a.ts, f.ts)) AS bucket_end,
+       %1$I.canary_rollup_member() AS member, coalesce(a.stage, '') AS stage,
        coalesce(a.cohort, f.cohort, '') AS cohort, coalesce(a.model, f.model, '') AS model,
        coalesce(a.fallback, false) AS fallback, coalesce(a.cached, false) AS cached,
        count(*) FILTER (WHERE f.thumbs_down) AS thumbs_down,
        count(*) AS verdicts
-  FROM %s f
+  FROM %2$s f
   LEFT JOIN LATERAL ((SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
-                        FROM @extschema@.canary_requests q
+                        FROM %1$I.canary_requests q
                        WHERE q.request_id = f.request_id
-                         AND q.ts >= @extschema@.canary_request_time(f.request_id) - interval '1 minute'
-                         AND q.ts < @extschema@.canary_request_time(f.request_id) + interval '1 day'
+                         AND q.ts >= %1$I.canary_request_time(f.request_id) - interval '1 minute'
+                         AND q.ts < %1$I.canary_request_time(f.request_id) + interval '1 day'
                        ORDER BY q.ts LIMIT 1)
                       UNION ALL
                       (SELECT q.canary, q.ts, q.stage, q.cohort, q.model, q.fallback, q.cached
-                         FROM @extschema@.canary_requests q
+                         FROM %1$I.canary_requests q
                         WHERE q.request_id = f.request_id
                         ORDER BY q.ts LIMIT 1)
                       LIMIT 1) a ON true
  WHERE coalesce(a.canary, f.canary) IS NOT NULL
- GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, source);
+ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8$q$, nsp, source);
         IF kind = 'queue' THEN
-            RETURN format('INSERT INTO @extschema@.canary_feedback_pending (%s, thumbs_down, verdicts) %s',
-                          keys, agg);
+            RETURN format('INSERT INTO %I.canary_feedback_pending (%s, thumbs_down, verdicts) %s',
+                          nsp, keys, agg);
         END IF;
     ELSIF kind = 'verdicts' THEN
         counters := ARRAY['thumbs_down', 'verdicts'];
@@ -289,22 +290,22 @@ SELECT p.canary, p.bucket_end, p.member, p.stage, p.cohort, p.model, p.fallback,
 
     cols := array_to_string(counters || hists, ', ');
     SELECT string_agg(CASE WHEN c = ANY (hists)
-                           THEN format('%1$I = @extschema@.canary_hist_merge(t.%1$I, excluded.%1$I)', c)
+                           THEN format('%1$I = %2$I.canary_hist_merge(t.%1$I, excluded.%1$I)', c, nsp)
                            ELSE format('%1$I = t.%1$I + excluded.%1$I', c) END, ', ' ORDER BY o),
-           string_agg(CASE WHEN c = ANY (hists) THEN format('@extschema@.canary_hist_sum(%I)', c)
+           string_agg(CASE WHEN c = ANY (hists) THEN format('%I.canary_hist_sum(%I)', nsp, c)
                            WHEN c = 'cost' THEN 'sum(cost)'
                            ELSE format('sum(%I)::bigint', c) END, ', ' ORDER BY o)
       INTO sets, sums
       FROM unnest(counters || hists) WITH ORDINALITY AS u(c, o);
-    rollup := format('INSERT INTO @extschema@.canary_rollups AS t (%1$s, %2$s) SELECT %1$s, %2$s FROM agg'
-                     ' ORDER BY %1$s ON CONFLICT (%1$s) DO UPDATE SET %3$s', keys, cols, sets);
+    rollup := format('INSERT INTO %4$I.canary_rollups AS t (%1$s, %2$s) SELECT %1$s, %2$s FROM agg'
+                     ' ORDER BY %1$s ON CONFLICT (%1$s) DO UPDATE SET %3$s', keys, cols, sets, nsp);
     IF NOT totals THEN
         RETURN format('WITH agg AS (%s) %s', agg, rollup);
     END IF;
     RETURN format('WITH agg AS (%1$s), rollup AS (%2$s)'
-                  ' INSERT INTO @extschema@.canary_rollup_totals AS t (%3$s, %4$s) SELECT %3$s, %5$s FROM agg'
+                  ' INSERT INTO %7$I.canary_rollup_totals AS t (%3$s, %4$s) SELECT %3$s, %5$s FROM agg'
                   ' GROUP BY %3$s ORDER BY %3$s ON CONFLICT (%3$s) DO UPDATE SET %6$s',
-                  agg, rollup, total_keys, cols, sums, sets);
+                  agg, rollup, total_keys, cols, sums, sets, nsp);
 END;
 $$;
 COMMENT ON FUNCTION canary_rollup_statement(text, text, boolean) IS
@@ -447,8 +448,10 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n bigint;
+    nsp constant name := @extschema@.canary_schema_name();
+    -- %1$I the schema, %2$s the time, %3$L since, %4$L until
     in_range constant text :=
-        '@extschema@.canary_rollup_bucket(%s) > %L AND @extschema@.canary_rollup_bucket(%s) <= %L';
+        '%1$I.canary_rollup_bucket(%2$s) > %3$L AND %1$I.canary_rollup_bucket(%2$s) <= %4$L';
 BEGIN
     IF since IS NULL OR until IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', CASE WHEN since IS NULL THEN 'since' ELSE 'until' END
@@ -467,21 +470,21 @@ BEGIN
     -- every counter (31_rollup_counters.sql) set to zero
     EXECUTE format($q$
     WITH k AS (
-        SELECT r.ctid FROM @extschema@.canary_rollups r
-         WHERE r.bucket_end > $1 AND r.bucket_end <= $2 AND r.member = @extschema@.canary_rollup_member()
+        SELECT r.ctid FROM %1$I.canary_rollups r
+         WHERE r.bucket_end > $1 AND r.bucket_end <= $2 AND r.member = %1$I.canary_rollup_member()
          ORDER BY r.canary, r.bucket_end, r.member, r.stage, r.cohort, r.model, r.fallback, r.cached
            FOR UPDATE)
-    UPDATE @extschema@.canary_rollups r SET %s FROM k WHERE r.ctid = k.ctid$q$,
-                   @extschema@.canary_rollup_counter_list('%s = 0', '%s = ''{}'''))
+    UPDATE %1$I.canary_rollups r SET %2$s FROM k WHERE r.ctid = k.ctid$q$, nsp,
+                   @extschema@.canary_rollup_counter_list('%1$s = 0', '%1$s = ''{}'''))
         USING since, until;
     EXECUTE @extschema@.canary_rollup_statement('requests',
-        format('(SELECT * FROM @extschema@.canary_requests WHERE ' || in_range || ')',
-               'ts', since, 'ts', until), false);
+        format('(SELECT * FROM %1$I.canary_requests WHERE ' || in_range || ')', nsp, 'ts', since, until),
+        false);
     EXECUTE @extschema@.canary_rollup_statement('feedback',
-        format('(SELECT f.* FROM @extschema@.canary_feedback f'
-               ' CROSS JOIN LATERAL (SELECT coalesce((SELECT q.ts FROM @extschema@.canary_requests q'
+        format('(SELECT f.* FROM %1$I.canary_feedback f'
+               ' CROSS JOIN LATERAL (SELECT coalesce((SELECT q.ts FROM %1$I.canary_requests q'
                '   WHERE q.request_id = f.request_id ORDER BY q.ts LIMIT 1), f.ts) AS ts) k WHERE '
-               || in_range || ')', 'k.ts', since, 'k.ts', until), false);
+               || in_range || ')', nsp, 'k.ts', since, until), false);
     DELETE FROM @extschema@.canary_rollups r
      WHERE r.bucket_end > since AND r.bucket_end <= until AND r.member = @extschema@.canary_rollup_member()
        AND r.requests = 0 AND r.verdicts = 0;

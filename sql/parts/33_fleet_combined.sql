@@ -164,6 +164,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n bigint;
+    nsp constant name := @extschema@.canary_schema_name();
 BEGIN
     IF NOT @extschema@.canary_fleet_is_control() THEN
         RAISE EXCEPTION 'canary_fleet_combine runs on the fleet''s control database'
@@ -179,23 +180,23 @@ BEGIN
     DELETE FROM @extschema@.canary_fleet_rollups r WHERE r.bucket_end > since AND r.bucket_end <= until;
     -- every counter (31_rollup_counters.sql) summed
     EXECUTE format($q$
-    INSERT INTO @extschema@.canary_fleet_rollups (canary, bucket_end, stage, cohort, model, fallback, cached, %s)
-    SELECT r.canary, r.bucket_end, r.stage, r.cohort, r.model, r.fallback, r.cached, %s
-      FROM @extschema@.canary_rollups r
+    INSERT INTO %1$I.canary_fleet_rollups (canary, bucket_end, stage, cohort, model, fallback, cached, %2$s)
+    SELECT r.canary, r.bucket_end, r.stage, r.cohort, r.model, r.fallback, r.cached, %3$s
+      FROM %1$I.canary_rollups r
      WHERE r.bucket_end > $1 AND r.bucket_end <= $2
-     GROUP BY 1, 2, 3, 4, 5, 6, 7$q$,
-                   @extschema@.canary_rollup_counter_list('%s', '%s'),
-                   @extschema@.canary_rollup_counter_list('sum(r.%s)', '@extschema@.canary_hist_sum(r.%s)'))
+     GROUP BY 1, 2, 3, 4, 5, 6, 7$q$, nsp,
+                   @extschema@.canary_rollup_counter_list('%1$s', '%1$s'),
+                   @extschema@.canary_rollup_counter_list('sum(r.%1$s)', '%2$I.canary_hist_sum(r.%1$s)'))
         USING since, until;
     GET DIAGNOSTICS n = ROW_COUNT;
     DELETE FROM @extschema@.canary_fleet_rollup_totals;
     EXECUTE format($q$
-    INSERT INTO @extschema@.canary_fleet_rollup_totals (canary, model, cohort, fallback, %s)
-    SELECT t.canary, t.model, t.cohort, t.fallback, %s
-      FROM @extschema@.canary_rollup_totals t
-     GROUP BY 1, 2, 3, 4$q$,
-                   @extschema@.canary_rollup_counter_list('%s', '%s', true),
-                   @extschema@.canary_rollup_counter_list('sum(t.%s)', '@extschema@.canary_hist_sum(t.%s)', true));
+    INSERT INTO %1$I.canary_fleet_rollup_totals (canary, model, cohort, fallback, %2$s)
+    SELECT t.canary, t.model, t.cohort, t.fallback, %3$s
+      FROM %1$I.canary_rollup_totals t
+     GROUP BY 1, 2, 3, 4$q$, nsp,
+                   @extschema@.canary_rollup_counter_list('%1$s', '%1$s', true),
+                   @extschema@.canary_rollup_counter_list('sum(t.%1$s)', '%2$I.canary_hist_sum(t.%1$s)', true));
     RETURN n;
 END;
 $$;

@@ -22,7 +22,10 @@
  * comment and privileges), so that an update script that changes the
  * counters includes it, linked, as sql/updates/1.0--1.1/ does.  No
  * backslash in a literal here: the install runs with the database's
- * standard_conforming_strings, which may be off.
+ * standard_conforming_strings, which may be off.  The templates write
+ * {nsp} where the schema goes (never @extschema@ or format()'s %I): it is
+ * replaced last, with the quoted name, so that no {...} replace runs over
+ * a name such as "{keys}" (01_schema_name.sql).
  */
 DO $do$
 DECLARE
@@ -38,11 +41,11 @@ DECLARE
         IF TG_OP = 'UPDATE' AND ({old_keys}) = ({new_keys}) THEN
             {row} := OLD;
         ELSIF TG_OP = 'UPDATE' THEN
-            UPDATE @extschema@.{combined} t
+            UPDATE {nsp}.{combined} t
                SET {take}
              WHERE ({t_keys}) = ({old_keys});
         END IF;
-        INSERT INTO @extschema@.{combined} AS t ({keys}, {cols})
+        INSERT INTO {nsp}.{combined} AS t ({keys}, {cols})
         VALUES ({new_keys},
                 {delta})
         ON CONFLICT ({keys}) DO UPDATE
@@ -52,8 +55,8 @@ DECLARE
     nl constant text := ',' || chr(10) || repeat(' ', 16);
     body text := $t$
 DECLARE
-    o  @extschema@.canary_rollups;
-    ot @extschema@.canary_rollup_totals;
+    o  {nsp}.canary_rollups;
+    ot {nsp}.canary_rollup_totals;
     hists_ok boolean;
 BEGIN
     IF TG_TABLE_NAME = 'canary_rollups' THEN{canary_rollups}
@@ -63,7 +66,7 @@ BEGIN
         -- anyway)
         IF NEW.bucket_end < now() - interval '1 minute' THEN
             -- (appended: a check consumes marks with SKIP LOCKED, never waits)
-            INSERT INTO @extschema@.canary_verdict_marks (canary, bucket_end)
+            INSERT INTO {nsp}.canary_verdict_marks (canary, bucket_end)
             VALUES (NEW.canary, NEW.bucket_end);
         END IF;
     ELSE{canary_rollup_totals}
@@ -93,26 +96,29 @@ BEGIN
                             FROM unnest(t.keys) WITH ORDINALITY k (k, n)));
         END LOOP;
         b := replace(b, '{hists_valid}', @extschema@.canary_rollup_counter_list(
-            NULL, '@extschema@.canary_hist_valid(coalesce(NEW.%1$s, ''{}''))'
-                  ' AND @extschema@.canary_hist_valid(coalesce(OLD.%1$s, ''{}''))', t.totals,
+            NULL, '{nsp}.canary_hist_valid(coalesce(NEW.%1$s, ''{}''))'
+                  ' AND {nsp}.canary_hist_valid(coalesce(OLD.%1$s, ''{}''))', t.totals,
             chr(10) || repeat(' ', 12) || 'AND '));
         b := replace(b, '{take}', @extschema@.canary_rollup_counter_list(
             '%1$s = t.%1$s - OLD.%1$s',
-            '%1$s = @extschema@.canary_hist_subtract(t.%1$s, CASE WHEN hists_ok THEN OLD.%1$s END)', t.totals, nl));
+            '%1$s = {nsp}.canary_hist_subtract(t.%1$s, CASE WHEN hists_ok THEN OLD.%1$s END)', t.totals, nl));
         b := replace(b, '{delta}', @extschema@.canary_rollup_counter_list(
             'NEW.%1$s - coalesce(' || t.r || '.%1$s, 0)',
-            '@extschema@.canary_hist_subtract(' || nh || ', ' || oh || ')', t.totals, nl));
+            '{nsp}.canary_hist_subtract(' || nh || ', ' || oh || ')', t.totals, nl));
         b := replace(b, '{add}', @extschema@.canary_rollup_counter_list(
             '%1$s = t.%1$s + excluded.%1$s',
-            '%1$s = @extschema@.canary_hist_subtract(@extschema@.canary_hist_merge(t.%1$s, ' || nh || '), ' || oh || ')',
+            '%1$s = {nsp}.canary_hist_subtract({nsp}.canary_hist_merge(t.%1$s, ' || nh || '), ' || oh || ')',
             t.totals, nl));
         body := replace(body, '{' || t.tab || '}', b);
     END LOOP;
+    -- the schema last: nothing is replaced in the text after the name is in
+    -- (a schema named "{keys}" stays a name)
+    body := replace(body, '{nsp}', quote_ident(@extschema@.canary_schema_name()));
     EXECUTE format($f$
-    CREATE OR REPLACE FUNCTION @extschema@.canary_fleet_combine_trigger() RETURNS trigger
+    CREATE OR REPLACE FUNCTION %1$I.canary_fleet_combine_trigger() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
-    AS %L$f$, body);
+    AS %2$L$f$, @extschema@.canary_schema_name(), body);
 END;
 $do$;
 COMMENT ON FUNCTION canary_fleet_combine_trigger() IS

@@ -111,6 +111,9 @@ CREATE TRIGGER canary_config_c_shadow_validate
  *   identical   both texts equal after whitespace normalisation (leading and
  *               trailing whitespace removed, every run of whitespace made one
  *               space); case and punctuation count.
+ *   (The patterns spell the classes [:alnum:]_ and [:space:] rather than
+ *   \w and \s: a backslash in a plain literal is an escape in a session
+ *   with standard_conforming_strings = off.)
  *   similarity  multiset Jaccard (Ruzicka) over the words:
  *                   sum over words w of min(old count w, new count w)
  *                   / sum over words w of max(old count w, new count w)
@@ -148,7 +151,7 @@ DECLARE
     total     bigint;
 BEGIN
     -- the split leaves '' at either end when a text starts or ends with a separator
-    old_words := array_remove(regexp_split_to_array(lower(old_text), '[^\w''’]+'), '');
+    old_words := array_remove(regexp_split_to_array(lower(old_text), '[^[:alnum:]_''’]+'), '');
     old_opening := array_to_string(old_words[1:5], ' ');
     IF length(old_text) > 0 THEN
         length_ratio := length(new_text)::float8 / length(old_text);
@@ -160,7 +163,7 @@ BEGIN
         similarity := 1;
         RETURN;
     END IF;
-    new_words := array_remove(regexp_split_to_array(lower(new_text), '[^\w''’]+'), '');
+    new_words := array_remove(regexp_split_to_array(lower(new_text), '[^[:alnum:]_''’]+'), '');
     new_opening := array_to_string(new_words[1:5], ' ');
     IF old_text IS NULL OR new_text IS NULL THEN
         RETURN;
@@ -168,8 +171,8 @@ BEGIN
 
     -- equal words are necessary for identical texts: test that first, it is cheap
     IF old_words = new_words
-       AND btrim(regexp_replace(old_text, '\s+', ' ', 'g'), ' ')
-           = btrim(regexp_replace(new_text, '\s+', ' ', 'g'), ' ') THEN
+       AND btrim(regexp_replace(old_text, '[[:space:]]+', ' ', 'g'), ' ')
+           = btrim(regexp_replace(new_text, '[[:space:]]+', ' ', 'g'), ' ') THEN
         verdict := 'identical';
         similarity := 1;
         RETURN;

@@ -73,20 +73,20 @@ BEGIN
                      / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
                round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
                      / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
-               round(@extschema@.canary_hist_quantile(
-                         @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
-               round(@extschema@.canary_hist_quantile(
-                         @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
+               round(%1$I.canary_hist_quantile(
+                         %1$I.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
+               round(%1$I.canary_hist_quantile(
+                         %1$I.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
                round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
                      / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
                round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
                      / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
                round(sum(r.cost), 6)
-          FROM @extschema@.%I r
+          FROM %1$I.%2$I r
          WHERE r.canary = $1 AND r.bucket_end > $2
          GROUP BY r.cohort
         HAVING sum(r.requests) > 0
-         ORDER BY r.cohort$q$,
+         ORDER BY r.cohort$q$, @extschema@.canary_schema_name(),
         CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
     USING canary_summary.canary, cutoff;
 END;

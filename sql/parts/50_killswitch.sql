@@ -40,7 +40,7 @@ CREATE TABLE canary_alerts (
     ts                  timestamptz NOT NULL DEFAULT now(),
     kind                text NOT NULL
                         CHECK (kind IN ('kill_switch', 'manual_trip', 'csat_pin', 'sample_ratio',
-                                        'advance', 'decommission')),
+                                        'advance', 'decommission', 'check_blocked')),
     payload             jsonb NOT NULL,
     webhook_status      text NOT NULL DEFAULT 'pending'
                         CHECK (webhook_status IN ('none', 'pending', 'delivered', 'failed')),
@@ -184,11 +184,11 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     cron_db text := current_setting('cron.database_name', true);
-    schema_name text := quote_ident('@extschema@');
+    nsp constant name := @extschema@.canary_schema_name();
     jobs text[][] := ARRAY[
-        ARRAY['llm_canary_check', check_schedule, format('SELECT %s.canary_check()', schema_name)],
-        ARRAY['llm_canary_csat', csat_schedule, format('SELECT %s.canary_csat_check()', schema_name)],
-        ARRAY['llm_canary_maintenance', maintenance_schedule, format('SELECT %s.canary_maintenance()', schema_name)]];
+        ARRAY['llm_canary_check', check_schedule, format('SELECT %I.canary_check()', nsp)],
+        ARRAY['llm_canary_csat', csat_schedule, format('SELECT %I.canary_csat_check()', nsp)],
+        ARRAY['llm_canary_maintenance', maintenance_schedule, format('SELECT %I.canary_maintenance()', nsp)]];
     hint text := '';
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_cron') THEN
@@ -227,7 +227,7 @@ BEGIN
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Run cron.unschedule(''llm_canary_check'') and the like in the database where pg_cron lives.';
     END IF;
-    FOR j IN EXECUTE 'SELECT jobname FROM cron.job WHERE jobname LIKE ''llm\_canary\_%'' AND username = current_user' LOOP
+    FOR j IN EXECUTE 'SELECT jobname FROM cron.job WHERE starts_with(jobname, ''llm_canary_'') AND username = current_user' LOOP
         EXECUTE 'SELECT cron.unschedule($1)' USING j;
         n := n + 1;
     END LOOP;

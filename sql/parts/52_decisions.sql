@@ -127,7 +127,15 @@ COMMENT ON COLUMN canary_srm_state.counted_to IS
  * evidence is deleted.  The evidence of a rollout deleted or renamed is
  * deleted with it, and a rollout created or renamed under a name starts
  * with none of an earlier one's (after the row is written: an upsert
- * that meets the existing rollout keeps its evidence).  Fires after
+ * that meets the existing rollout keeps its evidence).  Before it deletes
+ * a rollout's evidence it waits for the rollout's check lock, and holds it
+ * until the transaction ends: a check meanwhile (one that does not hold
+ * it) judges on the evidence committed, rather than wait for the rows
+ * deleted here until the operator commits.  Lock order: the row of
+ * canary_config (held by the UPDATE or DELETE that fires this), then the
+ * check lock; a check, holding check locks, never waits for a row of
+ * canary_config (its trip skips a row another transaction holds: the next
+ * check trips), so the two cannot deadlock.  Fires after
  * canary_config_b_validate.
  */
 CREATE FUNCTION canary_config_evidence()
@@ -146,10 +154,12 @@ BEGIN
             RETURN NULL;
         END IF;
         IF TG_OP <> 'INSERT' THEN
+            PERFORM @extschema@.canary_try_check_lock(OLD.name, true);
             DELETE FROM @extschema@.canary_evidence WHERE canary = OLD.name;
             DELETE FROM @extschema@.canary_evidence_settled WHERE canary = OLD.name;
         END IF;
         IF TG_OP <> 'DELETE' THEN
+            PERFORM @extschema@.canary_try_check_lock(NEW.name, true);
             DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
             DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
         END IF;
@@ -168,6 +178,7 @@ BEGIN
         NEW.evidence_since := @extschema@.canary_rollup_bucket(now());
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.evidence_since IS DISTINCT FROM OLD.evidence_since THEN
+        PERFORM @extschema@.canary_try_check_lock(NEW.name, true);
         DELETE FROM @extschema@.canary_evidence WHERE canary = NEW.name;
         DELETE FROM @extschema@.canary_evidence_settled WHERE canary = NEW.name;
     END IF;
@@ -186,15 +197,16 @@ CREATE TRIGGER canary_config_d_evidence_gone
  * canary_try_check_lock: take the rollout's check lock without waiting
  * (src/private_locks.c), held to the end of the transaction: the
  * evidence and the sample-ratio state of a rollout are written by one
- * check at a time.  An advisory-style lock in a space of its own, apart
- * from the applications' advisory locks.  Internal.
+ * check at a time.  With wait (canary_config_evidence, before it deletes
+ * the evidence), waiting for it.  An advisory-style lock in a space of
+ * its own, apart from the applications' advisory locks.  Internal.
  */
-CREATE FUNCTION canary_try_check_lock(canary text)
+CREATE FUNCTION canary_try_check_lock(canary text, wait boolean DEFAULT false)
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'canary_try_check_lock'
 LANGUAGE C VOLATILE STRICT;
-COMMENT ON FUNCTION canary_try_check_lock(text) IS
-    'Internal: try to take the check lock of a rollout (its evidence and sample-ratio state), without waiting, until the end of the transaction';
+COMMENT ON FUNCTION canary_try_check_lock(text, boolean) IS
+    'Internal: take the check lock of a rollout (its evidence and sample-ratio state) until the end of the transaction, without waiting unless wait';
 
 /*
  * canary_collect_evidence: recount the minutes of canary_evidence from
@@ -237,7 +249,7 @@ DECLARE
     settle_to constant timestamptz := date_bin('1 minute', p_at - interval '2 minutes', origin);
     old_rows @extschema@.canary_evidence[];
     delta double precision;
-    nsp constant name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
+    nsp constant name := @extschema@.canary_schema_name();  -- unquoted: %I below
 BEGIN
     -- one collection of a rollout at a time (two would both add their sums
     -- to the running totals), under the rollout's check lock (canary_check
@@ -475,10 +487,11 @@ DECLARE
     users_q constant text := $q$
         SELECT coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'canary'), 0),
                coalesce(sum(r.new_users) FILTER (WHERE r.cohort = 'control'), 0)
-          FROM @extschema@.%I r
+          FROM %s r
          WHERE r.canary = $1 AND r.bucket_end > $2 AND r.bucket_end < $3$q$;
-    rollups constant text := CASE WHEN @extschema@.canary_fleet_is_control()
-                                  THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END;
+    rollups constant text := format('%I.%I', @extschema@.canary_schema_name(),
+                                    CASE WHEN @extschema@.canary_fleet_is_control()
+                                         THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END);
 BEGIN
     SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary;
     IF NOT FOUND THEN
@@ -490,6 +503,10 @@ BEGIN
     -- leaves them to that one rather than wait for its rows (its state row,
     -- the state row it inserted, the old users it deleted)
     IF NOT @extschema@.canary_try_check_lock(p_canary) THEN
+        RAISE WARNING 'sample-ratio check of rollout "%" skipped', p_canary
+            USING ERRCODE = 'lock_not_available',
+                  DETAIL = 'Another transaction holds the rollout''s check lock.',
+                  HINT = 'The next check after that transaction ends runs it.';
         RETURN NULL;
     END IF;
     cur_period := coalesce(cfg.evidence_since, '-infinity');
@@ -546,6 +563,16 @@ BEGIN
     RETURNING * INTO st;
 
     IF st.alerted_at IS NOT NULL OR st.evidence < ln(1.0 / cfg.significance::float8) THEN
+        RETURN NULL;
+    END IF;
+    -- a trip never waits for the rollout's row while the check lock is held
+    -- (canary_config_evidence says why): the next check trips
+    IF cfg.srm_trips AND NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c
+                                      WHERE c.name = p_canary FOR UPDATE SKIP LOCKED) THEN
+        RAISE WARNING 'could not trip the kill switch of rollout "%" now', p_canary
+            USING ERRCODE = 'lock_not_available',
+                  DETAIL = 'Another transaction holds the rollout''s row in canary_config.',
+                  HINT = 'The next check trips it if the sample ratio still says so; end that transaction.';
         RETURN NULL;
     END IF;
     UPDATE @extschema@.canary_srm_state SET alerted_at = p_at WHERE canary = p_canary;

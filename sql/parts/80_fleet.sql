@@ -146,19 +146,20 @@ LANGUAGE C;
 DO $$
 DECLARE
     t text;
+    nsp constant name := @extschema@.canary_schema_name();
 BEGIN
     FOREACH t IN ARRAY ARRAY['canary_config', 'canary_models', 'canary_refusal_patterns'] LOOP
-        EXECUTE format('CREATE TRIGGER %1$I BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON @extschema@.%2$I'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.canary_fleet_guard()',
-                       t || '_fleet_guard', t);
-        EXECUTE format('CREATE TRIGGER %1$I AFTER INSERT OR UPDATE OR DELETE ON @extschema@.%2$I'
-                       ' FOR EACH ROW EXECUTE FUNCTION @extschema@.canary_invalidate_cache()',
-                       t || '_fleet_applied', t);
-        EXECUTE format('CREATE TRIGGER %1$I AFTER TRUNCATE ON @extschema@.%2$I'
-                       ' FOR EACH STATEMENT EXECUTE FUNCTION @extschema@.canary_invalidate_cache()',
-                       t || '_fleet_truncated', t);
-        EXECUTE format('ALTER TABLE @extschema@.%1$I ENABLE REPLICA TRIGGER %2$I, ENABLE REPLICA TRIGGER %3$I',
-                       t, t || '_fleet_applied', t || '_fleet_truncated');
+        EXECUTE format('CREATE TRIGGER %1$I BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %3$I.%2$I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION %3$I.canary_fleet_guard()',
+                       t || '_fleet_guard', t, nsp);
+        EXECUTE format('CREATE TRIGGER %1$I AFTER INSERT OR UPDATE OR DELETE ON %3$I.%2$I'
+                       ' FOR EACH ROW EXECUTE FUNCTION %3$I.canary_invalidate_cache()',
+                       t || '_fleet_applied', t, nsp);
+        EXECUTE format('CREATE TRIGGER %1$I AFTER TRUNCATE ON %3$I.%2$I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION %3$I.canary_invalidate_cache()',
+                       t || '_fleet_truncated', t, nsp);
+        EXECUTE format('ALTER TABLE %4$I.%1$I ENABLE REPLICA TRIGGER %2$I, ENABLE REPLICA TRIGGER %3$I',
+                       t, t || '_fleet_applied', t || '_fleet_truncated', nsp);
     END LOOP;
 END;
 $$;
@@ -182,11 +183,12 @@ DECLARE
     pub text;
     tables text;
     options text := '';
+    nsp constant name := @extschema@.canary_schema_name();
 BEGIN
     IF role = 'control' THEN
         pub := 'llm_canary_config';
-        tables := '@extschema@.canary_models, @extschema@.canary_config, '
-                  '@extschema@.canary_refusal_patterns, @extschema@.canary_fleet_heartbeat';
+        tables := format('%1$I.canary_models, %1$I.canary_config, '
+                         '%1$I.canary_refusal_patterns, %1$I.canary_fleet_heartbeat', nsp);
     ELSIF role = 'member' THEN
         IF coalesce(current_setting('llm_canary.member', true), '') = '' THEN
             RAISE EXCEPTION 'llm_canary.member is not set'
@@ -196,10 +198,10 @@ BEGIN
         pub := 'llm_canary_evidence';
         -- the rollups and the CSAT feed, where this tree has them (their
         -- key holds the member)
-        SELECT string_agg('@extschema@.' || quote_ident(t), ', ' ORDER BY t) INTO tables
+        SELECT string_agg(format('%I.%I', nsp, t), ', ' ORDER BY t) INTO tables
           FROM unnest(ARRAY['canary_fleet_members', 'canary_rollups', 'canary_rollup_totals',
                             'canary_csat_user_days']) t
-         WHERE to_regclass('@extschema@.' || quote_ident(t)) IS NOT NULL;
+         WHERE to_regclass(format('%I.%I', nsp, t)) IS NOT NULL;
         -- a member's rollup retention and rebuilds reach the control; a
         -- TRUNCATE on a member does not
         options := ' WITH (publish = ''insert, update, delete'')';
@@ -288,15 +290,17 @@ RETURNS TABLE (member text, last_evidence timestamptz, requests bigint)
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    nsp constant name := @extschema@.canary_schema_name();
 BEGIN
-    IF to_regclass('@extschema@.canary_rollups') IS NULL THEN
+    IF to_regclass(format('%I.canary_rollups', nsp)) IS NULL THEN
         RETURN;
     END IF;
-    RETURN QUERY EXECUTE
+    RETURN QUERY EXECUTE format(
         'SELECT r.member, max(r.bucket_end), sum(r.requests)::bigint'
-        ' FROM @extschema@.canary_rollups r'
+        ' FROM %I.canary_rollups r'
         ' WHERE r.bucket_end > now() - $1 AND ($2 IS NULL OR r.canary = $2)'
-        ' GROUP BY r.member ORDER BY r.member'
+        ' GROUP BY r.member ORDER BY r.member', nsp)
         USING since, canary;
 END;
 $$;

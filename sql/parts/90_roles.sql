@@ -101,7 +101,8 @@ BEGIN
         REVOKE SELECT ON TABLE @extschema@.canary_shadow FROM llm_canary_app;
         REVOKE SELECT (prompt, old_text, new_text, old_opening, new_opening)
             ON TABLE @extschema@.canary_shadow FROM llm_canary_app;
-        EXECUTE format('GRANT SELECT (%s) ON TABLE @extschema@.canary_shadow TO llm_canary_app', public_columns);
+        EXECUTE format('GRANT SELECT (%s) ON TABLE %I.canary_shadow TO llm_canary_app',
+                       public_columns, @extschema@.canary_schema_name());
     ELSE
         GRANT SELECT ON TABLE @extschema@.canary_shadow TO llm_canary_app;
     END IF;
@@ -139,7 +140,7 @@ DECLARE
         'canary_summary', 'canary_shadow_report', 'canary_shadow_openings',
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',
         'canary_stats', 'canary_shadow_stats', 'canary_prometheus', 'canary_timeline',
-        'canary_shadow_is_private', 'canary_report_window',
+        'canary_shadow_is_private', 'canary_report_window', 'canary_schema_name',
         -- where a rollout stands in its plan (read-only), and what it calls
         'canary_plan', 'canary_plan_gates', 'canary_plan_dwell', 'canary_plan_next_stage',
         'canary_sequential_samples', 'canary_evidence_stage',

@@ -193,7 +193,7 @@ lines AS (
                 p.proname, pg_get_function_identity_arguments(p.oid), pg_get_function_result(p.oid),
                 p.prokind, l.lanname, p.provolatile, p.proisstrict, p.prosecdef, p.proleakproof,
                 p.proparallel, p.procost, p.prorows, p.proconfig, p.proacl, p.probin,
-                obj_description(p.oid, 'pg_proc'), md5(p.prosrc))
+                obj_description(p.oid, 'pg_proc'), md5(coalesce(pg_get_function_sqlbody(p.oid), p.prosrc)))
     FROM pg_proc p JOIN members m ON m.classid = 'pg_proc'::regclass AND m.objid = p.oid
     JOIN pg_language l ON l.oid = p.prolang
   UNION ALL

@@ -5,8 +5,23 @@
 #    which inserted the sample-ratio state) does not stall the next one:
 #    that one, under lock_timeout 5 s as the monitor runs it, returns at
 #    once, judges on the committed evidence and says in its decision that
-#    it did not collect and skipped the sample-ratio update; after the
-#    first commits, the next check does both;
+#    it did not collect and skipped the sample-ratio update, with a WARNING
+#    naming the holder's process (a prepared transaction's, it has none);
+#    after the first commits, the next check does both;
+#  - an operator's open UPDATE of canary_config that starts a new evidence
+#    period holds the check lock (its trigger waits for it before deleting
+#    the evidence): a check meanwhile takes the same path rather than fail
+#    on lock_timeout; a check holding the lock that would trip while the
+#    operator's UPDATE waits for it does not wait for the row (no deadlock):
+#    the next check trips;
+#  - every decision says whether its check held the lock ("check_lock", in
+#    every mode), and the plan's 'no breach' gate reads it from the latest
+#    decision (ties on 'at' broken by id);
+#  - a check without the lock warns (naming the holder's process); when
+#    no check has collected for 5 minutes (10 x llm_canary.check_interval
+#    if longer), one alert of kind check_blocked per such episode;
+#  - the lock is transaction-level: a savepoint's is released by ROLLBACK
+#    TO, the parent's survives; two checks in one transaction both collect;
 #  - a check that did not collect does not advance the plan (nor raise
 #    the decommission alert at full); the next one that collects does;
 #  - the check lock is apart from the applications' advisory locks: an
@@ -19,13 +34,13 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(time);
 use FindBin;
 use lib $FindBin::Bin;
 use CanaryNode;
 
 my $node = canary_node('check_locks', conf => qq{
 llm_canary.check_interval = 0
+max_prepared_transactions = 2
 });
 canary_create_models($node);
 canary_create_put($node);
@@ -44,6 +59,22 @@ SELECT coalesce(decision->>'evidence_collected', '-') || '|' || coalesce(decisio
   FROM canary_window_summaries WHERE canary = '$name' AND cohort = 'canary' ORDER BY id DESC LIMIT 1});
 }
 
+# whether the last check of a rollout held its check lock
+sub check_lock
+{
+	my ($name) = @_;
+	return sq(qq{
+SELECT coalesce(decision->>'check_lock', '-')
+  FROM canary_window_summaries WHERE canary = '$name' AND cohort = 'canary' ORDER BY id DESC LIMIT 1});
+}
+
+# the WARNING of a check that found the lock taken by process $pid
+sub blocked_warning
+{
+	my ($name, $pid) = @_;
+	return qr/WARNING:  rollout "$name" was judged on older evidence\nDETAIL:  Another transaction \(process $pid\) holds the rollout's check lock: until it ends, the checks of the rollout collect no evidence, skip the sample-ratio update and do not advance the plan\./;
+}
+
 # --- a check left open in a transaction -----------------------------------------
 # ramp_25 with a correct split: 500 canary and 1,500 control users
 sq(qq{
@@ -57,17 +88,21 @@ $holder->query_safe("SELECT canary_check('open', '$at')");
 is($holder->query_safe(q{SELECT users_canary || ' ' || users_control FROM canary_srm_state WHERE canary = 'open'}),
 	'500 1500', 'the open check (the rollout\'s first) counted the users into a new state row');
 
-my $t0 = time;
+my $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
 my ($ret, $out, $err) = $node->psql('postgres',
 	"SET lock_timeout = '5s'; SELECT coalesce(canary_check('open', '" . at(30) . "'), 'no trip')");
-my $elapsed = time - $t0;
-is("$ret|$out|$err", '0|no trip|', 'a second check, under lock_timeout 5 s, runs without an error');
-cmp_ok($elapsed, '<', 3, 'and without waiting for the open one');
+is("$ret|$out", '0|no trip', 'a second check, under lock_timeout 5 s, runs without an error');
+like($err, blocked_warning('open', $holder_pid), 'and warns, naming the process that holds the lock');
 is(last_decision('open'), 'false|skipped: another check holds it',
 	'its decision says it did not collect the evidence and skipped the sample-ratio update');
 is(sq(q{SELECT count(*) FROM canary_srm_state WHERE canary = 'open'}) . '|'
 	  . sq(q{SELECT count(*) FROM canary_evidence WHERE canary = 'open'}),
 	'0|0', 'it wrote neither (the open check\'s rows are not committed)');
+is(check_lock('open'), 'false', 'its decision: check_lock false');
+($ret, $out, $err) = $node->psql('postgres', "SELECT coalesce(canary_srm_check('open', '" . at(30) . "'), 'NULL')");
+is("$ret|$out", '0|NULL', 'canary_srm_check called directly meanwhile returns NULL');
+like($err, qr/WARNING:  sample-ratio check of rollout "open" skipped\nDETAIL:  Another transaction holds the rollout's check lock\./,
+	'and says it skipped the check');
 $holder->query_safe('COMMIT');
 $holder->quit;
 
@@ -79,6 +114,23 @@ is(sq("SELECT coalesce(canary_check('open', '" . at(600) . "'), 'no trip')"), 'n
 is(last_decision('open'), 'true|-', 'collects the evidence and runs the sample-ratio check');
 is(sq(q{SELECT users_canary || ' ' || users_control FROM canary_srm_state WHERE canary = 'open'}),
 	'600 1800', 'and updates the sample-ratio state');
+
+# two checks in one transaction: the second holds the lock already
+sq("BEGIN; SELECT canary_check('open', '" . at(630) . "'); SELECT canary_check('open', '" . at(660) . "'); COMMIT;");
+is(sq(q{SELECT string_agg(decision->>'check_lock' || ' ' || (decision->>'evidence_collected'), ', ' ORDER BY id)
+          FROM (SELECT id, decision FROM canary_window_summaries WHERE canary = 'open' AND cohort = 'canary'
+                 ORDER BY id DESC LIMIT 2) d}),
+	'true true, true true', 'two checks in one transaction: both hold the lock and collect');
+
+# a prepared transaction holding the lock: the WARNING says so (it has no process)
+$holder = $node->background_psql('postgres');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('open'); PREPARE TRANSACTION 'held_open'");
+($ret, $out, $err) = $node->psql('postgres', "SELECT coalesce(canary_check('open', '" . at(690) . "'), 'no trip')");
+is("$ret|$out", '0|no trip', 'a prepared transaction holds the lock: the check');
+like($err, qr/WARNING:  rollout "open" was judged on older evidence\nDETAIL:  A prepared transaction holds the rollout's check lock/,
+	'warns that a prepared transaction holds it');
+$holder->query_safe("COMMIT PREPARED 'held_open'");
+$holder->quit;
 
 # --- a check that did not collect does not advance ------------------------------
 # 'adv' at ramp_5 and 'dec' at full, dwell 0: every gate opens on the evidence
@@ -98,6 +150,7 @@ is(sq("SELECT coalesce(canary_check('adv', '$at'), 'no trip') || ' ' || coalesce
 is(sq("SELECT string_agg(gate, ', ') FROM canary_plan('adv', '$at') WHERE NOT ok"), '',
 	'plan: every gate of adv is open');
 $holder = $node->background_psql('postgres');
+$holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
 $holder->query_safe('BEGIN');
 $holder->query_safe("SELECT canary_check('adv', '" . at(30) . "'), canary_check('dec', '" . at(30) . "')");
 sq(q{UPDATE canary_config SET auto_advance = true WHERE name IN ('adv', 'dec')});
@@ -107,7 +160,8 @@ for my $name ('adv', 'dec')
 {
 	($ret, $out, $err) = $node->psql('postgres',
 		"SET lock_timeout = '5s'; SELECT coalesce(canary_check('$name', '" . at(60) . "'), 'no trip')");
-	is("$ret|$out|$err", '0|no trip|', "plan: $name: the check while another holds the lock runs without an error");
+	is("$ret|$out", '0|no trip', "plan: $name: the check while another holds the lock runs without an error");
+	like($err, blocked_warning($name, $holder_pid), "plan: $name: and warns");
 }
 is(last_decision('adv') . ' ' . last_decision('dec'), 'false|skipped: another check holds it false|-',
 	'plan: their decisions say they did not collect');
@@ -126,6 +180,142 @@ is(sq(q{SELECT stage || ' ' || (SELECT string_agg(a.canary || ' ' || a.kind, ', 
                                  WHERE a.canary IN ('adv', 'dec'))
           FROM canary_config WHERE name = 'adv'}),
 	'ramp_25 adv advance, dec decommission', 'plan: and advance (and raise the decommission alert)');
+
+# --- an operator's open UPDATE that starts a new evidence period ---------------
+# 'op' has committed evidence and running totals of settled minutes (the
+# first check, ten minutes after the traffic); the operator's UPDATE of
+# percent_new deletes them, under the check lock, until it commits
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('op', 'ramp_25', 'm-old', 'm-new');
+SELECT put('op', '$at', 'control', 3000, 0, 30, 0, 1000, 750);
+SELECT put('op', '$at', 'canary', 1000, 0, 10, 0, 1000, 250);
+});
+is(sq("SELECT coalesce(canary_check('op', '" . at(600) . "'), 'no trip')") . ' '
+	  . sq("SELECT count(*) > 0 FROM canary_evidence_settled WHERE canary = 'op'"),
+	'no trip t', 'operator: the first check collects (running totals written)');
+my $op = $node->background_psql('postgres');
+my $op_pid = $op->query_safe('SELECT pg_backend_pid()');
+$op->query_safe(q{BEGIN; UPDATE canary_config SET percent_new = 30 WHERE name = 'op'});
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '2s'; SELECT coalesce(canary_check('op', '" . at(630) . "'), 'no trip')");
+is("$ret|$out", '0|no trip', 'operator: a check while the UPDATE is open runs without an error (no lock timeout)');
+like($err, blocked_warning('op', $op_pid), 'operator: and warns, naming the operator\'s process');
+is(check_lock('op'), 'false', 'operator: its decision: check_lock false');
+$op->query_safe('COMMIT');
+is(sq("SELECT coalesce(canary_check('op', '" . at(660) . "'), 'no trip')") . ' ' . check_lock('op'), 'no trip true',
+	'operator: after the commit, the next check collects');
+
+# a check holding the lock would trip while an operator's UPDATE of the
+# rollout waits for the lock: the check does not wait for the row the
+# UPDATE holds (that would deadlock); the next check trips
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('dl', 'ramp_25', 'm-old', 'm-new');
+SELECT put('dl', '$at', 'control', 6000, 60, 60, 0, 1000, 1500);
+SELECT put('dl', '$at', 'canary', 2000, 600, 20, 0, 1000, 500);
+});
+$holder = $node->background_psql('postgres');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('dl')");
+$op->query_until(qr/waiting/, "\\echo waiting\nBEGIN; UPDATE canary_config SET percent_new = 30 WHERE name = 'dl';\n");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 19525 AND NOT granted})
+  or die 'the operator\'s UPDATE did not wait for the check lock';
+$out = $holder->query("SELECT coalesce(canary_check('dl', '$at'), 'no trip')");
+$err = $holder->{stderr};
+$holder->{stderr} = '';
+is($out, 'no trip', 'deadlock: the check holding the lock does not trip while the waiting UPDATE holds the row');
+like($err, qr/WARNING:  could not trip the kill switch of rollout "dl" now\nDETAIL:  Another transaction holds the rollout's row in canary_config\./,
+	'deadlock: and says so');
+$holder->query_safe('COMMIT');
+$holder->quit;
+$op->query_safe('COMMIT');
+$op->quit;
+like(sq("SELECT coalesce(canary_check('dl', '" . at(30) . "'), 'no trip')") . ' '
+	  . sq("SELECT kill_switch_armed FROM canary_config WHERE name = 'dl'"),
+	qr/^new-model error_rate=0\.300 > 0\.02 f$/, 'deadlock: the next check trips (on the new evidence period)');
+
+# --- a long blind spell: one alert per episode ----------------------------------
+# the checks of 'bl' go without the lock from at(0) (the last that collected);
+# at 5 minutes (llm_canary.check_interval 0 here: the 5-minute floor) one
+# alert of kind check_blocked, not another while the holder stays; after a
+# check that collects, a new episode alerts again
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('bl', 'ramp_25', 'm-old', 'm-new');
+SELECT put('bl', '$at', 'control', 3000, 0, 30, 0, 1000, 750);
+SELECT put('bl', '$at', 'canary', 1000, 0, 10, 0, 1000, 250);
+});
+sub bl_check { my ($s) = @_; sq("SELECT canary_check('bl', '" . at($s) . "')"); return; }
+sub bl_alerts
+{
+	return sq(q{SELECT count(*) || ' ' || coalesce(string_agg(payload->>'holder' || ' since '
+	                 || extract(epoch FROM (payload->>'blind_since')::timestamptz - timestamptz '} . $at . q{'), ', ' ORDER BY id), '')
+	              FROM canary_alerts WHERE canary = 'bl' AND kind = 'check_blocked'});
+}
+bl_check(0);
+$holder = $node->background_psql('postgres');
+$holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('bl')");
+bl_check(60);
+bl_check(270);
+is(bl_alerts(), '0 ', 'blind: no alert before 5 minutes without a check that collected');
+is(sq(q{SELECT (decision->>'blind_since' = to_char(timestamptz '} . $at . q{' AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+                   || ' ' || (decision->>'blind_alerted')
+          FROM canary_window_summaries WHERE canary = 'bl' AND cohort = 'canary' ORDER BY id DESC LIMIT 1}),
+	'true false', 'blind: the decision carries blind_since (the last check that collected) and blind_alerted');
+bl_check(300);
+is(bl_alerts(), "1 process $holder_pid since 0.000000", 'blind: at 5 minutes, one alert naming the holder and the last check that collected');
+bl_check(330);
+bl_check(600);
+is(bl_alerts(), "1 process $holder_pid since 0.000000", 'blind: not another while the same holder stays');
+$holder->query_safe('COMMIT');
+bl_check(630);
+is(check_lock('bl'), 'true', 'blind: the holder gone, the next check collects');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('bl')");
+bl_check(660);
+is(bl_alerts(), "1 process $holder_pid since 0.000000", 'blind: a new episode, not yet 5 minutes');
+bl_check(930);
+is(bl_alerts(), "2 process $holder_pid since 0.000000, process $holder_pid since 630.000000",
+	'blind: a new episode alerts again at 5 minutes');
+$holder->query_safe('COMMIT');
+$holder->quit;
+
+# --- the gate reads check_lock, in every mode ---------------------------------
+# confirm_windows at full (no sample-ratio check: its decision has neither
+# evidence_collected nor sample_ratio)
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode) VALUES ('cwf', 'full', 'm-old', 'm-new', 'confirm_windows');
+INSERT INTO canary_plan_stages (canary, stage, min_dwell) VALUES ('cwf', 'full', '0');
+SELECT put('cwf', '$at', 'canary', 2000, 0, 20, 40, 1000);
+});
+is(sq("SELECT coalesce(canary_check('cwf', '$at'), 'no trip') || ' ' || (SELECT ok FROM canary_plan('cwf', '$at') WHERE gate = 'no breach')"),
+	'no trip true', 'confirm_windows: a check that collects opens the no-breach gate');
+$holder = $node->background_psql('postgres');
+$holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('cwf')");
+($ret, $out, $err) = $node->psql('postgres', "SELECT coalesce(canary_check('cwf', '" . at(30) . "'), 'no trip')");
+is("$ret|$out", '0|no trip', 'confirm_windows: a check while another holds the lock');
+like($err, blocked_warning('cwf', $holder_pid), 'confirm_windows: warns');
+is(check_lock('cwf') . ' ' . last_decision('cwf'), 'false -|-', 'confirm_windows: its decision: check_lock false (and nothing else says so)');
+is(sq("SELECT ok || ' ' || detail FROM canary_plan('cwf', '" . at(30) . "') WHERE gate = 'no breach'"),
+	'false the last check judged on older evidence: another check was collecting it',
+	'confirm_windows: the gate is closed after it');
+$holder->query_safe('COMMIT');
+$holder->quit;
+
+# two decisions at the same 'at': the later one (by id) counts, whatever
+# order the rows are read in (here the later id is written first: it
+# collected, the other did not)
+my $id = sq("SELECT nextval('canary_window_summaries_id_seq')");
+for my $row ([$id + 2, 'true'], [$id + 1, 'false'])
+{
+	sq(qq{
+INSERT INTO canary_window_summaries (id, canary, at, window_seconds, stage, cohort, samples, errors, refusals, thumbs_down,
+                                     decision_mode, decision)
+VALUES ($row->[0], 'cwf', '} . at(120) . qq{', 300, 'full', 'canary', 0, 0, 0, 0, 'confirm_windows',
+        '{"mode": "confirm_windows", "tripped": null, "check_lock": $row->[1], "evidence_collected": $row->[1], "rules": {}}')});
+}
+sq("SELECT setval('canary_window_summaries_id_seq', $id + 2)");
+is(sq("SELECT ok || ' ' || detail FROM canary_plan('cwf', '" . at(120) . "') WHERE gate = 'no breach'"),
+	'true no rule breached in the last check', 'ties on at: the gate reads the decision with the higher id');
 
 # --- apart from the applications' advisory locks --------------------------------
 sq(qq{
@@ -157,6 +347,18 @@ $app->quit;
 $holder->query_safe('COMMIT');
 is(sq(q{SELECT canary_try_check_lock('app')}), 't', 'released at the end of the transaction');
 $holder->quit;
+
+# --- transaction-level: savepoints, and the waiting variant ---------------------
+$holder = $node->background_psql('postgres');
+$holder->query_safe("BEGIN; SAVEPOINT s; SELECT canary_try_check_lock('sp'); ROLLBACK TO s");
+is(sq(q{SELECT canary_try_check_lock('sp')}), 't', 'a lock taken in a savepoint is released by ROLLBACK TO');
+$holder->query_safe("SELECT canary_try_check_lock('sp'); SAVEPOINT s2; SELECT canary_try_check_lock('sp'); ROLLBACK TO s2");
+is(sq(q{SELECT canary_try_check_lock('sp')}), 'f', 'the parent\'s hold survives a savepoint that took it again and rolled back');
+($ret, $out, $err) = $node->psql('postgres', "SET lock_timeout = '100ms'; SELECT canary_try_check_lock('sp', true)");
+like($err, qr/ERROR:  canceling statement due to lock timeout/, 'with wait, it waits for the lock (here until lock_timeout)');
+$holder->query_safe('COMMIT');
+$holder->quit;
+is(sq(q{SELECT canary_try_check_lock('sp', true)}), 't', 'and takes it once free');
 
 # internal: not for PUBLIC
 sq('CREATE ROLE nobody_special LOGIN');

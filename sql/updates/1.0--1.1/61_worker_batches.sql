@@ -40,24 +40,24 @@ WITH firsts AS (
     SELECT DISTINCT ON (r.canary, r.user_id)
            r.canary, r.user_id, r.cohort, coalesce(c.evidence_since, '-infinity') AS period,
            c.xmin::text AS version,
-           @extschema@.canary_rollup_bucket(r.ts) AS bucket_end, coalesce(r.stage, '') AS stage,
+           %3$I.canary_rollup_bucket(r.ts) AS bucket_end, coalesce(r.stage, '') AS stage,
            coalesce(r.model, '') AS model, r.fallback, r.cached
       FROM %1$s r
-      JOIN @extschema@.canary_config c ON c.name = r.canary
+      JOIN %3$I.canary_config c ON c.name = r.canary
      WHERE r.user_id IS NOT NULL AND r.cohort IN ('canary', 'control')
        AND c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100
        AND (c.evidence_since IS NULL OR r.ts > c.evidence_since)
      ORDER BY r.canary, r.user_id, r.ts
 ), added AS (
-    INSERT INTO @extschema@.canary_srm_users AS u (canary, user_id, cohort, period)
+    INSERT INTO %3$I.canary_srm_users AS u (canary, user_id, cohort, period)
     SELECT f.canary, f.user_id, f.cohort, f.period FROM firsts f
      ORDER BY f.canary, f.period, f.user_id
     ON CONFLICT DO NOTHING
     RETURNING u.canary, u.user_id
 ), counted AS (
-    INSERT INTO @extschema@.canary_rollups AS t
+    INSERT INTO %3$I.canary_rollups AS t
         (canary, bucket_end, member, stage, cohort, model, fallback, cached, new_users)
-    SELECT f.canary, f.bucket_end, @extschema@.canary_rollup_member(), f.stage, f.cohort, f.model,
+    SELECT f.canary, f.bucket_end, %3$I.canary_rollup_member(), f.stage, f.cohort, f.model,
            f.fallback, f.cached, count(*)
       FROM added a JOIN firsts f ON f.canary = a.canary AND f.user_id = a.user_id
      GROUP BY 1, 2, 3, 4, 5, 6, 7, 8
@@ -73,8 +73,9 @@ WITH firsts AS (
 UNION ALL
 SELECT n.name, coalesce(c.xmin::text, ''),
        coalesce(c.kill_switch_armed AND c.percent_new > 0 AND c.percent_new < 100, false), NULL
-  FROM unnest(%s::text[]) n(name)
-  LEFT JOIN @extschema@.canary_config c ON c.name = n.name$a$, canaries) END);
+  FROM unnest(%1$s::text[]) n(name)
+  LEFT JOIN %2$I.canary_config c ON c.name = n.name$a$, canaries, @extschema@.canary_schema_name()) END,
+    @extschema@.canary_schema_name());
 COMMENT ON FUNCTION canary_srm_statement(text, text) IS
     'The statement that records the sample-ratio users of source (canary_srm_users, canary_rollups.new_users)';
 

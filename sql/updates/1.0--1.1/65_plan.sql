@@ -119,12 +119,11 @@ BEGIN
     -- evidence committed before, which may trip but not advance
     SELECT w.decision INTO last_decision FROM @extschema@.canary_window_summaries w
      WHERE w.canary = p_canary AND w.cohort = 'canary' AND w.at <= p_at
-     ORDER BY w.at DESC LIMIT 1;
+     ORDER BY w.at DESC, w.id DESC LIMIT 1;
     SELECT string_agg(r.key || ' ' || (r.value->>'verdict'), ', ') INTO breached
       FROM jsonb_each(coalesce(last_decision->'rules', '{}')) r
      WHERE r.value->>'verdict' IN ('trip', 'not_credible', 'unconfirmed');
-    stale := coalesce(last_decision->>'evidence_collected' = 'false'
-                      OR last_decision->>'sample_ratio' LIKE 'skipped%', false);
+    stale := (last_decision->>'check_lock')::boolean IS FALSE;
     gate := 'no breach'; ok := breached IS NULL AND NOT stale;
     detail := coalesce('breach: ' || breached,
                        CASE WHEN last_decision IS NULL THEN 'no check yet'

@@ -87,20 +87,20 @@ BEGIN
                      / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
                round(sum(r.refusals) FILTER (WHERE NOT r.fallback)
                      / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
-               round(@extschema@.canary_hist_quantile(
-                         @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
-               round(@extschema@.canary_hist_quantile(
-                         @extschema@.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
+               round(%1$I.canary_hist_quantile(
+                         %1$I.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.5)::numeric, 1),
+               round(%1$I.canary_hist_quantile(
+                         %1$I.canary_hist_sum(r.latency_hist) FILTER (WHERE NOT r.fallback), 0.95)::numeric, 1),
                round(sum(r.completion_tokens) FILTER (WHERE NOT r.fallback)
                      / nullif(sum(r.completions) FILTER (WHERE NOT r.fallback), 0), 1),
                round(sum(r.thumbs_down) FILTER (WHERE NOT r.fallback)
                      / nullif(sum(r.requests) FILTER (WHERE NOT r.fallback), 0), 4),
                round(sum(r.cost), 6)
-          FROM @extschema@.%I r
+          FROM %1$I.%2$I r
          WHERE r.canary = $1 AND r.bucket_end > $2
          GROUP BY r.cohort
         HAVING sum(r.requests) > 0
-         ORDER BY r.cohort$q$,
+         ORDER BY r.cohort$q$, @extschema@.canary_schema_name(),
         CASE WHEN @extschema@.canary_fleet_is_control() THEN 'canary_fleet_rollups' ELSE 'canary_rollups' END)
     USING canary_summary.canary, cutoff;
 END;
@@ -517,7 +517,8 @@ BEGIN
         REVOKE SELECT ON TABLE @extschema@.canary_shadow FROM llm_canary_app;
         REVOKE SELECT (prompt, old_text, new_text, old_opening, new_opening)
             ON TABLE @extschema@.canary_shadow FROM llm_canary_app;
-        EXECUTE format('GRANT SELECT (%s) ON TABLE @extschema@.canary_shadow TO llm_canary_app', public_columns);
+        EXECUTE format('GRANT SELECT (%s) ON TABLE %I.canary_shadow TO llm_canary_app',
+                       public_columns, @extschema@.canary_schema_name());
     ELSE
         GRANT SELECT ON TABLE @extschema@.canary_shadow TO llm_canary_app;
     END IF;
@@ -535,7 +536,7 @@ LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    nsp      name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
+    nsp      name := @extschema@.canary_schema_name();  -- unquoted: %I below
     columns  text;
     locked   boolean := false;
     day      date;
@@ -598,7 +599,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     retention integer := coalesce(nullif(current_setting('llm_canary.retention_days', true), '')::integer, 30);
-    nsp name := (SELECT n.nspname FROM pg_namespace n WHERE n.oid = '@extschema@'::regnamespace);  -- unquoted: %I below
+    nsp name := @extschema@.canary_schema_name();  -- unquoted: %I below
     parent text;
     locked boolean;
     n bigint;

@@ -1,0 +1,1 @@
+../../parts/01_schema_name.sql
