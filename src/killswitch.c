@@ -766,6 +766,18 @@ TwoSample(CanaryRule rule)
 	return rule == RULE_REFUSAL || rule == RULE_THUMBS_DOWN;
 }
 
+/* The rule's name in src/sequential.c, where the rules' shares live. */
+static SeqRule
+SeqRuleOf(CanaryRule rule)
+{
+	return (SeqRule) (rule - RULE_ERROR_RATE);
+}
+
+StaticAssertDecl(RULE_P95 - RULE_ERROR_RATE == SEQ_RULE_P95 &&
+				 RULE_REFUSAL - RULE_ERROR_RATE == SEQ_RULE_REFUSAL &&
+				 RULE_THUMBS_DOWN - RULE_ERROR_RATE == SEQ_RULE_THUMBS_DOWN,
+				 "the kill switch's rules in the order of sequential.h's");
+
 /*
  * The boundary a rule tests the canary's rate against over one segment,
  * from the segment's control counts (or, without any, the stored baseline),
@@ -783,7 +795,7 @@ SegmentBoundary(const RolloutRules *rr, CanaryRule rule, const Segment *s,
 	const CohortWindow *base = s->control.samples > 0 ? &s->control :
 		(w->has_base ? &w->baseline : NULL);
 	const CohortWindow *cw = &s->canary;
-	double		z = SeqControlThreshold(rr->significance, s->minutes > 0);
+	double		z = SeqControlThreshold(SeqRuleOf(rule), rr->significance, s->minutes > 0);
 
 	/*
 	 * refusals while both cohorts get traffic (0 < percent_new < 100): the
@@ -934,8 +946,10 @@ JudgeSequential(const char *schema, const RolloutRules *rr, TimestampTz at,
 			SetResult(&cand, breach ? VERDICT_NOT_CREDIBLE : VERDICT_BELOW,
 					  observed, limit, seg[s].canary.samples);
 			cand.needed = seg[s].minutes == 0 ?
-				SeqStageThreshold(rr->significance, TwoSample((CanaryRule) i) && !paired) :
-				SeqChangeThreshold(rr->significance, TwoSample((CanaryRule) i) && !paired);
+				SeqStageThreshold(SeqRuleOf((CanaryRule) i), rr->significance,
+								  TwoSample((CanaryRule) i) && !paired) :
+				SeqChangeThreshold(SeqRuleOf((CanaryRule) i), rr->significance,
+								   TwoSample((CanaryRule) i) && !paired);
 			cand.evidence = paired ? SeqPairedMixture(seg[s].canary.paired) :
 				SeqLogMixtureLR(events, seg[s].canary.samples, boundary);
 			cand.minutes = seg[s].minutes;

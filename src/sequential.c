@@ -26,12 +26,14 @@
  * Two statistics per rule, both built from the same ratios:
  *	  stage:  the ratio over all evidence since the last re-arm or change
  *			  of stage, percentage or models; it trips at
- *			  1 / (SEQ_STAGE_SHARE x share), share = significance /
- *			  SEQ_RULES (false-trip probability at most 3/4 of the rule's
- *			  share for the whole evidence period).  Regressions come with
- *			  changes (a new stage, a new model), and a change starts the
- *			  evidence afresh: this statistic catches them, so it gets
- *			  three quarters of each rule's share.
+ *			  1 / (SEQ_STAGE_SHARE x share), share = the rule's part of
+ *			  significance (rule_shares: refusal 1/2, errors 1/4, p95 and
+ *			  thumbs-down 1/8 each) (false-trip probability at most 3/4
+ *			  of the rule's share for the whole evidence period).
+ *			  Regressions come with changes (a new stage, a new model),
+ *			  and a change starts the evidence afresh: this statistic
+ *			  catches them, so it gets three quarters of each rule's
+ *			  share.
  *	  change: the largest ratio over the segments that end now and start
  *			  at a minute boundary 1, 2, ... 60 minutes ago, then every 5
  *			  minutes up to 4 hours, then every 30 up to a day (killswitch.c
@@ -64,14 +66,17 @@
  * statistic's part, so every term of the union bound is inside the rule's
  * share.
  *
- * Four rules, two statistics each: the expected number of false trips of a
- * canary that meets every rule is at most significance per rollout-day,
- * counted from the stage's start (with at most one evidence period a day;
- * each further re-arm or change of stage that day adds at most 3/4 x
- * significance).  Assumed: requests are independent draws given their
- * cohort (assignment is per user: users with rates of their own make the
- * counts overdispersed and the bound optimistic), and the p95 rule's
- * latency limit (1.5 x control's p95) is a point estimate taken as known.
+ * Four rules, two statistics each, the rules' shares summing to 1: the
+ * expected number of false trips of a canary that meets every rule is at
+ * most significance per rollout-day (default 0.1), counted from the
+ * stage's start (with at most one evidence period a day; each further
+ * re-arm or change of stage that day adds at most 3/4 x significance).
+ * At 0.1 the stage statistics trip at log 3.28 (refusal, paired), 3.98
+ * (errors), 4.67 (p95) and 4.76 (thumbs-down).  Assumed: requests are
+ * independent draws given their cohort (assignment is per user: users with
+ * rates of their own make the counts overdispersed and the bound
+ * optimistic), and the p95 rule's latency limit (1.5 x control's p95) is a
+ * point estimate taken as known.
 
  * Pure functions of counts: no SPI, no allocation, never raise.
  *
@@ -85,6 +90,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/builtins.h"
 
 #include "sequential.h"
 
@@ -254,28 +260,70 @@ SeqUpperConfidence(int64 k, int64 n, double log_threshold)
 	return hi;
 }
 
-/* The part of a rule's share one statistic of the rule spends on its ratio. */
+/*
+ * Each rule's part of significance, in eighths: refusals 1/2, errors 1/4,
+ * p95 and thumbs-down 1/8 each.  The regressions the p95 and thumbs-down
+ * rules guard against are large next to their boundaries (2 x and 4 x
+ * control) and reach any of these thresholds within a minute or two; the
+ * refusal rule's (the article's incident: a few points above control +
+ * 0.05) and the error rule's (a ramp_1 canary sees a few hundred requests
+ * in ten minutes) are the ones short of evidence, so they get the larger
+ * parts.  At significance 0.1 the p95 and thumbs-down parts are 0.0125,
+ * a quarter of 0.05.
+ */
+enum
+{
+	EIGHTHS_ERROR_RATE = 2,
+	EIGHTHS_P95 = 1,
+	EIGHTHS_REFUSAL = 4,
+	EIGHTHS_THUMBS_DOWN = 1
+};
+
+static const double rule_shares[SEQ_RULES] = {
+	[SEQ_RULE_ERROR_RATE] = EIGHTHS_ERROR_RATE / 8.0,
+	[SEQ_RULE_P95] = EIGHTHS_P95 / 8.0,
+	[SEQ_RULE_REFUSAL] = EIGHTHS_REFUSAL / 8.0,
+	[SEQ_RULE_THUMBS_DOWN] = EIGHTHS_THUMBS_DOWN / 8.0,
+};
+
+StaticAssertDecl(EIGHTHS_ERROR_RATE + EIGHTHS_P95 + EIGHTHS_REFUSAL + EIGHTHS_THUMBS_DOWN == 8,
+				 "the rules' shares make up the whole significance");
+
+static const char *const rule_names[SEQ_RULES] = {
+	[SEQ_RULE_ERROR_RATE] = "error_rate",
+	[SEQ_RULE_P95] = "p95",
+	[SEQ_RULE_REFUSAL] = "refusal",
+	[SEQ_RULE_THUMBS_DOWN] = "thumbs_down",
+};
+
+/*
+ * The part of significance one statistic of a rule spends on its ratio: the
+ * rule's share, of which SEQ_STAGE_SHARE for the stage statistic and the
+ * rest for the change statistic, less the control's sequence for a
+ * two-sample test.
+ */
 static double
-StatisticShare(bool change, bool two_sample)
+StatisticShare(SeqRule rule, bool change, bool two_sample)
 {
 	double		share = change ? 1.0 - SEQ_STAGE_SHARE : SEQ_STAGE_SHARE;
 
-	return two_sample ? share - SEQ_CONTROL_SHARE : share;
+	if (two_sample)
+		share -= SEQ_CONTROL_SHARE;
+	return share * rule_shares[rule];
 }
 
 /* log of the threshold of a rule's stage statistic */
 double
-SeqStageThreshold(double significance, bool two_sample)
+SeqStageThreshold(SeqRule rule, double significance, bool two_sample)
 {
-	return log(SEQ_RULES / (StatisticShare(false, two_sample) * significance));
+	return log(1.0 / (StatisticShare(rule, false, two_sample) * significance));
 }
 
 /* log of the threshold of a rule's change statistic */
 double
-SeqChangeThreshold(double significance, bool two_sample)
+SeqChangeThreshold(SeqRule rule, double significance, bool two_sample)
 {
-	return log(SEQ_RULES * SEQ_STARTS_PER_DAY /
-			   (StatisticShare(true, two_sample) * significance));
+	return log(SEQ_STARTS_PER_DAY / (StatisticShare(rule, true, two_sample) * significance));
 }
 
 /*
@@ -284,10 +332,10 @@ SeqChangeThreshold(double significance, bool two_sample)
  * statistic (its start point's part of the union bound).
  */
 double
-SeqControlThreshold(double significance, bool change)
+SeqControlThreshold(SeqRule rule, double significance, bool change)
 {
-	return log(SEQ_RULES * (change ? SEQ_STARTS_PER_DAY : 1) /
-			   (SEQ_CONTROL_SHARE * significance));
+	return log((change ? SEQ_STARTS_PER_DAY : 1) /
+			   (SEQ_CONTROL_SHARE * rule_shares[rule] * significance));
 }
 
 /*
@@ -331,11 +379,13 @@ SeqSamplesForPower(double p0, double p1, double log_threshold)
  * canary_sequential_evidence(events bigint, trials bigint, boundary float8,
  *							  two_sided boolean default false)
  *		The log mixture likelihood ratio the kill switch computes, for
- *		checking a decision by hand: it trips the stage statistic of the
- *		error and p95 rules at log(16 / (3 x significance)), of the
- *		refusal and thumbs-down rules at log(64 / (11 x significance))
- *		against the control's rate at the upper end of its confidence
- *		sequence (log threshold log(64 / significance)).
+ *		checking a decision by hand: a rule's stage statistic trips at
+ *		log(1 / (3/4 x share x significance)), share its part of
+ *		significance (rule_shares); the thumbs-down rule (and the
+ *		refusal rule at full) at log(1 / ((3/4 - 1/16) x share x
+ *		significance)) against the control's rate at the upper end of its
+ *		confidence sequence (log threshold log(16 / (share x
+ *		significance))).
  */
 PG_FUNCTION_INFO_V1(canary_sequential_evidence);
 Datum
@@ -357,9 +407,12 @@ canary_sequential_evidence(PG_FUNCTION_ARGS)
 
 /*
  * canary_sequential_samples(boundary float8, alternative float8,
- *							 significance float8)
- *		Canary requests after which a rule's stage statistic trips with
- *		probability about 0.8 when the true rate is alternative (above the
+ *							 significance float8, rule text)
+ *		Canary requests after which a rule's stage statistic below stage
+ *		full trips with probability about 0.8 when the true rate is
+ *		alternative (above the boundary), at the rule's own threshold (the
+ *		thumbs-down rule's less its control sequence; the refusal rule's
+ *		paired test approximated by a one-sample test against the
  *		boundary): the planner's evidence gate.  NULL when alternative is
  *		not above the boundary.
  */
@@ -370,6 +423,8 @@ canary_sequential_samples(PG_FUNCTION_ARGS)
 	double		p0 = PG_GETARG_FLOAT8(0);
 	double		p1 = PG_GETARG_FLOAT8(1);
 	double		alpha = PG_GETARG_FLOAT8(2);
+	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	int			rule;
 	double		n;
 
 	if (isnan(alpha) || alpha <= 0 || alpha >= 1)
@@ -377,7 +432,16 @@ canary_sequential_samples(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("significance must be between 0 and 1"),
 				 errdetail("Got %g.", alpha)));
-	n = SeqSamplesForPower(p0, p1, SeqStageThreshold(alpha, false));
+	for (rule = 0; rule < SEQ_RULES; rule++)
+		if (strcmp(name, rule_names[rule]) == 0)
+			break;
+	if (rule == SEQ_RULES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown rule \"%s\"", name),
+				 errhint("The rules are error_rate, p95, refusal and thumbs_down.")));
+	n = SeqSamplesForPower(p0, p1, SeqStageThreshold((SeqRule) rule, alpha,
+													 rule == SEQ_RULE_THUMBS_DOWN));
 	if (n < 0)
 		PG_RETURN_NULL();
 	PG_RETURN_INT64((int64) n);

@@ -19,8 +19,19 @@
  */
 #define SEQ_STARTS_PER_DAY	1440
 
-/* The rules that share the significance, equally. */
-#define SEQ_RULES			4
+/*
+ * The rules that share the significance (each rule's share: rule_shares in
+ * src/sequential.c).
+ */
+typedef enum SeqRule
+{
+	SEQ_RULE_ERROR_RATE,
+	SEQ_RULE_P95,
+	SEQ_RULE_REFUSAL,
+	SEQ_RULE_THUMBS_DOWN
+} SeqRule;
+
+#define SEQ_RULES			(SEQ_RULE_THUMBS_DOWN + 1)
 
 /* Each rule's share spent on its stage statistic (the rest: change). */
 #define SEQ_STAGE_SHARE		0.75
@@ -35,9 +46,9 @@
 extern double SeqLogMixtureLR(int64 k, int64 n, double p0);
 extern double SeqLogMixtureLRTwoSided(int64 k, int64 n, double p0);
 extern double SeqUpperConfidence(int64 k, int64 n, double log_threshold);
-extern double SeqStageThreshold(double significance, bool two_sample);
-extern double SeqChangeThreshold(double significance, bool two_sample);
-extern double SeqControlThreshold(double significance, bool change);
+extern double SeqStageThreshold(SeqRule rule, double significance, bool two_sample);
+extern double SeqChangeThreshold(SeqRule rule, double significance, bool two_sample);
+extern double SeqControlThreshold(SeqRule rule, double significance, bool change);
 /* lambdas of the refusal rule's paired test (src/sequential.c) */
 #define SEQ_NPAIRED			4
 

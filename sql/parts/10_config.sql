@@ -68,7 +68,7 @@ CREATE TABLE canary_config (
     refusal_delta_threshold numeric NOT NULL DEFAULT 0.05,
     thumbs_down_ratio_threshold numeric NOT NULL DEFAULT 2.0,
     min_samples          integer NOT NULL DEFAULT 100,
-    significance         numeric NOT NULL DEFAULT 0.05,
+    significance         numeric NOT NULL DEFAULT 0.1,
     raw_rules            boolean NOT NULL DEFAULT false,
     confirm_windows      integer NOT NULL DEFAULT 2,
     -- slow signal

@@ -56,12 +56,12 @@ AS $$
 $$;
 
 CREATE FUNCTION canary_sequential_samples(boundary double precision, alternative double precision,
-                                          significance double precision)
+                                          significance double precision, rule text)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'canary_sequential_samples'
 LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-COMMENT ON FUNCTION canary_sequential_samples(double precision, double precision, double precision) IS
-    'Canary requests after which a rule''s sequential test detects the alternative rate with power 0.8';
+COMMENT ON FUNCTION canary_sequential_samples(double precision, double precision, double precision, text) IS
+    'Canary requests after which a rule''s sequential test (at the rule''s share of significance) detects the alternative rate with power 0.8';
 
 /*
  * canary_plan_gates: every gate of the rollout's current stage at p_at:
@@ -191,7 +191,7 @@ BEGIN
         END IF;
         needed := greatest(@extschema@.canary_sequential_samples(rule.boundary,
                                                                   least(1.5 * rule.boundary, (1 + rule.boundary) / 2),
-                                                                  cfg.significance::float8),
+                                                                  cfg.significance::float8, rule.name),
                            cfg.min_samples);
         ok := ev.n >= needed;
         samples_needed := greatest(needed - ev.n, 0);

@@ -75,8 +75,8 @@ sub result
 my $aa = '180000|0|60|0|0';
 # (the window p95s come from the rollups' latency histograms, within 1/64)
 my %expect = (
-	# the default mode
-	'article sequential' => '39600|0|11|1|330|0|refusal_rate=0.081 vs baseline 0.012',
+	# the default mode (significance 0.1, split by rule: src/sequential.c)
+	'article sequential' => '18000|0|5|1|150|0|refusal_rate=0.084 vs baseline 0.010',
 	'errors sequential' => '22500|0|15|1|450|0|new-model error_rate=0.060 > 0.02',
 	'p95 sequential' => '3000|0|1|1|30|0|new-model p95 > 1.5x baseline (2208):'
 	  . ' 13.6% of requests slower than 3313 ms',
@@ -86,9 +86,9 @@ my %expect = (
 	'aa_ramp_25 sequential' => $aa,
 	'aa_full sequential' => $aa,
 	'slight sequential' => $aa,
-	# a breach in two consecutive 300 s windows
-	'article confirm_windows' => '50400|0|14|1|420|0|refusal_rate=0.079 vs baseline 0.012',
-	'errors confirm_windows' => '27000|0|18|1|540|0|new-model error_rate=0.057 > 0.02',
+	# a breach in two consecutive 300 s windows, each credible at p < 0.1
+	'article confirm_windows' => '43200|0|12|1|360|0|refusal_rate=0.080 vs baseline 0.012',
+	'errors confirm_windows' => '25500|0|17|1|510|0|new-model error_rate=0.058 > 0.02',
 	'p95 confirm_windows' => '33000|0|11|1|330|0|new-model p95=4288 > 1.5x baseline (2208)',
 	'thumbs confirm_windows' => '33000|0|11|1|330|0|thumbs_down_rate=0.081 > 2x baseline 0.021',
 	'aa_ramp_1 confirm_windows' => $aa,
@@ -106,6 +106,14 @@ for my $k (sort keys %expect)
 	my ($scenario, $mode) = split / /, $k;
 	is(result($scenario, $mode), $expect{$k}, "$scenario in mode $mode");
 }
+
+# the issue's goals in the default mode: the article's case within 4
+# minutes, errors within 10, p95 and thumbs-down within 3
+is($node->safe_psql('postgres', q{
+SELECT string_agg(scenario || ' ' || (first_trip_s <= CASE scenario WHEN 'article' THEN 240 WHEN 'errors' THEN 600
+                                                                     ELSE 180 END), ', ' ORDER BY scenario)
+  FROM sim_results WHERE mode = 'sequential' AND scenario IN ('article', 'errors', 'p95', 'thumbs')}),
+	'article true, errors true, p95 true, thumbs true', 'sequential: every trip within its goal on seed 1');
 
 # requests|dropped|checks|trips|first trip (s)|sample_ratio alerts (A/A: no trip on any seed)
 for my $seed (2, 3)

@@ -71,12 +71,13 @@ is(judge('sequential', 'error_rate', err => 21), 'not_credible|none',
 	'sequential: errors 0.021 breach without the evidence to trip');
 is(judge('sequential', 'error_rate', err => 45), 'trip|new-model',
 	'sequential: errors 0.045 in 1,000 requests trip');
-# at the stage threshold log(16 / (3 x 0.05)) = 4.670: 36 errors in 1,000
-# give evidence 4.198, 37 give 4.754
-is(judge('sequential', 'error_rate', err => 36), 'not_credible|none',
-	'sequential: 36 errors in 1,000 stay just below the stage threshold');
-is(judge('sequential', 'error_rate', err => 37), 'trip|new-model',
-	'sequential: 37 errors in 1,000 pass the stage threshold');
+# at the stage threshold log(1 / (3/4 x 1/4 x 0.1)) = 3.977 (the error
+# rule's quarter of significance 0.1): 35 errors in 1,000 give evidence
+# 3.672, 36 give 4.198
+is(judge('sequential', 'error_rate', err => 35), 'not_credible|none',
+	'sequential: 35 errors in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'error_rate', err => 36), 'trip|new-model',
+	'sequential: 36 errors in 1,000 pass the stage threshold');
 
 # --- refusal rate > control + 0.05 (control 0.01: limit 0.06) ----------------
 is(judge('raw', 'refusal', ref => 59), 'below_threshold|none',
@@ -93,12 +94,13 @@ is(judge('sequential', 'refusal', ref => 130), 'trip|refusal_rate=0.130',
 	'sequential: refusals 0.130 trip');
 # with control traffic the refusal rule is the paired test (each canary
 # request bet on against one control request, src/sequential.c), stage
-# threshold log(16 / (3 x 0.05)) = 4.670 as for errors: against control's
-# 100 refusals in 10,000, 86 refusals in 1,000 give 4.360, 87 give 4.712
-is(judge('sequential', 'refusal', ref => 86), 'not_credible|none',
-	'sequential: 86 refusals in 1,000 stay just below the stage threshold');
-is(judge('sequential', 'refusal', ref => 87), 'trip|refusal_rate=0.087',
-	'sequential: 87 refusals in 1,000 pass the stage threshold');
+# threshold log(1 / (3/4 x 1/2 x 0.1)) = 3.283 (the refusal rule's half of
+# significance): against control's 100 refusals in 10,000, 82 refusals in
+# 1,000 give 3.047, 83 give 3.361
+is(judge('sequential', 'refusal', ref => 82), 'not_credible|none',
+	'sequential: 82 refusals in 1,000 stay just below the stage threshold');
+is(judge('sequential', 'refusal', ref => 83), 'trip|refusal_rate=0.083',
+	'sequential: 83 refusals in 1,000 pass the stage threshold');
 
 # --- p95 > 1.5 x control p95 ------------------------------------------------------
 # The window p95s come from the rollups' latency histograms (32 buckets per
@@ -133,8 +135,10 @@ is(judge('sequential', 'thumbs_down', td => 41), 'not_credible|none',
 	'sequential: thumbs-down 0.041 breach without the evidence to trip');
 is(judge('sequential', 'thumbs_down', td => 100), 'trip|thumbs_down_rate=0.100',
 	'sequential: thumbs-down 0.100 trip');
-# control's 200 in 10,000 at the upper end of their confidence sequence:
-# 0.026239, boundary 0.052479; 78 thumbs-down give 4.669, 79 give 5.057
+# control's 200 in 10,000 at the upper end of their confidence sequence
+# (log 1 / (1/16 x 1/8 x 0.1) = 7.155): 0.026239, boundary 0.052479; at the
+# stage threshold log(1 / ((3/4 - 1/16) x 1/8 x 0.1)) = 4.757, 78
+# thumbs-down give 4.669, 79 give 5.057
 is(judge('sequential', 'thumbs_down', td => 78), 'not_credible|none',
 	'sequential: 78 thumbs-down in 1,000 stay just below the stage threshold');
 is(judge('sequential', 'thumbs_down', td => 79), 'trip|thumbs_down_rate=0.079',
@@ -238,24 +242,52 @@ SELECT canary_paired_evidence(4000000000000000000, 2000000000000000000, 40000000
 	'canary_paired_evidence of counts in the billions is no evidence');
 ok(time - $t_paired < 10, 'and returns promptly');
 
-# r9 (errors 0.045) tripped on its stage statistic: evidence 16 / (3 x 0.05)
+# r9 (errors 0.045) tripped on its stage statistic: evidence
+# 1 / (3/4 x 1/4 x 0.1), the default significance 0.1
 is($node->safe_psql('postgres', q{
 SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeric, 3),
-                 round(ln(16 / (3 * 0.05))::numeric, 3))
+                 round(ln(1 / (0.75 * 0.25 * 0.1))::numeric, 3), c.significance)
   FROM (SELECT decision->'rules'->'error_rate' AS d FROM canary_window_summaries
-         WHERE canary = 'r9' AND cohort = 'canary') s}),
-	'trip 0 4.670 4.670', 'the stage statistic trips at log(16 / (3 x significance))');
-# the paired refusal test needs log(16 / (3 x significance)); the
-# thumbs-down rule, log(64 / (11 x significance)) (1/16 of the rule's share
-# goes to the control's confidence sequence of the statistic)
+         WHERE canary = 'r9' AND cohort = 'canary') s, canary_config c WHERE c.name = 'r9'}),
+	'trip 0 3.977 3.977 0.1', 'the error rule\'s stage statistic trips at log(1 / (3/4 x 1/4 x significance))');
+# the paired refusal test needs log(1 / (3/4 x 1/2 x significance)); the
+# thumbs-down rule, log(1 / ((3/4 - 1/16) x 1/8 x significance)) (1/16 of
+# the rule's share goes to the control's confidence sequence of the
+# statistic)
 is($node->safe_psql('postgres', q{
 SELECT string_agg(DISTINCT concat_ws(' ', v.r, x.d->>'minutes', round((x.d->>'needed')::numeric, 3)), ', ')
   FROM canary_window_summaries w
  CROSS JOIN (VALUES ('refusal'), ('thumbs_down')) v(r)
  CROSS JOIN LATERAL (SELECT w.decision->'rules'->v.r AS d) x
  WHERE w.cohort = 'canary' AND w.decision->>'mode' = 'sequential' AND x.d->>'verdict' = 'trip'}),
-	'refusal 0 4.670, thumbs_down 0 4.757',
-	'the paired refusal statistic trips at log(16 / (3 x significance)), thumbs-down at log(64 / (11 x significance))');
+	'refusal 0 3.283, thumbs_down 0 4.757',
+	'the paired refusal statistic trips at log(8 / (3 x significance)), thumbs-down at log(128 / (11 x significance))');
+
+# the rules' shares of significance (README): refusal 1/2, errors 1/4, p95
+# and thumbs-down 1/8 each; a canary that breaches nothing reports each
+# rule's stage threshold, at significance 0.1 and 0.05: log(1 / (3/4 x
+# share x significance)), thumbs-down's less 1/16 of its share
+for my $sig ('0.1', '0.05')
+{
+	my $name = 'share' . ($sig =~ s/\.//r);
+	$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, decision_mode, significance)
+  VALUES ('$name', 'ramp_25', 'm-old', 'm-new', 'sequential', $sig);
+SELECT put('$name', '$at', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('$name', '$at', 'canary', 1000, 0, 0, 0, 1000);
+SELECT canary_check('$name', '$at');
+});
+}
+is($node->safe_psql('postgres', q{
+SELECT string_agg(c.significance || ': ' || (
+         SELECT string_agg(v.r || ' ' || round((w.decision->'rules'->v.r->>'needed')::numeric, 3), ', ' ORDER BY v.o)
+           FROM (VALUES (1, 'refusal'), (2, 'error_rate'), (3, 'p95'), (4, 'thumbs_down')) v(o, r)), '; '
+         ORDER BY c.significance DESC)
+  FROM canary_window_summaries w JOIN canary_config c ON c.name = w.canary
+ WHERE w.canary IN ('share01', 'share005') AND w.cohort = 'canary'}),
+	'0.1: refusal 3.283, error_rate 3.977, p95 4.670, thumbs_down 4.757; '
+	  . '0.05: refusal 3.977, error_rate 4.670, p95 5.363, thumbs_down 5.450',
+	'each rule\'s stage threshold is its share of significance: refusal 1/2, errors 1/4, p95 1/8, thumbs-down 1/8');
 
 # --- the change statistic: a regression an hour into the stage -------------------
 # an hour of good traffic (counted by a check then), then a minute of 15 %
@@ -272,15 +304,15 @@ SELECT put('late', '$at', 'canary', 1000, 150, 0, 0, 1000);
 is($node->safe_psql('postgres', qq{
 SELECT coalesce(split_part(canary_check('late', '$at'), ' ', 1), 'none');
 SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeric, 3),
-                 round(ln(16 * 1440 / 0.05)::numeric, 3))
+                 round(ln(1440 / (0.25 * 0.25 * 0.1))::numeric, 3))
   FROM (SELECT decision->'rules'->'error_rate' AS d FROM canary_window_summaries
          WHERE canary = 'late' AND cohort = 'canary' ORDER BY at DESC LIMIT 1) s}) =~ s/\n/ /r,
-	'new-model trip 2 13.041 13.041',
-	'a regression late in the stage trips the change statistic (the segment of the last 2 minutes) at log(16 x 1440 / significance)');
+	'new-model trip 2 12.348 12.348',
+	'a regression late in the stage trips the change statistic (the segment of the last 2 minutes) at log(1440 / (1/4 x 1/4 x significance))');
 
-# at the change threshold: 48 errors in the last minute's 1,000 give
-# evidence 12.400, 49 give 13.253 (threshold 13.041)
-for my $k (48, 49)
+# at the change threshold: 47 errors in the last minute's 1,000 give
+# evidence 11.587, 48 give 12.400 (threshold 12.348)
+for my $k (47, 48)
 {
 	$node->safe_psql('postgres', qq{
 INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
@@ -292,14 +324,14 @@ SELECT put('late$k', '$at', 'canary', 1000, $k, 0, 0, 1000);
 });
 }
 is($node->safe_psql('postgres', qq{
-SELECT coalesce(split_part(canary_check('late48', '$at'), ' ', 1), 'none') || ' '
-    || coalesce(split_part(canary_check('late49', '$at'), ' ', 1), 'none');
+SELECT coalesce(split_part(canary_check('late47', '$at'), ' ', 1), 'none') || ' '
+    || coalesce(split_part(canary_check('late48', '$at'), ' ', 1), 'none');
 SELECT string_agg(concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'evidence')::numeric, 3)), ', '
                   ORDER BY canary)
   FROM (SELECT canary, decision->'rules'->'error_rate' AS d FROM canary_window_summaries
-         WHERE canary IN ('late48', 'late49') AND cohort = 'canary' AND at = '$at') s}) =~ s/\n/|/r,
-	'none new-model|not_credible 2 12.400, trip 2 13.253',
-	'the change statistic: 48 errors in the last minute stay below its threshold, 49 pass it');
+         WHERE canary IN ('late47', 'late48') AND cohort = 'canary' AND at = '$at') s}) =~ s/\n/|/r,
+	'none new-model|not_credible 2 11.587, trip 2 12.400',
+	'the change statistic: 47 errors in the last minute stay below its threshold, 48 pass it');
 
 # the segment grid: a burst of errors m minutes back is caught by the
 # shortest segment that holds it: every minute up to 60, every 5 up to 240,

@@ -93,12 +93,25 @@ is(sq(q{SELECT kind || ' ' || (payload->>'alert') || ' ' || (payload->>'new_stag
 
 # ramp_1: the evidence gates need canary requests; a day of dwell
 my $since = 5 * 24;
-is(gate('plan', $since + 1, 'evidence error_rate'), 'false ' . sq(q{
-SELECT canary_sequential_samples(0.02, 0.03, 0.05)}), 'ramp_1: no evidence yet, all of it needed');
+# power 0.8 against errors 0.03 at the error rule's stage threshold, log(1 /
+# (3/4 x 1/4 x 0.1)) = 3.977 at the default significance 0.1
+is(gate('plan', $since + 1, 'evidence error_rate'), 'false 4159', 'ramp_1: no evidence yet, all of it needed');
+# each rule at its own threshold (src/sequential.c): refusal 1/2 of
+# significance, errors 1/4, p95 and thumbs-down 1/8 (thumbs-down less its
+# control sequence), at 0.1 and 0.05
+is(sq(q{
+SELECT string_agg(canary_sequential_samples(0.02, 0.03, s, r)::text, ' ' ORDER BY s DESC, o)
+  FROM unnest(ARRAY['refusal', 'error_rate', 'p95', 'thumbs_down']) WITH ORDINALITY u(r, o),
+       unnest(ARRAY[0.1, 0.05]) s}),
+	'3748 4159 4552 4601 4159 4552 4941 4990',
+	'canary_sequential_samples: each rule at its share of significance, 0.1 and 0.05');
+my (undef, undef, $unknown) = $node->psql('postgres',
+	"\\set VERBOSITY verbose\nSELECT canary_sequential_samples(0.02, 0.03, 0.1, 'latency')");
+like($unknown, qr/ERROR:  22023: unknown rule "latency"/, 'canary_sequential_samples: an unknown rule is refused');
 sq("SELECT put('plan', '" . at($since + 1) . "', 'control', 20000, 9900), put('plan', '" . at($since + 1) . "', 'canary', 2000, 100)");
 check('plan', $since + 1);
 is(gate('plan', $since + 1, 'evidence error_rate'),
-	'false ' . sq("SELECT canary_sequential_samples(0.02, 0.03, 0.05) - 2000"),
+	'false ' . (4159 - 2000),
 	'ramp_1: 2,000 canary requests are not enough evidence for the error rule');
 is(sq("SELECT due_at IS NOT NULL AND due_at < timestamptz '" . at($since + 24) . "' FROM canary_plan('plan', '" . at($since + 1) . "') WHERE gate = 'evidence error_rate'"),
 	't', 'canary_plan: at the last hour\'s traffic the error evidence is due within the day');
