@@ -770,6 +770,7 @@ TwoSample(CanaryRule rule)
 static SeqRule
 SeqRuleOf(CanaryRule rule)
 {
+	Assert(rule != RULE_NONE);
 	return (SeqRule) (rule - RULE_ERROR_RATE);
 }
 

@@ -376,6 +376,22 @@ SeqSamplesForPower(double p0, double p1, double log_threshold)
 }
 
 /*
+ * A catalog whose SQL declaration of a function has fewer arguments than
+ * this library reads (a catalog not yet updated): an error, not a read
+ * past the call's arguments.
+ */
+static void
+RequireArguments(FunctionCallInfo fcinfo, int nargs, const char *name)
+{
+	if (PG_NARGS() < nargs)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s was declared with %d arguments, this library takes %d",
+						name, PG_NARGS(), nargs),
+				 errhint("Run ALTER EXTENSION llm_canary UPDATE.")));
+}
+
+/*
  * canary_sequential_evidence(events bigint, trials bigint, boundary float8,
  *							  two_sided boolean default false)
  *		The log mixture likelihood ratio the kill switch computes, for
@@ -391,10 +407,16 @@ PG_FUNCTION_INFO_V1(canary_sequential_evidence);
 Datum
 canary_sequential_evidence(PG_FUNCTION_ARGS)
 {
-	int64		k = PG_GETARG_INT64(0);
-	int64		n = PG_GETARG_INT64(1);
-	double		p0 = PG_GETARG_FLOAT8(2);
-	bool		two_sided = PG_GETARG_BOOL(3);
+	int64		k;
+	int64		n;
+	double		p0;
+	bool		two_sided;
+
+	RequireArguments(fcinfo, 4, "canary_sequential_evidence");
+	k = PG_GETARG_INT64(0);
+	n = PG_GETARG_INT64(1);
+	p0 = PG_GETARG_FLOAT8(2);
+	two_sided = PG_GETARG_BOOL(3);
 
 	if (k < 0 || n < 0 || k > n || isnan(p0) || p0 < 0 || p0 > 1)
 		ereport(ERROR,
@@ -420,13 +442,18 @@ PG_FUNCTION_INFO_V1(canary_sequential_samples);
 Datum
 canary_sequential_samples(PG_FUNCTION_ARGS)
 {
-	double		p0 = PG_GETARG_FLOAT8(0);
-	double		p1 = PG_GETARG_FLOAT8(1);
-	double		alpha = PG_GETARG_FLOAT8(2);
-	char	   *name = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	double		p0;
+	double		p1;
+	double		alpha;
+	char	   *name;
 	int			rule;
 	double		n;
 
+	RequireArguments(fcinfo, 4, "canary_sequential_samples");
+	p0 = PG_GETARG_FLOAT8(0);
+	p1 = PG_GETARG_FLOAT8(1);
+	alpha = PG_GETARG_FLOAT8(2);
+	name = text_to_cstring(PG_GETARG_TEXT_PP(3));
 	if (isnan(alpha) || alpha <= 0 || alpha >= 1)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

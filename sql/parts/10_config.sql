@@ -264,7 +264,7 @@ BEGIN
     IF NEW.significance IS NULL OR NEW.significance <= 0 OR NEW.significance >= 1 THEN
         RAISE EXCEPTION 'significance % of rollout "%" is out of range', coalesce(NEW.significance::text, 'NULL'), NEW.name
             USING ERRCODE = 'numeric_value_out_of_range',
-                  HINT = 'significance is a probability strictly between 0 and 1, for example 0.05.';
+                  HINT = 'significance is a probability strictly between 0 and 1, for example 0.1.';
     END IF;
 
     FOR i IN 1..2 LOOP

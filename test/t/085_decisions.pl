@@ -635,5 +635,61 @@ SELECT decision->'rules'->'refusal'->>'verdict' FROM canary_window_summaries
 	qr/^refusal_rate=0\.300 vs baseline 0\.0\d+\|trip$/,
 	'percent_new 100 at a ramp stage: the refusal rule is tested against the baseline and trips');
 
+# the refusal rule at full (no control cohort: against the stored baseline,
+# the control's rate at the upper end of its confidence sequence): a
+# two-sample test, so its stage statistic trips at log(1 / ((3/4 - 1/16) x
+# 1/2 x significance)) = 3.370 against the baseline's sequence at
+# log(1 / (1/16 x 1/2 x significance)) = 5.768.  Computed apart from the
+# extension (the mixture of src/sequential.c in Python): baseline 100
+# refusals in 10,000 gives the boundary 0.06415 (0.01 + 0.05 at its upper
+# end); of 1,000 canary requests 88 refusals give evidence 3.275, 89 give
+# 3.612.  With the refusal rule's share 1/8 (swapped with thumbs-down's)
+# the thresholds would be 4.757 and 7.155 and 93 refusals needed.
+for my $k (88, 89)
+{
+	$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('full$k', 'ramp_25', 'm-old', 'm-new');
+SELECT put('full$k', timestamptz '$at' - interval '30 minutes', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('full$k', timestamptz '$at' - interval '30 minutes', 'canary', 1000, 0, 10, 20, 1000);
+SELECT canary_check('full$k', timestamptz '$at' - interval '30 minutes');
+UPDATE canary_config SET stage = 'full', evidence_since = timestamptz '$at' - interval '10 minutes'
+ WHERE name = 'full$k';
+SELECT put('full$k', '$at', 'canary', 1000, 0, $k, 0, 1000);
+SELECT canary_check('full$k', '$at');
+});
+}
+is($node->safe_psql('postgres', qq{
+SELECT string_agg(concat_ws(' ', canary, d->>'verdict', d->>'minutes', round((d->>'needed')::numeric, 3),
+                            round((d->>'evidence')::numeric, 3)), ', ' ORDER BY canary)
+  FROM (SELECT canary, decision->'rules'->'refusal' AS d FROM canary_window_summaries
+         WHERE canary IN ('full88', 'full89') AND cohort = 'canary' AND at = '$at') s}),
+	'full88 not_credible 0 3.370 3.275, full89 trip 0 3.370 3.612',
+	'at full the refusal rule\'s stage statistic trips at log(1 / ((3/4 - 1/16) x 1/2 x significance)) against a baseline sequence at log(1 / (1/16 x 1/2 x significance))');
+
+# the change statistic of a two-sample rule: an hour of good traffic, then
+# a minute of 15 % thumbs-down against the control's 2 %.  The segment of
+# the last 2 minutes trips at log(1440 / ((1/4 - 1/16) x 1/8 x
+# significance)) = 13.328, the control's sequence of the segment at
+# log(1440 / (1/16 x 1/8 x significance)) = 14.427: boundary 2 x 0.02895,
+# evidence 51.456 (in Python, as above).  Swapped shares: 11.942 and
+# 13.041, evidence 53.468.
+$node->safe_psql('postgres', qq{
+INSERT INTO canary_config (name, stage, old_model, new_model, evidence_since)
+  VALUES ('late_td', 'ramp_25', 'm-old', 'm-new', timestamptz '$at' - interval '2 hours');
+SELECT put('late_td', timestamptz '$at' - interval '60 minutes', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('late_td', timestamptz '$at' - interval '60 minutes', 'canary', 20000, 0, 0, 0, 1000);
+SELECT canary_check('late_td', timestamptz '$at' - interval '60 minutes');
+SELECT put('late_td', '$at', 'control', 10000, 0, 100, 200, 1000);
+SELECT put('late_td', '$at', 'canary', 1000, 0, 0, 150, 1000);
+SELECT canary_check('late_td', '$at');
+});
+is($node->safe_psql('postgres', qq{
+SELECT concat_ws(' ', d->>'verdict', d->>'minutes', round((d->>'needed')::numeric, 3),
+                 round((d->>'evidence')::numeric, 3))
+  FROM (SELECT decision->'rules'->'thumbs_down' AS d FROM canary_window_summaries
+         WHERE canary = 'late_td' AND cohort = 'canary' AND at = '$at') s}),
+	'trip 2 13.328 51.456',
+	'the thumbs-down change statistic trips at log(1440 / ((1/4 - 1/16) x 1/8 x significance)), its control sequence at log(1440 / (1/16 x 1/8 x significance))');
+
 $node->stop;
 done_testing();
