@@ -203,6 +203,28 @@ GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
 }
 
 /*
+ * 1.0's summary of one cohort over (at - window, at], from the raw
+ * canary_requests and canary_feedback, for a 1.0 catalog not yet updated
+ * (no canary_rollups), with the parameters of SummariseCohort.
+ */
+static char *
+RawWindowSql(const char *schema)
+{
+	return psprintf("SELECT count(*)::int8,"
+					" count(*) FILTER (WHERE r.outcome IN ('error', 'timeout'))::int8,"
+					" count(*) FILTER (WHERE r.refusal)::int8,"
+					" count(*) FILTER (WHERE EXISTS (SELECT 1 FROM %s.canary_feedback f"
+					"   WHERE f.request_id = r.request_id AND f.thumbs_down AND f.ts <= $2))::int8,"
+					" count(*) FILTER (WHERE $5 > 0 AND r.latency_ms > $5)::int8,"
+					" percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)::float8"
+					" FROM %s.canary_requests r"
+					" WHERE r.canary = $1 AND r.ts > $2 - make_interval(secs => $3) AND r.ts <= $2"
+					" AND r.cohort = $4 AND NOT r.fallback AND NOT r.cached"
+					" AND ($6::timestamptz IS NULL OR r.ts > $6)",
+					schema, schema);
+}
+
+/*
  * Summarise one cohort over (at - window, at] from the rollups (the
  * fleet's combined rows on a control database, FleetRollupsTable): the
  * 30-second buckets that overlap it (exactly the window when at and the
@@ -237,7 +259,10 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 						  " AND q.cohort = $4 AND NOT q.fallback AND NOT q.cached"
 						  " AND ($6::timestamptz IS NULL OR q.bucket_end > $6))", schema);
 	initStringInfo(&sql);
-	appendStringInfo(&sql,
+	if (!rr->catalog_1_1)
+		appendStringInfo(&sql, "%s", RawWindowSql(schema));
+	else
+		appendStringInfo(&sql,
 					 "SELECT coalesce(sum(r.requests), 0)::int8,"
 					 " coalesce(sum(r.outcome_error + r.outcome_timeout), 0)::int8,"
 					 " coalesce(sum(r.refusals), 0)::int8,"
