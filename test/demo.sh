@@ -124,5 +124,5 @@ cat <<EOF
 
 The demo cluster is still running.
   open psql:     psql -h /tmp -p $PORT -U postgres canary
-  stop it all:   sudo -u postgres /usr/lib/postgresql/15/bin/pg_ctl -D $DIR/data stop; kill \$(cat $DIR/mock.pid)
+  stop it all:   runuser -u postgres -- /usr/lib/postgresql/15/bin/pg_ctl -D $DIR/data stop; kill \$(cat $DIR/mock.pid)
 EOF
