@@ -1096,11 +1096,18 @@ typedef enum TripOutcome
  * deadlock.  A check never waits for a row of canary_config while it holds
  * a check lock: the next check trips, if the rules still say so (after an
  * operator's change of the evidence period, on the new evidence).
+ *
+ * A 1.0 catalog not yet updated: its canary_trip_internal takes the row FOR
+ * UPDATE, which conflicts with an application's FOR KEY SHARE too, so the
+ * probe takes FOR UPDATE as well: the trip is deferred while an application
+ * holds a new session's pin, rather than wait for it (under the monitor's
+ * lock_timeout the whole check would fail, every rollout's trip with it).
  */
 static TripOutcome
-Trip(const char *schema, const char *name, const char *reason, const char *kind,
+Trip(const char *schema, const RolloutRules *rr, const char *reason, const char *kind,
 	 int64 samples_new, int64 samples_old)
 {
+	const char *name = rr->name;
 	StringInfoData sql;
 	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID};
 	Datum		args[5];
@@ -1110,9 +1117,9 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1"
-					 " FOR NO KEY UPDATE SKIP LOCKED),"
+					 " FOR %s SKIP LOCKED),"
 					 " EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1)",
-					 schema, schema);
+					 schema, rr->catalog_1_1 ? "NO KEY UPDATE" : "UPDATE", schema);
 	args[0] = CStringGetTextDatum(name);
 	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
@@ -1449,7 +1456,7 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	/* the trip first, so that the decision stored says what came of it */
 	if (d.tripped != RULE_NONE)
 	{
-		trip = Trip(schema, rr->name, d.r[d.tripped].reason, "kill_switch",
+		trip = Trip(schema, rr, d.r[d.tripped].reason, "kill_switch",
 					w.canary.samples, w.control.samples);
 		if (trip == TRIP_DONE)
 			reason = d.r[d.tripped].reason;
