@@ -1378,10 +1378,13 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
  * TripDeferred
  *		A trip the rules (kind kill_switch) or the sample ratio (kind
  *		sample_ratio) call for, deferred to the next check because another
- *		transaction holds the rollout's row (Trip, canary_srm_check): an
- *		alert of kind check_blocked at once, with "reason" trip_deferred,
- *		once per such spell (the rollout's previous decision says whether
- *		its trip was deferred too).  Returns the decision's JSON members.
+ *		transaction holds the rollout's row (Trip, canary_srm_check), in a
+ *		check that holds the rollout's check lock (a check without it does
+ *		not alert: the row's holder may be the check that holds the lock,
+ *		tripping): an alert of kind check_blocked at once, with "reason"
+ *		trip_deferred, once per such spell (the rollout's previous decision
+ *		says whether its trip was deferred too).  Returns the decision's JSON
+ *		members.
  *		Inside SPI; allocates in the current context.
  */
 static char *
@@ -1462,8 +1465,18 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 			reason = d.r[d.tripped].reason;
 		else if (trip == TRIP_NOT_ARMED)
 			trip_json = ", \"trip\": \"already tripped\", \"trip_kind\": \"kill_switch\"";
-		else if (rr->catalog_1_1)
+		else if (rr->catalog_1_1 && locked)
 			trip_json = TripDeferred(schema, rr, at, "kill_switch", d.r[d.tripped].reason);
+		else if (rr->catalog_1_1)
+		{
+			/*
+			 * No alert from a check without the check lock: the row's holder
+			 * may be the check that holds the lock, tripping (the worker and
+			 * pg_cron's job overlapping); that check alerts if an operator
+			 * holds the row
+			 */
+			trip_json = ", \"trip\": \"deferred\", \"trip_kind\": \"kill_switch\"";
+		}
 		/* a 1.0 catalog has neither decisions nor that alert: the WARNING says it */
 	}
 	else if (locked)
