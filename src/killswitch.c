@@ -1028,7 +1028,8 @@ SampleRatioChecked(const RolloutRules *rr)
  * rules, is skipped: the plan does not advance on such a check.  blind:
  * such a check's "blind_since" and "blind_alerted" (CheckBlind), or NULL.
  * trip: what came of a trip the check attempted but did not make ("trip":
- * "deferred" or "already tripped", and its "trip_kind"), or NULL.
+ * "deferred" or "already tripped", and its "trip_kind"; the spell of
+ * deferred trips, "trip_deferred_alerted": TripSpell), or NULL.
  */
 static char *
 DecisionJson(const RolloutRules *rr, const Decision *d, bool locked, const char *blind,
@@ -1375,53 +1376,107 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
 }
 
 /*
- * TripDeferred
- *		A trip the rules (kind kill_switch) or the sample ratio (kind
- *		sample_ratio) call for, deferred to the next check because another
- *		transaction holds the rollout's row (Trip, canary_srm_check), in a
- *		check that holds the rollout's check lock (a check without it does
- *		not alert: the row's holder may be the check that holds the lock,
- *		tripping): an alert of kind check_blocked at once, with "reason"
- *		trip_deferred, once per such spell (the rollout's previous decision
- *		says whether its trip was deferred too).  Returns the decision's JSON
- *		members.
- *		Inside SPI; allocates in the current context.
+ * TripDeferredAlerted
+ *		Whether the rollout's previous decision says that a spell of deferred
+ *		trips was alerted ("trip_deferred_alerted"): carried from decision to
+ *		decision like blind_since, so that one row is read however the checks
+ *		in between went (a check without the check lock, which skips the
+ *		sample-ratio check, does not end the spell).  Inside SPI.
  */
-static char *
-TripDeferred(const char *schema, const RolloutRules *rr, TimestampTz at, const char *kind,
-			 const char *reason)
+static bool
+TripDeferredAlerted(const char *schema, const RolloutRules *rr, TimestampTz at)
+{
+	StringInfoData sql;
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		args[2];
+	int			ret;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT coalesce((SELECT (w.decision->>'trip_deferred_alerted')::boolean"
+					 "                   FROM %s.canary_window_summaries w"
+					 "                  WHERE w.canary = $1 AND w.cohort = 'canary' AND w.at <= $2"
+					 "                  ORDER BY w.at DESC, w.id DESC LIMIT 1), false)",
+					 schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	ret = SPI_execute_with_args(sql.data, 2, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the last decision: SPI error %d", ret);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * TripSpell
+ *		What the decision says of a trip the rules (kind kill_switch) or the
+ *		sample ratio (kind sample_ratio) called for and the check did not
+ *		make, as JSON members for DecisionJson (NULL: nothing to say).
+ *		TRIP_NOT_ARMED: "already tripped".  TRIP_DEFERRED (another
+ *		transaction holds the rollout's row: Trip, canary_srm_check):
+ *		"deferred", and, from a check that holds the rollout's check lock, an
+ *		alert of kind check_blocked at once, with "reason" trip_deferred
+ *		(trip_kind, trip_reason), once per spell: the decisions carry
+ *		"trip_deferred_alerted" until a check holding the lock makes its trip,
+ *		finds it made, or finds none to make.  A check without the lock does
+ *		not alert (the row's holder may be the check that holds the lock,
+ *		tripping; that check alerts if an operator holds the row) and carries
+ *		the spell on.  Inside SPI; allocates in the current context.
+ */
+static const char *
+TripSpell(const char *schema, const RolloutRules *rr, TimestampTz at, bool locked,
+		  TripOutcome trip, const char *kind, const char *reason)
 {
 	StringInfoData sql;
 	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		args[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	int			ret;
+	bool		alerted;
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT %s.canary_raise_alert($1, 'check_blocked', jsonb_build_object("
-					 " 'alert', 'canary kill-switch trip deferred',"
-					 " 'reason', 'trip_deferred', 'trip_kind', $3, 'trip_reason', $5,"
-					 " 'canary', $1, 'stage', $4,"
-					 " 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-					 " 'at', to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-					 " 'auto_action', 'none yet: another transaction holds the rollout''s row in"
-					 " canary_config; the next check trips if the rules still say so'))"
-					 " WHERE (SELECT w.decision->>'trip' FROM %s.canary_window_summaries w"
-					 "         WHERE w.canary = $1 AND w.cohort = 'canary' AND w.at <= $2"
-					 "         ORDER BY w.at DESC, w.id DESC LIMIT 1) IS DISTINCT FROM 'deferred'",
-					 schema, schema);
-	args[0] = CStringGetTextDatum(rr->name);
-	args[1] = TimestampTzGetDatum(at);
-	args[2] = CStringGetTextDatum(kind);
-	args[3] = CStringGetTextDatum(rr->stage);
-	args[4] = reason != NULL ? CStringGetTextDatum(reason) : (Datum) 0;
-	if (reason == NULL)
-		nulls[4] = 'n';
-	ret = SPI_execute_with_args(sql.data, 5, types, args, nulls, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not raise the check_blocked alert: SPI error %d", ret);
-	return psprintf(", \"trip\": \"deferred\", \"trip_kind\": \"%s\"", kind);
+	switch (trip)
+	{
+		case TRIP_DONE:
+			return NULL;
+		case TRIP_NOT_ARMED:
+			return psprintf(", \"trip\": \"already tripped\", \"trip_kind\": \"%s\"", kind);
+		case TRIP_NONE:
+			/* the spell ends with a check that holds the lock */
+			if (locked || !TripDeferredAlerted(schema, rr, at))
+				return NULL;
+			return ", \"trip_deferred_alerted\": true";
+		case TRIP_DEFERRED:
+			break;
+	}
+
+	alerted = TripDeferredAlerted(schema, rr, at);
+	if (locked && !alerted)
+	{
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT %s.canary_raise_alert($1, 'check_blocked', jsonb_build_object("
+						 " 'alert', 'canary kill-switch trip deferred',"
+						 " 'reason', 'trip_deferred', 'trip_kind', $3, 'trip_reason', $5,"
+						 " 'canary', $1, 'stage', $4,"
+						 " 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+						 " 'at', to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+						 " 'auto_action', 'none yet: another transaction holds the rollout''s row in"
+						 " canary_config; the next check trips if the rules still say so'))",
+						 schema);
+		args[0] = CStringGetTextDatum(rr->name);
+		args[1] = TimestampTzGetDatum(at);
+		args[2] = CStringGetTextDatum(kind);
+		args[3] = CStringGetTextDatum(rr->stage);
+		args[4] = reason != NULL ? CStringGetTextDatum(reason) : (Datum) 0;
+		if (reason == NULL)
+			nulls[4] = 'n';
+		ret = SPI_execute_with_args(sql.data, 5, types, args, nulls, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not raise the check_blocked alert: SPI error %d", ret);
+		alerted = true;
+	}
+	return psprintf(", \"trip\": \"deferred\", \"trip_kind\": \"%s\"%s", kind,
+					alerted ? ", \"trip_deferred_alerted\": true" : "");
 }
 
 /*
@@ -1441,6 +1496,8 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	bool		locked = rr->catalog_1_1 && CanaryTryCheckLock(rr->name);
 	char	   *blind = NULL;
 	TripOutcome trip = TRIP_NONE;
+	const char *trip_kind = "sample_ratio";
+	const char *trip_reason = NULL;
 	const char *trip_json = NULL;
 
 	if (rr->catalog_1_1 && !locked)
@@ -1463,28 +1520,14 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 					w.canary.samples, w.control.samples);
 		if (trip == TRIP_DONE)
 			reason = d.r[d.tripped].reason;
-		else if (trip == TRIP_NOT_ARMED)
-			trip_json = ", \"trip\": \"already tripped\", \"trip_kind\": \"kill_switch\"";
-		else if (rr->catalog_1_1 && locked)
-			trip_json = TripDeferred(schema, rr, at, "kill_switch", d.r[d.tripped].reason);
-		else if (rr->catalog_1_1)
-		{
-			/*
-			 * No alert from a check without the check lock: the row's holder
-			 * may be the check that holds the lock, tripping (the worker and
-			 * pg_cron's job overlapping); that check alerts if an operator
-			 * holds the row
-			 */
-			trip_json = ", \"trip\": \"deferred\", \"trip_kind\": \"kill_switch\"";
-		}
-		/* a 1.0 catalog has neither decisions nor that alert: the WARNING says it */
+		trip_kind = "kill_switch";
+		trip_reason = d.r[d.tripped].reason;
 	}
 	else if (locked)
-	{
 		reason = CheckSampleRatio(schema, rr, at, &trip);
-		if (trip == TRIP_DEFERRED)
-			trip_json = TripDeferred(schema, rr, at, "sample_ratio", NULL);
-	}
+	/* a 1.0 catalog has neither decisions nor alerts of deferred trips: the WARNING says it */
+	if (rr->catalog_1_1)
+		trip_json = TripSpell(schema, rr, at, locked, trip, trip_kind, trip_reason);
 
 	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0, NULL);
 	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from,

@@ -19,7 +19,8 @@
 #    canary_sessions' foreign key) does not defer it (rules and sample
 #    ratio); a trip deferred by an operator's lock on the row says so in
 #    the decision ("trip": "deferred") and raises one check_blocked alert
-#    (reason trip_deferred) per spell, at once; a trip that finds the
+#    (reason trip_deferred) per spell, at once (the spell carried across a
+#    check without the check lock: "trip_deferred_alerted"); a trip that finds the
 #    switch tripped meanwhile reports nothing ("trip": "already tripped");
 #  - every decision says whether its check held the lock ("check_lock", in
 #    every mode), and the plan's 'no breach' gate reads it from the latest
@@ -320,6 +321,29 @@ is(sq(q{SELECT string_agg(payload->>'trip_kind' || ' ' || (payload->>'trip_reaso
           FROM canary_alerts WHERE canary IN ('df', 'dfsr')}),
 	'kill_switch true canary kill-switch trip deferred, sample_ratio false canary kill-switch trip deferred',
 	'deferred: the alerts say which trip waits (and, for the rules, why)');
+# the spell is carried across a decision without a "trip" member: a check
+# without the check lock (another transaction holds it) skips the
+# sample-ratio check, so its decision of 'dfsr' has none; the next deferred
+# check raises no second alert
+$holder = $node->background_psql('postgres');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('df'), canary_try_check_lock('dfsr')");
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '2s'; SELECT coalesce(canary_check('df', '" . at(40) . "'), 'no trip')"
+	  . " || ' ' || coalesce(canary_check('dfsr', '" . at(40) . "'), 'no trip')");
+is("$ret|$out", '0|no trip no trip', 'deferred: a check without the check lock meanwhile');
+is(sq(q{SELECT string_agg(coalesce(decision->>'trip', '-') || ' ' || coalesce(decision->>'trip_deferred_alerted', '-'), ', ' ORDER BY canary)
+          FROM (SELECT DISTINCT ON (canary) canary, decision FROM canary_window_summaries
+                 WHERE canary IN ('df', 'dfsr') AND cohort = 'canary' ORDER BY canary, id DESC) d}),
+	'deferred true, - true', 'deferred: its decisions carry the spell (dfsr\'s has no trip member)');
+$holder->query_safe('COMMIT');
+$holder->quit;
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '2s'; SELECT coalesce(canary_check('df', '" . at(50) . "'), 'no trip')"
+	  . " || ' ' || coalesce(canary_check('dfsr', '" . at(50) . "'), 'no trip')");
+is("$ret|$out", '0|no trip no trip', 'deferred: the next check with the lock, still deferred');
+is(df_state('df') . ' | ' . df_state('dfsr'),
+	'deferred kill_switch true check_blocked:trip_deferred | deferred sample_ratio true check_blocked:trip_deferred',
+	'deferred: still one alert each (the spell went on through the check without the lock)');
 $op->query_safe('COMMIT');
 like(sq("SELECT canary_check('df', '" . at(60) . "') || ' | ' || canary_check('dfsr', '" . at(60) . "')"),
 	qr/^new-model error_rate=0\.300 > 0\.02.* \| sample ratio mismatch: 1000 of 2000 users/,
