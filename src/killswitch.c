@@ -1077,15 +1077,18 @@ typedef enum TripOutcome
 {
 	TRIP_NONE,					/* none attempted */
 	TRIP_DONE,
-	TRIP_NOT_ARMED,				/* already tripped (or deleted) meanwhile */
+	TRIP_NOT_ARMED,				/* already tripped meanwhile */
+	TRIP_DELETED,				/* the rollout was deleted meanwhile */
 	TRIP_DEFERRED				/* another transaction holds the row */
 } TripOutcome;
 
 /*
  * Trip through canary_trip_internal, in the caller's transaction.
  * TRIP_NOT_ARMED when the rollout was tripped meanwhile (by a concurrent
- * trip that committed before) or deleted: that trip is not ours to report;
- * returning a reason would log a trip that did not happen.  TRIP_DEFERRED,
+ * trip that committed before): that trip is not ours to report; returning
+ * a reason would log a trip that did not happen.  TRIP_DELETED when it was
+ * deleted meanwhile (an operator's DELETE committed during a check without
+ * the check lock, or on a 1.0 catalog).  TRIP_DEFERRED,
  * with a WARNING, when another transaction holds the rollout's row with a
  * lock that conflicts with FOR NO KEY UPDATE (an operator's UPDATE or
  * SELECT ... FOR UPDATE; not the FOR KEY SHARE that an application's new
@@ -1128,7 +1131,7 @@ Trip(const char *schema, const RolloutRules *rr, const char *reason, const char 
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 	{
 		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-			return TRIP_NOT_ARMED;	/* deleted meanwhile */
+			return TRIP_DELETED;
 		ereport(WARNING,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("could not trip the kill switch of rollout \"%s\" now", name),
@@ -1412,8 +1415,9 @@ TripDeferredAlerted(const char *schema, const RolloutRules *rr, TimestampTz at)
  *		What the decision says of a trip the rules (kind kill_switch) or the
  *		sample ratio (kind sample_ratio) called for and the check did not
  *		make, as JSON members for DecisionJson (NULL: nothing to say).
- *		TRIP_NOT_ARMED: "already tripped".  TRIP_DEFERRED (another
- *		transaction holds the rollout's row: Trip, canary_srm_check):
+ *		TRIP_NOT_ARMED: "already tripped"; TRIP_DELETED: "rollout deleted".
+ *		TRIP_DEFERRED (another transaction holds the rollout's row: Trip,
+ *		canary_srm_check):
  *		"deferred", and, from a check that holds the rollout's check lock, an
  *		alert of kind check_blocked at once, with "reason" trip_deferred
  *		(trip_kind, trip_reason), once per spell: the decisions carry
@@ -1440,6 +1444,8 @@ TripSpell(const char *schema, const RolloutRules *rr, TimestampTz at, bool locke
 			return NULL;
 		case TRIP_NOT_ARMED:
 			return psprintf(", \"trip\": \"already tripped\", \"trip_kind\": \"%s\"", kind);
+		case TRIP_DELETED:
+			return psprintf(", \"trip\": \"rollout deleted\", \"trip_kind\": \"%s\"", kind);
 		case TRIP_NONE:
 			/* the spell ends with a check that holds the lock */
 			if (locked || !TripDeferredAlerted(schema, rr, at))

@@ -21,7 +21,8 @@
 #    the decision ("trip": "deferred") and raises one check_blocked alert
 #    (reason trip_deferred) per spell, at once (the spell carried across a
 #    check without the check lock: "trip_deferred_alerted"); a trip that finds the
-#    switch tripped meanwhile reports nothing ("trip": "already tripped");
+#    switch tripped meanwhile reports nothing ("trip": "already tripped"),
+#    nor one that finds the rollout deleted ("trip": "rollout deleted");
 #  - every decision says whether its check held the lock ("check_lock", in
 #    every mode), and the plan's 'no breach' gate reads it from the latest
 #    decision (ties on 'at' broken by id);
@@ -384,6 +385,44 @@ like($out, qr/no trip/, 'tripped meanwhile: the check returns no reason');
 $checker->quit;
 is(df_state('at1'), 'already tripped kill_switch false manual_trip:manual, meanwhile',
 	'tripped meanwhile: its decision says so, and the manual trip\'s is the only alert');
+
+# --- a trip that finds the rollout deleted meanwhile ------------------------------
+# the same pause for 'gone'; meanwhile an operator deletes the rollout and
+# commits.  (A deletion waits for the check lock of a check that holds it
+# (canary_config_d_evidence_gone): it commits in the middle of a check
+# without the lock, or on a 1.0 catalog; that wait is switched off here to
+# pause a check at a known point.)  The check's Trip finds no row: no
+# reason, no alert, and its decision says "rollout deleted", not "already
+# tripped"
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('gone', 'ramp_25', 'm-old', 'm-new');
+SELECT put('gone', '$at', 'control', 6000, 60, 60, 0, 1000, 1500);
+SELECT put('gone', '$at', 'canary', 2000, 600, 20, 0, 1000, 500);
+CREATE OR REPLACE FUNCTION test_pause() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+    IF NEW.canary = 'gone' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+    RETURN NEW;
+END \$\$;
+ALTER TABLE canary_config DISABLE TRIGGER canary_config_d_evidence_gone;
+});
+$gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(4242)');
+$checker = $node->background_psql('postgres');
+$checker->query_until(qr/started/, "\\echo started\nSELECT coalesce(canary_check('gone', '$at'), 'no trip') AS gone_result;\n");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted})
+  or die 'the check did not wait at the test trigger';
+sq(q{DELETE FROM canary_config WHERE name = 'gone'});
+$gate->query_safe('SELECT pg_advisory_unlock(4242)');
+$gate->quit;
+$out = $checker->query_safe('SELECT 1');
+like($out, qr/no trip/, 'deleted meanwhile: the check returns no reason');
+$checker->quit;
+sq('ALTER TABLE canary_config ENABLE TRIGGER canary_config_d_evidence_gone');
+is(sq(q{SELECT coalesce(w.decision->>'trip', '-') || ' ' || coalesce(w.decision->>'trip_kind', '-') || ' '
+               || (SELECT count(*) FROM canary_alerts a WHERE a.canary = 'gone')
+          FROM canary_window_summaries w WHERE w.canary = 'gone' AND w.cohort = 'canary' ORDER BY w.id DESC LIMIT 1}),
+	'rollout deleted kill_switch 0', 'deleted meanwhile: its decision says so (not "already tripped"), no alert');
 sq('DROP TRIGGER test_pause ON canary_evidence; DROP FUNCTION test_pause()');
 
 # --- a long blind spell: one alert per episode ----------------------------------
