@@ -108,7 +108,6 @@ typedef struct RolloutRules
 	int			confirm_windows;	/* consecutive windows that must breach */
 	bool		has_since;
 	TimestampTz since;			/* evidence_since: count only traffic after */
-	bool		srm_trips;
 	bool		catalog_1_1;	/* false: a 1.0 catalog not yet updated */
 } RolloutRules;
 
@@ -1155,11 +1154,13 @@ Trip(const char *schema, const RolloutRules *rr, const char *reason, const char 
 }
 
 /*
- * The sample-ratio check (canary_srm_check in SQL); returns its reason when
- * it tripped the switch now, else NULL (an alert alone is not a trip).
- * *trip: TRIP_DEFERRED when srm_trips is on and the ratio says trip but
- * the trip waits for the next check (another transaction holds the
- * rollout's row: canary_srm_check leaves its state unalerted).
+ * The sample-ratio check (canary_srm_check in SQL, which decides: its
+ * outcome says what came of it); returns its reason when it tripped the
+ * switch now, else NULL (an alert alone is not a trip).  *trip:
+ * TRIP_DONE; TRIP_DEFERRED when srm_trips is on and the ratio says trip
+ * but the trip waits for the next check (another transaction holds the
+ * rollout's row: canary_srm_check leaves its state unalerted);
+ * TRIP_NOT_ARMED when it found the switch tripped meanwhile by another.
  */
 static char *
 CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at, TripOutcome *trip)
@@ -1168,39 +1169,27 @@ CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at, Tri
 	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
 	Datum		args[2];
 	int			ret;
-	bool		isnull;
-	Datum		d;
+	char	   *outcome;
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s.canary_srm_check($1, $2)", schema);
+	appendStringInfo(&sql, "SELECT reason, outcome FROM %s.canary_srm_check($1, $2)", schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	ret = SPI_execute_with_args(sql.data, 2, types, args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not run the sample-ratio check: SPI error %d", ret);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!rr->srm_trips)
-		return NULL;
-	if (!isnull)
+	outcome = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (outcome == NULL)
+		elog(ERROR, "canary_srm_check returned no outcome");
+	if (strcmp(outcome, "tripped") == 0)
 	{
 		*trip = TRIP_DONE;
-		return TextDatumGetCString(d);
+		return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	}
-	/* no trip: deferred if the evidence suffices and it is not alerted */
-	resetStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT EXISTS (SELECT 1 FROM %s.canary_srm_state s JOIN %s.canary_config c"
-					 " ON c.name = s.canary WHERE s.canary = $1 AND c.srm_trips AND c.kill_switch_armed"
-					 " AND c.percent_new > 0 AND c.percent_new < 100 AND s.alerted_at IS NULL"
-					 " AND s.since IS NOT DISTINCT FROM c.evidence_since"
-					 " AND s.evidence >= ln(1.0 / c.significance::float8))",
-					 schema, schema);
-	/* not read-only: it must see what canary_srm_check just wrote */
-	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, false, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the sample-ratio state: SPI error %d", ret);
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	if (strcmp(outcome, "deferred") == 0)
 		*trip = TRIP_DEFERRED;
+	else if (strcmp(outcome, "already tripped") == 0)
+		*trip = TRIP_NOT_ARMED;
 	return NULL;
 }
 
@@ -1230,7 +1219,7 @@ DecisionsCatalog(const char *schema)
 
 /*
  * The decision settings of 1.1 (not in the config cache, which serves 1.0
- * catalogs too): decision_mode, evidence_since, srm_trips.  raw_rules, from
+ * catalogs too): decision_mode, evidence_since.  raw_rules, from
  * 1.0, still means raw.  Inside SPI.
  */
 static void
@@ -1247,7 +1236,7 @@ ReadDecisionSettings(const char *schema, RolloutRules *rr)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT decision_mode, evidence_since, srm_trips FROM %s.canary_config"
+					 "SELECT decision_mode, evidence_since FROM %s.canary_config"
 					 " WHERE name = $1", schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, true, 1);
@@ -1264,7 +1253,6 @@ ReadDecisionSettings(const char *schema, RolloutRules *rr)
 			strcmp(mode, "confirm_windows") == 0 ? MODE_CONFIRM_WINDOWS : MODE_SEQUENTIAL;
 	rr->since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
 	rr->has_since = !isnull;
-	rr->srm_trips = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 }
 
 /*

@@ -21,8 +21,10 @@
 #    the decision ("trip": "deferred") and raises one check_blocked alert
 #    (reason trip_deferred) per spell, at once (the spell carried across a
 #    check without the check lock: "trip_deferred_alerted"); a trip that finds the
-#    switch tripped meanwhile reports nothing ("trip": "already tripped"),
-#    nor one that finds the rollout deleted ("trip": "rollout deleted");
+#    switch tripped meanwhile reports nothing ("trip": "already tripped",
+#    the rules' trip or the sample ratio's: canary_srm_check reports its
+#    outcome), nor one that finds the rollout deleted ("trip": "rollout
+#    deleted");
 #  - every decision says whether its check held the lock ("check_lock", in
 #    every mode), and the plan's 'no breach' gate reads it from the latest
 #    decision (ties on 'at' broken by id);
@@ -110,8 +112,9 @@ is(sq(q{SELECT count(*) FROM canary_srm_state WHERE canary = 'open'}) . '|'
 	  . sq(q{SELECT count(*) FROM canary_evidence WHERE canary = 'open'}),
 	'0|0', 'it wrote neither (the open check\'s rows are not committed)');
 is(check_lock('open'), 'false', 'its decision: check_lock false');
-($ret, $out, $err) = $node->psql('postgres', "SELECT coalesce(canary_srm_check('open', '" . at(30) . "'), 'NULL')");
-is("$ret|$out", '0|NULL', 'canary_srm_check called directly meanwhile returns NULL');
+($ret, $out, $err) = $node->psql('postgres',
+	"SELECT coalesce(reason, 'NULL') || ' ' || outcome FROM canary_srm_check('open', '" . at(30) . "')");
+is("$ret|$out", '0|NULL skipped', 'canary_srm_check called directly meanwhile returns no reason, outcome skipped');
 like($err, qr/WARNING:  sample-ratio check of rollout "open" skipped\nDETAIL:  Another transaction holds the rollout's check lock\./,
 	'and says it skipped the check');
 $holder->query_safe('COMMIT');
@@ -423,6 +426,37 @@ is(sq(q{SELECT coalesce(w.decision->>'trip', '-') || ' ' || coalesce(w.decision-
                || (SELECT count(*) FROM canary_alerts a WHERE a.canary = 'gone')
           FROM canary_window_summaries w WHERE w.canary = 'gone' AND w.cohort = 'canary' ORDER BY w.id DESC LIMIT 1}),
 	'rollout deleted kill_switch 0', 'deleted meanwhile: its decision says so (not "already tripped"), no alert');
+
+# the sample ratio's trip that finds the switch tripped meanwhile: 'atsr'
+# (srm_trips on, 50 % of the users in the canary cohort instead of 25 %),
+# paused the same way while an operator trips it; canary_srm_check reports
+# the outcome 'already tripped' and the decision records it
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('atsr', 'ramp_25', 'm-old', 'm-new');
+UPDATE canary_config SET srm_trips = true WHERE name = 'atsr';
+SELECT put('atsr', '$at', 'control', 3000, 0, 0, 0, 1000, 1000);
+SELECT put('atsr', '$at', 'canary', 3000, 0, 0, 0, 1000, 1000);
+CREATE OR REPLACE FUNCTION test_pause() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+    IF NEW.canary = 'atsr' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+    RETURN NEW;
+END \$\$;
+});
+$gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(4242)');
+$checker = $node->background_psql('postgres');
+$checker->query_until(qr/started/, "\\echo started\nSELECT coalesce(canary_check('atsr', '$at'), 'no trip') AS atsr_result;\n");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted})
+  or die 'the check did not wait at the test trigger';
+sq(q{SELECT canary_trip('atsr', 'manual, meanwhile')});
+$gate->query_safe('SELECT pg_advisory_unlock(4242)');
+$gate->quit;
+$out = $checker->query_safe('SELECT 1');
+like($out, qr/no trip/, 'sample ratio, tripped meanwhile: the check returns no reason');
+$checker->quit;
+is(df_state('atsr'), 'already tripped sample_ratio false manual_trip:manual, meanwhile',
+	'sample ratio, tripped meanwhile: its decision says so, and the manual trip\'s is the only alert');
 sq('DROP TRIGGER test_pause ON canary_evidence; DROP FUNCTION test_pause()');
 
 # --- a long blind spell: one alert per episode ----------------------------------
