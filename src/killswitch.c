@@ -108,7 +108,6 @@ typedef struct RolloutRules
 	int			confirm_windows;	/* consecutive windows that must breach */
 	bool		has_since;
 	TimestampTz since;			/* evidence_since: count only traffic after */
-	bool		srm_trips;
 	bool		catalog_1_1;	/* false: a 1.0 catalog not yet updated */
 } RolloutRules;
 
@@ -1028,7 +1027,8 @@ SampleRatioChecked(const RolloutRules *rr)
  * rules, is skipped: the plan does not advance on such a check.  blind:
  * such a check's "blind_since" and "blind_alerted" (CheckBlind), or NULL.
  * trip: what came of a trip the check attempted but did not make ("trip":
- * "deferred" or "already tripped", and its "trip_kind"), or NULL.
+ * "deferred" or "already tripped", and its "trip_kind"; the spell of
+ * deferred trips, "trip_deferred_alerted": TripSpell), or NULL.
  */
 static char *
 DecisionJson(const RolloutRules *rr, const Decision *d, bool locked, const char *blind,
@@ -1076,15 +1076,18 @@ typedef enum TripOutcome
 {
 	TRIP_NONE,					/* none attempted */
 	TRIP_DONE,
-	TRIP_NOT_ARMED,				/* already tripped (or deleted) meanwhile */
+	TRIP_NOT_ARMED,				/* already tripped meanwhile */
+	TRIP_DELETED,				/* the rollout was deleted meanwhile */
 	TRIP_DEFERRED				/* another transaction holds the row */
 } TripOutcome;
 
 /*
  * Trip through canary_trip_internal, in the caller's transaction.
  * TRIP_NOT_ARMED when the rollout was tripped meanwhile (by a concurrent
- * trip that committed before) or deleted: that trip is not ours to report;
- * returning a reason would log a trip that did not happen.  TRIP_DEFERRED,
+ * trip that committed before): that trip is not ours to report; returning
+ * a reason would log a trip that did not happen.  TRIP_DELETED when it was
+ * deleted meanwhile (an operator's DELETE committed during a check without
+ * the check lock, or on a 1.0 catalog).  TRIP_DEFERRED,
  * with a WARNING, when another transaction holds the rollout's row with a
  * lock that conflicts with FOR NO KEY UPDATE (an operator's UPDATE or
  * SELECT ... FOR UPDATE; not the FOR KEY SHARE that an application's new
@@ -1096,11 +1099,18 @@ typedef enum TripOutcome
  * deadlock.  A check never waits for a row of canary_config while it holds
  * a check lock: the next check trips, if the rules still say so (after an
  * operator's change of the evidence period, on the new evidence).
+ *
+ * A 1.0 catalog not yet updated: its canary_trip_internal takes the row FOR
+ * UPDATE, which conflicts with an application's FOR KEY SHARE too, so the
+ * probe takes FOR UPDATE as well: the trip is deferred while an application
+ * holds a new session's pin, rather than wait for it (under the monitor's
+ * lock_timeout the whole check would fail, every rollout's trip with it).
  */
 static TripOutcome
-Trip(const char *schema, const char *name, const char *reason, const char *kind,
+Trip(const char *schema, const RolloutRules *rr, const char *reason, const char *kind,
 	 int64 samples_new, int64 samples_old)
 {
+	const char *name = rr->name;
 	StringInfoData sql;
 	Oid			types[5] = {TEXTOID, TEXTOID, TEXTOID, INT8OID, INT8OID};
 	Datum		args[5];
@@ -1110,9 +1120,9 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1"
-					 " FOR NO KEY UPDATE SKIP LOCKED),"
+					 " FOR %s SKIP LOCKED),"
 					 " EXISTS (SELECT 1 FROM %s.canary_config WHERE name = $1)",
-					 schema, schema);
+					 schema, rr->catalog_1_1 ? "NO KEY UPDATE" : "UPDATE", schema);
 	args[0] = CStringGetTextDatum(name);
 	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, false, 0);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
@@ -1120,7 +1130,7 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 	if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
 	{
 		if (!DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull)))
-			return TRIP_NOT_ARMED;	/* deleted meanwhile */
+			return TRIP_DELETED;
 		ereport(WARNING,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("could not trip the kill switch of rollout \"%s\" now", name),
@@ -1144,11 +1154,13 @@ Trip(const char *schema, const char *name, const char *reason, const char *kind,
 }
 
 /*
- * The sample-ratio check (canary_srm_check in SQL); returns its reason when
- * it tripped the switch now, else NULL (an alert alone is not a trip).
- * *trip: TRIP_DEFERRED when srm_trips is on and the ratio says trip but
- * the trip waits for the next check (another transaction holds the
- * rollout's row: canary_srm_check leaves its state unalerted).
+ * The sample-ratio check (canary_srm_check in SQL, which decides: its
+ * outcome says what came of it); returns its reason when it tripped the
+ * switch now, else NULL (an alert alone is not a trip).  *trip:
+ * TRIP_DONE; TRIP_DEFERRED when srm_trips is on and the ratio says trip
+ * but the trip waits for the next check (another transaction holds the
+ * rollout's row: canary_srm_check leaves its state unalerted);
+ * TRIP_NOT_ARMED when it found the switch tripped meanwhile by another.
  */
 static char *
 CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at, TripOutcome *trip)
@@ -1157,39 +1169,27 @@ CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at, Tri
 	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
 	Datum		args[2];
 	int			ret;
-	bool		isnull;
-	Datum		d;
+	char	   *outcome;
 
 	initStringInfo(&sql);
-	appendStringInfo(&sql, "SELECT %s.canary_srm_check($1, $2)", schema);
+	appendStringInfo(&sql, "SELECT reason, outcome FROM %s.canary_srm_check($1, $2)", schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	ret = SPI_execute_with_args(sql.data, 2, types, args, NULL, false, 1);
 	if (ret != SPI_OK_SELECT || SPI_processed != 1)
 		elog(ERROR, "could not run the sample-ratio check: SPI error %d", ret);
-	d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	if (!rr->srm_trips)
-		return NULL;
-	if (!isnull)
+	outcome = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
+	if (outcome == NULL)
+		elog(ERROR, "canary_srm_check returned no outcome");
+	if (strcmp(outcome, "tripped") == 0)
 	{
 		*trip = TRIP_DONE;
-		return TextDatumGetCString(d);
+		return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	}
-	/* no trip: deferred if the evidence suffices and it is not alerted */
-	resetStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT EXISTS (SELECT 1 FROM %s.canary_srm_state s JOIN %s.canary_config c"
-					 " ON c.name = s.canary WHERE s.canary = $1 AND c.srm_trips AND c.kill_switch_armed"
-					 " AND c.percent_new > 0 AND c.percent_new < 100 AND s.alerted_at IS NULL"
-					 " AND s.since IS NOT DISTINCT FROM c.evidence_since"
-					 " AND s.evidence >= ln(1.0 / c.significance::float8))",
-					 schema, schema);
-	/* not read-only: it must see what canary_srm_check just wrote */
-	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, false, 1);
-	if (ret != SPI_OK_SELECT || SPI_processed != 1)
-		elog(ERROR, "could not read the sample-ratio state: SPI error %d", ret);
-	if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull)))
+	if (strcmp(outcome, "deferred") == 0)
 		*trip = TRIP_DEFERRED;
+	else if (strcmp(outcome, "already tripped") == 0)
+		*trip = TRIP_NOT_ARMED;
 	return NULL;
 }
 
@@ -1219,7 +1219,7 @@ DecisionsCatalog(const char *schema)
 
 /*
  * The decision settings of 1.1 (not in the config cache, which serves 1.0
- * catalogs too): decision_mode, evidence_since, srm_trips.  raw_rules, from
+ * catalogs too): decision_mode, evidence_since.  raw_rules, from
  * 1.0, still means raw.  Inside SPI.
  */
 static void
@@ -1236,7 +1236,7 @@ ReadDecisionSettings(const char *schema, RolloutRules *rr)
 
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "SELECT decision_mode, evidence_since, srm_trips FROM %s.canary_config"
+					 "SELECT decision_mode, evidence_since FROM %s.canary_config"
 					 " WHERE name = $1", schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	ret = SPI_execute_with_args(sql.data, 1, types, args, NULL, true, 1);
@@ -1253,7 +1253,6 @@ ReadDecisionSettings(const char *schema, RolloutRules *rr)
 			strcmp(mode, "confirm_windows") == 0 ? MODE_CONFIRM_WINDOWS : MODE_SEQUENTIAL;
 	rr->since = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
 	rr->has_since = !isnull;
-	rr->srm_trips = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 }
 
 /*
@@ -1368,50 +1367,110 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
 }
 
 /*
- * TripDeferred
- *		A trip the rules (kind kill_switch) or the sample ratio (kind
- *		sample_ratio) call for, deferred to the next check because another
- *		transaction holds the rollout's row (Trip, canary_srm_check): an
- *		alert of kind check_blocked at once, with "reason" trip_deferred,
- *		once per such spell (the rollout's previous decision says whether
- *		its trip was deferred too).  Returns the decision's JSON members.
- *		Inside SPI; allocates in the current context.
+ * TripDeferredAlerted
+ *		Whether the rollout's previous decision says that a spell of deferred
+ *		trips was alerted ("trip_deferred_alerted"): carried from decision to
+ *		decision like blind_since, so that one row is read however the checks
+ *		in between went (a check without the check lock, which skips the
+ *		sample-ratio check, does not end the spell).  Inside SPI.
  */
-static char *
-TripDeferred(const char *schema, const RolloutRules *rr, TimestampTz at, const char *kind,
-			 const char *reason)
+static bool
+TripDeferredAlerted(const char *schema, const RolloutRules *rr, TimestampTz at)
+{
+	StringInfoData sql;
+	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
+	Datum		args[2];
+	int			ret;
+	bool		isnull;
+
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "SELECT coalesce((SELECT (w.decision->>'trip_deferred_alerted')::boolean"
+					 "                   FROM %s.canary_window_summaries w"
+					 "                  WHERE w.canary = $1 AND w.cohort = 'canary' AND w.at <= $2"
+					 "                  ORDER BY w.at DESC, w.id DESC LIMIT 1), false)",
+					 schema);
+	args[0] = CStringGetTextDatum(rr->name);
+	args[1] = TimestampTzGetDatum(at);
+	ret = SPI_execute_with_args(sql.data, 2, types, args, NULL, true, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the last decision: SPI error %d", ret);
+	return DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * TripSpell
+ *		What the decision says of a trip the rules (kind kill_switch) or the
+ *		sample ratio (kind sample_ratio) called for and the check did not
+ *		make, as JSON members for DecisionJson (NULL: nothing to say).
+ *		TRIP_NOT_ARMED: "already tripped"; TRIP_DELETED: "rollout deleted".
+ *		TRIP_DEFERRED (another transaction holds the rollout's row: Trip,
+ *		canary_srm_check):
+ *		"deferred", and, from a check that holds the rollout's check lock, an
+ *		alert of kind check_blocked at once, with "reason" trip_deferred
+ *		(trip_kind, trip_reason), once per spell: the decisions carry
+ *		"trip_deferred_alerted" until a check holding the lock makes its trip,
+ *		finds it made, or finds none to make.  A check without the lock does
+ *		not alert (the row's holder may be the check that holds the lock,
+ *		tripping; that check alerts if an operator holds the row) and carries
+ *		the spell on.  Inside SPI; allocates in the current context.
+ */
+static const char *
+TripSpell(const char *schema, const RolloutRules *rr, TimestampTz at, bool locked,
+		  TripOutcome trip, const char *kind, const char *reason)
 {
 	StringInfoData sql;
 	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		args[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	int			ret;
+	bool		alerted;
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "SELECT %s.canary_raise_alert($1, 'check_blocked', jsonb_build_object("
-					 " 'alert', 'canary kill-switch trip deferred',"
-					 " 'reason', 'trip_deferred', 'trip_kind', $3, 'trip_reason', $5,"
-					 " 'canary', $1, 'stage', $4,"
-					 " 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-					 " 'at', to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-					 " 'auto_action', 'none yet: another transaction holds the rollout''s row in"
-					 " canary_config; the next check trips if the rules still say so'))"
-					 " WHERE (SELECT w.decision->>'trip' FROM %s.canary_window_summaries w"
-					 "         WHERE w.canary = $1 AND w.cohort = 'canary' AND w.at <= $2"
-					 "         ORDER BY w.at DESC, w.id DESC LIMIT 1) IS DISTINCT FROM 'deferred'",
-					 schema, schema);
-	args[0] = CStringGetTextDatum(rr->name);
-	args[1] = TimestampTzGetDatum(at);
-	args[2] = CStringGetTextDatum(kind);
-	args[3] = CStringGetTextDatum(rr->stage);
-	args[4] = reason != NULL ? CStringGetTextDatum(reason) : (Datum) 0;
-	if (reason == NULL)
-		nulls[4] = 'n';
-	ret = SPI_execute_with_args(sql.data, 5, types, args, nulls, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "could not raise the check_blocked alert: SPI error %d", ret);
-	return psprintf(", \"trip\": \"deferred\", \"trip_kind\": \"%s\"", kind);
+	switch (trip)
+	{
+		case TRIP_DONE:
+			return NULL;
+		case TRIP_NOT_ARMED:
+			return psprintf(", \"trip\": \"already tripped\", \"trip_kind\": \"%s\"", kind);
+		case TRIP_DELETED:
+			return psprintf(", \"trip\": \"rollout deleted\", \"trip_kind\": \"%s\"", kind);
+		case TRIP_NONE:
+			/* the spell ends with a check that holds the lock */
+			if (locked || !TripDeferredAlerted(schema, rr, at))
+				return NULL;
+			return ", \"trip_deferred_alerted\": true";
+		case TRIP_DEFERRED:
+			break;
+	}
+
+	alerted = TripDeferredAlerted(schema, rr, at);
+	if (locked && !alerted)
+	{
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "SELECT %s.canary_raise_alert($1, 'check_blocked', jsonb_build_object("
+						 " 'alert', 'canary kill-switch trip deferred',"
+						 " 'reason', 'trip_deferred', 'trip_kind', $3, 'trip_reason', $5,"
+						 " 'canary', $1, 'stage', $4,"
+						 " 'ts', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+						 " 'at', to_char($2 AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+						 " 'auto_action', 'none yet: another transaction holds the rollout''s row in"
+						 " canary_config; the next check trips if the rules still say so'))",
+						 schema);
+		args[0] = CStringGetTextDatum(rr->name);
+		args[1] = TimestampTzGetDatum(at);
+		args[2] = CStringGetTextDatum(kind);
+		args[3] = CStringGetTextDatum(rr->stage);
+		args[4] = reason != NULL ? CStringGetTextDatum(reason) : (Datum) 0;
+		if (reason == NULL)
+			nulls[4] = 'n';
+		ret = SPI_execute_with_args(sql.data, 5, types, args, nulls, false, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "could not raise the check_blocked alert: SPI error %d", ret);
+		alerted = true;
+	}
+	return psprintf(", \"trip\": \"deferred\", \"trip_kind\": \"%s\"%s", kind,
+					alerted ? ", \"trip_deferred_alerted\": true" : "");
 }
 
 /*
@@ -1431,6 +1490,8 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	bool		locked = rr->catalog_1_1 && CanaryTryCheckLock(rr->name);
 	char	   *blind = NULL;
 	TripOutcome trip = TRIP_NONE;
+	const char *trip_kind = "sample_ratio";
+	const char *trip_reason = NULL;
 	const char *trip_json = NULL;
 
 	if (rr->catalog_1_1 && !locked)
@@ -1449,22 +1510,18 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	/* the trip first, so that the decision stored says what came of it */
 	if (d.tripped != RULE_NONE)
 	{
-		trip = Trip(schema, rr->name, d.r[d.tripped].reason, "kill_switch",
+		trip = Trip(schema, rr, d.r[d.tripped].reason, "kill_switch",
 					w.canary.samples, w.control.samples);
 		if (trip == TRIP_DONE)
 			reason = d.r[d.tripped].reason;
-		else if (trip == TRIP_NOT_ARMED)
-			trip_json = ", \"trip\": \"already tripped\", \"trip_kind\": \"kill_switch\"";
-		else if (rr->catalog_1_1)
-			trip_json = TripDeferred(schema, rr, at, "kill_switch", d.r[d.tripped].reason);
-		/* a 1.0 catalog has neither decisions nor that alert: the WARNING says it */
+		trip_kind = "kill_switch";
+		trip_reason = d.r[d.tripped].reason;
 	}
 	else if (locked)
-	{
 		reason = CheckSampleRatio(schema, rr, at, &trip);
-		if (trip == TRIP_DEFERRED)
-			trip_json = TripDeferred(schema, rr, at, "sample_ratio", NULL);
-	}
+	/* a 1.0 catalog has neither decisions nor alerts of deferred trips: the WARNING says it */
+	if (rr->catalog_1_1)
+		trip_json = TripSpell(schema, rr, at, locked, trip, trip_kind, trip_reason);
 
 	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0, NULL);
 	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from,

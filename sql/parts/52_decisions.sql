@@ -461,11 +461,17 @@ $$;
  * the request share differ from percent_new for good.  On a mismatch: one
  * alert of kind sample_ratio per evidence period; with srm_trips the kill
  * switch trips instead (the trip's alert has kind sample_ratio).  Returns
- * the reason when it alerted or tripped now.  Internal: canary_check calls
- * it for every armed rollout with 0 < percent_new < 100.
+ * the reason when it alerted or tripped now, and what came of the check:
+ * outcome 'tripped', 'alerted', 'deferred' (srm_trips, the mismatch called
+ * but another transaction holds the rollout's row: the next check trips),
+ * 'already tripped' (tripped meanwhile by another), 'skipped' (another
+ * transaction holds the check lock), 'rollout deleted' or 'none' (no
+ * mismatch to report).  canary_check reads the outcome: the rule lives
+ * here alone.  Internal: canary_check calls it for every armed rollout
+ * with 0 < percent_new < 100.
  */
-CREATE FUNCTION canary_srm_check(p_canary text, p_at timestamptz)
-RETURNS text
+CREATE FUNCTION canary_srm_check(p_canary text, p_at timestamptz, OUT reason text, OUT outcome text)
+RETURNS record
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 AS $$
@@ -480,7 +486,6 @@ DECLARE
     expected double precision;
     seen double precision;
     total bigint;
-    reason text;
     payload jsonb;
     -- the new users of buckets in ($2, $3), from the one rollups table of
     -- this database's role (canary_summary says why)
@@ -495,7 +500,8 @@ DECLARE
 BEGIN
     SELECT * INTO cfg FROM @extschema@.canary_config WHERE name = p_canary;
     IF NOT FOUND THEN
-        RETURN NULL;    -- canary_maintenance deletes the users of a deleted rollout
+        outcome := 'rollout deleted';   -- canary_maintenance deletes its users
+        RETURN;
     END IF;
     -- the users and the state are written by one check at a time, under
     -- the rollout's check lock (canary_check took it already); a check
@@ -507,7 +513,8 @@ BEGIN
             USING ERRCODE = 'lock_not_available',
                   DETAIL = 'Another transaction holds the rollout''s check lock.',
                   HINT = 'The next check after that transaction ends runs it.';
-        RETURN NULL;
+        outcome := 'skipped';
+        RETURN;
     END IF;
     cur_period := coalesce(cfg.evidence_since, '-infinity');
     -- the users of other evidence periods go a few thousand at a time, by
@@ -519,7 +526,8 @@ BEGIN
      WHERE u.ctid = ANY (ARRAY(SELECT o.ctid FROM @extschema@.canary_srm_users o
                                 WHERE o.canary = p_canary AND o.period > cur_period LIMIT 5000));
     IF cfg.percent_new <= 0 OR cfg.percent_new >= 100 THEN
-        RETURN NULL;
+        outcome := 'none';
+        RETURN;
     END IF;
     INSERT INTO @extschema@.canary_srm_state (canary, since) VALUES (p_canary, cfg.evidence_since)
         ON CONFLICT (canary) DO NOTHING;
@@ -563,7 +571,8 @@ BEGIN
     RETURNING * INTO st;
 
     IF st.alerted_at IS NOT NULL OR st.evidence < ln(1.0 / cfg.significance::float8) THEN
-        RETURN NULL;
+        outcome := 'none';
+        RETURN;
     END IF;
     -- a trip never waits for the rollout's row while the check lock is held
     -- (canary_config_evidence says why): the next check trips
@@ -573,7 +582,8 @@ BEGIN
             USING ERRCODE = 'lock_not_available',
                   DETAIL = 'Another transaction holds the rollout''s row in canary_config.',
                   HINT = 'The next check trips it if the sample ratio still says so; end that transaction.';
-        RETURN NULL;
+        outcome := 'deferred';
+        RETURN;
     END IF;
     UPDATE @extschema@.canary_srm_state SET alerted_at = p_at WHERE canary = p_canary;
     reason := format('sample ratio mismatch: %s of %s users in the canary cohort (%s %%), percent_new %s %%',
@@ -582,9 +592,12 @@ BEGIN
         -- NULL: tripped meanwhile by another, whose trip it is to report
         IF @extschema@.canary_trip_internal(p_canary, reason, 'sample_ratio',
                                             st.users_canary, st.users_control) IS NULL THEN
-            RETURN NULL;
+            reason := NULL;
+            outcome := 'already tripped';
+            RETURN;
         END IF;
-        RETURN reason;
+        outcome := 'tripped';
+        RETURN;
     END IF;
     payload := jsonb_build_object(
         'alert', 'canary sample ratio mismatch',
@@ -595,7 +608,7 @@ BEGIN
         'evidence', round(st.evidence::numeric, 2),
         'auto_action', 'none: comparisons between the cohorts are biased until the split is fixed');
     PERFORM @extschema@.canary_raise_alert(p_canary, 'sample_ratio', payload);
-    RETURN reason;
+    outcome := 'alerted';
 END;
 $$;
 

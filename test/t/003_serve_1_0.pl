@@ -1,8 +1,9 @@
 # The 1.1 library serving a 1.0 catalog, between the package upgrade and
 # ALTER EXTENSION llm_canary UPDATE: the kill switch must keep working.
 # canary_check summarises the window from the raw canary_requests (1.0 had
-# no canary_rollups) and applies 1.0's rules (confirm_windows); after the
-# update it reads the rollups.
+# no canary_rollups) and applies 1.0's rules (confirm_windows); a trip
+# while an application's transaction pins a new session is deferred, not
+# waited for; after the update it reads the rollups.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -100,6 +101,47 @@ ok($node->poll_query_until('postgres',
 unlike(slurp_file($node->logfile, $log_offset), qr/ERROR/, 'and logs no error');
 $node->append_conf('postgresql.conf', "llm_canary.check_interval = 0\n");
 $node->reload;
+
+# --- a trip while an application's transaction pins a new session ----------
+# canary_cohort pins a new session: canary_sessions' foreign key holds FOR
+# KEY SHARE on the rollout's row until the application's transaction ends.
+# 1.0's canary_trip_internal takes the row FOR UPDATE, which conflicts with
+# it: the check must not wait for the application (under the monitor's
+# lock_timeout, the whole check would fail, every rollout's trip rolled
+# back) but defer the trip, with a WARNING, to the next check.
+$node->safe_psql('postgres', q{
+INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows) VALUES
+  ('pinned', 'ramp_25', 'm-old', 'm-new', 1);
+SELECT put('pinned', '2026-06-01 12:20:00+00', 'control', 600);
+SELECT put('pinned', '2026-06-01 12:20:00+00', 'canary', 200, 30);
+});
+my $app = $node->background_psql('postgres');
+$app->query_safe(q{BEGIN; SELECT canary_cohort('u1', 'pinned', 's1')});
+is($node->safe_psql('postgres',
+		q{SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+		   WHERE c.relname = 'canary_config' AND l.pid <> pg_backend_pid() AND l.mode = 'RowShareLock'}),
+	'1', '1.0 catalog: the application\'s open transaction pinned a new session (its foreign key locks the row)');
+($rc, $out, $err) = $node->psql('postgres',
+	q{SET lock_timeout = '2s'; SELECT coalesce(canary_check('pinned', '2026-06-01 12:20:00+00'), 'none')});
+is("$rc|$out", '0|none', '1.0 catalog, application pin: the check runs without an error and does not trip');
+is($err, qq{psql:<stdin>:1: WARNING:  could not trip the kill switch of rollout "pinned" now
+DETAIL:  Another transaction holds the rollout's row in canary_config.
+HINT:  The next check trips it if the rules still say so; end that transaction.},
+	'1.0 catalog, application pin: it defers the trip with a WARNING (and nothing else)');
+is($node->safe_psql('postgres',
+		q{SELECT kill_switch_armed || ' ' || (SELECT count(*) FROM canary_alerts WHERE canary = 'pinned')
+		    FROM canary_config WHERE name = 'pinned'}),
+	'true 0', '1.0 catalog, application pin: the switch is still armed, no alert');
+$app->query_safe('COMMIT');
+$app->quit;
+($rc, $out, $err) = $node->psql('postgres',
+	q{SELECT canary_check('pinned', '2026-06-01 12:20:00+00')});
+is("$rc|$out|$err", '0|new-model error_rate=0.150 > 0.02|',
+	'1.0 catalog: after the application commits, the next check trips');
+is($node->safe_psql('postgres',
+		q{SELECT kill_switch_armed || ' ' || (SELECT string_agg(kind, ',') FROM canary_alerts WHERE canary = 'pinned')
+		    FROM canary_config WHERE name = 'pinned'}),
+	'false kill_switch', '1.0 catalog: the switch is off, one trip alert');
 
 # --- after ALTER EXTENSION UPDATE: the rollups (backfilled) serve the check ---
 $node->safe_psql('postgres', q{ALTER EXTENSION llm_canary UPDATE});

@@ -7,7 +7,9 @@
 #    configuration sends no one there (shadow, percent_new = 0);
 #  - canary_check reports no trip when the rollout is being tripped by
 #    another session (no spurious "tripped" line in the worker's log), and
-#    does not wait for the row that session holds.
+#    does not wait for the row that session holds; when that session is
+#    another check (holding the rollout's check lock), no check_blocked
+#    alert says the trip waits.
 use strict;
 use warnings;
 
@@ -131,6 +133,44 @@ UPDATE canary_config SET old_model = 'old', new_model = 'new', stage = 'full' WH
 	                                     FROM canary_alerts WHERE canary = 'race'}),
 		'check_blocked trip_deferred, manual_trip manual trip first',
 		'one trip alert (the manual one), and the deferred trip\'s check_blocked alert');
+	# (the check held the rollout's check lock: it cannot tell an operator's
+	# open canary_trip from an operator's open SELECT ... FOR UPDATE, and had
+	# that transaction stayed open the trip would indeed have waited)
+}
+
+# --- two checks overlapping: the one without the check lock defers quietly ---
+# (the monitor worker and pg_cron's job): the first check, left open here,
+# holds the rollout's check lock and trips, holding the row; the second
+# finds both taken, defers its trip (a WARNING) and records "trip":
+# "deferred", but raises no check_blocked alert: the check holding the lock
+# is the one that says whether a trip waits, and here it is tripping
+{
+	$node->safe_psql('postgres', q{
+		INSERT INTO canary_config (name, stage, old_model, new_model, raw_rules, min_samples, confirm_windows)
+		VALUES ('race2', 'ramp_25', 'old', 'new', true, 1, 1);
+		SELECT count(canary_record('race2', 'u' || i, 'new', 'canary', 'error', 10)) FROM generate_series(1, 20) i;
+		SELECT count(canary_record('race2', 'c' || i, 'old', 'control', 'ok', 10)) FROM generate_series(1, 20) i;
+		SELECT canary_flush('20 s');
+	});
+	my $first = $node->background_psql('postgres');
+	$first->query_safe('BEGIN');
+	is($first->query_safe(q{SELECT canary_check('race2')}), 'new-model error_rate=1.000 > 0.02',
+		'overlap: the first check, left open, trips');
+	my ($ret, $reason, $err) = $node->psql('postgres',
+		"SET lock_timeout = '5s'; SELECT coalesce(canary_check('race2'), 'NULL')");
+	is("$ret|$reason", '0|NULL', 'overlap: the second check reports no trip, without an error');
+	like($err, qr/WARNING:  could not trip the kill switch of rollout "race2" now/,
+		'overlap: and says its trip waits');
+	is($node->safe_psql('postgres', q{SELECT (decision->>'check_lock') || ' ' || (decision->>'trip') || ' '
+	                                          || (decision->>'trip_kind')
+	                                     FROM canary_window_summaries WHERE canary = 'race2' AND cohort = 'canary'}),
+		'false deferred kill_switch', 'overlap: its decision records the deferred trip (the first check\'s is not committed)');
+	$first->query_safe('COMMIT');
+	$first->quit;
+	is($node->safe_psql('postgres', q{SELECT string_agg(kind || ' ' || coalesce(payload->>'reason', ''), ', ' ORDER BY id)
+	                                     FROM canary_alerts WHERE canary = 'race2'}),
+		'kill_switch new-model error_rate=1.000 > 0.02',
+		'overlap: the trip\'s alert alone, no check_blocked alert from the check without the lock');
 }
 
 $node->stop;

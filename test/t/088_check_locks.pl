@@ -19,8 +19,12 @@
 #    canary_sessions' foreign key) does not defer it (rules and sample
 #    ratio); a trip deferred by an operator's lock on the row says so in
 #    the decision ("trip": "deferred") and raises one check_blocked alert
-#    (reason trip_deferred) per spell, at once; a trip that finds the
-#    switch tripped meanwhile reports nothing ("trip": "already tripped");
+#    (reason trip_deferred) per spell, at once (the spell carried across a
+#    check without the check lock: "trip_deferred_alerted"); a trip that finds the
+#    switch tripped meanwhile reports nothing ("trip": "already tripped",
+#    the rules' trip or the sample ratio's: canary_srm_check reports its
+#    outcome), nor one that finds the rollout deleted ("trip": "rollout
+#    deleted");
 #  - every decision says whether its check held the lock ("check_lock", in
 #    every mode), and the plan's 'no breach' gate reads it from the latest
 #    decision (ties on 'at' broken by id);
@@ -108,8 +112,9 @@ is(sq(q{SELECT count(*) FROM canary_srm_state WHERE canary = 'open'}) . '|'
 	  . sq(q{SELECT count(*) FROM canary_evidence WHERE canary = 'open'}),
 	'0|0', 'it wrote neither (the open check\'s rows are not committed)');
 is(check_lock('open'), 'false', 'its decision: check_lock false');
-($ret, $out, $err) = $node->psql('postgres', "SELECT coalesce(canary_srm_check('open', '" . at(30) . "'), 'NULL')");
-is("$ret|$out", '0|NULL', 'canary_srm_check called directly meanwhile returns NULL');
+($ret, $out, $err) = $node->psql('postgres',
+	"SELECT coalesce(reason, 'NULL') || ' ' || outcome FROM canary_srm_check('open', '" . at(30) . "')");
+is("$ret|$out", '0|NULL skipped', 'canary_srm_check called directly meanwhile returns no reason, outcome skipped');
 like($err, qr/WARNING:  sample-ratio check of rollout "open" skipped\nDETAIL:  Another transaction holds the rollout's check lock\./,
 	'and says it skipped the check');
 $holder->query_safe('COMMIT');
@@ -320,6 +325,29 @@ is(sq(q{SELECT string_agg(payload->>'trip_kind' || ' ' || (payload->>'trip_reaso
           FROM canary_alerts WHERE canary IN ('df', 'dfsr')}),
 	'kill_switch true canary kill-switch trip deferred, sample_ratio false canary kill-switch trip deferred',
 	'deferred: the alerts say which trip waits (and, for the rules, why)');
+# the spell is carried across a decision without a "trip" member: a check
+# without the check lock (another transaction holds it) skips the
+# sample-ratio check, so its decision of 'dfsr' has none; the next deferred
+# check raises no second alert
+$holder = $node->background_psql('postgres');
+$holder->query_safe("BEGIN; SELECT canary_try_check_lock('df'), canary_try_check_lock('dfsr')");
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '2s'; SELECT coalesce(canary_check('df', '" . at(40) . "'), 'no trip')"
+	  . " || ' ' || coalesce(canary_check('dfsr', '" . at(40) . "'), 'no trip')");
+is("$ret|$out", '0|no trip no trip', 'deferred: a check without the check lock meanwhile');
+is(sq(q{SELECT string_agg(coalesce(decision->>'trip', '-') || ' ' || coalesce(decision->>'trip_deferred_alerted', '-'), ', ' ORDER BY canary)
+          FROM (SELECT DISTINCT ON (canary) canary, decision FROM canary_window_summaries
+                 WHERE canary IN ('df', 'dfsr') AND cohort = 'canary' ORDER BY canary, id DESC) d}),
+	'deferred true, - true', 'deferred: its decisions carry the spell (dfsr\'s has no trip member)');
+$holder->query_safe('COMMIT');
+$holder->quit;
+($ret, $out, $err) = $node->psql('postgres',
+	"SET lock_timeout = '2s'; SELECT coalesce(canary_check('df', '" . at(50) . "'), 'no trip')"
+	  . " || ' ' || coalesce(canary_check('dfsr', '" . at(50) . "'), 'no trip')");
+is("$ret|$out", '0|no trip no trip', 'deferred: the next check with the lock, still deferred');
+is(df_state('df') . ' | ' . df_state('dfsr'),
+	'deferred kill_switch true check_blocked:trip_deferred | deferred sample_ratio true check_blocked:trip_deferred',
+	'deferred: still one alert each (the spell went on through the check without the lock)');
 $op->query_safe('COMMIT');
 like(sq("SELECT canary_check('df', '" . at(60) . "') || ' | ' || canary_check('dfsr', '" . at(60) . "')"),
 	qr/^new-model error_rate=0\.300 > 0\.02.* \| sample ratio mismatch: 1000 of 2000 users/,
@@ -360,6 +388,75 @@ like($out, qr/no trip/, 'tripped meanwhile: the check returns no reason');
 $checker->quit;
 is(df_state('at1'), 'already tripped kill_switch false manual_trip:manual, meanwhile',
 	'tripped meanwhile: its decision says so, and the manual trip\'s is the only alert');
+
+# --- a trip that finds the rollout deleted meanwhile ------------------------------
+# the same pause for 'gone'; meanwhile an operator deletes the rollout and
+# commits.  (A deletion waits for the check lock of a check that holds it
+# (canary_config_d_evidence_gone): it commits in the middle of a check
+# without the lock, or on a 1.0 catalog; that wait is switched off here to
+# pause a check at a known point.)  The check's Trip finds no row: no
+# reason, no alert, and its decision says "rollout deleted", not "already
+# tripped"
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('gone', 'ramp_25', 'm-old', 'm-new');
+SELECT put('gone', '$at', 'control', 6000, 60, 60, 0, 1000, 1500);
+SELECT put('gone', '$at', 'canary', 2000, 600, 20, 0, 1000, 500);
+CREATE OR REPLACE FUNCTION test_pause() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+    IF NEW.canary = 'gone' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+    RETURN NEW;
+END \$\$;
+ALTER TABLE canary_config DISABLE TRIGGER canary_config_d_evidence_gone;
+});
+$gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(4242)');
+$checker = $node->background_psql('postgres');
+$checker->query_until(qr/started/, "\\echo started\nSELECT coalesce(canary_check('gone', '$at'), 'no trip') AS gone_result;\n");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted})
+  or die 'the check did not wait at the test trigger';
+sq(q{DELETE FROM canary_config WHERE name = 'gone'});
+$gate->query_safe('SELECT pg_advisory_unlock(4242)');
+$gate->quit;
+$out = $checker->query_safe('SELECT 1');
+like($out, qr/no trip/, 'deleted meanwhile: the check returns no reason');
+$checker->quit;
+sq('ALTER TABLE canary_config ENABLE TRIGGER canary_config_d_evidence_gone');
+is(sq(q{SELECT coalesce(w.decision->>'trip', '-') || ' ' || coalesce(w.decision->>'trip_kind', '-') || ' '
+               || (SELECT count(*) FROM canary_alerts a WHERE a.canary = 'gone')
+          FROM canary_window_summaries w WHERE w.canary = 'gone' AND w.cohort = 'canary' ORDER BY w.id DESC LIMIT 1}),
+	'rollout deleted kill_switch 0', 'deleted meanwhile: its decision says so (not "already tripped"), no alert');
+
+# the sample ratio's trip that finds the switch tripped meanwhile: 'atsr'
+# (srm_trips on, 50 % of the users in the canary cohort instead of 25 %),
+# paused the same way while an operator trips it; canary_srm_check reports
+# the outcome 'already tripped' and the decision records it
+sq(qq{
+INSERT INTO canary_config (name, stage, old_model, new_model) VALUES ('atsr', 'ramp_25', 'm-old', 'm-new');
+UPDATE canary_config SET srm_trips = true WHERE name = 'atsr';
+SELECT put('atsr', '$at', 'control', 3000, 0, 0, 0, 1000, 1000);
+SELECT put('atsr', '$at', 'canary', 3000, 0, 0, 0, 1000, 1000);
+CREATE OR REPLACE FUNCTION test_pause() RETURNS trigger LANGUAGE plpgsql AS \$\$
+BEGIN
+    IF NEW.canary = 'atsr' THEN PERFORM pg_advisory_xact_lock_shared(4242); END IF;
+    RETURN NEW;
+END \$\$;
+});
+$gate = $node->background_psql('postgres');
+$gate->query_safe('SELECT pg_advisory_lock(4242)');
+$checker = $node->background_psql('postgres');
+$checker->query_until(qr/started/, "\\echo started\nSELECT coalesce(canary_check('atsr', '$at'), 'no trip') AS atsr_result;\n");
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242 AND NOT granted})
+  or die 'the check did not wait at the test trigger';
+sq(q{SELECT canary_trip('atsr', 'manual, meanwhile')});
+$gate->query_safe('SELECT pg_advisory_unlock(4242)');
+$gate->quit;
+$out = $checker->query_safe('SELECT 1');
+like($out, qr/no trip/, 'sample ratio, tripped meanwhile: the check returns no reason');
+$checker->quit;
+is(df_state('atsr'), 'already tripped sample_ratio false manual_trip:manual, meanwhile',
+	'sample ratio, tripped meanwhile: its decision says so, and the manual trip\'s is the only alert');
 sq('DROP TRIGGER test_pause ON canary_evidence; DROP FUNCTION test_pause()');
 
 # --- a long blind spell: one alert per episode ----------------------------------
