@@ -1,0 +1,38 @@
+/*
+ * canary_check_age: per rollout the kill switch checks, how long ago it was
+ * last checked.  A check that stops altogether (the worker down,
+ * llm_canary.check_interval = 0 with pg_cron's job gone, a check that fails
+ * every time) raises no alert of its own, so the age is exported
+ * (llm_canary_check_age_seconds, monitoring/postgres_exporter.yml and
+ * canary_prometheus) and alerted on (LLMCanaryChecksStopped,
+ * monitoring/alerts.yml).
+ *
+ * The rollouts are those canary_check visits (src/killswitch.c): armed and
+ * not in stage shadow, whatever their percent_new; none on a fleet member,
+ * which leaves the checks to the control database.  Every check stores a
+ * row per cohort in canary_window_summaries: the last check is its newest
+ * row, one probe of canary_window_summaries_idx per rollout (a scrape costs
+ * the same at any number of summaries).  The age runs from the later of
+ * that check and the rollout's last change (updated_at: created, re-armed,
+ * moved out of shadow), so a rollout never checked ages from when it became
+ * checkable and a re-armed one from its re-arm, not from the check before
+ * its trip.  Never negative (a check at a later 'at' counts as now).
+ */
+CREATE FUNCTION canary_check_age(canary text DEFAULT NULL)
+RETURNS TABLE (canary text, last_check timestamptz, age_seconds double precision)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT c.name, w.at,
+           greatest(extract(epoch FROM now() - greatest(w.at, c.updated_at)), 0)::float8
+      FROM @extschema@.canary_config c
+      LEFT JOIN LATERAL (SELECT s.at FROM @extschema@.canary_window_summaries s
+                          WHERE s.canary = c.name
+                          ORDER BY s.at DESC LIMIT 1) w ON true
+     WHERE c.kill_switch_armed AND c.stage <> 'shadow'
+       AND ($1 IS NULL OR c.name = $1)
+       AND coalesce(current_setting('llm_canary.fleet_role', true), '') <> 'member'
+     ORDER BY c.name
+$$;
+COMMENT ON FUNCTION canary_check_age(text) IS
+    'Per rollout the kill switch checks (armed, not in shadow; none on a fleet member): its last check (NULL: never) and the seconds since that check or the rollout''s last change, whichever is later';
