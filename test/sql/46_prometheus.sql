@@ -25,3 +25,36 @@ SELECT cohort, samples, error_rate, error_bar, p95_latency_ms, p95_bar, refusal_
 -- bad input
 SELECT * FROM canary_timeline('nope');
 \echo :LAST_ERROR_SQLSTATE
+
+-- canary_check_age probes canary_window_summaries_idx once per rollout, one
+-- backward scan stopping at the first row: not canary_window_summaries_at_idx
+-- walked back from now and filtered on canary (the planner's choice for
+-- "canary = name ORDER BY at DESC" when the rollouts' summaries interleave),
+-- which reads every summary since a stalled rollout's last check.  50,000
+-- summaries of four rollouts checked every 15 s, and one checked 30 days
+-- ago; the function's own text, planned as the function plans it (generic)
+INSERT INTO canary_config (name, stage, old_model, new_model)
+SELECT 'probe' || g, 'ramp_5', 'model-old', 'model-new' FROM generate_series(1, 5) g;
+INSERT INTO canary_window_summaries (canary, at, window_seconds, stage, cohort, samples, errors, refusals, thumbs_down)
+SELECT 'probe' || (1 + g % 4), now() - (g / 4) * interval '15 seconds', 300, 'ramp_5',
+       CASE WHEN g % 2 = 0 THEN 'canary' ELSE 'control' END, 100, 1, 1, 1
+  FROM generate_series(1, 50000) g
+UNION ALL
+SELECT 'probe5', now() - interval '30 days' - g * interval '30 seconds', 300, 'ramp_5', 'canary', 1, 0, 0, 0
+  FROM generate_series(1, 100) g;
+ANALYZE canary_window_summaries;
+DO $$
+BEGIN
+    EXECUTE format('PREPARE check_age(text) AS %s',
+                   (SELECT prosrc FROM pg_proc WHERE proname = 'canary_check_age'));
+END;
+$$;
+SET plan_cache_mode = force_generic_plan;
+EXPLAIN (COSTS OFF) EXECUTE check_age(NULL);
+RESET plan_cache_mode;
+DEALLOCATE check_age;
+SELECT canary, last_check > now() - interval '1 minute' AS last_minute,
+       floor(extract(epoch FROM now() - last_check) / 86400) AS days_ago
+  FROM canary_check_age() WHERE canary LIKE 'probe%';
+DELETE FROM canary_window_summaries WHERE canary LIKE 'probe%';
+DELETE FROM canary_config WHERE name LIKE 'probe%';
