@@ -6,7 +6,7 @@
 # requests, outcomes, refusals, thumbs-down, token counts, the health gauges,
 # a histogram_quantile within the documented 1/8 of percentile_cont,
 # counters that do not drop when raw rows are deleted, and the age of each
-# checked rollout's last kill-switch check with its alert.  Also runs promtool
+# checked rollout's last kill-switch check with its limit and alert.  Also runs promtool
 # on the shipped alerting rules and their unit tests, and every query of the
 # shipped Grafana dashboard.
 use strict;
@@ -198,7 +198,7 @@ eventually('ALERTS{alertname="LLMCanaryKillSwitchTripped",alertstate="firing"}',
 # now; beat_stale was last checked an hour ago; beat_never and beat_zero
 # (at 0 %) were never checked; beat_tripped was checked an hour ago, then
 # tripped; beat_shadow is in shadow.  None has changed for two hours
-# (updated_at moved back with the triggers off).
+# (updated_at and their canary_stage_history moved back, the triggers off).
 $node->safe_psql('postgres', q{
 INSERT INTO canary_config (name, stage, percent_new, old_model, new_model) VALUES
   ('beat_live', 'ramp_5', NULL, 'model-old', 'model-new'),
@@ -211,6 +211,7 @@ SELECT canary_check('beat_tripped', now() - interval '1 hour');
 SELECT canary_trip('beat_tripped', 'test trip');
 SET session_replication_role = replica;
 UPDATE canary_config SET updated_at = now() - interval '2 hours' WHERE name LIKE 'beat%';
+UPDATE canary_stage_history SET changed_at = changed_at - interval '2 hours' WHERE canary LIKE 'beat%';
 RESET session_replication_role;
 SELECT canary_check('beat_stale', now() - interval '1 hour');
 SELECT canary_check('beat_shadow');
@@ -232,9 +233,30 @@ is(join(' ', map { /^llm_canary_check_age_seconds\{canary="(beat\w+)"\} ([0-9.]+
 eventually('floor(llm_canary_check_age_seconds{canary=~"beat.*"} / 60)', 'canary',
 	'beat_live=0 beat_never=120 beat_stale=60 beat_zero=120',
 	'llm_canary_check_age_seconds through the exporter, in whole minutes');
+# the limit past which the checks count as stopped: 10 minutes here (the
+# worker does not check: llm_canary.check_interval = 0)
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(canary || '=' || alert_after_seconds, ' ' ORDER BY canary)
+            FROM canary_check_age() WHERE canary LIKE 'beat%'}),
+	'beat_live=600 beat_never=600 beat_stale=600 beat_zero=600',
+	'canary_check_age: alert_after_seconds, 600 with check_interval = 0');
+is(join(' ', map { /^llm_canary_check_age_limit_seconds\{canary="(beat\w+)"\} ([0-9.]+)$/ ? "$1=$2" : () }
+		split /\n/, $node->safe_psql('postgres', 'SELECT canary_prometheus()')),
+	'beat_live=600 beat_never=600 beat_stale=600 beat_zero=600',
+	'canary_prometheus: llm_canary_check_age_limit_seconds');
+eventually('llm_canary_check_age_limit_seconds{canary=~"beat.*"}', 'canary',
+	'beat_live=600 beat_never=600 beat_stale=600 beat_zero=600',
+	'llm_canary_check_age_limit_seconds through the exporter');
 eventually('ALERTS{alertname="LLMCanaryChecksStopped",alertstate="firing"}', 'canary',
 	'beat_never=1 beat_stale=1 beat_zero=1',
 	'LLMCanaryChecksStopped fires for the rollouts not checked for 10 minutes');
+
+# an UPDATE that changes nothing (config management re-applying its rows)
+# sets updated_at but starts no checkable spell: the ages stand
+$node->safe_psql('postgres', q{UPDATE canary_config SET stage = stage WHERE name LIKE 'beat%'});
+is($node->safe_psql('postgres', $ages),
+	'beat_live=true/0 beat_never=false/120 beat_stale=true/60 beat_zero=false/120',
+	'canary_check_age after a no-op UPDATE of every rollout: the same ages');
 
 # checked again, and re-armed: the age starts afresh, from the re-arm for
 # a rollout whose last check was before its trip
@@ -285,6 +307,21 @@ is($node->safe_psql('postgres', 'SELECT sum(requests) FROM canary_rollup_totals'
 	}
 	is(join("\n", @bad), '', "the $n queries of monitoring/grafana_dashboard.json run and return data");
 }
+
+# llm_canary.check_interval = 1h: the limit is ten of it, 10 h, in the
+# function and through the exporter (the worker now checks, last of all)
+$node->safe_psql('postgres', q{ALTER SYSTEM SET llm_canary.check_interval = '1h'; SELECT pg_reload_conf()});
+$node->poll_query_until('postgres',
+	q{SELECT bool_and(alert_after_seconds = 36000) FROM canary_check_age() WHERE canary LIKE 'beat%'})
+  or diag('the limit did not follow llm_canary.check_interval');
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(canary || '=' || alert_after_seconds, ' ' ORDER BY canary)
+            FROM canary_check_age() WHERE canary LIKE 'beat%'}),
+	'beat_live=36000 beat_never=36000 beat_stale=36000 beat_tripped=36000 beat_zero=36000',
+	'canary_check_age: alert_after_seconds, 10 x llm_canary.check_interval (1 h)');
+eventually('llm_canary_check_age_limit_seconds{canary=~"beat.*"}', 'canary',
+	'beat_live=36000 beat_never=36000 beat_stale=36000 beat_tripped=36000 beat_zero=36000',
+	'llm_canary_check_age_limit_seconds through the exporter follows llm_canary.check_interval');
 
 $prometheus->signal('TERM');
 $exporter->signal('TERM');
