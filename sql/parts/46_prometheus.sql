@@ -131,12 +131,22 @@ BEGIN
               WHERE canary_prometheus.canary IS NULL OR c.name = canary_prometheus.canary ORDER BY c.name LOOP
         out := out || format(E'llm_canary_percent_new{canary="%s"} %s\n', r.name, r.percent_new);
     END LOOP;
+    -- the kill switch's checks: how long since each rollout it checks was last checked
+    out := out || E'# HELP llm_canary_check_age_seconds Seconds since the kill switch last checked the rollout (armed rollouts out of shadow; canary_check_age).\n# TYPE llm_canary_check_age_seconds gauge\n';
+    FOR r IN SELECT a.canary, a.age_seconds FROM @extschema@.canary_check_age(canary_prometheus.canary) a LOOP
+        out := out || format(E'llm_canary_check_age_seconds{canary="%s"} %s\n', r.canary, round(r.age_seconds::numeric, 3));
+    END LOOP;
+    -- and the age past which its checks count as stopped (LLMCanaryChecksStopped)
+    out := out || E'# HELP llm_canary_check_age_limit_seconds Age of the last check past which the checks count as stopped: 10 x llm_canary.check_interval, at least 600 (canary_check_age).\n# TYPE llm_canary_check_age_limit_seconds gauge\n';
+    FOR r IN SELECT a.canary, a.alert_after_seconds FROM @extschema@.canary_check_age(canary_prometheus.canary) a LOOP
+        out := out || format(E'llm_canary_check_age_limit_seconds{canary="%s"} %s\n', r.canary, r.alert_after_seconds);
+    END LOOP;
     -- in a fleet: the fail-safe, the lag from the control database
     RETURN out || @extschema@.canary_fleet_prometheus();
 END;
 $$;
 COMMENT ON FUNCTION canary_prometheus(text) IS
-    'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total (counters since install, from canary_rollup_totals) and the extension''s health';
+    'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total (counters since install, from canary_rollup_totals) and the extension''s health, with the age of each checked rollout''s last check (llm_canary_check_age_seconds) and the age past which its checks count as stopped (llm_canary_check_age_limit_seconds)';
 
 /*
  * canary_timeline: the kill switch's window summaries per cohort over the

@@ -140,6 +140,7 @@ DECLARE
         'canary_summary', 'canary_shadow_report', 'canary_shadow_openings',
         'canary_shadow_lengths', 'canary_shadow_by_class', 'canary_csat_report',
         'canary_stats', 'canary_shadow_stats', 'canary_prometheus', 'canary_timeline',
+        'canary_check_age',
         'canary_shadow_is_private', 'canary_report_window', 'canary_schema_name',
         -- where a rollout stands in its plan (read-only), and what it calls
         'canary_plan', 'canary_plan_gates', 'canary_plan_dwell', 'canary_plan_next_stage',

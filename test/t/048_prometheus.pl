@@ -4,8 +4,9 @@
 # stopped at the end; nothing is installed or run as a service), and known
 # traffic must come out of Prometheus' HTTP query API exactly: per cohort
 # requests, outcomes, refusals, thumbs-down, token counts, the health gauges,
-# a histogram_quantile within the documented 1/8 of percentile_cont, and
-# counters that do not drop when raw rows are deleted.  Also runs promtool
+# a histogram_quantile within the documented 1/8 of percentile_cont,
+# counters that do not drop when raw rows are deleted, and the age of each
+# checked rollout's last kill-switch check with its limit and alert.  Also runs promtool
 # on the shipped alerting rules and their unit tests, and every query of the
 # shipped Grafana dashboard.
 use strict;
@@ -37,7 +38,7 @@ for my $bin ($exporter_bin, $prometheus_bin, $promtool_bin)
 my ($out, $err) = ('', '');
 ok(IPC::Run::run([ $promtool_bin, 'check', 'rules', "$top/monitoring/alerts.yml" ], '>', \$out, '2>', \$err),
 	'promtool check rules accepts monitoring/alerts.yml') or diag("$out$err");
-like($out, qr/SUCCESS: 6 rules found/, 'six alerting rules (five, and the fleet fail-safe)');
+like($out, qr/SUCCESS: 7 rules found/, 'seven alerting rules (five, the fleet fail-safe, the checks stopped)');
 ($out, $err) = ('', '');
 ok(IPC::Run::run([ $promtool_bin, 'test', 'rules', "$top/monitoring/alerts_test.yml" ], '>', \$out, '2>', \$err),
 	'promtool test rules: every alert fires when it should and not otherwise') or diag("$out$err");
@@ -191,6 +192,82 @@ eventually('llm_canary_kill_switch_armed{canary="prom"}', undef, '0', 'the trip 
 eventually('ALERTS{alertname="LLMCanaryKillSwitchTripped",alertstate="firing"}', 'canary', 'prom=1',
 	'the LLMCanaryKillSwitchTripped alert fires in Prometheus');
 
+# the age of the last kill-switch check (the worker checks nothing here:
+# llm_canary.check_interval = 0).  Exported: the rollouts canary_check
+# visits, armed and out of shadow at any percentage.  beat_live is checked
+# now; beat_stale was last checked an hour ago; beat_never and beat_zero
+# (at 0 %) were never checked; beat_tripped was checked an hour ago, then
+# tripped; beat_shadow is in shadow.  None has changed for two hours
+# (updated_at and their canary_stage_history moved back, the triggers off).
+$node->safe_psql('postgres', q{
+INSERT INTO canary_config (name, stage, percent_new, old_model, new_model) VALUES
+  ('beat_live', 'ramp_5', NULL, 'model-old', 'model-new'),
+  ('beat_stale', 'ramp_1', NULL, 'model-old', 'model-new'),
+  ('beat_never', 'full', NULL, 'model-old', 'model-new'),
+  ('beat_zero', 'ramp_5', 0, 'model-old', 'model-new'),
+  ('beat_tripped', 'ramp_25', NULL, 'model-old', 'model-new'),
+  ('beat_shadow', 'shadow', NULL, 'model-old', 'model-new');
+SELECT canary_check('beat_tripped', now() - interval '1 hour');
+SELECT canary_trip('beat_tripped', 'test trip');
+SET session_replication_role = replica;
+UPDATE canary_config SET updated_at = now() - interval '2 hours' WHERE name LIKE 'beat%';
+UPDATE canary_stage_history SET changed_at = changed_at - interval '2 hours' WHERE canary LIKE 'beat%';
+RESET session_replication_role;
+SELECT canary_check('beat_stale', now() - interval '1 hour');
+SELECT canary_check('beat_shadow');
+});
+$node->safe_psql('postgres', q{SELECT canary_check('beat_live')});
+my $ages = q{SELECT string_agg(canary || '=' || (last_check IS NOT NULL) || '/' || floor(age_seconds / 60),
+                          ' ' ORDER BY canary)
+               FROM canary_check_age() WHERE canary LIKE 'beat%'};
+is($node->safe_psql('postgres', $ages),
+	'beat_live=true/0 beat_never=false/120 beat_stale=true/60 beat_zero=false/120',
+	'canary_check_age: checked, whole minutes since the last check (or the last change, never checked)');
+is($node->safe_psql('postgres',
+		q{SELECT age_seconds < 30 FROM canary_check_age('beat_live')}), 't',
+	'the rollout just checked: under 30 s');
+is(join(' ', map { /^llm_canary_check_age_seconds\{canary="(beat\w+)"\} ([0-9.]+)$/ ? ("$1=" . int($2 / 60)) : () }
+		split /\n/, $node->safe_psql('postgres', 'SELECT canary_prometheus()')),
+	'beat_live=0 beat_never=120 beat_stale=60 beat_zero=120',
+	'canary_prometheus: llm_canary_check_age_seconds, the same ages');
+eventually('floor(llm_canary_check_age_seconds{canary=~"beat.*"} / 60)', 'canary',
+	'beat_live=0 beat_never=120 beat_stale=60 beat_zero=120',
+	'llm_canary_check_age_seconds through the exporter, in whole minutes');
+# the limit past which the checks count as stopped: 10 minutes here (the
+# worker does not check: llm_canary.check_interval = 0)
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(canary || '=' || alert_after_seconds, ' ' ORDER BY canary)
+            FROM canary_check_age() WHERE canary LIKE 'beat%'}),
+	'beat_live=600 beat_never=600 beat_stale=600 beat_zero=600',
+	'canary_check_age: alert_after_seconds, 600 with check_interval = 0');
+is(join(' ', map { /^llm_canary_check_age_limit_seconds\{canary="(beat\w+)"\} ([0-9.]+)$/ ? "$1=$2" : () }
+		split /\n/, $node->safe_psql('postgres', 'SELECT canary_prometheus()')),
+	'beat_live=600 beat_never=600 beat_stale=600 beat_zero=600',
+	'canary_prometheus: llm_canary_check_age_limit_seconds');
+eventually('llm_canary_check_age_limit_seconds{canary=~"beat.*"}', 'canary',
+	'beat_live=600 beat_never=600 beat_stale=600 beat_zero=600',
+	'llm_canary_check_age_limit_seconds through the exporter');
+eventually('ALERTS{alertname="LLMCanaryChecksStopped",alertstate="firing"}', 'canary',
+	'beat_never=1 beat_stale=1 beat_zero=1',
+	'LLMCanaryChecksStopped fires for the rollouts not checked for 10 minutes');
+
+# an UPDATE that changes nothing (config management re-applying its rows)
+# sets updated_at but starts no checkable spell: the ages stand
+$node->safe_psql('postgres', q{UPDATE canary_config SET stage = stage WHERE name LIKE 'beat%'});
+is($node->safe_psql('postgres', $ages),
+	'beat_live=true/0 beat_never=false/120 beat_stale=true/60 beat_zero=false/120',
+	'canary_check_age after a no-op UPDATE of every rollout: the same ages');
+
+# checked again, and re-armed: the age starts afresh, from the re-arm for
+# a rollout whose last check was before its trip
+$node->safe_psql('postgres',
+	q{SELECT canary_check('beat_live'); SELECT canary_check('beat_stale'); SELECT canary_rearm('beat_tripped')});
+is($node->safe_psql('postgres', $ages),
+	'beat_live=true/0 beat_never=false/120 beat_stale=true/0 beat_tripped=true/0 beat_zero=false/120',
+	'canary_check_age after a check and a re-arm');
+eventually('ALERTS{alertname="LLMCanaryChecksStopped",alertstate="firing"}', 'canary',
+	'beat_never=1 beat_zero=1', 'LLMCanaryChecksStopped resolves for the rollout checked again');
+
 # counters: retention (raw rows deleted) never makes them drop; new
 # traffic adds to them
 $node->safe_psql('postgres', 'DELETE FROM canary_feedback; DELETE FROM canary_requests');
@@ -230,6 +307,21 @@ is($node->safe_psql('postgres', 'SELECT sum(requests) FROM canary_rollup_totals'
 	}
 	is(join("\n", @bad), '', "the $n queries of monitoring/grafana_dashboard.json run and return data");
 }
+
+# llm_canary.check_interval = 1h: the limit is ten of it, 10 h, in the
+# function and through the exporter (the worker now checks, last of all)
+$node->safe_psql('postgres', q{ALTER SYSTEM SET llm_canary.check_interval = '1h'; SELECT pg_reload_conf()});
+$node->poll_query_until('postgres',
+	q{SELECT bool_and(alert_after_seconds = 36000) FROM canary_check_age() WHERE canary LIKE 'beat%'})
+  or diag('the limit did not follow llm_canary.check_interval');
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(canary || '=' || alert_after_seconds, ' ' ORDER BY canary)
+            FROM canary_check_age() WHERE canary LIKE 'beat%'}),
+	'beat_live=36000 beat_never=36000 beat_stale=36000 beat_tripped=36000 beat_zero=36000',
+	'canary_check_age: alert_after_seconds, 10 x llm_canary.check_interval (1 h)');
+eventually('llm_canary_check_age_limit_seconds{canary=~"beat.*"}', 'canary',
+	'beat_live=36000 beat_never=36000 beat_stale=36000 beat_tripped=36000 beat_zero=36000',
+	'llm_canary_check_age_limit_seconds through the exporter follows llm_canary.check_interval');
 
 $prometheus->signal('TERM');
 $exporter->signal('TERM');

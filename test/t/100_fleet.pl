@@ -112,6 +112,16 @@ like($err, qr/cannot change table "canary_config" on fleet member "m2"/,
 ($ret, $out, $err) = $m2->psql('postgres', q{SELECT canary_check()});
 like($err, qr/canary_check runs on the fleet's control database, not on member "m2"/,
 	'canary_check on a member is refused');
+# so a member exports no age of the last check (LLMCanaryChecksStopped would
+# page for every member); the control, which checks, does
+is($m2->safe_psql('postgres', q{SELECT string_agg(name, ',' ORDER BY name) FROM canary_config
+                                WHERE kill_switch_armed AND stage <> 'shadow'})
+	. ' / ' . $m2->safe_psql('postgres', q{SELECT count(*) FROM canary_check_age()}),
+	'default / 0', 'a member has the armed rollout but no age of its last check (canary_check_age)');
+is($control->safe_psql('postgres', q{SELECT string_agg(canary, ',' ORDER BY canary) FROM canary_check_age()}),
+	'default', 'the control has it');
+unlike($m2->safe_psql('postgres', 'SELECT canary_prometheus()'), qr/^llm_canary_check_age_seconds\{/m,
+	'nor does the member\'s canary_prometheus');
 ($ret, $out, $err) = $m1->psql('postgres', q{DELETE FROM canary_models});
 like($err, qr/cannot change table "canary_models" on fleet member "m1"/, 'so is a DELETE of canary_models');
 

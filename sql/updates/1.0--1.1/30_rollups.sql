@@ -501,7 +501,7 @@ COMMENT ON FUNCTION canary_summary(text, interval) IS
  */
 
 COMMENT ON FUNCTION canary_prometheus(text) IS
-    'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total (counters since install, from canary_rollup_totals) and the extension''s health';
+    'Prometheus exposition: llm_requests_total, llm_latency_ms, llm_completion_tokens, llm_refusals_total, llm_thumbs_down_total (counters since install, from canary_rollup_totals) and the extension''s health, with the age of each checked rollout''s last check (llm_canary_check_age_seconds) and the age past which its checks count as stopped (llm_canary_check_age_limit_seconds)';
 
 /* grants, as sql/parts/90_roles.sql gives them */
 GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE

@@ -1,0 +1,1 @@
+../../parts/52_check_age.sql
