@@ -1,0 +1,12 @@
+/*
+ * The baseline at stage full (sql/parts/50_killswitch.sql): a partial index
+ * of the control summaries with traffic, which LastControlBaseline
+ * (src/killswitch.c) probes instead of reading every summary since the
+ * rollout went full.  Built here over the summaries 1.0 kept: CREATE INDEX
+ * holds a SHARE lock on canary_window_summaries (the checks' INSERTs wait)
+ * until the update commits, as 60_decisions.sql's ALTER TABLE already does
+ * with its stronger lock; about 4 s per 5 million summaries (README,
+ * "Upgrading").
+ */
+CREATE INDEX canary_window_summaries_baseline_idx ON canary_window_summaries (canary, at)
+    WHERE cohort = 'control' AND samples > 0;
