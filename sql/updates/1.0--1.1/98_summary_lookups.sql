@@ -5,8 +5,8 @@
  * rollout went full.  Built here over the summaries 1.0 kept: CREATE INDEX
  * holds a SHARE lock on canary_window_summaries (the checks' INSERTs wait)
  * until the update commits, as 60_decisions.sql's ALTER TABLE already does
- * with its stronger lock; about 4 s per 5 million summaries (README,
- * "Upgrading").
+ * with its stronger lock: 2.3 s for 4.9 million summaries, 9.2 s for 19.7
+ * million (README, "Upgrading").
  */
 CREATE INDEX canary_window_summaries_baseline_idx ON canary_window_summaries (canary, at)
     WHERE cohort = 'control' AND samples > 0;
