@@ -25,7 +25,7 @@ SELECT 'r' || lpad(r::text, 2, '0'), b.t0 - :days * interval '1 day' + s * inter
        unnest(ARRAY['canary', 'control']) c
  WHERE NOT (r = 2 AND s >= (:days - :since) * 2880)
  ORDER BY s, r, c;
--- what ALTER EXTENSION UPDATE adds to an upgrade (98_summary_lookups.sql)
+-- what ALTER EXTENSION UPDATE adds to an upgrade (98_periodic_lookups.sql)
 DROP INDEX canary_window_summaries_baseline_idx;
 CREATE INDEX canary_window_summaries_baseline_idx ON canary_window_summaries (canary, at)
     WHERE cohort = 'control' AND samples > 0;

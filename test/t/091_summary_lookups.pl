@@ -26,6 +26,9 @@
 # With the statements before this change the plans scan the at index
 # (custom for LastControlBaseline, generic for all four), canary_check at
 # full reads 201,602 summaries through it and canary_plan 201,607.
+# Also the webhook's claim of a pending alert (src/webhook.c), about once
+# a second: through the partial index of the pending alerts, not a scan of
+# every alert kept.
 use strict;
 use warnings;
 use FindBin;
@@ -61,21 +64,23 @@ is($node->safe_psql('postgres', 'SELECT count(*) FROM canary_window_summaries'),
 
 # --- the plans of the statements as the sources spell them ----------------
 
-# The SQL of the first appendStringInfo(&sql, ...) in a function of
-# src/killswitch.c: its string literals joined, %s the schema.
+# The SQL of the nth (default first) appendStringInfo(&sql, ...) in a
+# function of a file of src/ (default killswitch.c): its string literals
+# joined, %s the schema, %d 60.
 sub c_sql
 {
-	my ($fn) = @_;
-	my $file = "$FindBin::Bin/../../src/killswitch.c";
+	my ($fn, $file, $nth) = @_;
+	$file = "$FindBin::Bin/../../src/" . ($file // 'killswitch.c');
 	open my $fh, '<', $file or die "$file: $!";
 	my $src = do { local $/; <$fh> };
 	close $fh;
-	$src =~ /^\Q$fn\E\(.*?appendStringInfo\(&sql,\s*((?:"(?:[^"\\]|\\.)*"\s*)+)/ms
-	  or die "no SQL of $fn in $file";
-	my $lits = $1;
+	$src =~ /^\Q$fn\E\((.*?)^}/ms or die "no function $fn in $file";
+	my @calls = $1 =~ /appendStringInfo\(&sql,\s*((?:"(?:[^"\\]|\\.)*"\s*)+)/g;
+	my $lits = $calls[ ($nth // 1) - 1 ] // die "no SQL $fn in $file";
 	my $sql = join '', $lits =~ /"((?:[^"\\]|\\.)*)"/g;
 	$sql =~ s/\\(.)/$1/g;
 	$sql =~ s/%s/public/g;
+	$sql =~ s/%d/60/g;
 	return $sql;
 }
 
@@ -123,6 +128,28 @@ EXPLAIN (COSTS OFF) EXECUTE q($args);
 			"$name ($mode): bounded by the rollout and at");
 		unlike($plan, qr/^\s*(?:->\s+)?Sort$/m, "$name ($mode): no full sort");
 	}
+}
+
+# --- the webhook's claim of a pending alert --------------------------------
+
+# About once a second the worker claims the oldest pending alert
+# (WebhookClaimStep, src/webhook.c), or with no webhook sets them all to
+# 'none'; the alerts are kept.  Both go through canary_alerts_pending_idx,
+# not a scan of every alert (before it: Seq Scan, 5,000 rows here).
+$node->safe_psql('postgres', q{
+INSERT INTO canary_alerts (canary, ts, kind, payload, webhook_status)
+SELECT 'r01', now() - g * interval '1 minute', 'advance', '{}', 'delivered'
+  FROM generate_series(1, 5000) g;
+ANALYZE canary_alerts;
+});
+for my $nth (1, 2)
+{
+	my $sql = c_sql('WebhookClaimStep', 'webhook.c', $nth);
+	my $plan = $node->safe_psql('postgres', "EXPLAIN (COSTS OFF) $sql");
+	my @scans = $plan =~ /^\s*(?:->\s+)?((?:Seq|Index|Bitmap)\b.* on canary_alerts\b.*)$/mg;
+	is(join("\n", @scans), 'Index Scan using canary_alerts_pending_idx on canary_alerts'
+		  . ($nth == 2 ? "\nIndex Scan using canary_alerts_pkey on canary_alerts a" : ''),
+		"the webhook's claim ($nth of 2): the pending alerts' index") or diag $plan;
 }
 
 # --- the real calls, counted ----------------------------------------------

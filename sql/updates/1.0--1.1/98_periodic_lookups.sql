@@ -10,3 +10,10 @@
  */
 CREATE INDEX canary_window_summaries_baseline_idx ON canary_window_summaries (canary, at)
     WHERE cohort = 'control' AND samples > 0;
+
+/*
+ * The alerts the webhook has still to deliver (sql/parts/50_killswitch.sql):
+ * the worker's claim, about once a second, read every alert ever raised.
+ * Small (alerts are kept, but few): built in a moment.
+ */
+CREATE INDEX canary_alerts_pending_idx ON canary_alerts (id) WHERE webhook_status = 'pending';
