@@ -297,7 +297,15 @@ SummariseCohort(const char *schema, const RolloutRules *rr, TimestampTz at,
 	w->has_p95 = !isnull;
 }
 
-/* The last stored control summary with traffic, for stage full. */
+/*
+ * The last stored control summary with traffic, for stage full (or a
+ * window without control traffic).  One probe of the partial index
+ * canary_window_summaries_baseline_idx (sql/parts/50_killswitch.sql), whose
+ * predicate the WHERE clause repeats: at full the last such row may be
+ * weeks old, and (canary, at) or (at) would read every summary since.  The
+ * range on canary (the same rows as equality) with the order (canary, at)
+ * leaves no plan that walks canary_window_summaries_at_idx.
+ */
 static bool
 LastControlBaseline(const char *schema, const RolloutRules *rr, TimestampTz at,
 					CohortWindow *w, TimestampTz *from)
@@ -314,8 +322,9 @@ LastControlBaseline(const char *schema, const RolloutRules *rr, TimestampTz at,
 	appendStringInfo(&sql,
 					 "SELECT samples, errors, refusals, thumbs_down, p95_latency_ms, at"
 					 " FROM %s.canary_window_summaries"
-					 " WHERE canary = $1 AND cohort = 'control' AND samples > 0 AND at <= $2"
-					 " ORDER BY at DESC LIMIT 1", schema);
+					 " WHERE canary >= $1 AND canary <= $1 AND cohort = 'control' AND samples > 0"
+					 "   AND at <= $2"
+					 " ORDER BY canary DESC, at DESC LIMIT 1", schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	ret = SPI_execute_with_args(sql.data, 2, types, args, NULL, true, 1);
@@ -1314,8 +1323,9 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
 					 "                       AND (p.decision->>'blind_alerted')::boolean, false) AS alerted"
 					 "         FROM (SELECT 1) o LEFT JOIN LATERAL"
 					 "              (SELECT w.at, w.decision FROM %s.canary_window_summaries w"
-					 "                WHERE w.canary = $1 AND w.cohort = 'canary' AND w.at <= $2"
-					 "                ORDER BY w.at DESC, w.id DESC LIMIT 1) p ON true) s", schema);
+					 "                WHERE w.canary >= $1 AND w.canary <= $1 AND w.cohort = 'canary'"
+					 "                  AND w.at <= $2"
+					 "                ORDER BY w.canary DESC, w.at DESC, w.id DESC LIMIT 1) p ON true) s", schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);
 	args[2] = Int64GetDatum(BlindAlertSeconds());
@@ -1387,8 +1397,8 @@ TripDeferredAlerted(const char *schema, const RolloutRules *rr, TimestampTz at)
 	appendStringInfo(&sql,
 					 "SELECT coalesce((SELECT (w.decision->>'trip_deferred_alerted')::boolean"
 					 "                   FROM %s.canary_window_summaries w"
-					 "                  WHERE w.canary = $1 AND w.cohort = 'canary' AND w.at <= $2"
-					 "                  ORDER BY w.at DESC, w.id DESC LIMIT 1), false)",
+					 "                  WHERE w.canary >= $1 AND w.canary <= $1 AND w.cohort = 'canary' AND w.at <= $2"
+					 "                  ORDER BY w.canary DESC, w.at DESC, w.id DESC LIMIT 1), false)",
 					 schema);
 	args[0] = CStringGetTextDatum(rr->name);
 	args[1] = TimestampTzGetDatum(at);

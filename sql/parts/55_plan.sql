@@ -132,10 +132,16 @@ BEGIN
     -- the last check: no rule breached, even without the evidence to trip,
     -- and it judged on evidence it collected itself: one that found another
     -- check collecting (left open in a transaction, say) judged on the
-    -- evidence committed before, which may trip but not advance
+    -- evidence committed before, which may trip but not advance.  The range
+    -- on canary (the same rows as equality) with the order (canary, at)
+    -- keeps the generic plan (from the sixth call) on
+    -- canary_window_summaries_idx, where the newest row is the first read:
+    -- with equality the planner may walk canary_window_summaries_at_idx
+    -- backwards from p_at, reading every rollout's summaries since this
+    -- one's last check (a tripped or stalled rollout: days of them)
     SELECT w.decision INTO last_decision FROM @extschema@.canary_window_summaries w
-     WHERE w.canary = p_canary AND w.cohort = 'canary' AND w.at <= p_at
-     ORDER BY w.at DESC, w.id DESC LIMIT 1;
+     WHERE w.canary >= p_canary AND w.canary <= p_canary AND w.cohort = 'canary' AND w.at <= p_at
+     ORDER BY w.canary DESC, w.at DESC, w.id DESC LIMIT 1;
     SELECT string_agg(r.key || ' ' || (r.value->>'verdict'), ', ') INTO breached
       FROM jsonb_each(coalesce(last_decision->'rules', '{}')) r
      WHERE r.value->>'verdict' IN ('trip', 'not_credible', 'unconfirmed');
