@@ -70,6 +70,7 @@ DECLARE
     s record;
     ss record;
     labels text;
+    limits text := '';
 BEGIN
     out := out || E'# HELP llm_requests_total Model attempts by model, cohort and outcome.\n'
                || E'# TYPE llm_requests_total counter\n';
@@ -133,14 +134,15 @@ BEGIN
     END LOOP;
     -- the kill switch's checks: how long since each rollout it checks was last checked
     out := out || E'# HELP llm_canary_check_age_seconds Seconds since the kill switch last checked the rollout (armed rollouts out of shadow; canary_check_age).\n# TYPE llm_canary_check_age_seconds gauge\n';
-    FOR r IN SELECT a.canary, a.age_seconds FROM @extschema@.canary_check_age(canary_prometheus.canary) a LOOP
+    -- and, from the same call (one probe per rollout, the two series agree),
+    -- the age past which its checks count as stopped (LLMCanaryChecksStopped)
+    FOR r IN SELECT a.canary, a.age_seconds, a.alert_after_seconds
+               FROM @extschema@.canary_check_age(canary_prometheus.canary) a LOOP
         out := out || format(E'llm_canary_check_age_seconds{canary="%s"} %s\n', r.canary, round(r.age_seconds::numeric, 3));
+        limits := limits || format(E'llm_canary_check_age_limit_seconds{canary="%s"} %s\n', r.canary, r.alert_after_seconds);
     END LOOP;
-    -- and the age past which its checks count as stopped (LLMCanaryChecksStopped)
-    out := out || E'# HELP llm_canary_check_age_limit_seconds Age of the last check past which the checks count as stopped: 10 x llm_canary.check_interval, at least 600 (canary_check_age).\n# TYPE llm_canary_check_age_limit_seconds gauge\n';
-    FOR r IN SELECT a.canary, a.alert_after_seconds FROM @extschema@.canary_check_age(canary_prometheus.canary) a LOOP
-        out := out || format(E'llm_canary_check_age_limit_seconds{canary="%s"} %s\n', r.canary, r.alert_after_seconds);
-    END LOOP;
+    out := out || E'# HELP llm_canary_check_age_limit_seconds Age of the last check past which the checks count as stopped: 10 x llm_canary.check_interval, at least 600 (canary_check_age).\n# TYPE llm_canary_check_age_limit_seconds gauge\n'
+               || limits;
     -- in a fleet: the fail-safe, the lag from the control database
     RETURN out || @extschema@.canary_fleet_prometheus();
 END;
