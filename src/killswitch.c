@@ -204,7 +204,10 @@ GetFloat8(HeapTuple tup, TupleDesc desc, int col, bool *isnull)
 /*
  * 1.0's summary of one cohort over (at - window, at], from the raw
  * canary_requests and canary_feedback, for a 1.0 catalog not yet updated
- * (no canary_rollups), with the parameters of SummariseCohort.
+ * (no canary_rollups), with the parameters of SummariseCohort.  Feedback
+ * comes after its request, so bounding f.ts by the window changes no count
+ * and lets the feedback partitions outside the window be pruned (1.0 probed
+ * every partition for each request).
  */
 static char *
 RawWindowSql(const char *schema)
@@ -213,7 +216,8 @@ RawWindowSql(const char *schema)
 					" count(*) FILTER (WHERE r.outcome IN ('error', 'timeout'))::int8,"
 					" count(*) FILTER (WHERE r.refusal)::int8,"
 					" count(*) FILTER (WHERE EXISTS (SELECT 1 FROM %s.canary_feedback f"
-					"   WHERE f.request_id = r.request_id AND f.thumbs_down AND f.ts <= $2))::int8,"
+					"   WHERE f.request_id = r.request_id AND f.thumbs_down"
+					"   AND f.ts > $2 - make_interval(secs => $3) AND f.ts <= $2))::int8,"
 					" count(*) FILTER (WHERE $5 > 0 AND r.latency_ms > $5)::int8,"
 					" percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency_ms)::float8"
 					" FROM %s.canary_requests r"

@@ -64,6 +64,29 @@ is($node->safe_psql('postgres',
 	         || ' ' || (SELECT kill_switch_armed FROM canary_config WHERE name = 'good')});
 is($out . $err, 'none true', '1.0 catalog: a clean window does not trip');
 
+# thumbs-down from canary_feedback, bounded by the window on both sides
+# (feedback follows its request): 30 of the canary's 200 requests and 12 of
+# the control's 600 got one inside the window; one more thumbs-down, given
+# after the window, is not counted
+$node->safe_psql('postgres', q{
+INSERT INTO canary_config (name, stage, old_model, new_model, confirm_windows) VALUES
+  ('td', 'ramp_25', 'm-old', 'm-new', 2);
+SELECT put('td', '2026-06-01 12:00:00+00', 'control', 600, 0, 0, 12);
+SELECT put('td', '2026-06-01 12:00:00+00', 'canary', 200, 0, 0, 30);
+INSERT INTO canary_feedback (request_id, ts, thumbs_down, canary, cohort)
+SELECT request_id, '2026-06-01 12:00:01+00', true, 'td', 'canary'
+  FROM canary_requests r
+ WHERE canary = 'td' AND cohort = 'canary'
+   AND NOT EXISTS (SELECT 1 FROM canary_feedback f WHERE f.request_id = r.request_id)
+ LIMIT 1;
+SELECT canary_check('td', '2026-06-01 12:00:00+00');
+});
+is($node->safe_psql('postgres',
+		q{SELECT string_agg(cohort || ' ' || samples || ' ' || thumbs_down, ', ' ORDER BY cohort)
+		    FROM canary_window_summaries WHERE canary = 'td'}),
+	'canary 200 30, control 600 12',
+	'1.0 catalog: thumbs-down counted from canary_feedback inside the window only');
+
 # --- the other paths a 1.0 catalog reaches with this library ---------------
 $node->safe_psql('postgres', qq{
 INSERT INTO canary_models (name, provider, base_url, model, api_key_env) VALUES
