@@ -1174,9 +1174,12 @@ Trip(const char *schema, const RolloutRules *rr, const char *reason, const char 
  * but the trip waits for the next check (another transaction holds the
  * rollout's row: canary_srm_check leaves its state unalerted);
  * TRIP_NOT_ARMED when it found the switch tripped meanwhile by another.
+ * *deferred_reason: the reason of a deferred trip (for the decision and the
+ * trip_deferred alert), else NULL.
  */
 static char *
-CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at, TripOutcome *trip)
+CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at, TripOutcome *trip,
+				 const char **deferred_reason)
 {
 	StringInfoData sql;
 	Oid			types[2] = {TEXTOID, TIMESTAMPTZOID};
@@ -1199,8 +1202,12 @@ CheckSampleRatio(const char *schema, const RolloutRules *rr, TimestampTz at, Tri
 		*trip = TRIP_DONE;
 		return SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	}
+	*deferred_reason = NULL;
 	if (strcmp(outcome, "deferred") == 0)
+	{
 		*trip = TRIP_DEFERRED;
+		*deferred_reason = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+	}
 	else if (strcmp(outcome, "already tripped") == 0)
 		*trip = TRIP_NOT_ARMED;
 	return NULL;
@@ -1532,7 +1539,7 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 		trip_reason = d.r[d.tripped].reason;
 	}
 	else if (locked)
-		reason = CheckSampleRatio(schema, rr, at, &trip);
+		reason = CheckSampleRatio(schema, rr, at, &trip, &trip_reason);
 	/* a 1.0 catalog has neither decisions nor alerts of deferred trips: the WARNING says it */
 	if (rr->catalog_1_1)
 		trip_json = TripSpell(schema, rr, at, locked, trip, trip_kind, trip_reason);

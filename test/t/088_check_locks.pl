@@ -321,10 +321,11 @@ for my $s (0, 30)
 		'deferred kill_switch true check_blocked:trip_deferred | deferred sample_ratio true check_blocked:trip_deferred',
 		"deferred: after the check at ${s} s, the decisions say deferred, one alert each");
 }
-is(sq(q{SELECT string_agg(payload->>'trip_kind' || ' ' || (payload->>'trip_reason' IS NOT NULL) || ' ' || (payload->>'alert'), ', ' ORDER BY id)
+is(sq(q{SELECT string_agg(payload->>'trip_kind' || ' ' || coalesce(payload->>'trip_reason', 'NULL') || ' | ' || (payload->>'alert'), ', ' ORDER BY id)
           FROM canary_alerts WHERE canary IN ('df', 'dfsr')}),
-	'kill_switch true canary kill-switch trip deferred, sample_ratio false canary kill-switch trip deferred',
-	'deferred: the alerts say which trip waits (and, for the rules, why)');
+	'kill_switch new-model error_rate=0.300 > 0.02 | canary kill-switch trip deferred, '
+	  . 'sample_ratio sample ratio mismatch: 1000 of 2000 users in the canary cohort (50.00 %), percent_new 25.00 % | canary kill-switch trip deferred',
+	'deferred: the alerts say which trip waits and why (the sample ratio\'s reason too)');
 # the spell is carried across a decision without a "trip" member: a check
 # without the check lock (another transaction holds it) skips the
 # sample-ratio check, so its decision of 'dfsr' has none; the next deferred

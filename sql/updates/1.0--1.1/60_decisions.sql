@@ -342,8 +342,8 @@ $$;
  * the request share differ from percent_new for good.  On a mismatch: one
  * alert of kind sample_ratio per evidence period; with srm_trips the kill
  * switch trips instead (the trip's alert has kind sample_ratio).  Returns
- * the reason when it alerted or tripped now, and what came of the check:
- * outcome 'tripped', 'alerted', 'deferred' (srm_trips, the mismatch called
+ * the reason when it alerted, tripped or deferred a trip now, and what
+ * came of the check: outcome 'tripped', 'alerted', 'deferred' (srm_trips, the mismatch called
  * but another transaction holds the rollout's row: the next check trips),
  * 'already tripped' (tripped meanwhile by another), 'skipped' (another
  * transaction holds the check lock), 'rollout deleted' or 'none' (no
@@ -455,8 +455,11 @@ BEGIN
         outcome := 'none';
         RETURN;
     END IF;
+    reason := format('sample ratio mismatch: %s of %s users in the canary cohort (%s %%), percent_new %s %%',
+                     st.users_canary, total, round((100 * seen)::numeric, 2), cfg.percent_new);
     -- a trip never waits for the rollout's row while the check lock is held
-    -- (canary_config_evidence says why): the next check trips
+    -- (canary_config_evidence says why): the next check trips; the reason
+    -- goes with the deferral (the check's decision and alert name it)
     IF cfg.srm_trips AND NOT EXISTS (SELECT 1 FROM @extschema@.canary_config c
                                       WHERE c.name = p_canary FOR NO KEY UPDATE SKIP LOCKED) THEN
         RAISE WARNING 'could not trip the kill switch of rollout "%" now', p_canary
@@ -467,8 +470,6 @@ BEGIN
         RETURN;
     END IF;
     UPDATE @extschema@.canary_srm_state SET alerted_at = p_at WHERE canary = p_canary;
-    reason := format('sample ratio mismatch: %s of %s users in the canary cohort (%s %%), percent_new %s %%',
-                     st.users_canary, total, round((100 * seen)::numeric, 2), cfg.percent_new);
     IF cfg.srm_trips THEN
         -- NULL: tripped meanwhile by another, whose trip it is to report
         IF @extschema@.canary_trip_internal(p_canary, reason, 'sample_ratio',
