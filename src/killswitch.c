@@ -1301,11 +1301,13 @@ BlindAlertSeconds(void)
  *		decision, so that this reads one row, the rollout's previous
  *		decision, however long it lasts: "blind_since" (the 'at' of the last
  *		check that collected; of the first blind one if none is known) and
- *		"blind_alerted".  Returns them as JSON members for DecisionJson.
- *		Inside SPI; allocates in the current context.
+ *		"blind_alerted".  Returns them as JSON members for DecisionJson;
+ *		*deferred_alerted: the same decision's "trip_deferred_alerted"
+ *		(TripSpell), read with them.  Inside SPI; allocates in the current
+ *		context.
  */
 static char *
-CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
+CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at, bool *deferred_alerted)
 {
 	int			holder = CanaryCheckLockHolder(rr->name);
 	StringInfoData sql;
@@ -1326,12 +1328,13 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
 					 "SELECT to_char(s.since AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),"
-					 " s.alerted, $2 - s.since >= make_interval(secs => $3)"
+					 " s.alerted, $2 - s.since >= make_interval(secs => $3), s.deferred_alerted"
 					 " FROM (SELECT CASE WHEN (p.decision->>'check_lock')::boolean IS FALSE"
 					 "                   THEN coalesce((p.decision->>'blind_since')::timestamptz, p.at)"
 					 "                   ELSE coalesce(p.at, $2) END AS since,"
 					 "              coalesce((p.decision->>'check_lock')::boolean IS FALSE"
-					 "                       AND (p.decision->>'blind_alerted')::boolean, false) AS alerted"
+					 "                       AND (p.decision->>'blind_alerted')::boolean, false) AS alerted,"
+					 "              coalesce((p.decision->>'trip_deferred_alerted')::boolean, false) AS deferred_alerted"
 					 "         FROM (SELECT 1) o LEFT JOIN LATERAL"
 					 "              (SELECT w.at, w.decision FROM %s.canary_window_summaries w"
 					 "                WHERE w.canary >= $1 AND w.canary <= $1 AND w.cohort = 'canary'"
@@ -1346,6 +1349,7 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
 	since = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	alerted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	long_spell = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	*deferred_alerted = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
 	due = !alerted && long_spell;
 
 	ereport(long_spell ? WARNING : NOTICE,
@@ -1393,7 +1397,9 @@ CheckBlind(const char *schema, const RolloutRules *rr, TimestampTz at)
  *		trips was alerted ("trip_deferred_alerted"): carried from decision to
  *		decision like blind_since, so that one row is read however the checks
  *		in between went (a check without the check lock, which skips the
- *		sample-ratio check, does not end the spell).  Inside SPI.
+ *		sample-ratio check, does not end the spell).  For a check that holds
+ *		the check lock (CheckBlind reads it for one that does not).  Inside
+ *		SPI.
  */
 static bool
 TripDeferredAlerted(const char *schema, const RolloutRules *rr, TimestampTz at)
@@ -1434,18 +1440,19 @@ TripDeferredAlerted(const char *schema, const RolloutRules *rr, TimestampTz at)
  *		finds it made, or finds none to make.  A check without the lock does
  *		not alert (the row's holder may be the check that holds the lock,
  *		tripping; that check alerts if an operator holds the row) and carries
- *		the spell on.  Inside SPI; allocates in the current context.
+ *		the spell on.  alerted: the previous decision's
+ *		"trip_deferred_alerted" (CheckBlind, TripDeferredAlerted).  Inside
+ *		SPI; allocates in the current context.
  */
 static const char *
 TripSpell(const char *schema, const RolloutRules *rr, TimestampTz at, bool locked,
-		  TripOutcome trip, const char *kind, const char *reason)
+		  TripOutcome trip, const char *kind, const char *reason, bool alerted)
 {
 	StringInfoData sql;
 	Oid			types[5] = {TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID};
 	Datum		args[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	int			ret;
-	bool		alerted;
 
 	switch (trip)
 	{
@@ -1457,14 +1464,13 @@ TripSpell(const char *schema, const RolloutRules *rr, TimestampTz at, bool locke
 			return psprintf(", \"trip\": \"rollout deleted\", \"trip_kind\": \"%s\"", kind);
 		case TRIP_NONE:
 			/* the spell ends with a check that holds the lock */
-			if (locked || !TripDeferredAlerted(schema, rr, at))
+			if (locked || !alerted)
 				return NULL;
 			return ", \"trip_deferred_alerted\": true";
 		case TRIP_DEFERRED:
 			break;
 	}
 
-	alerted = TripDeferredAlerted(schema, rr, at);
 	if (locked && !alerted)
 	{
 		initStringInfo(&sql);
@@ -1514,9 +1520,10 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 	const char *trip_kind = "sample_ratio";
 	const char *trip_reason = NULL;
 	const char *trip_json = NULL;
+	bool		deferred_alerted = false;
 
 	if (rr->catalog_1_1 && !locked)
-		blind = CheckBlind(schema, rr, at);
+		blind = CheckBlind(schema, rr, at, &deferred_alerted);
 	SummariseWindow(schema, rr, at, &w);
 	if (rr->mode == MODE_SEQUENTIAL)
 		JudgeSequential(schema, rr, at, &w, locked, &d);
@@ -1542,7 +1549,13 @@ CheckRollout(const char *schema, const RolloutRules *rr, TimestampTz at)
 		reason = CheckSampleRatio(schema, rr, at, &trip, &trip_reason);
 	/* a 1.0 catalog has neither decisions nor alerts of deferred trips: the WARNING says it */
 	if (rr->catalog_1_1)
-		trip_json = TripSpell(schema, rr, at, locked, trip, trip_kind, trip_reason);
+	{
+		/* the previous decision is read once: CheckBlind read it without the lock */
+		if (locked && trip == TRIP_DEFERRED)
+			deferred_alerted = TripDeferredAlerted(schema, rr, at);
+		trip_json = TripSpell(schema, rr, at, locked, trip, trip_kind, trip_reason,
+							  deferred_alerted);
+	}
 
 	StoreSummary(schema, rr, at, "control", &w.control, false, false, 0, NULL);
 	StoreSummary(schema, rr, at, "canary", &w.canary, true, w.from_history, w.baseline_from,
